@@ -1,0 +1,27 @@
+//! Entry points of the XDP programs. Each stage of the pipeline lives in its own module.
+#![no_std]
+#![no_main]
+
+mod balancer;
+mod maps;
+mod parse;
+mod stats;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+/// Catches packets for virtual services; everything else goes to the stack untouched.
+#[xdp]
+pub fn balancer(ctx: XdpContext) -> u32 {
+    balancer::run(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// GPL-compatible: bpf_fib_lookup and friends are GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,30 @@
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Counter, FAMILY_V4};
+use network_types::ip::Ipv4Hdr;
+
+use super::{ptr_at, L3};
+
+const MORE_FRAGMENTS: u16 = 0x2000;
+const OFFSET_MASK: u16 = 0x1fff;
+
+/// Parses an IPv4 header at `offset`, honouring IHL (options are skipped, not interpreted).
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, offset)?;
+    // SAFETY: ptr_at checked that the whole fixed header is inside the frame.
+    let ip = unsafe { &*ip };
+    let header_len = ((ip.vihl & 0x0f) as usize) * 4;
+    if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
+        return Err(Counter::PassMalformed);
+    }
+    if (u16::from_be_bytes(ip.tot_len) as usize) < header_len {
+        return Err(Counter::PassMalformed);
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    if frags & (MORE_FRAGMENTS | OFFSET_MASK) != 0 {
+        return Err(Counter::PassFragment);
+    }
+    let mut dst = [0u8; 16];
+    dst[..4].copy_from_slice(&ip.dst_addr);
+    Ok(L3 { family: FAMILY_V4, proto: ip.proto, dst, l4_offset: offset + header_len })
+}

@@ -1,0 +1,54 @@
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Counter, FAMILY_V6};
+use network_types::ip::Ipv6Hdr;
+
+use super::{ptr_at, L3};
+
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const AUTH: u8 = 51;
+const DEST_OPTS: u8 = 60;
+/// More extension headers than this and the packet goes to the stack: real traffic has one or two.
+const MAX_EXT_HEADERS: usize = 4;
+
+/// Generic extension header prefix: next header and length.
+#[repr(C)]
+struct ExtHdr {
+    next_hdr: u8,
+    len: u8,
+}
+
+/// Parses an IPv6 header at `offset` and skips the usual extension headers.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
+    // SAFETY: ptr_at checked that the whole fixed header is inside the frame.
+    let ip = unsafe { &*ip };
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(Counter::PassMalformed);
+    }
+    let mut proto = ip.next_hdr;
+    let mut l4_offset = offset + Ipv6Hdr::LEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        let len = match proto {
+            HOP_BY_HOP | ROUTING | DEST_OPTS => {
+                let ext: *const ExtHdr = ptr_at(ctx, l4_offset)?;
+                (unsafe { (*ext).len } as usize + 1) * 8
+            }
+            AUTH => {
+                let ext: *const ExtHdr = ptr_at(ctx, l4_offset)?;
+                (unsafe { (*ext).len } as usize + 2) * 4
+            }
+            FRAGMENT => return Err(Counter::PassFragment),
+            _ => break,
+        };
+        let ext: *const ExtHdr = ptr_at(ctx, l4_offset)?;
+        proto = unsafe { (*ext).next_hdr };
+        l4_offset += len;
+    }
+    if matches!(proto, HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT) {
+        return Err(Counter::PassMalformed);
+    }
+    Ok(L3 { family: FAMILY_V6, proto, dst: ip.dst_addr, l4_offset })
+}

@@ -1,0 +1,2 @@
+//! The agent (`lbd`) and CLI (`lbctl`) of the XDP load balancer.
+pub mod datapath;

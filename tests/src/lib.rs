@@ -1,0 +1,24 @@
+//! The test kit every privileged test uses.
+//!
+//! - [`privilege`]: fail with a clear message when a test lacks root.
+//! - [`xdp`]: run the embedded XDP programs on frames with `BPF_PROG_TEST_RUN`.
+//! - [`frames`]: build test frames with a packet crate.
+//! - [`netns`]: network namespaces, veth pairs and bridges that clean up on drop, even on panic.
+//! - [`bins`]: find the workspace's binaries (lbd, lbctl) that tests run as processes.
+pub mod bins;
+pub mod frames;
+pub mod netns;
+pub mod privilege;
+pub mod xdp;
+
+/// Prefix of every namespace, link and pin the tests create. `cargo xtask test` looks for it
+/// afterwards to prove nothing was left behind (xtask/src/leftovers.rs has the same constant).
+pub const TEST_PREFIX: &str = "lbt-";
+
+/// A name no other test, in this process or another, is using: prefix, pid, counter, role.
+pub fn unique_name(role: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{TEST_PREFIX}{}-{n}-{role}", std::process::id())
+}

@@ -1,0 +1,100 @@
+//! Tests must leave nothing behind. Their namespaces, links and pins all carry TEST_PREFIX
+//! (the same prefix as in lb-tests' `unique_name`), which makes them easy to find here.
+use std::{fs, path::Path};
+
+use anyhow::bail;
+
+use crate::cmd::{self, output};
+
+const TEST_PREFIX: &str = "lbt-";
+const BPFFS: &str = "/sys/fs/bpf";
+/// Binaries of this workspace that tests start as separate processes.
+const TEST_PROCESSES: &[&str] = &["lbd", "lbctl", "demo"];
+
+struct Found {
+    namespaces: Vec<String>,
+    links: Vec<String>,
+    pins: Vec<String>,
+    processes: Vec<String>,
+}
+
+fn find() -> Found {
+    let namespaces = output("ip", &["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(TEST_PREFIX))
+        .map(String::from)
+        .collect();
+    let links = output("ip", &["-o", "link", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .filter(|n| n.starts_with(TEST_PREFIX))
+        .map(String::from)
+        .collect();
+    let pins = fs::read_dir(BPFFS)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(TEST_PREFIX))
+        .collect();
+    Found { namespaces, links, pins, processes: our_processes() }
+}
+
+/// Processes running one of this workspace's binaries from its target directory.
+fn our_processes() -> Vec<String> {
+    let target = cmd::workspace_root().join("target");
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(exe) = fs::read_link(entry.path().join("exe")) else { continue };
+        let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if exe.starts_with(&target) && TEST_PROCESSES.contains(&name.as_str()) {
+            found.push(format!("{name} (pid {})", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// Removes what an interrupted earlier run (e.g. killed with SIGKILL) may have left.
+pub fn remove_stale() -> anyhow::Result<()> {
+    let found = find();
+    for ns in &found.namespaces {
+        cmd::run(std::process::Command::new("ip").args(["netns", "delete", ns]))?;
+    }
+    for link in &found.links {
+        cmd::run(std::process::Command::new("ip").args(["link", "delete", link]))?;
+    }
+    for pin in &found.pins {
+        let path = Path::new(BPFFS).join(pin);
+        let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+    }
+    let n = found.namespaces.len() + found.links.len() + found.pins.len();
+    if n > 0 {
+        println!("test: removed {n} namespaces, links and pins left by an earlier interrupted run");
+    }
+    Ok(())
+}
+
+/// Fails, naming each one, if the tests left namespaces, links, pins or processes behind.
+pub fn check() -> anyhow::Result<()> {
+    let f = find();
+    let mut left = Vec::new();
+    for (kind, items) in [
+        ("network namespaces", &f.namespaces),
+        ("links in the root namespace", &f.links),
+        ("bpffs pins", &f.pins),
+        ("processes", &f.processes),
+    ] {
+        if !items.is_empty() {
+            left.push(format!("{kind}: {}", items.join(", ")));
+        }
+    }
+    if !left.is_empty() {
+        bail!("the tests left things behind (a cleanup bug): {}", left.join("; "));
+    }
+    println!("test: no namespaces, links, pins or processes left behind");
+    Ok(())
+}

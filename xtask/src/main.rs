@@ -1,0 +1,88 @@
+//! Project tasks. Only std, clap and anyhow: xtask must build before anything it installs.
+mod cmd;
+mod leftovers;
+mod setup;
+
+use clap::{Parser, Subcommand};
+
+/// Tasks for the XDP load balancer. Every task first installs what it needs (idempotent).
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and Debian packages the project needs, mount bpffs.
+    Setup,
+    /// Build lbd and lbctl (release), with the XDP programs embedded.
+    Build,
+    /// Check formatting and run clippy with warnings denied.
+    Lint,
+    /// Lint, run every test (needs root), then check that nothing was left behind.
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Load and attach the balancer in a throw-away network namespace and show what it did.
+    Demo,
+}
+
+fn main() {
+    let result = match Args::parse().task {
+        Task::Setup => setup::run(setup::needs_root_parts()),
+        Task::Build => setup::run(false).and_then(|()| build()),
+        Task::Lint => setup::run(false).and_then(|()| lint()),
+        Task::Test { cargo_args } => test(&cargo_args),
+        Task::Demo => demo(),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    cmd::cargo(&["build", "--release", "--package", "lb-userspace"])
+}
+
+fn lint() -> anyhow::Result<()> {
+    cmd::cargo(&["fmt", "--all", "--check"])?;
+    // lb-ebpf only builds for the BPF target; build.rs compiles it for the others.
+    cmd::cargo(&[
+        "clippy",
+        "--all-targets",
+        "--package",
+        "lb-common",
+        "--package",
+        "lb-userspace",
+        "--package",
+        "lb-tests",
+        "--package",
+        "xtask",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+fn test(cargo_args: &[String]) -> anyhow::Result<()> {
+    setup::require_root("`cargo xtask test` creates network namespaces and loads XDP programs")?;
+    setup::run(true)?;
+    lint()?;
+    leftovers::remove_stale()?;
+    let mut args = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
+    args.extend(cargo_args.iter().map(String::as_str));
+    let tested = cmd::cargo(&args);
+    // Check even when tests failed: a failing test must clean up too.
+    let clean = leftovers::check();
+    tested.and(clean)
+}
+
+fn demo() -> anyhow::Result<()> {
+    setup::require_root("`cargo xtask demo` creates network namespaces and loads XDP programs")?;
+    setup::run(true)?;
+    cmd::cargo(&["run", "--quiet", "--release", "--package", "lb-tests", "--bin", "demo"])
+}

@@ -1,0 +1,117 @@
+//! Installs what builds and tests need, only when missing, one line per thing installed.
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::cmd::{self, output};
+
+/// Versions that work with the preinstalled nightly (bpf-linker 0.10 uses rustc's own LLVM).
+const BPF_LINKER_VERSION: &str = "0.10.3";
+const NIGHTLY: &str = "nightly";
+/// Debian packages the tests use: `ip` for namespaces and links, `setpriv` to run a test unprivileged.
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "util-linux"];
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `cargo xtask setup` does the root-only parts only when it can.
+pub fn needs_root_parts() -> bool {
+    if !is_root() {
+        println!("setup: not root, so Debian packages and the bpffs mount are left unchecked");
+    }
+    is_root()
+}
+
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "{what}, which needs root: run it as root, e.g. `sudo -E env \"PATH=$PATH\" cargo xtask {}`",
+            std::env::args().nth(1).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Idempotent: checks each piece and installs only what is missing.
+pub fn run(privileged: bool) -> anyhow::Result<()> {
+    rust_components()?;
+    bpf_linker()?;
+    if privileged {
+        debian_packages()?;
+        bpffs()?;
+    }
+    Ok(())
+}
+
+fn rust_components() -> anyhow::Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"]).context(
+        "rustup is needed to build the XDP programs with the nightly toolchain, and was not found",
+    )?;
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        bail!("the nightly Rust toolchain is missing; install it with `rustup toolchain install nightly`");
+    }
+    let installed =
+        output("rustup", &["component", "list", "--toolchain", NIGHTLY, "--installed"]).unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!(
+            "setup: installing rust-src for the nightly toolchain (eBPF builds compile core from source)"
+        );
+        cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    let have = |tool: &str| output("cargo", &[tool, "--version"]).is_some();
+    if !have("fmt") || !have("clippy") {
+        println!("setup: installing rustfmt and clippy (the lint step uses them)");
+        cmd::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
+    if output("bpf-linker", &["--version"]).is_some_and(|v| v.trim() == wanted) {
+        return Ok(());
+    }
+    println!("setup: installing {wanted} (links the XDP programs; takes a minute or two)");
+    cmd::run(Command::new("cargo").args([
+        "install",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output("dpkg-query", &["-W", "-f=${Status}", p]).is_none_or(|s| !s.contains("ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing Debian packages: {}", missing.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn bpffs() -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.contains(" bpf ")) {
+        return Ok(());
+    }
+    println!("setup: mounting bpffs on {BPFFS} (pinned maps and links live there)");
+    if !Path::new(BPFFS).exists() {
+        std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    }
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}

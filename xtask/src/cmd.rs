@@ -10,6 +10,48 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     run(&mut command)
 }
 
+/// Totals of the `test result:` lines of a `cargo test` run.
+#[derive(Default)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+/// Runs `cargo ARGS` (a `cargo test`), passing its output through while adding up the results.
+pub fn cargo_test(args: &[&str]) -> (anyhow::Result<()>, Tally) {
+    use std::io::BufRead as _;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut tally = Tally::default();
+    let mut child =
+        match Command::new(cargo).args(args).current_dir(workspace_root()).stdout(Stdio::piped()).spawn() {
+            Ok(child) => child,
+            Err(e) => return (Err(e).context("could not start cargo test"), tally),
+        };
+    for line in std::io::BufReader::new(child.stdout.take().expect("piped")).lines().map_while(Result::ok) {
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            tally.passed += count_before(result, " passed");
+            tally.failed += count_before(result, " failed");
+        }
+    }
+    let result = match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(anyhow::anyhow!("cargo test failed ({status})")),
+        Err(e) => Err(e).context("waiting for cargo test"),
+    };
+    (result, tally)
+}
+
+/// In "ok. 5 passed; 0 failed; ...", the number before `label`.
+fn count_before(result: &str, label: &str) -> u64 {
+    result
+        .split(';')
+        .find_map(|part| part.trim().strip_suffix(label))
+        .and_then(|n| n.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn run(command: &mut Command) -> anyhow::Result<()> {
     let status = command.status().with_context(|| format!("could not start {command:?}"))?;
     if !status.success() {

@@ -75,9 +75,11 @@ fn test(cargo_args: &[String]) -> anyhow::Result<()> {
     leftovers::remove_stale()?;
     let mut args = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
     args.extend(cargo_args.iter().map(String::as_str));
-    let tested = cmd::cargo(&args);
+    let (tested, tally) = cmd::cargo_test(&args);
     // Check even when tests failed: a failing test must clean up too.
     let clean = leftovers::check();
+    // One closing line for the whole suite (cargo's last line is some crate's doc-tests).
+    println!("test: {} passed, {} failed", tally.passed, tally.failed);
     tested.and(clean)
 }
 

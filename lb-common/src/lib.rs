@@ -4,20 +4,51 @@
 //! assertion per type, so the kernel and user-space layouts cannot drift apart.
 #![no_std]
 
+mod backend;
+mod config;
 mod counters;
+mod flow;
+pub mod hash;
 mod vip;
 
-pub use counters::Counter;
-pub use vip::{VipKey, VipValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+pub use backend::{BackendValue, NO_BACKEND};
+pub use config::ConfigValue;
+pub use counters::{Counter, CounterKind, TrafficStats};
+pub use flow::{FlowKey, FlowValue};
+pub use vip::{
+    VipKey, VipValue, FAMILY_V4, FAMILY_V6, MODE_IPIP, MODE_L2DSR, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP, VIP_ADDRESS_ONLY, VIP_HASH_SOURCE_ONLY,
+};
 
 /// Names of the maps in the eBPF object. User space looks maps up by these names.
 pub mod map_names {
     pub const VIPS: &str = "VIPS";
+    pub const RINGS: &str = "RINGS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const STATS: &str = "STATS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
 }
 
-/// Default map sizes. The agent may override them at load time.
+/// Default map sizes, compiled into the object. The agent may change the ones marked
+/// "load time" when it loads the programs (aya's `EbpfLoader::set_max_entries`).
 pub mod limits {
-    /// Virtual services (address, port, protocol) the VIP map holds.
+    /// VIP map entries: one per (address, port, protocol), plus one address entry per VIP address.
     pub const MAX_VIPS: u32 = 1024;
+    /// Backend ids are 1..MAX_BACKENDS (0 means "no backend"). Load time.
+    pub const MAX_BACKENDS: u32 = 4096;
+    /// Default and largest Maglev ring size: prime, so every backend's permutation covers it.
+    pub const RING_SIZE: u32 = 65_537;
+    /// Rings the RINGS array holds at RING_SIZE slots each (4 bytes a slot: 16.8 MiB). Load time.
+    pub const MAX_RINGS: u32 = 64;
+    /// Flow-table entries per CPU (LRU: the least recently used flow is evicted). Load time.
+    pub const FLOWS_PER_CPU: u32 = 1 << 20;
+    /// Interfaces the balancer can redirect to (devmap keyed by ifindex). Load time.
+    pub const MAX_TX_PORTS: u32 = 64;
+    /// Local addresses the decap program accepts tunnels for. Load time.
+    pub const MAX_DECAP_ADDRS: u32 = 64;
 }

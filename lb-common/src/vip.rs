@@ -1,7 +1,21 @@
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Forwarding modes (`VipValue::mode`).
+/// IPv4-in-IPv4 / IPv6-in-IPv6 to the backend, which decapsulates (the default).
+pub const MODE_IPIP: u8 = 0;
+/// Destination MAC rewrite only: backends on the same L2 segment with the VIP on `lo`.
+pub const MODE_L2DSR: u8 = 1;
+
+/// `VipValue::flags`: pick the backend by the client address only (client affinity).
+pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
+/// `VipValue::flags`: the address entry of a VIP address (key: address, port 0, ICMP/ICMPv6). It
+/// makes the balancer answer pings to the address and drop fragments sent to it.
+pub const VIP_ADDRESS_ONLY: u32 = 1 << 1;
 
 /// A virtual service: destination address, port and protocol of the packets it catches.
 ///
@@ -19,12 +33,7 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 
 impl VipKey {
     pub const fn v4(addr: [u8; 4], port: u16, proto: u8) -> Self {
-        let mut a = [0u8; 16];
-        a[0] = addr[0];
-        a[1] = addr[1];
-        a[2] = addr[2];
-        a[3] = addr[3];
-        Self { addr: a, port, proto, family: FAMILY_V4 }
+        Self { addr: crate::backend::v4_in_16(addr), port, proto, family: FAMILY_V4 }
     }
 
     pub const fn v6(addr: [u8; 16], port: u16, proto: u8) -> Self {
@@ -36,12 +45,19 @@ impl VipKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipValue {
-    /// Stable index of the VIP, chosen by the agent; keys the per-VIP counters and ring.
+    /// Stable index chosen by the agent: keys VIP_STATS.
     pub id: u32,
-    /// Per-VIP option bits.
+    /// `VIP_*` bits.
     pub flags: u32,
+    /// First slot of this VIP's ring in RINGS (ring number × ring stride).
+    pub ring_offset: u32,
+    /// Slots in this VIP's ring (prime, ≤ the stride).
+    pub ring_size: u32,
+    /// `MODE_*`.
+    pub mode: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<VipValue>() == 8);
+const _: () = assert!(core::mem::size_of::<VipValue>() == 20);
 
 #[cfg(feature = "user")]
 mod pod {

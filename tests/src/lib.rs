@@ -5,10 +5,14 @@
 //! - [`frames`]: build test frames with a packet crate.
 //! - [`netns`]: network namespaces, veth pairs and bridges that clean up on drop, even on panic.
 //! - [`bins`]: find the workspace's binaries (lbd, lbctl) that tests run as processes.
+//! - [`topology`]: the standard client / lb / backends topology on a bridge.
+//! - [`echo`]: TCP and UDP echo servers that record who connected.
 pub mod bins;
+pub mod echo;
 pub mod frames;
 pub mod netns;
 pub mod privilege;
+pub mod topology;
 pub mod xdp;
 
 /// Prefix of every namespace, link and pin the tests create. `cargo xtask test` looks for it

@@ -8,8 +8,9 @@ use crate::cmd::{self, output};
 /// Versions that work with the preinstalled nightly (bpf-linker 0.10 uses rustc's own LLVM).
 const BPF_LINKER_VERSION: &str = "0.10.3";
 const NIGHTLY: &str = "nightly";
-/// Debian packages the tests use: `ip` for namespaces and links, `setpriv` to run a test unprivileged.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "util-linux"];
+/// Debian packages the tests use: `ip` for namespaces and links, `setpriv` to run a test
+/// unprivileged, `ethtool` to turn on GRO (veth delivers XDP_TX/redirected frames only with NAPI).
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "util-linux", "ethtool"];
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn is_root() -> bool {

@@ -2,10 +2,13 @@ use aya::{
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
+use lb_common::{limits, map_names};
 use thiserror::Error;
 
-/// Name of the balancer's XDP program in the object.
+/// Names of the XDP programs in the object.
 pub const BALANCER: &str = "balancer";
+pub const DECAP: &str = "decap";
+const PROGRAMS: [&str; 2] = [BALANCER, DECAP];
 
 /// The XDP programs, built by build.rs and embedded so that the binaries are self-contained.
 pub fn object() -> &'static [u8] {
@@ -42,6 +45,12 @@ pub enum DatapathError {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error("ring {ring} does not exist: the RINGS map holds {max_rings} rings")]
+    NoSuchRing { ring: u32, max_rings: u32 },
+    #[error("a ring of {len} slots does not fit the ring stride of {stride} slots")]
+    RingTooLarge { len: usize, stride: u32 },
+    #[error("backend id {0} is out of range (1..{max})", max = limits::MAX_BACKENDS)]
+    BackendId(u32),
 }
 
 /// How an XDP program is attached.
@@ -62,36 +71,72 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// Map sizes chosen at load time (see `lb_common::limits` for what each costs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub flows_per_cpu: u32,
+    pub max_rings: u32,
+    /// Slots reserved per ring: the largest ring size any VIP may use.
+    pub ring_stride: u32,
+    pub max_backends: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            flows_per_cpu: limits::FLOWS_PER_CPU,
+            max_rings: limits::MAX_RINGS,
+            ring_stride: limits::RING_SIZE,
+            max_backends: limits::MAX_BACKENDS,
+        }
+    }
+}
+
 /// The loaded programs and their maps.
 pub struct Datapath {
     pub ebpf: Ebpf,
+    pub sizes: Sizes,
 }
 
-/// Loads the embedded object and has the kernel verify the balancer program.
+/// Loads the embedded object with default map sizes and has the kernel verify every program.
 pub fn load() -> Result<Datapath, DatapathError> {
+    load_with(Sizes::default())
+}
+
+pub fn load_with(sizes: Sizes) -> Result<Datapath, DatapathError> {
     let object = object();
     if object.is_empty() {
         return Err(DatapathError::NoObject);
     }
-    let mut ebpf = EbpfLoader::new().load(object).map_err(|e| DatapathError::Load(Box::new(e)))?;
-    let prog: &mut Xdp = program(&mut ebpf, BALANCER)?;
-    prog.load().map_err(|source| DatapathError::Verify { name: BALANCER, source: Box::new(source) })?;
-    Ok(Datapath { ebpf })
+    let mut ebpf = EbpfLoader::new()
+        .set_max_entries(map_names::FLOWS, sizes.flows_per_cpu)
+        .set_max_entries(map_names::RINGS, sizes.max_rings * sizes.ring_stride)
+        .set_max_entries(map_names::BACKENDS, sizes.max_backends)
+        .set_max_entries(map_names::BACKEND_STATS, sizes.max_backends)
+        .load(object)
+        .map_err(|e| DatapathError::Load(Box::new(e)))?;
+    for name in PROGRAMS {
+        let prog: &mut Xdp = program(&mut ebpf, name)?;
+        prog.load().map_err(|source| DatapathError::Verify { name, source: Box::new(source) })?;
+    }
+    Ok(Datapath { ebpf, sizes })
 }
 
-/// Attaches the balancer to `interface` (in the calling thread's network namespace).
-pub fn attach(dp: &mut Datapath, interface: &str, mode: Mode) -> Result<XdpLinkId, DatapathError> {
-    let prog: &mut Xdp = program(&mut dp.ebpf, BALANCER)?;
-    let flags = match mode {
-        Mode::Native => XdpMode::Driver,
-        Mode::Generic => XdpMode::Skb,
-    };
-    prog.attach(interface, flags).map_err(|source| DatapathError::Attach {
-        name: BALANCER,
-        interface: interface.to_owned(),
-        mode,
-        source: Box::new(source),
-    })
+impl Datapath {
+    /// Attaches program `name` to `interface` (in the calling thread's network namespace).
+    pub fn attach(&mut self, name: &'static str, interface: &str, mode: Mode) -> Result<XdpLinkId, DatapathError> {
+        let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+        let flags = match mode {
+            Mode::Native => XdpMode::Driver,
+            Mode::Generic => XdpMode::Skb,
+        };
+        prog.attach(interface, flags).map_err(|source| DatapathError::Attach {
+            name,
+            interface: interface.to_owned(),
+            mode,
+            source: Box::new(source),
+        })
+    }
 }
 
 pub fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {

@@ -1,23 +1,120 @@
 //! Typed access to the data plane's maps.
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
-use lb_common::{map_names, Counter, VipKey, VipValue};
+use std::net::IpAddr;
+
+use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
+use lb_common::{
+    map_names, BackendValue, ConfigValue, Counter, TrafficStats, VipKey, VipValue, FAMILY_V4, FAMILY_V6,
+};
 
 use super::{Datapath, DatapathError};
 
 impl Datapath {
     /// A global counter summed over all CPUs.
     pub fn counter(&self, counter: Counter) -> Result<u64, DatapathError> {
-        let stats: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map(map_names::STATS)?).map_err(|e| map_error(map_names::STATS, e))?;
-        let per_cpu = stats.get(&counter.index(), 0).map_err(|e| map_error(map_names::STATS, e))?;
-        Ok(per_cpu.iter().sum())
+        let name = map_names::STATS;
+        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(name)?).map_err(err(name))?;
+        Ok(stats.get(&counter.index(), 0).map_err(err(name))?.iter().sum())
     }
 
-    /// Adds or replaces a VIP.
+    /// A VIP's traffic counters (by `VipValue::id`), summed over all CPUs.
+    pub fn vip_stats(&self, id: u32) -> Result<TrafficStats, DatapathError> {
+        self.traffic_stats(map_names::VIP_STATS, id)
+    }
+
+    /// A backend's traffic counters (by backend id), summed over all CPUs.
+    pub fn backend_stats(&self, id: u32) -> Result<TrafficStats, DatapathError> {
+        self.traffic_stats(map_names::BACKEND_STATS, id)
+    }
+
+    fn traffic_stats(&self, name: &'static str, id: u32) -> Result<TrafficStats, DatapathError> {
+        let stats: PerCpuArray<&MapData, TrafficStats> =
+            PerCpuArray::try_from(self.map(name)?).map_err(err(name))?;
+        Ok(stats.get(&id, 0).map_err(err(name))?.iter().fold(TrafficStats::default(), |a, s| TrafficStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+        }))
+    }
+
+    /// Adds or replaces a VIP. Write its ring first: the VIP is live as soon as this returns.
     pub fn set_vip(&mut self, key: VipKey, value: VipValue) -> Result<(), DatapathError> {
+        let name = map_names::VIPS;
         let mut vips: HashMap<&mut MapData, VipKey, VipValue> =
-            HashMap::try_from(self.map_mut(map_names::VIPS)?).map_err(|e| map_error(map_names::VIPS, e))?;
-        vips.insert(key, value, 0).map_err(|e| map_error(map_names::VIPS, e))
+            HashMap::try_from(self.map_mut(name)?).map_err(err(name))?;
+        vips.insert(key, value, 0).map_err(err(name))
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DatapathError> {
+        let name = map_names::VIPS;
+        let mut vips: HashMap<&mut MapData, VipKey, VipValue> =
+            HashMap::try_from(self.map_mut(name)?).map_err(err(name))?;
+        vips.remove(key).map_err(err(name))
+    }
+
+    /// Sets backend `id` (1..max_backends). Write it before any ring names it.
+    pub fn set_backend(&mut self, id: u32, value: BackendValue) -> Result<(), DatapathError> {
+        if id == 0 || id >= self.sizes.max_backends {
+            return Err(DatapathError::BackendId(id));
+        }
+        let name = map_names::BACKENDS;
+        let mut backends: Array<&mut MapData, BackendValue> =
+            Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+        backends.set(id, value, 0).map_err(err(name))
+    }
+
+    /// Writes ring number `ring`, only the slots where `new` differs from `old` (pass `None` for a
+    /// ring never written). Each slot is one 4-byte store, so the data plane sees every slot
+    /// either old or new, never a torn value.
+    pub fn write_ring(&mut self, ring: u32, old: Option<&[u32]>, new: &[u32]) -> Result<usize, DatapathError> {
+        let Sizes { max_rings, ring_stride, .. } = self.sizes;
+        if ring >= max_rings {
+            return Err(DatapathError::NoSuchRing { ring, max_rings });
+        }
+        if new.len() > ring_stride as usize {
+            return Err(DatapathError::RingTooLarge { len: new.len(), stride: ring_stride });
+        }
+        let name = map_names::RINGS;
+        let mut rings: Array<&mut MapData, u32> = Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+        let base = ring * ring_stride;
+        let mut written = 0;
+        for (i, &id) in new.iter().enumerate() {
+            if old.and_then(|o| o.get(i)) != Some(&id) {
+                rings.set(base + i as u32, id, 0).map_err(err(name))?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// First slot of ring number `ring` in RINGS (for `VipValue::ring_offset`).
+    pub fn ring_offset(&self, ring: u32) -> u32 {
+        ring * self.sizes.ring_stride
+    }
+
+    pub fn set_config(&mut self, config: ConfigValue) -> Result<(), DatapathError> {
+        let name = map_names::CONFIG;
+        let mut cfg: Array<&mut MapData, ConfigValue> = Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+        cfg.set(0, config, 0).map_err(err(name))
+    }
+
+    /// Lets the balancer redirect packets out of interface `ifindex` (other than the one they
+    /// came in on). Interfaces are in the namespace the programs are attached in.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let name = map_names::TX_PORTS;
+        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(name)?).map_err(err(name))?;
+        ports.insert(ifindex, ifindex, None, 0).map_err(err(name))
+    }
+
+    /// Makes the decap program accept tunnels addressed to `addr` (a local address of the host).
+    pub fn add_decap_addr(&mut self, addr: IpAddr) -> Result<(), DatapathError> {
+        let name = map_names::DECAP_ADDRS;
+        let mut addrs: HashMap<&mut MapData, [u8; 16], u8> =
+            HashMap::try_from(self.map_mut(name)?).map_err(err(name))?;
+        let (key, family) = match addr {
+            IpAddr::V4(a) => (BackendValue::v4(a.octets()).addr, FAMILY_V4),
+            IpAddr::V6(a) => (a.octets(), FAMILY_V6),
+        };
+        addrs.insert(key, family, 0).map_err(err(name))
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DatapathError> {
@@ -29,6 +126,8 @@ impl Datapath {
     }
 }
 
-fn map_error(name: &'static str, source: MapError) -> DatapathError {
-    DatapathError::Map { name, source }
+use super::loader::Sizes;
+
+fn err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
 }

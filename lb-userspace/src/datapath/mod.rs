@@ -2,4 +2,4 @@
 mod loader;
 mod maps;
 
-pub use loader::{attach, load, object, program, Datapath, DatapathError, Mode, BALANCER};
+pub use loader::{load, load_with, object, program, Datapath, DatapathError, Mode, Sizes, BALANCER, DECAP};

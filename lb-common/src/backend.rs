@@ -1,0 +1,47 @@
+use crate::vip::{FAMILY_V4, FAMILY_V6};
+
+/// The backend id rings never hold for a real backend; BACKENDS[0] stays empty.
+pub const NO_BACKEND: u32 = 0;
+
+/// A backend host, by id (index in BACKENDS). `family` 0 marks an empty slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 20);
+
+pub(crate) const fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0] = a[0];
+    out[1] = a[1];
+    out[2] = a[2];
+    out[3] = a[3];
+    out
+}
+
+impl BackendValue {
+    pub const fn v4(addr: [u8; 4]) -> Self {
+        Self { addr: v4_in_16(addr), family: FAMILY_V4, _pad: [0; 3] }
+    }
+
+    pub const fn v6(addr: [u8; 16]) -> Self {
+        Self { addr, family: FAMILY_V6, _pad: [0; 3] }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain integers and byte arrays without padding (size asserted above).
+unsafe impl aya::Pod for BackendValue {}
+
+#[cfg(feature = "user")]
+impl From<core::net::IpAddr> for BackendValue {
+    fn from(addr: core::net::IpAddr) -> Self {
+        match addr {
+            core::net::IpAddr::V4(a) => Self::v4(a.octets()),
+            core::net::IpAddr::V6(a) => Self::v6(a.octets()),
+        }
+    }
+}

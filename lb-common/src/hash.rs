@@ -1,0 +1,77 @@
+//! The flow hash (MurmurHash3's 32-bit mixing over 32-bit words). Shared by the data plane and
+//! user space so that tools and tests can predict which ring slot a flow lands on.
+use crate::FlowKey;
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finish(mut h: u32, len: u32) -> u32 {
+    h ^= len;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn word(b: &[u8; 16], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Hash of the whole 5-tuple.
+#[inline(always)]
+pub fn flow(key: &FlowKey, seed: u32) -> u32 {
+    let mut h = seed;
+    h = mix(h, word(&key.src, 0));
+    h = mix(h, word(&key.src, 4));
+    h = mix(h, word(&key.src, 8));
+    h = mix(h, word(&key.src, 12));
+    h = mix(h, word(&key.dst, 0));
+    h = mix(h, word(&key.dst, 4));
+    h = mix(h, word(&key.dst, 8));
+    h = mix(h, word(&key.dst, 12));
+    h = mix(h, (key.sport as u32) << 16 | key.dport as u32);
+    h = mix(h, key.proto as u32);
+    finish(h, 40)
+}
+
+/// Hash of the client address only (client affinity).
+#[inline(always)]
+pub fn source(key: &FlowKey, seed: u32) -> u32 {
+    let mut h = seed;
+    h = mix(h, word(&key.src, 0));
+    h = mix(h, word(&key.src, 4));
+    h = mix(h, word(&key.src, 8));
+    h = mix(h, word(&key.src, 12));
+    finish(h, 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_changes_the_flow_hash_and_only_the_source_changes_the_source_hash() {
+        let base = FlowKey { src: [1; 16], dst: [2; 16], sport: 3, dport: 4, proto: 6, ..Default::default() };
+        let variants = [
+            FlowKey { src: [9; 16], ..base },
+            FlowKey { dst: [9; 16], ..base },
+            FlowKey { sport: 9, ..base },
+            FlowKey { dport: 9, ..base },
+            FlowKey { proto: 17, ..base },
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(flow(v, 7), flow(&base, 7), "variant {i}");
+            assert_eq!(source(v, 7) == source(&base, 7), i != 0, "variant {i}");
+        }
+        assert_ne!(flow(&base, 7), flow(&base, 8), "the seed matters");
+    }
+}

@@ -1,0 +1,1 @@
+//! TCP and UDP echo servers that record the peers they served.

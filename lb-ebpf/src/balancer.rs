@@ -1,29 +1,53 @@
-//! The balancer's pipeline: parse, match a VIP, (later) pick a backend and forward.
+//! The balancer's pipeline: parse, match a VIP, pick a backend, forward. Every packet ends in
+//! exactly one verdict counter, which also decides the XDP action.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{Counter, VipKey};
+use lb_common::{Counter, CounterKind, PROTO_ICMP, PROTO_ICMPV6};
 
-use crate::{maps::VIPS, parse, stats};
+use crate::{flow, forward, icmp, maps::CONFIG, parse, stats};
 
 pub fn run(ctx: &XdpContext) -> u32 {
-    let reason = match parse::packet(ctx) {
-        Ok(pkt) => match lookup_vip(&pkt) {
-            Some(_) => Counter::PassVipNoForwarding,
-            None => Counter::PassNotVip,
-        },
-        Err(reason) => reason,
+    let verdict = match process(ctx) {
+        Ok(c) | Err(c) => c,
     };
-    stats::count(reason);
-    xdp_action::XDP_PASS
+    stats::count(verdict);
+    action(verdict)
 }
 
-/// The VIP for this packet: the port-specific entry first, then the address's any-port entry.
 #[inline(always)]
-fn lookup_vip(pkt: &parse::Packet) -> Option<lb_common::VipValue> {
-    let mut key = VipKey { addr: pkt.dst, port: pkt.dport, proto: pkt.proto, family: pkt.family };
-    // SAFETY: VIP values are plain integers written whole by the agent.
-    if let Some(v) = unsafe { VIPS.get(&key) } {
-        return Some(*v);
+fn process(ctx: &XdpContext) -> Result<Counter, Counter> {
+    let mut pkt = parse::packet(ctx)?;
+    if pkt.fragment {
+        // Only the first fragment has ports: fragments cannot be kept on one backend with their
+        // connection, so none is forwarded.
+        return Err(if flow::is_vip_address(&pkt.key.dst, pkt.key.family) {
+            Counter::DropFragmentToVip
+        } else {
+            Counter::PassFragment
+        });
     }
-    key.port = 0;
-    unsafe { VIPS.get(&key) }.copied()
+    let icmp_error = pkt.key.proto == PROTO_ICMP || pkt.key.proto == PROTO_ICMPV6;
+    if icmp_error {
+        // Echo requests end here; errors continue as a packet of the flow they quote.
+        icmp::handle(ctx, &mut pkt)?;
+    }
+    let key = &pkt.key;
+    let cfg = CONFIG.get(0).ok_or(Counter::PassNotVip)?;
+    let vip = flow::lookup_vip(&key.dst, key.dport, key.proto, key.family).ok_or(Counter::PassNotVip)?;
+    // An error must not create a flow: only the client's own packets do.
+    let choice = flow::choose(vip, key, cfg, !icmp_error)?;
+    let verdict = forward::to_backend(ctx, vip, key, &choice);
+    if icmp_error && verdict.kind() == CounterKind::Forward {
+        stats::count(Counter::IcmpErrorToBackend);
+    }
+    Ok(verdict)
+}
+
+#[inline(always)]
+fn action(verdict: Counter) -> u32 {
+    match verdict.kind() {
+        CounterKind::Pass => xdp_action::XDP_PASS,
+        CounterKind::Drop => xdp_action::XDP_DROP,
+        _ if verdict == Counter::ForwardRedirect => xdp_action::XDP_REDIRECT,
+        _ => xdp_action::XDP_TX,
+    }
 }

@@ -3,16 +3,29 @@
 #![no_main]
 
 mod balancer;
+mod checksum;
+mod decap;
+mod encap;
+mod flow;
+mod forward;
+mod icmp;
 mod maps;
 mod parse;
 mod stats;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
-/// Catches packets for virtual services; everything else goes to the stack untouched.
+/// Catches packets for virtual services and sends them to a backend; everything else goes to
+/// the stack untouched.
 #[xdp]
 pub fn balancer(ctx: XdpContext) -> u32 {
     balancer::run(&ctx)
+}
+
+/// On backend hosts: strips the balancer's tunnel header from packets addressed to the host.
+#[xdp]
+pub fn decap(ctx: XdpContext) -> u32 {
+    decap::run(&ctx)
 }
 
 #[cfg(not(test))]

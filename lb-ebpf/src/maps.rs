@@ -1,12 +1,50 @@
-//! Every map of the data plane. Names and sizes come from lb-common; the agent may resize at load.
+//! Every map of the data plane. Names and default sizes come from lb-common; the agent resizes
+//! the ones marked "load time" there when it loads the programs.
 use aya_ebpf::{
+    bindings::bpf_fib_lookup,
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruPerCpuHashMap, PerCpuArray},
 };
-use lb_common::{limits, Counter, VipKey, VipValue};
+use lb_common::{
+    limits, BackendValue, ConfigValue, Counter, FlowKey, FlowValue, TrafficStats, VipKey, VipValue,
+};
 
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(limits::MAX_VIPS, 0);
 
+/// All Maglev rings back to back; a VIP's ring starts at its `ring_offset`. Read-only here.
+#[map(name = "RINGS")]
+pub static RINGS: Array<u32> = Array::with_max_entries(limits::MAX_RINGS * limits::RING_SIZE, 0);
+
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(limits::MAX_BACKENDS, 0);
+
+/// Connection -> backend. Per CPU: no locking on the fast path. A NIC's RSS sends one
+/// connection to one queue, so each CPU sees its own connections.
+#[map(name = "FLOWS")]
+pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
+    LruPerCpuHashMap::with_max_entries(limits::FLOWS_PER_CPU, 0);
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<ConfigValue> = Array::with_max_entries(1, 0);
+
+/// Interfaces the balancer may redirect to, keyed by ifindex.
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(limits::MAX_TX_PORTS, 0);
+
+/// Local addresses (IPv4 in the first 4 bytes) the decap program strips tunnels for.
+#[map(name = "DECAP_ADDRS")]
+pub static DECAP_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(limits::MAX_DECAP_ADDRS, 0);
+
+/// Room for one bpf_fib_lookup request per CPU, off the 512-byte BPF stack.
+#[map(name = "FIB_SCRATCH")]
+pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map(name = "VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(limits::MAX_VIPS, 0);
+
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);

@@ -21,10 +21,16 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
         return Err(Counter::PassMalformed);
     }
     let frags = u16::from_be_bytes(ip.frags);
-    if frags & (MORE_FRAGMENTS | OFFSET_MASK) != 0 {
-        return Err(Counter::PassFragment);
-    }
+    let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&ip.src_addr);
     dst[..4].copy_from_slice(&ip.dst_addr);
-    Ok(L3 { family: FAMILY_V4, proto: ip.proto, dst, l4_offset: offset + header_len })
+    Ok(L3 {
+        family: FAMILY_V4,
+        proto: ip.proto,
+        fragment: frags & (MORE_FRAGMENTS | OFFSET_MASK) != 0,
+        src,
+        dst,
+        l4_offset: offset + header_len,
+    })
 }

@@ -19,7 +19,8 @@ struct ExtHdr {
     len: u8,
 }
 
-/// Parses an IPv6 header at `offset` and skips the usual extension headers.
+/// Parses an IPv6 header at `offset` and skips the usual extension headers. A fragment header
+/// ends the walk: the packet is a fragment.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
@@ -30,25 +31,24 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
     }
     let mut proto = ip.next_hdr;
     let mut l4_offset = offset + Ipv6Hdr::LEN;
+    let mut fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
-        let len = match proto {
-            HOP_BY_HOP | ROUTING | DEST_OPTS => {
-                let ext: *const ExtHdr = ptr_at(ctx, l4_offset)?;
-                (unsafe { (*ext).len } as usize + 1) * 8
-            }
-            AUTH => {
-                let ext: *const ExtHdr = ptr_at(ctx, l4_offset)?;
-                (unsafe { (*ext).len } as usize + 2) * 4
-            }
-            FRAGMENT => return Err(Counter::PassFragment),
+        let ext: *const ExtHdr = match proto {
+            HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT => ptr_at(ctx, l4_offset)?,
             _ => break,
         };
-        let ext: *const ExtHdr = ptr_at(ctx, l4_offset)?;
-        proto = unsafe { (*ext).next_hdr };
-        l4_offset += len;
+        // SAFETY: ptr_at checked the two bytes are inside the frame.
+        let (next, len) = unsafe { ((*ext).next_hdr, (*ext).len as usize) };
+        if proto == FRAGMENT {
+            fragment = true;
+            proto = next;
+            break;
+        }
+        l4_offset += if proto == AUTH { (len + 2) * 4 } else { (len + 1) * 8 };
+        proto = next;
     }
-    if matches!(proto, HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT) {
+    if !fragment && matches!(proto, HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT) {
         return Err(Counter::PassMalformed);
     }
-    Ok(L3 { family: FAMILY_V6, proto, dst: ip.dst_addr, l4_offset })
+    Ok(L3 { family: FAMILY_V6, proto, fragment, src: ip.src_addr, dst: ip.dst_addr, l4_offset })
 }

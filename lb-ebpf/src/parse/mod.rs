@@ -6,34 +6,67 @@ mod ipv6;
 mod l4;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::Counter;
+pub use eth::{ETH_P_IP, ETH_P_IPV6, LEN as ETH_LEN};
+use lb_common::{Counter, FlowKey};
 
 /// What the balancer needs to know about a packet.
 pub struct Packet {
-    pub family: u8,
-    /// L4 protocol number (after IPv6 extension headers).
-    pub proto: u8,
-    pub dst: [u8; 16],
-    /// Host byte order; 0 for protocols without ports.
-    pub dport: u16,
+    /// Addresses, ports (0 for protocols without ports and for fragments), L4 protocol (after
+    /// IPv6 extension headers), family: the flow-table key as it stands.
+    pub key: FlowKey,
+    /// A fragment: no L4 header was parsed.
+    pub fragment: bool,
+    pub l4_offset: usize,
 }
 
-/// Where the IP header says the L4 header starts, and which protocol it is.
+/// What the IP header says: addresses, protocol, where L4 starts, whether it is a fragment.
 pub struct L3 {
     pub family: u8,
     pub proto: u8,
+    pub fragment: bool,
+    pub src: [u8; 16],
     pub dst: [u8; 16],
     pub l4_offset: usize,
 }
 
 pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
     let l3 = match eth::ether_type(ctx)? {
-        eth::ETH_P_IP => ipv4::parse(ctx, eth::LEN)?,
-        eth::ETH_P_IPV6 => ipv6::parse(ctx, eth::LEN)?,
+        ETH_P_IP => ipv4::parse(ctx, ETH_LEN)?,
+        ETH_P_IPV6 => ipv6::parse(ctx, ETH_LEN)?,
         _ => return Err(Counter::PassNotIp),
     };
-    let (_sport, dport) = l4::ports(ctx, l3.l4_offset, l3.proto)?;
-    Ok(Packet { family: l3.family, proto: l3.proto, dst: l3.dst, dport })
+    let (sport, dport) = if l3.fragment { (0, 0) } else { l4::ports(ctx, l3.l4_offset, l3.proto)? };
+    Ok(Packet {
+        key: FlowKey {
+            src: l3.src,
+            dst: l3.dst,
+            sport,
+            dport,
+            proto: l3.proto,
+            family: l3.family,
+            _pad: [0; 2],
+        },
+        fragment: l3.fragment,
+        l4_offset: l3.l4_offset,
+    })
+}
+
+/// An IP header quoted inside an ICMP error at `offset`: the same checks as a real one.
+#[inline(always)]
+pub fn quoted_l3(ctx: &XdpContext, offset: usize, family: u8) -> Result<L3, Counter> {
+    if family == lb_common::FAMILY_V4 {
+        ipv4::parse(ctx, offset)
+    } else {
+        ipv6::parse(ctx, offset)
+    }
+}
+
+/// Source and destination port of a quoted TCP/UDP header (ICMP quotes only its first 8 bytes).
+#[inline(always)]
+pub fn quoted_ports(ctx: &XdpContext, offset: usize) -> Result<(u16, u16), Counter> {
+    let ports: *const [u8; 4] = ptr_at(ctx, offset)?;
+    let p = unsafe { *ports };
+    Ok((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
 }
 
 /// A pointer to a `T` at `offset` in the frame, if the whole `T` lies inside it.
@@ -45,4 +78,10 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Counter> {
         return Err(Counter::PassMalformed);
     }
     Ok((start + offset) as *const T)
+}
+
+/// A writable pointer, same check as [`ptr_at`].
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Counter> {
+    ptr_at::<T>(ctx, offset).map(|p| p as *mut T)
 }

@@ -29,6 +29,12 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("adding interface {ifindex} to TX_PORTS: {source}")]
+    TxPort {
+        ifindex: u32,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
     #[error("the eBPF object has no XDP program named {0:?}")]
     NoProgram(&'static str),
     #[error("the kernel rejected XDP program {name:?}: {source}")]
@@ -109,10 +115,10 @@ pub fn load_with(sizes: Sizes) -> Result<Datapath, DatapathError> {
         return Err(DatapathError::NoObject);
     }
     let mut ebpf = EbpfLoader::new()
-        .set_max_entries(map_names::FLOWS, sizes.flows_per_cpu)
-        .set_max_entries(map_names::RINGS, sizes.max_rings * sizes.ring_stride)
-        .set_max_entries(map_names::BACKENDS, sizes.max_backends)
-        .set_max_entries(map_names::BACKEND_STATS, sizes.max_backends)
+        .map_max_entries(map_names::FLOWS, sizes.flows_per_cpu)
+        .map_max_entries(map_names::RINGS, sizes.max_rings * sizes.ring_stride)
+        .map_max_entries(map_names::BACKENDS, sizes.max_backends)
+        .map_max_entries(map_names::BACKEND_STATS, sizes.max_backends)
         .load(object)
         .map_err(|e| DatapathError::Load(Box::new(e)))?;
     for name in PROGRAMS {
@@ -124,7 +130,12 @@ pub fn load_with(sizes: Sizes) -> Result<Datapath, DatapathError> {
 
 impl Datapath {
     /// Attaches program `name` to `interface` (in the calling thread's network namespace).
-    pub fn attach(&mut self, name: &'static str, interface: &str, mode: Mode) -> Result<XdpLinkId, DatapathError> {
+    pub fn attach(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+        mode: Mode,
+    ) -> Result<XdpLinkId, DatapathError> {
         let prog: &mut Xdp = program(&mut self.ebpf, name)?;
         let flags = match mode {
             Mode::Native => XdpMode::Driver,

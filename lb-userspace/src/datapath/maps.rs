@@ -65,7 +65,12 @@ impl Datapath {
     /// Writes ring number `ring`, only the slots where `new` differs from `old` (pass `None` for a
     /// ring never written). Each slot is one 4-byte store, so the data plane sees every slot
     /// either old or new, never a torn value.
-    pub fn write_ring(&mut self, ring: u32, old: Option<&[u32]>, new: &[u32]) -> Result<usize, DatapathError> {
+    pub fn write_ring(
+        &mut self,
+        ring: u32,
+        old: Option<&[u32]>,
+        new: &[u32],
+    ) -> Result<usize, DatapathError> {
         let Sizes { max_rings, ring_stride, .. } = self.sizes;
         if ring >= max_rings {
             return Err(DatapathError::NoSuchRing { ring, max_rings });
@@ -93,7 +98,8 @@ impl Datapath {
 
     pub fn set_config(&mut self, config: ConfigValue) -> Result<(), DatapathError> {
         let name = map_names::CONFIG;
-        let mut cfg: Array<&mut MapData, ConfigValue> = Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+        let mut cfg: Array<&mut MapData, ConfigValue> =
+            Array::try_from(self.map_mut(name)?).map_err(err(name))?;
         cfg.set(0, config, 0).map_err(err(name))
     }
 
@@ -101,8 +107,9 @@ impl Datapath {
     /// came in on). Interfaces are in the namespace the programs are attached in.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         let name = map_names::TX_PORTS;
-        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(name)?).map_err(err(name))?;
-        ports.insert(ifindex, ifindex, None, 0).map_err(err(name))
+        let mut ports: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map_mut(name)?).map_err(err(name))?;
+        ports.insert(ifindex, ifindex, None, 0).map_err(|source| DatapathError::TxPort { ifindex, source })
     }
 
     /// Makes the decap program accept tunnels addressed to `addr` (a local address of the host).

@@ -1,0 +1,77 @@
+//! Which backend a packet goes to: VIP lookup, flow table, Maglev ring.
+use lb_common::{
+    hash, BackendValue, ConfigValue, Counter, FlowKey, FlowValue, VipKey, VipValue, FAMILY_V4, NO_BACKEND,
+    PROTO_ICMP, PROTO_ICMPV6, VIP_HASH_SOURCE_ONLY,
+};
+
+use crate::maps::{BACKENDS, FLOWS, RINGS, VIPS};
+
+/// The VIP for (address, port, protocol): the port-specific entry first, then the any-port one.
+#[inline(always)]
+pub fn lookup_vip(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<&'static VipValue> {
+    let mut key = VipKey { addr: *addr, port, proto, family };
+    // SAFETY: VIP values are plain integers written whole by the agent.
+    if let Some(v) = unsafe { VIPS.get(&key) } {
+        return Some(v);
+    }
+    if port == 0 {
+        return None;
+    }
+    key.port = 0;
+    unsafe { VIPS.get(&key) }
+}
+
+/// Whether `addr` is a VIP address (the agent adds an ICMP entry for each).
+#[inline(always)]
+pub fn is_vip_address(addr: &[u8; 16], family: u8) -> bool {
+    let proto = if family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 };
+    let key = VipKey { addr: *addr, port: 0, proto, family };
+    VIPS.get_ptr(&key).is_some()
+}
+
+/// Plain integers only: it crosses a BPF function call through the stack, where the verifier
+/// does not let a spilled map pointer be read back in pieces.
+pub struct Choice {
+    pub id: u32,
+    /// The flow hash, also used for tunnel source entropy.
+    pub hash: u32,
+    pub new_flow: bool,
+}
+
+/// A flow-table hit wins (drains and ring changes never move a live connection); a miss picks
+/// from the VIP's ring and, if `record`, remembers the choice.
+#[inline(never)]
+pub fn choose(vip: &VipValue, key: &FlowKey, cfg: &ConfigValue, record: bool) -> Result<Choice, Counter> {
+    let hash = if vip.flags & VIP_HASH_SOURCE_ONLY != 0 {
+        hash::source(key, cfg.hash_seed)
+    } else {
+        hash::flow(key, cfg.hash_seed)
+    };
+    // SAFETY: flow values are a plain u32 written whole.
+    let (id, new_flow) = match unsafe { FLOWS.get(key) } {
+        Some(v) => (v.backend, false),
+        None => {
+            if vip.ring_size == 0 {
+                return Err(Counter::DropNoBackend);
+            }
+            let slot = vip.ring_offset + hash % vip.ring_size;
+            (RINGS.get(slot).copied().unwrap_or(NO_BACKEND), true)
+        }
+    };
+    backend(id, key.family)?;
+    crate::stats::count(if new_flow { Counter::FlowMiss } else { Counter::FlowHit });
+    if new_flow && record {
+        // A full table evicts its least recently used flow; an error here only costs a re-pick.
+        let _ = FLOWS.insert(key, &FlowValue { backend: id }, 0);
+    }
+    Ok(Choice { id, hash, new_flow })
+}
+
+/// Backend `id` if it is configured and of the packet's family.
+#[inline(always)]
+pub fn backend(id: u32, family: u8) -> Result<&'static BackendValue, Counter> {
+    match BACKENDS.get(id) {
+        Some(b) if id != NO_BACKEND && b.family == family => Ok(b),
+        _ => Err(Counter::DropNoBackend),
+    }
+}

@@ -1,0 +1,108 @@
+//! Sending a packet to its backend: next hop from the kernel's FIB, rewrite, then XDP_TX out of
+//! the ingress interface or a redirect through TX_PORTS to another one.
+use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams, helpers::bpf_fib_lookup, programs::XdpContext, EbpfContext,
+};
+use lb_common::{Counter, FlowKey, VipValue, FAMILY_V4, MODE_IPIP};
+use network_types::eth::EthHdr;
+
+use crate::{
+    encap,
+    flow::{self, Choice},
+    maps::{BACKEND_STATS, CONFIG, FIB_SCRATCH, TX_PORTS, VIP_STATS},
+    parse::{ptr_at_mut, ETH_P_IP, ETH_P_IPV6},
+    stats,
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+struct NextHop {
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    ifindex: u32,
+}
+
+/// Sends the packet to `choice`'s backend the VIP's way. Every check that can fail runs before
+/// the packet is modified, so a pass verdict always passes the packet as it arrived.
+/// Not inlined: both the main path and the ICMP-error path call it, and the BPF stack is small.
+/// (Four arguments at most: BPF passes five in registers and the sixth would be the result's.)
+#[inline(never)]
+pub fn to_backend(ctx: &XdpContext, vip: &VipValue, key: &FlowKey, choice: &Choice) -> Counter {
+    match send(ctx, vip, key, choice) {
+        Ok(c) | Err(c) => c,
+    }
+}
+
+#[inline(always)]
+fn send(ctx: &XdpContext, vip: &VipValue, key: &FlowKey, choice: &Choice) -> Result<Counter, Counter> {
+    let cfg = CONFIG.get(0).ok_or(Counter::PassNotVip)?;
+    let backend = flow::backend(choice.id, key.family)?;
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let ipip = vip.mode == MODE_IPIP;
+    let src = if ipip { encap::outer_source(key.family, cfg, choice.hash) } else { key.src };
+    let hop = next_hop(ctx, key.family, &src, &backend.addr)?;
+    let redirect = hop.ifindex != ctx.ingress_ifindex() as u32;
+    if redirect && TX_PORTS.get_ifindex(hop.ifindex).is_none() {
+        return Err(Counter::PassNoTxPort);
+    }
+    if ipip {
+        if key.family == FAMILY_V4 {
+            encap::push_ipv4(ctx, &src, &backend.addr)?;
+        } else {
+            encap::push_ipv6(ctx, &src, &backend.addr, choice.hash)?;
+        }
+    }
+    let ether_type = if key.family == FAMILY_V4 { ETH_P_IP } else { ETH_P_IPV6 };
+    let eth: *mut EthHdr = ptr_at_mut(ctx, 0).map_err(|_| Counter::DropEncapFailed)?;
+    // SAFETY: ptr_at_mut checked bounds.
+    unsafe { *eth = EthHdr { dst_addr: hop.dmac, src_addr: hop.smac, ether_type: ether_type.to_be() } };
+    stats::traffic(&VIP_STATS, vip.id, bytes, choice.new_flow);
+    stats::traffic(&BACKEND_STATS, choice.id, bytes, choice.new_flow);
+    if !redirect {
+        return Ok(Counter::ForwardTx);
+    }
+    // Checked above; if the port went away since, the stack gets the rewritten packet.
+    Ok(match TX_PORTS.redirect(hop.ifindex, 0) {
+        Ok(_) => Counter::ForwardRedirect,
+        Err(_) => Counter::PassNoTxPort,
+    })
+}
+
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, family: u8, src: &[u8; 16], dst: &[u8; 16]) -> Result<NextHop, Counter> {
+    // In a per-CPU scratch slot rather than on the 512-byte BPF stack.
+    let p = FIB_SCRATCH.get_ptr_mut(0).ok_or(Counter::PassFibFailed)?;
+    // SAFETY: a per-CPU slot only this program run uses; all-zero is a valid empty request.
+    let p = unsafe { &mut *p };
+    *p = unsafe { core::mem::zeroed() };
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    if family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+    } else {
+        p.family = AF_INET6;
+        // SAFETY: plain integer unions.
+        unsafe {
+            words(src, &mut p.__bindgen_anon_3.ipv6_src);
+            words(dst, &mut p.__bindgen_anon_4.ipv6_dst);
+        }
+    }
+    // SAFETY: p is a properly sized, initialised request on our stack.
+    let rc = unsafe {
+        bpf_fib_lookup(ctx.as_ptr(), p as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0)
+    };
+    if rc != 0 {
+        return Err(Counter::PassFibFailed);
+    }
+    Ok(NextHop { smac: p.smac, dmac: p.dmac, ifindex: p.ifindex })
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16], out: &mut [u32; 4]) {
+    out[0] = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+    out[1] = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
+    out[2] = u32::from_ne_bytes([a[8], a[9], a[10], a[11]]);
+    out[3] = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+}

@@ -45,8 +45,10 @@ pub mod limits {
     pub const RING_SIZE: u32 = 65_537;
     /// Rings the RINGS array holds at RING_SIZE slots each (4 bytes a slot: 16.8 MiB). Load time.
     pub const MAX_RINGS: u32 = 64;
-    /// Flow-table entries per CPU (LRU: the least recently used flow is evicted). Load time.
-    pub const FLOWS_PER_CPU: u32 = 1 << 20;
+    /// Flow-table entries per CPU: the table holds this many times the number of possible CPUs,
+    /// and each CPU evicts its own least recently used flows when its share is full. About
+    /// 100 bytes of kernel memory each (25 MiB per CPU at this default). Load time.
+    pub const FLOWS_PER_CPU: u32 = 1 << 18;
     /// Interfaces the balancer can redirect to (devmap keyed by ifindex). Load time.
     pub const MAX_TX_PORTS: u32 = 64;
     /// Local addresses the decap program accepts tunnels for. Load time.

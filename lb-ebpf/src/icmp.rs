@@ -1,7 +1,7 @@
 //! ICMP for VIPs: the balancer answers echo requests to VIP addresses itself, and sends the
 //! errors that path-MTU discovery depends on to the backend of the flow they quote.
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, FlowKey, FAMILY_V4};
+use lb_common::{Counter, FlowKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
@@ -47,7 +47,8 @@ pub fn handle(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Counter> {
     // The quoted packet went from the VIP to the client: its flow, seen from the client, is
     // the reverse.
     let quoted = parse::quoted_l3(ctx, pkt.l4_offset + ICMP_ERROR_HEADER, family)?;
-    if quoted.fragment {
+    // Only TCP and UDP flows have backends (the balancer answers pings itself).
+    if quoted.fragment || (quoted.proto != PROTO_TCP && quoted.proto != PROTO_UDP) {
         return Err(Counter::PassNotVip);
     }
     let (vip_port, client_port) = parse::quoted_ports(ctx, quoted.l4_offset)?;

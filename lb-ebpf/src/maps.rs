@@ -1,9 +1,9 @@
 //! Every map of the data plane. Names and default sizes come from lb-common; the agent resizes
 //! the ones marked "load time" there when it loads the programs.
 use aya_ebpf::{
-    bindings::bpf_fib_lookup,
+    bindings::{bpf_fib_lookup, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     limits, BackendValue, ConfigValue, Counter, FlowKey, FlowValue, TrafficStats, VipKey, VipValue,
@@ -19,11 +19,13 @@ pub static RINGS: Array<u32> = Array::with_max_entries(limits::MAX_RINGS * limit
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(limits::MAX_BACKENDS, 0);
 
-/// Connection -> backend. Per CPU: no locking on the fast path. A NIC's RSS sends one
-/// connection to one queue, so each CPU sees its own connections.
+/// Connection -> backend. One table that every CPU sees (a connection whose packets move to
+/// another CPU keeps its backend) with a separate LRU list per CPU (BPF_F_NO_COMMON_LRU), so
+/// inserts and evictions on one CPU do not contend with the others. The loader sizes it to
+/// flows_per_cpu × possible CPUs.
 #[map(name = "FLOWS")]
-pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
-    LruPerCpuHashMap::with_max_entries(limits::FLOWS_PER_CPU, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(limits::FLOWS_PER_CPU, BPF_F_NO_COMMON_LRU);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<ConfigValue> = Array::with_max_entries(1, 0);

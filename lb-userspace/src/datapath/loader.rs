@@ -21,6 +21,8 @@ pub enum DatapathError {
     NoObject,
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] Box<EbpfError>),
+    #[error("reading the number of possible CPUs from {0}: {1}")]
+    Cpus(&'static str, #[source] std::io::Error),
     #[error("the eBPF object has no map named {0:?}")]
     NoMap(&'static str),
     #[error("map {name}: {source}")]
@@ -114,8 +116,9 @@ pub fn load_with(sizes: Sizes) -> Result<Datapath, DatapathError> {
     if object.is_empty() {
         return Err(DatapathError::NoObject);
     }
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| DatapathError::Cpus(path, e))? as u32;
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(map_names::FLOWS, sizes.flows_per_cpu)
+        .map_max_entries(map_names::FLOWS, sizes.flows_per_cpu * cpus)
         .map_max_entries(map_names::RINGS, sizes.max_rings * sizes.ring_stride)
         .map_max_entries(map_names::BACKENDS, sizes.max_backends)
         .map_max_entries(map_names::BACKEND_STATS, sizes.max_backends)

@@ -26,7 +26,7 @@ fn tcp_through_attached_balancer_still_works() {
     lb.addr("eth0", &format!("{LB6}/64"));
 
     let mut dp = datapath::load().expect("load");
-    lb.run(|| datapath::attach(&mut dp, "eth0", Mode::Native)).expect("attach in native mode");
+    lb.run(|| dp.attach(datapath::BALANCER, "eth0", Mode::Native)).expect("attach in native mode");
     let shown = lb.ip(&["link", "show", "eth0"]);
     assert!(shown.contains("xdp "), "not attached in native (driver) mode: {shown}");
 

@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut dp = datapath::load()?;
     for interface in &args.interfaces {
-        datapath::attach(&mut dp, interface, mode)?;
+        dp.attach(datapath::BALANCER, interface, mode)?;
         info!(interface, %mode, "balancer attached");
     }
 

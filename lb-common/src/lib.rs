@@ -32,6 +32,21 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const FIB_SCRATCH: &str = "FIB_SCRATCH";
+    /// Every map, for pinning.
+    pub const ALL: [&str; 11] = [
+        VIPS,
+        RINGS,
+        BACKENDS,
+        FLOWS,
+        CONFIG,
+        TX_PORTS,
+        DECAP_ADDRS,
+        STATS,
+        VIP_STATS,
+        BACKEND_STATS,
+        FIB_SCRATCH,
+    ];
 }
 
 /// Default map sizes, compiled into the object. The agent may change the ones marked

@@ -22,7 +22,7 @@ pub const VIP_ADDRESS_ONLY: u32 = 1 << 1;
 /// IPv4 addresses sit in the first four bytes of `addr`, the rest zero. `port` is in host byte
 /// order; port 0 is the VIP's any-port entry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VipKey {
     pub addr: [u8; 16],
     pub port: u16,

@@ -1,3 +1,8 @@
 //! The agent (`lbd`) and CLI (`lbctl`) of the XDP load balancer.
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod datapath;
 pub mod maglev;

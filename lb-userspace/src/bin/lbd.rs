@@ -1,25 +1,43 @@
-//! lbd: loads the balancer, attaches it to the given interfaces and keeps it there until stopped.
+//! lbd: the balancer's agent. Loads and attaches the XDP balancer, keeps the maps in the state
+//! the config file and the control API ask for, and serves the API.
+use std::{path::PathBuf, sync::Arc};
+
 use anyhow::Context as _;
-use clap::Parser;
-use lb_userspace::datapath::{self, Mode};
-use tokio::signal::unix::{signal, SignalKind};
-use tracing::{info, warn};
+use clap::{Parser, ValueEnum};
+use lb_userspace::{agent::start, api};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Mutex,
+};
+use tracing::{error, info};
 
 /// The XDP load balancer's agent.
 ///
-/// Loads the balancer program, attaches it to each INTERFACE and keeps it attached until SIGINT
-/// or SIGTERM; then detaches it. Needs root (CAP_BPF, CAP_NET_ADMIN).
+/// Attaches the balancer to the configured interfaces through pinned links and keeps its maps
+/// pinned, so forwarding continues while lbd restarts or upgrades: a new lbd adopts what the
+/// old one left. Serves the control API (lbctl) on a Unix socket. Needs root.
 ///
-/// Example: lbd --interface eth0
+/// Signals: SIGHUP re-reads the config file and applies it (the running state is untouched if
+/// it is invalid); SIGTERM and SIGINT stop lbd (see --on-exit).
+///
+/// Example: lbd --config /etc/lbd.toml
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// Interface to attach the balancer to; repeat for several.
-    #[arg(short, long = "interface", value_name = "INTERFACE", required = true)]
-    interfaces: Vec<String>,
-    /// Attach in generic (skb) mode, for drivers without native XDP. Much slower.
-    #[arg(long)]
-    generic: bool,
+    /// The config file (TOML); see README, "Configuration".
+    #[arg(short, long, value_name = "FILE", default_value = "/etc/lbd.toml")]
+    config: PathBuf,
+    /// What happens to forwarding when lbd stops (a crash always keeps it).
+    #[arg(long, value_enum, default_value_t = OnExit::Keep)]
+    on_exit: OnExit,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnExit {
+    /// Leave the balancer attached and its maps pinned: forwarding goes on, the next lbd adopts it.
+    Keep,
+    /// Detach the balancer and remove its pins and saved state: forwarding stops.
+    Detach,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -30,24 +48,49 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let mode = if args.generic {
-        warn!("attaching in generic mode: packets reach XDP only after the kernel built an skb");
-        Mode::Generic
-    } else {
-        Mode::Native
-    };
-
-    let mut dp = datapath::load()?;
-    for interface in &args.interfaces {
-        dp.attach(datapath::BALANCER, interface, mode)?;
-        info!(interface, %mode, "balancer attached");
-    }
+    let agent = start::start(&args.config)?;
+    let socket = agent.config.api_socket.clone();
+    let agent: api::Shared = Arc::new(Mutex::new(agent));
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: detaching"),
-        _ = term.recv() => info!("SIGTERM: detaching"),
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(socket.clone(), agent.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    info!(socket = %socket.display(), "control API listening");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT"); break }
+            _ = term.recv() => { info!("SIGTERM"); break }
+            _ = hup.recv() => reload(&agent).await,
+        }
     }
-    drop(dp);
+    let _ = stop_tx.send(());
+    server.await.context("API server task")?.context("API server")?;
+    let _ = std::fs::remove_file(&socket);
+    let a = agent.lock().await;
+    if args.on_exit == OnExit::Detach {
+        for interface in &a.config.interfaces {
+            a.datapath.unpin_link(interface)?;
+        }
+        a.datapath.unpin_maps()?;
+        let _ = std::fs::remove_file(&a.state_file);
+        info!("detached: forwarding stops as lbd exits");
+    } else {
+        info!("exiting; the balancer keeps forwarding (pinned)");
+    }
     Ok(())
+}
+
+async fn reload(agent: &api::Shared) {
+    let mut a = agent.lock().await;
+    let Some(file) = a.config_file.clone() else { return };
+    let result = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        .and_then(|text| a.apply_text(&text, &file.display().to_string()).map_err(|e| e.to_string()));
+    match result {
+        Ok(plan) => info!(file = %file.display(), vips = plan.len(), "SIGHUP: config applied"),
+        Err(e) => error!("SIGHUP: config not applied, nothing changed: {e}"),
+    }
 }

@@ -1,5 +1,11 @@
+use std::path::{Path, PathBuf};
+
 use aya::{
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use lb_common::{limits, map_names};
@@ -21,6 +27,14 @@ pub enum DatapathError {
     NoObject,
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] Box<EbpfError>),
+    #[error("cannot create the pin directory {0}: {1} (is bpffs mounted on /sys/fs/bpf?)")]
+    PinDir(PathBuf, #[source] std::io::Error),
+    #[error("map {name} pinned with {pinned} entries, but the limits ask for {wanted}: restore the old limits, or remove the pin directory (this drops the flow table)")]
+    PinnedSize { name: &'static str, pinned: u32, wanted: u32 },
+    #[error("pinned link {path}: {reason}")]
+    Link { path: PathBuf, reason: String },
+    #[error("this datapath was loaded without a pin directory")]
+    NotPinned,
     #[error("reading the number of possible CPUs from {0}: {1}")]
     Cpus(&'static str, #[source] std::io::Error),
     #[error("the eBPF object has no map named {0:?}")]
@@ -104,6 +118,8 @@ impl Default for Sizes {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub sizes: Sizes,
+    /// Where maps and links are pinned, if they are.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// Loads the embedded object with default map sizes and has the kernel verify every program.
@@ -111,27 +127,119 @@ pub fn load() -> Result<Datapath, DatapathError> {
     load_with(Sizes::default())
 }
 
+/// Loads with private maps (tests, one-off runs): they go away with the `Datapath`.
 pub fn load_with(sizes: Sizes) -> Result<Datapath, DatapathError> {
+    load_inner(sizes, None)
+}
+
+/// Loads with every map pinned under `dir` (a bpffs directory, created if missing). Maps
+/// already pinned there are reused with their contents: that is how a restarted agent adopts
+/// the running state. Their sizes must match `sizes`.
+pub fn load_pinned(sizes: Sizes, dir: &Path) -> Result<Datapath, DatapathError> {
+    std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.to_owned(), e))?;
+    load_inner(sizes, Some(dir))
+}
+
+fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, DatapathError> {
     let object = object();
     if object.is_empty() {
         return Err(DatapathError::NoObject);
     }
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| DatapathError::Cpus(path, e))? as u32;
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(map_names::FLOWS, sizes.flows_per_cpu * cpus)
-        .map_max_entries(map_names::RINGS, sizes.max_rings * sizes.ring_stride)
-        .map_max_entries(map_names::BACKENDS, sizes.max_backends)
-        .map_max_entries(map_names::BACKEND_STATS, sizes.max_backends)
-        .load(object)
-        .map_err(|e| DatapathError::Load(Box::new(e)))?;
+    let expected = [
+        (map_names::FLOWS, sizes.flows_per_cpu * cpus),
+        (map_names::RINGS, sizes.max_rings * sizes.ring_stride),
+        (map_names::BACKENDS, sizes.max_backends),
+        (map_names::BACKEND_STATS, sizes.max_backends),
+    ];
+    let mut loader = EbpfLoader::new();
+    for (name, entries) in expected {
+        loader.map_max_entries(name, entries);
+    }
+    if let Some(dir) = pin_dir {
+        for name in map_names::ALL {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader.load(object).map_err(|e| DatapathError::Load(Box::new(e)))?;
+    // A pinned map is reused whatever its size: refuse one made with other limits.
+    for (name, entries) in expected {
+        let map = ebpf.map(name).ok_or(DatapathError::NoMap(name))?;
+        let info = match map {
+            aya::maps::Map::LruHashMap(m) | aya::maps::Map::HashMap(m) => m.info(),
+            aya::maps::Map::Array(m) | aya::maps::Map::PerCpuArray(m) => m.info(),
+            _ => continue,
+        }
+        .map_err(|source| DatapathError::Map { name, source })?;
+        if info.max_entries() != entries {
+            return Err(DatapathError::PinnedSize { name, pinned: info.max_entries(), wanted: entries });
+        }
+    }
     for name in PROGRAMS {
         let prog: &mut Xdp = program(&mut ebpf, name)?;
         prog.load().map_err(|source| DatapathError::Verify { name, source: Box::new(source) })?;
     }
-    Ok(Datapath { ebpf, sizes })
+    Ok(Datapath { ebpf, sizes, pin_dir: pin_dir.map(Path::to_owned) })
 }
 
 impl Datapath {
+    /// Attaches the balancer to `interface` through a link pinned under the pin directory, so
+    /// that it keeps forwarding when the agent exits. If a link is already pinned for the
+    /// interface (an earlier agent's), its program is replaced atomically: no packet is missed.
+    /// Returns whether an existing link was adopted.
+    pub fn attach_pinned(&mut self, interface: &str, mode: Mode) -> Result<bool, DatapathError> {
+        let path = self.link_pin(interface)?;
+        let prog: &mut Xdp = program(&mut self.ebpf, BALANCER)?;
+        let link_error = |reason: String| DatapathError::Link { path: path.clone(), reason };
+        if path.exists() {
+            let fd_link = FdLink::from(PinnedLink::from_pin(&path).map_err(|e| link_error(e.to_string()))?);
+            let link = XdpLink::try_from(fd_link).map_err(|e| link_error(e.to_string()))?;
+            prog.attach_to_link(link).map_err(|e| link_error(e.to_string()))?;
+            return Ok(true);
+        }
+        let id = self.attach(BALANCER, interface, mode)?;
+        let prog: &mut Xdp = program(&mut self.ebpf, BALANCER)?;
+        let link = prog.take_link(id).map_err(|e| link_error(e.to_string()))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| link_error(e.to_string()))?;
+        fd_link.pin(&path).map_err(|e| link_error(e.to_string()))?;
+        Ok(false)
+    }
+
+    /// Removes the pinned link of `interface`: the balancer stops on it once this agent exits.
+    pub fn unpin_link(&self, interface: &str) -> Result<(), DatapathError> {
+        let path = self.link_pin(interface)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(DatapathError::Link { path, reason: e.to_string() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every pinned map (after [`Self::unpin_link`] for each interface).
+    pub fn unpin_maps(&self) -> Result<(), DatapathError> {
+        let Some(dir) = &self.pin_dir else { return Ok(()) };
+        for name in map_names::ALL {
+            let path = dir.join(name);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(DatapathError::Link { path, reason: e.to_string() });
+                }
+            }
+        }
+        // The versioned directory, then its parent (the configured pin_path) if nothing else is there.
+        let _ = std::fs::remove_dir(dir);
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        Ok(())
+    }
+
+    fn link_pin(&self, interface: &str) -> Result<PathBuf, DatapathError> {
+        let dir = self.pin_dir.as_ref().ok_or(DatapathError::NotPinned)?;
+        Ok(dir.join(format!("link_{interface}")))
+    }
+
     /// Attaches program `name` to `interface` (in the calling thread's network namespace).
     pub fn attach(
         &mut self,

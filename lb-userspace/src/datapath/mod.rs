@@ -2,4 +2,6 @@
 mod loader;
 mod maps;
 
-pub use loader::{load, load_with, object, program, Datapath, DatapathError, Mode, Sizes, BALANCER, DECAP};
+pub use loader::{
+    load, load_pinned, load_with, object, program, Datapath, DatapathError, Mode, Sizes, BALANCER, DECAP,
+};

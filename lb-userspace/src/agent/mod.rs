@@ -1,0 +1,235 @@
+//! The agent's state and the operations the API, SIGHUP and start-up perform on it. Every
+//! change is validated as a whole first; an invalid one leaves the running state untouched.
+pub mod reconcile;
+pub mod start;
+mod stats;
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tracing::info;
+
+pub use self::stats::{BackendStats, Stats, VipStats};
+use crate::{
+    config::{self, BackendSpec, Config, Invalid, Source, Vip, VipSpec},
+    datapath::Datapath,
+};
+use reconcile::{Applied, ApplyError, Ids, PlanEntry};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+    #[error("saving the state to {path}: {source}")]
+    Persist { path: PathBuf, source: std::io::Error },
+}
+
+/// What survives an agent restart besides the maps: the desired state and the ids it was
+/// given, written after every change.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SavedState {
+    pub source: Source,
+    pub vips: Vec<Vip>,
+    pub ids: Ids,
+}
+
+impl SavedState {
+    pub fn read(path: &Path) -> Option<SavedState> {
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+pub struct Agent {
+    pub datapath: Datapath,
+    /// The desired state: the config as loaded, with every change made since.
+    pub config: Config,
+    pub applied: Applied,
+    pub config_file: Option<PathBuf>,
+    pub state_file: PathBuf,
+    /// Whether this agent found pinned maps and links from an earlier one and kept them.
+    pub adopted: bool,
+    pub started: std::time::SystemTime,
+}
+
+impl Agent {
+    /// Makes the maps hold the desired state and saves it.
+    pub fn apply(&mut self) -> Result<usize, AgentError> {
+        let slots =
+            reconcile::apply(&mut self.datapath, &mut self.applied, &self.config.source, &self.config.vips)?;
+        self.save()?;
+        Ok(slots)
+    }
+
+    fn save(&self) -> Result<(), AgentError> {
+        let state = SavedState {
+            source: self.config.source.clone(),
+            vips: self.config.vips.clone(),
+            ids: self.applied.ids.clone(),
+        };
+        let persist = |source| AgentError::Persist { path: self.state_file.clone(), source };
+        if let Some(dir) = self.state_file.parent() {
+            std::fs::create_dir_all(dir).map_err(persist)?;
+        }
+        let tmp = self.state_file.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&state).expect("state serializes"))
+            .map_err(persist)?;
+        std::fs::rename(&tmp, &self.state_file).map_err(persist)
+    }
+
+    /// Validates `candidate` as a whole, then applies it. On any validation error nothing
+    /// changes.
+    fn replace(&mut self, candidate: Config, what: &str) -> Result<usize, AgentError> {
+        config::check_whole(&candidate).map_err(|e| e.invalid)?;
+        // Out-of-ids errors come from the plan, before any write.
+        reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes)?;
+        let previous = std::mem::replace(&mut self.config, candidate);
+        match self.apply() {
+            Ok(slots) => {
+                info!(change = what, slots_written = slots, "applied");
+                Ok(slots)
+            }
+            Err(e) => {
+                self.config = previous;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn add_vip(&mut self, spec: &VipSpec) -> Result<Vip, AgentError> {
+        let vip = config::validate_vip(spec, &self.config.limits)?;
+        if self.config.vips.iter().any(|v| v.name == vip.name) {
+            return Err(AgentError::Conflict(format!(
+                "a VIP named {:?} exists already: pick another name, or remove it first",
+                vip.name
+            )));
+        }
+        let mut candidate = self.config.clone();
+        candidate.vips.push(vip.clone());
+        self.replace(candidate, &format!("add vip {}", vip.name))?;
+        Ok(vip)
+    }
+
+    pub fn remove_vip(&mut self, name: &str) -> Result<(), AgentError> {
+        self.vip(name)?;
+        let mut candidate = self.config.clone();
+        candidate.vips.retain(|v| v.name != name);
+        self.replace(candidate, &format!("remove vip {name}")).map(drop)
+    }
+
+    pub fn vip(&self, name: &str) -> Result<&Vip, AgentError> {
+        self.config.vips.iter().find(|v| v.name == name).ok_or_else(|| {
+            AgentError::NotFound(format!("no VIP is named {name:?}: `lbctl vip list` shows the VIPs"))
+        })
+    }
+
+    pub fn add_backend(&mut self, vip: &str, spec: &BackendSpec) -> Result<(), AgentError> {
+        let current = self.vip(vip)?;
+        let backend = config::validate_backend(spec, current.address)
+            .map_err(|e| Invalid { field: format!("vip {vip:?}: {}", e.field), ..e })?;
+        if current.backend(backend.address).is_some() {
+            return Err(AgentError::Conflict(format!("{} is already a backend of {vip:?}", backend.address)));
+        }
+        let address = backend.address;
+        self.edit_vip(vip, &format!("add backend {address} to {vip}"), |v| v.backends.push(backend))
+    }
+
+    pub fn remove_backend(&mut self, vip: &str, address: IpAddr) -> Result<(), AgentError> {
+        self.backend(vip, address)?;
+        self.edit_vip(vip, &format!("remove backend {address} from {vip}"), |v| {
+            v.backends.retain(|b| b.address != address)
+        })
+    }
+
+    pub fn set_drained(&mut self, vip: &str, address: IpAddr, drained: bool) -> Result<(), AgentError> {
+        self.backend(vip, address)?;
+        let what = if drained { "drain" } else { "undrain" };
+        self.edit_vip(vip, &format!("{what} backend {address} of {vip}"), |v| {
+            v.backends.iter_mut().filter(|b| b.address == address).for_each(|b| b.drained = drained)
+        })
+    }
+
+    pub fn set_weight(&mut self, vip: &str, address: IpAddr, weight: i64) -> Result<(), AgentError> {
+        let current = self.backend(vip, address)?;
+        let spec =
+            BackendSpec { address: address.to_string(), weight: Some(weight), drained: current.drained };
+        let checked = config::validate_backend(&spec, address)
+            .map_err(|e| Invalid { field: format!("vip {vip:?}: {}", e.field), ..e })?;
+        self.edit_vip(vip, &format!("set weight of {address} in {vip} to {weight}"), |v| {
+            v.backends.iter_mut().filter(|b| b.address == address).for_each(|b| b.weight = checked.weight)
+        })
+    }
+
+    fn backend(&self, vip: &str, address: IpAddr) -> Result<&config::Backend, AgentError> {
+        self.vip(vip)?.backend(address).ok_or_else(|| {
+            AgentError::NotFound(format!(
+                "{address} is not a backend of {vip:?}: `lbctl backend list {vip}` shows its backends"
+            ))
+        })
+    }
+
+    /// Changes one VIP, re-checking its ring size against its new number of backends.
+    fn edit_vip(&mut self, name: &str, what: &str, change: impl FnOnce(&mut Vip)) -> Result<(), AgentError> {
+        let mut candidate = self.config.clone();
+        let vip = candidate.vips.iter_mut().find(|v| v.name == name).expect("checked by the caller");
+        change(vip);
+        crate::maglev::check_table_size(vip.ring_size, vip.backends.len()).map_err(|e| Invalid {
+            origin: None,
+            line: None,
+            field: format!("vip {name:?}: ring_size"),
+            message: e.to_string(),
+        })?;
+        self.replace(candidate, what).map(drop)
+    }
+
+    /// Parses a whole config (as `lbctl apply -f` sends it) and applies its VIPs and source.
+    /// Settings that need a restart must be unchanged.
+    pub fn apply_text(&mut self, text: &str, origin: &str) -> Result<Vec<PlanEntry>, AgentError> {
+        let candidate = self.candidate_from(text, origin)?;
+        let plan = reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes)?;
+        self.replace(candidate, &format!("apply {origin}"))?;
+        Ok(plan)
+    }
+
+    /// What [`Self::apply_text`] would change, without changing anything.
+    pub fn plan_text(&self, text: &str, origin: &str) -> Result<Vec<PlanEntry>, AgentError> {
+        let candidate = self.candidate_from(text, origin)?;
+        Ok(reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes)?)
+    }
+
+    fn candidate_from(&self, text: &str, origin: &str) -> Result<Config, AgentError> {
+        let new = config::parse(text, origin)?;
+        let frozen = [
+            ("pin_path", new.pin_path != self.config.pin_path),
+            ("api_socket", new.api_socket != self.config.api_socket),
+            ("state_file", new.state_file != self.config.state_file),
+            ("interfaces", new.interfaces != self.config.interfaces),
+            ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
+            ("limits", new.limits != self.config.limits),
+        ];
+        if let Some((key, _)) = frozen.iter().find(|(_, changed)| *changed) {
+            return Err(Invalid {
+                origin: Some(origin.into()),
+                line: None,
+                field: (*key).into(),
+                message: "differs from the running agent's and only takes effect when lbd restarts: keep it, or restart lbd with the new file".into(),
+            }
+            .into());
+        }
+        Ok(new)
+    }
+
+    pub fn stats(&self) -> Result<Stats, AgentError> {
+        stats::collect(self).map_err(|e| AgentError::Apply(ApplyError::Datapath(e)))
+    }
+}

@@ -1,0 +1,94 @@
+//! Start-up: load (or adopt) the pinned datapath, attach, and bring the maps to the desired
+//! state: the saved one if an earlier agent left pins behind, else the config file's.
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use lb_common::map_names;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::{reconcile::Applied, Agent, AgentError, SavedState};
+use crate::{
+    config::{self, Config, Invalid},
+    datapath::{self, DatapathError},
+};
+
+/// Pins live in a versioned directory: a new map layout gets a new directory instead of being
+/// handed old maps.
+pub const PIN_LAYOUT: &str = "v1";
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] Invalid),
+    #[error("interface {0:?} does not exist in this network namespace: check `interfaces` in the config (`ip link` lists them)")]
+    NoInterface(String),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+pub fn pin_dir(config: &Config) -> PathBuf {
+    config.pin_path.join(PIN_LAYOUT)
+}
+
+pub fn start(config_file: &Path) -> Result<Agent, StartError> {
+    let config = config::load(config_file)?;
+    let mut ifindexes = Vec::new();
+    for name in &config.interfaces {
+        ifindexes.push(ifindex(name).ok_or_else(|| StartError::NoInterface(name.clone()))?);
+    }
+    let dir = pin_dir(&config);
+    let pinned_before = dir.join(map_names::VIPS).exists();
+    let mut dp = datapath::load_pinned(config.limits.sizes(), &dir)?;
+    let mut links_adopted = 0;
+    for name in &config.interfaces {
+        if dp.attach_pinned(name, config.xdp_mode.into())? {
+            links_adopted += 1;
+        }
+        info!(interface = name, mode = ?config.xdp_mode, "balancer attached (link pinned)");
+    }
+    for i in ifindexes {
+        dp.add_tx_port(i)?;
+    }
+    let saved = if pinned_before { SavedState::read(&config.state_file) } else { None };
+    let adopted = saved.is_some();
+    let mut agent = Agent {
+        datapath: dp,
+        applied: Applied::default(),
+        config_file: Some(config_file.to_owned()),
+        state_file: config.state_file.clone(),
+        adopted,
+        started: std::time::SystemTime::now(),
+        config,
+    };
+    match saved {
+        Some(state) => {
+            info!(
+                vips = state.vips.len(),
+                links_adopted,
+                "adopting the running state left by the previous agent (`lbctl apply -f` returns to the file)"
+            );
+            agent.config.source = state.source;
+            agent.config.vips = state.vips;
+            agent.applied.ids = state.ids;
+        }
+        None if pinned_before => {
+            warn!(state_file = %agent.state_file.display(), "pinned maps found but no saved state: starting from the config file")
+        }
+        None => {}
+    }
+    let slots = agent.apply()?;
+    info!(vips = agent.config.vips.len(), ring_slots_written = slots, "maps reconciled");
+    Ok(agent)
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}

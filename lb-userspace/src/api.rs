@@ -1,0 +1,222 @@
+//! The control API: HTTP/JSON on a Unix socket (mode 0600: root only by default), so that
+//! `lbctl` and `curl --unix-socket` both work. Every route maps onto one [`Agent`] operation.
+use std::{net::IpAddr, sync::Arc};
+
+use axum::{
+    extract::{Path as UrlPath, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::{
+    agent::{Agent, AgentError},
+    config::{BackendSpec, VipSpec},
+};
+
+pub type Shared = Arc<Mutex<Agent>>;
+
+pub fn router(agent: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/vips", get(list_vips).post(add_vip))
+        .route("/v1/vips/{vip}", get(show_vip).delete(remove_vip))
+        .route("/v1/vips/{vip}/backends", get(list_backends).post(add_backend))
+        .route("/v1/vips/{vip}/backends/{address}", axum::routing::delete(remove_backend))
+        .route("/v1/vips/{vip}/backends/{address}/drain", post(drain))
+        .route("/v1/vips/{vip}/backends/{address}/undrain", post(undrain))
+        .route("/v1/vips/{vip}/backends/{address}/weight", put(set_weight))
+        .route("/v1/stats", get(stats))
+        .route("/v1/apply", post(apply))
+        .route("/v1/plan", post(plan))
+        .fallback(|| async {
+            ApiError(StatusCode::NOT_FOUND, "no such endpoint: see README, \"Control API\"".into())
+        })
+        .with_state(agent)
+}
+
+/// Serves until `shutdown` completes. Replaces a stale socket file; the socket is root-only.
+pub async fn serve(
+    socket: std::path::PathBuf,
+    agent: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    axum::serve(listener, router(agent)).with_graceful_shutdown(shutdown).await
+}
+
+/// An error answer: `{"error": "..."}` with a status scripts can branch on.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        let status = match e {
+            AgentError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AgentError::NotFound(_) => StatusCode::NOT_FOUND,
+            AgentError::Conflict(_) => StatusCode::CONFLICT,
+            AgentError::Apply(_) | AgentError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+fn address(text: &str) -> Result<IpAddr, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{text:?} is not an IPv4 or IPv6 address")))
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub interfaces: Vec<String>,
+    pub xdp_mode: crate::config::XdpMode,
+    pub pin_dir: String,
+    pub state_file: String,
+    pub config_file: Option<String>,
+    /// Pinned maps and links from an earlier agent were found and kept.
+    pub adopted: bool,
+    pub started_unix: u64,
+    pub vips: usize,
+    pub backends: usize,
+}
+
+async fn status(State(agent): State<Shared>) -> Json<Status> {
+    let a = agent.lock().await;
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        interfaces: a.config.interfaces.clone(),
+        xdp_mode: a.config.xdp_mode,
+        pin_dir: a.datapath.pin_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        state_file: a.state_file.display().to_string(),
+        config_file: a.config_file.as_ref().map(|p| p.display().to_string()),
+        adopted: a.adopted,
+        started_unix: a.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        vips: a.config.vips.len(),
+        backends: a.config.vips.iter().map(|v| v.backends.len()).sum(),
+    })
+}
+
+async fn list_vips(State(agent): State<Shared>) -> Json<Vec<crate::config::Vip>> {
+    Json(agent.lock().await.config.vips.clone())
+}
+
+async fn show_vip(
+    State(agent): State<Shared>,
+    UrlPath(vip): UrlPath<String>,
+) -> ApiResult<crate::config::Vip> {
+    Ok(Json(agent.lock().await.vip(&vip)?.clone()))
+}
+
+async fn add_vip(
+    State(agent): State<Shared>,
+    Json(spec): Json<VipSpec>,
+) -> Result<impl IntoResponse, ApiError> {
+    let vip = agent.lock().await.add_vip(&spec)?;
+    Ok((StatusCode::CREATED, Json(vip)))
+}
+
+async fn remove_vip(State(agent): State<Shared>, UrlPath(vip): UrlPath<String>) -> ApiResult<()> {
+    agent.lock().await.remove_vip(&vip)?;
+    Ok(Json(()))
+}
+
+async fn list_backends(
+    State(agent): State<Shared>,
+    UrlPath(vip): UrlPath<String>,
+) -> ApiResult<Vec<crate::config::Backend>> {
+    Ok(Json(agent.lock().await.vip(&vip)?.backends.clone()))
+}
+
+async fn add_backend(
+    State(agent): State<Shared>,
+    UrlPath(vip): UrlPath<String>,
+    Json(spec): Json<BackendSpec>,
+) -> Result<impl IntoResponse, ApiError> {
+    agent.lock().await.add_backend(&vip, &spec)?;
+    Ok((StatusCode::CREATED, Json(())))
+}
+
+async fn remove_backend(
+    State(agent): State<Shared>,
+    UrlPath((vip, addr)): UrlPath<(String, String)>,
+) -> ApiResult<()> {
+    agent.lock().await.remove_backend(&vip, address(&addr)?)?;
+    Ok(Json(()))
+}
+
+async fn drain(
+    State(agent): State<Shared>,
+    UrlPath((vip, addr)): UrlPath<(String, String)>,
+) -> ApiResult<()> {
+    agent.lock().await.set_drained(&vip, address(&addr)?, true)?;
+    Ok(Json(()))
+}
+
+async fn undrain(
+    State(agent): State<Shared>,
+    UrlPath((vip, addr)): UrlPath<(String, String)>,
+) -> ApiResult<()> {
+    agent.lock().await.set_drained(&vip, address(&addr)?, false)?;
+    Ok(Json(()))
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Weight {
+    pub weight: i64,
+}
+
+async fn set_weight(
+    State(agent): State<Shared>,
+    UrlPath((vip, addr)): UrlPath<(String, String)>,
+    Json(w): Json<Weight>,
+) -> ApiResult<()> {
+    agent.lock().await.set_weight(&vip, address(&addr)?, w.weight)?;
+    Ok(Json(()))
+}
+
+async fn stats(State(agent): State<Shared>) -> ApiResult<crate::agent::Stats> {
+    Ok(Json(agent.lock().await.stats()?))
+}
+
+/// The name errors give the posted config (`lbctl apply -f` sends the file name).
+fn origin(headers: &HeaderMap) -> String {
+    headers.get("x-config-origin").and_then(|v| v.to_str().ok()).unwrap_or("posted config").to_owned()
+}
+
+async fn apply(
+    State(agent): State<Shared>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<Vec<crate::agent::reconcile::PlanEntry>> {
+    Ok(Json(agent.lock().await.apply_text(&body, &origin(&headers))?))
+}
+
+async fn plan(
+    State(agent): State<Shared>,
+    headers: HeaderMap,
+    body: String,
+) -> ApiResult<Vec<crate::agent::reconcile::PlanEntry>> {
+    Ok(Json(agent.lock().await.plan_text(&body, &origin(&headers))?))
+}

@@ -1,0 +1,76 @@
+use clap::Subcommand;
+use hyper::Method;
+
+use super::{output::table, segment, Ctx, Failure};
+use crate::{
+    api::Weight,
+    config::{Backend, BackendSpec},
+};
+
+#[derive(Subcommand)]
+pub enum BackendCommand {
+    /// List a VIP's backends.
+    List { vip: String },
+    /// Add a backend to a VIP.
+    Add {
+        vip: String,
+        address: String,
+        /// Relative share of new flows, 0 to 65535.
+        #[arg(long, default_value_t = crate::config::DEFAULT_WEIGHT as i64)]
+        weight: i64,
+    },
+    /// Remove a backend: no new flows; flows already pinned to it continue until they end.
+    Remove { vip: String, address: String },
+    /// Stop sending new flows to a backend; its open connections continue. Only its share of
+    /// the ring moves.
+    Drain { vip: String, address: String },
+    /// Give a drained backend its share of new flows back.
+    Undrain { vip: String, address: String },
+    /// Change a backend's weight (a configuration change: other slots may move a little).
+    Weight { vip: String, address: String, weight: i64 },
+}
+
+pub async fn run(ctx: &Ctx, cmd: BackendCommand) -> Result<(), Failure> {
+    let path = |vip: &str, address: &str, action: &str| {
+        format!("/v1/vips/{}/backends/{}{action}", segment(vip), segment(address))
+    };
+    match cmd {
+        BackendCommand::List { vip } => {
+            let body = ctx.get(&format!("/v1/vips/{}/backends", segment(&vip))).await?;
+            ctx.print(&body, |backends: Vec<Backend>| {
+                let rows = backends
+                    .iter()
+                    .map(|b| {
+                        vec![
+                            b.address.to_string(),
+                            b.weight.to_string(),
+                            if b.drained { "drained" } else { "active" }.into(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                table(&["ADDRESS", "WEIGHT", "STATE"], &rows);
+            })
+        }
+        BackendCommand::Add { vip, address, weight } => {
+            let spec = BackendSpec { address: address.clone(), weight: Some(weight), drained: false };
+            ctx.send_json(Method::POST, &format!("/v1/vips/{}/backends", segment(&vip)), &spec).await?;
+            ctx.done(&format!("added backend {address} to {vip}"))
+        }
+        BackendCommand::Remove { vip, address } => {
+            ctx.call(Method::DELETE, &path(&vip, &address, ""), None, None).await?;
+            ctx.done(&format!("removed backend {address} from {vip}"))
+        }
+        BackendCommand::Drain { vip, address } => {
+            ctx.call(Method::POST, &path(&vip, &address, "/drain"), None, None).await?;
+            ctx.done(&format!("drained backend {address} of {vip}: no new flows, open ones continue"))
+        }
+        BackendCommand::Undrain { vip, address } => {
+            ctx.call(Method::POST, &path(&vip, &address, "/undrain"), None, None).await?;
+            ctx.done(&format!("undrained backend {address} of {vip}"))
+        }
+        BackendCommand::Weight { vip, address, weight } => {
+            ctx.send_json(Method::PUT, &path(&vip, &address, "/weight"), &Weight { weight }).await?;
+            ctx.done(&format!("set the weight of {address} in {vip} to {weight}"))
+        }
+    }
+}

@@ -1,0 +1,32 @@
+use std::path::Path;
+
+use hyper::Method;
+
+use super::{output::table, Ctx, Failure};
+use crate::agent::reconcile::PlanEntry;
+
+/// `apply -f` and `plan -f`: send the file; lbd validates it whole, then applies or previews.
+pub async fn run(ctx: &Ctx, file: &Path, endpoint: &str) -> Result<(), Failure> {
+    let text =
+        std::fs::read(file).map_err(|e| Failure::Refused(format!("cannot read {}: {e}", file.display())))?;
+    let origin = file.display().to_string();
+    let body = ctx.call(Method::POST, endpoint, Some(("application/toml", text)), Some(&origin)).await?;
+    let applied = endpoint.ends_with("apply");
+    ctx.print(&body, |plan: Vec<PlanEntry>| {
+        let rows: Vec<Vec<String>> = plan
+            .iter()
+            .map(|p| {
+                vec![
+                    p.vip.clone(),
+                    p.action.clone(),
+                    format!("{} / {}", p.slots_moved, p.ring_size),
+                    format!("{:.2}%", 100.0 * p.share_moved),
+                ]
+            })
+            .collect();
+        table(&["VIP", "ACTION", "SLOTS MOVED", "SHARE OF NEW FLOWS MOVED"], &rows);
+        if applied {
+            println!("applied {}", file.display());
+        }
+    })
+}

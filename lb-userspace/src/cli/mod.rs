@@ -1,0 +1,202 @@
+//! lbctl: commands, one module per group, all talking to lbd's control API.
+mod backend;
+mod config;
+mod output;
+mod stats;
+mod vip;
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory as _, Parser, Subcommand};
+use hyper::Method;
+use serde::de::DeserializeOwned;
+
+use crate::client::{self, ClientError};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  lbd refused the request (invalid input, unknown VIP or backend, already exists); nothing changed
+  2  the command line is wrong
+  3  lbd could not be reached
+  4  lbd failed while applying (see its log)";
+
+/// Controls the XDP load balancer through lbd's control API.
+///
+/// Every change is checked as a whole by lbd before anything changes; a refused change leaves
+/// the running state as it was. Output is a table; --json gives the API's JSON for scripts.
+#[derive(Parser)]
+#[command(version, after_help = EXIT_CODES)]
+pub struct Args {
+    /// lbd's API socket.
+    #[arg(long, global = true, env = "LBCTL_SOCKET", default_value = crate::config::DEFAULT_API_SOCKET)]
+    socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show lbd's state: interfaces, pins, whether it adopted a running data plane.
+    Status,
+    /// Add, remove and list VIPs (virtual services).
+    #[command(subcommand)]
+    Vip(vip::VipCommand),
+    /// Add, remove, drain, undrain and weigh a VIP's backends.
+    #[command(subcommand)]
+    Backend(backend::BackendCommand),
+    /// Packets, bytes and new flows per VIP and backend, and every global counter.
+    Stats,
+    /// Apply a config file's VIPs and source settings (like SIGHUP, from any file).
+    Apply {
+        /// The config file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show what `apply -f FILE` would change: per VIP, the share of its ring that moves.
+    Plan {
+        /// The config file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print a shell completion script, e.g. `lbctl completions bash > /etc/bash_completion.d/lbctl`.
+    Completions { shell: clap_complete::Shell },
+    /// List the XDP programs and maps built into this binary (no lbd needed).
+    Object,
+}
+
+/// Why a command failed; each maps to an exit code.
+pub enum Failure {
+    Refused(String),
+    Unreachable(String),
+    Server(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Refused(_) => 1,
+            Failure::Unreachable(_) => 3,
+            Failure::Server(_) => 4,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Failure::Refused(m) | Failure::Unreachable(m) | Failure::Server(m) => m,
+        }
+    }
+}
+
+/// Runs lbctl and returns its exit code.
+pub fn main() -> i32 {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => 0,
+        Err(f) => {
+            eprintln!("lbctl: {}", f.message());
+            f.exit_code()
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let ctx = Ctx { socket: args.socket, json: args.json };
+    match args.command {
+        Command::Status => output::status(&ctx, ctx.get("/v1/status").await?),
+        Command::Vip(cmd) => vip::run(&ctx, cmd).await,
+        Command::Backend(cmd) => backend::run(&ctx, cmd).await,
+        Command::Stats => stats::run(&ctx).await,
+        Command::Apply { file } => config::run(&ctx, &file, "/v1/apply").await,
+        Command::Plan { file } => config::run(&ctx, &file, "/v1/plan").await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Args::command(), "lbctl", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Object => {
+            let obj = aya_obj::Object::parse(crate::datapath::object())
+                .map_err(|e| Failure::Refused(format!("the embedded object does not parse: {e}")))?;
+            for name in obj.programs.keys() {
+                println!("program {name}");
+            }
+            for (name, map) in &obj.maps {
+                println!("map {name} max_entries={}", map.max_entries());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What every command needs: where lbd is and how to print.
+pub struct Ctx {
+    socket: PathBuf,
+    json: bool,
+}
+
+impl Ctx {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+        origin: Option<&str>,
+    ) -> Result<hyper::body::Bytes, Failure> {
+        let res = client::request(&self.socket, method, path, body, origin).await.map_err(|e| match e {
+            ClientError::Connect { .. } => Failure::Unreachable(e.to_string()),
+            ClientError::Http(_) => Failure::Server(e.to_string()),
+        })?;
+        if res.status.is_success() {
+            return Ok(res.body);
+        }
+        let message = serde_json::from_slice::<crate::api::ErrorBody>(&res.body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&res.body).into_owned());
+        Err(if res.status.is_server_error() { Failure::Server(message) } else { Failure::Refused(message) })
+    }
+
+    async fn get(&self, path: &str) -> Result<hyper::body::Bytes, Failure> {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<hyper::body::Bytes, Failure> {
+        let bytes = serde_json::to_vec(body).expect("serializes");
+        self.call(method, path, Some(("application/json", bytes)), None).await
+    }
+
+    /// Prints `body` as JSON (with --json) or as `human` says.
+    fn print<T: DeserializeOwned>(&self, body: &[u8], human: impl FnOnce(T)) -> Result<(), Failure> {
+        let value: T = serde_json::from_slice(body)
+            .map_err(|e| Failure::Server(format!("lbd answered something lbctl does not understand: {e}")))?;
+        if self.json {
+            let v: serde_json::Value = serde_json::from_slice(body).expect("parsed above");
+            println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+        } else {
+            human(value);
+        }
+        Ok(())
+    }
+
+    /// For commands that change something: a one-line confirmation (JSON: `{"ok": true}`).
+    fn done(&self, what: &str) -> Result<(), Failure> {
+        if self.json {
+            println!("{{\"ok\": true}}");
+        } else {
+            println!("{what}");
+        }
+        Ok(())
+    }
+}
+
+/// `/` in a path segment would break the URL; VIP names cannot contain one, addresses neither.
+fn segment(s: &str) -> String {
+    s.replace('%', "%25").replace('/', "%2F")
+}

@@ -1,0 +1,40 @@
+//! Plain-text tables for humans.
+use super::{Ctx, Failure};
+use crate::api::Status;
+
+/// Prints rows as left-aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
+    ctx.print(&body, |s: Status| {
+        println!("lbd {}", s.version);
+        println!("interfaces   {} ({:?} mode)", s.interfaces.join(", "), s.xdp_mode);
+        println!("pins         {}", s.pin_dir);
+        println!("state file   {}", s.state_file);
+        if let Some(c) = s.config_file {
+            println!("config file  {c}");
+        }
+        println!(
+            "started      {} ({})",
+            s.started_unix,
+            if s.adopted { "adopted the running data plane of an earlier lbd" } else { "fresh start" }
+        );
+        println!("vips         {}", s.vips);
+        println!("backends     {}", s.backends);
+    })
+}

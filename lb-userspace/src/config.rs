@@ -1,0 +1,477 @@
+//! The declarative configuration: TOML (file) or JSON (API) in, a validated [`Config`] or
+//! [`Vip`] out. Everything is checked as a whole before anything changes; an error names the
+//! file, line and field, and says what to do.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::{datapath::Mode, maglev};
+
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
+pub const DEFAULT_API_SOCKET: &str = "/run/lbd.sock";
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/lbd/state.json";
+pub const MAX_WEIGHT: u32 = 65_535;
+/// Largest ring (and ring stride) the agent accepts: 2^20 slots, 4 MiB a ring.
+pub const MAX_RING_SIZE: u32 = 1 << 20;
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// One invalid value. `line` is known for files, not for API calls.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{}{field}: {message}", location(.origin, .line))]
+pub struct Invalid {
+    pub origin: Option<String>,
+    pub line: Option<usize>,
+    /// Where the value sits, e.g. `vip "web" backend 198.18.0.11: weight`.
+    pub field: String,
+    pub message: String,
+}
+
+fn location(origin: &Option<String>, line: &Option<usize>) -> String {
+    match (origin, line) {
+        (Some(o), Some(l)) => format!("{o}:{l}: "),
+        (Some(o), None) => format!("{o}: "),
+        _ => String::new(),
+    }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid { origin: None, line: None, field: field.into(), message: message.into() }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+}
+
+/// How packets reach the backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardMode {
+    /// IPv4-in-IPv4 / IPv6-in-IPv6; backends decapsulate (the `decap` program or ipip devices).
+    #[default]
+    Ipip,
+    /// MAC rewrite only; backends on the balancer's L2 segment with the VIP on `lo`.
+    L2dsr,
+}
+
+/// What picks a new flow's backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HashMode {
+    /// Source and destination address and port, protocol.
+    #[default]
+    #[serde(rename = "5-tuple")]
+    FiveTuple,
+    /// The client address only: one client, one backend.
+    #[serde(rename = "source")]
+    Source,
+}
+
+/// A backend as written in the config or an API call (unvalidated).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    pub address: String,
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub drained: bool,
+}
+
+/// A VIP as written in the config or an API call (unvalidated).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSpec {
+    pub name: String,
+    pub address: String,
+    pub port: i64,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub mode: ForwardMode,
+    #[serde(default)]
+    pub hash: HashMode,
+    pub ring_size: Option<i64>,
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<BackendSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub address: IpAddr,
+    pub weight: u32,
+    /// No new flows; existing flows continue. Keeps its weight for when it is undrained.
+    pub drained: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vip {
+    pub name: String,
+    pub address: IpAddr,
+    /// 0 = every port.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: ForwardMode,
+    pub hash: HashMode,
+    pub ring_size: u32,
+    pub backends: Vec<Backend>,
+}
+
+impl Vip {
+    /// `address:port/protocol`, the way operators write a service.
+    pub fn service(&self) -> String {
+        let port = if self.port == 0 { "*".to_string() } else { self.port.to_string() };
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        match self.address {
+            IpAddr::V4(a) => format!("{a}:{port}/{proto}"),
+            IpAddr::V6(a) => format!("[{a}]:{port}/{proto}"),
+        }
+    }
+
+    pub fn backend(&self, address: IpAddr) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.address == address)
+    }
+}
+
+/// Outer source addresses and the flow hash seed (see README, "Tunnel source").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub ipv4_entropy_bits: u8,
+    #[serde(default)]
+    pub ipv6_entropy_bits: u8,
+    /// The same on every balancer host behind one ECMP group.
+    #[serde(default)]
+    pub hash_seed: u32,
+}
+
+/// Map sizes chosen when the programs are first loaded (changing them needs a fresh pin path).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_vips: u32,
+    pub max_ring_size: u32,
+    pub max_backends: u32,
+    pub flows_per_cpu: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let d = crate::datapath::Sizes::default();
+        Limits {
+            max_vips: d.max_rings,
+            max_ring_size: d.ring_stride,
+            max_backends: d.max_backends,
+            flows_per_cpu: d.flows_per_cpu,
+        }
+    }
+}
+
+impl Limits {
+    pub fn sizes(&self) -> crate::datapath::Sizes {
+        crate::datapath::Sizes {
+            flows_per_cpu: self.flows_per_cpu,
+            max_rings: self.max_vips,
+            ring_stride: self.max_ring_size,
+            max_backends: self.max_backends,
+        }
+    }
+}
+
+/// The agent's whole configuration, validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub pin_path: PathBuf,
+    pub api_socket: PathBuf,
+    pub state_file: PathBuf,
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub source: Source,
+    pub limits: Limits,
+    pub vips: Vec<Vip>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    #[default]
+    Native,
+    /// Only for drivers without native XDP: much slower.
+    Generic,
+}
+
+impl From<XdpMode> for Mode {
+    fn from(m: XdpMode) -> Mode {
+        match m {
+            XdpMode::Native => Mode::Native,
+            XdpMode::Generic => Mode::Generic,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    pin_path: Option<PathBuf>,
+    api_socket: Option<PathBuf>,
+    state_file: Option<PathBuf>,
+    interfaces: Vec<String>,
+    #[serde(default)]
+    xdp_mode: XdpMode,
+    #[serde(default)]
+    source: Source,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    vip: Vec<toml::Spanned<VipSpec>>,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, Invalid> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Invalid {
+        origin: Some(origin.clone()),
+        line: None,
+        field: "file".into(),
+        message: format!("cannot read it: {e}"),
+    })?;
+    parse(&text, &origin)
+}
+
+/// Parses and validates config text; `origin` names it in errors (a file name).
+pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let at = |line: Option<usize>, e: Invalid| Invalid {
+        origin: Some(origin.to_owned()),
+        line: e.line.or(line),
+        ..e
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(s.start));
+        at(line, invalid("syntax", e.message().trim()))
+    })?;
+    let limits = raw.limits;
+    check_limits(&limits).map_err(|e| at(None, e))?;
+    if raw.interfaces.is_empty() {
+        return Err(at(None, invalid("interfaces", "name at least one interface to attach the balancer to")));
+    }
+    let mut vips = Vec::new();
+    for spanned in &raw.vip {
+        let line = line_of(spanned.span().start);
+        vips.push(validate_vip(spanned.get_ref(), &limits).map_err(|e| at(Some(line), e))?);
+    }
+    let config = Config {
+        pin_path: raw.pin_path.unwrap_or_else(|| DEFAULT_PIN_PATH.into()),
+        api_socket: raw.api_socket.unwrap_or_else(|| DEFAULT_API_SOCKET.into()),
+        state_file: raw.state_file.unwrap_or_else(|| DEFAULT_STATE_FILE.into()),
+        interfaces: raw.interfaces,
+        xdp_mode: raw.xdp_mode,
+        source: raw.source,
+        limits,
+        vips,
+    };
+    check_whole(&config).map_err(|e| {
+        let line = e.vip.as_ref().and_then(|name| {
+            raw.vip.iter().find(|v| &v.get_ref().name == name).map(|v| line_of(v.span().start))
+        });
+        at(line, e.invalid)
+    })?;
+    Ok(config)
+}
+
+fn check_limits(l: &Limits) -> Result<(), Invalid> {
+    if l.max_vips == 0 || l.max_vips > 4096 {
+        return Err(invalid("limits.max_vips", "must be 1 to 4096"));
+    }
+    if !maglev::is_prime(l.max_ring_size) || l.max_ring_size > MAX_RING_SIZE {
+        return Err(invalid(
+            "limits.max_ring_size",
+            format!("must be a prime up to {} (65537 and 131071 are)", MAX_RING_SIZE),
+        ));
+    }
+    if l.max_backends < 2 || l.max_backends > 1 << 20 {
+        return Err(invalid("limits.max_backends", "must be 2 to 1048576"));
+    }
+    if l.flows_per_cpu < 1024 {
+        return Err(invalid("limits.flows_per_cpu", "must be at least 1024"));
+    }
+    Ok(())
+}
+
+/// Validates one VIP on its own (names, addresses, ranges, family mix, ring size).
+pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
+    let name = spec.name.as_str();
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(invalid(
+            "vip: name",
+            format!("{name:?} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let field = |f: &str| format!("vip {name:?}: {f}");
+    let address: IpAddr = spec.address.parse().map_err(|_| {
+        invalid(field("address"), format!("{:?} is not an IPv4 or IPv6 address", spec.address))
+    })?;
+    if address.is_unspecified() || address.is_multicast() {
+        return Err(invalid(field("address"), format!("{address} cannot be a VIP: use a unicast address")));
+    }
+    let port = u16::try_from(spec.port).map_err(|_| {
+        invalid(field("port"), format!("{} is not a port: use 1 to 65535, or 0 for every port", spec.port))
+    })?;
+    let mut backends: Vec<Backend> = Vec::new();
+    for b in &spec.backends {
+        let backend = validate_backend(b, address)
+            .map_err(|e| Invalid { field: format!("vip {name:?}: {}", e.field), ..e })?;
+        if backends.iter().any(|x| x.address == backend.address) {
+            return Err(invalid(field("backend"), format!("{} is listed twice", backend.address)));
+        }
+        backends.push(backend);
+    }
+    let ring_size = match spec.ring_size {
+        None => {
+            maglev::min_table_size(backends.len()).max(lb_common::limits::RING_SIZE).min(limits.max_ring_size)
+        }
+        Some(n) => {
+            u32::try_from(n).map_err(|_| invalid(field("ring_size"), format!("{n} is not a ring size")))?
+        }
+    };
+    maglev::check_table_size(ring_size, backends.len())
+        .map_err(|e| invalid(field("ring_size"), e.to_string()))?;
+    if ring_size > limits.max_ring_size {
+        return Err(invalid(
+            field("ring_size"),
+            format!("{ring_size} is larger than limits.max_ring_size ({})", limits.max_ring_size),
+        ));
+    }
+    Ok(Vip {
+        name: name.to_owned(),
+        address,
+        port,
+        protocol: spec.protocol,
+        mode: spec.mode,
+        hash: spec.hash,
+        ring_size,
+        backends,
+    })
+}
+
+/// Validates one backend of a VIP at `vip_address`.
+pub fn validate_backend(spec: &BackendSpec, vip_address: IpAddr) -> Result<Backend, Invalid> {
+    let address: IpAddr = spec.address.parse().map_err(|_| {
+        invalid("backend: address", format!("{:?} is not an IPv4 or IPv6 address", spec.address))
+    })?;
+    let field = |f: &str| format!("backend {address}: {f}");
+    if address.is_ipv4() != vip_address.is_ipv4() {
+        return Err(invalid(
+            field("address"),
+            format!("the VIP {vip_address} is {}; its backends must be too", family_name(vip_address)),
+        ));
+    }
+    if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
+        return Err(invalid(
+            field("address"),
+            format!("{address} cannot be a backend: use a unicast address"),
+        ));
+    }
+    let weight = spec.weight.unwrap_or(DEFAULT_WEIGHT as i64);
+    if !(0..=MAX_WEIGHT as i64).contains(&weight) {
+        return Err(invalid(field("weight"), format!("{weight} is out of range: use 0 to {MAX_WEIGHT}")));
+    }
+    Ok(Backend { address, weight: weight as u32, drained: spec.drained })
+}
+
+fn family_name(a: IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// An error found across VIPs, with the VIP it is about (for a line number).
+pub struct WholeError {
+    pub vip: Option<String>,
+    pub invalid: Invalid,
+}
+
+/// Checks what no single VIP shows: unique names and services, room in the maps, and a tunnel
+/// source for every family an `ipip` VIP uses.
+pub fn check_whole(c: &Config) -> Result<(), WholeError> {
+    let mut names = BTreeSet::new();
+    let mut services = BTreeSet::new();
+    for v in &c.vips {
+        let err = |f: &str, m: String| WholeError {
+            vip: Some(v.name.clone()),
+            invalid: invalid(format!("vip {:?}: {f}", v.name), m),
+        };
+        if !names.insert(v.name.as_str()) {
+            return Err(err("name", format!("another VIP is already named {:?}", v.name)));
+        }
+        if !services.insert((v.address, v.port, v.protocol)) {
+            return Err(err("address", format!("another VIP already serves {}", v.service())));
+        }
+        if v.mode == ForwardMode::Ipip {
+            let missing = match v.address {
+                IpAddr::V4(_) if c.source.ipv4.is_none() => Some("source.ipv4"),
+                IpAddr::V6(_) if c.source.ipv6.is_none() => Some("source.ipv6"),
+                _ => None,
+            };
+            if let Some(key) = missing {
+                return Err(err(
+                    "mode",
+                    format!("ipip mode needs a tunnel source address: set {key} to an address of this host"),
+                ));
+            }
+        }
+    }
+    if c.vips.len() > c.limits.max_vips as usize {
+        return Err(WholeError {
+            vip: None,
+            invalid: invalid(
+                "vip",
+                format!("{} VIPs configured; limits.max_vips is {}", c.vips.len(), c.limits.max_vips),
+            ),
+        });
+    }
+    let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
+    if backends >= c.limits.max_backends as usize {
+        return Err(WholeError {
+            vip: None,
+            invalid: invalid(
+                "backend",
+                format!("{backends} backends configured; limits.max_backends is {}", c.limits.max_backends),
+            ),
+        });
+    }
+    for (key, bits) in [
+        ("source.ipv4_entropy_bits", c.source.ipv4_entropy_bits),
+        ("source.ipv6_entropy_bits", c.source.ipv6_entropy_bits),
+    ] {
+        if bits > 16 {
+            return Err(WholeError { vip: None, invalid: invalid(key, format!("{bits} is more than 16")) });
+        }
+    }
+    Ok(())
+}

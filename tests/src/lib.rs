@@ -7,9 +7,11 @@
 //! - [`bins`]: find the workspace's binaries (lbd, lbctl) that tests run as processes.
 //! - [`topology`]: the standard client / lb / backends topology on a bridge.
 //! - [`echo`]: TCP and UDP echo servers that record who connected.
+//! - [`lbd`]: lbd as a process in a test namespace, lbctl against it.
 pub mod bins;
 pub mod echo;
 pub mod frames;
+pub mod lbd;
 pub mod netns;
 pub mod privilege;
 pub mod topology;

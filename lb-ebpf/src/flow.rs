@@ -59,8 +59,12 @@ pub fn choose(vip: &VipValue, key: &FlowKey, cfg: &ConfigValue, record: bool) ->
         }
     };
     backend(id, key.family)?;
-    crate::stats::count(if new_flow { Counter::FlowMiss } else { Counter::FlowHit });
-    if new_flow && record {
+    // Only the client's own packets make (and count as) flows; an ICMP error about one does not.
+    let new_flow = new_flow && record;
+    if record {
+        crate::stats::count(if new_flow { Counter::FlowMiss } else { Counter::FlowHit });
+    }
+    if new_flow {
         // A full table evicts its least recently used flow; an error here only costs a re-pick.
         let _ = FLOWS.insert(key, &FlowValue { backend: id }, 0);
     }

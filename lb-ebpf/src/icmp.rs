@@ -25,6 +25,7 @@ const ICMP_ERROR_HEADER: usize = 8;
 /// Not inlined: its quoted headers would otherwise share the forwarding path's small stack.
 #[inline(never)]
 pub fn handle(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Counter> {
+    // The parser checked that the whole 8-byte ICMP header is in the packet.
     let icmp: *mut [u8; 4] = ptr_at_mut(ctx, pkt.l4_offset)?;
     // SAFETY: ptr_at_mut checked bounds.
     let [kind, code, _, _] = unsafe { *icmp };
@@ -50,6 +51,10 @@ pub fn handle(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Counter> {
     // Only TCP and UDP flows have backends (the balancer answers pings itself).
     if quoted.fragment || (quoted.proto != PROTO_TCP && quoted.proto != PROTO_UDP) {
         return Err(Counter::PassNotVip);
+    }
+    // The quoted headers and ports must lie inside the ICMP packet, not in frame padding.
+    if quoted.l4_offset + 4 > pkt.end {
+        return Err(Counter::PassMalformed);
     }
     let (vip_port, client_port) = parse::quoted_ports(ctx, quoted.l4_offset)?;
     pkt.key = FlowKey {

@@ -82,6 +82,23 @@ impl From<AgentError> for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// A JSON request body, whatever its content type (so a bare `curl -d` works), with parse
+/// errors answered in the API's own error format.
+pub struct Body<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")))?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the request body is not the JSON this call takes: {e}")))
+    }
+}
+
 fn address(text: &str) -> Result<IpAddr, ApiError> {
     text.parse()
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{text:?} is not an IPv4 or IPv6 address")))
@@ -131,7 +148,7 @@ async fn show_vip(
 
 async fn add_vip(
     State(agent): State<Shared>,
-    Json(spec): Json<VipSpec>,
+    Body(spec): Body<VipSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
     let vip = agent.lock().await.add_vip(&spec)?;
     Ok((StatusCode::CREATED, Json(vip)))
@@ -152,7 +169,7 @@ async fn list_backends(
 async fn add_backend(
     State(agent): State<Shared>,
     UrlPath(vip): UrlPath<String>,
-    Json(spec): Json<BackendSpec>,
+    Body(spec): Body<BackendSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
     agent.lock().await.add_backend(&vip, &spec)?;
     Ok((StatusCode::CREATED, Json(())))
@@ -190,7 +207,7 @@ pub struct Weight {
 async fn set_weight(
     State(agent): State<Shared>,
     UrlPath((vip, addr)): UrlPath<(String, String)>,
-    Json(w): Json<Weight>,
+    Body(w): Body<Weight>,
 ) -> ApiResult<()> {
     agent.lock().await.set_weight(&vip, address(&addr)?, w.weight)?;
     Ok(Json(()))

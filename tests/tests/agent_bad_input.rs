@@ -298,7 +298,7 @@ fn cases() -> Vec<Case> {
             exit: 22,
             says: "422",
         },
-        Case { name: "api unknown endpoint", action: Api("GET", "/v1/nope", ""), exit: 22, says: "404" },
+        Case { name: "api unknown endpoint", action: Api("GET", "/v1/nope", ""), exit: 22, says: "no such endpoint" },
     ]
 }
 

@@ -2,14 +2,14 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{Counter, FAMILY_V4};
 use network_types::ip::Ipv4Hdr;
 
-use super::{ptr_at, L3};
+use super::{fits, ptr_at, Whole, L3};
 
 const MORE_FRAGMENTS: u16 = 0x2000;
 const OFFSET_MASK: u16 = 0x1fff;
 
 /// Parses an IPv4 header at `offset`, honouring IHL (options are skipped, not interpreted).
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
+pub fn parse(ctx: &XdpContext, offset: usize, whole: Whole) -> Result<L3, Counter> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the whole fixed header is inside the frame.
     let ip = unsafe { &*ip };
@@ -17,7 +17,8 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
     if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
         return Err(Counter::PassMalformed);
     }
-    if (u16::from_be_bytes(ip.tot_len) as usize) < header_len {
+    let total = u16::from_be_bytes(ip.tot_len) as usize;
+    if total < header_len || (whole == Whole::Yes && !fits(ctx, offset, total)) {
         return Err(Counter::PassMalformed);
     }
     let frags = u16::from_be_bytes(ip.frags);
@@ -32,5 +33,6 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
         src,
         dst,
         l4_offset: offset + header_len,
+        end: offset + total,
     })
 }

@@ -2,7 +2,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{Counter, FAMILY_V6};
 use network_types::ip::Ipv6Hdr;
 
-use super::{ptr_at, L3};
+use super::{fits, ptr_at, Whole, L3};
 
 const HOP_BY_HOP: u8 = 0;
 const ROUTING: u8 = 43;
@@ -22,11 +22,12 @@ struct ExtHdr {
 /// Parses an IPv6 header at `offset` and skips the usual extension headers. A fragment header
 /// ends the walk: the packet is a fragment.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
+pub fn parse(ctx: &XdpContext, offset: usize, whole: Whole) -> Result<L3, Counter> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the whole fixed header is inside the frame.
     let ip = unsafe { &*ip };
-    if ip.vcf[0] >> 4 != 6 {
+    let end = offset + Ipv6Hdr::LEN + u16::from_be_bytes(ip.payload_len) as usize;
+    if ip.vcf[0] >> 4 != 6 || (whole == Whole::Yes && !fits(ctx, offset, end - offset)) {
         return Err(Counter::PassMalformed);
     }
     let mut proto = ip.next_hdr;
@@ -34,7 +35,8 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
     let mut fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
         let ext: *const ExtHdr = match proto {
-            HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT => ptr_at(ctx, l4_offset)?,
+            // Every extension header is at least 8 bytes long.
+            HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT => ptr_at::<[u8; 8]>(ctx, l4_offset)? as *const ExtHdr,
             _ => break,
         };
         // SAFETY: ptr_at checked the two bytes are inside the frame.
@@ -50,5 +52,8 @@ pub fn parse(ctx: &XdpContext, offset: usize) -> Result<L3, Counter> {
     if !fragment && matches!(proto, HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT) {
         return Err(Counter::PassMalformed);
     }
-    Ok(L3 { family: FAMILY_V6, proto, fragment, src: ip.src_addr, dst: ip.dst_addr, l4_offset })
+    if whole == Whole::Yes && l4_offset > end {
+        return Err(Counter::PassMalformed);
+    }
+    Ok(L3 { family: FAMILY_V6, proto, fragment, src: ip.src_addr, dst: ip.dst_addr, l4_offset, end })
 }

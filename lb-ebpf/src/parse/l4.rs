@@ -1,13 +1,26 @@
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, PROTO_TCP, PROTO_UDP};
+use lb_common::{Counter, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+
+/// Type, code, checksum and the 4 bytes every ICMP message has.
+const ICMP_HEADER: usize = 8;
 use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
 use super::ptr_at;
 
 /// Source and destination ports (host order) of a TCP or UDP header at `offset`; (0, 0) for
-/// other protocols. A TCP header must be whole, a UDP header too.
+/// other protocols. The TCP or UDP header (ICMP: its 8-byte header) must be whole and inside
+/// the IP packet, which ends at `end`.
 #[inline(always)]
-pub fn ports(ctx: &XdpContext, offset: usize, proto: u8) -> Result<(u16, u16), Counter> {
+pub fn ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result<(u16, u16), Counter> {
+    let header = match proto {
+        PROTO_TCP => core::mem::size_of::<TcpHdr>(),
+        PROTO_UDP => core::mem::size_of::<UdpHdr>(),
+        PROTO_ICMP | PROTO_ICMPV6 => ICMP_HEADER,
+        _ => 0,
+    };
+    if offset + header > end {
+        return Err(Counter::PassMalformed);
+    }
     match proto {
         PROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, offset)?;

@@ -17,9 +17,12 @@ pub struct Packet {
     /// A fragment: no L4 header was parsed.
     pub fragment: bool,
     pub l4_offset: usize,
+    /// Offset just past the IP packet (frames may carry padding after it).
+    pub end: usize,
 }
 
-/// What the IP header says: addresses, protocol, where L4 starts, whether it is a fragment.
+/// What the IP header says: addresses, protocol, where L4 starts and the packet ends, whether
+/// it is a fragment.
 pub struct L3 {
     pub family: u8,
     pub proto: u8,
@@ -27,15 +30,27 @@ pub struct L3 {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub l4_offset: usize,
+    /// Offset just past the IP packet, by its length field. A real packet must fit in the frame
+    /// (a cut one is malformed); a packet quoted in an ICMP error is cut by design.
+    pub end: usize,
+}
+
+/// Whether a parsed IP header's length must fit in the frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Whole {
+    /// A packet as received: its length must fit in the frame.
+    Yes,
+    /// A packet quoted in an ICMP error: only its headers are there.
+    Quoted,
 }
 
 pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
     let l3 = match eth::ether_type(ctx)? {
-        ETH_P_IP => ipv4::parse(ctx, ETH_LEN)?,
-        ETH_P_IPV6 => ipv6::parse(ctx, ETH_LEN)?,
+        ETH_P_IP => ipv4::parse(ctx, ETH_LEN, Whole::Yes)?,
+        ETH_P_IPV6 => ipv6::parse(ctx, ETH_LEN, Whole::Yes)?,
         _ => return Err(Counter::PassNotIp),
     };
-    let (sport, dport) = if l3.fragment { (0, 0) } else { l4::ports(ctx, l3.l4_offset, l3.proto)? };
+    let (sport, dport) = if l3.fragment { (0, 0) } else { l4::ports(ctx, l3.l4_offset, l3.end, l3.proto)? };
     Ok(Packet {
         key: FlowKey {
             src: l3.src,
@@ -48,6 +63,7 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
         },
         fragment: l3.fragment,
         l4_offset: l3.l4_offset,
+        end: l3.end,
     })
 }
 
@@ -55,9 +71,9 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
 #[inline(always)]
 pub fn quoted_l3(ctx: &XdpContext, offset: usize, family: u8) -> Result<L3, Counter> {
     if family == lb_common::FAMILY_V4 {
-        ipv4::parse(ctx, offset)
+        ipv4::parse(ctx, offset, Whole::Quoted)
     } else {
-        ipv6::parse(ctx, offset)
+        ipv6::parse(ctx, offset, Whole::Quoted)
     }
 }
 
@@ -67,6 +83,12 @@ pub fn quoted_ports(ctx: &XdpContext, offset: usize) -> Result<(u16, u16), Count
     let ports: *const [u8; 4] = ptr_at(ctx, offset)?;
     let p = unsafe { *ports };
     Ok((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
+}
+
+/// Whether `len` bytes from `offset` lie inside the frame.
+#[inline(always)]
+pub fn fits(ctx: &XdpContext, offset: usize, len: usize) -> bool {
+    ctx.data() + offset + len <= ctx.data_end()
 }
 
 /// A pointer to a `T` at `offset` in the frame, if the whole `T` lies inside it.

@@ -93,9 +93,12 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")))?;
-        serde_json::from_slice(&bytes)
-            .map(Body)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the request body is not the JSON this call takes: {e}")))
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the request body is not the JSON this call takes: {e}"),
+            )
+        })
     }
 }
 

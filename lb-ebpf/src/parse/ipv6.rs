@@ -36,7 +36,9 @@ pub fn parse(ctx: &XdpContext, offset: usize, whole: Whole) -> Result<L3, Counte
     for _ in 0..MAX_EXT_HEADERS {
         let ext: *const ExtHdr = match proto {
             // Every extension header is at least 8 bytes long.
-            HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT => ptr_at::<[u8; 8]>(ctx, l4_offset)? as *const ExtHdr,
+            HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT => {
+                ptr_at::<[u8; 8]>(ctx, l4_offset)? as *const ExtHdr
+            }
             _ => break,
         };
         // SAFETY: ptr_at checked the two bytes are inside the frame.

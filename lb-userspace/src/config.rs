@@ -43,7 +43,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
     Invalid { origin: None, line: None, field: field.into(), message: message.into() }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -61,7 +61,7 @@ impl Protocol {
 }
 
 /// How packets reach the backends.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ForwardMode {
     /// IPv4-in-IPv4 / IPv6-in-IPv6; backends decapsulate (the `decap` program or ipip devices).
@@ -72,11 +72,12 @@ pub enum ForwardMode {
 }
 
 /// What picks a new flow's backend.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum HashMode {
     /// Source and destination address and port, protocol.
     #[default]
     #[serde(rename = "5-tuple")]
+    #[value(name = "5-tuple")]
     FiveTuple,
     /// The client address only: one client, one backend.
     #[serde(rename = "source")]

@@ -13,6 +13,7 @@ pub enum VipCommand {
     Add {
         /// A unique name (letters, digits, '-', '_', '.').
         name: String,
+        /// The service address clients connect to, IPv4 or IPv6.
         #[arg(long)]
         address: String,
         /// 1-65535, or 0 for every port.
@@ -35,42 +36,6 @@ pub enum VipCommand {
     },
     /// Remove a VIP: its packets go to the stack from now on.
     Remove { name: String },
-}
-
-impl clap::ValueEnum for Protocol {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[Protocol::Tcp, Protocol::Udp]
-    }
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }))
-    }
-}
-
-impl clap::ValueEnum for ForwardMode {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[ForwardMode::Ipip, ForwardMode::L2dsr]
-    }
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(match self {
-            ForwardMode::Ipip => "ipip",
-            ForwardMode::L2dsr => "l2dsr",
-        }))
-    }
-}
-
-impl clap::ValueEnum for HashMode {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[HashMode::FiveTuple, HashMode::Source]
-    }
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(match self {
-            HashMode::FiveTuple => "5-tuple",
-            HashMode::Source => "source",
-        }))
-    }
 }
 
 pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {

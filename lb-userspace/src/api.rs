@@ -115,8 +115,10 @@ pub struct Status {
     pub pin_dir: String,
     pub state_file: String,
     pub config_file: Option<String>,
-    /// Pinned maps and links from an earlier agent were found and kept.
+    /// The saved state and pinned maps of an earlier agent were taken over.
     pub adopted: bool,
+    /// Pinned links of an earlier agent whose program was replaced in place.
+    pub links_adopted: usize,
     pub started_unix: u64,
     pub vips: usize,
     pub backends: usize,
@@ -132,6 +134,7 @@ async fn status(State(agent): State<Shared>) -> Json<Status> {
         state_file: a.state_file.display().to_string(),
         config_file: a.config_file.as_ref().map(|p| p.display().to_string()),
         adopted: a.adopted,
+        links_adopted: a.links_adopted,
         started_unix: a.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         vips: a.config.vips.len(),
         backends: a.config.vips.iter().map(|v| v.backends.len()).sum(),

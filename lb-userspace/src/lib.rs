@@ -5,4 +5,5 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod datapath;
+pub mod health;
 pub mod maglev;

@@ -3,14 +3,17 @@
 //! ```text
 //!   client (eth0 198.18.0.1, fd00::1)            routes the VIP prefixes via the lb
 //!   lb     (eth0 198.18.0.2, fd00::2)            balancer attached natively on eth0
-//!   b1..bN (eth0 198.18.0.11.., fd00::11..)      VIPs on lo, decap attached natively on eth0
+//!   b1..bN (eth0 198.18.0.17.., fd00::11..)      VIPs on lo, decap attached natively on eth0
 //!      \ each eth0 is a veth whose peer is a port of bridge br0 in namespace "fabric",
 //!        named after its host: "client", "lb", "b1"...
 //! ```
 //!
 //! The balancer sends every packet back out of the interface it came in on (XDP_TX), so it needs
-//! no TX_PORTS entry. Everything is removed when the [`Topology`] is dropped (namespaces, and with
-//! them the veths). Drop the [`Datapath`]s first: declare them after the topology.
+//! no TX_PORTS entry. It is attached either directly ([`Topology::start_balancer`]) or by a real
+//! lbd in the lb's namespace ([`Topology::start_lbd`], with
+//! [`Topology::start_lb_port_passthrough`]). Everything is removed when the [`Topology`] is
+//! dropped (namespaces, and with them the veths). Drop the [`Datapath`]s first: declare them
+//! after the topology.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
@@ -22,7 +25,10 @@ use lb_userspace::{
     maglev,
 };
 
-use crate::netns::{bridge, run, veth, Netns};
+use crate::{
+    lbd::{Lbd, LbdFiles},
+    netns::{bridge, run, veth, Netns},
+};
 
 /// Ring size of the test services: prime, and small enough to write quickly (the production
 /// default is `limits::RING_SIZE`).
@@ -125,7 +131,7 @@ impl Topology {
         };
         let client = host("client", 1);
         let lb = host("lb", 2);
-        // Backends: .11, .12... and fd00::11, fd00::12... (the same digits, read as hex).
+        // Backends: 0x11, 0x12...: 198.18.0.17, .18... and fd00::11, fd00::12...
         let backends: Vec<Host> = (1..=backends).map(|i| host(&format!("b{i}"), 0x10 + i as u8)).collect();
         let t = Topology { client, lb, backends, fabric };
         t.wire_fabric();
@@ -147,9 +153,9 @@ impl Topology {
         // No multicast snooping: neighbour solicitations are flooded without waiting for MLD.
         self.fabric.ip(&["link", "set", "br0", "type", "bridge", "mcast_snooping", "0"]);
         // veth delivers frames sent by XDP (XDP_TX on the lb's eth0) only to a peer with NAPI,
-        // which GRO turns on; on its own that is not enough for XDP_TX (see `start_balancer`).
-        // The lb's port is the only one that receives such frames: the decap program on the
-        // backends passes packets to their own stack.
+        // which GRO turns on; on its own that is not enough for XDP_TX (see
+        // `attach_lb_port_passthrough`). The lb's port is the only one that receives such
+        // frames: the decap program on the backends passes packets to their own stack.
         ethtool(&self.fabric, &["-K", &self.lb.port, "gro", "on"]);
     }
 
@@ -268,17 +274,53 @@ impl Topology {
             .ns
             .run(|| dp.attach(BALANCER, "eth0", Mode::Native))
             .expect("attaching the balancer on lb eth0");
-        // GRO gives the lb's bridge port NAPI, so XDP_TX frames are queued to it, but veth only
-        // schedules the peer's NAPI after XDP_TX when the peer has an XDP program of its own
-        // (drivers/net/veth.c, veth_xdp_flush: "xdp_ring is initialized on receive side?"; an
-        // XDP_REDIRECT into a veth flushes regardless). Without one the frames sit in the ring
-        // until some other packet happens to schedule NAPI: in practice they are lost, and every
-        // handshake times out. So the port gets a pass-through program: `decap` with no decap
-        // address passes every frame unchanged and counts nothing. It lives as long as `dp`.
+        // The pass-through lives as long as `dp`.
+        self.attach_lb_port_passthrough(&mut dp);
+        dp
+    }
+
+    /// For a balancer attached by something else (lbd, see [`Topology::start_lbd`]): loads the
+    /// programs with tiny maps and attaches the pass-through program on the lb's bridge port
+    /// (see [`Topology::attach_lb_port_passthrough`]). Keep the result alive as long as the
+    /// balancer runs; declare it after the topology.
+    pub fn start_lb_port_passthrough(&self) -> Datapath {
+        let sizes = Sizes { flows_per_cpu: 1024, max_rings: 1, ring_stride: 251, max_backends: 2 };
+        let mut dp = datapath::load_with(sizes)
+            .unwrap_or_else(|e| panic!("loading the XDP programs for the pass-through: {e}"));
+        self.attach_lb_port_passthrough(&mut dp);
+        dp
+    }
+
+    /// Attaches `dp`'s `decap` program, with no decap address, natively on the lb's bridge port
+    /// (in the fabric namespace): a pass-through that every frame crosses unchanged.
+    ///
+    /// GRO gives the lb's bridge port NAPI, so XDP_TX frames from the lb's `eth0` are queued to
+    /// it, but veth only schedules the peer's NAPI after XDP_TX when the peer has an XDP program
+    /// of its own (drivers/net/veth.c, veth_xdp_flush: "xdp_ring is initialized on receive
+    /// side?"; an XDP_REDIRECT into a veth flushes regardless). Without one the frames sit in the
+    /// ring until some other packet happens to schedule NAPI: in practice they are lost, and
+    /// every handshake times out. `decap` with no decap address passes every frame unchanged
+    /// and counts nothing. It stays attached as long as `dp` lives.
+    pub fn attach_lb_port_passthrough(&self, dp: &mut Datapath) {
         self.fabric
             .run(|| dp.attach(DECAP, &self.lb.port, Mode::Native))
             .expect("attaching a pass-through program on the lb's bridge port");
-        dp
+    }
+
+    /// A config for an lbd running the lb: `files`' paths and small maps, attached to the lb's
+    /// `eth0`, the lb's own addresses as tunnel sources, then `vips` (TOML `[[vip]]` tables, or
+    /// nothing).
+    pub fn lbd_config(&self, files: &LbdFiles, vips: &str) -> String {
+        let header = files.header(&["eth0"], &self.lb.v4.to_string(), &self.lb.v6.to_string());
+        format!("{header}{vips}")
+    }
+
+    /// Writes [`Topology::lbd_config`] and starts lbd in the lb's namespace, where it attaches
+    /// the balancer on `eth0` (pinned under `files`) and serves its API; returns once the API
+    /// answers. The lb's bridge port needs [`Topology::start_lb_port_passthrough`] as well for
+    /// forwarded frames to leave. Declare `files` after the topology, the [`Lbd`] after `files`.
+    pub fn start_lbd(&self, files: &LbdFiles, vips: &str) -> Lbd {
+        Lbd::start(&self.lb.ns, files, &self.lbd_config(files, vips))
     }
 }
 

@@ -44,9 +44,20 @@ pub struct SavedState {
 }
 
 impl SavedState {
-    pub fn read(path: &Path) -> Option<SavedState> {
-        let text = std::fs::read_to_string(path).ok()?;
-        serde_json::from_str(&text).ok()
+    /// The saved state, `None` if there is no file. An unreadable or corrupt file is an error:
+    /// starting from the config file instead would silently change what is forwarded.
+    pub fn read(path: &Path) -> Result<Option<SavedState>, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read the saved state {}: {e}", path.display())),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            format!(
+                "the saved state {} is corrupt ({e}): move it away to start from the config file",
+                path.display()
+            )
+        })
     }
 }
 
@@ -57,8 +68,10 @@ pub struct Agent {
     pub applied: Applied,
     pub config_file: Option<PathBuf>,
     pub state_file: PathBuf,
-    /// Whether this agent found pinned maps and links from an earlier one and kept them.
+    /// Whether this agent took over the saved state of an earlier one (with its pinned maps).
     pub adopted: bool,
+    /// Pinned links of an earlier agent whose program this one replaced in place.
+    pub links_adopted: usize,
     pub started: std::time::SystemTime,
 }
 

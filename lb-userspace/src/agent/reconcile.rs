@@ -268,3 +268,14 @@ pub fn apply(
     applied.ids = ids;
     Ok(slots)
 }
+
+/// Removes VIP entries the maps hold but this agent did not write (left by an agent whose
+/// saved state is gone): a VIP nobody knows about must not keep forwarding.
+pub fn remove_unknown_vips(dp: &mut Datapath, applied: &Applied) -> Result<usize, ApplyError> {
+    let known: BTreeSet<VipKey> = applied.keys.values().chain(&applied.address_entries).copied().collect();
+    let unknown: Vec<VipKey> = dp.vip_keys()?.into_iter().filter(|k| !known.contains(k)).collect();
+    for key in &unknown {
+        dp.remove_vip(key)?;
+    }
+    Ok(unknown.len())
+}

@@ -29,6 +29,10 @@ pub enum StartError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error("{0}")]
+    SavedState(String),
+    #[error(transparent)]
+    Apply(#[from] super::reconcile::ApplyError),
 }
 
 pub fn pin_dir(config: &Config) -> PathBuf {
@@ -54,7 +58,7 @@ pub fn start(config_file: &Path) -> Result<Agent, StartError> {
     for i in ifindexes {
         dp.add_tx_port(i)?;
     }
-    let saved = if pinned_before { SavedState::read(&config.state_file) } else { None };
+    let saved = if pinned_before { SavedState::read(&config.state_file).map_err(StartError::SavedState)? } else { None };
     let adopted = saved.is_some();
     let mut agent = Agent {
         datapath: dp,
@@ -62,6 +66,7 @@ pub fn start(config_file: &Path) -> Result<Agent, StartError> {
         config_file: Some(config_file.to_owned()),
         state_file: config.state_file.clone(),
         adopted,
+        links_adopted,
         started: std::time::SystemTime::now(),
         config,
     };
@@ -82,6 +87,10 @@ pub fn start(config_file: &Path) -> Result<Agent, StartError> {
         None => {}
     }
     let slots = agent.apply()?;
+    let unknown = super::reconcile::remove_unknown_vips(&mut agent.datapath, &agent.applied)?;
+    if unknown > 0 {
+        warn!(entries = unknown, "removed VIP entries that no saved state accounts for");
+    }
     info!(vips = agent.config.vips.len(), ring_slots_written = slots, "maps reconciled");
     Ok(agent)
 }

@@ -32,7 +32,11 @@ pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
         println!(
             "started      {} ({})",
             s.started_unix,
-            if s.adopted { "adopted the running data plane of an earlier lbd" } else { "fresh start" }
+            match (s.adopted, s.links_adopted) {
+                (true, _) => "adopted the running data plane and state of an earlier lbd".to_string(),
+                (false, 0) => "fresh start".to_string(),
+                (false, n) => format!("fresh state; took over {n} pinned link(s)"),
+            }
         );
         println!("vips         {}", s.vips);
         println!("backends     {}", s.backends);

@@ -44,6 +44,13 @@ impl Datapath {
         vips.insert(key, value, 0).map_err(err(name))
     }
 
+    /// Every key in the VIP map (to find entries no agent knows about).
+    pub fn vip_keys(&self) -> Result<Vec<VipKey>, DatapathError> {
+        let name = map_names::VIPS;
+        let vips: HashMap<&MapData, VipKey, VipValue> = HashMap::try_from(self.map(name)?).map_err(err(name))?;
+        vips.keys().collect::<Result<_, _>>().map_err(err(name))
+    }
+
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DatapathError> {
         let name = map_names::VIPS;
         let mut vips: HashMap<&mut MapData, VipKey, VipValue> =

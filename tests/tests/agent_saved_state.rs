@@ -1,0 +1,60 @@
+//! A restarted lbd whose saved state is gone or corrupt: it must neither keep forwarding VIPs
+//! nobody knows about, nor silently start from another state.
+use lb_tests::{
+    lbd::{map_snapshot, Lbd, LbdFiles},
+    netns::Netns,
+};
+
+const VIP: &str = r#"
+[[vip]]
+name = "web"
+address = "198.18.100.1"
+port = 80
+protocol = "tcp"
+ring_size = 4099
+
+  [[vip.backend]]
+  address = "198.18.0.11"
+"#;
+
+fn lb_namespace() -> Netns {
+    let ns = Netns::new("lb");
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+    ns.addr("eth0", "198.18.0.2/24");
+    ns.ip(&["link", "set", "eth1", "up"]);
+    ns
+}
+
+#[test]
+fn lost_state_removes_vips_nobody_knows_and_corrupt_state_stops_the_start() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let lbd = Lbd::start(&ns, &files, &format!("{header}{VIP}"));
+    let pins = files.pin_path.join("v1");
+    assert_eq!(map_snapshot(&pins, 1).vips.len(), 2, "the VIP and its address entry");
+    lbd.kill();
+
+    // Corrupt state: lbd refuses to start, naming the file and what to do.
+    let state = files.dir.join("state.json");
+    std::fs::write(&state, "{ not json").unwrap();
+    std::fs::write(files.config(), &header).unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name()))
+        .arg(lb_tests::bins::path("lbd"))
+        .arg("--config")
+        .arg(files.config())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "lbd started on a corrupt state file");
+    assert!(stderr.contains("is corrupt") && stderr.contains("move it away"), "{stderr}");
+    assert_eq!(map_snapshot(&pins, 1).vips.len(), 2, "a refused start changes nothing");
+
+    // No state at all, and a config without the VIP: the VIP must stop forwarding.
+    std::fs::remove_file(&state).unwrap();
+    let lbd = Lbd::start_with(&ns, &files, &[]);
+    assert!(map_snapshot(&pins, 1).vips.is_empty(), "a VIP no state accounts for is still in the map");
+    assert!(lbd.lbctl_ok(&["status"]).contains("took over 1 pinned link"));
+}

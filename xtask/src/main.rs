@@ -26,7 +26,8 @@ enum Task {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Load and attach the balancer in a throw-away network namespace and show what it did.
+    /// A client, lbd and 3 backends in throw-away namespaces: connections through the VIP, the
+    /// per-backend split, live stats, a drain that keeps an open connection; then tear down.
     Demo,
 }
 
@@ -86,5 +87,7 @@ fn test(cargo_args: &[String]) -> anyhow::Result<()> {
 fn demo() -> anyhow::Result<()> {
     setup::require_root("`cargo xtask demo` creates network namespaces and loads XDP programs")?;
     setup::run(true)?;
+    // The demo runs lbd and lbctl from the same target directory as itself.
+    cmd::cargo(&["build", "--quiet", "--release", "--package", "lb-userspace"])?;
     cmd::cargo(&["run", "--quiet", "--release", "--package", "lb-tests", "--bin", "demo"])
 }

@@ -16,8 +16,30 @@ pub struct ConfigValue {
     /// 0..=16: how many low bits of the outer IPv6 source vary per flow.
     pub v6_entropy_bits: u8,
     pub _pad: [u8; 2],
+    /// VIP id + 1 whose forwarded packets are copied to CAPTURE (before and after the
+    /// rewrite); 0 = no capture. Read from the entry the fast path loads anyway: no extra cost.
+    pub capture_vip: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConfigValue>() == 28);
+const _: () = assert!(core::mem::size_of::<ConfigValue>() == 32);
+
+/// Capture stages (`CaptureMeta::stage`).
+pub const CAPTURE_BEFORE: u32 = 0;
+pub const CAPTURE_AFTER: u32 = 1;
+
+/// Header of a captured packet in the CAPTURE perf buffer; `len` packet bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureMeta {
+    pub stage: u32,
+    pub vip: u32,
+    /// Bytes of the packet that follow (the whole frame, up to the capture limit).
+    pub len: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CaptureMeta>() == 16);
+
+/// Longest frame prefix a capture copies.
+pub const CAPTURE_SNAPLEN: u32 = 2048;
 
 #[cfg(feature = "user")]
 // SAFETY: plain integers and byte arrays without padding (size asserted above).

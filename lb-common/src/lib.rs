@@ -12,7 +12,7 @@ pub mod hash;
 mod vip;
 
 pub use backend::{BackendValue, NO_BACKEND};
-pub use config::ConfigValue;
+pub use config::{CaptureMeta, ConfigValue, CAPTURE_AFTER, CAPTURE_BEFORE, CAPTURE_SNAPLEN};
 pub use counters::{Counter, CounterKind, TrafficStats};
 pub use flow::{FlowKey, FlowValue};
 pub use vip::{
@@ -33,6 +33,8 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FIB_SCRATCH: &str = "FIB_SCRATCH";
+    /// Perf buffer of captured packets: per program instance, never pinned.
+    pub const CAPTURE: &str = "CAPTURE";
     /// Every map, for pinning.
     pub const ALL: [&str; 11] = [
         VIPS,

@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams, helpers::bpf_fib_lookup, programs::XdpContext, EbpfContext,
 };
-use lb_common::{Counter, FlowKey, VipValue, FAMILY_V4, MODE_IPIP};
+use lb_common::{Counter, FlowKey, VipValue, CAPTURE_AFTER, CAPTURE_BEFORE, FAMILY_V4, MODE_IPIP};
 use network_types::eth::EthHdr;
 
 use crate::{
-    encap,
+    capture, encap,
     flow::{self, Choice},
     maps::{BACKEND_STATS, CONFIG, FIB_SCRATCH, TX_PORTS, VIP_STATS},
     parse::{ptr_at_mut, ETH_P_IP, ETH_P_IPV6},
@@ -39,12 +39,16 @@ fn send(ctx: &XdpContext, vip: &VipValue, key: &FlowKey, choice: &Choice) -> Res
     let cfg = CONFIG.get(0).ok_or(Counter::PassNotVip)?;
     let backend = flow::backend(choice.id, key.family)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let capture = cfg.capture_vip != 0 && cfg.capture_vip == vip.id + 1;
     let ipip = vip.mode == MODE_IPIP;
     let src = if ipip { encap::outer_source(key.family, cfg, choice.hash) } else { key.src };
     let hop = next_hop(ctx, key.family, &src, &backend.addr)?;
     let redirect = hop.ifindex != ctx.ingress_ifindex() as u32;
     if redirect && TX_PORTS.get_ifindex(hop.ifindex).is_none() {
         return Err(Counter::PassNoTxPort);
+    }
+    if capture {
+        capture::packet(ctx, vip.id, CAPTURE_BEFORE);
     }
     if ipip {
         if key.family == FAMILY_V4 {
@@ -57,6 +61,9 @@ fn send(ctx: &XdpContext, vip: &VipValue, key: &FlowKey, choice: &Choice) -> Res
     let eth: *mut EthHdr = ptr_at_mut(ctx, 0).map_err(|_| Counter::DropEncapFailed)?;
     // SAFETY: ptr_at_mut checked bounds.
     unsafe { *eth = EthHdr { dst_addr: hop.dmac, src_addr: hop.smac, ether_type: ether_type.to_be() } };
+    if capture {
+        capture::packet(ctx, vip.id, CAPTURE_AFTER);
+    }
     stats::traffic(&VIP_STATS, vip.id, bytes, choice.new_flow);
     stats::traffic(&BACKEND_STATS, choice.id, bytes, choice.new_flow);
     if !redirect {

@@ -3,6 +3,8 @@
 #![no_main]
 
 mod balancer;
+mod bench;
+mod capture;
 mod checksum;
 mod decap;
 mod encap;
@@ -26,6 +28,30 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn decap(ctx: XdpContext) -> u32 {
     decap::run(&ctx)
+}
+
+/// Bench only (tests/src/bin/bench_xdp.rs): the traffic generator, run in live-frames mode.
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    bench::generate(&ctx)
+}
+
+/// Bench only: counts and drops every frame.
+#[xdp]
+pub fn bench_sink(ctx: XdpContext) -> u32 {
+    bench::sink(&ctx)
+}
+
+/// Bench only: the floor, MAC addresses swapped and XDP_TX.
+#[xdp]
+pub fn bench_mac_swap(ctx: XdpContext) -> u32 {
+    bench::mac_swap(&ctx)
+}
+
+/// Bench only: the encapsulation floor, an outer header pushed and XDP_TX.
+#[xdp]
+pub fn bench_encap(ctx: XdpContext) -> u32 {
+    bench::encap(&ctx)
 }
 
 #[cfg(not(test))]

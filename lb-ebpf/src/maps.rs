@@ -3,10 +3,10 @@
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerfEventArray},
 };
 use lb_common::{
-    limits, BackendValue, ConfigValue, Counter, FlowKey, FlowValue, TrafficStats, VipKey, VipValue,
+    limits, BackendValue, CaptureMeta, ConfigValue, Counter, FlowKey, FlowValue, TrafficStats, VipKey, VipValue,
 };
 
 #[map(name = "VIPS")]
@@ -41,6 +41,10 @@ pub static DECAP_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(limits
 /// Room for one bpf_fib_lookup request per CPU, off the 512-byte BPF stack.
 #[map(name = "FIB_SCRATCH")]
 pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// Captured packets for `lbctl capture` (see capture.rs).
+#[map(name = "CAPTURE")]
+pub static CAPTURE: PerfEventArray<CaptureMeta> = PerfEventArray::new(0);
 
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);

@@ -30,8 +30,10 @@ pub fn router(agent: Shared) -> Router {
         .route("/v1/vips/{vip}/backends/{address}/undrain", post(undrain))
         .route("/v1/vips/{vip}/backends/{address}/weight", put(set_weight))
         .route("/v1/stats", get(stats))
+        .route("/v1/flows", get(flows))
         .route("/v1/apply", post(apply))
         .route("/v1/plan", post(plan))
+        .route("/v1/capture", post(capture))
         .fallback(|| async {
             ApiError(StatusCode::NOT_FOUND, "no such endpoint: see README, \"Control API\"".into())
         })
@@ -223,6 +225,32 @@ async fn stats(State(agent): State<Shared>) -> ApiResult<crate::agent::Stats> {
     Ok(Json(agent.lock().await.stats()?))
 }
 
+/// `GET /v1/flows?vip=&backend=&limit=`: per-backend flow counts over the whole flow table, and
+/// a sample of `limit` flows (default 20).
+#[derive(Deserialize)]
+pub struct FlowsQuery {
+    pub vip: Option<String>,
+    pub backend: Option<String>,
+    pub limit: Option<usize>,
+}
+
+async fn flows(
+    State(agent): State<Shared>,
+    query: Result<axum::extract::Query<FlowsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<crate::agent::flows::Flows> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let vip = q.vip.as_deref().filter(|v| !v.is_empty());
+    let backend = q.backend.as_deref().filter(|b| !b.is_empty()).map(address).transpose()?;
+    let limit = q.limit.unwrap_or(crate::agent::flows::DEFAULT_SAMPLE);
+    let walk = agent.lock().await.flow_query(vip, backend, limit)?;
+    // A big table takes a while: walk it off the runtime, without holding the agent.
+    let flows = tokio::task::spawn_blocking(move || walk.run())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("walking the flow table: {e}")))?
+        .map_err(|e| AgentError::Apply(e.into()))?;
+    Ok(Json(flows))
+}
+
 /// The name errors give the posted config (`lbctl apply -f` sends the file name).
 fn origin(headers: &HeaderMap) -> String {
     headers.get("x-config-origin").and_then(|v| v.to_str().ok()).unwrap_or("posted config").to_owned()
@@ -242,4 +270,53 @@ async fn plan(
     body: String,
 ) -> ApiResult<Vec<crate::agent::reconcile::PlanEntry>> {
     Ok(Json(agent.lock().await.plan_text(&body, &origin(&headers))?))
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct CaptureRequest {
+    pub vip: String,
+    /// Packets to capture (each is copied before and after its rewrite).
+    #[serde(default = "default_capture_count")]
+    pub count: usize,
+    #[serde(default = "default_capture_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_capture_count() -> usize {
+    10
+}
+
+fn default_capture_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Answers a pcap file; `x-captured-packets` says how many packets it holds (fewer than asked
+/// if the timeout came first) and `x-lost-samples` what the kernel could not deliver.
+async fn capture(State(agent): State<Shared>, Body(req): Body<CaptureRequest>) -> Result<Response, ApiError> {
+    if !(1..=10_000).contains(&req.count) || !(1..=60_000).contains(&req.timeout_ms) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "count must be 1 to 10000 and timeout_ms 1 to 60000".into(),
+        ));
+    }
+    let (vip, capturer) = agent.lock().await.start_capture(&req.vip)?;
+    let timeout = std::time::Duration::from_millis(req.timeout_ms);
+    let count = req.count;
+    let collected = tokio::task::spawn_blocking(move || {
+        capturer.lock().unwrap_or_else(|e| e.into_inner()).collect(vip, count, timeout)
+    })
+    .await;
+    agent.lock().await.stop_capture()?;
+    let (packets, lost) =
+        collected.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("capture failed: {e}")))?;
+    let captured = packets.iter().filter(|p| !p.after).count();
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/vnd.tcpdump.pcap".to_string()),
+            (axum::http::HeaderName::from_static("x-captured-packets"), captured.to_string()),
+            (axum::http::HeaderName::from_static("x-lost-samples"), lost.to_string()),
+        ],
+        crate::capture::pcap(&packets),
+    )
+        .into_response())
 }

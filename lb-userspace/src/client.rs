@@ -16,6 +16,7 @@ pub enum ClientError {
 
 pub struct Response {
     pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -40,6 +41,7 @@ pub async fn request(
         req.header("content-type", content_type).body(Full::new(Bytes::from(bytes))).expect("valid request");
     let res = sender.send_request(req).await?;
     let status = res.status();
+    let headers = res.headers().clone();
     let body = res.into_body().collect().await?.to_bytes();
-    Ok(Response { status, body })
+    Ok(Response { status, headers, body })
 }

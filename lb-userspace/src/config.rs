@@ -3,7 +3,7 @@
 //! file, line and field, and says what to do.
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -43,7 +43,9 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
     Invalid { origin: None, line: None, field: field.into(), message: message.into() }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -210,6 +212,9 @@ pub struct Config {
     pub source: Source,
     pub limits: Limits,
     pub vips: Vec<Vip>,
+    /// Where lbd serves Prometheus metrics (`GET /metrics`); `None`: no endpoint.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +250,7 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     vip: Vec<toml::Spanned<VipSpec>>,
+    metrics: Option<toml::Spanned<String>>,
 }
 
 /// Reads and validates a config file.
@@ -276,6 +282,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
     if raw.interfaces.is_empty() {
         return Err(at(None, invalid("interfaces", "name at least one interface to attach the balancer to")));
     }
+    let metrics = match &raw.metrics {
+        None => None,
+        Some(m) => Some(metrics_address(m.get_ref()).map_err(|e| at(Some(line_of(m.span().start)), e))?),
+    };
     let mut vips = Vec::new();
     for spanned in &raw.vip {
         let line = line_of(spanned.span().start);
@@ -290,6 +300,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
         source: raw.source,
         limits,
         vips,
+        metrics,
     };
     check_whole(&config).map_err(|e| {
         let line = e.vip.as_ref().and_then(|name| {
@@ -298,6 +309,20 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
         at(line, e.invalid)
     })?;
     Ok(config)
+}
+
+/// The metrics endpoint's address: an IP address and a port, e.g. `127.0.0.1:9100`.
+fn metrics_address(text: &str) -> Result<SocketAddr, Invalid> {
+    let address: SocketAddr = text.parse().map_err(|_| {
+        invalid(
+            "metrics",
+            format!("{text:?} is not an address and port: write e.g. \"127.0.0.1:9100\" or \"[::1]:9100\""),
+        )
+    })?;
+    if address.port() == 0 {
+        return Err(invalid("metrics", format!("{text:?} has port 0: use a port from 1 to 65535")));
+    }
+    Ok(address)
 }
 
 fn check_limits(l: &Limits) -> Result<(), Invalid> {

@@ -1,9 +1,11 @@
 //! The agent (`lbd`) and CLI (`lbctl`) of the XDP load balancer.
 pub mod agent;
 pub mod api;
+pub mod capture;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod datapath;
 pub mod health;
 pub mod maglev;
+pub mod metrics;

@@ -1,9 +1,9 @@
-//! TCP and UDP echo servers that record the peers they served, and the client side of one
-//! exchange with them.
+//! Servers for the backends that record whom they served: TCP and UDP echo servers, a UDP sink;
+//! and the client side of exchanges with them.
 //!
 //! A server's socket is opened inside a namespace (sockets belong to the namespace they were
-//! created in), then served from an ordinary thread that polls a stop flag, so dropping the
-//! server stops it within [`POLL`]. Every wait is bounded.
+//! created in), then served from ordinary threads that poll a stop flag: dropping the server
+//! stops it within [`POLL`] and joins every thread it started. Every wait is bounded.
 use std::{
     io::{self, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -18,10 +18,15 @@ use std::{
 
 use crate::netns::Netns;
 
-/// How often a server looks at its stop flag.
+/// How often a server, and each of its TCP connections, looks at its stop flag.
 pub const POLL: Duration = Duration::from_millis(50);
-/// The longest a TCP server spends on one connection (it serves them one at a time).
-pub const CONNECTION_LIMIT: Duration = Duration::from_secs(3);
+/// The longest a TCP server keeps one connection open. Each connection has a thread of its own,
+/// so a long-lived connection does not hold up the others.
+pub const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
+/// The longest a TCP server waits to send one echo.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Receive buffer of a [`UdpSink`].
+pub const SINK_BUFFER: usize = 8 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
@@ -29,39 +34,68 @@ pub enum Proto {
     Udp,
 }
 
-#[derive(Default)]
-struct Log {
-    peers: Vec<SocketAddr>,
-    errors: Vec<String>,
+/// A list that a server's threads append to and the test reads.
+type Shared<T> = Arc<Mutex<Vec<T>>>;
+
+fn push<T>(list: &Mutex<Vec<T>>, item: T) {
+    list.lock().unwrap_or_else(|e| e.into_inner()).push(item);
 }
 
-/// An echo server on one address, for one protocol. Stops (and joins its thread) on drop.
+fn snapshot<T: Clone>(list: &Mutex<Vec<T>>) -> Vec<T> {
+    list.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// A server's thread and its stop flag: on drop, sets the flag and joins the thread.
+struct Worker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn spawn(name: String, serve: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let thread =
+            std::thread::Builder::new().name(name).spawn(move || serve(s)).expect("spawning a server thread");
+        Worker { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An echo server on one address, for one protocol. Stops (and joins its threads) on drop.
 pub struct EchoServer {
     proto: Proto,
     local: SocketAddr,
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Log>>,
-    thread: Option<JoinHandle<()>>,
+    peers: Shared<SocketAddr>,
+    errors: Shared<String>,
+    _worker: Worker,
 }
 
 impl EchoServer {
     /// Binds `addr` inside `ns` (the address must be local there, e.g. a VIP on `lo`) and starts
-    /// serving. TCP: every accepted connection gets back what it sends until it closes. UDP: every
-    /// datagram goes back to its sender, from `addr`.
+    /// serving. TCP: every accepted connection, on a thread of its own, gets back what it sends
+    /// until it closes (at most [`CONNECTION_LIMIT`]). UDP: every datagram goes back to its
+    /// sender, from `addr`.
     pub fn start(ns: &Netns, proto: Proto, addr: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Log::default()));
-        let (s, l) = (Arc::clone(&stop), Arc::clone(&log));
+        let (peers, errors) = (Shared::default(), Shared::default());
+        let (p, e) = (Arc::clone(&peers), Arc::clone(&errors));
         let name = format!("echo-{proto:?}-{addr}");
-        let spawn = std::thread::Builder::new().name(name);
-        let (thread, local) = match proto {
+        let (worker, local) = match proto {
             Proto::Tcp => {
                 let listener = ns
                     .run(|| TcpListener::bind(addr))
                     .unwrap_or_else(|e| panic!("binding TCP {addr} in {}: {e}", ns.name()));
                 listener.set_nonblocking(true).expect("nonblocking listener");
                 let local = listener.local_addr().expect("local address");
-                (spawn.spawn(move || serve_tcp(&listener, &s, &l)), local)
+                (Worker::spawn(name, move |stop| serve_tcp(&listener, &stop, &p, &e)), local)
             }
             Proto::Udp => {
                 let socket = ns
@@ -69,11 +103,10 @@ impl EchoServer {
                     .unwrap_or_else(|e| panic!("binding UDP {addr} in {}: {e}", ns.name()));
                 socket.set_read_timeout(Some(POLL)).expect("read timeout");
                 let local = socket.local_addr().expect("local address");
-                (spawn.spawn(move || serve_udp(&socket, &s, &l)), local)
+                (Worker::spawn(name, move |stop| serve_udp(&socket, &stop, &p, &e)), local)
             }
         };
-        let thread = Some(thread.expect("spawning an echo server thread"));
-        EchoServer { proto, local, stop, log, thread }
+        EchoServer { proto, local, peers, errors, _worker: worker }
     }
 
     pub fn proto(&self) -> Proto {
@@ -86,86 +119,176 @@ impl EchoServer {
 
     /// Every peer served so far, in order: one per TCP connection accepted, one per UDP datagram.
     pub fn peers(&self) -> Vec<SocketAddr> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).peers.clone()
+        snapshot(&self.peers)
     }
 
     /// Errors met while serving (a connection reset, a timeout...), each naming its peer.
     pub fn errors(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).errors.clone()
+        snapshot(&self.errors)
     }
 }
 
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve_tcp(listener: &TcpListener, stop: &AtomicBool, log: &Mutex<Log>) {
+fn serve_tcp(
+    listener: &TcpListener,
+    stop: &Arc<AtomicBool>,
+    peers: &Mutex<Vec<SocketAddr>>,
+    errors: &Shared<String>,
+) {
+    let mut connections: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
+        // A finished connection's thread has exited: its handle can go.
+        connections.retain(|c| !c.is_finished());
         if !readable(listener, POLL) {
             continue;
         }
         match listener.accept() {
             Ok((conn, peer)) => {
                 // Recorded before echoing: once a client has its echo, its peer entry exists.
-                log.lock().unwrap_or_else(|e| e.into_inner()).peers.push(peer);
-                if let Err(e) = echo_connection(conn) {
-                    log.lock().unwrap_or_else(|e| e.into_inner()).errors.push(format!("TCP {peer}: {e}"));
+                push(peers, peer);
+                let (s, e) = (Arc::clone(stop), Arc::clone(errors));
+                let spawned = std::thread::Builder::new().name(format!("echo-{peer}")).spawn(move || {
+                    if let Err(err) = echo_connection(conn, &s) {
+                        push(&e, format!("TCP {peer}: {err}"));
+                    }
+                });
+                match spawned {
+                    Ok(thread) => connections.push(thread),
+                    Err(e) => push(errors, format!("TCP {peer}: no thread to serve it: {e}")),
                 }
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
             Err(e) => {
-                log.lock().unwrap_or_else(|e| e.into_inner()).errors.push(format!("accept: {e}"));
+                push(errors, format!("accept: {e}"));
                 std::thread::sleep(POLL);
             }
         }
     }
-}
-
-fn echo_connection(mut conn: TcpStream) -> io::Result<()> {
-    conn.set_nonblocking(false)?;
-    let deadline = Instant::now() + CONNECTION_LIMIT;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "connection open too long"));
-        }
-        conn.set_read_timeout(Some(left))?;
-        conn.set_write_timeout(Some(left))?;
-        let n = conn.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        conn.write_all(&buf[..n])?;
+    for c in connections {
+        let _ = c.join();
     }
 }
 
-fn serve_udp(socket: &UdpSocket, stop: &AtomicBool, log: &Mutex<Log>) {
+/// Echoes until the peer closes, the server stops or [`CONNECTION_LIMIT`] has passed.
+fn echo_connection(mut conn: TcpStream, stop: &AtomicBool) -> io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(POLL))?;
+    conn.set_write_timeout(Some(SEND_TIMEOUT))?;
+    let deadline = Instant::now() + CONNECTION_LIMIT;
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connection open longer than {CONNECTION_LIMIT:?}"),
+            ));
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => conn.write_all(&buf[..n])?,
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn serve_udp(
+    socket: &UdpSocket,
+    stop: &AtomicBool,
+    peers: &Mutex<Vec<SocketAddr>>,
+    errors: &Mutex<Vec<String>>,
+) {
     let mut buf = [0u8; 4096];
     while !stop.load(Ordering::Relaxed) {
         match socket.recv_from(&mut buf) {
             Ok((n, peer)) => {
-                log.lock().unwrap_or_else(|e| e.into_inner()).peers.push(peer);
+                push(peers, peer);
                 if let Err(e) = socket.send_to(&buf[..n], peer) {
-                    log.lock().unwrap_or_else(|e| e.into_inner()).errors.push(format!("UDP {peer}: {e}"));
+                    push(errors, format!("UDP {peer}: {e}"));
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_timeout(&e) => {}
             Err(e) => {
-                log.lock().unwrap_or_else(|e| e.into_inner()).errors.push(format!("recv: {e}"));
+                push(errors, format!("recv: {e}"));
                 std::thread::sleep(POLL);
             }
         }
     }
+}
+
+/// A UDP server that answers nothing and records every datagram it receives, with its sender.
+/// Its receive buffer is [`SINK_BUFFER`] (forced, as root may), so that a test thread starved of
+/// CPU for a while cannot lose datagrams in the socket: a test counts the network's losses, not
+/// its own. Stops (and joins its thread) on drop.
+pub struct UdpSink {
+    local: SocketAddr,
+    received: Shared<(SocketAddr, Vec<u8>)>,
+    errors: Shared<String>,
+    _worker: Worker,
+}
+
+impl UdpSink {
+    /// Binds `addr` inside `ns` and starts receiving.
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
+        let socket = ns
+            .run(|| UdpSocket::bind(addr))
+            .unwrap_or_else(|e| panic!("binding UDP {addr} in {}: {e}", ns.name()));
+        let size = SINK_BUFFER as libc::c_int;
+        // SAFETY: setsockopt on a socket we own, with a c_int option value that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+        socket.set_read_timeout(Some(POLL)).expect("read timeout");
+        let local = socket.local_addr().expect("local address");
+        let (received, errors) = (Shared::default(), Shared::default());
+        let (r, e) = (Arc::clone(&received), Arc::clone(&errors));
+        let worker = Worker::spawn(format!("udp-sink-{addr}"), move |stop| {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                match socket.recv_from(&mut buf) {
+                    Ok((n, peer)) => push(&r, (peer, buf[..n].to_vec())),
+                    Err(err) if is_timeout(&err) => {}
+                    Err(err) => {
+                        push(&e, format!("recv: {err}"));
+                        std::thread::sleep(POLL);
+                    }
+                }
+            }
+        });
+        UdpSink { local, received, errors, _worker: worker }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Every datagram received so far, in order: (sender, payload).
+    pub fn received(&self) -> Vec<(SocketAddr, Vec<u8>)> {
+        snapshot(&self.received)
+    }
+
+    /// How many datagrams it has received so far.
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Errors met while receiving.
+    pub fn errors(&self) -> Vec<String> {
+        snapshot(&self.errors)
+    }
+}
+
+/// What a socket read with a timeout returns when nothing came (or a signal interrupted it).
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
 }
 
 /// Waits at most `timeout` for `fd` to become readable (for a listener: a connection to accept).
@@ -176,17 +299,31 @@ fn readable(fd: &impl AsRawFd, timeout: Duration) -> bool {
     unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
 }
 
-/// One TCP exchange from the calling thread's namespace: connect to `server`, send `payload`,
-/// read it back, close. Every step is bounded by `timeout`. Returns the connection's local address.
-pub fn tcp_exchange(server: SocketAddr, payload: &[u8], timeout: Duration) -> io::Result<SocketAddr> {
-    let mut conn = TcpStream::connect_timeout(&server, timeout).map_err(|e| context(e, "connect"))?;
-    let local = conn.local_addr()?;
+/// Connects to `server` from the calling thread's namespace, within `timeout`; every later send
+/// and receive on the connection is bounded by `timeout` too. Keep it for several
+/// [`tcp_echo`]s: a long-lived connection.
+pub fn tcp_connect(server: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let conn = TcpStream::connect_timeout(&server, timeout).map_err(|e| context(e, "connect"))?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
+    conn.set_nodelay(true)?;
+    Ok(conn)
+}
+
+/// Sends `payload` on `conn` and reads the same bytes back.
+pub fn tcp_echo(conn: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     conn.write_all(payload).map_err(|e| context(e, "send"))?;
     let mut echo = vec![0u8; payload.len()];
     conn.read_exact(&mut echo).map_err(|e| context(e, "read the echo"))?;
-    check_echo(payload, &echo)?;
+    check_echo(payload, &echo)
+}
+
+/// One TCP exchange from the calling thread's namespace: connect to `server`, send `payload`,
+/// read it back, close. Every step is bounded by `timeout`. Returns the connection's local address.
+pub fn tcp_exchange(server: SocketAddr, payload: &[u8], timeout: Duration) -> io::Result<SocketAddr> {
+    let mut conn = tcp_connect(server, timeout)?;
+    let local = conn.local_addr()?;
+    tcp_echo(&mut conn, payload)?;
     Ok(local)
 }
 

@@ -234,6 +234,7 @@ impl Topology {
             v4_entropy_bits: 8,
             v6_entropy_bits: 16,
             _pad: [0; 2],
+            capture_vip: 0,
         })
         .expect("set_config");
         for family in [Family::V4, Family::V6] {

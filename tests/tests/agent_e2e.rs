@@ -14,23 +14,15 @@
 //!   while no lbd runs, a TCP connection opened before the kill still exchanges data afterwards,
 //!   and the new lbd reports that it adopted the pinned state, with the VIPs added by `lbctl`
 //!   before the kill (the config file has none).
-//!
-//! The backends' servers are this file's own: `echo::EchoServer` serves one TCP connection at a
-//! time for at most 3 s, and a long-lived connection needs more.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{self, Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-    thread::JoinHandle,
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
+    echo::{self, tcp_connect, tcp_echo, tcp_exchange, EchoServer, Proto, UdpSink},
     lbd::{Lbd, LbdFiles},
     netns::Netns,
     topology::{vip, Family, Topology},
@@ -42,10 +34,6 @@ const PORT: u16 = 8080;
 const STEP_TIMEOUT: Duration = Duration::from_secs(2);
 /// A batch of connections stops after this many failures (it has failed anyway).
 const MAX_FAILURES: usize = 5;
-/// How often servers look at their stop flag.
-const POLL: Duration = Duration::from_millis(50);
-/// The longest a server keeps one TCP connection (bounds every connection thread).
-const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
 
 // ------------------------------------------------------------------------------------------
 // Drain
@@ -91,7 +79,8 @@ fn run_drain(case: &DrainCase) {
     let lbd = topo.start_lbd(&files, "");
     let vip = vip(case.family, 1);
     let server = SocketAddr::new(vip, PORT);
-    let servers: Vec<TcpEcho> = topo.backends.iter().map(|b| TcpEcho::start(&b.ns, server)).collect();
+    let servers: Vec<EchoServer> =
+        topo.backends.iter().map(|b| EchoServer::start(&b.ns, Proto::Tcp, server)).collect();
     let addrs: Vec<String> = topo.backends.iter().map(|b| b.addr(case.family).to_string()).collect();
     let client_ip = topo.client.addr(case.family);
     let fail = |what: String| -> ! {
@@ -150,9 +139,12 @@ fn run_drain(case: &DrainCase) {
     }
 
     // A long-lived connection, and the backend it landed on.
-    let mut long =
-        topo.client.ns.run(|| connect(server)).unwrap_or_else(|e| fail(format!("long-lived: {e}")));
-    exchange(&mut long, b"long-lived hello").unwrap_or_else(|e| fail(format!("long-lived: {e}")));
+    let mut long = topo
+        .client
+        .ns
+        .run(|| tcp_connect(server, STEP_TIMEOUT))
+        .unwrap_or_else(|e| fail(format!("long-lived: {e}")));
+    tcp_echo(&mut long, b"long-lived hello").unwrap_or_else(|e| fail(format!("long-lived: {e}")));
     let long_local = long.local_addr().expect("local address");
     let drained = served_by(&servers, long_local)
         .unwrap_or_else(|| fail(format!("no backend recorded the long-lived connection {long_local}")));
@@ -172,7 +164,7 @@ fn run_drain(case: &DrainCase) {
         let mut exchanges = 0;
         for tick in 0..DRAIN_TICKS {
             let payload = format!("long-lived #{tick}");
-            if let Err(e) = exchange(&mut long, payload.as_bytes()) {
+            if let Err(e) = tcp_echo(&mut long, payload.as_bytes()) {
                 log.failures.push(format!(
                     "long-lived exchange #{tick}, {:.2?} after the drain: {e}",
                     drained_at.elapsed()
@@ -185,8 +177,8 @@ fn run_drain(case: &DrainCase) {
                     break;
                 }
                 let payload = format!("drained #{tick}.{j}");
-                match connect(server).and_then(|mut c| exchange(&mut c, payload.as_bytes()).map(|()| c)) {
-                    Ok(c) => log.locals.push(c.local_addr().expect("local address")),
+                match tcp_exchange(server, payload.as_bytes(), STEP_TIMEOUT) {
+                    Ok(local) => log.locals.push(local),
                     Err(e) => log.failures.push(format!("new connection #{tick}.{j} during the drain: {e}")),
                 }
             }
@@ -194,7 +186,7 @@ fn run_drain(case: &DrainCase) {
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
         // One more exchange, at or after 5 s.
-        match exchange(&mut long, b"long-lived after 5 s") {
+        match tcp_echo(&mut long, b"long-lived after 5 s") {
             Ok(()) => exchanges += 1,
             Err(e) => {
                 log.failures.push(format!("long-lived exchange after {:.2?}: {e}", drained_at.elapsed()))
@@ -249,7 +241,7 @@ fn run_drain(case: &DrainCase) {
         per_backend[drained],
         share * 100.0
     );
-    exchange(&mut long, b"long-lived after the undrain").unwrap_or_else(|e| fail(format!("long-lived: {e}")));
+    tcp_echo(&mut long, b"long-lived after the undrain").unwrap_or_else(|e| fail(format!("long-lived: {e}")));
     drop(long);
 
     // No connection was served twice or reused a flow: every client socket was distinct.
@@ -263,7 +255,7 @@ fn run_drain(case: &DrainCase) {
         .collect();
     let distinct: BTreeSet<SocketAddr> = all.iter().copied().collect();
     assert_eq!(distinct.len(), all.len(), "{name}: a client address and port was used twice");
-    let errors: Vec<String> = servers.iter().flat_map(TcpEcho::errors).collect();
+    let errors: Vec<String> = servers.iter().flat_map(EchoServer::errors).collect();
     assert!(errors.is_empty(), "{name}: the echo servers met errors: {errors:?}");
     eprintln!("{name}: passed in {:.2?}", t0.elapsed());
 }
@@ -284,8 +276,8 @@ fn connections(ns: &Netns, server: SocketAddr, n: usize, tag: &str) -> Batch {
                 break;
             }
             let payload = format!("{tag} #{i}");
-            match connect(server).and_then(|mut c| exchange(&mut c, payload.as_bytes()).map(|()| c)) {
-                Ok(c) => log.locals.push(c.local_addr().expect("local address")),
+            match tcp_exchange(server, payload.as_bytes(), STEP_TIMEOUT) {
+                Ok(local) => log.locals.push(local),
                 Err(e) => log.failures.push(format!("{tag} connection #{i} to {server}: {e}")),
             }
         }
@@ -295,7 +287,7 @@ fn connections(ns: &Netns, server: SocketAddr, n: usize, tag: &str) -> Batch {
 
 /// How many of `locals` (client sockets) each backend served; every one was served by exactly
 /// one backend, which saw the client's own address.
-fn tally(name: &str, servers: &[TcpEcho], locals: &[SocketAddr], client_ip: IpAddr) -> Vec<usize> {
+fn tally(name: &str, servers: &[EchoServer], locals: &[SocketAddr], client_ip: IpAddr) -> Vec<usize> {
     let peers: Vec<BTreeSet<SocketAddr>> = servers.iter().map(|s| s.peers().into_iter().collect()).collect();
     let mut counts = vec![0; servers.len()];
     for local in locals {
@@ -311,7 +303,7 @@ fn tally(name: &str, servers: &[TcpEcho], locals: &[SocketAddr], client_ip: IpAd
     counts
 }
 
-fn served_by(servers: &[TcpEcho], local: SocketAddr) -> Option<usize> {
+fn served_by(servers: &[EchoServer], local: SocketAddr) -> Option<usize> {
     servers.iter().position(|s| s.peers().contains(&local))
 }
 
@@ -351,7 +343,8 @@ fn restart_keeps_forwarding_and_adopts_the_state() {
     let lbd = topo.start_lbd(&files, "");
     let vip = vip(Family::V4, 1);
     let server = SocketAddr::new(vip, PORT);
-    let tcp: Vec<TcpEcho> = topo.backends.iter().map(|b| TcpEcho::start(&b.ns, server)).collect();
+    let tcp: Vec<EchoServer> =
+        topo.backends.iter().map(|b| EchoServer::start(&b.ns, Proto::Tcp, server)).collect();
     let sinks: Vec<UdpSink> = topo.backends.iter().map(|b| UdpSink::start(&b.ns, server)).collect();
     let addrs: Vec<String> = topo.backends.iter().map(|b| b.v4.to_string()).collect();
     let (vip_s, port_s) = (vip.to_string(), PORT.to_string());
@@ -371,8 +364,8 @@ fn restart_keeps_forwarding_and_adopts_the_state() {
     let prog_before = xdp_prog_id(&topo.lb.ns).expect("the balancer is attached to the lb's eth0");
     eprintln!("{name}: set-up {:.2?}, balancer program id {prog_before}", t0.elapsed());
 
-    let mut long = topo.client.ns.run(|| connect(server)).expect("long-lived connection");
-    exchange(&mut long, b"before the kill").expect("long-lived connection before the kill");
+    let mut long = topo.client.ns.run(|| tcp_connect(server, STEP_TIMEOUT)).expect("long-lived connection");
+    tcp_echo(&mut long, b"before the kill").expect("long-lived connection before the kill");
 
     let stop = AtomicBool::new(false);
     let client_ip = topo.client.v4;
@@ -393,12 +386,10 @@ fn restart_keeps_forwarding_and_adopts_the_state() {
 
     // Every datagram sent arrives; wait (bounded) for the last ones.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while sinks.iter().map(|s| s.received().len()).sum::<usize>() < stream.sent.len()
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(POLL);
+    while sinks.iter().map(UdpSink::count).sum::<usize>() < stream.sent.len() && Instant::now() < deadline {
+        std::thread::sleep(echo::POLL);
     }
-    let received: Vec<Vec<(SocketAddr, u64)>> = sinks.iter().map(UdpSink::received).collect();
+    let (received, unexpected): (Vec<_>, Vec<_>) = sinks.iter().map(stream_datagrams).unzip();
     let per_backend: Vec<usize> = received.iter().map(Vec::len).collect();
     let total: usize = per_backend.iter().sum();
     let lost = stream.sent.len().saturating_sub(total);
@@ -455,10 +446,14 @@ fn restart_keeps_forwarding_and_adopts_the_state() {
     }
 
     // The long-lived connection still exchanges, after the restart as before.
-    exchange(&mut long, b"after the restart").expect("long-lived connection after the restart");
+    tcp_echo(&mut long, b"after the restart").expect("long-lived connection after the restart");
     drop(long);
-    let errors: Vec<String> =
-        tcp.iter().flat_map(TcpEcho::errors).chain(sinks.iter().flat_map(UdpSink::errors)).collect();
+    let errors: Vec<String> = tcp
+        .iter()
+        .flat_map(EchoServer::errors)
+        .chain(sinks.iter().flat_map(UdpSink::errors))
+        .chain(unexpected.into_iter().flatten())
+        .collect();
     assert!(errors.is_empty(), "{name}: the servers met errors: {errors:?}");
     eprintln!("{name}: passed in {:.2?}", t0.elapsed());
 }
@@ -475,7 +470,7 @@ fn restart(topo: &Topology, files: &LbdFiles, lbd: Lbd, long: &mut TcpStream, pr
     // The link is pinned: the balancer stays attached, the same program.
     let prog = xdp_prog_id(&topo.lb.ns);
     assert_eq!(prog, Some(prog_before), "{name}: the balancer's program after SIGKILL of lbd");
-    exchange(long, b"while lbd is dead").expect("long-lived connection while lbd is dead");
+    tcp_echo(long, b"while lbd is dead").expect("long-lived connection while lbd is dead");
     std::thread::sleep(WITHOUT_LBD.saturating_sub(killed_at.elapsed()));
 
     let t = Instant::now();
@@ -502,7 +497,7 @@ fn restart(topo: &Topology, files: &LbdFiles, lbd: Lbd, long: &mut TcpStream, pr
             "{name}: lbctl vip list after the restart lacks {vip_name} ({service}, 3 backends):\n{list}"
         );
     }
-    exchange(long, b"just after the restart").expect("long-lived connection after the restart");
+    tcp_echo(long, b"just after the restart").expect("long-lived connection after the restart");
     std::thread::sleep(AFTER_RESTART);
     lbd
 }
@@ -643,7 +638,7 @@ fn lbd_log(files: &LbdFiles) -> String {
     format!("lbd log:\n{log}")
 }
 
-fn diagnostics(topo: &Topology, files: &LbdFiles, lbd: &Lbd, servers: &[TcpEcho]) -> String {
+fn diagnostics(topo: &Topology, files: &LbdFiles, lbd: &Lbd, servers: &[EchoServer]) -> String {
     let stats = lbd.lbctl(&["stats"]);
     let mut out = format!(
         "lbctl stats:\n{}{}\n",
@@ -661,236 +656,21 @@ fn diagnostics(topo: &Topology, files: &LbdFiles, lbd: &Lbd, servers: &[TcpEcho]
 }
 
 // ------------------------------------------------------------------------------------------
-// Client side
-// ------------------------------------------------------------------------------------------
-
-/// Connects from the calling thread's namespace, every later step bounded by STEP_TIMEOUT.
-fn connect(server: SocketAddr) -> io::Result<TcpStream> {
-    let conn = TcpStream::connect_timeout(&server, STEP_TIMEOUT).map_err(|e| context(e, "connect"))?;
-    conn.set_read_timeout(Some(STEP_TIMEOUT))?;
-    conn.set_write_timeout(Some(STEP_TIMEOUT))?;
-    conn.set_nodelay(true)?;
-    Ok(conn)
-}
-
-/// Sends `payload` on `conn` and reads the same bytes back.
-fn exchange(conn: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
-    conn.write_all(payload).map_err(|e| context(e, "send"))?;
-    let mut echo = vec![0u8; payload.len()];
-    conn.read_exact(&mut echo).map_err(|e| context(e, "read the echo"))?;
-    if echo != payload {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "echo differs: sent {:?}, got {:?}",
-                String::from_utf8_lossy(payload),
-                String::from_utf8_lossy(&echo)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn context(e: io::Error, what: &str) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
-
-// ------------------------------------------------------------------------------------------
 // Backend side
 // ------------------------------------------------------------------------------------------
 
-type Shared<T> = Arc<Mutex<Vec<T>>>;
-
-fn push<T>(list: &Mutex<Vec<T>>, item: T) {
-    list.lock().unwrap_or_else(|e| e.into_inner()).push(item);
-}
-
-fn snapshot<T: Clone>(list: &Mutex<Vec<T>>) -> Vec<T> {
-    list.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-/// A TCP echo server serving every connection on a thread of its own, for up to
-/// CONNECTION_LIMIT, recording each peer as it accepts it (so a client that got its echo is
-/// recorded). Stops its threads and joins them on drop.
-struct TcpEcho {
-    stop: Arc<AtomicBool>,
-    peers: Shared<SocketAddr>,
-    errors: Shared<String>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl TcpEcho {
-    fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        let listener = ns
-            .run(|| TcpListener::bind(addr))
-            .unwrap_or_else(|e| panic!("binding TCP {addr} in {}: {e}", ns.name()));
-        listener.set_nonblocking(true).expect("nonblocking listener");
-        let (stop, peers, errors) = (Arc::new(AtomicBool::new(false)), Shared::default(), Shared::default());
-        let (s, p, e) = (Arc::clone(&stop), Arc::clone(&peers), Arc::clone(&errors));
-        let thread = std::thread::Builder::new()
-            .name(format!("tcp-echo-{addr}"))
-            .spawn(move || {
-                let mut connections = Vec::new();
-                while !s.load(Ordering::Relaxed) {
-                    if !readable(&listener, POLL) {
-                        continue;
-                    }
-                    match listener.accept() {
-                        Ok((conn, peer)) => {
-                            push(&p, peer);
-                            let (s, e) = (Arc::clone(&s), Arc::clone(&e));
-                            connections.push(std::thread::spawn(move || {
-                                if let Err(err) = echo_connection(conn, &s) {
-                                    push(&e, format!("TCP {peer}: {err}"));
-                                }
-                            }));
-                        }
-                        Err(err)
-                            if matches!(
-                                err.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                            ) => {}
-                        Err(err) => {
-                            push(&e, format!("accept: {err}"));
-                            std::thread::sleep(POLL);
-                        }
-                    }
-                    connections.retain(|c: &JoinHandle<()>| !c.is_finished());
-                }
-                for c in connections {
-                    let _ = c.join();
-                }
-            })
-            .expect("spawning a TCP echo server");
-        TcpEcho { stop, peers, errors, thread: Some(thread) }
-    }
-
-    fn peers(&self) -> Vec<SocketAddr> {
-        snapshot(&self.peers)
-    }
-
-    fn errors(&self) -> Vec<String> {
-        snapshot(&self.errors)
-    }
-}
-
-impl Drop for TcpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+/// The stream datagrams `sink` received, as (sender, sequence number); anything else it received
+/// is an error, one per datagram.
+fn stream_datagrams(sink: &UdpSink) -> (Vec<(SocketAddr, u64)>, Vec<String>) {
+    let mut datagrams = Vec::new();
+    let mut unexpected = Vec::new();
+    for (peer, payload) in sink.received() {
+        match payload.strip_prefix(STREAM_MAGIC.as_slice()) {
+            Some(seq) if seq.len() == 8 => {
+                datagrams.push((peer, u64::from_be_bytes(seq.try_into().expect("8 bytes"))))
+            }
+            _ => unexpected.push(format!("UDP {peer}: an unexpected datagram of {} bytes", payload.len())),
         }
     }
-}
-
-fn echo_connection(mut conn: TcpStream, stop: &AtomicBool) -> io::Result<()> {
-    conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(POLL))?;
-    conn.set_write_timeout(Some(STEP_TIMEOUT))?;
-    conn.set_nodelay(true)?;
-    let deadline = Instant::now() + CONNECTION_LIMIT;
-    let mut buf = [0u8; 4096];
-    while !stop.load(Ordering::Relaxed) {
-        if Instant::now() > deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "connection open too long"));
-        }
-        match conn.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => conn.write_all(&buf[..n])?,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// A UDP sink recording (peer, sequence number) of every stream datagram it receives. Its
-/// receive buffer is made large (8 MiB, root may force it) so that a test thread starved of CPU
-/// for a while cannot lose datagrams in the socket: the test counts the data plane's losses, not
-/// its own.
-struct UdpSink {
-    stop: Arc<AtomicBool>,
-    received: Shared<(SocketAddr, u64)>,
-    errors: Shared<String>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpSink {
-    fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        let socket = ns
-            .run(|| UdpSocket::bind(addr))
-            .unwrap_or_else(|e| panic!("binding UDP {addr} in {}: {e}", ns.name()));
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: setsockopt on a socket we own, with a c_int option value that outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
-        socket.set_read_timeout(Some(POLL)).expect("read timeout");
-        let (stop, received, errors) =
-            (Arc::new(AtomicBool::new(false)), Shared::default(), Shared::default());
-        let (s, r, e) = (Arc::clone(&stop), Arc::clone(&received), Arc::clone(&errors));
-        let thread = std::thread::Builder::new()
-            .name(format!("udp-sink-{addr}"))
-            .spawn(move || {
-                let mut buf = [0u8; 2048];
-                while !s.load(Ordering::Relaxed) {
-                    match socket.recv_from(&mut buf) {
-                        Ok((16, peer)) if &buf[..8] == STREAM_MAGIC => {
-                            let seq = u64::from_be_bytes(buf[8..16].try_into().expect("8 bytes"));
-                            push(&r, (peer, seq));
-                        }
-                        Ok((n, peer)) => push(&e, format!("UDP {peer}: an unexpected datagram of {n} bytes")),
-                        Err(err)
-                            if matches!(
-                                err.kind(),
-                                io::ErrorKind::WouldBlock
-                                    | io::ErrorKind::TimedOut
-                                    | io::ErrorKind::Interrupted
-                            ) => {}
-                        Err(err) => {
-                            push(&e, format!("recv: {err}"));
-                            std::thread::sleep(POLL);
-                        }
-                    }
-                }
-            })
-            .expect("spawning a UDP sink");
-        UdpSink { stop, received, errors, thread: Some(thread) }
-    }
-
-    fn received(&self) -> Vec<(SocketAddr, u64)> {
-        snapshot(&self.received)
-    }
-
-    fn errors(&self) -> Vec<String> {
-        snapshot(&self.errors)
-    }
-}
-
-impl Drop for UdpSink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Waits at most `timeout` for `fd` to become readable (for a listener: a connection to accept).
-fn readable(fd: &impl AsRawFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd that outlives the call.
-    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+    (datagrams, unexpected)
 }

@@ -24,6 +24,7 @@ const CONFIG: ConfigValue = ConfigValue {
     v4_entropy_bits: 8,
     v6_entropy_bits: 16,
     _pad: [0; 2],
+    capture_vip: 0,
 };
 
 fn vip4(n: u8) -> IpAddr {

@@ -28,6 +28,7 @@ const CONFIG: ConfigValue = ConfigValue {
     v4_entropy_bits: 8,
     v6_entropy_bits: 16,
     _pad: [0; 2],
+    capture_vip: 0,
 };
 
 /// Room for every flow of the test (old and new, 20,000) on the one CPU the test runs on: the

@@ -1,4 +1,5 @@
 //! Project tasks. Only std, clap and anyhow: xtask must build before anything it installs.
+mod bench;
 mod cmd;
 mod leftovers;
 mod setup;
@@ -29,6 +30,12 @@ enum Task {
     /// A client, lbd and 3 backends in throw-away namespaces: connections through the VIP, the
     /// per-backend split, live stats, a drain that keeps an open connection; then tear down.
     Demo,
+    /// Set up, build (release) and run every benchmark (needs root): the XDP programs' cost per
+    /// packet and packets per second, then the other benches; one table at the end.
+    Bench {
+        /// Only these benches (bench_xdp, bench_conn, bench_control, bench_health).
+        names: Vec<String>,
+    },
 }
 
 fn main() {
@@ -38,6 +45,7 @@ fn main() {
         Task::Lint => setup::run(false).and_then(|()| lint()),
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Demo => demo(),
+        Task::Bench { names } => bench::run(&names),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

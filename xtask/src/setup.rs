@@ -10,8 +10,10 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 const NIGHTLY: &str = "nightly";
 /// Debian packages the tests use: `ip` for namespaces and links, `setpriv` to run a test
 /// unprivileged and `nsenter` to start lbd in a namespace, `ethtool` to turn on GRO (veth
-/// delivers XDP_TX/redirected frames only with NAPI), `curl` for the control API examples.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "util-linux", "ethtool", "curl"];
+/// delivers XDP_TX/redirected frames only with NAPI), `curl` for the control API examples,
+/// `prometheus` (with `promtool`) to check and scrape lbd's metrics endpoint.
+const DEBIAN_PACKAGES: &[&str] =
+    &["iproute2", "util-linux", "ethtool", "curl", "wrk", "nginx", "haproxy", "prometheus", "nftables"];
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn is_root() -> bool {

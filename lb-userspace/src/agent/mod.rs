@@ -1,5 +1,6 @@
 //! The agent's state and the operations the API, SIGHUP and start-up perform on it. Every
 //! change is validated as a whole first; an invalid one leaves the running state untouched.
+pub mod flows;
 pub mod reconcile;
 pub mod start;
 mod stats;
@@ -73,6 +74,8 @@ pub struct Agent {
     /// Pinned links of an earlier agent whose program this one replaced in place.
     pub links_adopted: usize,
     pub started: std::time::SystemTime,
+    /// The capture buffers (absent where the datapath has none, e.g. in packet tests).
+    pub capturer: Option<std::sync::Arc<std::sync::Mutex<crate::capture::Capturer>>>,
 }
 
 impl Agent {
@@ -229,6 +232,7 @@ impl Agent {
             ("interfaces", new.interfaces != self.config.interfaces),
             ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
             ("limits", new.limits != self.config.limits),
+            ("metrics", new.metrics != self.config.metrics),
         ];
         if let Some((key, _)) = frozen.iter().find(|(_, changed)| *changed) {
             return Err(Invalid {
@@ -240,6 +244,34 @@ impl Agent {
             .into());
         }
         Ok(new)
+    }
+
+    /// Switches capture on for `vip` and hands out the buffers to read it from. One capture at
+    /// a time; [`Self::stop_capture`] switches it off.
+    pub fn start_capture(
+        &mut self,
+        vip: &str,
+    ) -> Result<(u32, std::sync::Arc<std::sync::Mutex<crate::capture::Capturer>>), AgentError> {
+        self.vip(vip)?;
+        let id = self.applied.ids.vips[vip];
+        if self.applied.capture_vip != 0 {
+            return Err(AgentError::Conflict("a capture is already running: wait for it to finish".into()));
+        }
+        let capturer = self
+            .capturer
+            .clone()
+            .ok_or_else(|| AgentError::NotFound("this agent has no capture buffers".into()))?;
+        capturer.lock().unwrap_or_else(|e| e.into_inner()).drain();
+        self.applied.capture_vip = id + 1;
+        reconcile::write_config(&mut self.datapath, &self.applied)?;
+        info!(vip, "capture started");
+        Ok((id, capturer))
+    }
+
+    pub fn stop_capture(&mut self) -> Result<(), AgentError> {
+        self.applied.capture_vip = 0;
+        reconcile::write_config(&mut self.datapath, &self.applied)?;
+        Ok(())
     }
 
     pub fn stats(&self) -> Result<Stats, AgentError> {

@@ -104,6 +104,8 @@ pub struct Applied {
     pub keys: BTreeMap<String, VipKey>,
     pub address_entries: BTreeSet<VipKey>,
     pub source: Option<Source>,
+    /// VIP id + 1 being captured (`lbctl capture`), 0 for none.
+    pub capture_vip: u32,
 }
 
 /// The ring a VIP should have: the full table over its configured backends, with the slots of
@@ -152,7 +154,13 @@ fn vip_value(vip: &Vip, id: u32, dp: &Datapath) -> VipValue {
     }
 }
 
-fn config_value(s: &Source) -> ConfigValue {
+/// Writes CONFIG from the applied source and capture setting.
+pub fn write_config(dp: &mut Datapath, applied: &Applied) -> Result<(), ApplyError> {
+    let source = applied.source.clone().unwrap_or_default();
+    Ok(dp.set_config(config_value(&source, applied.capture_vip))?)
+}
+
+fn config_value(s: &Source, capture_vip: u32) -> ConfigValue {
     ConfigValue {
         src_v4: s.ipv4.map(|a| a.octets()).unwrap_or_default(),
         src_v6: s.ipv6.map(|a| a.octets()).unwrap_or_default(),
@@ -160,6 +168,7 @@ fn config_value(s: &Source) -> ConfigValue {
         v4_entropy_bits: s.ipv4_entropy_bits,
         v6_entropy_bits: s.ipv6_entropy_bits,
         _pad: [0; 2],
+        capture_vip,
     }
 }
 
@@ -220,8 +229,8 @@ pub fn apply(
 ) -> Result<usize, ApplyError> {
     let ids = applied.ids.allocate(vips, &dp.sizes)?;
     if applied.source.as_ref() != Some(source) {
-        dp.set_config(config_value(source))?;
         applied.source = Some(source.clone());
+        write_config(dp, applied)?;
     }
     let mut slots = 0;
     for v in vips {

@@ -58,7 +58,12 @@ pub fn start(config_file: &Path) -> Result<Agent, StartError> {
     for i in ifindexes {
         dp.add_tx_port(i)?;
     }
-    let saved = if pinned_before { SavedState::read(&config.state_file).map_err(StartError::SavedState)? } else { None };
+    let capturer = crate::capture::Capturer::open(&mut dp)?;
+    let saved = if pinned_before {
+        SavedState::read(&config.state_file).map_err(StartError::SavedState)?
+    } else {
+        None
+    };
     let adopted = saved.is_some();
     let mut agent = Agent {
         datapath: dp,
@@ -68,6 +73,7 @@ pub fn start(config_file: &Path) -> Result<Agent, StartError> {
         adopted,
         links_adopted,
         started: std::time::SystemTime::now(),
+        capturer: Some(std::sync::Arc::new(std::sync::Mutex::new(capturer))),
         config,
     };
     match saved {

@@ -4,7 +4,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use lb_userspace::{agent::start, api};
+use lb_userspace::{agent::start, api, metrics};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::Mutex,
@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let agent = start::start(&args.config)?;
     let socket = agent.config.api_socket.clone();
+    let metrics_address = agent.config.metrics;
     let agent: api::Shared = Arc::new(Mutex::new(agent));
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -59,6 +60,17 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     info!(socket = %socket.display(), "control API listening");
+    // Prometheus metrics; a taken address stops lbd here (forwarding goes on: it is pinned).
+    let metrics = match metrics_address {
+        Some(address) => {
+            let listener = metrics::bind(address)
+                .await
+                .with_context(|| format!("listening on {address} for metrics (`metrics` in the config)"))?;
+            info!(%address, "metrics endpoint listening on /metrics");
+            Some(tokio::spawn(metrics::serve(listener, agent.clone())))
+        }
+        None => None,
+    };
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { info!("SIGINT"); break }
@@ -67,6 +79,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(());
+    if let Some(m) = metrics {
+        m.abort();
+    }
     server.await.context("API server task")?.context("API server")?;
     let _ = std::fs::remove_file(&socket);
     let a = agent.lock().await;

@@ -1,6 +1,8 @@
 //! lbctl: commands, one module per group, all talking to lbd's control API.
 mod backend;
+mod capture;
 mod config;
+mod flows;
 mod output;
 mod stats;
 mod vip;
@@ -48,8 +50,16 @@ enum Command {
     /// Add, remove, drain, undrain and weigh a VIP's backends.
     #[command(subcommand)]
     Backend(backend::BackendCommand),
-    /// Packets, bytes and new flows per VIP and backend, and every global counter.
-    Stats,
+    /// Packets/s, bits/s, new flows/s and totals per VIP and backend; the global counters.
+    ///
+    /// Rates come from two samples of the counters `--interval` apart; --watch keeps redrawing.
+    /// With --json: one sample of the API's JSON (totals only).
+    Stats(stats::StatsArgs),
+    /// The flows pinned to each backend, and a sample of them.
+    ///
+    /// The counts cover every flow in the table: a drained backend with none left is safe to
+    /// remove.
+    Flows(flows::FlowsArgs),
     /// Apply a config file's VIPs and source settings (like SIGHUP, from any file).
     Apply {
         /// The config file (TOML).
@@ -61,6 +71,22 @@ enum Command {
         /// The config file (TOML).
         #[arg(short, long, value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Copy a VIP's next packets, as received and as sent to the backend, to a pcap file
+    /// (XDP-handled packets never reach tcpdump on the interface). Read it with `tcpdump -r`.
+    Capture {
+        /// The VIP's name.
+        #[arg(long)]
+        vip: String,
+        /// Packets to capture; each is written twice (before and after its rewrite).
+        #[arg(short = 'c', long, default_value_t = 10)]
+        count: usize,
+        /// The pcap file to write.
+        #[arg(short = 'w', long, value_name = "FILE")]
+        write: PathBuf,
+        /// Give up waiting for packets after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
     },
     /// Print a shell completion script, e.g. `lbctl completions bash > /etc/bash_completion.d/lbctl`.
     Completions { shell: clap_complete::Shell },
@@ -110,9 +136,13 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Status => output::status(&ctx, ctx.get("/v1/status").await?),
         Command::Vip(cmd) => vip::run(&ctx, cmd).await,
         Command::Backend(cmd) => backend::run(&ctx, cmd).await,
-        Command::Stats => stats::run(&ctx).await,
+        Command::Stats(a) => stats::run(&ctx, a).await,
+        Command::Flows(a) => flows::run(&ctx, a).await,
         Command::Apply { file } => config::run(&ctx, &file, "/v1/apply").await,
         Command::Plan { file } => config::run(&ctx, &file, "/v1/plan").await,
+        Command::Capture { vip, count, write, timeout } => {
+            capture::run(&ctx, vip, count, &write, timeout).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Args::command(), "lbctl", &mut std::io::stdout());
             Ok(())
@@ -145,12 +175,23 @@ impl Ctx {
         body: Option<(&'static str, Vec<u8>)>,
         origin: Option<&str>,
     ) -> Result<hyper::body::Bytes, Failure> {
+        Ok(self.call_full(method, path, body, origin).await?.body)
+    }
+
+    /// Like [`Self::call`], with the answer's headers.
+    async fn call_full(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+        origin: Option<&str>,
+    ) -> Result<client::Response, Failure> {
         let res = client::request(&self.socket, method, path, body, origin).await.map_err(|e| match e {
             ClientError::Connect { .. } => Failure::Unreachable(e.to_string()),
             ClientError::Http(_) => Failure::Server(e.to_string()),
         })?;
         if res.status.is_success() {
-            return Ok(res.body);
+            return Ok(res);
         }
         let message = serde_json::from_slice::<crate::api::ErrorBody>(&res.body)
             .map(|b| b.error)

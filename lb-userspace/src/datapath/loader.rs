@@ -33,6 +33,8 @@ pub enum DatapathError {
     PinnedSize { name: &'static str, pinned: u32, wanted: u32 },
     #[error("pinned link {path}: {reason}")]
     Link { path: PathBuf, reason: String },
+    #[error("opening the capture buffers: {0}")]
+    Capture(String),
     #[error("this datapath was loaded without a pin directory")]
     NotPinned,
     #[error("reading the number of possible CPUs from {0}: {1}")]

@@ -47,7 +47,8 @@ impl Datapath {
     /// Every key in the VIP map (to find entries no agent knows about).
     pub fn vip_keys(&self) -> Result<Vec<VipKey>, DatapathError> {
         let name = map_names::VIPS;
-        let vips: HashMap<&MapData, VipKey, VipValue> = HashMap::try_from(self.map(name)?).map_err(err(name))?;
+        let vips: HashMap<&MapData, VipKey, VipValue> =
+            HashMap::try_from(self.map(name)?).map_err(err(name))?;
         vips.keys().collect::<Result<_, _>>().map_err(err(name))
     }
 
@@ -144,4 +145,78 @@ use super::loader::Sizes;
 
 fn err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
+}
+
+/// An own handle on the flow table (`FLOWS`), to walk it without holding the [`Datapath`].
+pub struct FlowTable {
+    map: HashMap<MapData, lb_common::FlowKey, lb_common::FlowValue>,
+    capacity: u32,
+}
+
+/// What a walk of the flow table saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowWalk {
+    /// Distinct flows visited.
+    pub flows: u64,
+    /// False if the walk stopped at its bound before the end of the table (heavy churn).
+    pub complete: bool,
+}
+
+impl Datapath {
+    /// A second handle (a duplicated file descriptor) on the flow table: a walk can then run on
+    /// another thread while the agent goes on serving.
+    pub fn flow_table(&self) -> Result<FlowTable, DatapathError> {
+        use std::os::fd::AsFd as _;
+        let name = map_names::FLOWS;
+        let data = match self.map(name)? {
+            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => data,
+            _ => return Err(DatapathError::NoMap(name)),
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| DatapathError::Map {
+            name,
+            source: MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }),
+        })?;
+        let data = MapData::from_fd(fd).map_err(err(name))?;
+        let capacity = data.info().map_err(err(name))?.max_entries();
+        let map = HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(err(name))?;
+        Ok(FlowTable { map, capacity })
+    }
+}
+
+impl FlowTable {
+    /// Calls `visit` once for each flow in the table, with the backend id it is pinned to.
+    ///
+    /// The data plane goes on adding and evicting flows meanwhile: a flow evicted between its
+    /// key and its value being read is skipped, and when the key the walk stands on is evicted
+    /// the kernel restarts it from the first key, so keys already visited are skipped (by a
+    /// 64-bit fingerprint: 8 bytes a flow; two flows sharing one, a chance of about n²/2⁶⁵, would
+    /// count once). The walk takes at most four steps per slot of the table, whatever the churn.
+    pub fn walk(&self, mut visit: impl FnMut(&lb_common::FlowKey, u32)) -> Result<FlowWalk, DatapathError> {
+        use std::hash::BuildHasher as _;
+        let name = map_names::FLOWS;
+        let fingerprint = std::collections::hash_map::RandomState::new();
+        let mut seen = std::collections::HashSet::new();
+        let max_steps = 4 * u64::from(self.capacity).max(1);
+        let mut steps = 0u64;
+        for key in self.map.keys() {
+            let key = key.map_err(err(name))?;
+            steps += 1;
+            if steps > max_steps {
+                return Ok(FlowWalk { flows: seen.len() as u64, complete: false });
+            }
+            let print = fingerprint.hash_one(key);
+            if seen.contains(&print) {
+                continue;
+            }
+            match self.map.get(&key, 0) {
+                Ok(value) => {
+                    seen.insert(print);
+                    visit(&key, value.backend);
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(err(name)(e)),
+            }
+        }
+        Ok(FlowWalk { flows: seen.len() as u64, complete: true })
+    }
 }

@@ -10,6 +10,7 @@ use std::{
 
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 use tokio::{
     runtime::Handle,
     sync::{mpsc, oneshot},
@@ -20,7 +21,7 @@ use tracing::{info, warn};
 
 use super::{
     probe::{Probe, ProbeError},
-    spec::{CheckKind, CheckSpec},
+    spec::{CheckKind, CheckSpec, HealthConfigError},
     state::{HealthState, Transition},
 };
 
@@ -74,6 +75,14 @@ pub struct HealthEvent {
     pub up: bool,
     /// E.g. "3 consecutive failures: connect to 198.18.0.11:80: Connection refused (os error 111)".
     pub reason: String,
+}
+
+/// A target [`Prober::set_targets`] refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("vip {:?} backend {}: health check: {error}", .key.0, .key.1)]
+pub struct InvalidTarget {
+    pub key: TargetKey,
+    pub error: HealthConfigError,
 }
 
 /// Where a [`Prober`]'s events arrive.
@@ -173,8 +182,12 @@ impl Prober {
 
     /// Makes `targets` the probed set. Targets whose address and check are unchanged keep their
     /// task, schedule and state; re-specified ones keep their state (up or down, counters) and
-    /// start a new schedule; missing ones stop. With duplicate keys the last one counts.
-    pub fn set_targets(&mut self, targets: Vec<Target>) {
+    /// start a new schedule; missing ones stop (without an event). With duplicate keys the last
+    /// one counts. If a check is invalid, nothing changes.
+    pub fn set_targets(&mut self, targets: Vec<Target>) -> Result<(), InvalidTarget> {
+        if let Some((t, error)) = targets.iter().find_map(|t| t.spec.validate().err().map(|e| (t, e))) {
+            return Err(InvalidTarget { key: t.key.clone(), error });
+        }
         let mut old = std::mem::take(&mut self.targets);
         for target in targets {
             let previous = self.targets.remove(&target.key).or_else(|| old.remove(&target.key));
@@ -198,6 +211,7 @@ impl Prober {
         for running in old.values() {
             running.stop();
         }
+        Ok(())
     }
 
     /// Starts `target`'s task on `shared`, whose counters it keeps and whose consecutive
@@ -414,7 +428,7 @@ mod tests {
         let (interval, rise, fall) = (100, 2, 3);
         let ta = target("a", a.port, CheckKind::Tcp, interval, rise, fall);
         let tb = target("b", b.port, CheckKind::Tcp, interval, rise, fall);
-        prober.set_targets(vec![ta.clone(), tb.clone()]);
+        prober.set_targets(vec![ta.clone(), tb.clone()]).unwrap();
         wait_for_checks(&prober, &ta.key, 2, 2000 * MS).await;
         wait_for_checks(&prober, &tb.key, 2, 2000 * MS).await;
         assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)));
@@ -458,7 +472,7 @@ mod tests {
         let (mut prober, mut events) = Prober::new();
         let kind = CheckKind::Udp { send: b"ping".to_vec(), expect: b"ping".to_vec() };
         let t = target("flap", flapping.port, kind, 100, 3, 3);
-        prober.set_targets(vec![t.clone()]);
+        prober.set_targets(vec![t.clone()]).unwrap();
         let status = wait_for_checks(&prober, &t.key, 20, 5000 * MS).await;
         assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)), "no state change");
         assert!(status.up && status.transitions == 0, "{status:?}");
@@ -471,11 +485,11 @@ mod tests {
         let (mut prober, mut events) = Prober::new();
         let dead = target("x", servers::closed_port(), CheckKind::Tcp, 100, 1, 1);
         let unchecked = target("y", 0, CheckKind::None, 100, 2, 3);
-        prober.set_targets(vec![dead.clone()]);
+        prober.set_targets(vec![dead.clone()]).unwrap();
         let down = next_event(&mut events, 2000 * MS).await;
         assert!(!down.up && down.reason.starts_with("1 failure: connect to"), "{down:?}");
 
-        prober.set_targets(vec![dead.clone(), unchecked.clone()]);
+        prober.set_targets(vec![dead.clone(), unchecked.clone()]).unwrap();
         let before = prober.status_of(&dead.key).unwrap();
         assert!(!before.up && before.transitions == 1);
         tokio::time::sleep(300 * MS).await;
@@ -486,14 +500,14 @@ mod tests {
 
         // A new interval: a new schedule, the same state.
         let slower = Target { spec: CheckSpec { interval: 200 * MS, ..dead.spec.clone() }, ..dead.clone() };
-        prober.set_targets(vec![slower.clone()]);
+        prober.set_targets(vec![slower.clone()]).unwrap();
         let x = prober.status_of(&dead.key).unwrap();
         assert!(!x.up && x.transitions == 1, "{x:?}");
         assert_eq!(prober.status_of(&unchecked.key), None, "removed");
 
         // No check any more: up at once, with an event.
         let none = Target { spec: CheckSpec { kind: CheckKind::None, ..slower.spec.clone() }, ..slower };
-        prober.set_targets(vec![none]);
+        prober.set_targets(vec![none]).unwrap();
         let up = next_event(&mut events, 100 * MS).await;
         assert!(up.up && up.reason == "the check is now of type none", "{up:?}");
         let checks = prober.status_of(&dead.key).unwrap().checks;
@@ -501,9 +515,25 @@ mod tests {
         let x = prober.status_of(&dead.key).unwrap();
         assert!(x.up && x.transitions == 2 && x.checks == checks, "{x:?}");
 
-        prober.set_targets(vec![]);
+        prober.set_targets(vec![]).unwrap();
         assert!(prober.status().is_empty());
         assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_check_changes_nothing() {
+        let (mut prober, _events) = Prober::new();
+        let good = target("good", 80, CheckKind::Tcp, 1000, 2, 3);
+        prober.set_targets(vec![good.clone()]).unwrap();
+        let mut bad = target("bad", 80, CheckKind::Tcp, 100, 2, 3);
+        bad.spec.timeout = bad.spec.interval;
+        let e = prober.set_targets(vec![bad]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "vip \"bad\" backend 127.0.0.1: health check: timeout 100 ms must be shorter than interval 100 ms: lower the timeout or raise the interval"
+        );
+        let keys: Vec<_> = prober.status().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [good.key]);
     }
 
     #[test]
@@ -514,7 +544,7 @@ mod tests {
         let (mut prober, mut events) = Prober::on_own_thread().unwrap();
         let up = target("up", open, CheckKind::Tcp, 100, 2, 1);
         let dead = target("dead", servers::closed_port(), CheckKind::Tcp, 100, 2, 1);
-        prober.set_targets(vec![up.clone(), dead.clone()]);
+        prober.set_targets(vec![up.clone(), dead.clone()]).unwrap();
         let deadline = StdInstant::now() + 3000 * MS;
         let event = loop {
             match events.try_recv() {

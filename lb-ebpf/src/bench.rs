@@ -1,0 +1,230 @@
+//! Bench-only XDP programs (`tests/src/bin/bench_xdp.rs` is their only user): a traffic
+//! generator, a counting sink and two floors to compare the balancer with.
+//!
+//! - `bench_gen` runs under `BPF_PROG_TEST_RUN` in live-frames mode. The kernel recycles its
+//!   pages with whatever the programs downstream left in them, so every run first writes the
+//!   whole frame again from `BENCH_GEN_CONFIG`'s template, then gives it flow number
+//!   `seq % flows` (its source address and port, checksums patched) and returns XDP_TX: in
+//!   live-frames mode that sends it out of the test run's ingress interface.
+//! - `bench_sink` counts frames per CPU and drops them.
+//! - `bench_mac_swap` swaps the MAC addresses and returns XDP_TX: the least an XDP forwarder does.
+//! - `bench_encap` pushes an outer IPv4 (or IPv6) header, as the balancer's `ipip` mode does but
+//!   with no lookup, and returns XDP_TX.
+//!
+//! Nothing loads these programs but the bench. Their four small maps (under 1 KiB in all) are
+//! created with every load of the object, private and never pinned.
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_xdp_adjust_head,
+    macros::map,
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+
+use crate::{
+    checksum,
+    parse::{ptr_at, ptr_at_mut, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
+};
+
+/// Largest template frame.
+pub const MAX_FRAME: usize = 128;
+
+/// What the generator sends. User space writes it (same layout in `bench_xdp.rs`).
+#[repr(C)]
+pub struct GenConfig {
+    /// Frame length: a multiple of 4, at most MAX_FRAME, and the test run's frame length.
+    pub len: u32,
+    /// Flow number = packet sequence number modulo `flows`; 0: no modulo, each packet a new flow.
+    pub flows: u32,
+    /// Offset of the last 16 bits of the source address, set to 1 + (flow >> 14) % 32768.
+    pub addr_off: u32,
+    /// Offset of the source port, set to 1024 + flow % 16384.
+    pub port_off: u32,
+    /// Offset of the IPv4 header checksum; 0 for IPv6.
+    pub ip_csum_off: u32,
+    /// Offset of the TCP or UDP checksum, which covers both fields above.
+    pub l4_csum_off: u32,
+    /// UDP: a checksum of 0 is sent as 0xffff.
+    pub udp: u32,
+    pub _pad: u32,
+    /// The frame for flow 0 with zero in both fields and checksums to match.
+    pub frame: [u8; MAX_FRAME],
+}
+
+#[map(name = "BENCH_GEN_CONFIG")]
+static BENCH_GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+
+/// Packets generated, per CPU: the sequence numbers flows are numbered from.
+#[map(name = "BENCH_GEN_SEQ")]
+static BENCH_GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Frames the sink received, per CPU.
+#[map(name = "BENCH_SINK")]
+static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Fixed outer addresses of the encapsulation floor.
+const OUTER_SRC4: [u8; 4] = [198, 18, 1, 1];
+const OUTER_DST4: [u8; 4] = [198, 18, 0, 17];
+const OUTER_SRC6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+const OUTER_DST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11];
+
+#[inline(always)]
+pub fn generate(ctx: &XdpContext) -> u32 {
+    match write_frame(ctx) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[inline(always)]
+fn write_frame(ctx: &XdpContext) -> Option<()> {
+    let cfg = BENCH_GEN_CONFIG.get(0)?;
+    let seq = BENCH_GEN_SEQ.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; nothing else writes it while we run.
+    let n = unsafe {
+        let n = *seq;
+        *seq = n + 1;
+        n
+    };
+    let flow = if cfg.flows == 0 { n } else { n % cfg.flows as u64 };
+    let data = ctx.data();
+    let end = ctx.data_end();
+    let len = cfg.len as usize;
+    if len > MAX_FRAME || data + len > end {
+        return None;
+    }
+    let words = cfg.frame.as_ptr() as *const u32;
+    let mut i = 0;
+    while i < MAX_FRAME / 4 {
+        if i * 4 >= len {
+            break;
+        }
+        if data + i * 4 + 4 > end {
+            return None;
+        }
+        // SAFETY: both within bounds (checked above); the template is 4-byte aligned in the map
+        // value and the frame data is too (page offset + 256 bytes of headroom).
+        unsafe { *((data + i * 4) as *mut u32) = *words.add(i) };
+        i += 1;
+    }
+    let addr = 1 + ((flow >> 14) as u32 & 0x7fff);
+    let port = 1024 + (flow as u32 & 0x3fff);
+    set16(ctx, cfg.addr_off, addr as u16)?;
+    set16(ctx, cfg.port_off, port as u16)?;
+    // Both fields were zero in the template: the checksums grow by their new values (RFC 1624).
+    if cfg.ip_csum_off != 0 {
+        let c = get16(ctx, cfg.ip_csum_off)?;
+        set16(ctx, cfg.ip_csum_off, !checksum::fold(!c as u32 + addr))?;
+    }
+    let c = get16(ctx, cfg.l4_csum_off)?;
+    let mut c = !checksum::fold(!c as u32 + addr + port);
+    if c == 0 && cfg.udp != 0 {
+        c = 0xffff;
+    }
+    set16(ctx, cfg.l4_csum_off, c)
+}
+
+#[inline(always)]
+fn get16(ctx: &XdpContext, off: u32) -> Option<u16> {
+    let p: *const [u8; 2] = ptr_at(ctx, (off & 0x7f) as usize).ok()?;
+    // SAFETY: bounds checked by ptr_at.
+    Some(u16::from_be_bytes(unsafe { *p }))
+}
+
+#[inline(always)]
+fn set16(ctx: &XdpContext, off: u32, v: u16) -> Option<()> {
+    let p: *mut [u8; 2] = ptr_at_mut(ctx, (off & 0x7f) as usize).ok()?;
+    // SAFETY: bounds checked by ptr_at_mut.
+    unsafe { *p = v.to_be_bytes() };
+    Some(())
+}
+
+#[inline(always)]
+pub fn sink(_ctx: &XdpContext) -> u32 {
+    if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+#[inline(always)]
+pub fn mac_swap(ctx: &XdpContext) -> u32 {
+    let Ok(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else { return xdp_action::XDP_ABORTED };
+    // SAFETY: bounds checked by ptr_at_mut.
+    unsafe {
+        let src = (*eth).src_addr;
+        (*eth).src_addr = (*eth).dst_addr;
+        (*eth).dst_addr = src;
+    }
+    xdp_action::XDP_TX
+}
+
+#[inline(always)]
+pub fn encap(ctx: &XdpContext) -> u32 {
+    match push_outer(ctx) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// An outer header in front of the IP packet, the Ethernet header rewritten with the MACs
+/// swapped: the balancer's `ipip` rewrite minus its lookups.
+#[inline(always)]
+fn push_outer(ctx: &XdpContext) -> Option<()> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok()?;
+    // SAFETY: bounds checked by ptr_at.
+    let (dmac, smac, ether_type) = unsafe { ((*eth).src_addr, (*eth).dst_addr, (*eth).ether_type) };
+    if ether_type == ETH_P_IP.to_be() {
+        let inner: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok()?;
+        // SAFETY: bounds checked by ptr_at.
+        let (tos, len) = unsafe { ((*inner).tos, u16::from_be_bytes((*inner).tot_len)) };
+        grow(ctx, Ipv4Hdr::LEN)?;
+        let outer: *mut Ipv4Hdr = ptr_at_mut(ctx, ETH_LEN).ok()?;
+        // SAFETY: bounds checked by ptr_at_mut.
+        unsafe {
+            (*outer).vihl = 0x45;
+            (*outer).tos = tos;
+            (*outer).tot_len = (len + Ipv4Hdr::LEN as u16).to_be_bytes();
+            (*outer).id = [0, 0];
+            (*outer).frags = [0x40, 0];
+            (*outer).ttl = 64;
+            (*outer).proto = 4;
+            (*outer).check = [0, 0];
+            (*outer).src_addr = OUTER_SRC4;
+            (*outer).dst_addr = OUTER_DST4;
+            (*outer).check = checksum::ipv4_header(&*(outer as *const [u8; 20])).to_be_bytes();
+        }
+    } else if ether_type == ETH_P_IPV6.to_be() {
+        let inner: *const Ipv6Hdr = ptr_at(ctx, ETH_LEN).ok()?;
+        // SAFETY: bounds checked by ptr_at.
+        let (vcf, payload) = unsafe { ((*inner).vcf, u16::from_be_bytes((*inner).payload_len)) };
+        grow(ctx, Ipv6Hdr::LEN)?;
+        let outer: *mut Ipv6Hdr = ptr_at_mut(ctx, ETH_LEN).ok()?;
+        // SAFETY: bounds checked by ptr_at_mut.
+        unsafe {
+            (*outer).vcf = [vcf[0], vcf[1] & 0xf0, 0, 0];
+            (*outer).payload_len = (payload + Ipv6Hdr::LEN as u16).to_be_bytes();
+            (*outer).next_hdr = 41;
+            (*outer).hop_limit = 64;
+            (*outer).src_addr = OUTER_SRC6;
+            (*outer).dst_addr = OUTER_DST6;
+        }
+    } else {
+        return None;
+    }
+    let eth: *mut EthHdr = ptr_at_mut(ctx, 0).ok()?;
+    // SAFETY: bounds checked by ptr_at_mut.
+    unsafe { *eth = EthHdr { dst_addr: dmac, src_addr: smac, ether_type } };
+    Some(())
+}
+
+#[inline(always)]
+fn grow(ctx: &XdpContext, len: usize) -> Option<()> {
+    // SAFETY: the helper only moves the frame's start within the headroom.
+    (unsafe { bpf_xdp_adjust_head(ctx.ctx, -(len as i32)) } == 0).then_some(())
+}

@@ -1,0 +1,225 @@
+//! The flow table as operators see it: which connections are pinned to which backend, so that
+//! an operator can tell when a drained backend has no flows left.
+//!
+//! A flow belongs to the VIP whose service its destination matches, as the data plane looks it
+//! up: (address, port, protocol), then (address, any port, protocol). Its backend comes from the
+//! backend id it is pinned to, mapped back to (VIP, address) through the agent's ids.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use lb_common::{FlowKey, FAMILY_V4, PROTO_TCP, PROTO_UDP};
+use serde::{Deserialize, Serialize};
+
+use super::{Agent, AgentError};
+use crate::datapath::{DatapathError, FlowTable};
+
+/// Sample rows when the caller names no limit.
+pub const DEFAULT_SAMPLE: usize = 20;
+/// The most sample rows one answer carries.
+pub const MAX_SAMPLE: usize = 10_000;
+
+/// The flows matching a query: counts over all of them, and a sample.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Flows {
+    /// Flows matching the filters, all of them (not only the sample).
+    pub total: u64,
+    /// Every backend in scope with the flows pinned to it, also those with none, in config
+    /// order.
+    pub backends: Vec<BackendFlows>,
+    /// Flows in scope pinned to a backend id that no configured backend has now (one removed
+    /// since): `total` is the sum of `backends[].flows` and this.
+    pub other: u64,
+    /// Up to `limit` of the matching flows, in the table's order.
+    pub sample: Vec<Flow>,
+    /// Flows in the whole table, of every VIP.
+    pub table: u64,
+    /// False if the walk stopped before the end of the table (the table changed too fast):
+    /// the counts are then lower bounds.
+    pub complete: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendFlows {
+    pub vip: String,
+    pub address: IpAddr,
+    pub weight: u32,
+    pub drained: bool,
+    pub flows: u64,
+}
+
+/// One flow, as the client sent it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Flow {
+    /// The VIP whose service the destination matches (none: a VIP removed since).
+    pub vip: Option<String>,
+    pub client: SocketAddr,
+    pub destination: SocketAddr,
+    /// `tcp`, `udp`, or the protocol number.
+    pub protocol: String,
+    /// The backend the flow is pinned to (none: a backend removed since).
+    pub backend: Option<IpAddr>,
+}
+
+/// A flow-table query: everything it needs from the agent, so that the walk (which can take a
+/// while on a big table) runs without holding the agent.
+pub struct FlowQuery {
+    table: FlowTable,
+    /// Every VIP's service (address, port, protocol number) -> VIP name.
+    services: BTreeMap<(IpAddr, u16, u8), String>,
+    /// Backend id -> (VIP name, address).
+    ids: HashMap<u32, (String, IpAddr)>,
+    vip: Option<String>,
+    backend: Option<IpAddr>,
+    limit: usize,
+    /// The rows of the answer, with no flows counted yet.
+    rows: Vec<BackendFlows>,
+}
+
+impl Agent {
+    /// Prepares a walk of the flow table for the flows of `vip` (any VIP if `None`) pinned to
+    /// `backend` (any backend if `None`), with a sample of at most `limit` of them.
+    pub fn flow_query(
+        &self,
+        vip: Option<&str>,
+        backend: Option<IpAddr>,
+        limit: usize,
+    ) -> Result<FlowQuery, AgentError> {
+        if let Some(name) = vip {
+            self.vip(name)?;
+        }
+        if let Some(address) = backend {
+            match vip {
+                Some(name) => {
+                    self.backend(name, address)?;
+                }
+                None if self.config.vips.iter().any(|v| v.backend(address).is_some()) => {}
+                None => {
+                    return Err(AgentError::NotFound(format!(
+                        "{address} is not a backend of any VIP: `lbctl vip list` shows the VIPs and their backends"
+                    )))
+                }
+            }
+        }
+        let services = self
+            .config
+            .vips
+            .iter()
+            .map(|v| ((v.address, v.port, v.protocol.number()), v.name.clone()))
+            .collect();
+        let ids = self
+            .applied
+            .ids
+            .backends
+            .iter()
+            .flat_map(|(vip, by_address)| by_address.iter().map(move |(a, id)| (*id, (vip.clone(), *a))))
+            .collect();
+        let rows = self
+            .config
+            .vips
+            .iter()
+            .filter(|v| vip.is_none_or(|name| name == v.name))
+            .flat_map(|v| {
+                v.backends.iter().filter(|b| backend.is_none_or(|a| a == b.address)).map(|b| BackendFlows {
+                    vip: v.name.clone(),
+                    address: b.address,
+                    weight: b.weight,
+                    drained: b.drained,
+                    flows: 0,
+                })
+            })
+            .collect();
+        Ok(FlowQuery {
+            table: self.datapath.flow_table().map_err(|e| AgentError::Apply(e.into()))?,
+            services,
+            ids,
+            vip: vip.map(str::to_owned),
+            backend,
+            limit: limit.min(MAX_SAMPLE),
+            rows,
+        })
+    }
+}
+
+impl FlowQuery {
+    /// Walks the flow table (blocking: two system calls a flow).
+    pub fn run(self) -> Result<Flows, DatapathError> {
+        let FlowQuery { table, services, ids, vip, backend, limit, mut rows } = self;
+        let row_of: HashMap<(String, IpAddr), usize> =
+            rows.iter().enumerate().map(|(i, r)| ((r.vip.clone(), r.address), i)).collect();
+        let (mut total, mut other) = (0, 0);
+        let mut sample = Vec::new();
+        let walk = table.walk(|key, id| {
+            let Some((client, destination)) = endpoints(key) else { return };
+            let flow_vip = services
+                .get(&(destination.ip(), destination.port(), key.proto))
+                .or_else(|| services.get(&(destination.ip(), 0, key.proto)));
+            if vip.is_some() && flow_vip != vip.as_ref() {
+                return;
+            }
+            let pinned = ids.get(&id);
+            if backend.is_some() && pinned.map(|(_, a)| *a) != backend {
+                return;
+            }
+            total += 1;
+            match pinned.and_then(|p| row_of.get(p)) {
+                Some(&i) => rows[i].flows += 1,
+                None => other += 1,
+            }
+            if sample.len() < limit {
+                sample.push(Flow {
+                    vip: flow_vip.cloned(),
+                    client,
+                    destination,
+                    protocol: match key.proto {
+                        PROTO_TCP => "tcp".into(),
+                        PROTO_UDP => "udp".into(),
+                        p => p.to_string(),
+                    },
+                    backend: pinned.map(|(_, a)| *a),
+                });
+            }
+        })?;
+        Ok(Flows { total, backends: rows, other, sample, table: walk.flows, complete: walk.complete })
+    }
+}
+
+/// (client, destination) of a flow key; `None` for a key of no known family.
+fn endpoints(key: &FlowKey) -> Option<(SocketAddr, SocketAddr)> {
+    let addr = |a: &[u8; 16]| -> IpAddr {
+        if key.family == FAMILY_V4 {
+            Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+        } else {
+            Ipv6Addr::from(*a).into()
+        }
+    };
+    if key.family != FAMILY_V4 && key.family != lb_common::FAMILY_V6 {
+        return None;
+    }
+    Some((SocketAddr::new(addr(&key.src), key.sport), SocketAddr::new(addr(&key.dst), key.dport)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_of_both_families() {
+        let mut key =
+            FlowKey { sport: 40_000, dport: 80, proto: PROTO_TCP, family: FAMILY_V4, ..Default::default() };
+        key.src[..4].copy_from_slice(&[198, 18, 0, 1]);
+        key.dst[..4].copy_from_slice(&[198, 18, 100, 1]);
+        let (c, d) = endpoints(&key).unwrap();
+        assert_eq!(c, "198.18.0.1:40000".parse().unwrap());
+        assert_eq!(d, "198.18.100.1:80".parse().unwrap());
+        key.family = lb_common::FAMILY_V6;
+        key.src = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+        key.dst = "fd00:0:0:100::1".parse::<Ipv6Addr>().unwrap().octets();
+        let (c, d) = endpoints(&key).unwrap();
+        assert_eq!(c, "[fd00::1]:40000".parse().unwrap());
+        assert_eq!(d, "[fd00:0:0:100::1]:80".parse().unwrap());
+        key.family = 0;
+        assert_eq!(endpoints(&key), None);
+    }
+}

@@ -1,0 +1,97 @@
+//! `lbctl flows`: the flows pinned to each backend, and a sample of them.
+use std::net::IpAddr;
+
+use super::{output::table, Ctx, Failure};
+use crate::agent::flows::Flows;
+
+#[derive(clap::Args)]
+pub struct FlowsArgs {
+    /// Only the flows of this VIP (those whose destination matches its service).
+    #[arg(long, value_name = "VIP")]
+    vip: Option<String>,
+    /// Only the flows pinned to this backend address.
+    #[arg(long, value_name = "ADDRESS")]
+    backend: Option<IpAddr>,
+    /// How many flows to list; the counts cover all of them whatever this is.
+    #[arg(long, value_name = "N", default_value_t = crate::agent::flows::DEFAULT_SAMPLE)]
+    limit: usize,
+}
+
+pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {
+    let mut query = format!("/v1/flows?limit={}", args.limit);
+    if let Some(vip) = &args.vip {
+        query += &format!("&vip={}", percent_encode(vip));
+    }
+    if let Some(backend) = args.backend {
+        query += &format!("&backend={}", percent_encode(&backend.to_string()));
+    }
+    let body = ctx.get(&query).await?;
+    ctx.print(&body, |f: Flows| {
+        let mut rows: Vec<Vec<String>> = f
+            .backends
+            .iter()
+            .map(|b| {
+                vec![
+                    b.vip.clone(),
+                    b.address.to_string(),
+                    if b.drained { "drained".into() } else { format!("weight {}", b.weight) },
+                    b.flows.to_string(),
+                ]
+            })
+            .collect();
+        if f.other > 0 {
+            rows.push(vec!["-".into(), "(removed backends)".into(), String::new(), f.other.to_string()]);
+        }
+        rows.push(vec!["total".into(), String::new(), String::new(), f.total.to_string()]);
+        table(&["VIP", "BACKEND", "STATE", "FLOWS"], &rows);
+        if !f.complete {
+            println!("(the table changed too fast to walk it whole: the counts are lower bounds)");
+        }
+        if f.sample.is_empty() {
+            return;
+        }
+        println!();
+        let sample: Vec<Vec<String>> = f
+            .sample
+            .iter()
+            .map(|s| {
+                vec![
+                    s.vip.clone().unwrap_or_else(|| "-".into()),
+                    s.protocol.clone(),
+                    s.client.to_string(),
+                    s.destination.to_string(),
+                    s.backend.map(|b| b.to_string()).unwrap_or_else(|| "(removed)".into()),
+                ]
+            })
+            .collect();
+        table(&["VIP", "PROTO", "CLIENT", "DESTINATION", "BACKEND"], &sample);
+        println!(
+            "{} of {} flows listed (--limit N lists more); the table holds {} flows in all.\n\
+             A flow stays until the table evicts it (least recently used first): closed connections \
+             count until then.",
+            f.sample.len(),
+            f.total,
+            f.table
+        );
+    })
+}
+
+/// A query-string value: everything but unreserved characters percent-encoded.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_encode() {
+        assert_eq!(super::percent_encode("web-1.a_b"), "web-1.a_b");
+        assert_eq!(super::percent_encode("fd00::1"), "fd00%3A%3A1");
+        assert_eq!(super::percent_encode("a b&c"), "a%20b%26c");
+    }
+}

@@ -1,0 +1,516 @@
+//! The Prometheus endpoint: `GET /metrics` on the address `metrics` of the config.
+//!
+//! Nothing is counted here: every scrape reads the data plane's counters from the maps (summed
+//! over CPUs, the numbers `lbctl stats` shows) and encodes them with `prometheus-client`, in the
+//! Prometheus text format (0.0.4), or in OpenMetrics for a scraper that asks for it (Prometheus
+//! does). Metric names follow Prometheus' conventions: `_total` counters, units in the name,
+//! labels for what a sum over makes sense for. The global counters' label values derive from
+//! [`lb_common::Counter`], never from a second list.
+use std::{fmt, net::SocketAddr, time::UNIX_EPOCH};
+
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use lb_common::{Counter, CounterKind};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    agent::{Agent, Stats},
+    api::Shared,
+};
+
+/// One metric family: what the registry is given (the name without unit or `_total`, which
+/// the encoder appends), its labels and help.
+#[derive(Clone, Copy, Debug)]
+pub struct Family {
+    pub name: &'static str,
+    /// `bytes` or `seconds`, appended to the name.
+    pub unit: Option<&'static str>,
+    pub kind: MetricType,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+impl Family {
+    /// The name samples carry: `lb_vip_bytes_total`, `lbd_info`, ...
+    pub fn exposed_name(&self) -> String {
+        let unit = self.unit.map(|u| format!("_{u}")).unwrap_or_default();
+        let suffix = match self.kind {
+            MetricType::Counter => "_total",
+            MetricType::Info => "_info",
+            _ => "",
+        };
+        format!("{}{unit}{suffix}", self.name)
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            MetricType::Counter => "counter",
+            MetricType::Gauge | MetricType::Info => "gauge",
+            MetricType::Histogram => "histogram",
+            MetricType::Unknown => "untyped",
+        }
+    }
+
+    fn unit(&self) -> Option<Unit> {
+        self.unit.map(|u| match u {
+            "bytes" => Unit::Bytes,
+            "seconds" => Unit::Seconds,
+            other => Unit::Other(other.to_owned()),
+        })
+    }
+}
+
+const VIP: &[&str] = &["vip", "service"];
+const BACKEND: &[&str] = &["vip", "backend"];
+
+pub const INFO: Family = Family {
+    name: "lbd",
+    unit: None,
+    kind: MetricType::Info,
+    labels: &["version"],
+    help: "The running lbd, its version as a label (always 1)",
+};
+pub const START_TIME: Family = Family {
+    name: "lbd_start_time",
+    unit: Some("seconds"),
+    kind: MetricType::Gauge,
+    labels: &[],
+    help: "When lbd started, in seconds since the Unix epoch",
+};
+pub const VIP_PACKETS: Family = Family {
+    name: "lb_vip_packets",
+    unit: None,
+    kind: MetricType::Counter,
+    labels: VIP,
+    help: "Packets forwarded to a backend of the VIP",
+};
+pub const VIP_BYTES: Family = Family {
+    name: "lb_vip",
+    unit: Some("bytes"),
+    kind: MetricType::Counter,
+    labels: VIP,
+    help: "Bytes forwarded to a backend of the VIP (frames as received, before encapsulation)",
+};
+pub const VIP_NEW_FLOWS: Family = Family {
+    name: "lb_vip_new_flows",
+    unit: None,
+    kind: MetricType::Counter,
+    labels: VIP,
+    help: "New flows of the VIP: packets that found no flow and picked a backend from the ring",
+};
+pub const BACKEND_PACKETS: Family = Family {
+    name: "lb_backend_packets",
+    unit: None,
+    kind: MetricType::Counter,
+    labels: BACKEND,
+    help: "Packets forwarded to the backend",
+};
+pub const BACKEND_BYTES: Family = Family {
+    name: "lb_backend",
+    unit: Some("bytes"),
+    kind: MetricType::Counter,
+    labels: BACKEND,
+    help: "Bytes forwarded to the backend (frames as received, before encapsulation)",
+};
+pub const BACKEND_NEW_FLOWS: Family = Family {
+    name: "lb_backend_new_flows",
+    unit: None,
+    kind: MetricType::Counter,
+    labels: BACKEND,
+    help: "New flows pinned to the backend",
+};
+pub const BACKEND_WEIGHT: Family = Family {
+    name: "lb_backend_weight",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: BACKEND,
+    help: "The backend's configured weight (0 to 65535; 0: no new flows)",
+};
+pub const BACKEND_DRAINED: Family = Family {
+    name: "lb_backend_drained",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: BACKEND,
+    help: "1 if the backend is drained: no new flows, open ones continue",
+};
+pub const DATAPATH_PACKETS: Family = Family {
+    name: "lb_datapath_packets",
+    unit: None,
+    kind: MetricType::Counter,
+    labels: &["verdict", "reason"],
+    help: "Packets the balancer handled, by what it did (verdict) and why (reason); each packet counts once",
+};
+pub const DATAPATH_EVENTS: Family = Family {
+    name: "lb_datapath_events",
+    unit: None,
+    kind: MetricType::Counter,
+    labels: &["event"],
+    help: "Events on the way of packets (flow-table hits and misses, ...), by event",
+};
+
+/// Every family, in the order a scrape gives them.
+pub const FAMILIES: [Family; 12] = [
+    INFO,
+    START_TIME,
+    VIP_PACKETS,
+    VIP_BYTES,
+    VIP_NEW_FLOWS,
+    BACKEND_PACKETS,
+    BACKEND_BYTES,
+    BACKEND_NEW_FLOWS,
+    BACKEND_WEIGHT,
+    BACKEND_DRAINED,
+    DATAPATH_PACKETS,
+    DATAPATH_EVENTS,
+];
+
+/// The labels of a global counter: `("verdict", "reason")` values for a packet verdict
+/// (`pass_not_vip` -> `pass`, `not_vip`), or `None` for an event (labelled by its name).
+pub fn verdict(counter: Counter) -> Option<(&'static str, &'static str)> {
+    let verdict = match counter.kind() {
+        CounterKind::Pass => "pass",
+        CounterKind::Drop => "drop",
+        CounterKind::Forward => "forward",
+        CounterKind::Event => return None,
+    };
+    let name = counter.name();
+    let reason = name.strip_prefix(verdict).and_then(|r| r.strip_prefix('_')).unwrap_or(name);
+    Some((verdict, reason))
+}
+
+/// What one scrape exposes, read from the agent and its maps.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: &'static str,
+    pub started_unix: f64,
+    pub counters: Vec<(Counter, u64)>,
+    pub stats: Stats,
+}
+
+impl Snapshot {
+    pub fn read(agent: &Agent) -> Result<Snapshot, String> {
+        let counters = Counter::ALL
+            .iter()
+            .map(|&c| agent.datapath.counter(c).map(|v| (c, v)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok(Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            started_unix: agent.started.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            counters,
+            stats: agent.stats().map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+/// Encodes one family: its descriptor, then a sample per `(label values, value)`.
+fn family<'a, V: Copy>(
+    encoder: &mut DescriptorEncoder,
+    f: &Family,
+    samples: impl IntoIterator<Item = (Vec<&'a str>, V)>,
+    mut sample: impl FnMut(V, MetricEncoder) -> fmt::Result,
+) -> fmt::Result {
+    let unit = f.unit();
+    let mut metric = encoder.encode_descriptor(f.name, f.help, unit.as_ref(), f.kind)?;
+    for (values, value) in samples {
+        debug_assert_eq!(values.len(), f.labels.len(), "{}", f.name);
+        let labels: Vec<(&str, &str)> = f.labels.iter().copied().zip(values).collect();
+        sample(value, metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(value: u64, m: MetricEncoder) -> fmt::Result {
+    ConstCounter::new(value).encode(m)
+}
+
+fn gauge(value: u64, m: MetricEncoder) -> fmt::Result {
+    ConstGauge::new(value).encode(m)
+}
+
+fn vip(v: &crate::agent::VipStats) -> Vec<&str> {
+    vec![v.name.as_str(), v.service.as_str()]
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let unit = INFO.unit();
+        e.encode_descriptor(INFO.name, INFO.help, unit.as_ref(), INFO.kind)?
+            .encode_info(&[(INFO.labels[0], self.version)])?;
+        let unit = START_TIME.unit();
+        ConstGauge::new(self.started_unix).encode(e.encode_descriptor(
+            START_TIME.name,
+            START_TIME.help,
+            unit.as_ref(),
+            START_TIME.kind,
+        )?)?;
+
+        let vips = &self.stats.vips;
+        family(&mut e, &VIP_PACKETS, vips.iter().map(|v| (vip(v), v.packets)), counter)?;
+        family(&mut e, &VIP_BYTES, vips.iter().map(|v| (vip(v), v.bytes)), counter)?;
+        family(&mut e, &VIP_NEW_FLOWS, vips.iter().map(|v| (vip(v), v.new_flows)), counter)?;
+
+        let backends = || {
+            vips.iter()
+                .flat_map(|v| v.backends.iter().map(move |b| (vec![v.name.as_str(), b.address.as_str()], b)))
+        };
+        family(&mut e, &BACKEND_PACKETS, backends().map(|(l, b)| (l, b.packets)), counter)?;
+        family(&mut e, &BACKEND_BYTES, backends().map(|(l, b)| (l, b.bytes)), counter)?;
+        family(&mut e, &BACKEND_NEW_FLOWS, backends().map(|(l, b)| (l, b.new_flows)), counter)?;
+        family(&mut e, &BACKEND_WEIGHT, backends().map(|(l, b)| (l, u64::from(b.weight))), gauge)?;
+        family(&mut e, &BACKEND_DRAINED, backends().map(|(l, b)| (l, u64::from(b.drained))), gauge)?;
+
+        let verdicts = self
+            .counters
+            .iter()
+            .filter_map(|&(c, v)| verdict(c).map(|(verdict, reason)| (vec![verdict, reason], v)));
+        family(&mut e, &DATAPATH_PACKETS, verdicts, counter)?;
+        let events =
+            self.counters.iter().filter(|(c, _)| verdict(*c).is_none()).map(|&(c, v)| (vec![c.name()], v));
+        family(&mut e, &DATAPATH_EVENTS, events, counter)
+    }
+}
+
+/// The formats a scrape can get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4 (`promtool check metrics` reads it).
+    Text,
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics if the scraper accepts it (Prometheus asks for it first), else text.
+    pub fn negotiate(headers: &HeaderMap) -> Format {
+        let accepts = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
+        if accepts.flat_map(|v| v.split(',')).any(|v| v.trim().starts_with("application/openmetrics-text")) {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// The exposition of `snapshot` in `format`.
+pub fn render(snapshot: Snapshot, format: Format) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut out = String::new();
+    let encoded = match format {
+        Format::Text => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry),
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
+    };
+    encoded.expect("writing to a String cannot fail");
+    out
+}
+
+/// `GET /metrics`; every other path is 404.
+pub fn router(agent: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: lbd serves metrics on /metrics\n") })
+        .with_state(agent)
+}
+
+async fn scrape(State(agent): State<Shared>, headers: HeaderMap) -> Response {
+    let snapshot = Snapshot::read(&*agent.lock().await);
+    match snapshot {
+        Ok(s) => {
+            let format = Format::negotiate(&headers);
+            ([(header::CONTENT_TYPE, format.content_type())], render(s, format)).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reading the counters: {e}\n")).into_response(),
+    }
+}
+
+/// Listens on `address` (done before serving, so that a taken address stops lbd at start).
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
+/// Serves the endpoint until the task is dropped or aborted.
+pub async fn serve(listener: tokio::net::TcpListener, agent: Shared) -> std::io::Result<()> {
+    axum::serve(listener, router(agent)).await
+}
+
+/// The README's table of metrics, made from [`FAMILIES`] and [`Counter::ALL`].
+pub fn markdown_table() -> String {
+    let mut out = String::from("| metric | type | labels | what |\n|---|---|---|---|\n");
+    for f in FAMILIES {
+        let labels: Vec<String> = f.labels.iter().map(|l| format!("`{l}`")).collect();
+        let labels = if labels.is_empty() { "-".to_string() } else { labels.join(", ") };
+        out += &format!("| `{}` | {} | {labels} | {} |\n", f.exposed_name(), f.type_name(), f.help);
+    }
+    out +=
+        "\n| `verdict`, `reason` of `lb_datapath_packets_total`, or `event` of `lb_datapath_events_total` \
+            | what |\n|---|---|\n";
+    for &c in Counter::ALL {
+        let labels = match verdict(c) {
+            Some((verdict, reason)) => format!("`{verdict}`, `{reason}`"),
+            None => format!("`{}`", c.name()),
+        };
+        out += &format!("| {labels} | {} |\n", c.help());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{BackendStats, VipStats};
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            version: "1.2.3",
+            started_unix: 1_700_000_000.5,
+            counters: Counter::ALL.iter().map(|&c| (c, 1000 + c.index() as u64)).collect(),
+            stats: Stats {
+                counters: Vec::new(),
+                vips: vec![VipStats {
+                    name: "web".into(),
+                    service: "198.18.100.1:80/tcp".into(),
+                    packets: 10,
+                    bytes: 1400,
+                    new_flows: 2,
+                    backends: vec![
+                        BackendStats {
+                            address: "198.18.0.11".into(),
+                            weight: 100,
+                            drained: false,
+                            packets: 7,
+                            bytes: 900,
+                            new_flows: 1,
+                        },
+                        BackendStats {
+                            address: "198.18.0.12".into(),
+                            weight: 50,
+                            drained: true,
+                            packets: 3,
+                            bytes: 500,
+                            new_flows: 1,
+                        },
+                    ],
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn text_format() {
+        let text = render(snapshot(), Format::Text);
+        for line in [
+            "# TYPE lb_vip_packets_total counter",
+            "lb_vip_packets_total{vip=\"web\",service=\"198.18.100.1:80/tcp\"} 10",
+            "lb_vip_bytes_total{vip=\"web\",service=\"198.18.100.1:80/tcp\"} 1400",
+            "lb_vip_new_flows_total{vip=\"web\",service=\"198.18.100.1:80/tcp\"} 2",
+            "lb_backend_packets_total{vip=\"web\",backend=\"198.18.0.11\"} 7",
+            "lb_backend_bytes_total{vip=\"web\",backend=\"198.18.0.12\"} 500",
+            "lb_backend_new_flows_total{vip=\"web\",backend=\"198.18.0.12\"} 1",
+            "lb_backend_weight{vip=\"web\",backend=\"198.18.0.12\"} 50",
+            "lb_backend_drained{vip=\"web\",backend=\"198.18.0.12\"} 1",
+            "lb_backend_drained{vip=\"web\",backend=\"198.18.0.11\"} 0",
+            "lb_datapath_packets_total{verdict=\"pass\",reason=\"not_vip\"} 1002",
+            "lb_datapath_packets_total{verdict=\"forward\",reason=\"tx\"} 1009",
+            "lb_datapath_packets_total{verdict=\"forward\",reason=\"icmp_echo_reply\"} 1011",
+            "lb_datapath_events_total{event=\"flow_hit\"} 1012",
+            "lbd_info{version=\"1.2.3\"} 1",
+            "# TYPE lbd_start_time_seconds gauge",
+            "lbd_start_time_seconds 1700000000.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "{text}");
+        // Every global counter exactly once.
+        for &c in Counter::ALL {
+            let n = text.lines().filter(|l| l.ends_with(&format!(" {}", 1000 + c.index()))).count();
+            assert_eq!(n, 1, "{} in:\n{text}", c.name());
+        }
+        // Every family has HELP and TYPE under the name its samples carry.
+        for f in FAMILIES {
+            let name = f.exposed_name();
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+            assert!(text.contains(&format!("# TYPE {name} {}\n", f.type_name())), "{name}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn openmetrics_format() {
+        let text = render(snapshot(), Format::OpenMetrics);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE lb_vip_bytes counter\n# UNIT lb_vip_bytes bytes\n"), "{text}");
+        assert!(
+            text.contains("lb_vip_bytes_total{vip=\"web\",service=\"198.18.100.1:80/tcp\"} 1400\n"),
+            "{text}"
+        );
+        assert!(text.contains("lbd_info{version=\"1.2.3\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn negotiation() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Format::negotiate(&h), Format::Text);
+        h.insert(header::ACCEPT, "text/plain;version=0.0.4;q=0.5,*/*;q=0.1".parse().unwrap());
+        assert_eq!(Format::negotiate(&h), Format::Text);
+        // What Prometheus 2.42 sends.
+        h.insert(
+            header::ACCEPT,
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+             text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(Format::negotiate(&h), Format::OpenMetrics);
+    }
+
+    #[test]
+    fn verdicts_derive_from_the_counters() {
+        assert_eq!(verdict(Counter::PassNotVip), Some(("pass", "not_vip")));
+        assert_eq!(verdict(Counter::DropNoBackend), Some(("drop", "no_backend")));
+        assert_eq!(verdict(Counter::ForwardRedirect), Some(("forward", "redirect")));
+        assert_eq!(verdict(Counter::IcmpEchoReply), Some(("forward", "icmp_echo_reply")));
+        assert_eq!(verdict(Counter::FlowHit), None);
+    }
+
+    #[test]
+    fn config_key() {
+        let base = "interfaces = [\"eth0\"]\n";
+        let c = crate::config::parse(base, "t.toml").unwrap();
+        assert_eq!(c.metrics, None);
+        let c = crate::config::parse(&format!("metrics = \"127.0.0.1:9100\"\n{base}"), "t.toml").unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        let c = crate::config::parse(&format!("metrics = \"[::1]:9100\"\n{base}"), "t.toml").unwrap();
+        assert_eq!(c.metrics, Some("[::1]:9100".parse().unwrap()));
+        for (bad, says) in [("9100", "is not an address and port"), ("127.0.0.1:0", "port 0")] {
+            let e = crate::config::parse(&format!("{base}metrics = \"{bad}\"\n"), "t.toml").unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with("t.toml:2: metrics: ") && text.contains(says), "{text}");
+        }
+    }
+
+    #[test]
+    fn readme_lists_every_metric() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let table = markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's \"Observability\" section should hold this table:\n{table}"
+        );
+    }
+}

@@ -1,0 +1,1057 @@
+//! Benchmarks of the data plane: the balancer's cost per packet for each packet class, and
+//! packets per second through veths against two XDP floors and the kernel's own forwarding
+//! path, all measured in one run on one core.
+//!
+//! ```sh
+//! cargo run --release -p lb-tests --bin bench_xdp [-- --rounds N --ms M]   # as root
+//! ```
+//!
+//! # Method
+//! Traffic comes from `bench_gen` (lb-ebpf/src/bench.rs), an XDP program run with
+//! `BPF_PROG_TEST_RUN` in live-frames mode: each run writes the whole frame again from a template
+//! (the kernel recycles pages with whatever the programs downstream left in them), gives it flow
+//! number `sequence % N` (source address and port, checksums patched) and returns XDP_TX, which
+//! in live-frames mode sends it out of the test run's ingress interface, a veth `tx-*`. Its peer
+//! `rx-*` runs the program under test natively; what that program sends back with XDP_TX lands
+//! on `tx-*`, where `bench_sink` counts and drops it (veth delivers XDP_TX frames only to a peer
+//! with an XDP program). Everything runs on one pinned CPU: the generator's batches (64 frames)
+//! in the system call, then the veths' NAPI polls in the softirq that ends each batch.
+//!
+//! ```text
+//!   gen  idle0 (bench_gen attached, down)       tx-mac  tx-encap  tx-lb  tx-syn  tx-kern
+//!                                               (bench_sink on each)
+//!   dut  rx-mac: bench_mac_swap   rx-encap: bench_encap   rx-lb, rx-syn: balancer
+//!   kern rx-kern: no XDP, GRO on; IP forwarding + nftables DNAT to the same 3 backends
+//! ```
+//!
+//! - The generator stays attached to the idle `idle0` for the whole run: every live test run
+//!   otherwise adds it to the kernel's XDP dispatcher and removes it again, which takes
+//!   milliseconds and would cap the generator far below the veths' rate.
+//! - Per-packet cost (section `xdp cost`): the kernel's BPF statistics of the program under
+//!   test (run_time_ns / run_cnt), enabled with `BPF_ENABLE_STATS` for that section only (off
+//!   again when its file descriptor closes, even if this process dies).
+//! - Packets per second (section `xdp pps`): frames generated / the kernel's own timing of the
+//!   test runs (the batches and the softirq work they trigger; time this thread spends
+//!   descheduled is left out), BPF statistics off.
+//! - `rx-lb` has a flow table large enough for 1M flows, warmed up so that every measured
+//!   packet is a flow-table hit; `rx-syn` has the production table size, kept full, and every
+//!   packet sent to it is a TCP SYN of a flow never seen before (no modulo): a miss, a Maglev
+//!   pick and an insert that evicts the least recently used flow.
+//! - Each measured run is checked: the sink got every frame (none for the non-VIP class), the
+//!   balancer's verdict counters moved by exactly the frames sent (forward_tx and flow_hit or
+//!   flow_miss, nothing else; pass_not_vip for the non-VIP class), the program ran once per
+//!   frame. A run that fails is void: it gives no number, and the bench exits 1.
+//! - Noise: the cases take turns, `--rounds` times; each row is the median of its rounds.
+//!
+//! Prints `ROW|section|case|value|unit|ratio|target|status` lines (see xtask/src/bench.rs).
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{Array, MapData, PerCpuArray, PerCpuValues},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    sys::{enable_stats, Stats},
+    Ebpf,
+};
+use etherparse::PacketBuilder;
+use lb_common::{
+    limits, BackendValue, ConfigValue, Counter, VipKey, VipValue, MODE_IPIP, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, PROTO_UDP, VIP_ADDRESS_ONLY,
+};
+use lb_tests::{
+    netns::{run, Netns},
+    topology::mac_of,
+};
+use lb_userspace::{
+    datapath::{self, Datapath, Mode, Sizes, BALANCER},
+    maglev,
+};
+
+const GEN: &str = "bench_gen";
+const SINK: &str = "bench_sink";
+const MAC_SWAP: &str = "bench_mac_swap";
+const ENCAP: &str = "bench_encap";
+
+/// Frames per generator batch (the kernel's default; the veth rings hold 256).
+const BATCH: u32 = 64;
+/// Frames per test run call.
+const CHUNK: u32 = 1 << 17;
+/// Test run calls per measured run, at most.
+const MAX_CALLS: usize = 200;
+
+const PORT: u16 = 80;
+const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0x100, 0, 0, 0, 1);
+const NOT_VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 1);
+/// Clients: the generator sets the last 16 bits.
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0);
+/// A MAC address no interface has: frames to it that reach a stack are dropped at once.
+const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x09, 0x09];
+const BACKENDS: u8 = 3;
+/// The 1M-flow cases need this many per CPU in rx-lb's table (all traffic is on one CPU).
+const LB_FLOWS_PER_CPU: u32 = 1_310_720;
+const CONNTRACK_MAX: u64 = 1_100_000;
+
+// ---------------------------------------------------------------------------------------------
+// The generator's template (same layout as lb-ebpf/src/bench.rs).
+
+const MAX_FRAME: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct GenConfig {
+    len: u32,
+    flows: u32,
+    addr_off: u32,
+    port_off: u32,
+    ip_csum_off: u32,
+    l4_csum_off: u32,
+    udp: u32,
+    _pad: u32,
+    frame: [u8; MAX_FRAME],
+}
+const _: () = assert!(std::mem::size_of::<GenConfig>() == 160);
+// SAFETY: integers and a byte array, no padding (size asserted above).
+unsafe impl aya::Pod for GenConfig {}
+
+/// What the generator sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// TCP SYN to the IPv4 VIP.
+    Syn4,
+    /// TCP ACK (an established connection's packet) to the IPv4 VIP.
+    Ack4,
+    Udp4,
+    Ack6,
+    Syn6,
+    /// TCP ACK to an address that is no VIP, to a MAC address nobody has.
+    NotVip4,
+}
+
+impl Shape {
+    fn v6(self) -> bool {
+        matches!(self, Shape::Ack6 | Shape::Syn6)
+    }
+
+    /// The frame of flow `flow` (what the generator must produce for it); with `flow` None, the
+    /// template: both varying fields zero.
+    fn frame(self, src_mac: [u8; 6], dst_mac: [u8; 6], flow: Option<u64>) -> Vec<u8> {
+        let (low, sport) = match flow {
+            Some(f) => (1 + ((f >> 14) as u16 & 0x7fff), 1024 + (f as u16 & 0x3fff)),
+            None => (0, 0),
+        };
+        let dst_mac = if self == Shape::NotVip4 { OTHER_MAC } else { dst_mac };
+        let eth = PacketBuilder::ethernet2(src_mac, dst_mac);
+        let mut out = Vec::new();
+        let result = if self.v6() {
+            let mut src = CLIENT6.octets();
+            src[14..].copy_from_slice(&low.to_be_bytes());
+            let tcp = eth.ipv6(src, VIP6.octets(), 64).tcp(sport, PORT, 1, 64240);
+            let tcp = if self == Shape::Syn6 { tcp.syn() } else { tcp.ack(1) };
+            tcp.write(&mut out, &[0; 10])
+        } else {
+            let mut src = CLIENT4.octets();
+            src[2..].copy_from_slice(&low.to_be_bytes());
+            let dst = if self == Shape::NotVip4 { NOT_VIP4 } else { VIP4 };
+            let ip = eth.ipv4(src, dst.octets(), 64);
+            match self {
+                Shape::Udp4 => ip.udp(sport, PORT).write(&mut out, &[0; 22]),
+                Shape::Syn4 => ip.tcp(sport, PORT, 1, 64240).syn().write(&mut out, &[0; 10]),
+                _ => ip.tcp(sport, PORT, 1, 64240).ack(1).write(&mut out, &[0; 10]),
+            }
+        };
+        result.expect("etherparse writes to a Vec");
+        assert!(out.len() % 4 == 0 && out.len() <= MAX_FRAME, "{self:?}: a {}-byte frame", out.len());
+        out
+    }
+
+    fn config(self, src_mac: [u8; 6], dst_mac: [u8; 6], flows: u32) -> GenConfig {
+        let frame = self.frame(src_mac, dst_mac, None);
+        let l4 = if self.v6() { 54 } else { 34 };
+        let udp = self == Shape::Udp4;
+        let mut cfg = GenConfig {
+            len: frame.len() as u32,
+            flows,
+            addr_off: if self.v6() { 14 + 8 + 14 } else { 14 + 12 + 2 },
+            port_off: l4,
+            ip_csum_off: if self.v6() { 0 } else { 14 + 10 },
+            l4_csum_off: l4 + if udp { 6 } else { 16 },
+            udp: udp as u32,
+            _pad: 0,
+            frame: [0; MAX_FRAME],
+        };
+        cfg.frame[..frame.len()].copy_from_slice(&frame);
+        cfg
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The set-up.
+
+/// The interface pairs: the generator sends into `tx-NAME`, the program under test runs on
+/// `rx-NAME`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    MacSwap,
+    Encap,
+    /// The balancer with a table for 1M flows.
+    Lb,
+    /// The balancer with the production table size, full.
+    Syn,
+    /// IP forwarding and nftables DNAT.
+    Kern,
+}
+
+const TARGETS: [Target; 5] = [Target::MacSwap, Target::Encap, Target::Lb, Target::Syn, Target::Kern];
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::MacSwap => "mac",
+            Target::Encap => "encap",
+            Target::Lb => "lb",
+            Target::Syn => "syn",
+            Target::Kern => "kern",
+        }
+    }
+}
+
+struct Port {
+    tx_ifindex: u32,
+    tx_mac: [u8; 6],
+    rx_mac: [u8; 6],
+}
+
+/// Restores a sysctl of the host's namespace when dropped.
+struct SysctlRestore {
+    path: &'static str,
+    old: String,
+}
+
+impl Drop for SysctlRestore {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(self.path, &self.old) {
+            eprintln!("bench_xdp: could not restore {} to {}: {e}", self.path, self.old.trim());
+        }
+    }
+}
+
+struct Bench {
+    // Dropped first: the programs are detached before the namespaces go.
+    /// rx-lb's balancer; also holds the bench programs and their maps.
+    lb: Datapath,
+    /// rx-syn's balancer.
+    syn: Datapath,
+    ports: Vec<Port>,
+    _conntrack_max: Option<SysctlRestore>,
+    gen: Netns,
+    dut: Netns,
+    kern: Netns,
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (b, part) in mac.iter_mut().zip(s.split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap_or_else(|e| panic!("MAC address {s}: {e}"));
+    }
+    mac
+}
+
+/// Backend `n` (1..=3) behind the interface of `target` (rx-lb: 198.18.0.x, rx-syn: 198.18.2.x).
+fn backend(target: Target, v6: bool, n: u8) -> IpAddr {
+    let net = if target == Target::Syn { 2 } else { 0 };
+    if v6 {
+        Ipv6Addr::new(0xfd00, net, 0, 0, 0, 0, 0, 0x10 + n as u16).into()
+    } else {
+        Ipv4Addr::new(198, 18, net as u8, 0x10 + n).into()
+    }
+}
+
+impl Bench {
+    fn new() -> Self {
+        let gen = Netns::new("bench-gen");
+        let dut = Netns::new("bench-dut");
+        let kern = Netns::new("bench-kern");
+        // Nothing but the bench's own frames may reach a sink: no IPv6 where none is needed,
+        // and no link-local addresses (so no solicitations) where routes need IPv6.
+        for ns in [&gen, &kern] {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+        }
+        dut.sysctl("net.ipv6.conf.default.addr_gen_mode", "1");
+        gen.ip(&["link", "add", "idle0", "type", "veth", "peer", "name", "idle1"]);
+        let mut ports = Vec::new();
+        for t in TARGETS {
+            let (tx, rx) = (format!("tx-{}", t.name()), format!("rx-{}", t.name()));
+            let far = if t == Target::Kern { &kern } else { &dut };
+            gen.ip(&["link", "add", &tx, "type", "veth", "peer", "name", &rx, "netns", far.name()]);
+            if matches!(t, Target::MacSwap | Target::Encap) {
+                far.sysctl(&format!("net.ipv6.conf.{rx}.disable_ipv6"), "1");
+            }
+            gen.ip(&["link", "set", &tx, "up"]);
+            far.ip(&["link", "set", &rx, "up"]);
+            ports.push(Port {
+                tx_ifindex: gen.ifindex(&tx),
+                tx_mac: parse_mac(&mac_of(&gen, &tx)),
+                rx_mac: parse_mac(&mac_of(far, &rx)),
+            });
+        }
+        // bpf_fib_lookup answers only with forwarding on.
+        dut.sysctl("net.ipv4.conf.all.forwarding", "1");
+        dut.sysctl("net.ipv6.conf.all.forwarding", "1");
+        let mut batch = String::new();
+        for t in [Target::Lb, Target::Syn] {
+            let rx = format!("rx-{}", t.name());
+            let net = if t == Target::Syn { 2 } else { 0 };
+            batch += &format!("addr add 198.18.{net}.2/24 dev {rx}\n");
+            batch += &format!("route add fd00:{net}::/64 dev {rx}\n");
+            let mac = mac_string(ports[t as usize].tx_mac);
+            for n in 1..=BACKENDS {
+                for v6 in [false, true] {
+                    let addr = backend(t, v6, n);
+                    batch += &format!("neigh replace {addr} lladdr {mac} dev {rx} nud permanent\n");
+                }
+            }
+        }
+        ip_batch(&dut, &batch);
+        let conntrack_max = configure_kernel_path(&kern, ports[Target::Kern as usize].tx_mac);
+
+        let mut lb = load_balancer(LB_FLOWS_PER_CPU, Target::Lb);
+        let mut syn = load_balancer(limits::FLOWS_PER_CPU, Target::Syn);
+        for name in [GEN, SINK, MAC_SWAP, ENCAP] {
+            datapath::program(&mut lb.ebpf, name)
+                .expect("bench program")
+                .load()
+                .unwrap_or_else(|e| panic!("the kernel rejected {name}: {e}"));
+        }
+        dut.run(|| {
+            lb.attach(BALANCER, "rx-lb", Mode::Native).expect("attaching the balancer on rx-lb");
+            syn.attach(BALANCER, "rx-syn", Mode::Native).expect("attaching the balancer on rx-syn");
+            attach(&mut lb.ebpf, MAC_SWAP, "rx-mac");
+            attach(&mut lb.ebpf, ENCAP, "rx-encap");
+        });
+        gen.run(|| {
+            attach(&mut lb.ebpf, GEN, "idle0");
+            for t in TARGETS {
+                attach(&mut lb.ebpf, SINK, &format!("tx-{}", t.name()));
+            }
+        });
+        Bench { lb, syn, ports, _conntrack_max: conntrack_max, gen, dut, kern }
+    }
+
+    fn port(&self, target: Target) -> &Port {
+        &self.ports[target as usize]
+    }
+}
+
+fn mac_string(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+fn ip_batch(ns: &Netns, batch: &str) {
+    let file = std::env::temp_dir().join(format!("{}.ip-batch", ns.name()));
+    std::fs::write(&file, batch).expect("write the ip batch file");
+    let out = std::process::Command::new("ip").args(["-n", ns.name(), "-batch"]).arg(&file).output();
+    let _ = std::fs::remove_file(&file);
+    let out = out.expect("run ip -batch");
+    assert!(out.status.success(), "ip -batch failed: {}\n{batch}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn attach(ebpf: &mut Ebpf, name: &'static str, interface: &str) {
+    let prog: &mut Xdp = datapath::program(ebpf, name).expect("bench program");
+    prog.attach(interface, XdpMode::Driver)
+        .unwrap_or_else(|e| panic!("attaching {name} on {interface}: {e}"));
+}
+
+/// The kernel's own path in `kern`: rx-kern forwards to the backends (on rx-kern itself, their
+/// MAC the sink's) after an nftables DNAT rule picked one by a hash of the client's address and
+/// port, as the balancer does. Conntrack must hold 1M flows: its limit in a namespace cannot
+/// exceed the host's, which is raised for the run (restored when the result is dropped).
+fn configure_kernel_path(kern: &Netns, sink_mac: [u8; 6]) -> Option<SysctlRestore> {
+    let mut batch = String::from("addr add 198.18.0.2/24 dev rx-kern\n");
+    for n in 1..=BACKENDS {
+        batch += &format!(
+            "neigh replace {} lladdr {} dev rx-kern nud permanent\n",
+            backend(Target::Kern, false, n),
+            mac_string(sink_mac)
+        );
+    }
+    ip_batch(kern, &batch);
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.rx-kern.rp_filter", "0"),
+        // Backends and clients share rx-kern: no ICMP redirects.
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        ("net.ipv4.conf.rx-kern.send_redirects", "0"),
+    ] {
+        kern.sysctl(key, value);
+    }
+    // Redirected frames reach a veth without XDP only with NAPI, which GRO turns on.
+    run(kern.command("ethtool").args(["-K", "rx-kern", "gro", "on"]));
+    let backends: Vec<String> =
+        (1..=BACKENDS).map(|n| format!("{} : {}", n - 1, backend(Target::Kern, false, n))).collect();
+    let rules = format!(
+        "table ip lbbench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+         ip daddr {VIP4} tcp dport {PORT} dnat to jhash ip saddr . tcp sport mod {BACKENDS} map {{ {} }}\n  }}\n}}\n",
+        backends.join(", ")
+    );
+    let file = std::env::temp_dir().join(format!("{}.nft", kern.name()));
+    std::fs::write(&file, rules).expect("write the nftables rules");
+    let out = kern.command("nft").arg("-f").arg(&file).output();
+    let _ = std::fs::remove_file(&file);
+    match out {
+        Ok(o) if o.status.success() => {}
+        other => panic!("loading the nftables rules failed (is nftables installed?): {other:?}"),
+    }
+    // The conntrack sysctls exist once the rules have loaded the module.
+    // Loose pickup (the default) lets a mid-connection packet create its entry; be_liberal keeps
+    // the repeated sequence numbers from being judged out of window; the checksums were checked
+    // by the "NIC" (a real one verifies them in hardware).
+    kern.sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "1");
+    kern.sysctl("net.netfilter.nf_conntrack_checksum", "0");
+    const HOST_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+    let old = std::fs::read_to_string(HOST_MAX).ok()?;
+    let restore = if old.trim().parse::<u64>().is_ok_and(|v| v < CONNTRACK_MAX) {
+        std::fs::write(HOST_MAX, CONNTRACK_MAX.to_string()).ok()?;
+        Some(SysctlRestore { path: HOST_MAX, old })
+    } else {
+        None
+    };
+    kern.sysctl("net.netfilter.nf_conntrack_max", &CONNTRACK_MAX.to_string());
+    restore
+}
+
+/// A balancer as the agent sets one up: 3 IPv4 and 3 IPv6 backends, a TCP+UDP VIP of each
+/// family on port 80 in ipip mode with a Maglev ring of the production size, address entries.
+fn load_balancer(flows_per_cpu: u32, target: Target) -> Datapath {
+    let sizes = Sizes { flows_per_cpu, max_rings: 2, ring_stride: limits::RING_SIZE, max_backends: 8 };
+    let mut dp = datapath::load_with(sizes).unwrap_or_else(|e| panic!("loading the XDP programs: {e}"));
+    dp.set_config(ConfigValue {
+        src_v4: [198, 18, 1, 0],
+        src_v6: Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0).octets(),
+        hash_seed: 0x5eed_1b05,
+        v4_entropy_bits: 8,
+        v6_entropy_bits: 16,
+        ..Default::default()
+    })
+    .expect("set_config");
+    for (family, v6, vip) in [(0u32, false, IpAddr::from(VIP4)), (1, true, IpAddr::from(VIP6))] {
+        let members: Vec<maglev::Member> = (1..=BACKENDS)
+            .map(|n| {
+                let id = n as u32 + 3 * family;
+                let addr = backend(target, v6, n);
+                dp.set_backend(id, BackendValue::from(addr)).expect("set_backend");
+                maglev::Member::new(addr, id, 1)
+            })
+            .collect();
+        let ring = maglev::build(&members, limits::RING_SIZE);
+        dp.write_ring(family, None, &ring).expect("write_ring");
+        let value = |id, flags| VipValue {
+            id,
+            flags,
+            ring_offset: dp.ring_offset(family),
+            ring_size: limits::RING_SIZE,
+            mode: MODE_IPIP,
+            _pad: [0; 3],
+        };
+        let icmp = if v6 { PROTO_ICMPV6 } else { PROTO_ICMP };
+        let (tcp, udp) = (1 + 2 * family, 2 + 2 * family);
+        for (key, value) in [
+            (VipKey::from((vip, PORT, PROTO_TCP)), value(tcp, 0)),
+            (VipKey::from((vip, PORT, PROTO_UDP)), value(udp, 0)),
+            (VipKey::from((vip, 0, icmp)), value(tcp, VIP_ADDRESS_ONLY)),
+        ] {
+            dp.set_vip(key, value).expect("set_vip");
+        }
+    }
+    dp
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the generator.
+
+/// The calling thread in `ns`, pinned to `cpu`, until dropped (back to where it was).
+struct ThreadIn {
+    home: File,
+}
+
+impl ThreadIn {
+    fn enter(ns: &Netns, cpu: usize) -> Self {
+        let home = File::open("/proc/thread-self/ns/net").expect("open this thread's namespace");
+        ns.enter_current_thread();
+        // SAFETY: a zeroed cpu_set_t with one CPU set, passed with its size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+        }
+        ThreadIn { home }
+    }
+}
+
+impl Drop for ThreadIn {
+    fn drop(&mut self) {
+        // SAFETY: setns with a namespace fd we opened.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// Counter values around a measured run.
+#[derive(Clone, Default)]
+struct Snapshot {
+    gen: u64,
+    sink: u64,
+    /// STATS of the balancer under test, in `Counter::ALL` order.
+    stats: Vec<u64>,
+    /// run_time_ns and run_cnt of the program under test.
+    prog: (u64, u64),
+}
+
+struct Sample {
+    packets: u64,
+    /// The kernel's time for the test runs.
+    kernel_ns: u64,
+    wall: Duration,
+    /// Program under test: ns per run, if BPF statistics were on.
+    prog_ns: Option<f64>,
+}
+
+/// What a measured run must show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Every frame back at the sink.
+    Returned,
+    /// Every frame forwarded by the balancer, each a flow-table hit (or, `new_flows`, a miss).
+    Forwarded { new_flows: bool },
+    /// Every frame passed by the balancer as not for a VIP; none at the sink.
+    NotVip,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    target: Target,
+    shape: Shape,
+    /// 0: every packet a new flow.
+    flows: u32,
+    expect: Expect,
+}
+
+impl Bench {
+    fn balancer(&self, target: Target) -> Option<&Datapath> {
+        match target {
+            Target::Lb => Some(&self.lb),
+            Target::Syn => Some(&self.syn),
+            _ => None,
+        }
+    }
+
+    fn program_under_test(&self, target: Target) -> Option<(&Ebpf, &'static str)> {
+        match target {
+            Target::MacSwap => Some((&self.lb.ebpf, MAC_SWAP)),
+            Target::Encap => Some((&self.lb.ebpf, ENCAP)),
+            Target::Lb => Some((&self.lb.ebpf, BALANCER)),
+            Target::Syn => Some((&self.syn.ebpf, BALANCER)),
+            Target::Kern => None,
+        }
+    }
+
+    fn per_cpu_sum(&self, name: &str) -> u64 {
+        let map = self.lb.ebpf.map(name).unwrap_or_else(|| panic!("no map {name}"));
+        let values: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).expect(name);
+        values.get(&0, 0).unwrap_or_else(|e| panic!("reading {name}: {e}")).iter().sum()
+    }
+
+    fn snapshot(&self, target: Target) -> Snapshot {
+        let stats = self
+            .balancer(target)
+            .map(|dp| Counter::ALL.iter().map(|c| dp.counter(*c).expect("reading STATS")).collect())
+            .unwrap_or_default();
+        let prog =
+            self.program_under_test(target).map(|(ebpf, name)| prog_stats(ebpf, name)).unwrap_or_default();
+        Snapshot { gen: self.per_cpu_sum("BENCH_GEN_SEQ"), sink: self.per_cpu_sum("BENCH_SINK"), stats, prog }
+    }
+
+    fn set_template(&mut self, case: &Case) -> GenConfig {
+        let port = self.port(case.target);
+        let cfg = case.shape.config(port.tx_mac, port.rx_mac, case.flows);
+        let map = self.lb.ebpf.map_mut("BENCH_GEN_CONFIG").expect("BENCH_GEN_CONFIG");
+        let mut array: Array<&mut MapData, GenConfig> = Array::try_from(map).expect("BENCH_GEN_CONFIG");
+        array.set(0, cfg, 0).expect("writing the generator's template");
+        cfg
+    }
+
+    /// Sends `packets` frames of `case` (rounded up to whole test runs) without checking them.
+    fn send(&mut self, case: &Case, packets: u64) -> (u64, u64) {
+        let cfg = self.set_template(case);
+        let ingress = self.port(case.target).tx_ifindex;
+        let (mut sent, mut kernel_ns) = (0, 0);
+        while sent < packets {
+            let n = (packets - sent).min(CHUNK as u64) as u32;
+            kernel_ns += self.test_run(&cfg, ingress, n);
+            sent += n as u64;
+        }
+        (sent, kernel_ns)
+    }
+
+    /// One live-frames test run of `repeat` frames into `ingress`; the kernel's time for it.
+    fn test_run(&mut self, cfg: &GenConfig, ingress: u32, repeat: u32) -> u64 {
+        let frame = &cfg.frame[..cfg.len as usize];
+        let ctx = xdp_md(frame.len(), ingress);
+        let prog: &mut Xdp = datapath::program(&mut self.lb.ebpf, GEN).expect("generator");
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("live-frames test run into ifindex {ingress}: {e}"));
+        result.duration.as_nanos() as u64 * repeat as u64
+    }
+
+    /// Sends frames of `case` for about `budget`, then checks every counter it should have moved.
+    fn measure(&mut self, case: &Case, budget: Duration) -> Result<Sample, String> {
+        let cfg = self.set_template(case);
+        let ingress = self.port(case.target).tx_ifindex;
+        let before = self.snapshot(case.target);
+        let start = Instant::now();
+        let (mut packets, mut kernel_ns) = (0u64, 0u64);
+        for _ in 0..MAX_CALLS {
+            kernel_ns += self.test_run(&cfg, ingress, CHUNK);
+            packets += CHUNK as u64;
+            if start.elapsed() >= budget {
+                break;
+            }
+        }
+        let wall = start.elapsed();
+        let after = self.snapshot(case.target);
+        self.check(case, packets, &before, &after)?;
+        let (ns, runs) = (after.prog.0 - before.prog.0, after.prog.1 - before.prog.1);
+        let prog_ns = (runs > 0).then(|| ns as f64 / runs as f64);
+        Ok(Sample { packets, kernel_ns, wall, prog_ns })
+    }
+
+    fn check(&self, case: &Case, packets: u64, before: &Snapshot, after: &Snapshot) -> Result<(), String> {
+        let generated = after.gen - before.gen;
+        let sunk = after.sink - before.sink;
+        let mut problems = Vec::new();
+        if generated != packets {
+            problems.push(format!("the generator ran {generated} times for {packets} frames"));
+        }
+        let runs = after.prog.1 - before.prog.1;
+        if runs != 0 && runs != packets {
+            problems.push(format!("the program under test ran {runs} times for {packets} frames"));
+        }
+        let want_sunk = if case.expect == Expect::NotVip { 0 } else { packets };
+        if sunk != want_sunk {
+            problems.push(format!("the sink counted {sunk} frames, {want_sunk} expected"));
+        }
+        if !before.stats.is_empty() {
+            for (i, c) in Counter::ALL.iter().enumerate() {
+                let moved = after.stats[i] - before.stats[i];
+                let want = match (case.expect, c) {
+                    (Expect::NotVip, Counter::PassNotVip) => packets,
+                    (Expect::Forwarded { .. }, Counter::ForwardTx) => packets,
+                    (Expect::Forwarded { new_flows: true }, Counter::FlowMiss) => packets,
+                    (Expect::Forwarded { new_flows: false }, Counter::FlowHit) => packets,
+                    _ => 0,
+                };
+                if moved != want {
+                    problems.push(format!("{} moved by {moved}, {want} expected", c.name()));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Runs the generator once, not live, for each shape and compares its frame with the one
+    /// etherparse builds for the same flow (addresses, ports, checksums).
+    fn check_generator(&mut self, cpu: usize) {
+        let seq = 123_456_789u64;
+        {
+            let map = self.lb.ebpf.map_mut("BENCH_GEN_SEQ").expect("BENCH_GEN_SEQ");
+            let mut seqs: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(map).expect("BENCH_GEN_SEQ");
+            let cpus = aya::util::nr_cpus().expect("number of CPUs");
+            let values = PerCpuValues::try_from(vec![seq; cpus]).expect("per-CPU values");
+            seqs.set(0, values, 0).expect("setting BENCH_GEN_SEQ");
+        }
+        let (src_mac, dst_mac) = ([0x02, 0, 0, 0, 0, 0xaa], [0x02, 0, 0, 0, 0, 0xbb]);
+        for (i, shape) in [Shape::Ack4, Shape::Udp4, Shape::Ack6, Shape::Syn4].into_iter().enumerate() {
+            let cfg = shape.config(src_mac, dst_mac, 0);
+            let map = self.lb.ebpf.map_mut("BENCH_GEN_CONFIG").expect("BENCH_GEN_CONFIG");
+            let mut array: Array<&mut MapData, GenConfig> = Array::try_from(map).expect("BENCH_GEN_CONFIG");
+            array.set(0, cfg, 0).expect("writing the generator's template");
+            // Start from garbage: the generator must write every byte.
+            let input = vec![0xa5u8; cfg.len as usize];
+            let mut out = vec![0u8; cfg.len as usize + 256];
+            let prog: &mut Xdp = datapath::program(&mut self.lb.ebpf, GEN).expect("generator");
+            let result = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&input),
+                    data_out: Some(&mut out),
+                    ..Default::default()
+                })
+                .expect("test run of the generator");
+            out.truncate(result.data_size_out as usize);
+            assert_eq!(
+                result.return_value, 3,
+                "the generator returned {} for {shape:?}",
+                result.return_value
+            );
+            let want = shape.frame(src_mac, dst_mac, Some(seq + i as u64));
+            assert_eq!(out, want, "the generator's {shape:?} frame (CPU {cpu}) differs from etherparse's");
+        }
+    }
+
+    /// Waits (at most 5 s) until no frame has reached a sink for 1 s: the set-up's last stray
+    /// frames (multicast reports when forwarding was turned on) must not count in a run.
+    fn wait_quiet(&self) {
+        let start = Instant::now();
+        let mut last = self.per_cpu_sum("BENCH_SINK");
+        let mut quiet_since = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.per_cpu_sum("BENCH_SINK");
+            if now != last {
+                last = now;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= Duration::from_secs(1) {
+                return;
+            }
+        }
+        eprintln!("bench_xdp: the sinks still see stray frames after 5 s; runs may be void");
+    }
+}
+
+fn prog_stats(ebpf: &Ebpf, name: &str) -> (u64, u64) {
+    let prog: &Xdp = ebpf.program(name).and_then(|p| p.try_into().ok()).expect("XDP program");
+    let info = prog.info().unwrap_or_else(|e| panic!("program info of {name}: {e}"));
+    (info.run_time().as_nanos() as u64, info.run_count())
+}
+
+/// `struct xdp_md` for a test run: data 0, data_end = frame length, the ingress interface.
+fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+    let fields = [0, len as u32, 0, ingress_ifindex, 0, 0];
+    let mut out = [0u8; 24];
+    for (chunk, field) in out.chunks_exact_mut(4).zip(fields) {
+        chunk.copy_from_slice(&field.to_ne_bytes());
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two sections.
+
+struct Args {
+    rounds: usize,
+    /// Milliseconds per measured run.
+    ms: u64,
+    cost: bool,
+    pps: bool,
+    /// Only the cases whose name contains this (for profiling one case).
+    only: Option<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args { rounds: 5, ms: 300, cost: true, pps: true, only: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--cost-only" => a.pps = false,
+            "--pps-only" => a.cost = false,
+            "--only" => a.only = Some(it.next().unwrap_or_else(|| usage())),
+            "--rounds" | "--ms" => {
+                let v = it.next().and_then(|v| v.parse::<u64>().ok());
+                match (flag.as_str(), v) {
+                    ("--rounds", Some(n)) if (1..=50).contains(&n) => a.rounds = n as usize,
+                    ("--ms", Some(n)) if (20..=5000).contains(&n) => a.ms = n,
+                    _ => usage(),
+                }
+            }
+            _ => usage(),
+        }
+    }
+    a
+}
+
+fn usage() -> ! {
+    eprintln!("usage: bench_xdp [--rounds 1-50] [--ms 20-5000] [--cost-only | --pps-only] [--only CASE-TEXT]");
+    std::process::exit(2);
+}
+
+/// One output row.
+struct Row {
+    section: &'static str,
+    case: String,
+    value: Option<f64>,
+    decimals: usize,
+    unit: &'static str,
+    ratio: Option<f64>,
+    /// (text, met)
+    target: Option<(String, bool)>,
+}
+
+impl Row {
+    fn print(&self) {
+        let value = self.value.map_or("void".to_owned(), |v| format!("{v:.*}", self.decimals));
+        let ratio = self.ratio.map_or(String::new(), |r| format!("{r:.2}"));
+        let (target, status) = match (&self.target, self.value) {
+            (Some((t, _)), None) => (t.clone(), "MISS"),
+            (Some((t, met)), Some(_)) => (t.clone(), if *met { "ok" } else { "MISS" }),
+            (None, _) => (String::new(), "-"),
+        };
+        println!("ROW|{}|{}|{value}|{}|{ratio}|{target}|{status}", self.section, self.case, self.unit);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// Runs every case `rounds` times, taking turns; returns each case's valid values (`value` of
+/// each sample). Void runs are reported and dropped.
+fn rounds(
+    bench: &mut Bench,
+    cases: &[(&str, Case)],
+    args: &Args,
+    value: impl Fn(&Sample) -> Option<f64>,
+) -> Vec<Vec<f64>> {
+    let mut out = vec![Vec::new(); cases.len()];
+    for round in 0..args.rounds {
+        for (i, (name, case)) in cases.iter().enumerate() {
+            if args.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) {
+                continue;
+            }
+            match bench.measure(case, Duration::from_millis(args.ms)) {
+                Ok(s) => {
+                    let v = value(&s);
+                    eprintln!(
+                        "bench_xdp: round {round} {name}: {} frames, {:.0} ns/frame by the kernel's clock, \
+                         {:.0} ns/frame by the wall clock{}",
+                        s.packets,
+                        s.kernel_ns as f64 / s.packets as f64,
+                        s.wall.as_nanos() as f64 / s.packets as f64,
+                        s.prog_ns.map_or(String::new(), |ns| format!(", program {ns:.1} ns/run"))
+                    );
+                    out[i].extend(v);
+                }
+                Err(e) => eprintln!("bench_xdp: round {round} {name}: VOID: {e}"),
+            }
+        }
+    }
+    out
+}
+
+fn cost_section(bench: &mut Bench, args: &Args) -> Vec<Row> {
+    let case = |target, shape, flows, expect| Case { target, shape, flows, expect };
+    let established = Expect::Forwarded { new_flows: false };
+    let new = Expect::Forwarded { new_flows: true };
+    // (name, case, target ratio to the MAC-swap floor)
+    let cases: Vec<(&str, Case, Option<f64>)> = vec![
+        ("MAC-swap floor", case(Target::MacSwap, Shape::Ack4, 1000, Expect::Returned), None),
+        ("encap floor (push IPv4 header)", case(Target::Encap, Shape::Ack4, 1000, Expect::Returned), None),
+        ("IPv4 TCP SYN, new flow (table full)", case(Target::Syn, Shape::Syn4, 0, new), Some(2.6)),
+        ("IPv4 TCP, established flow", case(Target::Lb, Shape::Ack4, 1000, established), Some(2.4)),
+        ("IPv4 UDP, established flow", case(Target::Lb, Shape::Udp4, 1000, established), None),
+        ("IPv6 TCP, established flow", case(Target::Lb, Shape::Ack6, 1000, established), Some(2.6)),
+        ("IPv6 TCP SYN, new flow (table full)", case(Target::Syn, Shape::Syn6, 0, new), None),
+        ("non-VIP (passed)", case(Target::Lb, Shape::NotVip4, 1000, Expect::NotVip), Some(1.6)),
+    ];
+    let named: Vec<(&str, Case)> = cases.iter().map(|(n, c, _)| (*n, *c)).collect();
+    let stats = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS (kernel.bpf_stats_enabled)");
+    let values = rounds(bench, &named, args, |s| s.prog_ns);
+    drop(stats);
+    let floor = median(values[0].clone());
+    cases
+        .iter()
+        .zip(values)
+        .map(|((name, _, target), v)| {
+            let value = median(v);
+            let ratio = value.zip(floor).map(|(v, f)| v / f);
+            Row {
+                section: "xdp cost",
+                case: (*name).to_owned(),
+                value,
+                decimals: 1,
+                unit: "ns/packet",
+                ratio,
+                target: target.map(|t| (format!("<= {t}x floor"), ratio.is_some_and(|r| r <= t))),
+            }
+        })
+        .collect()
+}
+
+fn pps_section(bench: &mut Bench, args: &Args) -> Vec<Row> {
+    let ack = |target, flows, expect| Case { target, shape: Shape::Ack4, flows, expect };
+    let established = Expect::Forwarded { new_flows: false };
+    let flow_counts: [(u32, &str); 3] = [(1, "1 flow"), (10_000, "10k flows"), (1_000_000, "1M flows")];
+    let mut cases: Vec<(String, Case)> = Vec::new();
+    for (flows, label) in flow_counts {
+        cases.push((format!("MAC-swap floor, {label}"), ack(Target::MacSwap, flows, Expect::Returned)));
+        cases.push((format!("encap floor, {label}"), ack(Target::Encap, flows, Expect::Returned)));
+        cases.push((format!("balancer, established, {label}"), ack(Target::Lb, flows, established)));
+        cases.push((
+            format!("nftables DNAT + forwarding, {label}"),
+            ack(Target::Kern, flows, Expect::Returned),
+        ));
+    }
+    let syn = Case {
+        target: Target::Syn,
+        shape: Shape::Syn4,
+        flows: 0,
+        expect: Expect::Forwarded { new_flows: true },
+    };
+    cases.push(("balancer, new flow per packet (SYN)".to_owned(), syn));
+    let named: Vec<(&str, Case)> = cases.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let values = rounds(bench, &named, args, |s| Some(s.packets as f64 * 1e9 / s.kernel_ns as f64));
+    let pps: Vec<Option<f64>> = values.into_iter().map(median).collect();
+    let at = |i: usize| pps[i];
+    let mut rows = Vec::new();
+    for (i, (name, _)) in cases.iter().enumerate() {
+        // The MAC-swap floor with the same flow count (the SYN row: the 1M-flow one).
+        let floor = at(if i == cases.len() - 1 { 8 } else { i / 4 * 4 });
+        rows.push(Row {
+            section: "xdp pps",
+            case: name.clone(),
+            value: at(i).map(|v| v / 1e6),
+            decimals: 2,
+            unit: "Mpps",
+            ratio: at(i).zip(floor).map(|(v, f)| v / f),
+            target: None,
+        });
+    }
+    let ratio_row = |case: String, num: Option<f64>, den: Option<f64>, unit, target: f64| {
+        let value = num.zip(den).map(|(n, d)| n / d);
+        Row {
+            section: "xdp pps",
+            case,
+            value,
+            decimals: 2,
+            unit,
+            ratio: None,
+            target: Some((format!(">= {target}"), value.is_some_and(|v| v >= target))),
+        }
+    };
+    for (k, (_, label)) in flow_counts.iter().enumerate() {
+        rows.push(ratio_row(
+            format!("balancer established / encap floor, {label}"),
+            at(4 * k + 2),
+            at(4 * k + 1),
+            "x encap",
+            0.85,
+        ));
+    }
+    rows.push(ratio_row("balancer new flows / encap floor (1M)".to_owned(), at(12), at(9), "x encap", 0.70));
+    rows.push(ratio_row("balancer / nftables DNAT, 10k flows".to_owned(), at(6), at(7), "x nftables", 7.0));
+    let floor_vs_kernel = at(4).zip(at(7)).map(|(f, k)| f / k);
+    rows.push(Row {
+        section: "xdp pps",
+        case: "MAC-swap floor / nftables DNAT, 10k flows".to_owned(),
+        value: floor_vs_kernel,
+        decimals: 2,
+        unit: "x nftables",
+        ratio: None,
+        target: None,
+    });
+    rows
+}
+
+fn warm_up(bench: &mut Bench) {
+    let t = Instant::now();
+    let established = Expect::Forwarded { new_flows: false };
+    let new = Expect::Forwarded { new_flows: true };
+    // Every flow the established cases use, into rx-lb's table and the kernel's conntrack
+    // (the smaller flow counts are subsets of the 1M), then rx-syn's table filled with new flows.
+    let warm = [
+        (Case { target: Target::Lb, shape: Shape::Ack4, flows: 1_000_000, expect: established }, 1_000_000),
+        (Case { target: Target::Lb, shape: Shape::Udp4, flows: 1000, expect: established }, 1000),
+        (Case { target: Target::Lb, shape: Shape::Ack6, flows: 1000, expect: established }, 1000),
+        (
+            Case { target: Target::Kern, shape: Shape::Ack4, flows: 1_000_000, expect: Expect::Returned },
+            1_000_000,
+        ),
+        (
+            Case { target: Target::Syn, shape: Shape::Syn4, flows: 0, expect: new },
+            limits::FLOWS_PER_CPU as u64 + 50_000,
+        ),
+    ];
+    for (case, packets) in warm {
+        let (sent, ns) = bench.send(&case, packets);
+        eprintln!(
+            "bench_xdp: warm-up {:?} {:?} {} flows: {sent} frames, {:.0} ns/frame",
+            case.target,
+            case.shape,
+            case.flows,
+            ns as f64 / sent as f64
+        );
+    }
+    eprintln!("bench_xdp: warm-up took {:.1?}", t.elapsed());
+}
+
+fn read_stats_enabled() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default().trim().to_owned()
+}
+
+fn main() {
+    let args = args();
+    lb_tests::privilege::require_root();
+    let stats_before = read_stats_enabled();
+    let started = Instant::now();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = cpus - 1;
+    let mut bench = Bench::new();
+    eprintln!(
+        "bench_xdp: set-up of {}, {}, {} took {:.1?}; generating on CPU {cpu}",
+        bench.gen.name(),
+        bench.dut.name(),
+        bench.kern.name(),
+        started.elapsed()
+    );
+    let mut rows = Vec::new();
+    {
+        let _inside = ThreadIn::enter(&bench.gen, cpu);
+        bench.check_generator(cpu);
+        bench.wait_quiet();
+        warm_up(&mut bench);
+        if args.cost {
+            rows.extend(cost_section(&mut bench, &args));
+        }
+        if args.pps {
+            rows.extend(pps_section(&mut bench, &args));
+        }
+    }
+    drop(bench);
+    let stats_after = read_stats_enabled();
+    for row in &rows {
+        row.print();
+    }
+    eprintln!(
+        "bench_xdp: {:.1?} in all; kernel.bpf_stats_enabled was {stats_before}, is {stats_after}",
+        started.elapsed()
+    );
+    if stats_after != stats_before {
+        eprintln!("bench_xdp: kernel.bpf_stats_enabled was not restored");
+        std::process::exit(1);
+    }
+    if rows.iter().any(|r| r.value.is_none()) {
+        eprintln!("bench_xdp: some cases had no valid run (see VOID above)");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,83 @@
+//! `lbctl capture`: a VIP's packets, as received and as sent to the backend, in a pcap file that
+//! the real tcpdump reads.
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use lb_tests::{
+    echo::{tcp_exchange, EchoServer, Proto},
+    lbd::LbdFiles,
+    topology::{vip, Family, Topology},
+};
+
+const PORT: u16 = 80;
+const PACKETS: usize = 6;
+
+const VIP: &str = r#"
+[[vip]]
+name = "web"
+address = "198.18.100.1"
+port = 80
+protocol = "tcp"
+ring_size = 4099
+"#;
+
+#[test]
+fn capture_writes_packets_before_and_after_the_rewrite() {
+    let topo = Topology::new(2);
+    let files = LbdFiles::new();
+    let _passthrough = topo.start_lb_port_passthrough();
+    let _decap = topo.start_decap();
+    let backends: String =
+        topo.backends.iter().map(|b| format!("\n  [[vip.backend]]\n  address = \"{}\"\n", b.v4)).collect();
+    let lbd = topo.start_lbd(&files, &format!("{VIP}{backends}"));
+    let server = SocketAddr::new(vip(Family::V4, 1), PORT);
+    let _servers: Vec<EchoServer> =
+        topo.backends.iter().map(|b| EchoServer::start(&b.ns, Proto::Tcp, server)).collect();
+
+    // Traffic in the background while lbctl waits for packets.
+    let pcap = files.dir.join("web.pcap");
+    let client = &topo.client.ns;
+    let out = std::thread::scope(|s| {
+        let traffic = s.spawn(|| {
+            client.run(|| {
+                for _ in 0..40 {
+                    tcp_exchange(server, b"capture me", Duration::from_secs(2))
+                        .expect("exchange through the VIP");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        });
+        let out =
+            lbd.lbctl(&["capture", "--vip", "web", "-c", &PACKETS.to_string(), "-w", pcap.to_str().unwrap()]);
+        traffic.join().unwrap();
+        out
+    });
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "lbctl capture failed: {said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(&format!("captured {PACKETS} of {PACKETS} packets")), "{said}");
+
+    let read = Command::new("tcpdump").args(["-n", "-S", "-r"]).arg(&pcap).output().expect("run tcpdump");
+    let text = String::from_utf8_lossy(&read.stdout);
+    assert!(read.status.success(), "tcpdump -r failed: {}", String::from_utf8_lossy(&read.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2 * PACKETS, "one line per copy:\n{text}");
+    let client_ip = topo.client.v4.to_string();
+    let inner = format!("IP {client_ip}.");
+    for pair in lines.chunks(2) {
+        // As received: client -> VIP. As sent: the same packet in the balancer's tunnel
+        // (outer source: the lb's address) to one of the backends.
+        let received = &pair[0][pair[0].find(" IP ").expect("an IP packet")..];
+        assert!(
+            received.starts_with(&format!(" {inner}")) && received.contains("> 198.18.100.1.80:"),
+            "{text}"
+        );
+        let to_backend = topo
+            .backends
+            .iter()
+            .any(|b| pair[1].contains(&format!(" IP {} > {}: {}", topo.lb.v4, b.v4, &received[1..])));
+        assert!(to_backend, "the second copy is not the first in a tunnel to a backend:\n{text}");
+    }
+    // Capture is off again: another capture can start and a stopped one costs nothing.
+    let again =
+        lbd.lbctl(&["capture", "--vip", "web", "-c", "1", "-w", pcap.to_str().unwrap(), "--timeout", "1"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("captured 0 of 1"), "capture did not stop");
+}

@@ -6,7 +6,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
     checksum,
-    parse::{ptr_at, ptr_at_mut, ETH_LEN},
+    parse::{ptr_at, ptr_at_mut, v4_in_16, ETH_LEN},
 };
 
 const IPPROTO_IPIP: u8 = 4;
@@ -18,18 +18,16 @@ const DONT_FRAGMENT: u8 = 0x40;
 /// the flow hash, so that backends' RSS spreads tunnels over their receive queues.
 #[inline(always)]
 pub fn outer_source(family: u8, cfg: &ConfigValue, hash: u32) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let (bits, at) = if family == FAMILY_V4 {
-        out[..4].copy_from_slice(&cfg.src_v4);
-        (cfg.v4_entropy_bits, 0)
-    } else {
-        out = cfg.src_v6;
-        (cfg.v6_entropy_bits, 12)
-    };
+    let bits = if family == FAMILY_V4 { cfg.v4_entropy_bits } else { cfg.v6_entropy_bits };
     let bits = if bits > 16 { 16 } else { bits };
     let mask = (1u32 << bits) - 1;
-    let base = u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]);
-    out[at..at + 4].copy_from_slice(&((base & !mask) | (hash & mask)).to_be_bytes());
+    let mix = |base: [u8; 4]| ((u32::from_be_bytes(base) & !mask) | (hash & mask)).to_be_bytes();
+    if family == FAMILY_V4 {
+        return v4_in_16(mix(cfg.src_v4));
+    }
+    let mut out = cfg.src_v6;
+    let low = mix([out[12], out[13], out[14], out[15]]);
+    out[12..].copy_from_slice(&low);
     out
 }
 

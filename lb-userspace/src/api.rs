@@ -167,11 +167,47 @@ async fn remove_vip(State(agent): State<Shared>, UrlPath(vip): UrlPath<String>) 
     Ok(Json(()))
 }
 
+/// A backend with its health, as `lbctl backend list` shows it.
+#[derive(Serialize, Deserialize)]
+pub struct BackendView {
+    #[serde(flatten)]
+    pub backend: crate::config::Backend,
+    /// "up", "down", or "-" (no health check).
+    pub health: String,
+    /// The last check's result: true (passed), false (failed), absent before the first.
+    pub last_ok: Option<bool>,
+    pub last_checked_unix: Option<u64>,
+    pub last_error: Option<String>,
+    /// Health state changes since lbd started.
+    pub transitions: u64,
+}
+
 async fn list_backends(
     State(agent): State<Shared>,
     UrlPath(vip): UrlPath<String>,
-) -> ApiResult<Vec<crate::config::Backend>> {
-    Ok(Json(agent.lock().await.vip(&vip)?.backends.clone()))
+) -> ApiResult<Vec<BackendView>> {
+    let a = agent.lock().await;
+    let views = a
+        .vip(&vip)?
+        .backends
+        .iter()
+        .map(|b| {
+            let (health, status) = a.health_of(&vip, b.address);
+            let status = status.unwrap_or_default();
+            BackendView {
+                backend: b.clone(),
+                health,
+                last_ok: status.last_ok,
+                last_checked_unix: status
+                    .last_checked
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+                last_error: status.last_error,
+                transitions: status.transitions,
+            }
+        })
+        .collect();
+    Ok(Json(views))
 }
 
 async fn add_backend(

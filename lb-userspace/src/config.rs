@@ -10,7 +10,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{datapath::Mode, maglev};
+use crate::{
+    datapath::Mode,
+    health::{CheckSettings, CheckSpec, HealthConfigError},
+    maglev,
+};
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
 pub const DEFAULT_API_SOCKET: &str = "/run/lbd.sock";
@@ -94,6 +98,9 @@ pub struct BackendSpec {
     pub weight: Option<i64>,
     #[serde(default)]
     pub drained: bool,
+    /// Overrides fields of the VIP's check for this backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<CheckSettings>,
 }
 
 /// A VIP as written in the config or an API call (unvalidated).
@@ -109,8 +116,41 @@ pub struct VipSpec {
     #[serde(default)]
     pub hash: HashMode,
     pub ring_size: Option<i64>,
+    /// The health check of the VIP's backends; none if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<CheckSettings>,
+    /// What a VIP whose backends are all down does with new flows.
+    #[serde(default)]
+    pub all_down: AllDown,
+    /// What happens to a backend's flows when its health check fails.
+    #[serde(default)]
+    pub on_down: OnDown,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendSpec>,
+}
+
+/// New flows of a VIP whose backends are all down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllDown {
+    /// Keep the last ring (fail open): a health check that fails everywhere at once is more
+    /// likely broken itself, or the network towards the checks, than every backend dead.
+    #[default]
+    KeepLastRing,
+    /// Drop new flows (fail closed).
+    Drop,
+}
+
+/// A down backend's existing flows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDown {
+    /// They continue: a backend failing its check may still serve its open connections.
+    #[default]
+    KeepFlows,
+    /// They are removed from the flow table: their next packets pick a healthy backend (and
+    /// the client sees a reset).
+    ResetFlows,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +159,8 @@ pub struct Backend {
     pub weight: u32,
     /// No new flows; existing flows continue. Keeps its weight for when it is undrained.
     pub drained: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<CheckSettings>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,10 +173,28 @@ pub struct Vip {
     pub mode: ForwardMode,
     pub hash: HashMode,
     pub ring_size: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<CheckSettings>,
+    #[serde(default)]
+    pub all_down: AllDown,
+    #[serde(default)]
+    pub on_down: OnDown,
     pub backends: Vec<Backend>,
 }
 
 impl Vip {
+    /// The check of backend `b`: the VIP's, with the backend's own fields over it; `None` when
+    /// neither sets one (no check: the backend counts as up).
+    pub fn check_of(&self, b: &Backend) -> Option<Result<CheckSpec, HealthConfigError>> {
+        let settings = match (&self.health, &b.health) {
+            (None, None) => return None,
+            (Some(v), None) => v.clone(),
+            (None, Some(o)) => o.clone(),
+            (Some(v), Some(o)) => v.overridden_by(o),
+        };
+        Some(settings.resolve(self.port))
+    }
+
     /// `address:port/protocol`, the way operators write a service.
     pub fn service(&self) -> String {
         let port = if self.port == 0 { "*".to_string() } else { self.port.to_string() };
@@ -391,7 +451,7 @@ pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
             format!("{ring_size} is larger than limits.max_ring_size ({})", limits.max_ring_size),
         ));
     }
-    Ok(Vip {
+    let vip = Vip {
         name: name.to_owned(),
         address,
         port,
@@ -399,8 +459,32 @@ pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
         mode: spec.mode,
         hash: spec.hash,
         ring_size,
+        health: spec.health.clone(),
+        all_down: spec.all_down,
+        on_down: spec.on_down,
         backends,
-    })
+    };
+    check_health(&vip)?;
+    Ok(vip)
+}
+
+/// Every backend's effective check must be possible.
+pub fn check_health(vip: &Vip) -> Result<(), Invalid> {
+    let name = &vip.name;
+    if let Some(settings) = &vip.health {
+        settings
+            .resolve(vip.port)
+            .map_err(|e| invalid(format!("vip {name:?}: health.{}", e.field()), e.to_string()))?;
+    }
+    for b in &vip.backends {
+        if let Some(Err(e)) = vip.check_of(b) {
+            return Err(invalid(
+                format!("vip {name:?}: backend {}: health.{}", b.address, e.field()),
+                e.to_string(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Validates one backend of a VIP at `vip_address`.
@@ -425,7 +509,7 @@ pub fn validate_backend(spec: &BackendSpec, vip_address: IpAddr) -> Result<Backe
     if !(0..=MAX_WEIGHT as i64).contains(&weight) {
         return Err(invalid(field("weight"), format!("{weight} is out of range: use 0 to {MAX_WEIGHT}")));
     }
-    Ok(Backend { address, weight: weight as u32, drained: spec.drained })
+    Ok(Backend { address, weight: weight as u32, drained: spec.drained, health: spec.health.clone() })
 }
 
 fn family_name(a: IpAddr) -> &'static str {

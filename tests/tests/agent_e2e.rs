@@ -307,11 +307,11 @@ fn served_by(servers: &[EchoServer], local: SocketAddr) -> Option<usize> {
     servers.iter().position(|s| s.peers().contains(&local))
 }
 
-/// The STATE column (`active` / `drained`) of `address` in `lbctl backend list`.
+/// The STATE column (`active` / `drained`, third) of `address` in `lbctl backend list`.
 fn backend_state<'a>(table: &'a str, address: &str) -> Option<&'a str> {
     table.lines().find_map(|line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
-        (cols.first() == Some(&address)).then(|| cols.last().copied()).flatten()
+        (cols.first() == Some(&address)).then(|| cols.get(2).copied()).flatten()
     })
 }
 

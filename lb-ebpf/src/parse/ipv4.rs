@@ -22,10 +22,8 @@ pub fn parse(ctx: &XdpContext, offset: usize, whole: Whole) -> Result<L3, Counte
         return Err(Counter::PassMalformed);
     }
     let frags = u16::from_be_bytes(ip.frags);
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src[..4].copy_from_slice(&ip.src_addr);
-    dst[..4].copy_from_slice(&ip.dst_addr);
+    let src = super::v4_in_16(ip.src_addr);
+    let dst = super::v4_in_16(ip.dst_addr);
     Ok(L3 {
         family: FAMILY_V4,
         proto: ip.proto,

@@ -85,6 +85,15 @@ pub fn quoted_ports(ctx: &XdpContext, offset: usize) -> Result<(u16, u16), Count
     Ok((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
 }
 
+/// An IPv4 address as the 16-byte form of keys: its 4 bytes, then zeros. Built as two 64-bit
+/// words: a zeroed byte array would compile to a call to aya's byte-by-byte `memset`.
+#[inline(always)]
+pub fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    let low = u64::from_ne_bytes([a[0], a[1], a[2], a[3], 0, 0, 0, 0]);
+    // SAFETY: two u64s and 16 bytes have the same size, and any bytes are a valid [u8; 16].
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([low, 0]) }
+}
+
 /// Whether `len` bytes from `offset` lie inside the frame.
 #[inline(always)]
 pub fn fits(ctx: &XdpContext, offset: usize, len: usize) -> bool {

@@ -12,12 +12,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use self::stats::{BackendStats, Stats, VipStats};
 use crate::{
-    config::{self, BackendSpec, Config, Invalid, Source, Vip, VipSpec},
+    config::{self, BackendSpec, Config, Invalid, OnDown, Source, Vip, VipSpec},
     datapath::Datapath,
+    health::{HealthEvent, Prober, Target, TargetStatus},
 };
 use reconcile::{Applied, ApplyError, Ids, PlanEntry};
 
@@ -74,6 +75,10 @@ pub struct Agent {
     /// Pinned links of an earlier agent whose program this one replaced in place.
     pub links_adopted: usize,
     pub started: std::time::SystemTime,
+    /// Runs the backends' health checks (absent in tests that need none).
+    pub prober: Option<Prober>,
+    /// Backends whose health check failed: out of their VIP's ring until they recover.
+    pub down: reconcile::Down,
     /// The capture buffers (absent where the datapath has none, e.g. in packet tests).
     pub capturer: Option<std::sync::Arc<std::sync::Mutex<crate::capture::Capturer>>>,
 }
@@ -81,9 +86,15 @@ pub struct Agent {
 impl Agent {
     /// Makes the maps hold the desired state and saves it.
     pub fn apply(&mut self) -> Result<usize, AgentError> {
-        let slots =
-            reconcile::apply(&mut self.datapath, &mut self.applied, &self.config.source, &self.config.vips)?;
+        let slots = reconcile::apply(
+            &mut self.datapath,
+            &mut self.applied,
+            &self.config.source,
+            &self.config.vips,
+            &self.down,
+        )?;
         self.save()?;
+        self.update_checks();
         Ok(slots)
     }
 
@@ -108,7 +119,7 @@ impl Agent {
     fn replace(&mut self, candidate: Config, what: &str) -> Result<usize, AgentError> {
         config::check_whole(&candidate).map_err(|e| e.invalid)?;
         // Out-of-ids errors come from the plan, before any write.
-        reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes)?;
+        reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down)?;
         let previous = std::mem::replace(&mut self.config, candidate);
         match self.apply() {
             Ok(slots) => {
@@ -177,8 +188,12 @@ impl Agent {
 
     pub fn set_weight(&mut self, vip: &str, address: IpAddr, weight: i64) -> Result<(), AgentError> {
         let current = self.backend(vip, address)?;
-        let spec =
-            BackendSpec { address: address.to_string(), weight: Some(weight), drained: current.drained };
+        let spec = BackendSpec {
+            address: address.to_string(),
+            weight: Some(weight),
+            drained: current.drained,
+            health: None,
+        };
         let checked = config::validate_backend(&spec, address)
             .map_err(|e| Invalid { field: format!("vip {vip:?}: {}", e.field), ..e })?;
         self.edit_vip(vip, &format!("set weight of {address} in {vip} to {weight}"), |v| {
@@ -212,7 +227,7 @@ impl Agent {
     /// Settings that need a restart must be unchanged.
     pub fn apply_text(&mut self, text: &str, origin: &str) -> Result<Vec<PlanEntry>, AgentError> {
         let candidate = self.candidate_from(text, origin)?;
-        let plan = reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes)?;
+        let plan = reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down)?;
         self.replace(candidate, &format!("apply {origin}"))?;
         Ok(plan)
     }
@@ -220,7 +235,7 @@ impl Agent {
     /// What [`Self::apply_text`] would change, without changing anything.
     pub fn plan_text(&self, text: &str, origin: &str) -> Result<Vec<PlanEntry>, AgentError> {
         let candidate = self.candidate_from(text, origin)?;
-        Ok(reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes)?)
+        Ok(reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down)?)
     }
 
     fn candidate_from(&self, text: &str, origin: &str) -> Result<Config, AgentError> {
@@ -272,6 +287,64 @@ impl Agent {
         self.applied.capture_vip = 0;
         reconcile::write_config(&mut self.datapath, &self.applied)?;
         Ok(())
+    }
+
+    /// Gives the prober the checks the desired state asks for (kept ones keep their state).
+    fn update_checks(&mut self) {
+        let Some(prober) = &mut self.prober else { return };
+        let mut targets = Vec::new();
+        for v in &self.config.vips {
+            for b in &v.backends {
+                if let Some(Ok(spec)) = v.check_of(b) {
+                    targets.push(Target { key: (v.name.clone(), b.address), addr: b.address, spec });
+                }
+            }
+        }
+        // Validated with the config, so this cannot refuse; if it did, the old checks stay.
+        if let Err(e) = prober.set_targets(targets) {
+            warn!("health checks not updated: {e}");
+        }
+        // A backend no longer checked (or no longer configured) is not down.
+        let checked: std::collections::BTreeSet<(String, IpAddr)> = self
+            .config
+            .vips
+            .iter()
+            .flat_map(|v| {
+                v.backends.iter().filter(|b| v.check_of(b).is_some()).map(|b| (v.name.clone(), b.address))
+            })
+            .collect();
+        self.down.retain(|k| checked.contains(k));
+    }
+
+    /// A backend's health changed: its VIP's ring follows (only its slots move). Returns the
+    /// flows to reset, if the VIP asks for that and the backend went down.
+    pub fn health_event(&mut self, event: &HealthEvent) -> Result<Option<(u32, String)>, AgentError> {
+        let (vip, address) = &event.key;
+        let Some(v) = self.config.vips.iter().find(|v| &v.name == vip) else { return Ok(None) };
+        let reset = !event.up && v.on_down == OnDown::ResetFlows;
+        let changed =
+            if event.up { self.down.remove(&event.key) } else { self.down.insert(event.key.clone()) };
+        if !changed {
+            return Ok(None);
+        }
+        let slots = self.apply()?;
+        info!(vip, backend = %address, up = event.up, reason = %event.reason, ring_slots_written = slots, "health changed");
+        Ok(match self.applied.ids.backend(vip, *address) {
+            Some(id) if reset => Some((id, format!("{vip} backend {address}"))),
+            _ => None,
+        })
+    }
+
+    /// Health as lbctl shows it: "up", "down", or "-" for a backend without a check.
+    pub fn health_of(&self, vip: &str, address: IpAddr) -> (String, Option<TargetStatus>) {
+        let key = (vip.to_owned(), address);
+        let status = self.prober.as_ref().and_then(|p| p.status_of(&key));
+        let word = match (&status, self.down.contains(&key)) {
+            (None, _) => "-",
+            (Some(_), true) => "down",
+            (Some(_), false) => "up",
+        };
+        (word.to_owned(), status)
     }
 
     pub fn stats(&self) -> Result<Stats, AgentError> {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    config::{ForwardMode, HashMode, Source, Vip},
+    config::{AllDown, ForwardMode, HashMode, Source, Vip},
     datapath::{Datapath, DatapathError, Sizes},
     maglev,
 };
@@ -108,10 +108,14 @@ pub struct Applied {
     pub capture_vip: u32,
 }
 
+/// Backends whose health check failed, by (VIP name, address).
+pub type Down = BTreeSet<(String, IpAddr)>;
+
 /// The ring a VIP should have: the full table over its configured backends, with the slots of
-/// unavailable ones (drained) handed out as a table over the available ones would, so that only
-/// their slots move. No backend available: every slot empty (new flows are dropped).
-pub fn ring(vip: &Vip, ids: &Ids) -> Vec<u32> {
+/// unavailable ones (drained or down) handed out as a table over the available ones would, so
+/// that only their slots move. None drained-in: every slot empty (new flows are dropped). All
+/// of those down: the last ring stays (fail open), unless the VIP says `all_down = "drop"`.
+pub fn ring(vip: &Vip, ids: &Ids, down: &Down, last: Option<&Vec<u32>>) -> Vec<u32> {
     let members: Vec<maglev::Member> = vip
         .backends
         .iter()
@@ -119,16 +123,30 @@ pub fn ring(vip: &Vip, ids: &Ids) -> Vec<u32> {
             ids.backend(&vip.name, b.address).map(|id| maglev::Member::new(b.address, id, b.weight))
         })
         .collect();
-    let available: BTreeSet<u32> = vip
-        .backends
+    let in_service: Vec<&crate::config::Backend> =
+        vip.backends.iter().filter(|b| !b.drained && b.weight > 0).collect();
+    let healthy: BTreeSet<u32> = in_service
         .iter()
-        .filter(|b| !b.drained && b.weight > 0)
+        .filter(|b| !down.contains(&(vip.name.clone(), b.address)))
         .filter_map(|b| ids.backend(&vip.name, b.address))
         .collect();
-    if available.is_empty() {
-        return vec![NO_BACKEND; vip.ring_size as usize];
+    let empty = || vec![NO_BACKEND; vip.ring_size as usize];
+    if in_service.is_empty() {
+        return empty();
     }
-    maglev::build_available(&members, &|id| available.contains(&id), vip.ring_size)
+    if healthy.is_empty() {
+        return match (vip.all_down, last) {
+            (AllDown::Drop, _) => empty(),
+            (AllDown::KeepLastRing, Some(last)) if last.len() == vip.ring_size as usize => last.clone(),
+            // No last ring of this size: spread over every backend in service.
+            (AllDown::KeepLastRing, _) => {
+                let all: BTreeSet<u32> =
+                    in_service.iter().filter_map(|b| ids.backend(&vip.name, b.address)).collect();
+                maglev::build_available(&members, &|id| all.contains(&id), vip.ring_size)
+            }
+        };
+    }
+    maglev::build_available(&members, &|id| healthy.contains(&id), vip.ring_size)
 }
 
 fn vip_key(vip: &Vip) -> VipKey {
@@ -184,11 +202,16 @@ pub struct PlanEntry {
     pub share_moved: f64,
 }
 
-pub fn plan(applied: &Applied, vips: &[Vip], sizes: &Sizes) -> Result<Vec<PlanEntry>, ApplyError> {
+pub fn plan(
+    applied: &Applied,
+    vips: &[Vip],
+    sizes: &Sizes,
+    down: &Down,
+) -> Result<Vec<PlanEntry>, ApplyError> {
     let ids = applied.ids.allocate(vips, sizes)?;
     let mut entries = Vec::new();
     for v in vips {
-        let new = ring(v, &ids);
+        let new = ring(v, &ids, down, applied.rings.get(&v.name));
         let (action, moved) = match applied.rings.get(&v.name) {
             None => ("add", new.len()),
             Some(old) => {
@@ -226,6 +249,7 @@ pub fn apply(
     applied: &mut Applied,
     source: &Source,
     vips: &[Vip],
+    down: &Down,
 ) -> Result<usize, ApplyError> {
     let ids = applied.ids.allocate(vips, &dp.sizes)?;
     if applied.source.as_ref() != Some(source) {
@@ -243,9 +267,9 @@ pub fn apply(
     }
     for v in vips {
         let id = ids.vips[&v.name];
-        let new = ring(v, &ids);
         // A VIP that got another slot (it cannot, but a new one can reuse a freed slot) starts clean.
         let old = applied.rings.get(&v.name).filter(|_| applied.ids.vips.get(&v.name) == Some(&id));
+        let new = ring(v, &ids, down, old);
         slots += dp.write_ring(id, old.map(Vec::as_slice), &new)?;
         applied.rings.insert(v.name.clone(), new);
         let key = vip_key(v);

@@ -13,6 +13,7 @@ use super::{reconcile::Applied, Agent, AgentError, SavedState};
 use crate::{
     config::{self, Config, Invalid},
     datapath::{self, DatapathError},
+    health::{HealthEvents, Prober},
 };
 
 /// Pins live in a versioned directory: a new map layout gets a new directory instead of being
@@ -31,6 +32,8 @@ pub enum StartError {
     Agent(#[from] AgentError),
     #[error("{0}")]
     SavedState(String),
+    #[error("starting the health prober: {0}")]
+    Prober(#[source] std::io::Error),
     #[error(transparent)]
     Apply(#[from] super::reconcile::ApplyError),
 }
@@ -39,7 +42,8 @@ pub fn pin_dir(config: &Config) -> PathBuf {
     config.pin_path.join(PIN_LAYOUT)
 }
 
-pub fn start(config_file: &Path) -> Result<Agent, StartError> {
+/// Starts the agent; the health events it must be given back (see [`Agent::health_event`]).
+pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     let config = config::load(config_file)?;
     let mut ifindexes = Vec::new();
     for name in &config.interfaces {
@@ -59,6 +63,7 @@ pub fn start(config_file: &Path) -> Result<Agent, StartError> {
         dp.add_tx_port(i)?;
     }
     let capturer = crate::capture::Capturer::open(&mut dp)?;
+    let (prober, events) = Prober::on_own_thread().map_err(StartError::Prober)?;
     let saved = if pinned_before {
         SavedState::read(&config.state_file).map_err(StartError::SavedState)?
     } else {
@@ -74,6 +79,8 @@ pub fn start(config_file: &Path) -> Result<Agent, StartError> {
         links_adopted,
         started: std::time::SystemTime::now(),
         capturer: Some(std::sync::Arc::new(std::sync::Mutex::new(capturer))),
+        prober: Some(prober),
+        down: Default::default(),
         config,
     };
     match saved {
@@ -98,7 +105,7 @@ pub fn start(config_file: &Path) -> Result<Agent, StartError> {
         warn!(entries = unknown, "removed VIP entries that no saved state accounts for");
     }
     info!(vips = agent.config.vips.len(), ring_slots_written = slots, "maps reconciled");
-    Ok(agent)
+    Ok((agent, events))
 }
 
 fn ifindex(name: &str) -> Option<u32> {

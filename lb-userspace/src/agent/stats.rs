@@ -27,6 +27,8 @@ pub struct BackendStats {
     pub address: String,
     pub weight: u32,
     pub drained: bool,
+    /// "up", "down", or "-" when the backend has no health check.
+    pub health: String,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -50,6 +52,7 @@ pub fn collect(agent: &Agent) -> Result<Stats, DatapathError> {
                 address: b.address.to_string(),
                 weight: b.weight,
                 drained: b.drained,
+                health: agent.health_of(&v.name, b.address).0,
                 packets: bs.packets,
                 bytes: bs.bytes,
                 new_flows: bs.new_flows,

@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let agent = start::start(&args.config)?;
+    let (agent, mut health) = start::start(&args.config)?;
     let socket = agent.config.api_socket.clone();
     let metrics_address = agent.config.metrics;
     let agent: api::Shared = Arc::new(Mutex::new(agent));
@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => { info!("SIGINT"); break }
             _ = term.recv() => { info!("SIGTERM"); break }
             _ = hup.recv() => reload(&agent).await,
+            Some(event) = health.recv() => health_changed(&agent, event).await,
         }
     }
     let _ = stop_tx.send(());
@@ -96,6 +97,27 @@ async fn main() -> anyhow::Result<()> {
         info!("exiting; the balancer keeps forwarding (pinned)");
     }
     Ok(())
+}
+
+/// A backend went down or came back: its VIP's ring follows; with `on_down = "reset-flows"`
+/// its flows are removed from the flow table (off the agent lock: the walk takes a while).
+async fn health_changed(agent: &api::Shared, event: lb_userspace::health::HealthEvent) {
+    let (reset, table) = {
+        let mut a = agent.lock().await;
+        match a.health_event(&event) {
+            Ok(reset) => (reset, a.datapath.flow_table()),
+            Err(e) => {
+                error!("health change of {} {} not applied: {e}", event.key.0, event.key.1);
+                return;
+            }
+        }
+    };
+    let (Some((id, what)), Ok(mut table)) = (reset, table) else { return };
+    match tokio::task::spawn_blocking(move || table.remove_backend(id)).await {
+        Ok(Ok(n)) => info!(backend = what, flows = n, "reset the flows of a down backend"),
+        Ok(Err(e)) => error!("resetting the flows of {what}: {e}"),
+        Err(e) => error!("resetting the flows of {what}: {e}"),
+    }
 }
 
 async fn reload(agent: &api::Shared) {

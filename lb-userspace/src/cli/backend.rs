@@ -3,8 +3,8 @@ use hyper::Method;
 
 use super::{output::table, segment, Ctx, Failure};
 use crate::{
-    api::Weight,
-    config::{Backend, BackendSpec},
+    api::{BackendView, Weight},
+    config::BackendSpec,
 };
 
 #[derive(Subcommand)]
@@ -37,22 +37,41 @@ pub async fn run(ctx: &Ctx, cmd: BackendCommand) -> Result<(), Failure> {
     match cmd {
         BackendCommand::List { vip } => {
             let body = ctx.get(&format!("/v1/vips/{}/backends", segment(&vip))).await?;
-            ctx.print(&body, |backends: Vec<Backend>| {
+            ctx.print(&body, |backends: Vec<BackendView>| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 let rows = backends
                     .iter()
-                    .map(|b| {
+                    .map(|v| {
+                        let b = &v.backend;
+                        let last = match (v.last_ok, &v.last_error) {
+                            (None, _) => "-".to_string(),
+                            (Some(true), _) => "passed".to_string(),
+                            (Some(false), Some(e)) => format!("failed: {e}"),
+                            (Some(false), None) => "failed".to_string(),
+                        };
+                        let when = v
+                            .last_checked_unix
+                            .map(|t| format!("{}s ago", now.saturating_sub(t)))
+                            .unwrap_or("-".into());
                         vec![
                             b.address.to_string(),
                             b.weight.to_string(),
                             if b.drained { "drained" } else { "active" }.into(),
+                            v.health.clone(),
+                            when,
+                            last,
                         ]
                     })
                     .collect::<Vec<_>>();
-                table(&["ADDRESS", "WEIGHT", "STATE"], &rows);
+                table(&["ADDRESS", "WEIGHT", "STATE", "HEALTH", "CHECKED", "LAST CHECK"], &rows);
             })
         }
         BackendCommand::Add { vip, address, weight } => {
-            let spec = BackendSpec { address: address.clone(), weight: Some(weight), drained: false };
+            let spec =
+                BackendSpec { address: address.clone(), weight: Some(weight), drained: false, health: None };
             ctx.send_json(Method::POST, &format!("/v1/vips/{}/backends", segment(&vip)), &spec).await?;
             ctx.done(&format!("added backend {address} to {vip}"))
         }

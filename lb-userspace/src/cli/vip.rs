@@ -2,7 +2,10 @@ use clap::Subcommand;
 use hyper::Method;
 
 use super::{output::table, segment, Ctx, Failure};
-use crate::config::{BackendSpec, ForwardMode, HashMode, Protocol, Vip, VipSpec};
+use crate::{
+    config::{AllDown, BackendSpec, ForwardMode, HashMode, OnDown, Protocol, Vip, VipSpec},
+    health::CheckSettings,
+};
 
 #[derive(Subcommand)]
 pub enum VipCommand {
@@ -33,6 +36,8 @@ pub enum VipCommand {
         /// A backend ADDRESS or ADDRESS=WEIGHT; repeat for several.
         #[arg(long = "backend", value_name = "ADDRESS[=WEIGHT]")]
         backends: Vec<String>,
+        #[command(flatten)]
+        health: HealthArgs,
     },
     /// Remove a VIP: its packets go to the stack from now on.
     Remove { name: String },
@@ -59,10 +64,21 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
                 table(&["NAME", "SERVICE", "MODE", "HASH", "RING", "BACKENDS"], &rows);
             })
         }
-        VipCommand::Add { name, address, port, protocol, mode, hash, ring_size, backends } => {
+        VipCommand::Add { name, address, port, protocol, mode, hash, ring_size, backends, health } => {
             let backends = backends.iter().map(|b| parse_backend(b)).collect::<Result<Vec<_>, _>>()?;
-            let spec =
-                VipSpec { name: name.clone(), address, port, protocol, mode, hash, ring_size, backends };
+            let spec = VipSpec {
+                name: name.clone(),
+                address,
+                port,
+                protocol,
+                mode,
+                hash,
+                ring_size,
+                health: health.settings(),
+                all_down: health.all_down,
+                on_down: health.on_down,
+                backends,
+            };
             ctx.send_json(Method::POST, "/v1/vips", &spec).await?;
             ctx.done(&format!("added VIP {name}"))
         }
@@ -70,6 +86,65 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
             ctx.call(Method::DELETE, &format!("/v1/vips/{}", segment(&name)), None, None).await?;
             ctx.done(&format!("removed VIP {name}"))
         }
+    }
+}
+
+/// The VIP's health check (none unless --check is given) and what failing backends mean.
+#[derive(clap::Args)]
+pub struct HealthArgs {
+    /// Check the backends: tcp (connect), http (GET, status in range), udp (send, expect a reply).
+    #[arg(long, value_name = "TYPE", help_heading = "Health check")]
+    check: Option<String>,
+    /// Port to check (default: the VIP's port).
+    #[arg(long, help_heading = "Health check")]
+    check_port: Option<i64>,
+    /// Milliseconds between checks (default 1000).
+    #[arg(long, help_heading = "Health check")]
+    check_interval_ms: Option<i64>,
+    /// Milliseconds a check may take, less than the interval (default 500).
+    #[arg(long, help_heading = "Health check")]
+    check_timeout_ms: Option<i64>,
+    /// Successes in a row that bring a down backend back (default 2).
+    #[arg(long, help_heading = "Health check")]
+    rise: Option<i64>,
+    /// Failures in a row that take a backend out (default 3).
+    #[arg(long, help_heading = "Health check")]
+    fall: Option<i64>,
+    /// http: the path to GET (default /).
+    #[arg(long, help_heading = "Health check")]
+    check_path: Option<String>,
+    /// http: healthy status codes, e.g. 200 or 200-399 (the default).
+    #[arg(long, help_heading = "Health check")]
+    check_status: Option<String>,
+    /// udp: the datagram to send.
+    #[arg(long, help_heading = "Health check")]
+    check_send: Option<String>,
+    /// udp: what the reply must contain (default: any reply).
+    #[arg(long, help_heading = "Health check")]
+    check_expect: Option<String>,
+    /// New flows when every backend is down: keep the last ring (fail open) or drop them.
+    #[arg(long, value_enum, default_value = "keep-last-ring", help_heading = "Health check")]
+    all_down: AllDown,
+    /// A down backend's open flows: keep them, or reset them to healthy backends.
+    #[arg(long, value_enum, default_value = "keep-flows", help_heading = "Health check")]
+    on_down: OnDown,
+}
+
+impl HealthArgs {
+    fn settings(&self) -> Option<CheckSettings> {
+        let s = CheckSettings {
+            kind: self.check.clone(),
+            port: self.check_port,
+            interval_ms: self.check_interval_ms,
+            timeout_ms: self.check_timeout_ms,
+            rise: self.rise,
+            fall: self.fall,
+            path: self.check_path.clone(),
+            status: self.check_status.clone(),
+            send: self.check_send.clone(),
+            expect: self.check_expect.clone(),
+        };
+        (s != CheckSettings::default()).then_some(s)
     }
 }
 
@@ -86,5 +161,5 @@ fn parse_backend(text: &str) -> Result<BackendSpec, Failure> {
             (a, Some(w))
         }
     };
-    Ok(BackendSpec { address: address.to_owned(), weight, drained: false })
+    Ok(BackendSpec { address: address.to_owned(), weight, drained: false, health: None })
 }

@@ -219,4 +219,20 @@ impl FlowTable {
         }
         Ok(FlowWalk { flows: seen.len() as u64, complete: true })
     }
+
+    /// Removes every flow pinned to backend `id` (their next packets pick a backend from the
+    /// ring again) and returns how many there were.
+    pub fn remove_backend(&mut self, id: u32) -> Result<u64, DatapathError> {
+        let mut doomed = Vec::new();
+        self.walk(|key, backend| {
+            if backend == id {
+                doomed.push(*key);
+            }
+        })?;
+        for key in &doomed {
+            // Gone already (evicted) is as good as removed.
+            let _ = self.map.remove(key);
+        }
+        Ok(doomed.len() as u64)
+    }
 }

@@ -29,6 +29,7 @@ mod probe;
 mod prober;
 mod spec;
 mod state;
+mod tcp;
 #[cfg(test)]
 mod test_servers;
 

@@ -1,13 +1,15 @@
 //! One probe of one backend: TCP connect, HTTP GET, UDP request/reply. Everything that does not
 //! change between probes (address, request bytes) is prepared once per target.
 //!
-//! TCP probes close with `SO_LINGER` 0 (an RST, as HAProxy's checks do): the probing side keeps
-//! no TIME_WAIT, so thousands of probes a second do not use up the ephemeral ports, and the
-//! backend frees the connection at once.
+//! TCP probes end with an RST (as HAProxy's checks do): the probing side keeps no TIME_WAIT, so
+//! thousands of probes a second do not use up the ephemeral ports, and the backend frees the
+//! connection at once. TCP checks reuse their sockets ([`super::tcp`]); HTTP probes close
+//! theirs with `SO_LINGER` 0.
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::RangeInclusive,
+    sync::Arc,
     time::Duration,
 };
 
@@ -17,7 +19,10 @@ use tokio::{
     net::{TcpSocket, TcpStream, UdpSocket},
 };
 
-use super::spec::{CheckKind, CheckSpec};
+use super::{
+    spec::{CheckKind, CheckSpec},
+    tcp::{self, TcpAddr, TcpSockets},
+};
 
 /// Enough for any status line; the rest of the response is not read.
 const HTTP_READ: usize = 512;
@@ -42,7 +47,7 @@ pub enum ProbeError {
 }
 
 enum Exchange {
-    Tcp,
+    Tcp { addr: TcpAddr, sockets: Arc<TcpSockets> },
     Http { path: String, request: Box<[u8]>, status: RangeInclusive<u16> },
     Udp { send: Box<[u8]>, expect: Box<[u8]> },
 }
@@ -55,12 +60,13 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// `None` for a check that probes nothing.
-    pub fn new(ip: IpAddr, spec: &CheckSpec) -> Option<Probe> {
+    /// `None` for a check that probes nothing. TCP checks take their sockets from `sockets`,
+    /// which must only serve probes run on one runtime.
+    pub fn new(ip: IpAddr, spec: &CheckSpec, sockets: &Arc<TcpSockets>) -> Option<Probe> {
         let addr = SocketAddr::new(ip, spec.port);
         let exchange = match &spec.kind {
             CheckKind::None => return None,
-            CheckKind::Tcp => Exchange::Tcp,
+            CheckKind::Tcp => Exchange::Tcp { addr: TcpAddr::new(addr), sockets: sockets.clone() },
             CheckKind::Http { path, status } => {
                 let host = match (ip, spec.port) {
                     (IpAddr::V4(a), 80) => a.to_string(),
@@ -90,13 +96,15 @@ impl Probe {
     /// One probe, bounded by the check's timeout.
     pub async fn run(&self) -> Result<(), ProbeError> {
         let what = match self.exchange {
-            Exchange::Tcp => "connect to",
+            Exchange::Tcp { .. } => "connect to",
             Exchange::Http { .. } => "HTTP GET to",
             Exchange::Udp { .. } => "UDP to",
         };
         let exchange = async {
             match &self.exchange {
-                Exchange::Tcp => connect(self.addr).await.map(drop),
+                Exchange::Tcp { addr, sockets } => tcp::check(sockets, addr)
+                    .await
+                    .map_err(|source| ProbeError::Connect { addr: self.addr, source }),
                 Exchange::Http { path, request, status } => http(self.addr, path, request, status).await,
                 Exchange::Udp { send, expect } => udp(self.addr, send, expect).await,
             }
@@ -185,7 +193,7 @@ mod tests {
     }
 
     async fn probe(kind: CheckKind, port: u16) -> Result<(), ProbeError> {
-        Probe::new(servers::LOCALHOST, &spec(kind, port)).unwrap().run().await
+        Probe::new(servers::LOCALHOST, &spec(kind, port), &Arc::default()).unwrap().run().await
     }
 
     fn http(path: &str, status: RangeInclusive<u16>) -> CheckKind {
@@ -194,7 +202,7 @@ mod tests {
 
     #[test]
     fn none_makes_no_probe() {
-        assert!(Probe::new(servers::LOCALHOST, &CheckSpec::default()).is_none());
+        assert!(Probe::new(servers::LOCALHOST, &CheckSpec::default(), &Arc::default()).is_none());
     }
 
     #[tokio::test]

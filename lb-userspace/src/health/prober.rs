@@ -23,6 +23,7 @@ use super::{
     probe::{Probe, ProbeError},
     spec::{CheckKind, CheckSpec, HealthConfigError},
     state::{HealthState, Transition},
+    tcp::TcpSockets,
 };
 
 /// A backend of a VIP: (VIP name, backend address).
@@ -34,7 +35,7 @@ pub struct Target {
     pub key: TargetKey,
     /// Where probes go: the backend's own address (not the VIP).
     pub addr: IpAddr,
-    /// Validated ([`CheckSpec::validate`]).
+    /// Checked by [`Prober::set_targets`] ([`CheckSpec::validate`]).
     pub spec: CheckSpec,
 }
 
@@ -139,6 +140,8 @@ pub struct Prober {
     events: mpsc::UnboundedSender<HealthEvent>,
     rng: SmallRng,
     targets: HashMap<TargetKey, Running>,
+    /// Reused by the TCP checks of all targets; all of them run on `runtime`.
+    tcp_sockets: Arc<TcpSockets>,
     own_thread: Option<OwnThread>,
 }
 
@@ -175,8 +178,14 @@ impl Prober {
 
     fn on(runtime: Handle, own_thread: Option<OwnThread>) -> (Prober, HealthEvents) {
         let (events, receiver) = mpsc::unbounded_channel();
-        let prober =
-            Prober { runtime, events, rng: SmallRng::from_entropy(), targets: HashMap::new(), own_thread };
+        let prober = Prober {
+            runtime,
+            events,
+            rng: SmallRng::from_entropy(),
+            targets: HashMap::new(),
+            tcp_sockets: Arc::default(),
+            own_thread,
+        };
         (prober, receiver)
     }
 
@@ -229,7 +238,7 @@ impl Prober {
             }
             s.generation
         };
-        let task = Probe::new(addr, &spec).map(|probe| {
+        let task = Probe::new(addr, &spec, &self.tcp_sockets).map(|probe| {
             let jitter = self.rng.gen_range(0..spec.interval.as_nanos().max(1) as u64);
             let first = Instant::now() + Duration::from_nanos(jitter);
             let task = Task {

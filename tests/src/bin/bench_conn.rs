@@ -221,9 +221,8 @@ fn main() {
     }
     topo.lb.ns.addr("lo", &format!("{HAPROXY_ADDR}/32"));
     // The bridge stands for a switch: no iptables on bridged frames (br_netfilter, when the
-    // module is loaded, defaults to calling them in every namespace). The VIP path crosses the
-    // bridge twice, the others once each way.
-    // Without the module there is nothing to turn off, and the sysctl fails: ignored.
+    // module is loaded, defaults to calling them in every namespace; without it these sysctls do
+    // not exist and nothing needs turning off). A VIP request crosses the bridge twice.
     for key in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"] {
         let _ = topo.fabric.command("sysctl").args(["-q", "-w", &format!("net.bridge.{key}=0")]).output();
     }

@@ -60,11 +60,12 @@ pub mod limits {
     pub const MAX_BACKENDS: u32 = 4096;
     /// Default and largest Maglev ring size: prime, so every backend's permutation covers it.
     pub const RING_SIZE: u32 = 65_537;
-    /// Rings the RINGS array holds at RING_SIZE slots each (4 bytes a slot: 16.8 MiB). Load time.
+    /// Rings the RINGS array holds at RING_SIZE slots each (the kernel stores array values in
+    /// 8 bytes: 0.5 MiB a ring, 32 MiB for 64). Load time.
     pub const MAX_RINGS: u32 = 64;
     /// Flow-table entries per CPU: the table holds this many times the number of possible CPUs,
-    /// and each CPU evicts its own least recently used flows when its share is full. About
-    /// 100 bytes of kernel memory each (25 MiB per CPU at this default). Load time.
+    /// and each CPU evicts its own least recently used flows when its share is full. 112 bytes
+    /// of kernel memory each, as the map reports it (28 MiB per CPU at this default). Load time.
     pub const FLOWS_PER_CPU: u32 = 1 << 18;
     /// Interfaces the balancer can redirect to (devmap keyed by ifindex). Load time.
     pub const MAX_TX_PORTS: u32 = 64;

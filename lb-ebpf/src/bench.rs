@@ -94,7 +94,9 @@ fn write_frame(ctx: &XdpContext) -> Option<()> {
     let data = ctx.data();
     let end = ctx.data_end();
     let len = cfg.len as usize;
-    if len > MAX_FRAME || data + len > end {
+    // The kernel gives every run the test frame's bounds again (headroom included): anything
+    // else would be a frame the programs downstream have shaped, and the run aborts.
+    if len > MAX_FRAME || data + len != end {
         return None;
     }
     let words = cfg.frame.as_ptr() as *const u32;

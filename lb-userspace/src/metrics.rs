@@ -143,6 +143,13 @@ pub const BACKEND_DRAINED: Family = Family {
     labels: BACKEND,
     help: "1 if the backend is drained: no new flows, open ones continue",
 };
+pub const BACKEND_UP: Family = Family {
+    name: "lb_backend_up",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: BACKEND,
+    help: "1 if the backend passes its health check (or has none), 0 if it is down and out of the ring",
+};
 pub const DATAPATH_PACKETS: Family = Family {
     name: "lb_datapath_packets",
     unit: None,
@@ -159,7 +166,7 @@ pub const DATAPATH_EVENTS: Family = Family {
 };
 
 /// Every family, in the order a scrape gives them.
-pub const FAMILIES: [Family; 12] = [
+pub const FAMILIES: [Family; 13] = [
     INFO,
     START_TIME,
     VIP_PACKETS,
@@ -170,6 +177,7 @@ pub const FAMILIES: [Family; 12] = [
     BACKEND_NEW_FLOWS,
     BACKEND_WEIGHT,
     BACKEND_DRAINED,
+    BACKEND_UP,
     DATAPATH_PACKETS,
     DATAPATH_EVENTS,
 ];
@@ -269,6 +277,7 @@ impl Collector for Snapshot {
         family(&mut e, &BACKEND_NEW_FLOWS, backends().map(|(l, b)| (l, b.new_flows)), counter)?;
         family(&mut e, &BACKEND_WEIGHT, backends().map(|(l, b)| (l, u64::from(b.weight))), gauge)?;
         family(&mut e, &BACKEND_DRAINED, backends().map(|(l, b)| (l, u64::from(b.drained))), gauge)?;
+        family(&mut e, &BACKEND_UP, backends().map(|(l, b)| (l, u64::from(b.health != "down"))), gauge)?;
 
         let verdicts = self
             .counters
@@ -394,6 +403,7 @@ mod tests {
                             address: "198.18.0.11".into(),
                             weight: 100,
                             drained: false,
+                            health: "up".into(),
                             packets: 7,
                             bytes: 900,
                             new_flows: 1,
@@ -402,6 +412,7 @@ mod tests {
                             address: "198.18.0.12".into(),
                             weight: 50,
                             drained: true,
+                            health: "-".into(),
                             packets: 3,
                             bytes: 500,
                             new_flows: 1,

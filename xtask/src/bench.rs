@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{cmd, leftovers, setup};
+use crate::{cmd, setup};
+
+/// Prefix of the namespaces tests and benches create (lb-tests' `TEST_PREFIX`).
+const TEST_PREFIX: &str = "lbt-";
 
 /// The bench binaries (`tests/src/bin/NAME.rs`) in the order they run, each with its time limit.
 const BENCHES: &[(&str, u64)] =
@@ -30,7 +33,6 @@ struct Row {
 pub fn run(only: &[String]) -> anyhow::Result<()> {
     setup::require_root("`cargo xtask bench` creates network namespaces and loads XDP programs")?;
     setup::run(true)?;
-    leftovers::remove_stale()?;
     let root = cmd::workspace_root();
     for name in only {
         if !BENCHES.iter().any(|(b, _)| b == name) {
@@ -47,17 +49,18 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
     if benches.is_empty() {
         bail!("none of the bench binaries exists in tests/src/bin");
     }
-    let mut args = vec!["build", "--release", "--package", "lb-tests"];
-    for (name, _) in &benches {
-        args.extend(["--bin", name]);
-    }
-    cmd::cargo(&args)?;
 
     let bin_dir = target_dir(&root).join("release");
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     let started = Instant::now();
     for (name, limit) in &benches {
+        // One at a time: a bench that does not build does not stop the others.
+        if let Err(e) = cmd::cargo(&["build", "--release", "--package", "lb-tests", "--bin", name]) {
+            println!("bench: {name} FAILED to build: {e:#}");
+            failed.push(format!("{name}: did not build"));
+            continue;
+        }
         println!("bench: {name} (at most {limit} s)");
         let t = Instant::now();
         let (found, result) = run_one(&bin_dir.join(name), Duration::from_secs(*limit));
@@ -68,18 +71,26 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
             Err(e) => {
                 println!("bench: {name} FAILED after {:.0?}: {e:#}", t.elapsed());
                 failed.push(format!("{name}: {e:#}"));
-                // A bench killed at its time limit could not clean up.
-                leftovers::remove_stale()?;
             }
         }
     }
-    let clean = leftovers::check();
     println!();
     print_table(&rows, started.elapsed());
     if !failed.is_empty() {
-        bail!("{} of {} benches failed to run:\n  {}", failed.len(), benches.len(), failed.join("\n  "));
+        bail!("{} of {} benches failed:\n  {}", failed.len(), benches.len(), failed.join("\n  "));
     }
-    clean
+    Ok(())
+}
+
+/// Namespaces whose names start with `prefix`.
+fn namespaces(prefix: &str) -> Vec<String> {
+    cmd::output("ip", &["netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(String::from)
+        .collect()
 }
 
 fn target_dir(root: &Path) -> PathBuf {
@@ -112,6 +123,28 @@ fn run_collecting(binary: &Path, limit: Duration, rows: &mut Vec<[String; 7]>) -
             }
         }
     });
+    // Test namespaces are named lbt-<pid>-...: this bench's own.
+    let prefix = format!("{TEST_PREFIX}{}-", child.id());
+    let result = collect(&mut child, rx, limit, rows);
+    let left = namespaces(&prefix);
+    for ns in &left {
+        let _ = cmd::run(Command::new("ip").args(["netns", "delete", ns]));
+    }
+    result?;
+    if !left.is_empty() {
+        bail!("left {} network namespaces behind (removed now): {}", left.len(), left.join(", "));
+    }
+    Ok(())
+}
+
+/// Passes the bench's output through and collects its ROW lines until it ends; kills it (our own
+/// child, by its id) at `limit`.
+fn collect(
+    child: &mut std::process::Child,
+    rx: mpsc::Receiver<String>,
+    limit: Duration,
+    rows: &mut Vec<[String; 7]>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -123,7 +156,6 @@ fn run_collecting(binary: &Path, limit: Duration, rows: &mut Vec<[String; 7]>) -
             // The bench closed its output: it has ended or is about to.
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Our own child, by its id.
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!("still running after {limit:?}: killed");

@@ -58,9 +58,22 @@ fn our_processes() -> Vec<String> {
     found
 }
 
-/// Removes what an interrupted earlier run (e.g. killed with SIGKILL) may have left.
+/// The pid a test object's name carries (`lbt-<pid>-<n>-<role>`), if that process still runs:
+/// its objects are in use (a concurrent test or bench run), not left over.
+fn owner_alive(name: &str) -> bool {
+    name.strip_prefix(TEST_PREFIX)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes what an interrupted earlier run (e.g. killed with SIGKILL) may have left; objects of
+/// test processes still running are left alone.
 pub fn remove_stale() -> anyhow::Result<()> {
-    let found = find();
+    let mut found = find();
+    found.namespaces.retain(|n| !owner_alive(n));
+    found.links.retain(|n| !owner_alive(n));
+    found.pins.retain(|n| !owner_alive(n));
     for ns in &found.namespaces {
         cmd::run(std::process::Command::new("ip").args(["netns", "delete", ns]))?;
     }

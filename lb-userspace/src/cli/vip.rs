@@ -37,7 +37,7 @@ pub enum VipCommand {
         #[arg(long = "backend", value_name = "ADDRESS[=WEIGHT]")]
         backends: Vec<String>,
         #[command(flatten)]
-        health: HealthArgs,
+        health: Box<HealthArgs>,
     },
     /// Remove a VIP: its packets go to the stack from now on.
     Remove { name: String },

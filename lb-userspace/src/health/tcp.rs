@@ -124,7 +124,8 @@ impl TcpSockets {
         // SAFETY: a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Writable only: connect completes (or fails: error and hang-up always come) as writable.
-        AsyncFd::with_interest(fd, Interest::WRITABLE)
+        // SAFETY: the OwnedFd keeps the descriptor open, the same one, as long as the AsyncFd.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }.map_err(|e| e.into_parts().1)
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, [Vec<Socket>; 2]> {

@@ -214,7 +214,8 @@ fn slots_moved() {
             let own = full.iter().filter(|&&s| s == id).count();
             let mut drained = vip.clone();
             drained.backends[k].drained = true;
-            let moved = maglev::slots_moved(&full, &reconcile::ring(&drained, &ids, &Default::default(), None));
+            let moved =
+                maglev::slots_moved(&full, &reconcile::ring(&drained, &ids, &Default::default(), None));
             drain_exact &= moved == own;
             drain_units.push(moved as f64 / per_backend);
 
@@ -222,7 +223,10 @@ fn slots_moved() {
             removed.backends.remove(k);
             let mut removed_ids = ids.clone();
             removed_ids.backends.get_mut(VIP_NAME).expect("pool").remove(&backend_addr(k));
-            let moved = maglev::slots_moved(&full, &reconcile::ring(&removed, &removed_ids, &Default::default(), None));
+            let moved = maglev::slots_moved(
+                &full,
+                &reconcile::ring(&removed, &removed_ids, &Default::default(), None),
+            );
             remove_excess_max = remove_excess_max.max(moved.saturating_sub(own));
             remove_units.push(moved as f64 / per_backend);
         }

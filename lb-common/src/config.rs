@@ -19,8 +19,13 @@ pub struct ConfigValue {
     /// VIP id + 1 whose forwarded packets are copied to CAPTURE (before and after the
     /// rewrite); 0 = no capture. Read from the entry the fast path loads anyway: no extra cost.
     pub capture_vip: u32,
+    /// Next hops (MACs, egress interface) the data plane cached from `bpf_fib_lookup` stay valid
+    /// while this matches the generation they were cached under; the agent moves it on every
+    /// second, so a changed route or neighbour is picked up within a second. 0 = no caching:
+    /// every packet asks the FIB.
+    pub next_hop_generation: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConfigValue>() == 32);
+const _: () = assert!(core::mem::size_of::<ConfigValue>() == 36);
 
 /// Capture stages (`CaptureMeta::stage`).
 pub const CAPTURE_BEFORE: u32 = 0;

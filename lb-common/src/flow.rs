@@ -13,13 +13,15 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// The flow table's value: the backend a connection is pinned to.
+/// The flow table's value: the backend a connection is pinned to, and the flow's hash (so a
+/// packet of a known flow needs no hashing: the tunnel source's entropy bits come from it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub backend: u32,
+    pub hash: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 4);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -33,6 +33,8 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FIB_SCRATCH: &str = "FIB_SCRATCH";
+    /// Per-CPU next-hop cache by backend id: per program instance, never pinned.
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// Perf buffer of captured packets: per program instance, never pinned.
     pub const CAPTURE: &str = "CAPTURE";
     /// Every map, for pinning.

@@ -11,7 +11,7 @@
 //! - `bench_encap` pushes an outer IPv4 (or IPv6) header, as the balancer's `ipip` mode does but
 //!   with no lookup, and returns XDP_TX.
 //!
-//! Nothing loads these programs but the bench. Their four small maps (under 1 KiB in all) are
+//! Nothing loads these programs but the bench. Their three small maps (under 1 KiB in all) are
 //! created with every load of the object, private and never pinned.
 use aya_ebpf::{
     bindings::xdp_action,

@@ -42,20 +42,21 @@ pub struct Choice {
 /// from the VIP's ring and, if `record`, remembers the choice.
 #[inline(never)]
 pub fn choose(vip: &VipValue, key: &FlowKey, cfg: &ConfigValue, record: bool) -> Result<Choice, Counter> {
-    let hash = if vip.flags & VIP_HASH_SOURCE_ONLY != 0 {
-        hash::source(key, cfg.hash_seed)
-    } else {
-        hash::flow(key, cfg.hash_seed)
-    };
-    // SAFETY: flow values are a plain u32 written whole.
-    let (id, new_flow) = match unsafe { FLOWS.get(key) } {
-        Some(v) => (v.backend, false),
+    // SAFETY: flow values are plain integers written whole.
+    let (id, hash, new_flow) = match unsafe { FLOWS.get(key) } {
+        // A known flow needs no hashing: its hash was kept with it.
+        Some(v) => (v.backend, v.hash, false),
         None => {
             if vip.ring_size == 0 {
                 return Err(Counter::DropNoBackend);
             }
+            let hash = if vip.flags & VIP_HASH_SOURCE_ONLY != 0 {
+                hash::source(key, cfg.hash_seed)
+            } else {
+                hash::flow(key, cfg.hash_seed)
+            };
             let slot = vip.ring_offset + hash % vip.ring_size;
-            (RINGS.get(slot).copied().unwrap_or(NO_BACKEND), true)
+            (RINGS.get(slot).copied().unwrap_or(NO_BACKEND), hash, true)
         }
     };
     backend(id, key.family)?;
@@ -66,7 +67,7 @@ pub fn choose(vip: &VipValue, key: &FlowKey, cfg: &ConfigValue, record: bool) ->
     }
     if new_flow {
         // A full table evicts its least recently used flow; an error here only costs a re-pick.
-        let _ = FLOWS.insert(key, &FlowValue { backend: id }, 0);
+        let _ = FLOWS.insert(key, &FlowValue { backend: id, hash }, 0);
     }
     Ok(Choice { id, hash, new_flow })
 }

@@ -9,7 +9,7 @@ use network_types::eth::EthHdr;
 use crate::{
     capture, encap,
     flow::{self, Choice},
-    maps::{BACKEND_STATS, CONFIG, FIB_SCRATCH, TX_PORTS, VIP_STATS},
+    maps::{CachedHop, BACKEND_STATS, CONFIG, FIB_SCRATCH, NEXT_HOPS, TX_PORTS, VIP_STATS},
     parse::{ptr_at_mut, ETH_P_IP, ETH_P_IPV6},
     stats,
 };
@@ -42,7 +42,7 @@ fn send(ctx: &XdpContext, vip: &VipValue, key: &FlowKey, choice: &Choice) -> Res
     let capture = cfg.capture_vip != 0 && cfg.capture_vip == vip.id + 1;
     let ipip = vip.mode == MODE_IPIP;
     let src = if ipip { encap::outer_source(key.family, cfg, choice.hash) } else { key.src };
-    let hop = next_hop(ctx, key.family, &src, &backend.addr)?;
+    let hop = next_hop(ctx, key.family, &src, &backend.addr, choice.id, cfg.next_hop_generation)?;
     let redirect = hop.ifindex != ctx.ingress_ifindex() as u32;
     if redirect && TX_PORTS.get_ifindex(hop.ifindex).is_none() {
         return Err(Counter::PassNoTxPort);
@@ -76,8 +76,37 @@ fn send(ctx: &XdpContext, vip: &VipValue, key: &FlowKey, choice: &Choice) -> Res
     })
 }
 
+/// The next hop towards backend `id`: from this CPU's cache while `generation` is the one it was
+/// cached under (the agent moves it on every second), else from the kernel's FIB (and cached).
+/// The FIB lookup is the largest single cost of a packet; the cache turns it into a compare.
+/// Cached per backend, not per flow: routes that depend on the source are not followed per flow.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, family: u8, src: &[u8; 16], dst: &[u8; 16]) -> Result<NextHop, Counter> {
+fn next_hop(
+    ctx: &XdpContext,
+    family: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    id: u32,
+    generation: u32,
+) -> Result<NextHop, Counter> {
+    let cached = NEXT_HOPS.get_ptr_mut(id);
+    if let Some(c) = cached {
+        // SAFETY: this CPU's own slot; nothing else writes it while we run.
+        let c = unsafe { &*c };
+        if generation != 0 && c.generation == generation {
+            return Ok(NextHop { smac: c.smac, dmac: c.dmac, ifindex: c.ifindex });
+        }
+    }
+    let hop = fib_lookup(ctx, family, src, dst)?;
+    if let (Some(c), true) = (cached, generation != 0) {
+        // SAFETY: as above.
+        unsafe { *c = CachedHop { smac: hop.smac, dmac: hop.dmac, ifindex: hop.ifindex, generation } };
+    }
+    Ok(hop)
+}
+
+#[inline(always)]
+fn fib_lookup(ctx: &XdpContext, family: u8, src: &[u8; 16], dst: &[u8; 16]) -> Result<NextHop, Counter> {
     // In a per-CPU scratch slot rather than on the 512-byte BPF stack.
     let p = FIB_SCRATCH.get_ptr_mut(0).ok_or(Counter::PassFibFailed)?;
     // All zero, a valid empty request, as eight 8-byte stores: `mem::zeroed()` compiles to a call

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerfEventArray},
 };
 use lb_common::{
-    limits, BackendValue, CaptureMeta, ConfigValue, Counter, FlowKey, FlowValue, TrafficStats, VipKey, VipValue,
+    limits, BackendValue, CaptureMeta, ConfigValue, Counter, FlowKey, FlowValue, TrafficStats, VipKey,
+    VipValue,
 };
 
 #[map(name = "VIPS")]
@@ -41,6 +42,21 @@ pub static DECAP_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(limits
 /// Room for one bpf_fib_lookup request per CPU, off the 512-byte BPF stack.
 #[map(name = "FIB_SCRATCH")]
 pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// A next hop from `bpf_fib_lookup`, cached per backend and CPU (see forward.rs).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedHop {
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub ifindex: u32,
+    /// `ConfigValue::next_hop_generation` when it was cached.
+    pub generation: u32,
+}
+
+/// Next hops by backend id, per CPU: no locking, no torn MACs. Sized like BACKENDS.
+#[map(name = "NEXT_HOPS")]
+pub static NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);
 
 /// Captured packets for `lbctl capture` (see capture.rs).
 #[map(name = "CAPTURE")]

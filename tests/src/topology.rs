@@ -235,6 +235,7 @@ impl Topology {
             v6_entropy_bits: 16,
             _pad: [0; 2],
             capture_vip: 0,
+            next_hop_generation: 0,
         })
         .expect("set_config");
         for family in [Family::V4, Family::V6] {

@@ -25,6 +25,7 @@ const CONFIG: ConfigValue = ConfigValue {
     v6_entropy_bits: 16,
     _pad: [0; 2],
     capture_vip: 0,
+    next_hop_generation: 0,
 };
 
 fn vip4(n: u8) -> IpAddr {

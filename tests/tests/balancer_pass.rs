@@ -30,6 +30,7 @@ fn install_vips(r: &mut XdpRunner) {
         v6_entropy_bits: 16,
         _pad: [0; 2],
         capture_vip: 0,
+        next_hop_generation: 0,
     });
     r.install_ring(0, &[(1, near4(1)), (2, near4(2))], RING);
     r.install_ring(1, &[(3, near6(1)), (4, near6(2))], RING);

@@ -29,6 +29,7 @@ const CONFIG: ConfigValue = ConfigValue {
     v6_entropy_bits: 16,
     _pad: [0; 2],
     capture_vip: 0,
+    next_hop_generation: 0,
 };
 
 /// Room for every flow of the test (old and new, 20,000) on the one CPU the test runs on: the

@@ -283,6 +283,14 @@ impl Agent {
         Ok((id, capturer))
     }
 
+    /// Moves the data plane's next-hop cache to a new generation: every cached next hop is looked
+    /// up in the FIB again on its next packet. lbd calls it every second.
+    pub fn refresh_next_hops(&mut self) -> Result<(), AgentError> {
+        self.applied.next_hop_generation = self.applied.next_hop_generation.wrapping_add(1).max(1);
+        reconcile::write_config(&mut self.datapath, &self.applied)?;
+        Ok(())
+    }
+
     pub fn stop_capture(&mut self) -> Result<(), AgentError> {
         self.applied.capture_vip = 0;
         reconcile::write_config(&mut self.datapath, &self.applied)?;

@@ -106,6 +106,8 @@ pub struct Applied {
     pub source: Option<Source>,
     /// VIP id + 1 being captured (`lbctl capture`), 0 for none.
     pub capture_vip: u32,
+    /// See `ConfigValue::next_hop_generation`; 0 until the agent's first tick.
+    pub next_hop_generation: u32,
 }
 
 /// Backends whose health check failed, by (VIP name, address).
@@ -175,10 +177,10 @@ fn vip_value(vip: &Vip, id: u32, dp: &Datapath) -> VipValue {
 /// Writes CONFIG from the applied source and capture setting.
 pub fn write_config(dp: &mut Datapath, applied: &Applied) -> Result<(), ApplyError> {
     let source = applied.source.clone().unwrap_or_default();
-    Ok(dp.set_config(config_value(&source, applied.capture_vip))?)
+    Ok(dp.set_config(config_value(&source, applied.capture_vip, applied.next_hop_generation))?)
 }
 
-fn config_value(s: &Source, capture_vip: u32) -> ConfigValue {
+fn config_value(s: &Source, capture_vip: u32, next_hop_generation: u32) -> ConfigValue {
     ConfigValue {
         src_v4: s.ipv4.map(|a| a.octets()).unwrap_or_default(),
         src_v6: s.ipv6.map(|a| a.octets()).unwrap_or_default(),
@@ -187,6 +189,7 @@ fn config_value(s: &Source, capture_vip: u32) -> ConfigValue {
         v6_entropy_bits: s.ipv6_entropy_bits,
         _pad: [0; 2],
         capture_vip,
+        next_hop_generation,
     }
 }
 

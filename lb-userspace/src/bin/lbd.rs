@@ -71,8 +71,16 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Cached next hops (MACs, egress) expire every second: route and neighbour changes apply
+    // within a second without a FIB lookup per packet.
+    let mut next_hops = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
+            _ = next_hops.tick() => {
+                if let Err(e) = agent.lock().await.refresh_next_hops() {
+                    error!("refreshing the next-hop cache: {e}");
+                }
+            }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT"); break }
             _ = term.recv() => { info!("SIGTERM"); break }
             _ = hup.recv() => reload(&agent).await,

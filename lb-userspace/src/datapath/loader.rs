@@ -153,6 +153,7 @@ fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, Datapath
         (map_names::RINGS, sizes.max_rings * sizes.ring_stride),
         (map_names::BACKENDS, sizes.max_backends),
         (map_names::BACKEND_STATS, sizes.max_backends),
+        (map_names::NEXT_HOPS, sizes.max_backends),
     ];
     let mut loader = EbpfLoader::new();
     for (name, entries) in expected {

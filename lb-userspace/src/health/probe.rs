@@ -6,6 +6,7 @@
 //! connection at once. TCP checks reuse their sockets ([`super::tcp`]); HTTP probes close
 //! theirs with `SO_LINGER` 0.
 use std::{
+    future::Future,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::RangeInclusive,
@@ -95,20 +96,21 @@ impl Probe {
 
     /// One probe, bounded by the check's timeout.
     pub async fn run(&self) -> Result<(), ProbeError> {
-        let what = match self.exchange {
-            Exchange::Tcp { .. } => "connect to",
-            Exchange::Http { .. } => "HTTP GET to",
-            Exchange::Udp { .. } => "UDP to",
-        };
-        let exchange = async {
-            match &self.exchange {
-                Exchange::Tcp { addr, sockets } => tcp::check(sockets, addr)
-                    .await
-                    .map_err(|source| ProbeError::Connect { addr: self.addr, source }),
-                Exchange::Http { path, request, status } => http(self.addr, path, request, status).await,
-                Exchange::Udp { send, expect } => udp(self.addr, send, expect).await,
+        match &self.exchange {
+            // Keeps its own deadline: it looks at its socket on timer ticks anyway.
+            Exchange::Tcp { addr, sockets } => tcp::check(sockets, addr, self.timeout).await,
+            Exchange::Http { path, request, status } => {
+                self.bounded("HTTP GET to", http(self.addr, path, request, status)).await
             }
-        };
+            Exchange::Udp { send, expect } => self.bounded("UDP to", udp(self.addr, send, expect)).await,
+        }
+    }
+
+    async fn bounded(
+        &self,
+        what: &'static str,
+        exchange: impl Future<Output = Result<(), ProbeError>>,
+    ) -> Result<(), ProbeError> {
         tokio::time::timeout(self.timeout, exchange).await.unwrap_or(Err(ProbeError::Timeout {
             what,
             addr: self.addr,

@@ -17,7 +17,7 @@ pub use counters::{Counter, CounterKind, TrafficStats};
 pub use flow::{FlowKey, FlowValue};
 pub use vip::{
     VipKey, VipValue, FAMILY_V4, FAMILY_V6, MODE_IPIP, MODE_L2DSR, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP, VIP_ADDRESS_ONLY, VIP_HASH_SOURCE_ONLY,
+    PROTO_UDP, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_ADDRESS_ONLY, VIP_HASH_SOURCE_ONLY,
 };
 
 /// Names of the maps in the eBPF object. User space looks maps up by these names.
@@ -33,12 +33,18 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FIB_SCRATCH: &str = "FIB_SCRATCH";
+    /// Round-robin sequences of backend ids, `limits::RR_SEQ_LEN` slots per VIP (by VIP id).
+    pub const RR_SEQS: &str = "RR_SEQS";
+    /// Each CPU's position in each VIP's round-robin sequence.
+    pub const RR_CURSORS: &str = "RR_CURSORS";
+    /// Active connections per backend id (`least-conn` VIPs), kept with atomic adds.
+    pub const ACTIVE_CONNS: &str = "ACTIVE_CONNS";
     /// Per-CPU next-hop cache by backend id: per program instance, never pinned.
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// Perf buffer of captured packets: per program instance, never pinned.
     pub const CAPTURE: &str = "CAPTURE";
     /// Every map, for pinning.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 14] = [
         VIPS,
         RINGS,
         BACKENDS,
@@ -50,6 +56,9 @@ pub mod map_names {
         VIP_STATS,
         BACKEND_STATS,
         FIB_SCRATCH,
+        RR_SEQS,
+        RR_CURSORS,
+        ACTIVE_CONNS,
     ];
 }
 
@@ -73,4 +82,8 @@ pub mod limits {
     pub const MAX_TX_PORTS: u32 = 64;
     /// Local addresses the decap program accepts tunnels for. Load time.
     pub const MAX_DECAP_ADDRS: u32 = 64;
+    /// Slots of one VIP's round-robin sequence in RR_SEQS (which holds one per ring): the most
+    /// backends a round-robin VIP takes, and the longest cycle of its weights (longer ones are
+    /// scaled down to it).
+    pub const RR_SEQ_LEN: u32 = 4096;
 }

@@ -11,7 +11,8 @@ pub const MODE_IPIP: u8 = 0;
 /// Destination MAC rewrite only: backends on the same L2 segment with the VIP on `lo`.
 pub const MODE_L2DSR: u8 = 1;
 
-/// `VipValue::flags`: pick the backend by the client address only (client affinity).
+/// `VipValue::flags`: pick the backend by the client address only (client affinity): the
+/// `source-hash` scheduler is Maglev with this flag.
 pub const VIP_HASH_SOURCE_ONLY: u32 = 1 << 0;
 /// `VipValue::flags`: the address entry of a VIP address (key: address, port 0, ICMP/ICMPv6). It
 /// makes the balancer answer pings to the address and drop fragments sent to it.
@@ -41,6 +42,18 @@ impl VipKey {
     }
 }
 
+/// Schedulers (`VipValue::scheduler`): what picks a new flow's backend. Only a flow's first
+/// packet asks; the flow table keeps every later one on the backend it got.
+/// Weighted Maglev: the ring slot of the flow hash (of the 5-tuple, or of the client address
+/// with `VIP_HASH_SOURCE_ONLY`).
+pub const SCHED_MAGLEV: u8 = 0;
+/// Weighted round robin: the next entry of the VIP's sequence in RR_SEQS (`rr_len` entries),
+/// by a per-CPU cursor.
+pub const SCHED_ROUND_ROBIN: u8 = 1;
+/// Weighted least connections: of two ring picks, the one with fewer active connections
+/// (ACTIVE_CONNS) per unit of weight (`BackendValue::weight`).
+pub const SCHED_LEAST_CONN: u8 = 2;
+
 /// What the data plane knows about a VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,7 +68,11 @@ pub struct VipValue {
     pub ring_size: u32,
     /// `MODE_*`.
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// `SCHED_*`.
+    pub scheduler: u8,
+    /// Round robin: entries of this VIP's sequence in RR_SEQS (from `id × RR_SEQ_LEN`); 0 = no
+    /// backend available (new flows are dropped).
+    pub rr_len: u16,
 }
 const _: () = assert!(core::mem::size_of::<VipValue>() == 20);
 

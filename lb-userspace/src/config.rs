@@ -90,6 +90,33 @@ pub enum HashMode {
     Source,
 }
 
+/// What picks a new flow's backend (only a flow's first packet asks: the flow table keeps the
+/// rest of the flow on it). See README, "Schedulers".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// Weighted consistent hash of the 5-tuple: the same answer on every balancer host.
+    #[default]
+    Maglev,
+    /// Weighted consistent hash of the client address: one client, one backend.
+    SourceHash,
+    /// Weighted round robin over new flows (exact shares per CPU).
+    RoundRobin,
+    /// Weighted least connections (TCP): the less loaded of two ring picks.
+    LeastConn,
+}
+
+impl Scheduler {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::SourceHash => "source-hash",
+            Scheduler::RoundRobin => "round-robin",
+            Scheduler::LeastConn => "least-conn",
+        }
+    }
+}
+
 /// A backend as written in the config or an API call (unvalidated).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,8 +140,12 @@ pub struct VipSpec {
     pub protocol: Protocol,
     #[serde(default)]
     pub mode: ForwardMode,
+    /// The older spelling of `scheduler = "source-hash"` (`hash = "source"`).
     #[serde(default)]
     pub hash: HashMode,
+    /// Default: `maglev` (or `source-hash` with `hash = "source"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<Scheduler>,
     pub ring_size: Option<i64>,
     /// The health check of the VIP's backends; none if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,7 +202,10 @@ pub struct Vip {
     pub port: u16,
     pub protocol: Protocol,
     pub mode: ForwardMode,
+    /// `Source` exactly when `scheduler` is `SourceHash` (kept for saved states of older lbd).
     pub hash: HashMode,
+    #[serde(default)]
+    pub scheduler: Scheduler,
     pub ring_size: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<CheckSettings>,
@@ -210,6 +244,16 @@ impl Vip {
 
     pub fn backend(&self, address: IpAddr) -> Option<&Backend> {
         self.backends.iter().find(|b| b.address == address)
+    }
+
+    /// The VIP as an older lbd saved it (`hash = "source"`, no scheduler) made consistent.
+    pub fn normalize(&mut self) {
+        if self.hash == HashMode::Source && self.scheduler == Scheduler::Maglev {
+            self.scheduler = Scheduler::SourceHash;
+        }
+        if self.scheduler == Scheduler::SourceHash {
+            self.hash = HashMode::Source;
+        }
     }
 }
 
@@ -451,13 +495,31 @@ pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
             format!("{ring_size} is larger than limits.max_ring_size ({})", limits.max_ring_size),
         ));
     }
+    let scheduler = match (spec.scheduler, spec.hash) {
+        (None | Some(Scheduler::Maglev), HashMode::Source) | (Some(Scheduler::SourceHash), _) => {
+            Scheduler::SourceHash
+        }
+        (None, HashMode::FiveTuple) => Scheduler::Maglev,
+        (Some(s), HashMode::FiveTuple) => s,
+        (Some(s), HashMode::Source) => {
+            return Err(invalid(
+                field("hash"),
+                format!(
+                    "hash = \"source\" is the older spelling of scheduler = \"source-hash\" and does not go with scheduler = \"{}\": remove one of them",
+                    s.name()
+                ),
+            ))
+        }
+    };
+    let hash = if scheduler == Scheduler::SourceHash { HashMode::Source } else { HashMode::FiveTuple };
     let vip = Vip {
         name: name.to_owned(),
         address,
         port,
         protocol: spec.protocol,
         mode: spec.mode,
-        hash: spec.hash,
+        hash,
+        scheduler,
         ring_size,
         health: spec.health.clone(),
         all_down: spec.all_down,
@@ -465,7 +527,31 @@ pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
         backends,
     };
     check_health(&vip)?;
+    check_scheduler(&vip)?;
     Ok(vip)
+}
+
+/// What a VIP's scheduler needs: least-conn counts TCP connections (UDP flows have no end the
+/// balancer sees); a round-robin sequence holds at most `RR_SEQ_LEN` backends.
+pub fn check_scheduler(vip: &Vip) -> Result<(), Invalid> {
+    let field = format!("vip {:?}: scheduler", vip.name);
+    match vip.scheduler {
+        Scheduler::LeastConn if vip.protocol != Protocol::Tcp => Err(invalid(
+            field,
+            "least-conn counts TCP connections (a UDP flow has no end the balancer sees): use it on a tcp VIP, or round-robin or maglev here",
+        )),
+        Scheduler::RoundRobin if vip.backends.len() > lb_common::limits::RR_SEQ_LEN as usize => {
+            Err(invalid(
+                field,
+                format!(
+                    "round-robin takes at most {} backends; this VIP has {}: use maglev",
+                    lb_common::limits::RR_SEQ_LEN,
+                    vip.backends.len()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Every backend's effective check must be possible.
@@ -542,6 +628,8 @@ pub fn check_whole(c: &Config) -> Result<(), WholeError> {
         if !services.insert((v.address, v.port, v.protocol)) {
             return Err(err("address", format!("another VIP already serves {}", v.service())));
         }
+        // Backends added one by one can outgrow what the scheduler takes.
+        check_scheduler(v).map_err(|invalid| WholeError { vip: Some(v.name.clone()), invalid })?;
         if v.mode == ForwardMode::Ipip {
             let missing = match v.address {
                 IpAddr::V4(_) if c.source.ipv4.is_none() => Some("source.ipv4"),

@@ -447,6 +447,9 @@ fn load_balancer(flows_per_cpu: u32, target: Target) -> Datapath {
         hash_seed: 0x5eed_1b05,
         v4_entropy_bits: 8,
         v6_entropy_bits: 16,
+        // As under lbd: next hops cached (lbd moves the generation on once a second, which
+        // costs one FIB lookup per backend and CPU a second: nothing at these rates).
+        next_hop_generation: 1,
         ..Default::default()
     })
     .expect("set_config");

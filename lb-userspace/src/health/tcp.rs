@@ -9,8 +9,8 @@
 //! connection's error) and `connect(AF_UNSPEC)`: three system calls instead of seven (socket,
 //! setsockopt, connect, two epoll_ctl, getsockopt, close).
 //!
-//! The sockets are not in the runtime's epoll: a probe looks at its socket 1 ms after the SYN,
-//! then 2, 4, 8... ms after it, and at its deadline. Tokio's timers have 1 ms slots, so one
+//! The sockets are not in the runtime's epoll: a probe looks at its socket 1, 2, 4, 8... ms
+//! after the SYN, and at its deadline. Tokio's timers have 1 ms slots, so one
 //! wake-up of the prober checks every probe due in that millisecond and sends the SYNs of the
 //! targets due then, instead of a wake-up per completed handshake. Batched, the prober does not
 //! contend for a socket's lock with the CPU still handling its handshake, and sends its packets
@@ -55,7 +55,8 @@ impl TcpAddr {
         let len = match addr {
             SocketAddr::V4(a) => {
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-                let sin = unsafe { &mut *(&mut raw as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                let sin =
+                    unsafe { &mut *(&mut raw as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
                 sin.sin_family = libc::AF_INET as libc::sa_family_t;
                 sin.sin_port = a.port().to_be();
                 sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
@@ -101,20 +102,23 @@ pub async fn check(sockets: &TcpSockets, addr: &TcpAddr, timeout: Duration) -> R
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(failed(e)),
     }
-    let mut wait = FIRST_LOOK;
+    let sent = Instant::now();
+    let mut after = FIRST_LOOK;
     loop {
-        tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
-        match addr.connect(fd) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EISCONN) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EALREADY) => {}
+        tokio::time::sleep_until((sent + after).min(deadline)).await;
+        let Err(e) = addr.connect(fd) else { return Ok(()) };
+        match e.raw_os_error() {
+            // ECONNRESET, EPIPE: connected, then reset by the backend before this look; it did
+            // accept (an RST to the SYN is ECONNREFUSED).
+            Some(libc::EISCONN | libc::ECONNRESET | libc::EPIPE) => return Ok(()),
+            Some(libc::EALREADY) => {}
             // Refused, unreachable...: the kernel has already closed the connection.
-            Err(e) => return Err(failed(e)),
+            _ => return Err(failed(e)),
         }
         if Instant::now() >= deadline {
             return Err(ProbeError::Timeout { what: "connect to", addr: addr.addr, after: timeout });
         }
-        wait *= 2;
+        after *= 2;
     }
 }
 
@@ -125,7 +129,8 @@ impl TcpSockets {
         }
         let domain = if addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: plain system call; the flags save two fcntl calls.
-        let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        let fd =
+            unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -200,9 +205,25 @@ mod tests {
         for _ in 0..3 {
             check(&sockets, &addr(open.port), TIMEOUT).await.unwrap();
             let e = check(&sockets, &addr(closed), TIMEOUT).await.unwrap_err();
-            assert!(matches!(&e, ProbeError::Connect { source, .. } if source.raw_os_error() == Some(libc::ECONNREFUSED)), "{e}");
+            assert!(
+                matches!(&e, ProbeError::Connect { source, .. } if source.raw_os_error() == Some(libc::ECONNREFUSED)),
+                "{e}"
+            );
         }
         assert_eq!(sockets.idle()[0].len(), 1, "reused, not one socket per check");
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_accepts_and_resets_at_once_passes() {
+        let listener = std::net::TcpListener::bind((servers::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            set_zero_linger(conn.as_raw_fd());
+        });
+        let sockets = TcpSockets::default();
+        check(&sockets, &addr(port), TIMEOUT).await.unwrap();
+        server.join().unwrap();
     }
 
     #[tokio::test]
@@ -230,7 +251,8 @@ mod tests {
         let sockets = TcpSockets::default();
         let open = servers::Tcp::start().await;
         // Dropped after the SYN, before the first look.
-        let cancelled = tokio::time::timeout(Duration::ZERO, check(&sockets, &addr(open.port), TIMEOUT)).await;
+        let cancelled =
+            tokio::time::timeout(Duration::ZERO, check(&sockets, &addr(open.port), TIMEOUT)).await;
         assert!(cancelled.is_err());
         assert_eq!(sockets.idle()[0].len(), 1);
         check(&sockets, &addr(open.port), TIMEOUT).await.unwrap();

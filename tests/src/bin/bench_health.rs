@@ -8,9 +8,8 @@
 //! Targets are 127.0.x.y (all of 127/8 is loopback), all on one port of one listener bound to
 //! 0.0.0.0 (which accepts for every 127.x address) on a thread of its own that accepts and
 //! closes. The prober runs on its own thread (`Prober::on_own_thread`), whose CPU time is read
-//! from `/proc/self/task/<tid>/stat`. Probes close with an RST (`SO_LINGER` 0, see
-//! `lb_userspace::health`), so 10,000 connections a second leave no TIME_WAIT and the ephemeral
-//! ports never run out.
+//! from `/proc/self/task/<tid>/stat`. Probes end with an RST (see `lb_userspace::health`), so
+//! 10,000 connections a second leave no TIME_WAIT and the ephemeral ports never run out.
 //!
 //! On loopback the kernel receives each packet on the sending thread, so the backend's side of
 //! every handshake and reset would be charged to the prober. As root, the bench therefore runs

@@ -71,6 +71,17 @@ struct Measured {
     cpu_percent: f64,
 }
 
+/// A result line for `cargo xtask bench`'s table (`ROW|section|case|value|unit|ratio|target|status`).
+fn row(case: &str, m: &Measured, has_target: bool) {
+    let (target, status) = if has_target {
+        ("< 25% of a core", if m.cpu_percent < TARGET_CPU_PERCENT { "ok" } else { "MISS" })
+    } else {
+        ("", "-")
+    };
+    println!("ROW|health|{case}, 10k backends a second|{:.1}|% of a core||{target}|{status}", m.cpu_percent);
+    println!("ROW|health|probes a second, {case}|{:.0}|probes/s|||-", m.rate);
+}
+
 fn main() {
     let args = args();
     raise_fd_limit(65_536);
@@ -137,6 +148,7 @@ fn main() {
             if own.cpu_percent < TARGET_CPU_PERCENT { " (target < 25%)" } else { " (target < 25%: ABOVE)" }
         );
         println!("  the prober's own work: loopback receive (both ends' TCP) on CPU {RECEIVE_CPU} by RPS, prober on CPU {PROBER_CPU}");
+        row("prober CPU, own work", &own, true);
         set_rps(ns, 0);
         std::thread::sleep(Duration::from_secs(1));
         all.push(own);
@@ -156,6 +168,7 @@ fn main() {
         );
         println!("  (as root, the bench also measures the prober's own work without it)");
     }
+    row("prober CPU, backends' side of each handshake included", &inline, own_ns.is_none());
     all.push(inline);
 
     let mut transitions = 0;

@@ -33,6 +33,7 @@ struct Row {
 pub fn run(only: &[String]) -> anyhow::Result<()> {
     setup::require_root("`cargo xtask bench` creates network namespaces and loads XDP programs")?;
     setup::run(true)?;
+    setup::bench_packages()?;
     let root = cmd::workspace_root();
     for name in only {
         if !BENCHES.iter().any(|(b, _)| b == name) {

@@ -8,12 +8,15 @@ use crate::cmd::{self, output};
 /// Versions that work with the preinstalled nightly (bpf-linker 0.10 uses rustc's own LLVM).
 const BPF_LINKER_VERSION: &str = "0.10.3";
 const NIGHTLY: &str = "nightly";
-/// Debian packages the tests use: `ip` for namespaces and links, `setpriv` to run a test
-/// unprivileged and `nsenter` to start lbd in a namespace, `ethtool` to turn on GRO (veth
+/// Debian packages the tests and the demo use: `ip` for namespaces and links, `setpriv` to run a
+/// test unprivileged and `nsenter` to start lbd in a namespace, `ethtool` to turn on GRO (veth
 /// delivers XDP_TX/redirected frames only with NAPI), `curl` for the control API examples,
-/// `prometheus` (with `promtool`) to check and scrape lbd's metrics endpoint.
-const DEBIAN_PACKAGES: &[&str] =
-    &["iproute2", "util-linux", "ethtool", "curl", "wrk", "nginx", "haproxy", "prometheus", "nftables"];
+/// `prometheus` (with `promtool`) to check and scrape lbd's metrics endpoint, `tcpdump` to read
+/// `lbctl capture` files.
+const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "ethtool", "curl", "prometheus", "tcpdump"];
+/// What only the benchmarks use: load (`wrk`), backends (`nginx`) and the paths they compare
+/// against (`haproxy`, `nftables`).
+const BENCH_PACKAGES: &[&str] = &["wrk", "nginx", "haproxy", "nftables"];
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn is_root() -> bool {
@@ -44,7 +47,7 @@ pub fn run(privileged: bool) -> anyhow::Result<()> {
     rust_components()?;
     bpf_linker()?;
     if privileged {
-        debian_packages()?;
+        debian_packages(TEST_PACKAGES)?;
         bpffs()?;
     }
     Ok(())
@@ -87,8 +90,13 @@ fn bpf_linker() -> anyhow::Result<()> {
     ]))
 }
 
-fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// The benchmarks' extra packages (after [`run`]).
+pub fn bench_packages() -> anyhow::Result<()> {
+    debian_packages(BENCH_PACKAGES)
+}
+
+fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -20,8 +20,17 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 pub struct FlowValue {
     pub backend: u32,
     pub hash: u32,
+    /// `FLOW_*` bits. A word of its own: the data plane clears bits with an atomic fetch-and
+    /// (64-bit: the BPF target has no 32-bit atomics in `core`), so that a flow is uncounted
+    /// exactly once. The kernel keeps values in 8-byte steps: 12 bytes would take 16 as well.
+    pub flags: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+/// `FlowValue::flags`: an open TCP connection of a `least-conn` VIP, counted in its backend's
+/// ACTIVE_CONNS entry; cleared (and the count decremented) by the first FIN or RST the client
+/// sends.
+pub const FLOW_COUNTED: u64 = 1 << 0;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -54,6 +54,13 @@ pub fn source(key: &FlowKey, seed: u32) -> u32 {
     finish(h, 16)
 }
 
+/// Another hash from a hash (MurmurHash3's finalizer of `h` and a constant): the `least-conn`
+/// scheduler's second, third... ring picks for a flow.
+#[inline(always)]
+pub fn rehash(h: u32) -> u32 {
+    finish(h ^ 0x9e37_79b9, 4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +80,12 @@ mod tests {
             assert_eq!(source(v, 7) == source(&base, 7), i != 0, "variant {i}");
         }
         assert_ne!(flow(&base, 7), flow(&base, 8), "the seed matters");
+    }
+
+    #[test]
+    fn rehash_gives_a_different_hash() {
+        let h = flow(&FlowKey::default(), 1);
+        assert_ne!(rehash(h), h);
+        assert_ne!(rehash(rehash(h)), rehash(h));
     }
 }

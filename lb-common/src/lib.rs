@@ -14,7 +14,7 @@ mod vip;
 pub use backend::{BackendValue, NO_BACKEND};
 pub use config::{CaptureMeta, ConfigValue, CAPTURE_AFTER, CAPTURE_BEFORE, CAPTURE_SNAPLEN};
 pub use counters::{Counter, CounterKind, TrafficStats};
-pub use flow::{FlowKey, FlowValue};
+pub use flow::{FlowKey, FlowValue, FLOW_COUNTED};
 pub use vip::{
     VipKey, VipValue, FAMILY_V4, FAMILY_V6, MODE_IPIP, MODE_L2DSR, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
     PROTO_UDP, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_ADDRESS_ONLY, VIP_HASH_SOURCE_ONLY,
@@ -75,8 +75,8 @@ pub mod limits {
     /// 8 bytes: 0.5 MiB a ring, 32 MiB for 64). Load time.
     pub const MAX_RINGS: u32 = 64;
     /// Flow-table entries per CPU: the table holds this many times the number of possible CPUs,
-    /// and each CPU evicts its own least recently used flows when its share is full. 112 bytes
-    /// of kernel memory each, as the map reports it (28 MiB per CPU at this default). Load time.
+    /// and each CPU evicts its own least recently used flows when its share is full. 120 bytes
+    /// of kernel memory each, as the map reports it (30 MiB per CPU at this default). Load time.
     pub const FLOWS_PER_CPU: u32 = 1 << 18;
     /// Interfaces the balancer can redirect to (devmap keyed by ifindex). Load time.
     pub const MAX_TX_PORTS: u32 = 64;

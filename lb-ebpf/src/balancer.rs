@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{Counter, CounterKind, PROTO_ICMP, PROTO_ICMPV6};
 
-use crate::{flow, forward, icmp, maps::CONFIG, parse, stats};
+use crate::{flow, forward, icmp, maps::CONFIG, parse, schedule, stats};
 
 pub fn run(ctx: &XdpContext) -> u32 {
     let verdict = match process(ctx) {
@@ -35,6 +35,10 @@ fn process(ctx: &XdpContext) -> Result<Counter, Counter> {
     let vip = flow::lookup_vip(&key.dst, key.dport, key.proto, key.family).ok_or(Counter::PassNotVip)?;
     // An error must not create a flow: only the client's own packets do.
     let choice = flow::choose(vip, key, cfg, !icmp_error)?;
+    if choice.counted {
+        // An open connection of a least-conn VIP: its FIN or RST ends its count.
+        schedule::closing(ctx, key, pkt.l4_offset, choice.id);
+    }
     let verdict = forward::to_backend(ctx, vip, key, &choice);
     if icmp_error && verdict.kind() == CounterKind::Forward {
         stats::count(Counter::IcmpErrorToBackend);

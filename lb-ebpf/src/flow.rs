@@ -1,10 +1,15 @@
-//! Which backend a packet goes to: VIP lookup, flow table, Maglev ring.
+//! Which backend a packet goes to: VIP lookup, flow table, and on a miss the VIP's scheduler
+//! (schedule.rs).
+use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    hash, BackendValue, ConfigValue, Counter, FlowKey, FlowValue, VipKey, VipValue, FAMILY_V4, NO_BACKEND,
-    PROTO_ICMP, PROTO_ICMPV6, VIP_HASH_SOURCE_ONLY,
+    hash, BackendValue, ConfigValue, Counter, FlowKey, FlowValue, VipKey, VipValue, FAMILY_V4, FLOW_COUNTED,
+    NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, VIP_HASH_SOURCE_ONLY,
 };
 
-use crate::maps::{BACKENDS, FLOWS, RINGS, VIPS};
+use crate::{
+    maps::{BACKENDS, FLOWS, VIPS},
+    schedule,
+};
 
 /// The VIP for (address, port, protocol): the port-specific entry first, then the any-port one.
 #[inline(always)]
@@ -36,16 +41,19 @@ pub struct Choice {
     /// The flow hash, also used for tunnel source entropy.
     pub hash: u32,
     pub new_flow: bool,
+    /// The flow counts as an open connection of its backend (least-conn): its FIN or RST
+    /// uncounts it (`schedule::closing`).
+    pub counted: bool,
 }
 
-/// A flow-table hit wins (drains and ring changes never move a live connection); a miss picks
-/// from the VIP's ring and, if `record`, remembers the choice.
+/// A flow-table hit wins (drains, ring and scheduler changes never move a live connection); a
+/// miss asks the VIP's scheduler and, if `record`, remembers the choice.
 #[inline(never)]
 pub fn choose(vip: &VipValue, key: &FlowKey, cfg: &ConfigValue, record: bool) -> Result<Choice, Counter> {
     // SAFETY: flow values are plain integers written whole.
-    let (id, hash, new_flow) = match unsafe { FLOWS.get(key) } {
+    let (id, hash, new_flow, flags) = match unsafe { FLOWS.get(key) } {
         // A known flow needs no hashing: its hash was kept with it.
-        Some(v) => (v.backend, v.hash, false),
+        Some(v) => (v.backend, v.hash, false, v.flags),
         None => {
             if vip.ring_size == 0 {
                 return Err(Counter::DropNoBackend);
@@ -55,8 +63,7 @@ pub fn choose(vip: &VipValue, key: &FlowKey, cfg: &ConfigValue, record: bool) ->
             } else {
                 hash::flow(key, cfg.hash_seed)
             };
-            let slot = vip.ring_offset + hash % vip.ring_size;
-            (RINGS.get(slot).copied().unwrap_or(NO_BACKEND), hash, true)
+            (schedule::pick(vip, hash, record), hash, true, schedule::flow_flags(vip, key))
         }
     };
     backend(id, key.family)?;
@@ -65,11 +72,17 @@ pub fn choose(vip: &VipValue, key: &FlowKey, cfg: &ConfigValue, record: bool) ->
     if record {
         crate::stats::count(if new_flow { Counter::FlowMiss } else { Counter::FlowHit });
     }
+    let mut counted = record && flags & FLOW_COUNTED != 0;
     if new_flow {
         // A full table evicts its least recently used flow; an error here only costs a re-pick.
-        let _ = FLOWS.insert(key, &FlowValue { backend: id, hash }, 0);
+        // A counted flow counts only if this packet made it (not another CPU's at the same time).
+        let mode = if counted { BPF_NOEXIST as u64 } else { 0 };
+        counted = FLOWS.insert(key, &FlowValue { backend: id, hash, flags }, mode).is_ok() && counted;
+        if counted {
+            schedule::opened(id);
+        }
     }
-    Ok(Choice { id, hash, new_flow })
+    Ok(Choice { id, hash, new_flow, counted })
 }
 
 /// Backend `id` if it is configured and of the packet's family.

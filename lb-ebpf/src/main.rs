@@ -1,6 +1,10 @@
 //! Entry points of the XDP programs. Each stage of the pipeline lives in its own module.
 #![no_std]
 #![no_main]
+// BPF atomics (schedule.rs): `core`'s atomic types have no read-modify-write operations on BPF
+// targets, the intrinsics compile to the BPF atomic instructions.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod balancer;
 mod bench;
@@ -13,6 +17,7 @@ mod forward;
 mod icmp;
 mod maps;
 mod parse;
+mod schedule;
 mod stats;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};

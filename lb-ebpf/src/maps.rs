@@ -58,6 +58,20 @@ pub struct CachedHop {
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);
 
+/// Round-robin sequences of backend ids: VIP id × RR_SEQ_LEN onwards, `VipValue::rr_len` of them
+/// (see schedule.rs). Read-only here. The loader sizes it to max_rings × RR_SEQ_LEN.
+#[map(name = "RR_SEQS")]
+pub static RR_SEQS: Array<u32> = Array::with_max_entries(limits::MAX_RINGS * limits::RR_SEQ_LEN, 0);
+
+/// Where each CPU is in each VIP's round-robin sequence, by VIP id.
+#[map(name = "RR_CURSORS")]
+pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(limits::MAX_RINGS, 0);
+
+/// Open TCP connections by backend id, for `least-conn` VIPs: atomic adds by every CPU. Read as
+/// an i64 (a correction by the agent may race a decrement below zero for a moment).
+#[map(name = "ACTIVE_CONNS")]
+pub static ACTIVE_CONNS: Array<u64> = Array::with_max_entries(limits::MAX_BACKENDS, 0);
+
 /// Captured packets for `lbctl capture` (see capture.rs).
 #[map(name = "CAPTURE")]
 pub static CAPTURE: PerfEventArray<CaptureMeta> = PerfEventArray::new(0);

@@ -180,6 +180,9 @@ pub struct BackendView {
     pub last_error: Option<String>,
     /// Health state changes since lbd started.
     pub transitions: u64,
+    /// Open TCP connections the data plane counts (least-conn VIPs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
 }
 
 async fn list_backends(
@@ -187,14 +190,18 @@ async fn list_backends(
     UrlPath(vip): UrlPath<String>,
 ) -> ApiResult<Vec<BackendView>> {
     let a = agent.lock().await;
-    let views = a
-        .vip(&vip)?
+    let v = a.vip(&vip)?;
+    let views = v
         .backends
         .iter()
         .map(|b| {
             let (health, status) = a.health_of(&vip, b.address);
             let status = status.unwrap_or_default();
-            BackendView {
+            let connections = match a.applied.ids.backend(&vip, b.address) {
+                Some(id) => a.connections_of(v, id).map_err(|e| AgentError::Apply(e.into()))?,
+                None => None,
+            };
+            Ok(BackendView {
                 backend: b.clone(),
                 health,
                 last_ok: status.last_ok,
@@ -204,9 +211,10 @@ async fn list_backends(
                     .map(|d| d.as_secs()),
                 last_error: status.last_error,
                 transitions: status.transitions,
-            }
+                connections,
+            })
         })
-        .collect();
+        .collect::<Result<_, AgentError>>()?;
     Ok(Json(views))
 }
 

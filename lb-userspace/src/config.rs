@@ -673,3 +673,64 @@ pub fn check_whole(c: &Config) -> Result<(), WholeError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(extra: &str, backends: usize) -> Result<Config, Invalid> {
+        let mut text = format!(
+            "interfaces = [\"eth0\"]\n[source]\nipv4 = \"198.18.0.2\"\n[limits]\nmax_ring_size = {MAX}\nmax_backends = 8192\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\n{extra}\n",
+            MAX = maglev::MAX_TABLE_SIZE
+        );
+        for i in 0..backends {
+            text += &format!("[[vip.backend]]\naddress = \"198.18.{}.{}\"\n", 8 + i / 250, 1 + i % 250);
+        }
+        parse(&text, "t.toml")
+    }
+
+    fn scheduler(extra: &str) -> Result<Scheduler, String> {
+        vip(extra, 3).map(|c| c.vips[0].scheduler).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn schedulers_by_name_and_the_older_hash_key() {
+        assert_eq!(scheduler("protocol = \"tcp\""), Ok(Scheduler::Maglev));
+        for (name, s) in [
+            ("maglev", Scheduler::Maglev),
+            ("source-hash", Scheduler::SourceHash),
+            ("round-robin", Scheduler::RoundRobin),
+            ("least-conn", Scheduler::LeastConn),
+        ] {
+            assert_eq!(scheduler(&format!("protocol = \"tcp\"\nscheduler = \"{name}\"")), Ok(s));
+            assert_eq!(s.name(), name);
+        }
+        // hash = "source" is source-hash, alone or with maglev; the Vip says both ways.
+        for extra in ["hash = \"source\"", "hash = \"source\"\nscheduler = \"maglev\""] {
+            let c = vip(&format!("protocol = \"tcp\"\n{extra}"), 3).unwrap();
+            assert_eq!((c.vips[0].scheduler, c.vips[0].hash), (Scheduler::SourceHash, HashMode::Source));
+        }
+        let c = vip("protocol = \"tcp\"\nscheduler = \"source-hash\"", 3).unwrap();
+        assert_eq!(c.vips[0].hash, HashMode::Source);
+        // A VIP saved by an lbd without schedulers.
+        let mut old = c.vips[0].clone();
+        old.scheduler = Scheduler::Maglev;
+        old.normalize();
+        assert_eq!(old.scheduler, Scheduler::SourceHash);
+    }
+
+    #[test]
+    fn schedulers_refuse_what_they_cannot_do() {
+        let e = scheduler("protocol = \"tcp\"\nhash = \"source\"\nscheduler = \"round-robin\"").unwrap_err();
+        assert!(e.starts_with("t.toml:8: vip \"web\": hash: ") && e.contains("source-hash"), "{e}");
+        let e = scheduler("protocol = \"udp\"\nscheduler = \"least-conn\"").unwrap_err();
+        assert!(e.contains("vip \"web\": scheduler: least-conn counts TCP connections"), "{e}");
+        assert_eq!(scheduler("protocol = \"udp\"\nscheduler = \"round-robin\""), Ok(Scheduler::RoundRobin));
+        let e = scheduler("protocol = \"tcp\"\nscheduler = \"fastest\"").unwrap_err();
+        assert!(e.contains("unknown variant `fastest`") && e.contains("round-robin"), "{e}");
+        let e = vip("protocol = \"tcp\"\nscheduler = \"round-robin\"", 4097).unwrap_err().to_string();
+        assert!(e.contains("round-robin takes at most 4096 backends; this VIP has 4097"), "{e}");
+        assert!(vip("protocol = \"tcp\"\nscheduler = \"maglev\"", 4097).is_ok());
+    }
+}

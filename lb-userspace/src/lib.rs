@@ -9,3 +9,4 @@ pub mod datapath;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
+pub mod schedule;

@@ -106,7 +106,7 @@ pub const VIP_NEW_FLOWS: Family = Family {
     unit: None,
     kind: MetricType::Counter,
     labels: VIP,
-    help: "New flows of the VIP: packets that found no flow and picked a backend from the ring",
+    help: "New flows of the VIP: packets that found no flow and got a backend from its scheduler",
 };
 pub const BACKEND_PACKETS: Family = Family {
     name: "lb_backend_packets",
@@ -150,6 +150,13 @@ pub const BACKEND_UP: Family = Family {
     labels: BACKEND,
     help: "1 if the backend passes its health check (or has none), 0 if it is down and out of the ring",
 };
+pub const BACKEND_CONNECTIONS: Family = Family {
+    name: "lb_backend_active_connections",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: BACKEND,
+    help: "Open TCP connections on the backend as the data plane counts them (least-conn VIPs only)",
+};
 pub const DATAPATH_PACKETS: Family = Family {
     name: "lb_datapath_packets",
     unit: None,
@@ -166,7 +173,7 @@ pub const DATAPATH_EVENTS: Family = Family {
 };
 
 /// Every family, in the order a scrape gives them.
-pub const FAMILIES: [Family; 13] = [
+pub const FAMILIES: [Family; 14] = [
     INFO,
     START_TIME,
     VIP_PACKETS,
@@ -178,6 +185,7 @@ pub const FAMILIES: [Family; 13] = [
     BACKEND_WEIGHT,
     BACKEND_DRAINED,
     BACKEND_UP,
+    BACKEND_CONNECTIONS,
     DATAPATH_PACKETS,
     DATAPATH_EVENTS,
 ];
@@ -278,6 +286,8 @@ impl Collector for Snapshot {
         family(&mut e, &BACKEND_WEIGHT, backends().map(|(l, b)| (l, u64::from(b.weight))), gauge)?;
         family(&mut e, &BACKEND_DRAINED, backends().map(|(l, b)| (l, u64::from(b.drained))), gauge)?;
         family(&mut e, &BACKEND_UP, backends().map(|(l, b)| (l, u64::from(b.health != "down"))), gauge)?;
+        let connections = backends().filter_map(|(l, b)| b.connections.map(|n| (l, n)));
+        family(&mut e, &BACKEND_CONNECTIONS, connections, gauge)?;
 
         let verdicts = self
             .counters
@@ -407,6 +417,7 @@ mod tests {
                             packets: 7,
                             bytes: 900,
                             new_flows: 1,
+                            connections: Some(4),
                         },
                         BackendStats {
                             address: "198.18.0.12".into(),
@@ -416,6 +427,7 @@ mod tests {
                             packets: 3,
                             bytes: 500,
                             new_flows: 1,
+                            connections: None,
                         },
                     ],
                 }],
@@ -437,6 +449,7 @@ mod tests {
             "lb_backend_weight{vip=\"web\",backend=\"198.18.0.12\"} 50",
             "lb_backend_drained{vip=\"web\",backend=\"198.18.0.12\"} 1",
             "lb_backend_drained{vip=\"web\",backend=\"198.18.0.11\"} 0",
+            "lb_backend_active_connections{vip=\"web\",backend=\"198.18.0.11\"} 4",
             "lb_datapath_packets_total{verdict=\"pass\",reason=\"not_vip\"} 1002",
             "lb_datapath_packets_total{verdict=\"forward\",reason=\"tx\"} 1009",
             "lb_datapath_packets_total{verdict=\"forward\",reason=\"icmp_echo_reply\"} 1011",
@@ -448,6 +461,11 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }
         assert!(!text.contains("# EOF"), "{text}");
+        // Only backends whose VIP counts connections (least-conn) have the series.
+        assert!(
+            !text.contains("lb_backend_active_connections{vip=\"web\",backend=\"198.18.0.12\"}"),
+            "{text}"
+        );
         // Every global counter exactly once.
         for &c in Counter::ALL {
             let n = text.lines().filter(|l| l.ends_with(&format!(" {}", 1000 + c.index()))).count();

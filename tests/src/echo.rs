@@ -310,6 +310,88 @@ pub fn tcp_connect(server: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
     Ok(conn)
 }
 
+/// [`tcp_connect`] from `local` (an address of the calling thread's namespace, and a port, 0 for
+/// any): the client address of the connection is the caller's choice. The connect is bounded by
+/// `timeout` as well.
+pub fn tcp_connect_from(local: SocketAddr, server: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let domain = if server.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(context(io::Error::last_os_error(), "socket"));
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = fd.as_raw_fd();
+    let (addr, len) = sockaddr(local);
+    // SAFETY: a valid socket and a sockaddr of `len` bytes that outlives the call.
+    if unsafe { libc::bind(raw, (&raw const addr).cast(), len) } != 0 {
+        return Err(context(io::Error::last_os_error(), &format!("bind {local}")));
+    }
+    // A blocking connect gives up after the send timeout (EINPROGRESS).
+    let tv =
+        libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
+    // SAFETY: a valid socket and a timeval that outlives the call.
+    unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    let (addr, len) = sockaddr(server);
+    // SAFETY: as for bind.
+    if unsafe { libc::connect(raw, (&raw const addr).cast(), len) } != 0 {
+        return Err(context(io::Error::last_os_error(), &format!("connect from {local}")));
+    }
+    let conn = TcpStream::from(fd);
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    conn.set_nodelay(true)?;
+    Ok(conn)
+}
+
+/// [`tcp_exchange`] from `local` (see [`tcp_connect_from`]).
+pub fn tcp_exchange_from(
+    local: SocketAddr,
+    server: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> io::Result<SocketAddr> {
+    let mut conn = tcp_connect_from(local, server, timeout)?;
+    let local = conn.local_addr()?;
+    tcp_echo(&mut conn, payload)?;
+    Ok(local)
+}
+
+/// `addr` as the kernel takes it.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all zeroes is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            let sin = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above.
+            let sin6 = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
 /// Sends `payload` on `conn` and reads the same bytes back.
 pub fn tcp_echo(conn: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     conn.write_all(payload).map_err(|e| context(e, "send"))?;

@@ -32,6 +32,40 @@ pub fn frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, l4: L4) -> Vec<u8
     out
 }
 
+/// TCP header flags, for [`tcp_frame`].
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// A TCP segment from `src:sport` to `dst:dport` with `flags` (of [`tcp`]) carrying [`PAYLOAD`].
+pub fn tcp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let ip = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed address families: {src} -> {dst}"),
+    };
+    let mut b = ip.tcp(sport, dport, 1, 64240);
+    if flags & tcp::SYN != 0 {
+        b = b.syn();
+    }
+    if flags & tcp::FIN != 0 {
+        b = b.fin();
+    }
+    if flags & tcp::RST != 0 {
+        b = b.rst();
+    }
+    if flags & tcp::ACK != 0 {
+        b = b.ack(1);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, PAYLOAD).expect("etherparse writes to a Vec");
+    out
+}
+
 /// An ARP request (who-has 198.18.0.2, tell 198.18.0.1), 42 bytes as on the wire.
 pub fn arp_request() -> Vec<u8> {
     let mut f = Vec::with_capacity(42);

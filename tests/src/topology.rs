@@ -258,7 +258,8 @@ impl Topology {
                 ring_offset: dp.ring_offset(ring_no),
                 ring_size: RING_SIZE,
                 mode: s.mode,
-                _pad: [0; 3],
+                scheduler: lb_common::SCHED_MAGLEV,
+                rr_len: 0,
             };
             let tcp = value(Service::stats_id(index, PROTO_TCP), 0);
             let udp = value(Service::stats_id(index, PROTO_UDP), 0);

@@ -158,7 +158,8 @@ impl XdpRunner {
             ring_offset: self.datapath.ring_offset(ring),
             ring_size: size,
             mode,
-            _pad: [0; 3],
+            scheduler: lb_common::SCHED_MAGLEV,
+            rr_len: 0,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod start;
 mod stats;
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -16,8 +17,8 @@ use tracing::{info, warn};
 
 pub use self::stats::{BackendStats, Stats, VipStats};
 use crate::{
-    config::{self, BackendSpec, Config, Invalid, OnDown, Source, Vip, VipSpec},
-    datapath::Datapath,
+    config::{self, BackendSpec, Config, Invalid, OnDown, Scheduler, Source, Vip, VipSpec},
+    datapath::{Datapath, DatapathError},
     health::{HealthEvent, Prober, Target, TargetStatus},
 };
 use reconcile::{Applied, ApplyError, Ids, PlanEntry};
@@ -54,12 +55,46 @@ impl SavedState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("cannot read the saved state {}: {e}", path.display())),
         };
-        serde_json::from_str(&text).map(Some).map_err(|e| {
+        let mut state: SavedState = serde_json::from_str(&text).map_err(|e| {
             format!(
                 "the saved state {} is corrupt ({e}): move it away to start from the config file",
                 path.display()
             )
-        })
+        })?;
+        // Saved by an lbd without schedulers: `hash = "source"` is the source-hash scheduler.
+        state.vips.iter_mut().for_each(Vip::normalize);
+        Ok(Some(state))
+    }
+}
+
+/// A walk of the flow table that counts, per least-conn backend, the flows still marked as open
+/// connections (`FLOW_COUNTED`): what the data plane's counts should be. They drift when flows
+/// leave the table without a FIN or RST the balancer saw (evicted when idle, clients gone).
+pub struct ConnectionRecount {
+    table: crate::datapath::FlowTable,
+    /// Backend id -> the data plane's count (as stored) before the walk.
+    before: BTreeMap<u32, u64>,
+}
+
+/// What a [`ConnectionRecount`] found.
+pub struct Recounted {
+    before: BTreeMap<u32, u64>,
+    /// Backend id -> flows marked open.
+    counted: BTreeMap<u32, u64>,
+    /// The walk saw the whole table.
+    complete: bool,
+}
+
+impl ConnectionRecount {
+    /// Walks the flow table (blocking: two system calls a flow).
+    pub fn run(self) -> Result<Recounted, DatapathError> {
+        let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
+        let walk = self.table.walk_values(|_, value| {
+            if value.flags & lb_common::FLOW_COUNTED != 0 && self.before.contains_key(&value.backend) {
+                *counted.entry(value.backend).or_default() += 1;
+            }
+        })?;
+        Ok(Recounted { before: self.before, counted, complete: walk.complete })
     }
 }
 
@@ -353,6 +388,64 @@ impl Agent {
             (Some(_), false) => "up",
         };
         (word.to_owned(), status)
+    }
+
+    /// Backend `id` of `vip`'s open connections as the data plane counts them: only for
+    /// least-conn VIPs (`None` for the others, whose connections are not counted).
+    pub fn connections_of(&self, vip: &Vip, id: u32) -> Result<Option<u64>, DatapathError> {
+        if vip.scheduler != Scheduler::LeastConn {
+            return Ok(None);
+        }
+        self.datapath.active_connections(id).map(|n| Some(crate::datapath::open_connections(n)))
+    }
+
+    /// Prepares a recount of the least-conn backends' open connections from the flow table:
+    /// `None` when no VIP uses least-conn. Run it off the agent (the walk takes a while), then
+    /// give the result to [`Self::correct_connections`].
+    pub fn connection_recount(&self) -> Result<Option<ConnectionRecount>, AgentError> {
+        let mut before = BTreeMap::new();
+        for v in self.config.vips.iter().filter(|v| v.scheduler == Scheduler::LeastConn) {
+            for b in &v.backends {
+                if let Some(id) = self.applied.ids.backend(&v.name, b.address) {
+                    let stored =
+                        self.datapath.active_connections(id).map_err(|e| AgentError::Apply(e.into()))?;
+                    before.insert(id, stored);
+                }
+            }
+        }
+        if before.is_empty() {
+            return Ok(None);
+        }
+        let table = self.datapath.flow_table().map_err(|e| AgentError::Apply(e.into()))?;
+        Ok(Some(ConnectionRecount { table, before }))
+    }
+
+    /// Writes the counts a recount found where the data plane's differ and did not move during
+    /// the walk (a count that moved is in flux: the next recount looks again). Returns the
+    /// corrections: (VIP, backend address, count before, count after).
+    pub fn correct_connections(
+        &mut self,
+        recount: &Recounted,
+    ) -> Result<Vec<(String, IpAddr, u64, u64)>, AgentError> {
+        let mut corrections = Vec::new();
+        if !recount.complete {
+            return Ok(corrections);
+        }
+        for (&id, &before) in &recount.before {
+            let dp = &mut self.datapath;
+            let now = dp.active_connections(id).map_err(|e| AgentError::Apply(e.into()))?;
+            let counted = recount.counted.get(&id).copied().unwrap_or(0);
+            if now == before && now != counted {
+                dp.set_active_connections(id, counted).map_err(|e| AgentError::Apply(e.into()))?;
+                let owner = self.applied.ids.backends.iter().find_map(|(vip, by_address)| {
+                    by_address.iter().find(|(_, i)| **i == id).map(|(a, _)| (vip.clone(), *a))
+                });
+                if let Some((vip, address)) = owner {
+                    corrections.push((vip, address, crate::datapath::open_connections(now), counted));
+                }
+            }
+        }
+        Ok(corrections)
     }
 
     pub fn stats(&self) -> Result<Stats, AgentError> {

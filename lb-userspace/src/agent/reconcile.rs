@@ -8,15 +8,15 @@ use std::{
 
 use lb_common::{
     BackendValue, ConfigValue, VipKey, VipValue, MODE_IPIP, MODE_L2DSR, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6,
-    VIP_ADDRESS_ONLY, VIP_HASH_SOURCE_ONLY,
+    SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_ADDRESS_ONLY, VIP_HASH_SOURCE_ONLY,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    config::{AllDown, ForwardMode, HashMode, Source, Vip},
+    config::{AllDown, ForwardMode, HashMode, Scheduler, Source, Vip},
     datapath::{Datapath, DatapathError, Sizes},
-    maglev,
+    maglev, schedule,
 };
 
 #[derive(Debug, Error)]
@@ -108,6 +108,12 @@ pub struct Applied {
     pub capture_vip: u32,
     /// See `ConfigValue::next_hop_generation`; 0 until the agent's first tick.
     pub next_hop_generation: u32,
+    /// Round-robin sequences written, by VIP name (round-robin VIPs only).
+    pub rr_seqs: BTreeMap<String, Vec<u32>>,
+    /// BACKENDS entries written, by backend id.
+    pub backends: BTreeMap<u32, BackendValue>,
+    /// Each VIP's scheduler as written.
+    pub schedulers: BTreeMap<String, Scheduler>,
 }
 
 /// Backends whose health check failed, by (VIP name, address).
@@ -151,6 +157,30 @@ pub fn ring(vip: &Vip, ids: &Ids, down: &Down, last: Option<&Vec<u32>>) -> Vec<u
     maglev::build_available(&members, &|id| healthy.contains(&id), vip.ring_size)
 }
 
+/// The round-robin sequence a VIP should have: over the backends that take new flows (not
+/// drained, weight > 0, not down), as its ring is. All of those down: over every backend in
+/// service (fail open), or none with `all_down = "drop"`. Empty: new flows are dropped.
+pub fn rr_sequence(vip: &Vip, ids: &Ids, down: &Down) -> Vec<u32> {
+    let in_service: Vec<&crate::config::Backend> =
+        vip.backends.iter().filter(|b| !b.drained && b.weight > 0).collect();
+    let healthy: Vec<&crate::config::Backend> =
+        in_service.iter().copied().filter(|b| !down.contains(&(vip.name.clone(), b.address))).collect();
+    let members = |backends: &[&crate::config::Backend]| -> Vec<maglev::Member> {
+        backends
+            .iter()
+            .filter_map(|b| {
+                ids.backend(&vip.name, b.address).map(|id| maglev::Member::new(b.address, id, b.weight))
+            })
+            .collect()
+    };
+    let len = lb_common::limits::RR_SEQ_LEN as usize;
+    match (healthy.is_empty(), vip.all_down) {
+        (false, _) => schedule::round_robin(&members(&healthy), len),
+        (true, AllDown::KeepLastRing) => schedule::round_robin(&members(&in_service), len),
+        (true, AllDown::Drop) => Vec::new(),
+    }
+}
+
 fn vip_key(vip: &Vip) -> VipKey {
     VipKey::from((vip.address, vip.port, vip.protocol.number()))
 }
@@ -160,17 +190,23 @@ fn address_key(address: IpAddr) -> VipKey {
     VipKey::from((address, 0, proto))
 }
 
-fn vip_value(vip: &Vip, id: u32, dp: &Datapath) -> VipValue {
+fn vip_value(vip: &Vip, id: u32, dp: &Datapath, rr_len: usize) -> VipValue {
+    let source = vip.hash == HashMode::Source || vip.scheduler == Scheduler::SourceHash;
     VipValue {
         id,
-        flags: if vip.hash == HashMode::Source { VIP_HASH_SOURCE_ONLY } else { 0 },
+        flags: if source { VIP_HASH_SOURCE_ONLY } else { 0 },
         ring_offset: dp.ring_offset(id),
         ring_size: vip.ring_size,
         mode: match vip.mode {
             ForwardMode::Ipip => MODE_IPIP,
             ForwardMode::L2dsr => MODE_L2DSR,
         },
-        _pad: [0; 3],
+        scheduler: match vip.scheduler {
+            Scheduler::Maglev | Scheduler::SourceHash => SCHED_MAGLEV,
+            Scheduler::RoundRobin => SCHED_ROUND_ROBIN,
+            Scheduler::LeastConn => SCHED_LEAST_CONN,
+        },
+        rr_len: u16::try_from(rr_len).expect("round-robin sequences are at most RR_SEQ_LEN long"),
     }
 }
 
@@ -203,6 +239,12 @@ pub struct PlanEntry {
     pub ring_size: u32,
     /// slots_moved / ring_size: the share of new flows that would pick another backend.
     pub share_moved: f64,
+    /// The VIP's scheduler after the change.
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// Its scheduler before, when the change sets another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_was: Option<Scheduler>,
 }
 
 pub fn plan(
@@ -215,12 +257,13 @@ pub fn plan(
     let mut entries = Vec::new();
     for v in vips {
         let new = ring(v, &ids, down, applied.rings.get(&v.name));
+        let was = applied.schedulers.get(&v.name).copied().filter(|s| *s != v.scheduler);
         let (action, moved) = match applied.rings.get(&v.name) {
             None => ("add", new.len()),
             Some(old) => {
                 let moved = maglev::slots_moved(old, &new);
                 let same_key = applied.keys.get(&v.name) == Some(&vip_key(v));
-                (if moved == 0 && same_key { "keep" } else { "change" }, moved)
+                (if moved == 0 && same_key && was.is_none() { "keep" } else { "change" }, moved)
             }
         };
         entries.push(PlanEntry {
@@ -229,6 +272,8 @@ pub fn plan(
             slots_moved: moved,
             ring_size: v.ring_size,
             share_moved: moved as f64 / v.ring_size as f64,
+            scheduler: v.scheduler,
+            scheduler_was: was,
         });
     }
     for (name, old) in &applied.rings {
@@ -239,6 +284,8 @@ pub fn plan(
                 slots_moved: old.len(),
                 ring_size: old.len() as u32,
                 share_moved: 1.0,
+                scheduler: applied.schedulers.get(name).copied().unwrap_or_default(),
+                scheduler_was: None,
             });
         }
     }
@@ -263,8 +310,15 @@ pub fn apply(
     for v in vips {
         for b in &v.backends {
             let id = ids.backend(&v.name, b.address).expect("allocated above");
-            if applied.ids.backend(&v.name, b.address) != Some(id) {
-                dp.set_backend(id, BackendValue::from(b.address))?;
+            let fresh = applied.ids.backend(&v.name, b.address) != Some(id);
+            if fresh {
+                // An id handed out anew starts with no connections (an id's earlier owner's).
+                dp.set_active_connections(id, 0)?;
+            }
+            let value = BackendValue::from(b.address).with_weight(b.weight.min(u16::MAX as u32) as u16);
+            if fresh || applied.backends.get(&id) != Some(&value) {
+                dp.set_backend(id, value)?;
+                applied.backends.insert(id, value);
             }
         }
     }
@@ -275,8 +329,21 @@ pub fn apply(
         let new = ring(v, &ids, down, old);
         slots += dp.write_ring(id, old.map(Vec::as_slice), &new)?;
         applied.rings.insert(v.name.clone(), new);
+        // The sequence before the VIP entry that gives its length.
+        let rr_len = if v.scheduler == Scheduler::RoundRobin {
+            let seq = rr_sequence(v, &ids, down);
+            let old = applied.rr_seqs.get(&v.name).filter(|_| applied.ids.vips.get(&v.name) == Some(&id));
+            dp.write_rr_sequence(id, old.map(Vec::as_slice), &seq)?;
+            let len = seq.len();
+            applied.rr_seqs.insert(v.name.clone(), seq);
+            len
+        } else {
+            applied.rr_seqs.remove(&v.name);
+            0
+        };
+        applied.schedulers.insert(v.name.clone(), v.scheduler);
         let key = vip_key(v);
-        dp.set_vip(key, vip_value(v, id, dp))?;
+        dp.set_vip(key, vip_value(v, id, dp, rr_len))?;
         if let Some(old_key) = applied.keys.insert(v.name.clone(), key) {
             if old_key != key {
                 dp.remove_vip(&old_key)?;
@@ -284,7 +351,7 @@ pub fn apply(
         }
         let addr = address_key(v.address);
         if applied.address_entries.insert(addr) {
-            dp.set_vip(addr, VipValue { flags: VIP_ADDRESS_ONLY, ..vip_value(v, id, dp) })?;
+            dp.set_vip(addr, VipValue { flags: VIP_ADDRESS_ONLY, ..vip_value(v, id, dp, rr_len) })?;
         }
     }
     let gone: Vec<String> =
@@ -294,6 +361,8 @@ pub fn apply(
             dp.remove_vip(&key)?;
         }
         applied.rings.remove(&name);
+        applied.rr_seqs.remove(&name);
+        applied.schedulers.remove(&name);
     }
     let wanted: BTreeSet<VipKey> = vips.iter().map(|v| address_key(v.address)).collect();
     let stale: Vec<VipKey> = applied.address_entries.difference(&wanted).copied().collect();
@@ -314,4 +383,61 @@ pub fn remove_unknown_vips(dp: &mut Datapath, applied: &Applied) -> Result<usize
         dp.remove_vip(key)?;
     }
     Ok(unknown.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, Protocol};
+
+    fn vip(all_down: AllDown) -> (Vip, Ids) {
+        let addresses: Vec<IpAddr> = (1..=3).map(|i| IpAddr::from([198, 18, 0, 10 + i])).collect();
+        let vip = Vip {
+            name: "web".into(),
+            address: IpAddr::from([198, 18, 100, 1]),
+            port: 80,
+            protocol: Protocol::Tcp,
+            mode: ForwardMode::Ipip,
+            hash: HashMode::FiveTuple,
+            scheduler: Scheduler::RoundRobin,
+            ring_size: 1009,
+            health: None,
+            all_down,
+            on_down: Default::default(),
+            backends: addresses
+                .iter()
+                .zip([100, 200, 300])
+                .map(|(&address, weight)| Backend { address, weight, drained: false, health: None })
+                .collect(),
+        };
+        let mut ids = Ids::default();
+        for (i, a) in addresses.iter().enumerate() {
+            ids.backends.entry("web".into()).or_default().insert(*a, i as u32 + 1);
+        }
+        (vip, ids)
+    }
+
+    fn count(seq: &[u32], id: u32) -> usize {
+        seq.iter().filter(|&&x| x == id).count()
+    }
+
+    #[test]
+    fn the_round_robin_sequence_covers_the_available_backends() {
+        let (mut v, ids) = vip(AllDown::KeepLastRing);
+        let none = Down::new();
+        let seq = rr_sequence(&v, &ids, &none);
+        assert_eq!((1..=3).map(|id| count(&seq, id)).collect::<Vec<_>>(), [1, 2, 3]);
+        // Drained, weight 0 and down backends take no turn.
+        v.backends[0].drained = true;
+        let down: Down = [("web".to_string(), v.backends[1].address)].into();
+        assert_eq!(rr_sequence(&v, &ids, &down), [3]);
+        v.backends[2].weight = 0;
+        assert_eq!(rr_sequence(&v, &ids, &none), [2]);
+        // Every backend in service down: all of them (fail open), or none.
+        let (v, ids) = vip(AllDown::KeepLastRing);
+        let all: Down = v.backends.iter().map(|b| ("web".to_string(), b.address)).collect();
+        assert_eq!(rr_sequence(&v, &ids, &all).len(), 6);
+        let (v, ids) = vip(AllDown::Drop);
+        assert!(rr_sequence(&v, &ids, &all).is_empty());
+    }
 }

@@ -32,6 +32,9 @@ pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Open TCP connections the data plane counts (least-conn VIPs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
 }
 
 pub fn collect(agent: &Agent) -> Result<Stats, DatapathError> {
@@ -56,6 +59,7 @@ pub fn collect(agent: &Agent) -> Result<Stats, DatapathError> {
                 packets: bs.packets,
                 bytes: bs.bytes,
                 new_flows: bs.new_flows,
+                connections: agent.connections_of(v, bid)?,
             });
         }
         vips.push(VipStats {

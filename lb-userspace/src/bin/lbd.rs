@@ -74,8 +74,12 @@ async fn main() -> anyhow::Result<()> {
     // Cached next hops (MACs, egress) expire every second: route and neighbour changes apply
     // within a second without a FIB lookup per packet.
     let mut next_hops = tokio::time::interval(std::time::Duration::from_secs(1));
+    // least-conn counts drift when connections leave without a FIN or RST the balancer saw.
+    let mut recount = tokio::time::interval(CONNECTION_RECOUNT);
+    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = recount.tick() => recount_connections(&agent).await,
             _ = next_hops.tick() => {
                 if let Err(e) = agent.lock().await.refresh_next_hops() {
                     error!("refreshing the next-hop cache: {e}");
@@ -125,6 +129,32 @@ async fn health_changed(agent: &api::Shared, event: lb_userspace::health::Health
         Ok(Ok(n)) => info!(backend = what, flows = n, "reset the flows of a down backend"),
         Ok(Err(e)) => error!("resetting the flows of {what}: {e}"),
         Err(e) => error!("resetting the flows of {what}: {e}"),
+    }
+}
+
+/// How often lbd recounts the open connections of least-conn VIPs from the flow table.
+const CONNECTION_RECOUNT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Recounts the least-conn backends' open connections from the flow table (off the agent lock)
+/// and corrects the data plane's counts that drifted.
+async fn recount_connections(agent: &api::Shared) {
+    let recount = match agent.lock().await.connection_recount() {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => return error!("recounting open connections: {e}"),
+    };
+    let found = match tokio::task::spawn_blocking(move || recount.run()).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => return error!("recounting open connections: {e}"),
+        Err(e) => return error!("recounting open connections: {e}"),
+    };
+    match agent.lock().await.correct_connections(&found) {
+        Ok(corrections) => {
+            for (vip, backend, was, now) in corrections {
+                info!(vip, %backend, was, now, "corrected a backend's count of open connections from the flow table");
+            }
+        }
+        Err(e) => error!("correcting open connections: {e}"),
     }
 }
 

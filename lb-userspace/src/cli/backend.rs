@@ -9,7 +9,8 @@ use crate::{
 
 #[derive(Subcommand)]
 pub enum BackendCommand {
-    /// List a VIP's backends.
+    /// List a VIP's backends: weight, drained or not, open connections (CONNECTIONS: least-conn VIPs
+    /// count them), health.
     List { vip: String },
     /// Add a backend to a VIP.
     Add {
@@ -60,13 +61,17 @@ pub async fn run(ctx: &Ctx, cmd: BackendCommand) -> Result<(), Failure> {
                             b.address.to_string(),
                             b.weight.to_string(),
                             if b.drained { "drained" } else { "active" }.into(),
+                            v.connections.map_or("-".into(), |n| n.to_string()),
                             v.health.clone(),
                             when,
                             last,
                         ]
                     })
                     .collect::<Vec<_>>();
-                table(&["ADDRESS", "WEIGHT", "STATE", "HEALTH", "CHECKED", "LAST CHECK"], &rows);
+                table(
+                    &["ADDRESS", "WEIGHT", "STATE", "CONNECTIONS", "HEALTH", "CHECKED", "LAST CHECK"],
+                    &rows,
+                );
             })
         }
         BackendCommand::Add { vip, address, weight } => {

@@ -16,15 +16,20 @@ pub async fn run(ctx: &Ctx, file: &Path, endpoint: &str) -> Result<(), Failure> 
         let rows: Vec<Vec<String>> = plan
             .iter()
             .map(|p| {
+                let scheduler = match p.scheduler_was {
+                    Some(was) => format!("{} -> {}", was.name(), p.scheduler.name()),
+                    None => p.scheduler.name().to_owned(),
+                };
                 vec![
                     p.vip.clone(),
                     p.action.clone(),
+                    scheduler,
                     format!("{} / {}", p.slots_moved, p.ring_size),
                     format!("{:.2}%", 100.0 * p.share_moved),
                 ]
             })
             .collect();
-        table(&["VIP", "ACTION", "SLOTS MOVED", "SHARE OF NEW FLOWS MOVED"], &rows);
+        table(&["VIP", "ACTION", "SCHEDULER", "SLOTS MOVED", "SHARE OF NEW FLOWS MOVED"], &rows);
         if applied {
             println!("applied {}", file.display());
         }

@@ -3,7 +3,7 @@ use hyper::Method;
 
 use super::{output::table, segment, Ctx, Failure};
 use crate::{
-    config::{AllDown, BackendSpec, ForwardMode, HashMode, OnDown, Protocol, Vip, VipSpec},
+    config::{AllDown, BackendSpec, ForwardMode, HashMode, OnDown, Protocol, Scheduler, Vip, VipSpec},
     health::CheckSettings,
 };
 
@@ -27,8 +27,12 @@ pub enum VipCommand {
         /// ipip: tunnel to backends that decapsulate; l2dsr: MAC rewrite, same L2 segment.
         #[arg(long, value_enum, default_value = "ipip")]
         mode: ForwardMode,
-        /// What picks a new flow's backend: the 5-tuple, or the client address only.
-        #[arg(long, value_enum, default_value = "5-tuple")]
+        /// What picks a new flow's backend (default maglev): maglev (weighted consistent hash of
+        /// the 5-tuple), source-hash (of the client address), round-robin, least-conn (TCP).
+        #[arg(long, value_enum)]
+        scheduler: Option<Scheduler>,
+        /// The older spelling of the scheduler: `--hash source` is `--scheduler source-hash`.
+        #[arg(long, value_enum, default_value = "5-tuple", hide = true)]
         hash: HashMode,
         /// Maglev ring size: a prime at least 100 × the backends (default 65537, or larger).
         #[arg(long)]
@@ -55,16 +59,27 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
                             v.name.clone(),
                             v.service(),
                             format!("{:?}", v.mode).to_lowercase(),
-                            if v.hash == HashMode::Source { "source" } else { "5-tuple" }.into(),
+                            v.scheduler.name().into(),
                             v.ring_size.to_string(),
                             v.backends.len().to_string(),
                         ]
                     })
                     .collect::<Vec<_>>();
-                table(&["NAME", "SERVICE", "MODE", "HASH", "RING", "BACKENDS"], &rows);
+                table(&["NAME", "SERVICE", "MODE", "SCHEDULER", "RING", "BACKENDS"], &rows);
             })
         }
-        VipCommand::Add { name, address, port, protocol, mode, hash, ring_size, backends, health } => {
+        VipCommand::Add {
+            name,
+            address,
+            port,
+            protocol,
+            mode,
+            scheduler,
+            hash,
+            ring_size,
+            backends,
+            health,
+        } => {
             let backends = backends.iter().map(|b| parse_backend(b)).collect::<Result<Vec<_>, _>>()?;
             let spec = VipSpec {
                 name: name.clone(),
@@ -73,6 +88,7 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
                 protocol,
                 mode,
                 hash,
+                scheduler,
                 ring_size,
                 health: health.settings(),
                 all_down: health.all_down,

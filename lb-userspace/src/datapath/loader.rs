@@ -154,6 +154,9 @@ fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, Datapath
         (map_names::BACKENDS, sizes.max_backends),
         (map_names::BACKEND_STATS, sizes.max_backends),
         (map_names::NEXT_HOPS, sizes.max_backends),
+        (map_names::RR_SEQS, sizes.max_rings * limits::RR_SEQ_LEN),
+        (map_names::RR_CURSORS, sizes.max_rings),
+        (map_names::ACTIVE_CONNS, sizes.max_backends),
     ];
     let mut loader = EbpfLoader::new();
     for (name, entries) in expected {

@@ -99,6 +99,52 @@ impl Datapath {
         Ok(written)
     }
 
+    /// Writes the round-robin sequence of VIP `ring` (its id), only the slots where `new` differs
+    /// from `old` (`None`: never written). Write it before the VIP entry that gives its length:
+    /// the data plane reads slots below the length it sees, each one old or new, never torn.
+    pub fn write_rr_sequence(
+        &mut self,
+        ring: u32,
+        old: Option<&[u32]>,
+        new: &[u32],
+    ) -> Result<usize, DatapathError> {
+        let max_rings = self.sizes.max_rings;
+        if ring >= max_rings {
+            return Err(DatapathError::NoSuchRing { ring, max_rings });
+        }
+        let stride = lb_common::limits::RR_SEQ_LEN;
+        if new.len() > stride as usize {
+            return Err(DatapathError::RingTooLarge { len: new.len(), stride });
+        }
+        let name = map_names::RR_SEQS;
+        let mut seqs: Array<&mut MapData, u32> = Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+        let mut written = 0;
+        for (i, &id) in new.iter().enumerate() {
+            if old.and_then(|o| o.get(i)) != Some(&id) {
+                seqs.set(ring * stride + i as u32, id, 0).map_err(err(name))?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// The word in which the data plane counts backend `id`'s open connections (least-conn
+    /// VIPs), as stored. It counts with atomic adds and subtracts, so a count may dip below zero
+    /// (wrap) for a moment after a correction: see [`open_connections`].
+    pub fn active_connections(&self, id: u32) -> Result<u64, DatapathError> {
+        let name = map_names::ACTIVE_CONNS;
+        let counts: Array<&MapData, u64> = Array::try_from(self.map(name)?).map_err(err(name))?;
+        counts.get(&id, 0).map_err(err(name))
+    }
+
+    /// Sets backend `id`'s count of open connections (a new id, or a correction from the flow
+    /// table).
+    pub fn set_active_connections(&mut self, id: u32, count: u64) -> Result<(), DatapathError> {
+        let name = map_names::ACTIVE_CONNS;
+        let mut counts: Array<&mut MapData, u64> = Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+        counts.set(id, count, 0).map_err(err(name))
+    }
+
     /// First slot of ring number `ring` in RINGS (for `VipValue::ring_offset`).
     pub fn ring_offset(&self, ring: u32) -> u32 {
         ring * self.sizes.ring_stride
@@ -142,6 +188,12 @@ impl Datapath {
 }
 
 use super::loader::Sizes;
+
+/// A count of open connections as stored (see [`Datapath::active_connections`]): below zero
+/// reads as none.
+pub fn open_connections(stored: u64) -> u64 {
+    (stored as i64).max(0) as u64
+}
 
 fn err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
@@ -192,6 +244,14 @@ impl FlowTable {
     /// 64-bit fingerprint: 8 bytes a flow; two flows sharing one, a chance of about n²/2⁶⁵, would
     /// count once). The walk takes at most four steps per slot of the table, whatever the churn.
     pub fn walk(&self, mut visit: impl FnMut(&lb_common::FlowKey, u32)) -> Result<FlowWalk, DatapathError> {
+        self.walk_values(|key, value| visit(key, value.backend))
+    }
+
+    /// [`Self::walk`] with each flow's whole value.
+    pub fn walk_values(
+        &self,
+        mut visit: impl FnMut(&lb_common::FlowKey, &lb_common::FlowValue),
+    ) -> Result<FlowWalk, DatapathError> {
         use std::hash::BuildHasher as _;
         let name = map_names::FLOWS;
         let fingerprint = std::collections::hash_map::RandomState::new();
@@ -211,7 +271,7 @@ impl FlowTable {
             match self.map.get(&key, 0) {
                 Ok(value) => {
                     seen.insert(print);
-                    visit(&key, value.backend);
+                    visit(&key, &value);
                 }
                 Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(err(name)(e)),

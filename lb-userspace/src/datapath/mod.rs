@@ -5,4 +5,4 @@ mod maps;
 pub use loader::{
     load, load_pinned, load_with, object, program, Datapath, DatapathError, Mode, Sizes, BALANCER, DECAP,
 };
-pub use maps::{FlowTable, FlowWalk};
+pub use maps::{open_connections, FlowTable, FlowWalk};

@@ -185,6 +185,7 @@ fn pool(n: usize, size: u32) -> (Vip, Ids) {
         protocol: Protocol::Tcp,
         mode: ForwardMode::Ipip,
         hash: HashMode::FiveTuple,
+        scheduler: Default::default(),
         ring_size: size,
         health: None,
         all_down: Default::default(),

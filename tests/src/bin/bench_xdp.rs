@@ -470,7 +470,8 @@ fn load_balancer(flows_per_cpu: u32, target: Target) -> Datapath {
             ring_offset: dp.ring_offset(family),
             ring_size: limits::RING_SIZE,
             mode: MODE_IPIP,
-            _pad: [0; 3],
+            scheduler: lb_common::SCHED_MAGLEV,
+            rr_len: 0,
         };
         let icmp = if v6 { PROTO_ICMPV6 } else { PROTO_ICMP };
         let (tcp, udp) = (1 + 2 * family, 2 + 2 * family);

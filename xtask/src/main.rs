@@ -82,6 +82,9 @@ fn test(cargo_args: &[String]) -> anyhow::Result<()> {
     setup::run(true)?;
     lint()?;
     leftovers::remove_stale()?;
+    // Tests run lbd and lbctl as processes; `cargo test` builds a package's binaries only for
+    // that package's own integration tests, so build them first.
+    cmd::cargo(&["build", "--package", "lb-userspace", "--bins"])?;
     let mut args = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
     args.extend(cargo_args.iter().map(String::as_str));
     let (tested, tally) = cmd::cargo_test(&args);

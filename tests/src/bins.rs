@@ -37,3 +37,24 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// Set by SIGINT, SIGTERM or SIGHUP once [`stop_on_signals`] is called: long-running binaries
+/// (demo, benches) check it and unwind, so their namespaces, processes and pins are removed
+/// instead of dying in place.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn stop_on_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+}
+
+/// Whether a stop signal came.
+pub fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
+}

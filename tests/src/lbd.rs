@@ -15,6 +15,16 @@ use crate::{
     unique_name,
 };
 
+/// A namespace lbd can attach to, for tests of the agent alone: `eth0` (198.18.0.2/24) and its
+/// veth peer `eth1`, both up, nothing behind them.
+pub fn lb_namespace() -> Netns {
+    let ns = Netns::new("lb");
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+    ns.addr("eth0", "198.18.0.2/24");
+    ns.ip(&["link", "set", "eth1", "up"]);
+    ns
+}
+
 /// Files of one lbd instance, kept across restarts of the process.
 pub struct LbdFiles {
     pub dir: PathBuf,

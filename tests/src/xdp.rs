@@ -195,7 +195,7 @@ impl XdpRunner {
 
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it: data 0 and data_end = frame length (the
 /// kernel insists), data_meta 0, ingress_ifindex, rx_queue_index 0, egress_ifindex 0.
-fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+pub fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
     let fields = [0, len as u32, 0, ingress_ifindex, 0, 0];
     let mut out = [0u8; 24];
     for (chunk, field) in out.chunks_exact_mut(4).zip(fields) {

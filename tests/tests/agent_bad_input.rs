@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use lb_tests::{
     bins,
-    lbd::{map_snapshot, Lbd, LbdFiles},
+    lbd::{lb_namespace, map_snapshot, Lbd, LbdFiles},
     netns::Netns,
 };
 
@@ -375,10 +375,7 @@ protocol = "udp"
 
 #[test]
 fn every_bad_input_is_refused_clearly_and_changes_nothing() {
-    let ns = Netns::new("lb");
-    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
-    ns.addr("eth0", "198.18.0.2/24");
-    ns.ip(&["link", "set", "eth1", "up"]);
+    let ns = lb_namespace();
     let files = LbdFiles::new();
     let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
     let good = format!("{header}{VIP}");

@@ -1,9 +1,6 @@
 //! A restarted lbd whose saved state is gone or corrupt: it must neither keep forwarding VIPs
 //! nobody knows about, nor silently start from another state.
-use lb_tests::{
-    lbd::{map_snapshot, Lbd, LbdFiles},
-    netns::Netns,
-};
+use lb_tests::lbd::{lb_namespace, map_snapshot, Lbd, LbdFiles};
 
 const VIP: &str = r#"
 [[vip]]
@@ -16,14 +13,6 @@ ring_size = 4099
   [[vip.backend]]
   address = "198.18.0.11"
 "#;
-
-fn lb_namespace() -> Netns {
-    let ns = Netns::new("lb");
-    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
-    ns.addr("eth0", "198.18.0.2/24");
-    ns.ip(&["link", "set", "eth1", "up"]);
-    ns
-}
 
 #[test]
 fn lost_state_removes_vips_nobody_knows_and_corrupt_state_stops_the_start() {

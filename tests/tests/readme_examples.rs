@@ -2,10 +2,7 @@
 //! the code, this fails.
 use std::process::Command;
 
-use lb_tests::{
-    lbd::{Lbd, LbdFiles},
-    netns::Netns,
-};
+use lb_tests::lbd::{lb_namespace, Lbd, LbdFiles};
 
 /// The code blocks of kind `lang` in the README section that starts with `heading`.
 fn blocks(readme: &str, heading: &str, lang: &str) -> Vec<String> {
@@ -26,10 +23,7 @@ fn readme_examples_work() {
     let config = blocks(&readme, "## Configuration", "toml").pop().expect("a config example");
     lb_userspace::config::parse(&config, "README.md").unwrap_or_else(|e| panic!("README config: {e}"));
 
-    let ns = Netns::new("lb");
-    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
-    ns.addr("eth0", "198.18.0.2/24");
-    ns.ip(&["link", "set", "eth1", "up"]);
+    let ns = lb_namespace();
     let files = LbdFiles::new();
     let ours = |text: &str| {
         text.replace("/sys/fs/bpf/lb", &files.pin_path.display().to_string())

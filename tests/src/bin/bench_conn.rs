@@ -186,7 +186,7 @@ impl Mode {
 fn main() {
     let args = args();
     lb_tests::privilege::require_root();
-    stop_on_signals();
+    lb_tests::bins::stop_on_signals();
     for tool in ["wrk", "nginx", "haproxy", "taskset"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -548,7 +548,7 @@ fn wait_for_http(ns: &Netns, target: SocketAddr, servers: &mut [Server]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     while Instant::now() < deadline {
-        if stopping() {
+        if lb_tests::bins::stop_requested() {
             panic!("interrupted");
         }
         for s in servers.iter_mut() {
@@ -607,7 +607,7 @@ fn wrk(ns: &Netns, url: &str, mode: Mode, seconds: u64, cpu: Option<usize>) -> W
                 let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
                 break secs(usage.ru_utime) + secs(usage.ru_stime);
             }
-            0 if stopping() => panic!("interrupted"),
+            0 if lb_tests::bins::stop_requested() => panic!("interrupted"),
             0 if Instant::now() > deadline => panic!("wrk {url} ran past {seconds} + 15 s"),
             0 => std::thread::sleep(Duration::from_millis(50)),
             _ => panic!("waiting for wrk: {}", std::io::Error::last_os_error()),
@@ -686,25 +686,6 @@ fn process_cpu(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     (field(11) + field(12)) as f64 / hz
-}
-
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// SIGINT, SIGTERM and SIGHUP make the waits panic, so that everything is cleaned up on the way
-/// out (namespaces, processes, pins) instead of the process dying with them in place.
-fn stop_on_signals() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    }
-}
-
-fn stopping() -> bool {
-    STOP.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Per CPU: (busy, total) jiffies from /proc/stat.

@@ -89,7 +89,7 @@ fn main() {
         slots_moved();
     }
     if wanted("add") {
-        stop_on_signals();
+        lb_tests::bins::stop_on_signals();
         add_to_live();
     }
     if wanted("memory") {
@@ -340,7 +340,7 @@ fn add_to_live() {
         let mut live = None;
         let mut exited = None;
         while t0.elapsed() < ADD_TIMEOUT && (live.is_none() || exited.is_none()) {
-            if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+            if lb_tests::bins::stop_requested() {
                 let _ = lbctl.kill();
                 let _ = lbctl.wait();
                 panic!("interrupted");
@@ -420,21 +420,6 @@ fn add_to_live() {
         "< 50 ms",
         ok(max < ADD_TARGET_MS),
     );
-}
-
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// SIGINT, SIGTERM and SIGHUP make the add loop panic, so that the namespaces, lbd and its pins
-/// are removed on the way out.
-fn stop_on_signals() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
-    }
 }
 
 // ------------------------------------------------------------------------------------------

@@ -617,7 +617,7 @@ impl Bench {
     /// One live-frames test run of `repeat` frames into `ingress`; the kernel's time for it.
     fn test_run(&mut self, cfg: &GenConfig, ingress: u32, repeat: u32) -> u64 {
         let frame = &cfg.frame[..cfg.len as usize];
-        let ctx = xdp_md(frame.len(), ingress);
+        let ctx = lb_tests::xdp::xdp_md(frame.len(), ingress);
         let prog: &mut Xdp = datapath::program(&mut self.lb.ebpf, GEN).expect("generator");
         let result = prog
             .test_run(TestRunOptions {
@@ -753,16 +753,6 @@ fn prog_stats(ebpf: &Ebpf, name: &str) -> (u64, u64) {
     let prog: &Xdp = ebpf.program(name).and_then(|p| p.try_into().ok()).expect("XDP program");
     let info = prog.info().unwrap_or_else(|e| panic!("program info of {name}: {e}"));
     (info.run_time().as_nanos() as u64, info.run_count())
-}
-
-/// `struct xdp_md` for a test run: data 0, data_end = frame length, the ingress interface.
-fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
-    let fields = [0, len as u32, 0, ingress_ifindex, 0, 0];
-    let mut out = [0u8; 24];
-    for (chunk, field) in out.chunks_exact_mut(4).zip(fields) {
-        chunk.copy_from_slice(&field.to_ne_bytes());
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,10 +15,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Mutex,
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -61,20 +58,10 @@ const LOG_TAIL: usize = 30;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
-/// Set by SIGINT and SIGTERM: the demo stops at its next check and tears everything down.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
 fn main() {
     let t0 = Instant::now();
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
-    }
+    // A signal stops the demo at its next check, and everything is torn down.
+    lb_tests::bins::stop_on_signals();
     std::panic::set_hook(Box::new(|info| eprintln!("error: {info}")));
     let mut created = Created::default();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(&mut created)));
@@ -102,7 +89,7 @@ fn main() {
     match failure {
         None => println!("\ndemo passed in {:.1} s", t0.elapsed().as_secs_f64()),
         Some(e) => {
-            let e = if INTERRUPTED.load(Ordering::Relaxed) { format!("interrupted: {e}") } else { e };
+            let e = if lb_tests::bins::stop_requested() { format!("interrupted: {e}") } else { e };
             let step = STEP.lock().unwrap_or_else(|e| e.into_inner()).clone();
             eprintln!("\ndemo FAILED in step \"{step}\" after {:.1} s: {e}", t0.elapsed().as_secs_f64());
             std::process::exit(1);
@@ -491,7 +478,7 @@ fn lbctl(lbd: &Lbd, args: &[&str]) -> Result<String> {
 }
 
 fn interrupted() -> Result {
-    if INTERRUPTED.load(Ordering::Relaxed) {
+    if lb_tests::bins::stop_requested() {
         return Err("stopped by a signal".into());
     }
     Ok(())

@@ -4,10 +4,12 @@
 //! - [`xdp`]: run the embedded XDP programs on frames with `BPF_PROG_TEST_RUN`.
 //! - [`frames`]: build test frames with a packet crate.
 //! - [`netns`]: network namespaces, veth pairs and bridges that clean up on drop, even on panic.
+//! - [`bench`]: what the bench binaries share.
 //! - [`bins`]: find the workspace's binaries (lbd, lbctl) that tests run as processes.
 //! - [`topology`]: the standard client / lb / backends topology on a bridge.
 //! - [`echo`]: TCP and UDP echo servers that record who connected.
 //! - [`lbd`]: lbd as a process in a test namespace, lbctl against it.
+pub mod bench;
 pub mod bins;
 pub mod echo;
 pub mod frames;

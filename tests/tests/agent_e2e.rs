@@ -176,11 +176,9 @@ fn run_drain(case: &DrainCase) {
                 if log.failures.len() >= MAX_FAILURES {
                     break;
                 }
-                let payload = format!("drained #{tick}.{j}");
-                match tcp_exchange(server, payload.as_bytes(), STEP_TIMEOUT) {
-                    Ok(local) => log.locals.push(local),
-                    Err(e) => log.failures.push(format!("new connection #{tick}.{j} during the drain: {e}")),
-                }
+                log.exchange(server, &format!("drained #{tick}.{j}"), || {
+                    format!("new connection #{tick}.{j} during the drain")
+                });
             }
             let next = drained_at + TICK * (tick as u32 + 1);
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -267,6 +265,17 @@ struct Batch {
     failures: Vec<String>,
 }
 
+impl Batch {
+    /// One connection from the calling thread: connect, exchange `payload`, close; its local
+    /// address is recorded, or why it failed (`what` names it).
+    fn exchange(&mut self, server: SocketAddr, payload: &str, what: impl FnOnce() -> String) {
+        match tcp_exchange(server, payload.as_bytes(), STEP_TIMEOUT) {
+            Ok(local) => self.locals.push(local),
+            Err(e) => self.failures.push(format!("{}: {e}", what())),
+        }
+    }
+}
+
 /// `n` connections from `ns`, one at a time, each connect + one exchange + close.
 fn connections(ns: &Netns, server: SocketAddr, n: usize, tag: &str) -> Batch {
     ns.run(|| {
@@ -275,11 +284,7 @@ fn connections(ns: &Netns, server: SocketAddr, n: usize, tag: &str) -> Batch {
             if log.failures.len() >= MAX_FAILURES {
                 break;
             }
-            let payload = format!("{tag} #{i}");
-            match tcp_exchange(server, payload.as_bytes(), STEP_TIMEOUT) {
-                Ok(local) => log.locals.push(local),
-                Err(e) => log.failures.push(format!("{tag} connection #{i} to {server}: {e}")),
-            }
+            log.exchange(server, &format!("{tag} #{i}"), || format!("{tag} connection #{i} to {server}"));
         }
         log
     })

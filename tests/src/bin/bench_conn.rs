@@ -716,15 +716,7 @@ fn cpu_use(before: &[(u64, u64)], after: &[(u64, u64)]) -> String {
         .join(", ")
 }
 
+/// The median, NaN for no values (printed as such in the table).
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    lb_tests::bench::median(v).unwrap_or(f64::NAN)
 }

@@ -823,12 +823,7 @@ impl Row {
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    lb_tests::bench::median(&mut v)
 }
 
 /// Runs every case `rounds` times, taking turns; returns each case's valid values (`value` of

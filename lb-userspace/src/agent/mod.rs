@@ -153,8 +153,7 @@ impl Agent {
     /// changes.
     fn replace(&mut self, candidate: Config, what: &str) -> Result<usize, AgentError> {
         config::check_whole(&candidate).map_err(|e| e.invalid)?;
-        // Out-of-ids errors come from the plan, before any write.
-        reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down)?;
+        // Out of ids is found by reconcile::apply before its first write.
         let previous = std::mem::replace(&mut self.config, candidate);
         match self.apply() {
             Ok(slots) => {

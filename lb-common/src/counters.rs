@@ -52,7 +52,7 @@ counters! {
     ForwardRedirect = 10, Forward, "forward_redirect", "sent to a backend out of another interface (redirect)";
     IcmpEchoReply = 11, Forward, "icmp_echo_reply", "an echo request to a VIP address, answered by the balancer";
     FlowHit = 12, Event, "flow_hit", "packets whose flow was in the flow table";
-    FlowMiss = 13, Event, "flow_miss", "packets of new flows: backend picked by the VIP's scheduler";
+    FlowMiss = 13, Event, "flow_miss", "packets that found no flow (or one of a VIP that is gone): backend picked by the VIP's scheduler";
     IcmpErrorToBackend = 14, Event, "icmp_error_to_backend", "ICMP errors quoting a VIP flow, sent to that flow's backend";
     Decapsulated = 15, Event, "decapsulated", "tunnelled packets the decap program stripped and passed on (backend hosts)";
 }

@@ -13,19 +13,25 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// The flow table's value: the backend a connection is pinned to, and the flow's hash (so a
-/// packet of a known flow needs no hashing: the tunnel source's entropy bits come from it).
+/// The flow table's value: the backend a connection is pinned to, the flow's hash (so a packet
+/// of a known flow needs no hashing: the tunnel source's entropy bits come from it), and its VIP
+/// (so a packet of a known flow needs no VIP lookup either).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub backend: u32,
     pub hash: u32,
+    /// `VipValue::id` of the VIP the flow belongs to.
+    pub vip: u32,
+    /// `VipSlot::generation` of that VIP when the flow was recorded: the flow is void once the
+    /// VIP is removed or its id goes to another VIP (the agent moves the generation on).
+    pub vip_generation: u32,
     /// `FLOW_*` bits. A word of its own: the data plane clears bits with an atomic fetch-and
     /// (64-bit: the BPF target has no 32-bit atomics in `core`), so that a flow is uncounted
-    /// exactly once. The kernel keeps values in 8-byte steps: 12 bytes would take 16 as well.
+    /// exactly once.
     pub flags: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 
 /// `FlowValue::flags`: an open TCP connection of a `least-conn` VIP, counted in its backend's
 /// ACTIVE_CONNS entry; cleared (and the count decremented) by the first FIN or RST the client

@@ -61,6 +61,18 @@ pub fn rehash(h: u32) -> u32 {
     finish(h ^ 0x9e37_79b9, 4)
 }
 
+/// The VIP_FILTER bit of a destination address (the 16-byte form of keys): its four 32-bit words
+/// folded and scattered by a multiplication (Fibonacci hashing), the top bits kept. A few ALU
+/// operations: it runs on every packet, most of which are for other addresses.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u8; 16]) -> u32 {
+    let folded = word(addr, 0)
+        ^ word(addr, 4).rotate_left(8)
+        ^ word(addr, 8).rotate_left(16)
+        ^ word(addr, 12).rotate_left(24);
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - crate::limits::VIP_FILTER_BITS.trailing_zeros())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +99,27 @@ mod tests {
         let h = flow(&FlowKey::default(), 1);
         assert_ne!(rehash(h), h);
         assert_ne!(rehash(rehash(h)), rehash(h));
+    }
+
+    #[test]
+    fn vip_filter_bits_spread_neighbouring_addresses() {
+        for v6 in [false, true] {
+            let mut seen = [false; crate::limits::VIP_FILTER_BITS as usize];
+            let mut distinct = 0;
+            for i in 0..1024u32 {
+                let mut addr = [0u8; 16];
+                if v6 {
+                    addr[..2].copy_from_slice(&[0xfd, 0]);
+                    addr[14..].copy_from_slice(&(i as u16).to_be_bytes());
+                } else {
+                    addr[..4].copy_from_slice(&[198, 18, (i >> 8) as u8, i as u8]);
+                }
+                let bit = vip_filter_bit(&addr) as usize;
+                distinct += !seen[bit] as u32;
+                seen[bit] = true;
+            }
+            // Random placement would give about 1016 distinct bits.
+            assert!(distinct >= 1000, "v6 {v6}: 1024 addresses on {distinct} bits");
+        }
     }
 }

@@ -16,13 +16,19 @@ pub use config::{CaptureMeta, ConfigValue, CAPTURE_AFTER, CAPTURE_BEFORE, CAPTUR
 pub use counters::{Counter, CounterKind, TrafficStats};
 pub use flow::{FlowKey, FlowValue, FLOW_COUNTED};
 pub use vip::{
-    VipKey, VipValue, FAMILY_V4, FAMILY_V6, MODE_IPIP, MODE_L2DSR, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_ADDRESS_ONLY, VIP_HASH_SOURCE_ONLY,
+    VipKey, VipSlot, VipValue, FAMILY_V4, FAMILY_V6, MODE_IPIP, MODE_L2DSR, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, PROTO_UDP, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_ADDRESS_ONLY,
+    VIP_HASH_SOURCE_ONLY,
 };
 
 /// Names of the maps in the eBPF object. User space looks maps up by these names.
 pub mod map_names {
     pub const VIPS: &str = "VIPS";
+    /// VIPs by id, with the generation that voids flows of a VIP that is gone.
+    pub const VIP_BY_ID: &str = "VIP_BY_ID";
+    /// A bitmap of VIP addresses (`hash::vip_filter_bit`): most traffic for other addresses is
+    /// passed without a hash-map lookup.
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const RINGS: &str = "RINGS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const FLOWS: &str = "FLOWS";
@@ -44,8 +50,10 @@ pub mod map_names {
     /// Perf buffer of captured packets: per program instance, never pinned.
     pub const CAPTURE: &str = "CAPTURE";
     /// Every map, for pinning.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         VIPS,
+        VIP_BY_ID,
+        VIP_FILTER,
         RINGS,
         BACKENDS,
         FLOWS,
@@ -67,6 +75,9 @@ pub mod map_names {
 pub mod limits {
     /// VIP map entries: one per (address, port, protocol), plus one address entry per VIP address.
     pub const MAX_VIPS: u32 = 1024;
+    /// Bits of VIP_FILTER (a power of two): with 1024 VIP addresses, 1.6 % of other addresses
+    /// share a bit with one and take the VIP lookup.
+    pub const VIP_FILTER_BITS: u32 = 1 << 16;
     /// Backend ids are 1..MAX_BACKENDS (0 means "no backend"). Load time.
     pub const MAX_BACKENDS: u32 = 4096;
     /// Default and largest Maglev ring size: prime, so every backend's permutation covers it.

@@ -76,11 +76,24 @@ pub struct VipValue {
 }
 const _: () = assert!(core::mem::size_of::<VipValue>() == 20);
 
+/// VIP_BY_ID's value: a VIP by its id, for packets of known flows (which skip the VIPS lookup).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    pub vip: VipValue,
+    /// Moved on by the agent whenever the id stops meaning the VIP its flows were recorded for
+    /// (the VIP is removed, changes address, port or protocol, or the id is reused): flows
+    /// recorded under another generation are void.
+    pub generation: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipSlot>() == 24);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays without padding (sizes asserted above).
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::VipSlot {}
 }
 
 #[cfg(feature = "user")]

@@ -1,4 +1,5 @@
-//! The balancer's pipeline: parse, match a VIP, pick a backend, forward. Every packet ends in
+//! The balancer's pipeline: parse, rule out other addresses, find the flow (or match a VIP and
+//! pick a backend), forward. Every packet ends in
 //! exactly one verdict counter, which also decides the XDP action.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{Counter, CounterKind, PROTO_ICMP, PROTO_ICMPV6};
@@ -16,6 +17,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Result<Counter, Counter> {
     let mut pkt = parse::packet(ctx)?;
+    if !flow::may_be_vip(&pkt.key.dst) {
+        return Err(if pkt.fragment { Counter::PassFragment } else { Counter::PassNotVip });
+    }
     if pkt.fragment {
         // Only the first fragment has ports: fragments cannot be kept on one backend with their
         // connection, so none is forwarded.
@@ -32,14 +36,13 @@ fn process(ctx: &XdpContext) -> Result<Counter, Counter> {
     }
     let key = &pkt.key;
     let cfg = CONFIG.get(0).ok_or(Counter::PassNotVip)?;
-    let vip = flow::lookup_vip(&key.dst, key.dport, key.proto, key.family).ok_or(Counter::PassNotVip)?;
     // An error must not create a flow: only the client's own packets do.
-    let choice = flow::choose(vip, key, cfg, !icmp_error)?;
+    let choice = flow::choose(key, cfg, !icmp_error, pkt.syn)?;
     if choice.counted {
         // An open connection of a least-conn VIP: its FIN or RST ends its count.
         schedule::closing(ctx, key, pkt.l4_offset, choice.id);
     }
-    let verdict = forward::to_backend(ctx, vip, key, &choice);
+    let verdict = forward::to_backend(ctx, key, &choice);
     if icmp_error && verdict.kind() == CounterKind::Forward {
         stats::count(Counter::IcmpErrorToBackend);
     }

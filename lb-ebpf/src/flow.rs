@@ -1,13 +1,13 @@
-//! Which backend a packet goes to: VIP lookup, flow table, and on a miss the VIP's scheduler
-//! (schedule.rs).
+//! Which backend a packet goes to: the flow table, and on a miss the VIP lookup and the VIP's
+//! scheduler (schedule.rs).
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     hash, BackendValue, ConfigValue, Counter, FlowKey, FlowValue, VipKey, VipValue, FAMILY_V4, FLOW_COUNTED,
-    NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, VIP_HASH_SOURCE_ONLY,
+    NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, SCHED_MAGLEV, VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, VIPS},
+    maps::{BACKENDS, FLOWS, VIPS, VIP_BY_ID, VIP_FILTER},
     schedule,
 };
 
@@ -26,6 +26,17 @@ pub fn lookup_vip(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> Option<&
     unsafe { VIPS.get(&key) }
 }
 
+/// False if `addr` is certainly no VIP's address (its VIP_FILTER bit is clear): the cheap test
+/// that passes traffic for other addresses without a hash-map lookup.
+#[inline(always)]
+pub fn may_be_vip(addr: &[u8; 16]) -> bool {
+    let bit = hash::vip_filter_bit(addr);
+    match VIP_FILTER.get(bit / 64) {
+        Some(word) => *word & (1 << (bit % 64)) != 0,
+        None => true,
+    }
+}
+
 /// Whether `addr` is a VIP address (the agent adds an ICMP entry for each).
 #[inline(always)]
 pub fn is_vip_address(addr: &[u8; 16], family: u8) -> bool {
@@ -40,49 +51,75 @@ pub struct Choice {
     pub id: u32,
     /// The flow hash, also used for tunnel source entropy.
     pub hash: u32,
+    /// The VIP's id (`VipValue::id`) and forwarding mode.
+    pub vip: u32,
+    pub mode: u8,
+    /// The packet starts a flow: counted in the VIP's and the backend's new flows.
     pub new_flow: bool,
     /// The flow counts as an open connection of its backend (least-conn): its FIN or RST
     /// uncounts it (`schedule::closing`).
     pub counted: bool,
 }
 
-/// A flow-table hit wins (drains, ring and scheduler changes never move a live connection); a
-/// miss asks the VIP's scheduler and, if `record`, remembers the choice.
+/// The backend for a packet with flow key `key`. A flow-table hit wins (drains, ring and
+/// scheduler changes never move a live connection) and costs one hash-map lookup: the entry
+/// names its VIP, read by id. A miss looks the VIP up and asks its scheduler; `record` (the
+/// client's own packets, not ICMP errors about them) remembers the choice, except for the SYN
+/// (`syn`) of a Maglev VIP: the ring gives the connection's next packet the same backend, and
+/// that packet records the flow. So a SYN flood from spoofed addresses fills no flow-table
+/// entry and evicts no connection.
 #[inline(never)]
-pub fn choose(vip: &VipValue, key: &FlowKey, cfg: &ConfigValue, record: bool) -> Result<Choice, Counter> {
+pub fn choose(key: &FlowKey, cfg: &ConfigValue, record: bool, syn: bool) -> Result<Choice, Counter> {
     // SAFETY: flow values are plain integers written whole.
-    let (id, hash, new_flow, flags) = match unsafe { FLOWS.get(key) } {
-        // A known flow needs no hashing: its hash was kept with it.
-        Some(v) => (v.backend, v.hash, false, v.flags),
-        None => {
-            if vip.ring_size == 0 {
-                return Err(Counter::DropNoBackend);
+    let stale = match unsafe { FLOWS.get(key) } {
+        Some(f) => match VIP_BY_ID.get(f.vip) {
+            // A known flow needs no hashing either: its hash was kept with it.
+            Some(slot) if slot.generation == f.vip_generation => {
+                let (id, hash, vip, flags) = (f.backend, f.hash, f.vip, f.flags);
+                backend(id, key.family)?;
+                if record {
+                    crate::stats::count(Counter::FlowHit);
+                }
+                let counted = record && flags & FLOW_COUNTED != 0;
+                return Ok(Choice { id, hash, vip, mode: slot.vip.mode, new_flow: false, counted });
             }
-            let hash = if vip.flags & VIP_HASH_SOURCE_ONLY != 0 {
-                hash::source(key, cfg.hash_seed)
-            } else {
-                hash::flow(key, cfg.hash_seed)
-            };
-            (schedule::pick(vip, hash, record), hash, true, schedule::flow_flags(vip, key))
-        }
+            // Its VIP is gone or the id means another VIP now.
+            _ => true,
+        },
+        None => false,
     };
-    backend(id, key.family)?;
-    // Only the client's own packets make (and count as) flows; an ICMP error about one does not.
-    let new_flow = new_flow && record;
-    if record {
-        crate::stats::count(if new_flow { Counter::FlowMiss } else { Counter::FlowHit });
+    let vip = lookup_vip(&key.dst, key.dport, key.proto, key.family).ok_or(Counter::PassNotVip)?;
+    if vip.ring_size == 0 {
+        return Err(Counter::DropNoBackend);
     }
-    let mut counted = record && flags & FLOW_COUNTED != 0;
-    if new_flow {
+    let hash = if vip.flags & VIP_HASH_SOURCE_ONLY != 0 {
+        hash::source(key, cfg.hash_seed)
+    } else {
+        hash::flow(key, cfg.hash_seed)
+    };
+    let id = schedule::pick(vip, hash, record);
+    backend(id, key.family)?;
+    if record {
+        crate::stats::count(Counter::FlowMiss);
+    }
+    // A TCP packet without SYN continues a connection: its SYN was the new flow.
+    let new_flow = record && (key.proto != PROTO_TCP || syn);
+    let flags = schedule::flow_flags(vip, key);
+    let mut counted = false;
+    if record && !(syn && vip.scheduler == SCHED_MAGLEV) {
+        let generation = VIP_BY_ID.get(vip.id).map_or(0, |s| s.generation);
         // A full table evicts its least recently used flow; an error here only costs a re-pick.
-        // A counted flow counts only if this packet made it (not another CPU's at the same time).
-        let mode = if counted { BPF_NOEXIST as u64 } else { 0 };
-        counted = FLOWS.insert(key, &FlowValue { backend: id, hash, flags }, mode).is_ok() && counted;
+        // A counted flow counts only if this packet made it (not another CPU's at the same
+        // time); a stale entry is replaced.
+        counted = flags & FLOW_COUNTED != 0;
+        let mode = if counted && !stale { BPF_NOEXIST as u64 } else { 0 };
+        let value = FlowValue { backend: id, hash, vip: vip.id, vip_generation: generation, flags };
+        counted = FLOWS.insert(key, &value, mode).is_ok() && counted;
         if counted {
             schedule::opened(id);
         }
     }
-    Ok(Choice { id, hash, new_flow, counted })
+    Ok(Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted })
 }
 
 /// Backend `id` if it is configured and of the packet's family.

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams, helpers::bpf_fib_lookup, programs::XdpContext, EbpfContext,
 };
-use lb_common::{Counter, FlowKey, VipValue, CAPTURE_AFTER, CAPTURE_BEFORE, FAMILY_V4, MODE_IPIP};
+use lb_common::{Counter, FlowKey, CAPTURE_AFTER, CAPTURE_BEFORE, FAMILY_V4, MODE_IPIP};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -23,24 +23,24 @@ struct NextHop {
     ifindex: u32,
 }
 
-/// Sends the packet to `choice`'s backend the VIP's way. Every check that can fail runs before
+/// Sends the packet to `choice`'s backend the VIP's way (its mode). Every check that can fail runs before
 /// the packet is modified, so a pass verdict always passes the packet as it arrived.
 /// Not inlined: both the main path and the ICMP-error path call it, and the BPF stack is small.
 /// (Four arguments at most: BPF passes five in registers and the sixth would be the result's.)
 #[inline(never)]
-pub fn to_backend(ctx: &XdpContext, vip: &VipValue, key: &FlowKey, choice: &Choice) -> Counter {
-    match send(ctx, vip, key, choice) {
+pub fn to_backend(ctx: &XdpContext, key: &FlowKey, choice: &Choice) -> Counter {
+    match send(ctx, key, choice) {
         Ok(c) | Err(c) => c,
     }
 }
 
 #[inline(always)]
-fn send(ctx: &XdpContext, vip: &VipValue, key: &FlowKey, choice: &Choice) -> Result<Counter, Counter> {
+fn send(ctx: &XdpContext, key: &FlowKey, choice: &Choice) -> Result<Counter, Counter> {
     let cfg = CONFIG.get(0).ok_or(Counter::PassNotVip)?;
     let backend = flow::backend(choice.id, key.family)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let capture = cfg.capture_vip != 0 && cfg.capture_vip == vip.id + 1;
-    let ipip = vip.mode == MODE_IPIP;
+    let capture = cfg.capture_vip != 0 && cfg.capture_vip == choice.vip + 1;
+    let ipip = choice.mode == MODE_IPIP;
     let src = if ipip { encap::outer_source(key.family, cfg, choice.hash) } else { key.src };
     let hop = next_hop(ctx, key.family, &src, &backend.addr, choice.id, cfg.next_hop_generation)?;
     let redirect = hop.ifindex != ctx.ingress_ifindex() as u32;
@@ -48,7 +48,7 @@ fn send(ctx: &XdpContext, vip: &VipValue, key: &FlowKey, choice: &Choice) -> Res
         return Err(Counter::PassNoTxPort);
     }
     if capture {
-        capture::packet(ctx, vip.id, CAPTURE_BEFORE);
+        capture::packet(ctx, choice.vip, CAPTURE_BEFORE);
     }
     if ipip {
         if key.family == FAMILY_V4 {
@@ -62,9 +62,9 @@ fn send(ctx: &XdpContext, vip: &VipValue, key: &FlowKey, choice: &Choice) -> Res
     // SAFETY: ptr_at_mut checked bounds.
     unsafe { *eth = EthHdr { dst_addr: hop.dmac, src_addr: hop.smac, ether_type: ether_type.to_be() } };
     if capture {
-        capture::packet(ctx, vip.id, CAPTURE_AFTER);
+        capture::packet(ctx, choice.vip, CAPTURE_AFTER);
     }
-    stats::traffic(&VIP_STATS, vip.id, bytes, choice.new_flow);
+    stats::traffic(&VIP_STATS, choice.vip, bytes, choice.new_flow);
     stats::traffic(&BACKEND_STATS, choice.id, bytes, choice.new_flow);
     if !redirect {
         return Ok(Counter::ForwardTx);

@@ -7,11 +7,21 @@ use aya_ebpf::{
 };
 use lb_common::{
     limits, BackendValue, CaptureMeta, ConfigValue, Counter, FlowKey, FlowValue, TrafficStats, VipKey,
-    VipValue,
+    VipSlot, VipValue,
 };
 
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(limits::MAX_VIPS, 0);
+
+/// VIPs by id: a packet of a known flow finds its VIP here, by the id its flow entry holds,
+/// with a direct array load instead of a second hash-map lookup.
+#[map(name = "VIP_BY_ID")]
+pub static VIP_BY_ID: Array<VipSlot> = Array::with_max_entries(limits::MAX_VIPS, 0);
+
+/// A bit per `hash::vip_filter_bit` of every VIP address (set by the agent before the VIP's
+/// entries, cleared after them): a clear bit proves the address is no VIP's.
+#[map(name = "VIP_FILTER")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(limits::VIP_FILTER_BITS / 64, 0);
 
 /// All Maglev rings back to back; a VIP's ring starts at its `ring_offset`. Read-only here.
 #[map(name = "RINGS")]

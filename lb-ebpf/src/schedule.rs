@@ -96,10 +96,15 @@ fn uncount(key: &FlowKey, id: u32) {
     }
 }
 
-/// The VIP's ring slot for `hash` (the caller checked that the ring is not empty).
+/// The VIP's ring slot for `hash`. (The caller checked that the ring is not empty, but LLVM
+/// reloads the size from the map value after any helper call: a checked remainder keeps a
+/// division-by-zero panic, which the verifier refuses, out of the program.)
 #[inline(always)]
 fn ring(vip: &VipValue, hash: u32) -> u32 {
-    RINGS.get(vip.ring_offset + hash % vip.ring_size).copied().unwrap_or(NO_BACKEND)
+    match hash.checked_rem(vip.ring_size) {
+        Some(slot) => RINGS.get(vip.ring_offset + slot).copied().unwrap_or(NO_BACKEND),
+        None => NO_BACKEND,
+    }
 }
 
 /// The next entry of the VIP's round-robin sequence for this CPU.

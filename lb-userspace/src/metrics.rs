@@ -106,7 +106,7 @@ pub const VIP_NEW_FLOWS: Family = Family {
     unit: None,
     kind: MetricType::Counter,
     labels: VIP,
-    help: "New flows of the VIP: packets that found no flow and got a backend from its scheduler",
+    help: "New flows of the VIP: TCP SYNs, and first packets of other flows, that got a backend from its scheduler",
 };
 pub const BACKEND_PACKETS: Family = Family {
     name: "lb_backend_packets",
@@ -127,7 +127,7 @@ pub const BACKEND_NEW_FLOWS: Family = Family {
     unit: None,
     kind: MetricType::Counter,
     labels: BACKEND,
-    help: "New flows pinned to the backend",
+    help: "New flows sent to the backend (as for the VIP)",
 };
 pub const BACKEND_WEIGHT: Family = Family {
     name: "lb_backend_weight",

@@ -10,8 +10,10 @@ pub const PAYLOAD: &[u8] = b"hello, balancer";
 /// Layer-4 part of a test frame.
 #[derive(Clone, Copy, Debug)]
 pub enum L4 {
-    /// A TCP SYN.
+    /// A TCP SYN: a connection's first packet.
     TcpSyn,
+    /// A TCP ACK: any later packet of the connection.
+    TcpAck,
     Udp,
 }
 
@@ -26,6 +28,7 @@ pub fn frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, l4: L4) -> Vec<u8
     let mut out = Vec::new();
     match l4 {
         L4::TcpSyn => ip.tcp(sport, dport, 1, 64240).syn().write(&mut out, PAYLOAD),
+        L4::TcpAck => ip.tcp(sport, dport, 2, 64240).ack(1).write(&mut out, PAYLOAD),
         L4::Udp => ip.udp(sport, dport).write(&mut out, PAYLOAD),
     }
     .expect("etherparse writes to a Vec");

@@ -287,18 +287,29 @@ impl Failures {
 /// A packet of a TCP or UDP flow towards a VIP.
 struct Flow {
     name: String,
+    /// Its first packet (a TCP SYN or a UDP datagram).
     frame: Vec<u8>,
+    /// Any later packet (a TCP ACK, or the same datagram again).
+    next: Vec<u8>,
     key: FlowKey,
 }
 
+impl Flow {
+    /// The same flow with `edit` applied to each of its frames.
+    fn edit(self, edit: impl Fn(Vec<u8>) -> Vec<u8>) -> Flow {
+        Flow { frame: edit(self.frame), next: edit(self.next), ..self }
+    }
+}
+
 fn flow(name: impl Into<String>, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, l4: L4) -> Flow {
-    let proto = match l4 {
-        L4::TcpSyn => PROTO_TCP,
-        L4::Udp => PROTO_UDP,
+    let (proto, next) = match l4 {
+        L4::TcpSyn | L4::TcpAck => (PROTO_TCP, L4::TcpAck),
+        L4::Udp => (PROTO_UDP, L4::Udp),
     };
     Flow {
         name: name.into(),
         frame: frames::frame(src, sport, dst, dport, l4),
+        next: frames::frame(src, sport, dst, dport, next),
         key: flow_key(src, sport, dst, dport, proto),
     }
 }
@@ -311,19 +322,28 @@ fn ip_of(b: [u8; 16], v6: bool) -> IpAddr {
     }
 }
 
-/// Sends a flow's packet twice: the first is a flow-table miss that picks the ring's backend,
-/// the second a hit; both must produce the spec's frame, verdict, counters and stats. Returns
-/// the backend (the output frames prove the packets went there).
-fn forward_twice(r: &mut XdpRunner, net: &Net, f: &Flow, fails: &mut Failures) -> u32 {
+/// Sends a flow's packets: its first is a flow-table miss that picks the ring's backend and
+/// counts a new flow. A UDP flow's first packet records the flow: its next is a hit. A TCP SYN
+/// to a Maglev VIP records nothing (so SYN floods fill no entries): the connection's next
+/// packet misses too, takes the same ring slot, records the flow and is no new flow; the one
+/// after it is a hit. Every packet must produce the spec's frame, verdict, counters and stats.
+/// Returns the backend (the output frames prove the packets went there).
+fn forward_flow(r: &mut XdpRunner, net: &Net, f: &Flow, fails: &mut Failures) -> u32 {
     let v6 = f.key.family == lb_common::FAMILY_V6;
     let vip = net.vip(ip_of(f.key.dst, v6), f.key.dport, f.key.proto).clone();
     let backend = net.pick(&vip, &f.key);
-    let (verdict, want, alt) = net.forwarded(&vip, &f.key, backend, &f.frame);
-    let forward_counter = if verdict == Verdict::Tx { Counter::ForwardTx } else { Counter::ForwardRedirect };
-    for (run, flow_counter) in [(1, Counter::FlowMiss), (2, Counter::FlowHit)] {
-        let case = format!("{} (packet {run}, {})", f.name, if run == 1 { "new flow" } else { "known flow" });
+    let mut packets = vec![("first packet", &f.frame, Counter::FlowMiss, 1)];
+    if f.key.proto == PROTO_TCP {
+        packets.push(("after the SYN", &f.next, Counter::FlowMiss, 0));
+    }
+    packets.push(("known flow", &f.next, Counter::FlowHit, 0));
+    for (what, frame, flow_counter, new_flows) in packets {
+        let (verdict, want, alt) = net.forwarded(&vip, &f.key, backend, frame);
+        let forward_counter =
+            if verdict == Verdict::Tx { Counter::ForwardTx } else { Counter::ForwardRedirect };
+        let case = format!("{} ({what})", f.name);
         let (before, vip_before, be_before) = (r.counters(), r.vip_stats(vip.id), r.backend_stats(backend));
-        let out = r.run(&f.frame);
+        let out = r.run(frame);
         fails.check(out.verdict == verdict, || {
             format!("{case}: verdict {:?}, expected {verdict:?}", out.verdict)
         });
@@ -331,7 +351,7 @@ fn forward_twice(r: &mut XdpRunner, net: &Net, f: &Flow, fails: &mut Failures) -
             fails.frame(&case, &out.frame, &want);
         }
         fails.counters(&case, &before, &r.counters(), &[forward_counter, flow_counter], &[]);
-        let stats = TrafficStats { packets: 1, bytes: f.frame.len() as u64, new_flows: u64::from(run == 1) };
+        let stats = TrafficStats { packets: 1, bytes: frame.len() as u64, new_flows };
         fails.stats(&case, &format!("VIP {} stats", vip.id), vip_before, r.vip_stats(vip.id), stats);
         fails.stats(&case, &format!("backend {backend} stats"), be_before, r.backend_stats(backend), stats);
     }
@@ -401,15 +421,12 @@ fn vip_packets_are_forwarded_exactly_as_the_spec_says() {
             // The inner packet's TOS / DF / traffic class / flow label.
             let base = flow(format!("tcp{fam}_marked"), c, 40010, vip(v6, at::MAIN), 80, L4::TcpSyn);
             if v6 {
-                flows.push(Flow {
-                    frame: frames::set_ipv6_class_label(base.frame.clone(), 0xb9, 0x12345),
-                    ..base
-                });
+                flows.push(base.edit(|f| frames::set_ipv6_class_label(f, 0xb9, 0x12345)));
             } else {
-                let frame = frames::set_ipv4_tos_df(base.frame.clone(), 0xb9, false);
-                flows.push(Flow { name: "tcpv4_tos_b9_df_clear".into(), frame, ..base });
+                let f = base.edit(|f| frames::set_ipv4_tos_df(f, 0xb9, false));
+                flows.push(Flow { name: "tcpv4_tos_b9_df_clear".into(), ..f });
                 let f = flow("tcpv4_tos_2e_df_set", c, 40011, vip(v6, at::MAIN), 80, L4::TcpSyn);
-                flows.push(Flow { frame: frames::set_ipv4_tos_df(f.frame.clone(), 0x2e, true), ..f });
+                flows.push(f.edit(|f| frames::set_ipv4_tos_df(f, 0x2e, true)));
             }
             // Headers the parser must step over; the inner packet stays as it was.
             if v6 {
@@ -424,7 +441,7 @@ fn vip_packets_are_forwarded_exactly_as_the_spec_says() {
                     for (l4, proto, dport) in [(L4::TcpSyn, "tcp", 80), (L4::Udp, "udp", 53)] {
                         let sport = 42000 + i as u16;
                         let f = flow(format!("{proto}v6_{name}"), c, sport, vip(v6, at::MAIN), dport, l4);
-                        flows.push(Flow { frame: frames::with_ipv6_ext(&f.frame, chain), ..f });
+                        flows.push(f.edit(|f| frames::with_ipv6_ext(&f, chain)));
                     }
                 }
             } else {
@@ -435,12 +452,12 @@ fn vip_packets_are_forwarded_exactly_as_the_spec_says() {
                         let sport = 42000 + i as u16;
                         let f =
                             flow(format!("{proto}v4_options_{name}"), c, sport, vip(v6, at::MAIN), dport, l4);
-                        flows.push(Flow { frame: frames::with_ipv4_options(&f.frame, o), ..f });
+                        flows.push(f.edit(|f| frames::with_ipv4_options(&f, o)));
                     }
                 }
             }
             for f in &flows {
-                seen_backends.insert(forward_twice(r, &net, f, &mut fails));
+                seen_backends.insert(forward_flow(r, &net, f, &mut fails));
             }
         }
         // The table really covered every reachable backend (on-link, gateway, far; v4 and v6).
@@ -483,7 +500,7 @@ fn source_hash_vip_keeps_a_client_on_one_backend() {
                         80,
                         L4::TcpSyn,
                     );
-                    let b = forward_twice(r, &net, &f, &mut fails);
+                    let b = forward_flow(r, &net, &f, &mut fails);
                     per_client.entry(c).or_default().insert(b);
                 }
             }
@@ -582,7 +599,7 @@ fn route_out_of_an_unmanaged_interface_passes_unchanged() {
                 80,
                 L4::TcpSyn,
             );
-            forward_twice(r, &net, &f, &mut fails);
+            forward_flow(r, &net, &f, &mut fails);
         }
         fails.finish("no TX port");
     });
@@ -810,7 +827,7 @@ fn icmp_too_big_follows_the_flow_it_quotes() {
             // 1. A flow goes to its backend.
             let known = flow(format!("tcp{fam}_known"), c, 46000, vaddr, 80, L4::TcpSyn);
             let known_backend = net.pick(&vipv, &known.key);
-            forward_twice(r, &net, &known, &mut fails);
+            forward_flow(r, &net, &known, &mut fails);
             // 2. The ring changes under it: its slot now names another backend.
             let other_id = |id: u32| ring_backends(ring_no).iter().map(|b| b.0).find(|&b| b != id).unwrap();
             let slot = (net.hash(&vipv, &known.key) % RING) as usize;
@@ -861,7 +878,7 @@ fn icmp_too_big_follows_the_flow_it_quotes() {
             new[slot] = other_id(unseen_backend);
             r.write_ring(ring_no, Some(&old), &new);
             net.rings.insert(ring_no, new);
-            forward_twice(r, &net, &unseen, &mut fails);
+            forward_flow(r, &net, &unseen, &mut fails);
             // An ICMP error quoting no VIP flow passes.
             let icmp =
                 frames::too_big(router(v6), &frames::frame(other(v6), 80, c, 46002, L4::TcpSyn), quote_len);

@@ -133,7 +133,15 @@ fn a_scheduler_change_moves_no_known_flow() {
     let fx = Fixture::new();
     fx.run(SIZES, |r| {
         install(r, [100, 100, 100], SCHED_MAGLEV);
-        let before: Vec<u32> = (0..30).map(|i| send(r, 31_000 + i, tcp::SYN)).collect();
+        // A Maglev VIP's SYN records no flow; the connection's next packet does, on the same
+        // backend.
+        let before: Vec<u32> = (0..30)
+            .map(|i| {
+                let b = send(r, 31_000 + i, tcp::SYN);
+                assert_eq!(send(r, 31_000 + i, tcp::ACK), b, "flow {i}: its ACK went elsewhere");
+                b
+            })
+            .collect();
         // Round robin over backend 1 only: new flows all go there, known ones stay.
         r.datapath.write_rr_sequence(0, None, &[1]).unwrap();
         set_vip(r, SCHED_ROUND_ROBIN, 1);

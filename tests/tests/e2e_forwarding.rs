@@ -202,13 +202,13 @@ fn check_balancer(name: &str, topo: &Topology, lb: &Datapath, servers: &[[EchoSe
     {
         assert_eq!(c(bad), 0, "{name}: {} moved: {summary}", bad.name());
     }
-    // Every flow missed the flow table at least once (once per CPU it was seen on: the table is
-    // per CPU), and each miss picked a backend.
+    // Every UDP flow missed the flow table once, every TCP connection twice: its SYN records
+    // no flow (a Maglev VIP's ring gives its next packet the same backend), and the packet
+    // after it does. Only the first of them is a new flow.
     let misses = c(Counter::FlowMiss);
     assert!(
-        misses >= 2 * CONNECTIONS as u64,
-        "{name}: {misses} flow misses for {} flows: {summary}",
-        2 * CONNECTIONS
+        misses >= 3 * CONNECTIONS as u64,
+        "{name}: {misses} flow misses for {CONNECTIONS} TCP and {CONNECTIONS} UDP flows: {summary}"
     );
     let mut new_flows = 0;
     for (i, s) in servers.iter().enumerate() {
@@ -222,7 +222,11 @@ fn check_balancer(name: &str, topo: &Topology, lb: &Datapath, servers: &[[EchoSe
         );
         new_flows += st.new_flows;
     }
-    assert_eq!(new_flows, misses, "{name}: backends' new_flows vs flow misses: {summary}");
+    // (More only if a SYN was sent again.)
+    assert!(
+        new_flows >= 2 * CONNECTIONS as u64 && new_flows + CONNECTIONS as u64 <= misses,
+        "{name}: backends' new flows {new_flows}, flow misses {misses}: {summary}"
+    );
     for proto in [PROTO_TCP, PROTO_UDP] {
         let id = Service::stats_id(0, proto);
         let st = lb.vip_stats(id).unwrap_or_else(|e| panic!("{name}: vip_stats({id}): {e}"));

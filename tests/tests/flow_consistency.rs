@@ -49,7 +49,8 @@ fn flow(v6: bool, gen: u32, i: u32) -> (Vec<u8>, FlowKey) {
     };
     let sport = 1024 + (n * 7919 % 60000) as u16;
     let vip: IpAddr = if v6 { VIP6.into() } else { VIP4.into() };
-    (frames::frame(client, sport, vip, 80, L4::TcpSyn), flow_key(client, sport, vip, 80, PROTO_TCP))
+    // Mid-connection packets: a Maglev VIP's SYN records no flow, the packets after it do.
+    (frames::frame(client, sport, vip, 80, L4::TcpAck), flow_key(client, sport, vip, 80, PROTO_TCP))
 }
 
 struct World {

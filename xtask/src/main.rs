@@ -85,7 +85,8 @@ fn test(cargo_args: &[String]) -> anyhow::Result<()> {
     // Tests run lbd and lbctl as processes; `cargo test` builds a package's binaries only for
     // that package's own integration tests, so build them first.
     cmd::cargo(&["build", "--package", "lb-userspace", "--bins"])?;
-    let mut args = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
+    // Every test binary runs even after one fails: one run shows every failure.
+    let mut args = vec!["test", "--workspace", "--exclude", "lb-ebpf", "--no-fail-fast"];
     args.extend(cargo_args.iter().map(String::as_str));
     let (tested, tally) = cmd::cargo_test(&args);
     // Check even when tests failed: a failing test must clean up too.

@@ -7,11 +7,14 @@ use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
 use super::ptr_at;
 
-/// Source and destination ports (host order) of a TCP or UDP header at `offset`; (0, 0) for
-/// other protocols. The TCP or UDP header (ICMP: its 8-byte header) must be whole and inside
-/// the IP packet, which ends at `end`.
+/// TCP header flags (byte 13).
+const TCP_FLAGS_OFFSET: usize = 13;
+
+/// Source and destination ports (host order) and, for TCP, the header's flags, of a TCP or UDP
+/// header at `offset`; zeros for other protocols. The TCP or UDP header (ICMP: its 8-byte
+/// header) must be whole and inside the IP packet, which ends at `end`.
 #[inline(always)]
-pub fn ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result<(u16, u16), Counter> {
+pub fn ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result<(u16, u16, u8), Counter> {
     let header = match proto {
         PROTO_TCP => core::mem::size_of::<TcpHdr>(),
         PROTO_UDP => core::mem::size_of::<UdpHdr>(),
@@ -24,14 +27,16 @@ pub fn ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result<(
     match proto {
         PROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, offset)?;
+            // SAFETY: ptr_at checked that the whole TCP header is in the frame.
+            let flags = unsafe { *(tcp as *const u8).add(TCP_FLAGS_OFFSET) };
             let tcp = unsafe { &*tcp };
-            Ok((u16::from_be_bytes(tcp.source), u16::from_be_bytes(tcp.dest)))
+            Ok((u16::from_be_bytes(tcp.source), u16::from_be_bytes(tcp.dest), flags))
         }
         PROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, offset)?;
             let udp = unsafe { &*udp };
-            Ok((u16::from_be_bytes(udp.src), u16::from_be_bytes(udp.dst)))
+            Ok((u16::from_be_bytes(udp.src), u16::from_be_bytes(udp.dst), 0))
         }
-        _ => Ok((0, 0)),
+        _ => Ok((0, 0, 0)),
     }
 }

@@ -9,6 +9,9 @@ use aya_ebpf::programs::XdpContext;
 pub use eth::{ETH_P_IP, ETH_P_IPV6, LEN as ETH_LEN};
 use lb_common::{Counter, FlowKey};
 
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
 /// What the balancer needs to know about a packet.
 pub struct Packet {
     /// Addresses, ports (0 for protocols without ports and for fragments), L4 protocol (after
@@ -16,6 +19,8 @@ pub struct Packet {
     pub key: FlowKey,
     /// A fragment: no L4 header was parsed.
     pub fragment: bool,
+    /// A TCP SYN without ACK: a connection's first packet.
+    pub syn: bool,
     pub l4_offset: usize,
     /// Offset just past the IP packet (frames may carry padding after it).
     pub end: usize,
@@ -50,7 +55,8 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
         ETH_P_IPV6 => ipv6::parse(ctx, ETH_LEN, Whole::Yes)?,
         _ => return Err(Counter::PassNotIp),
     };
-    let (sport, dport) = if l3.fragment { (0, 0) } else { l4::ports(ctx, l3.l4_offset, l3.end, l3.proto)? };
+    let (sport, dport, tcp_flags) =
+        if l3.fragment { (0, 0, 0) } else { l4::ports(ctx, l3.l4_offset, l3.end, l3.proto)? };
     Ok(Packet {
         key: FlowKey {
             src: l3.src,
@@ -62,6 +68,7 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
             _pad: [0; 2],
         },
         fragment: l3.fragment,
+        syn: tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         l4_offset: l3.l4_offset,
         end: l3.end,
     })

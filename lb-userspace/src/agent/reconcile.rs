@@ -343,12 +343,19 @@ pub fn apply(
         };
         applied.schedulers.insert(v.name.clone(), v.scheduler);
         let key = vip_key(v);
-        dp.set_vip(key, vip_value(v, id, dp, rr_len))?;
-        if let Some(old_key) = applied.keys.insert(v.name.clone(), key) {
-            if old_key != key {
-                dp.remove_vip(&old_key)?;
-            }
+        // Flows recorded for the id's earlier VIP, or for this VIP's earlier address, port or
+        // protocol, must not be forwarded: the old key goes first, then its flows are voided.
+        // (Unless another VIP takes that key now: VIPs may swap addresses.)
+        let old = applied.keys.get(&v.name).copied().filter(|old| *old != key);
+        if let Some(old) = old.filter(|old| !vips.iter().any(|o| vip_key(o) == *old)) {
+            dp.remove_vip(&old)?;
         }
+        let moved = old.is_some();
+        if moved || applied.ids.vips.get(&v.name) != Some(&id) {
+            dp.void_vip_flows(id)?;
+        }
+        dp.set_vip(key, vip_value(v, id, dp, rr_len))?;
+        applied.keys.insert(v.name.clone(), key);
         let addr = address_key(v.address);
         if applied.address_entries.insert(addr) {
             dp.set_vip(addr, VipValue { flags: VIP_ADDRESS_ONLY, ..vip_value(v, id, dp, rr_len) })?;
@@ -357,8 +364,12 @@ pub fn apply(
     let gone: Vec<String> =
         applied.keys.keys().filter(|n| !vips.iter().any(|v| &v.name == *n)).cloned().collect();
     for name in gone {
-        if let Some(key) = applied.keys.remove(&name) {
+        // A renamed VIP keeps its key under its new name: that entry stays.
+        if let Some(key) = applied.keys.remove(&name).filter(|k| !vips.iter().any(|v| vip_key(v) == *k)) {
             dp.remove_vip(&key)?;
+        }
+        if let Some(id) = applied.ids.vips.get(&name) {
+            dp.void_vip_flows(*id)?;
         }
         applied.rings.remove(&name);
         applied.rr_seqs.remove(&name);

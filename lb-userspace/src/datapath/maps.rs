@@ -3,7 +3,8 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
 use lb_common::{
-    map_names, BackendValue, ConfigValue, Counter, TrafficStats, VipKey, VipValue, FAMILY_V4, FAMILY_V6,
+    hash, limits, map_names, BackendValue, ConfigValue, Counter, TrafficStats, VipKey, VipSlot, VipValue,
+    FAMILY_V4, FAMILY_V6, VIP_ADDRESS_ONLY,
 };
 
 use super::{Datapath, DatapathError};
@@ -36,12 +37,33 @@ impl Datapath {
         }))
     }
 
-    /// Adds or replaces a VIP. Write its ring first: the VIP is live as soon as this returns.
+    /// Adds or replaces a VIP entry. Write its ring first: the VIP is live as soon as this
+    /// returns. Its address's VIP_FILTER bit is set first, and a VIP's own entry (not an
+    /// address entry) is also written to VIP_BY_ID, by id, with the id's generation unchanged.
     pub fn set_vip(&mut self, key: VipKey, value: VipValue) -> Result<(), DatapathError> {
+        self.set_filter_bit(&key.addr)?;
+        if value.flags & VIP_ADDRESS_ONLY == 0 {
+            let name = map_names::VIP_BY_ID;
+            let mut slots: Array<&mut MapData, VipSlot> =
+                Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+            let generation = slots.get(&value.id, 0).map_err(err(name))?.generation;
+            slots.set(value.id, VipSlot { vip: value, generation }, 0).map_err(err(name))?;
+        }
         let name = map_names::VIPS;
         let mut vips: HashMap<&mut MapData, VipKey, VipValue> =
             HashMap::try_from(self.map_mut(name)?).map_err(err(name))?;
         vips.insert(key, value, 0).map_err(err(name))
+    }
+
+    /// Voids every flow recorded for VIP `id` so far (they find their backend again like new
+    /// ones): call it when the id stops meaning the VIP those flows belong to.
+    pub fn void_vip_flows(&mut self, id: u32) -> Result<(), DatapathError> {
+        let name = map_names::VIP_BY_ID;
+        let mut slots: Array<&mut MapData, VipSlot> =
+            Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+        let mut slot = slots.get(&id, 0).map_err(err(name))?;
+        slot.generation = slot.generation.wrapping_add(1);
+        slots.set(id, slot, 0).map_err(err(name))
     }
 
     /// Every key in the VIP map (to find entries no agent knows about).
@@ -52,11 +74,42 @@ impl Datapath {
         vips.keys().collect::<Result<_, _>>().map_err(err(name))
     }
 
+    /// Removes a VIP entry, then clears the VIP_FILTER bits no remaining entry needs.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DatapathError> {
         let name = map_names::VIPS;
         let mut vips: HashMap<&mut MapData, VipKey, VipValue> =
             HashMap::try_from(self.map_mut(name)?).map_err(err(name))?;
-        vips.remove(key).map_err(err(name))
+        vips.remove(key).map_err(err(name))?;
+        self.rebuild_filter()
+    }
+
+    fn set_filter_bit(&mut self, addr: &[u8; 16]) -> Result<(), DatapathError> {
+        let bit = hash::vip_filter_bit(addr);
+        let name = map_names::VIP_FILTER;
+        let mut words: Array<&mut MapData, u64> = Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+        let word = words.get(&(bit / 64), 0).map_err(err(name))?;
+        let set = word | 1 << (bit % 64);
+        if set != word {
+            words.set(bit / 64, set, 0).map_err(err(name))?;
+        }
+        Ok(())
+    }
+
+    /// VIP_FILTER from the VIP entries there are: only words that change are written.
+    fn rebuild_filter(&mut self) -> Result<(), DatapathError> {
+        let mut want = vec![0u64; (limits::VIP_FILTER_BITS / 64) as usize];
+        for key in self.vip_keys()? {
+            let bit = hash::vip_filter_bit(&key.addr);
+            want[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        let name = map_names::VIP_FILTER;
+        let mut words: Array<&mut MapData, u64> = Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+        for (i, w) in want.into_iter().enumerate() {
+            if words.get(&(i as u32), 0).map_err(err(name))? != w {
+                words.set(i as u32, w, 0).map_err(err(name))?;
+            }
+        }
+        Ok(())
     }
 
     /// Sets backend `id` (1..max_backends). Write it before any ring names it.

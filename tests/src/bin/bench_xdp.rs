@@ -869,6 +869,11 @@ fn cost_section(bench: &mut Bench, args: &Args) -> Vec<Row> {
         ("MAC-swap floor", case(Target::MacSwap, Shape::Ack4, 1000, Expect::Returned), None),
         ("encap floor (push IPv4 header)", case(Target::Encap, Shape::Ack4, 1000, Expect::Returned), None),
         ("IPv4 TCP SYN, new flow (table full)", case(Target::Syn, Shape::Syn4, 0, new), Some(2.6)),
+        (
+            "IPv4 TCP, new flow's next packet: recorded (table full)",
+            case(Target::Syn, Shape::Ack4, 0, new),
+            None,
+        ),
         ("IPv4 TCP, established flow", case(Target::Lb, Shape::Ack4, 1000, established), Some(2.4)),
         ("IPv4 UDP, established flow", case(Target::Lb, Shape::Udp4, 1000, established), None),
         ("IPv6 TCP, established flow", case(Target::Lb, Shape::Ack6, 1000, established), Some(2.6)),
@@ -989,7 +994,7 @@ fn warm_up(bench: &mut Bench) {
             1_000_000,
         ),
         (
-            Case { target: Target::Syn, shape: Shape::Syn4, flows: 0, expect: new },
+            Case { target: Target::Syn, shape: Shape::Ack4, flows: 0, expect: new },
             limits::FLOWS_PER_CPU as u64 + 50_000,
         ),
     ];

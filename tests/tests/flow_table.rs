@@ -1,0 +1,173 @@
+//! What the flow table records, and when a recorded flow stops counting (BPF_PROG_TEST_RUN on
+//! one CPU): a Maglev VIP's SYNs record nothing (a SYN flood fills no entry), the packet after
+//! the SYN records the flow, other schedulers record at the SYN; a flow whose VIP is gone or was
+//! replaced is never forwarded by its entry; the VIP address filter follows the VIP entries.
+use std::net::IpAddr;
+
+use aya::maps::{Array, MapData};
+use lb_common::{
+    hash, limits, map_names, BackendValue, ConfigValue, Counter, FlowKey, VipKey, VipValue, MODE_L2DSR,
+    PROTO_ICMP, PROTO_TCP, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
+};
+use lb_tests::{
+    frames::{flow_key, tcp, tcp_frame},
+    xdp::{
+        fixture::{near4, near_mac},
+        Fixture, Verdict, XdpRunner,
+    },
+};
+use lb_userspace::{
+    datapath::Sizes,
+    maglev::{self, Member},
+};
+
+const RING: u32 = 1031;
+/// Rings up to VIP_ID's: round-robin sequences are by VIP id.
+const SIZES: Sizes = Sizes { flows_per_cpu: 4096, max_rings: 8, ring_stride: RING, max_backends: 8 };
+const PORT: u16 = 80;
+const VIP_ID: u32 = 7;
+
+fn vip() -> IpAddr {
+    [198, 18, 100, 1].into()
+}
+
+fn client() -> IpAddr {
+    [198, 18, 5, 1].into()
+}
+
+/// Backends near4(1..=3), their ring, and the TCP VIP (l2dsr: the output's destination MAC
+/// names the backend) with `scheduler`, plus its address entry.
+fn install(r: &mut XdpRunner, scheduler: u8) {
+    r.set_config(ConfigValue { src_v4: [198, 18, 1, 254], hash_seed: 0x5eed, ..Default::default() });
+    let mut members = Vec::new();
+    for id in 1..=3u32 {
+        r.datapath.set_backend(id, BackendValue::from(near4(id as u8))).unwrap();
+        members.push(Member::new(near4(id as u8), id, 1));
+    }
+    let ring = maglev::build(&members, RING);
+    r.write_ring(0, None, &ring);
+    // Round robin: backend 2 only.
+    r.datapath.write_rr_sequence(VIP_ID, None, &[2]).unwrap();
+    let value = VipValue { scheduler, rr_len: 1, ..r.vip_value(VIP_ID, 0, RING, MODE_L2DSR, 0) };
+    r.install_vip(vip(), PORT, &[PROTO_TCP], value);
+    r.install_address_entry(vip(), value);
+}
+
+fn key(sport: u16) -> FlowKey {
+    flow_key(client(), sport, vip(), PORT, PROTO_TCP)
+}
+
+/// Sends a segment from the client's `sport`: the backend it went to, or None if passed.
+fn send(r: &mut XdpRunner, sport: u16, flags: u8) -> Option<u32> {
+    let out = r.run(&tcp_frame(client(), sport, vip(), PORT, flags));
+    match out.verdict {
+        Verdict::Tx => Some(
+            (1..=3u8)
+                .find(|&n| out.frame[..6] == near_mac(n))
+                .unwrap_or_else(|| panic!("port {sport}: to no backend: {:02x?}", out.frame))
+                as u32,
+        ),
+        Verdict::Pass => None,
+        v => panic!("port {sport}, flags {flags:#x}: verdict {v:?}"),
+    }
+}
+
+fn recorded(r: &XdpRunner) -> Vec<FlowKey> {
+    let mut keys = Vec::new();
+    r.datapath.flow_table().unwrap().walk(|k, _| keys.push(*k)).unwrap();
+    keys
+}
+
+/// What a packet did to the flow-table counters: (hits, misses).
+fn flow_counters(r: &mut XdpRunner, sport: u16, flags: u8) -> (Option<u32>, u64, u64) {
+    let (hits, misses) = (r.counter(Counter::FlowHit), r.counter(Counter::FlowMiss));
+    let to = send(r, sport, flags);
+    (to, r.counter(Counter::FlowHit) - hits, r.counter(Counter::FlowMiss) - misses)
+}
+
+#[test]
+fn maglev_syns_record_no_flow_and_the_next_packet_does() {
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_MAGLEV);
+        // A flood of SYNs: each forwarded, a new flow of its backend, none recorded.
+        let news = r.vip_stats(VIP_ID).new_flows;
+        let picks: Vec<u32> =
+            (0..200).map(|i| send(r, 20_000 + i, tcp::SYN).expect("SYN forwarded")).collect();
+        assert_eq!(r.vip_stats(VIP_ID).new_flows - news, 200, "every SYN is a new flow");
+        assert!(recorded(r).is_empty(), "SYNs recorded flows: {:?}", recorded(r).len());
+        // The packet after a SYN misses, goes where the SYN went and records the flow; the one
+        // after it is a hit. Neither is a new flow.
+        let news = r.vip_stats(VIP_ID).new_flows;
+        for (i, &b) in picks.iter().enumerate().take(20) {
+            let sport = 20_000 + i as u16;
+            assert_eq!(flow_counters(r, sport, tcp::ACK), (Some(b), 0, 1), "flow {i}: after the SYN");
+            assert_eq!(flow_counters(r, sport, tcp::ACK), (Some(b), 1, 0), "flow {i}: known");
+        }
+        assert_eq!(r.vip_stats(VIP_ID).new_flows, news);
+        let keys = recorded(r);
+        assert_eq!(keys.len(), 20);
+        assert!((0..20).all(|i| keys.contains(&key(20_000 + i))));
+        // A SYN of a recorded flow (a retransmission) goes where the flow is.
+        assert_eq!(send(r, 20_000, tcp::SYN), Some(picks[0]));
+    });
+}
+
+#[test]
+fn round_robin_syns_record_their_flow() {
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_ROUND_ROBIN);
+        // Not consistent: the packet after the SYN could not find the SYN's backend again.
+        assert_eq!(send(r, 21_000, tcp::SYN), Some(2));
+        assert_eq!(recorded(r), vec![key(21_000)]);
+        assert_eq!(flow_counters(r, 21_000, tcp::ACK), (Some(2), 1, 0));
+    });
+}
+
+#[test]
+fn a_flow_of_a_voided_or_removed_vip_is_not_forwarded_by_its_entry() {
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_MAGLEV);
+        let to = send(r, 22_000, tcp::ACK).expect("forwarded");
+        assert_eq!(flow_counters(r, 22_000, tcp::ACK), (Some(to), 1, 0));
+        // Voided (the id went to another VIP, or this one moved): the entry no longer counts;
+        // the packet is placed again and records the flow anew.
+        r.datapath.void_vip_flows(VIP_ID).unwrap();
+        assert_eq!(flow_counters(r, 22_000, tcp::ACK), (Some(to), 0, 1), "after voiding");
+        assert_eq!(flow_counters(r, 22_000, tcp::ACK), (Some(to), 1, 0), "recorded again");
+        // Removed: the entry is still in the table, but the packet is passed as not for a VIP.
+        for proto in [PROTO_TCP, PROTO_ICMP] {
+            let port = if proto == PROTO_TCP { PORT } else { 0 };
+            r.datapath.remove_vip(&VipKey::from((vip(), port, proto))).unwrap();
+        }
+        r.datapath.void_vip_flows(VIP_ID).unwrap();
+        assert!(recorded(r).contains(&key(22_000)));
+        let passed = r.counter(Counter::PassNotVip);
+        assert_eq!(send(r, 22_000, tcp::ACK), None, "a removed VIP's flow was forwarded");
+        assert_eq!(r.counter(Counter::PassNotVip), passed + 1);
+    });
+}
+
+#[test]
+fn the_vip_address_filter_follows_the_vip_entries() {
+    Fixture::new().run(SIZES, |r| {
+        let filter_bit = |r: &XdpRunner| -> bool {
+            let bit = hash::vip_filter_bit(&VipKey::from((vip(), 0, PROTO_TCP)).addr);
+            let map = r.datapath.ebpf.map(map_names::VIP_FILTER).expect("VIP_FILTER");
+            let words: Array<&MapData, u64> = Array::try_from(map).unwrap();
+            assert_eq!(words.len(), limits::VIP_FILTER_BITS / 64);
+            words.get(&(bit / 64), 0).unwrap() & 1 << (bit % 64) != 0
+        };
+        assert!(!filter_bit(r));
+        install(r, SCHED_MAGLEV);
+        assert!(filter_bit(r), "set with the VIP");
+        assert!(send(r, 23_000, tcp::SYN).is_some());
+        // One entry of the address left: the bit stays.
+        r.datapath.remove_vip(&VipKey::from((vip(), PORT, PROTO_TCP))).unwrap();
+        assert!(filter_bit(r), "cleared while the address entry remains");
+        r.datapath.remove_vip(&VipKey::from((vip(), 0, PROTO_ICMP))).unwrap();
+        assert!(!filter_bit(r), "left set with no entry for the address");
+        let passed = r.counter(Counter::PassNotVip);
+        assert_eq!(send(r, 23_000, tcp::SYN), None);
+        assert_eq!(r.counter(Counter::PassNotVip), passed + 1);
+    });
+}

@@ -42,7 +42,7 @@ fn process(ctx: &XdpContext) -> Result<Counter, Counter> {
         // An open connection of a least-conn VIP: its FIN or RST ends its count.
         schedule::closing(ctx, key, pkt.l4_offset, choice.id);
     }
-    let verdict = forward::to_backend(ctx, key, &choice);
+    let verdict = forward::to_backend(ctx, key, &choice, cfg);
     if icmp_error && verdict.kind() == CounterKind::Forward {
         stats::count(Counter::IcmpErrorToBackend);
     }

@@ -3,13 +3,13 @@
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams, helpers::bpf_fib_lookup, programs::XdpContext, EbpfContext,
 };
-use lb_common::{Counter, FlowKey, CAPTURE_AFTER, CAPTURE_BEFORE, FAMILY_V4, MODE_IPIP};
+use lb_common::{ConfigValue, Counter, FlowKey, CAPTURE_AFTER, CAPTURE_BEFORE, FAMILY_V4, MODE_IPIP};
 use network_types::eth::EthHdr;
 
 use crate::{
     capture, encap,
     flow::{self, Choice},
-    maps::{CachedHop, BACKEND_STATS, CONFIG, FIB_SCRATCH, NEXT_HOPS, TX_PORTS, VIP_STATS},
+    maps::{CachedHop, BACKEND_STATS, FIB_SCRATCH, NEXT_HOPS, TX_PORTS, VIP_STATS},
     parse::{ptr_at_mut, ETH_P_IP, ETH_P_IPV6},
     stats,
 };
@@ -25,18 +25,15 @@ struct NextHop {
 
 /// Sends the packet to `choice`'s backend the VIP's way (its mode). Every check that can fail runs before
 /// the packet is modified, so a pass verdict always passes the packet as it arrived.
-/// Not inlined: both the main path and the ICMP-error path call it, and the BPF stack is small.
-/// (Four arguments at most: BPF passes five in registers and the sixth would be the result's.)
-#[inline(never)]
-pub fn to_backend(ctx: &XdpContext, key: &FlowKey, choice: &Choice) -> Counter {
-    match send(ctx, key, choice) {
+#[inline(always)]
+pub fn to_backend(ctx: &XdpContext, key: &FlowKey, choice: &Choice, cfg: &ConfigValue) -> Counter {
+    match send(ctx, key, choice, cfg) {
         Ok(c) | Err(c) => c,
     }
 }
 
 #[inline(always)]
-fn send(ctx: &XdpContext, key: &FlowKey, choice: &Choice) -> Result<Counter, Counter> {
-    let cfg = CONFIG.get(0).ok_or(Counter::PassNotVip)?;
+fn send(ctx: &XdpContext, key: &FlowKey, choice: &Choice, cfg: &ConfigValue) -> Result<Counter, Counter> {
     let backend = flow::backend(choice.id, key.family)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let capture = cfg.capture_vip != 0 && cfg.capture_vip == choice.vip + 1;

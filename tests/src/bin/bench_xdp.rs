@@ -647,9 +647,11 @@ impl Bench {
         }
         let wall = start.elapsed();
         let after = self.snapshot(case.target);
-        self.check(case, packets, &before, &after)?;
         let (ns, runs) = (after.prog.0 - before.prog.0, after.prog.1 - before.prog.1);
         let prog_ns = (runs > 0).then(|| ns as f64 / runs as f64);
+        // (A void run still shows what the program cost: a clue when profiling.)
+        self.check(case, packets, &before, &after)
+            .map_err(|e| format!("{e} [program {prog_ns:?} ns/run]"))?;
         Ok(Sample { packets, kernel_ns, wall, prog_ns })
     }
 

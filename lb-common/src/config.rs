@@ -15,15 +15,19 @@ pub struct ConfigValue {
     pub v4_entropy_bits: u8,
     /// 0..=16: how many low bits of the outer IPv6 source vary per flow.
     pub v6_entropy_bits: u8,
-    pub _pad: [u8; 2],
+    /// log2 of FLOW_CACHE's slots per CPU (as loaded); 0 = no flow cache.
+    pub flow_cache_bits: u8,
+    pub _pad: u8,
     /// VIP id + 1 whose forwarded packets are copied to CAPTURE (before and after the
     /// rewrite); 0 = no capture. Read from the entry the fast path loads anyway: no extra cost.
     pub capture_vip: u32,
-    /// Next hops (MACs, egress interface) the data plane cached from `bpf_fib_lookup` stay valid
-    /// while this matches the generation they were cached under; the agent moves it on every
-    /// second, so a changed route or neighbour is picked up within a second. 0 = no caching:
-    /// every packet asks the FIB.
-    pub next_hop_generation: u32,
+    /// What the data plane caches per CPU stays valid while this matches the generation it
+    /// was cached under: next hops (MACs, egress interface) from `bpf_fib_lookup`, and recent
+    /// flows (FLOW_CACHE, in front of the flow table). The agent moves it on every second, so a
+    /// changed route or neighbour is picked up within a second and every active flow is checked
+    /// against the flow table (keeping it recently used there) once a second; and at once when
+    /// it voids or removes flows. 0 = no caching: every packet asks the FIB and the flow table.
+    pub cache_generation: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConfigValue>() == 36);
 

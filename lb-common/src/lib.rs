@@ -47,6 +47,9 @@ pub mod map_names {
     pub const ACTIVE_CONNS: &str = "ACTIVE_CONNS";
     /// Per-CPU next-hop cache by backend id: per program instance, never pinned.
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    /// Per-CPU cache of recently used flows in front of the flow table: per program instance,
+    /// never pinned.
+    pub const FLOW_CACHE: &str = "FLOW_CACHE";
     /// Perf buffer of captured packets: per program instance, never pinned.
     pub const CAPTURE: &str = "CAPTURE";
     /// Every map, for pinning.
@@ -86,9 +89,12 @@ pub mod limits {
     /// 8 bytes: 0.5 MiB a ring, 32 MiB for 64). Load time.
     pub const MAX_RINGS: u32 = 64;
     /// Flow-table entries per CPU: the table holds this many times the number of possible CPUs,
-    /// and each CPU evicts its own least recently used flows when its share is full. 120 bytes
-    /// of kernel memory each, as the map reports it (30 MiB per CPU at this default). Load time.
+    /// and each CPU evicts its own least recently used flows when its share is full. 128 bytes
+    /// of kernel memory each, as the map reports it (32 MiB per CPU at this default). Load time.
     pub const FLOWS_PER_CPU: u32 = 1 << 18;
+    /// Slots of each CPU's cache of recently used flows (a power of two; 64 bytes a slot: 4 MiB
+    /// a CPU): a flow whose slot holds it is forwarded without a flow-table lookup. Load time.
+    pub const FLOW_CACHE_SLOTS: u32 = 1 << 16;
     /// Interfaces the balancer can redirect to (devmap keyed by ifindex). Load time.
     pub const MAX_TX_PORTS: u32 = 64;
     /// Local addresses the decap program accepts tunnels for. Load time.

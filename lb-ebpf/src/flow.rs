@@ -7,7 +7,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, VIPS, VIP_BY_ID, VIP_FILTER},
+    maps::{CachedFlow, BACKENDS, FLOWS, FLOW_CACHE, VIPS, VIP_BY_ID, VIP_FILTER},
     schedule,
 };
 
@@ -67,9 +67,37 @@ pub struct Choice {
 /// client's own packets, not ICMP errors about them) remembers the choice, except for the SYN
 /// (`syn`) of a Maglev VIP: the ring gives the connection's next packet the same backend, and
 /// that packet records the flow. So a SYN flood from spoofed addresses fills no flow-table
-/// entry and evicts no connection.
+/// entry and evicts no connection. This CPU's FLOW_CACHE answers for the flow table when it
+/// holds the flow under the current cache generation.
 #[inline(always)]
 pub fn choose(key: &FlowKey, cfg: &ConfigValue, record: bool, syn: bool) -> Result<Choice, Counter> {
+    let generation = cfg.cache_generation;
+    // A plain pointer, null for none: an `Option` leaves its payload undefined when None, and
+    // the verifier refuses a spilled undefined register.
+    let bits = cfg.flow_cache_bits as u32;
+    let on = generation != 0 && bits != 0 && bits <= 24;
+    let cached = match FLOW_CACHE.get_ptr_mut(cache_slot(key, bits)) {
+        Some(c) if on => c,
+        _ => core::ptr::null_mut(),
+    };
+    if !cached.is_null() {
+        // SAFETY: this CPU's own slot; nothing else writes it while we run.
+        let c = unsafe { &*cached };
+        if c.generation == generation && same_key(&c.key, key) {
+            if record {
+                crate::stats::count(Counter::FlowHit);
+            }
+            let counted = record && c.counted != 0;
+            return Ok(Choice {
+                id: c.backend,
+                hash: c.hash,
+                vip: c.vip,
+                mode: c.mode,
+                new_flow: false,
+                counted,
+            });
+        }
+    }
     // SAFETY: flow values are plain integers written whole.
     let stale = match unsafe { FLOWS.get(key) } {
         Some(f) => match VIP_BY_ID.get(f.vip) {
@@ -80,8 +108,9 @@ pub fn choose(key: &FlowKey, cfg: &ConfigValue, record: bool, syn: bool) -> Resu
                 if record {
                     crate::stats::count(Counter::FlowHit);
                 }
-                let counted = record && flags & FLOW_COUNTED != 0;
-                return Ok(Choice { id, hash, vip, mode: slot.vip.mode, new_flow: false, counted });
+                let choice = Choice { id, hash, vip, mode: slot.vip.mode, new_flow: false, counted: false };
+                remember(cached, key, &choice, flags & FLOW_COUNTED != 0, generation);
+                return Ok(Choice { counted: record && flags & FLOW_COUNTED != 0, ..choice });
             }
             // Its VIP is gone or the id means another VIP now.
             _ => true,
@@ -114,12 +143,59 @@ pub fn choose(key: &FlowKey, cfg: &ConfigValue, record: bool, syn: bool) -> Resu
         counted = flags & FLOW_COUNTED != 0;
         let mode = if counted && !stale { BPF_NOEXIST as u64 } else { 0 };
         let value = FlowValue { backend: id, hash, vip: vip.id, vip_generation: generation, flags };
-        counted = FLOWS.insert(key, &value, mode).is_ok() && counted;
+        let recorded = FLOWS.insert(key, &value, mode).is_ok();
+        counted = recorded && counted;
         if counted {
             schedule::opened(id);
         }
+        if recorded {
+            let choice = Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted };
+            remember(cached, key, &choice, counted, cfg.cache_generation);
+        }
     }
     Ok(Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted })
+}
+
+/// FLOW_CACHE's slot for `key` in a cache of 2^`bits` slots (1..=24): its five words folded
+/// and scattered by a multiplication, the top bits kept.
+#[inline(always)]
+fn cache_slot(key: &FlowKey, bits: u32) -> u32 {
+    let w = words(key);
+    let h = w[0] ^ w[1].rotate_left(13) ^ w[2].rotate_left(29) ^ w[3].rotate_left(43) ^ w[4].rotate_left(7);
+    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - (bits & 63))) as u32
+}
+
+#[inline(always)]
+fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    let (a, b) = (words(a), words(b));
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+}
+
+/// A flow key as 64-bit words (no byte-wise compare: aya's `memcmp` is a byte loop).
+#[inline(always)]
+fn words(key: &FlowKey) -> &[u64; 5] {
+    const _: () = assert!(core::mem::size_of::<FlowKey>() == 40 && core::mem::align_of::<FlowKey>() == 8);
+    // SAFETY: same size, FlowKey is 8-byte aligned, and every byte of it is an integer field.
+    unsafe { &*(key as *const FlowKey as *const [u64; 5]) }
+}
+
+/// Puts the flow in this CPU's cache slot (if caching is on).
+#[inline(always)]
+fn remember(slot: *mut CachedFlow, key: &FlowKey, c: &Choice, counted: bool, generation: u32) {
+    if !slot.is_null() {
+        let entry = CachedFlow {
+            key: *key,
+            backend: c.id,
+            hash: c.hash,
+            vip: c.vip,
+            generation,
+            mode: c.mode,
+            counted: counted as u8,
+            _pad: [0; 6],
+        };
+        // SAFETY: this CPU's own slot.
+        unsafe { *slot = entry };
+    }
 }
 
 /// Backend `id` if it is configured and of the packet's family.

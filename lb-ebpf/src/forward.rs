@@ -39,7 +39,7 @@ fn send(ctx: &XdpContext, key: &FlowKey, choice: &Choice, cfg: &ConfigValue) -> 
     let capture = cfg.capture_vip != 0 && cfg.capture_vip == choice.vip + 1;
     let ipip = choice.mode == MODE_IPIP;
     let src = if ipip { encap::outer_source(key.family, cfg, choice.hash) } else { key.src };
-    let hop = next_hop(ctx, key.family, &src, &backend.addr, choice.id, cfg.next_hop_generation)?;
+    let hop = next_hop(ctx, key.family, &src, &backend.addr, choice.id, cfg.cache_generation)?;
     let redirect = hop.ifindex != ctx.ingress_ifindex() as u32;
     if redirect && TX_PORTS.get_ifindex(hop.ifindex).is_none() {
         return Err(Counter::PassNoTxPort);

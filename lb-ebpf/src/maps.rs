@@ -60,13 +60,37 @@ pub struct CachedHop {
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
     pub ifindex: u32,
-    /// `ConfigValue::next_hop_generation` when it was cached.
+    /// `ConfigValue::cache_generation` when it was cached.
     pub generation: u32,
 }
 
 /// Next hops by backend id, per CPU: no locking, no torn MACs. Sized like BACKENDS.
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);
+
+/// A flow as FLOW_CACHE keeps it: what the forwarding path needs of its FLOWS entry and VIP.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedFlow {
+    pub key: FlowKey,
+    pub backend: u32,
+    pub hash: u32,
+    pub vip: u32,
+    /// `ConfigValue::cache_generation` when cached (never 0).
+    pub generation: u32,
+    pub mode: u8,
+    pub counted: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
+
+/// Recently used flows, per CPU, direct-mapped by a hash of the key (flow.rs): a hit costs a
+/// few instructions and one cache line instead of a flow-table lookup, whose hashing and
+/// scattered memory are most of a known flow's cost. Entries count only under the current
+/// `cache_generation`, which the agent moves on every second (each active flow then goes
+/// through FLOWS again, staying recently used there) and whenever it voids or removes flows.
+#[map(name = "FLOW_CACHE")]
+pub static FLOW_CACHE: PerCpuArray<CachedFlow> = PerCpuArray::with_max_entries(limits::FLOW_CACHE_SLOTS, 0);
 
 /// Round-robin sequences of backend ids: VIP id × RR_SEQ_LEN onwards, `VipValue::rr_len` of them
 /// (see schedule.rs). Read-only here. The loader sizes it to max_rings × RR_SEQ_LEN.

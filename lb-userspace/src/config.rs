@@ -280,6 +280,7 @@ pub struct Limits {
     pub max_ring_size: u32,
     pub max_backends: u32,
     pub flows_per_cpu: u32,
+    pub flow_cache_slots: u32,
 }
 
 impl Default for Limits {
@@ -290,6 +291,7 @@ impl Default for Limits {
             max_ring_size: d.ring_stride,
             max_backends: d.max_backends,
             flows_per_cpu: d.flows_per_cpu,
+            flow_cache_slots: d.flow_cache_slots,
         }
     }
 }
@@ -301,6 +303,7 @@ impl Limits {
             max_rings: self.max_vips,
             ring_stride: self.max_ring_size,
             max_backends: self.max_backends,
+            flow_cache_slots: self.flow_cache_slots,
         }
     }
 }
@@ -444,6 +447,13 @@ fn check_limits(l: &Limits) -> Result<(), Invalid> {
     }
     if l.flows_per_cpu < 1024 {
         return Err(invalid("limits.flows_per_cpu", "must be at least 1024"));
+    }
+    let slots = l.flow_cache_slots;
+    if slots != 0 && (!slots.is_power_of_two() || !(1024..=1 << 24).contains(&slots)) {
+        return Err(invalid(
+            "limits.flow_cache_slots",
+            format!("{slots} is not a power of two from 1024 to 16777216: use one (65536 is the default), or 0 for no flow cache"),
+        ));
     }
     Ok(())
 }
@@ -732,5 +742,23 @@ mod tests {
         let e = vip("protocol = \"tcp\"\nscheduler = \"round-robin\"", 4097).unwrap_err().to_string();
         assert!(e.contains("round-robin takes at most 4096 backends; this VIP has 4097"), "{e}");
         assert!(vip("protocol = \"tcp\"\nscheduler = \"maglev\"", 4097).is_ok());
+    }
+
+    #[test]
+    fn flow_cache_slots_are_a_power_of_two_or_none() {
+        let limits = |slots: u32| {
+            let text = format!("interfaces = [\"eth0\"]\n[limits]\nflow_cache_slots = {slots}\n");
+            parse(&text, "t.toml").map(|c| c.limits.sizes()).map_err(|e| e.to_string())
+        };
+        assert_eq!(limits(65536).map(|s| s.flow_cache_bits()), Ok(16));
+        assert_eq!(limits(1024).map(|s| s.flow_cache_bits()), Ok(10));
+        assert_eq!(limits(0).map(|s| s.flow_cache_bits()), Ok(0), "0: no cache");
+        for bad in [1000, 512, 1 << 25] {
+            let e = limits(bad).unwrap_err();
+            assert!(
+                e.contains("limits.flow_cache_slots") && e.contains("not a power of two from 1024"),
+                "{e}"
+            );
+        }
     }
 }

@@ -197,7 +197,13 @@ impl Topology {
         self.backends
             .iter()
             .map(|b| {
-                let sizes = Sizes { flows_per_cpu: 1024, max_rings: 1, ring_stride: 251, max_backends: 16 };
+                let sizes = Sizes {
+                    flows_per_cpu: 1024,
+                    max_rings: 1,
+                    ring_stride: 251,
+                    max_backends: 16,
+                    flow_cache_slots: 1024,
+                };
                 let mut dp = datapath::load_with(sizes)
                     .unwrap_or_else(|e| panic!("loading the XDP programs for {}: {e}", b.ns.name()));
                 for addr in [b.addr(Family::V4), b.addr(Family::V6)] {
@@ -225,6 +231,7 @@ impl Topology {
             max_rings: services.len().max(1) as u32,
             ring_stride: RING_SIZE,
             max_backends: 2 * self.backends.len() as u32 + 1,
+            flow_cache_slots: 1024,
         };
         let mut dp = datapath::load_with(sizes).unwrap_or_else(|e| panic!("loading the XDP programs: {e}"));
         dp.set_config(ConfigValue {
@@ -233,9 +240,10 @@ impl Topology {
             hash_seed: HASH_SEED,
             v4_entropy_bits: 8,
             v6_entropy_bits: 16,
-            _pad: [0; 2],
+            flow_cache_bits: 0,
+            _pad: 0,
             capture_vip: 0,
-            next_hop_generation: 0,
+            cache_generation: 0,
         })
         .expect("set_config");
         for family in [Family::V4, Family::V6] {
@@ -287,7 +295,13 @@ impl Topology {
     /// (see [`Topology::attach_lb_port_passthrough`]). Keep the result alive as long as the
     /// balancer runs; declare it after the topology.
     pub fn start_lb_port_passthrough(&self) -> Datapath {
-        let sizes = Sizes { flows_per_cpu: 1024, max_rings: 1, ring_stride: 251, max_backends: 2 };
+        let sizes = Sizes {
+            flows_per_cpu: 1024,
+            max_rings: 1,
+            ring_stride: 251,
+            max_backends: 2,
+            flow_cache_slots: 1024,
+        };
         let mut dp = datapath::load_with(sizes)
             .unwrap_or_else(|e| panic!("loading the XDP programs for the pass-through: {e}"));
         self.attach_lb_port_passthrough(&mut dp);

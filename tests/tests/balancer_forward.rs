@@ -13,7 +13,8 @@ use lb_tests::{
 };
 use lb_userspace::datapath::Sizes;
 
-const SIZES: Sizes = Sizes { flows_per_cpu: 4096, max_rings: 10, ring_stride: 1031, max_backends: 64 };
+const SIZES: Sizes =
+    Sizes { flows_per_cpu: 4096, max_rings: 10, ring_stride: 1031, max_backends: 64, flow_cache_slots: 1024 };
 /// Ring size of every VIP here (prime).
 const RING: u32 = 1031;
 
@@ -23,9 +24,10 @@ const CONFIG: ConfigValue = ConfigValue {
     hash_seed: 0x5eed_1234,
     v4_entropy_bits: 8,
     v6_entropy_bits: 16,
-    _pad: [0; 2],
+    flow_cache_bits: 0,
+    _pad: 0,
     capture_vip: 0,
-    next_hop_generation: 0,
+    cache_generation: 0,
 };
 
 fn vip4(n: u8) -> IpAddr {

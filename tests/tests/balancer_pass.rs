@@ -17,7 +17,8 @@ use lb_tests::{
 use lb_userspace::datapath::Sizes;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-const SIZES: Sizes = Sizes { flows_per_cpu: 16384, max_rings: 2, ring_stride: 1031, max_backends: 16 };
+const SIZES: Sizes =
+    Sizes { flows_per_cpu: 16384, max_rings: 2, ring_stride: 1031, max_backends: 16, flow_cache_slots: 1024 };
 const RING: u32 = 1031;
 
 /// VIP4:80/TCP (id 1, backends on eth0) and VIP6 any port/UDP (id 2), with address entries.
@@ -28,9 +29,10 @@ fn install_vips(r: &mut XdpRunner) {
         hash_seed: 7,
         v4_entropy_bits: 8,
         v6_entropy_bits: 16,
-        _pad: [0; 2],
+        flow_cache_bits: 0,
+        _pad: 0,
         capture_vip: 0,
-        next_hop_generation: 0,
+        cache_generation: 0,
     });
     r.install_ring(0, &[(1, near4(1)), (2, near4(2))], RING);
     r.install_ring(1, &[(3, near6(1)), (4, near6(2))], RING);

@@ -22,7 +22,8 @@ use lb_userspace::{
 };
 
 const RING: u32 = 1031;
-const SIZES: Sizes = Sizes { flows_per_cpu: 4096, max_rings: 1, ring_stride: RING, max_backends: 8 };
+const SIZES: Sizes =
+    Sizes { flows_per_cpu: 4096, max_rings: 1, ring_stride: RING, max_backends: 8, flow_cache_slots: 1024 };
 const SEED: u32 = 0x1234_5678;
 const PORT: u16 = 80;
 

@@ -1,7 +1,8 @@
 //! What the flow table records, and when a recorded flow stops counting (BPF_PROG_TEST_RUN on
 //! one CPU): a Maglev VIP's SYNs record nothing (a SYN flood fills no entry), the packet after
 //! the SYN records the flow, other schedulers record at the SYN; a flow whose VIP is gone or was
-//! replaced is never forwarded by its entry; the VIP address filter follows the VIP entries.
+//! replaced is never forwarded by its entry; the VIP address filter follows the VIP entries; the
+//! per-CPU flow cache answers for the table until the cache generation moves.
 use std::net::IpAddr;
 
 use aya::maps::{Array, MapData};
@@ -23,7 +24,8 @@ use lb_userspace::{
 
 const RING: u32 = 1031;
 /// Rings up to VIP_ID's: round-robin sequences are by VIP id.
-const SIZES: Sizes = Sizes { flows_per_cpu: 4096, max_rings: 8, ring_stride: RING, max_backends: 8 };
+const SIZES: Sizes =
+    Sizes { flows_per_cpu: 4096, max_rings: 8, ring_stride: RING, max_backends: 8, flow_cache_slots: 1024 };
 const PORT: u16 = 80;
 const VIP_ID: u32 = 7;
 
@@ -38,7 +40,7 @@ fn client() -> IpAddr {
 /// Backends near4(1..=3), their ring, and the TCP VIP (l2dsr: the output's destination MAC
 /// names the backend) with `scheduler`, plus its address entry.
 fn install(r: &mut XdpRunner, scheduler: u8) {
-    r.set_config(ConfigValue { src_v4: [198, 18, 1, 254], hash_seed: 0x5eed, ..Default::default() });
+    caches(r, 0);
     let mut members = Vec::new();
     for id in 1..=3u32 {
         r.datapath.set_backend(id, BackendValue::from(near4(id as u8))).unwrap();
@@ -51,6 +53,17 @@ fn install(r: &mut XdpRunner, scheduler: u8) {
     let value = VipValue { scheduler, rr_len: 1, ..r.vip_value(VIP_ID, 0, RING, MODE_L2DSR, 0) };
     r.install_vip(vip(), PORT, &[PROTO_TCP], value);
     r.install_address_entry(vip(), value);
+}
+
+/// CONFIG with the per-CPU caches (next hops, flows: 1024 slots) under `generation` (0: off).
+fn caches(r: &mut XdpRunner, generation: u32) {
+    r.set_config(ConfigValue {
+        src_v4: [198, 18, 1, 254],
+        hash_seed: 0x5eed,
+        flow_cache_bits: 10,
+        cache_generation: generation,
+        ..Default::default()
+    });
 }
 
 fn key(sport: u16) -> FlowKey {
@@ -169,5 +182,34 @@ fn the_vip_address_filter_follows_the_vip_entries() {
         let passed = r.counter(Counter::PassNotVip);
         assert_eq!(send(r, 23_000, tcp::SYN), None);
         assert_eq!(r.counter(Counter::PassNotVip), passed + 1);
+    });
+}
+
+#[test]
+fn the_flow_cache_answers_for_the_table_until_the_generation_moves() {
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_MAGLEV);
+        caches(r, 1);
+        let to = send(r, 24_000, tcp::ACK).expect("forwarded");
+        assert_eq!(recorded(r), vec![key(24_000)]);
+        // Taken out of the table behind the cache's back: this CPU still has it.
+        r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
+        assert!(recorded(r).is_empty());
+        assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 1, 0), "from the cache");
+        assert!(recorded(r).is_empty(), "a cache hit wrote to the table");
+        // The generation moves on (lbd: every second, and after removing flows): the packet
+        // goes to the table, misses, and records the flow again.
+        caches(r, 2);
+        assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 0, 1), "after the generation moved");
+        assert_eq!(recorded(r), vec![key(24_000)]);
+        assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 1, 0));
+        // A removed VIP: its flows voided and the generation moved, as the agent does.
+        for proto in [PROTO_TCP, PROTO_ICMP] {
+            let port = if proto == PROTO_TCP { PORT } else { 0 };
+            r.datapath.remove_vip(&VipKey::from((vip(), port, proto))).unwrap();
+        }
+        r.datapath.void_vip_flows(VIP_ID).unwrap();
+        caches(r, 3);
+        assert_eq!(send(r, 24_000, tcp::ACK), None, "a removed VIP's cached flow was forwarded");
     });
 }

@@ -319,10 +319,10 @@ impl Agent {
 
     /// Moves the data plane's next-hop cache to a new generation: every cached next hop is looked
     /// up in the FIB again on its next packet. lbd calls it every second.
-    pub fn refresh_next_hops(&mut self) -> Result<(), AgentError> {
-        self.applied.next_hop_generation = self.applied.next_hop_generation.wrapping_add(1).max(1);
-        reconcile::write_config(&mut self.datapath, &self.applied)?;
-        Ok(())
+    /// Ends what the data plane cached per CPU (next hops, flows): lbd calls it every second,
+    /// and after removing flows from the table.
+    pub fn refresh_caches(&mut self) -> Result<(), AgentError> {
+        Ok(reconcile::move_cache_generation(&mut self.datapath, &mut self.applied)?)
     }
 
     pub fn stop_capture(&mut self) -> Result<(), AgentError> {

@@ -106,8 +106,8 @@ pub struct Applied {
     pub source: Option<Source>,
     /// VIP id + 1 being captured (`lbctl capture`), 0 for none.
     pub capture_vip: u32,
-    /// See `ConfigValue::next_hop_generation`; 0 until the agent's first tick.
-    pub next_hop_generation: u32,
+    /// See `ConfigValue::cache_generation`; 0 until the agent's first tick or change.
+    pub cache_generation: u32,
     /// Round-robin sequences written, by VIP name (round-robin VIPs only).
     pub rr_seqs: BTreeMap<String, Vec<u32>>,
     /// BACKENDS entries written, by backend id.
@@ -210,22 +210,39 @@ fn vip_value(vip: &Vip, id: u32, dp: &Datapath, rr_len: usize) -> VipValue {
     }
 }
 
+/// Voids VIP `id`'s recorded flows, and every CPU's cached copies of them.
+fn void_vip_flows(dp: &mut Datapath, applied: &mut Applied, id: u32) -> Result<(), ApplyError> {
+    dp.void_vip_flows(id)?;
+    move_cache_generation(dp, applied)
+}
+
+/// Ends everything the data plane cached per CPU (next hops, flows): it is looked up afresh.
+pub fn move_cache_generation(dp: &mut Datapath, applied: &mut Applied) -> Result<(), ApplyError> {
+    applied.cache_generation = applied.cache_generation.wrapping_add(1).max(1);
+    write_config(dp, applied)
+}
+
 /// Writes CONFIG from the applied source and capture setting.
 pub fn write_config(dp: &mut Datapath, applied: &Applied) -> Result<(), ApplyError> {
     let source = applied.source.clone().unwrap_or_default();
-    Ok(dp.set_config(config_value(&source, applied.capture_vip, applied.next_hop_generation))?)
+    let value = ConfigValue {
+        flow_cache_bits: dp.sizes.flow_cache_bits(),
+        ..config_value(&source, applied.capture_vip, applied.cache_generation)
+    };
+    Ok(dp.set_config(value)?)
 }
 
-fn config_value(s: &Source, capture_vip: u32, next_hop_generation: u32) -> ConfigValue {
+fn config_value(s: &Source, capture_vip: u32, cache_generation: u32) -> ConfigValue {
     ConfigValue {
         src_v4: s.ipv4.map(|a| a.octets()).unwrap_or_default(),
         src_v6: s.ipv6.map(|a| a.octets()).unwrap_or_default(),
         hash_seed: s.hash_seed,
         v4_entropy_bits: s.ipv4_entropy_bits,
         v6_entropy_bits: s.ipv6_entropy_bits,
-        _pad: [0; 2],
+        flow_cache_bits: 0,
+        _pad: 0,
         capture_vip,
-        next_hop_generation,
+        cache_generation,
     }
 }
 
@@ -352,7 +369,7 @@ pub fn apply(
         }
         let moved = old.is_some();
         if moved || applied.ids.vips.get(&v.name) != Some(&id) {
-            dp.void_vip_flows(id)?;
+            void_vip_flows(dp, applied, id)?;
         }
         dp.set_vip(key, vip_value(v, id, dp, rr_len))?;
         applied.keys.insert(v.name.clone(), key);
@@ -368,8 +385,8 @@ pub fn apply(
         if let Some(key) = applied.keys.remove(&name).filter(|k| !vips.iter().any(|v| vip_key(v) == *k)) {
             dp.remove_vip(&key)?;
         }
-        if let Some(id) = applied.ids.vips.get(&name) {
-            dp.void_vip_flows(*id)?;
+        if let Some(&id) = applied.ids.vips.get(&name) {
+            void_vip_flows(dp, applied, id)?;
         }
         applied.rings.remove(&name);
         applied.rr_seqs.remove(&name);

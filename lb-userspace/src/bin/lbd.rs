@@ -71,18 +71,19 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    // Cached next hops (MACs, egress) expire every second: route and neighbour changes apply
-    // within a second without a FIB lookup per packet.
-    let mut next_hops = tokio::time::interval(std::time::Duration::from_secs(1));
+    // What the data plane caches per CPU expires every second: route and neighbour changes
+    // apply within a second without a FIB lookup per packet, and every active flow is seen by
+    // the flow table (so its LRU keeps it) once a second.
+    let mut caches = tokio::time::interval(std::time::Duration::from_secs(1));
     // least-conn counts drift when connections leave without a FIN or RST the balancer saw.
     let mut recount = tokio::time::interval(CONNECTION_RECOUNT);
     recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = recount.tick() => recount_connections(&agent).await,
-            _ = next_hops.tick() => {
-                if let Err(e) = agent.lock().await.refresh_next_hops() {
-                    error!("refreshing the next-hop cache: {e}");
+            _ = caches.tick() => {
+                if let Err(e) = agent.lock().await.refresh_caches() {
+                    error!("refreshing the data plane's caches: {e}");
                 }
             }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT"); break }
@@ -126,7 +127,13 @@ async fn health_changed(agent: &api::Shared, event: lb_userspace::health::Health
     };
     let (Some((id, what)), Ok(mut table)) = (reset, table) else { return };
     match tokio::task::spawn_blocking(move || table.remove_backend(id)).await {
-        Ok(Ok(n)) => info!(backend = what, flows = n, "reset the flows of a down backend"),
+        Ok(Ok(n)) => {
+            info!(backend = what, flows = n, "reset the flows of a down backend");
+            // Cached copies of them too.
+            if let Err(e) = agent.lock().await.refresh_caches() {
+                error!("refreshing the data plane's caches: {e}");
+            }
+        }
         Ok(Err(e)) => error!("resetting the flows of {what}: {e}"),
         Err(e) => error!("resetting the flows of {what}: {e}"),
     }

@@ -103,6 +103,19 @@ pub struct Sizes {
     /// Slots reserved per ring: the largest ring size any VIP may use.
     pub ring_stride: u32,
     pub max_backends: u32,
+    /// FLOW_CACHE slots per CPU: a power of two, or 0 for none.
+    pub flow_cache_slots: u32,
+}
+
+impl Sizes {
+    /// `ConfigValue::flow_cache_bits` for these sizes.
+    pub fn flow_cache_bits(&self) -> u8 {
+        if self.flow_cache_slots == 0 {
+            0
+        } else {
+            self.flow_cache_slots.trailing_zeros() as u8
+        }
+    }
 }
 
 impl Default for Sizes {
@@ -112,6 +125,7 @@ impl Default for Sizes {
             max_rings: limits::MAX_RINGS,
             ring_stride: limits::RING_SIZE,
             max_backends: limits::MAX_BACKENDS,
+            flow_cache_slots: limits::FLOW_CACHE_SLOTS,
         }
     }
 }
@@ -154,6 +168,8 @@ fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, Datapath
         (map_names::BACKENDS, sizes.max_backends),
         (map_names::BACKEND_STATS, sizes.max_backends),
         (map_names::NEXT_HOPS, sizes.max_backends),
+        // The kernel refuses an empty array: one slot, unused (flow_cache_bits 0).
+        (map_names::FLOW_CACHE, sizes.flow_cache_slots.max(1)),
         (map_names::RR_SEQS, sizes.max_rings * limits::RR_SEQ_LEN),
         (map_names::RR_CURSORS, sizes.max_rings),
         (map_names::ACTIVE_CONNS, sizes.max_backends),

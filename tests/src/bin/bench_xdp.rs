@@ -439,7 +439,13 @@ fn configure_kernel_path(kern: &Netns, sink_mac: [u8; 6]) -> Option<SysctlRestor
 /// A balancer as the agent sets one up: 3 IPv4 and 3 IPv6 backends, a TCP+UDP VIP of each
 /// family on port 80 in ipip mode with a Maglev ring of the production size, address entries.
 fn load_balancer(flows_per_cpu: u32, target: Target) -> Datapath {
-    let sizes = Sizes { flows_per_cpu, max_rings: 2, ring_stride: limits::RING_SIZE, max_backends: 8 };
+    let sizes = Sizes {
+        flows_per_cpu,
+        max_rings: 2,
+        ring_stride: limits::RING_SIZE,
+        max_backends: 8,
+        flow_cache_slots: limits::FLOW_CACHE_SLOTS,
+    };
     let mut dp = datapath::load_with(sizes).unwrap_or_else(|e| panic!("loading the XDP programs: {e}"));
     dp.set_config(ConfigValue {
         src_v4: [198, 18, 1, 0],
@@ -447,9 +453,11 @@ fn load_balancer(flows_per_cpu: u32, target: Target) -> Datapath {
         hash_seed: 0x5eed_1b05,
         v4_entropy_bits: 8,
         v6_entropy_bits: 16,
-        // As under lbd: next hops cached (lbd moves the generation on once a second, which
-        // costs one FIB lookup per backend and CPU a second: nothing at these rates).
-        next_hop_generation: 1,
+        // As under lbd: next hops and flows cached (lbd moves the generation on once a second,
+        // which costs one FIB lookup per backend and CPU, and one flow-table lookup per active
+        // flow and CPU, a second: nothing at these rates).
+        cache_generation: 1,
+        flow_cache_bits: sizes.flow_cache_bits(),
         ..Default::default()
     })
     .expect("set_config");

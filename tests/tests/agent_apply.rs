@@ -1,0 +1,58 @@
+//! `lbctl apply -f` with VIPs renamed or swapping addresses: the maps must end up holding exactly
+//! the new config's VIP entries (a removal for the old name must not take the entry the new
+//! name just wrote).
+use std::collections::BTreeSet;
+
+use lb_common::{VipKey, PROTO_ICMP, PROTO_TCP};
+use lb_tests::lbd::{lb_namespace, map_snapshot, Lbd, LbdFiles};
+
+fn vips(names_and_last_octets: &[(&str, u8)]) -> String {
+    names_and_last_octets
+        .iter()
+        .map(|(name, n)| {
+            format!(
+                "\n[[vip]]\nname = \"{name}\"\naddress = \"198.18.100.{n}\"\nport = 80\nprotocol = \"tcp\"\n\
+                 ring_size = 4099\n\n  [[vip.backend]]\n  address = \"198.18.0.1{n}\"\n"
+            )
+        })
+        .collect()
+}
+
+/// The VIP entries a config of VIPs on 198.18.100.`n`:80/tcp must leave: each port entry and
+/// each address entry.
+fn keys(last_octets: &[u8]) -> BTreeSet<VipKey> {
+    last_octets
+        .iter()
+        .flat_map(|&n| {
+            [VipKey::v4([198, 18, 100, n], 80, PROTO_TCP), VipKey::v4([198, 18, 100, n], 0, PROTO_ICMP)]
+        })
+        .collect()
+}
+
+#[test]
+fn renamed_and_swapped_vips_keep_their_entries() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let lbd = Lbd::start(&ns, &files, &format!("{header}{}", vips(&[("a", 1), ("b", 2)])));
+    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let held = || map_snapshot(&pins, 1).vips.into_iter().map(|(k, _)| k).collect::<BTreeSet<_>>();
+    assert_eq!(held(), keys(&[1, 2]), "the first config");
+
+    let apply = |text: String| {
+        let path = files.dir.join("next.toml");
+        std::fs::write(&path, format!("{header}{text}")).unwrap();
+        lbd.lbctl_ok(&["apply", "-f", path.to_str().unwrap()])
+    };
+    apply(vips(&[("a2", 1), ("b", 2)]));
+    assert_eq!(held(), keys(&[1, 2]), "after renaming a to a2");
+    let list = lbd.lbctl_ok(&["vip", "list"]);
+    let names: Vec<&str> = list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(names, ["a2", "b"], "vip list after the rename:\n{list}");
+
+    apply(vips(&[("a2", 2), ("b", 1)]));
+    assert_eq!(held(), keys(&[1, 2]), "after a2 and b swapped addresses");
+
+    apply(vips(&[("b", 1)]));
+    assert_eq!(held(), keys(&[1]), "after removing a2");
+}

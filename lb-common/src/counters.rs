@@ -10,7 +10,7 @@ pub enum CounterKind {
 
 macro_rules! counters {
     ($($variant:ident = $index:literal, $kind:ident, $name:literal, $help:literal;)*) => {
-        /// Global per-CPU counters, one slot each in the `STATS` array.
+        /// Global per-CPU counters, one slot each in STATS's `CounterBlock`.
         ///
         /// Metric names, CLI columns and docs derive from this list (`ALL`, `name`, `help`),
         /// never from a second one.
@@ -58,7 +58,7 @@ counters! {
 }
 
 impl Counter {
-    /// Number of slots the `STATS` array needs.
+    /// Number of counters (`CounterBlock` slots).
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     pub const fn index(self) -> u32 {
@@ -79,6 +79,24 @@ const _: () = assert!(core::mem::size_of::<TrafficStats>() == 24);
 #[cfg(feature = "user")]
 // SAFETY: plain integers (size asserted above).
 unsafe impl aya::Pod for TrafficStats {}
+
+/// STATS's one value, per CPU: every global counter, by `Counter::index`. One entry, so that a
+/// packet that moves several counters looks STATS up once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterBlock {
+    pub by_index: [u64; Counter::COUNT as usize],
+}
+
+impl Default for CounterBlock {
+    fn default() -> Self {
+        Self { by_index: [0; Counter::COUNT as usize] }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: an array of integers.
+unsafe impl aya::Pod for CounterBlock {}
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ mod vip;
 
 pub use backend::{BackendValue, NO_BACKEND};
 pub use config::{CaptureMeta, ConfigValue, CAPTURE_AFTER, CAPTURE_BEFORE, CAPTURE_SNAPLEN};
-pub use counters::{Counter, CounterKind, TrafficStats};
+pub use counters::{Counter, CounterBlock, CounterKind, TrafficStats};
 pub use flow::{FlowKey, FlowValue, FLOW_COUNTED};
 pub use vip::{
     VipKey, VipSlot, VipValue, FAMILY_V4, FAMILY_V6, MODE_IPIP, MODE_L2DSR, PROTO_ICMP, PROTO_ICMPV6,

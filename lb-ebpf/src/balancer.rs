@@ -2,20 +2,21 @@
 //! pick a backend), forward. Every packet ends in
 //! exactly one verdict counter, which also decides the XDP action.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{Counter, CounterKind, PROTO_ICMP, PROTO_ICMPV6};
+use lb_common::{Counter, CounterBlock, CounterKind, PROTO_ICMP, PROTO_ICMPV6};
 
 use crate::{flow, forward, icmp, maps::CONFIG, parse, schedule, stats};
 
 pub fn run(ctx: &XdpContext) -> u32 {
-    let verdict = match process(ctx) {
+    let counters = stats::block();
+    let verdict = match process(ctx, counters) {
         Ok(c) | Err(c) => c,
     };
-    stats::count(verdict);
+    stats::add(counters, verdict);
     action(verdict)
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext) -> Result<Counter, Counter> {
+fn process(ctx: &XdpContext, counters: *mut CounterBlock) -> Result<Counter, Counter> {
     let mut pkt = parse::packet(ctx)?;
     if !flow::may_be_vip(&pkt.key.dst) {
         return Err(if pkt.fragment { Counter::PassFragment } else { Counter::PassNotVip });
@@ -37,14 +38,14 @@ fn process(ctx: &XdpContext) -> Result<Counter, Counter> {
     let key = &pkt.key;
     let cfg = CONFIG.get(0).ok_or(Counter::PassNotVip)?;
     // An error must not create a flow: only the client's own packets do.
-    let choice = flow::choose(key, cfg, !icmp_error, pkt.syn)?;
+    let choice = flow::choose(key, cfg, !icmp_error, pkt.syn, counters)?;
     if choice.counted {
         // An open connection of a least-conn VIP: its FIN or RST ends its count.
         schedule::closing(ctx, key, pkt.l4_offset, choice.id);
     }
     let verdict = forward::to_backend(ctx, key, &choice, cfg);
     if icmp_error && verdict.kind() == CounterKind::Forward {
-        stats::count(Counter::IcmpErrorToBackend);
+        stats::add(counters, Counter::IcmpErrorToBackend);
     }
     Ok(verdict)
 }

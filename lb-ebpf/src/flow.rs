@@ -2,8 +2,8 @@
 //! scheduler (schedule.rs).
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    hash, BackendValue, ConfigValue, Counter, FlowKey, FlowValue, VipKey, VipValue, FAMILY_V4, FLOW_COUNTED,
-    NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, SCHED_MAGLEV, VIP_HASH_SOURCE_ONLY,
+    hash, BackendValue, ConfigValue, Counter, CounterBlock, FlowKey, FlowValue, VipKey, VipValue, FAMILY_V4,
+    FLOW_COUNTED, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, SCHED_MAGLEV, VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{
@@ -70,7 +70,13 @@ pub struct Choice {
 /// entry and evicts no connection. This CPU's FLOW_CACHE answers for the flow table when it
 /// holds the flow under the current cache generation.
 #[inline(always)]
-pub fn choose(key: &FlowKey, cfg: &ConfigValue, record: bool, syn: bool) -> Result<Choice, Counter> {
+pub fn choose(
+    key: &FlowKey,
+    cfg: &ConfigValue,
+    record: bool,
+    syn: bool,
+    counters: *mut CounterBlock,
+) -> Result<Choice, Counter> {
     let generation = cfg.cache_generation;
     // A plain pointer, null for none: an `Option` leaves its payload undefined when None, and
     // the verifier refuses a spilled undefined register.
@@ -85,7 +91,7 @@ pub fn choose(key: &FlowKey, cfg: &ConfigValue, record: bool, syn: bool) -> Resu
         let c = unsafe { &*cached };
         if c.generation == generation && same_key(&c.key, key) {
             if record {
-                crate::stats::count(Counter::FlowHit);
+                crate::stats::add(counters, Counter::FlowHit);
             }
             let counted = record && c.counted != 0;
             return Ok(Choice {
@@ -106,7 +112,7 @@ pub fn choose(key: &FlowKey, cfg: &ConfigValue, record: bool, syn: bool) -> Resu
                 // (Its backend is checked where it is used: forward.rs.)
                 let (id, hash, vip, flags) = (f.backend, f.hash, f.vip, f.flags);
                 if record {
-                    crate::stats::count(Counter::FlowHit);
+                    crate::stats::add(counters, Counter::FlowHit);
                 }
                 let choice = Choice { id, hash, vip, mode: slot.vip.mode, new_flow: false, counted: false };
                 remember(cached, key, &choice, flags & FLOW_COUNTED != 0, generation);
@@ -129,7 +135,7 @@ pub fn choose(key: &FlowKey, cfg: &ConfigValue, record: bool, syn: bool) -> Resu
     let id = schedule::pick(vip, hash, record);
     backend(id, key.family)?;
     if record {
-        crate::stats::count(Counter::FlowMiss);
+        crate::stats::add(counters, Counter::FlowMiss);
     }
     // A TCP packet without SYN continues a connection: its SYN was the new flow.
     let new_flow = record && (key.proto != PROTO_TCP || syn);

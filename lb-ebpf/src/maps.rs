@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerfEventArray},
 };
 use lb_common::{
-    limits, BackendValue, CaptureMeta, ConfigValue, Counter, FlowKey, FlowValue, TrafficStats, VipKey,
+    limits, BackendValue, CaptureMeta, ConfigValue, CounterBlock, FlowKey, FlowValue, TrafficStats, VipKey,
     VipSlot, VipValue,
 };
 
@@ -110,8 +110,9 @@ pub static ACTIVE_CONNS: Array<u64> = Array::with_max_entries(limits::MAX_BACKEN
 #[map(name = "CAPTURE")]
 pub static CAPTURE: PerfEventArray<CaptureMeta> = PerfEventArray::new(0);
 
+/// One entry: all global counters of a CPU (see stats.rs).
 #[map(name = "STATS")]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+pub static STATS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "VIP_STATS")]
 pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(limits::MAX_VIPS, 0);

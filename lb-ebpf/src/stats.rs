@@ -1,15 +1,31 @@
 use aya_ebpf::maps::PerCpuArray;
-use lb_common::{Counter, TrafficStats};
+use lb_common::{Counter, CounterBlock, TrafficStats};
 
 use crate::maps::STATS;
 
-/// Adds one to a global counter. Per-CPU slots: no atomics needed.
+/// This CPU's global counters, null if the map has no entry (it always has one). A packet that
+/// moves several counters looks them up once with this and [`add`].
+#[inline(always)]
+pub fn block() -> *mut CounterBlock {
+    STATS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut())
+}
+
+/// Adds one to a global counter of `block`. Per-CPU: no atomics needed.
+#[inline(always)]
+pub fn add(block: *mut CounterBlock, counter: Counter) {
+    if block.is_null() {
+        return;
+    }
+    // SAFETY: this CPU's entry: nothing else writes it while we run.
+    if let Some(slot) = unsafe { (*block).by_index.get_mut(counter.index() as usize) } {
+        *slot += 1;
+    }
+}
+
+/// Adds one to a global counter.
 #[inline(always)]
 pub fn count(counter: Counter) {
-    if let Some(slot) = STATS.get_ptr_mut(counter.index()) {
-        // SAFETY: the slot belongs to this CPU and nothing else writes it while we run.
-        unsafe { *slot += 1 };
-    }
+    add(block(), counter);
 }
 
 /// Adds a packet of `bytes` (and maybe a new flow) to entry `id` of VIP_STATS or BACKEND_STATS.

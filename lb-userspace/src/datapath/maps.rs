@@ -3,8 +3,8 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
 use lb_common::{
-    hash, limits, map_names, BackendValue, ConfigValue, Counter, TrafficStats, VipKey, VipSlot, VipValue,
-    FAMILY_V4, FAMILY_V6, VIP_ADDRESS_ONLY,
+    hash, limits, map_names, BackendValue, ConfigValue, Counter, CounterBlock, TrafficStats, VipKey, VipSlot,
+    VipValue, FAMILY_V4, FAMILY_V6, VIP_ADDRESS_ONLY,
 };
 
 use super::{Datapath, DatapathError};
@@ -13,8 +13,10 @@ impl Datapath {
     /// A global counter summed over all CPUs.
     pub fn counter(&self, counter: Counter) -> Result<u64, DatapathError> {
         let name = map_names::STATS;
-        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(name)?).map_err(err(name))?;
-        Ok(stats.get(&counter.index(), 0).map_err(err(name))?.iter().sum())
+        let stats: PerCpuArray<&MapData, CounterBlock> =
+            PerCpuArray::try_from(self.map(name)?).map_err(err(name))?;
+        let per_cpu = stats.get(&0, 0).map_err(err(name))?;
+        Ok(per_cpu.iter().map(|b| b.by_index[counter.index() as usize]).sum())
     }
 
     /// A VIP's traffic counters (by `VipValue::id`), summed over all CPUs.

@@ -55,6 +55,10 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     let started = Instant::now();
+    // bench_conn and bench_control run lbd and lbctl from the same target directory: a stale
+    // build there would be measured instead of this tree.
+    cmd::cargo(&["build", "--release", "--package", "lb-userspace", "--bins"])
+        .context("building lbd and lbctl (release) for the benches")?;
     for (name, limit) in &benches {
         // One at a time: a bench that does not build does not stop the others.
         if let Err(e) = cmd::cargo(&["build", "--release", "--package", "lb-tests", "--bin", name]) {

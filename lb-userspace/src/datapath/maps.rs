@@ -258,12 +258,15 @@ fn err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
 pub struct FlowTable {
     map: HashMap<MapData, lb_common::FlowKey, lb_common::FlowValue>,
     capacity: u32,
+    /// Each VIP id's generation when the handle was made: entries recorded under another one
+    /// are void (their VIP is gone or was replaced) and walks skip them.
+    generations: Vec<u32>,
 }
 
 /// What a walk of the flow table saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowWalk {
-    /// Distinct flows visited.
+    /// Distinct flows visited (void entries not counted).
     pub flows: u64,
     /// False if the walk stopped at its bound before the end of the table (heavy churn).
     pub complete: bool,
@@ -286,12 +289,17 @@ impl Datapath {
         let data = MapData::from_fd(fd).map_err(err(name))?;
         let capacity = data.info().map_err(err(name))?.max_entries();
         let map = HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(err(name))?;
-        Ok(FlowTable { map, capacity })
+        let name = map_names::VIP_BY_ID;
+        let slots: Array<&MapData, VipSlot> = Array::try_from(self.map(name)?).map_err(err(name))?;
+        let generations =
+            slots.iter().map(|s| s.map(|s| s.generation)).collect::<Result<_, _>>().map_err(err(name))?;
+        Ok(FlowTable { map, capacity, generations })
     }
 }
 
 impl FlowTable {
-    /// Calls `visit` once for each flow in the table, with the backend id it is pinned to.
+    /// Calls `visit` once for each flow in the table, with the backend id it is pinned to. Void
+    /// entries (of a VIP that is gone or was replaced: the data plane ignores them) are skipped.
     ///
     /// The data plane goes on adding and evicting flows meanwhile: a flow evicted between its
     /// key and its value being read is skipped, and when the key the walk stands on is evicted
@@ -313,11 +321,12 @@ impl FlowTable {
         let mut seen = std::collections::HashSet::new();
         let max_steps = 4 * u64::from(self.capacity).max(1);
         let mut steps = 0u64;
+        let mut live = 0u64;
         for key in self.map.keys() {
             let key = key.map_err(err(name))?;
             steps += 1;
             if steps > max_steps {
-                return Ok(FlowWalk { flows: seen.len() as u64, complete: false });
+                return Ok(FlowWalk { flows: live, complete: false });
             }
             let print = fingerprint.hash_one(key);
             if seen.contains(&print) {
@@ -326,13 +335,16 @@ impl FlowTable {
             match self.map.get(&key, 0) {
                 Ok(value) => {
                     seen.insert(print);
-                    visit(&key, &value);
+                    if self.generations.get(value.vip as usize) == Some(&value.vip_generation) {
+                        live += 1;
+                        visit(&key, &value);
+                    }
                 }
                 Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(err(name)(e)),
             }
         }
-        Ok(FlowWalk { flows: seen.len() as u64, complete: true })
+        Ok(FlowWalk { flows: live, complete: true })
     }
 
     /// Removes every flow pinned to backend `id` (their next packets pick a backend from the

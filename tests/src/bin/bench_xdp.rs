@@ -36,9 +36,11 @@
 //!   test runs (the batches and the softirq work they trigger; time this thread spends
 //!   descheduled is left out), BPF statistics off.
 //! - `rx-lb` has a flow table large enough for 1M flows, warmed up so that every measured
-//!   packet is a flow-table hit; `rx-syn` has the production table size, kept full, and every
-//!   packet sent to it is a TCP SYN of a flow never seen before (no modulo): a miss, a Maglev
-//!   pick and an insert that evicts the least recently used flow.
+//!   packet is a flow-table hit (with the flow cache on, as under lbd: most hits come from it);
+//!   `rx-syn` has the production table size, kept full, and every packet sent to it is of a flow
+//!   never seen before (no modulo): a TCP SYN (a flow-table miss and a Maglev pick; a Maglev
+//!   VIP's SYN records no flow), or the TCP packet after it, which also records the flow (an
+//!   insert that evicts the least recently used flow).
 //! - Each measured run is checked: the sink got every frame (none for the non-VIP class), the
 //!   balancer's verdict counters moved by exactly the frames sent (forward_tx and flow_hit or
 //!   flow_miss, nothing else; pass_not_vip for the non-VIP class), the program ran once per

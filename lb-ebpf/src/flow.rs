@@ -45,8 +45,8 @@ pub fn is_vip_address(addr: &[u8; 16], family: u8) -> bool {
     VIPS.get_ptr(&key).is_some()
 }
 
-/// Plain integers only: it crosses a BPF function call through the stack, where the verifier
-/// does not let a spilled map pointer be read back in pieces.
+/// Where a packet goes: plain integers, copied from the flow cache, the flow table or the
+/// scheduler.
 pub struct Choice {
     pub id: u32,
     /// The flow hash, also used for tunnel source entropy.
@@ -88,8 +88,11 @@ pub fn choose(
     };
     if !cached.is_null() {
         // SAFETY: this CPU's own slot; nothing else writes it while we run.
-        let c = unsafe { &*cached };
-        if c.generation == generation && same_key(&c.key, key) {
+        let c = unsafe { &mut *cached };
+        // Every 256th hit goes to the flow table instead (and refills the slot): the table's
+        // LRU then sees the flow as used even while no lbd moves the generation.
+        c.hits = c.hits.wrapping_add(1);
+        if c.generation == generation && c.hits != 0 && same_key(&c.key, key) {
             if record {
                 crate::stats::add(counters, Counter::FlowHit);
             }
@@ -142,13 +145,13 @@ pub fn choose(
     let flags = schedule::flow_flags(vip, key);
     let mut counted = false;
     if record && !(syn && vip.scheduler == SCHED_MAGLEV) {
-        let generation = VIP_BY_ID.get(vip.id).map_or(0, |s| s.generation);
+        let vip_generation = VIP_BY_ID.get(vip.id).map_or(0, |s| s.generation);
         // A full table evicts its least recently used flow; an error here only costs a re-pick.
         // A counted flow counts only if this packet made it (not another CPU's at the same
         // time); a stale entry is replaced.
         counted = flags & FLOW_COUNTED != 0;
         let mode = if counted && !stale { BPF_NOEXIST as u64 } else { 0 };
-        let value = FlowValue { backend: id, hash, vip: vip.id, vip_generation: generation, flags };
+        let value = FlowValue { backend: id, hash, vip: vip.id, vip_generation, flags };
         let recorded = FLOWS.insert(key, &value, mode).is_ok();
         counted = recorded && counted;
         if counted {
@@ -156,7 +159,7 @@ pub fn choose(
         }
         if recorded {
             let choice = Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted };
-            remember(cached, key, &choice, counted, cfg.cache_generation);
+            remember(cached, key, &choice, counted, generation);
         }
     }
     Ok(Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted })
@@ -197,7 +200,8 @@ fn remember(slot: *mut CachedFlow, key: &FlowKey, c: &Choice, counted: bool, gen
             generation,
             mode: c.mode,
             counted: counted as u8,
-            _pad: [0; 6],
+            hits: 0,
+            _pad: [0; 5],
         };
         // SAFETY: this CPU's own slot.
         unsafe { *slot = entry };

@@ -80,7 +80,9 @@ pub struct CachedFlow {
     pub generation: u32,
     pub mode: u8,
     pub counted: u8,
-    pub _pad: [u8; 6],
+    /// Hits since the slot was filled, wrapping: the 256th goes to FLOWS (see flow.rs).
+    pub hits: u8,
+    pub _pad: [u8; 5],
 }
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
 

@@ -1,6 +1,7 @@
-//! The schedulers: which backend a new flow gets. They run only on a flow-table miss (a flow's
-//! first packet); every later packet of the flow finds its backend in the flow table, whatever
-//! the VIP's scheduler is or becomes.
+//! The schedulers: which backend a new flow gets. They run only on a flow-table miss: a flow's
+//! first packet (and, for a TCP connection to a Maglev VIP, whose SYN records nothing, the
+//! packet after it: the ring answers the same); every later packet finds its backend in the
+//! flow table, whatever the VIP's scheduler is or becomes.
 //!
 //! - Maglev (and source hash, the same with the client-address hash): the ring slot of the hash.
 //! - Round robin: the next entry of the VIP's sequence (RR_SEQS, computed by the agent: smooth

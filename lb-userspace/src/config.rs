@@ -272,7 +272,8 @@ pub struct Source {
     pub hash_seed: u32,
 }
 
-/// Map sizes chosen when the programs are first loaded (changing them needs a fresh pin path).
+/// Map sizes chosen when the programs are first loaded (changing them needs a fresh pin path;
+/// `flow_cache_slots`, whose map is not pinned, applies from the next start of lbd).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {

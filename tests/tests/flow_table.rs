@@ -185,8 +185,10 @@ fn the_vip_address_filter_follows_the_vip_entries() {
         assert!(send(r, 23_000, tcp::SYN).is_some());
         // One entry of the address left: the bit stays.
         r.datapath.remove_vip(&VipKey::from((vip(), PORT, PROTO_TCP))).unwrap();
+        r.datapath.sync_vip_filter().unwrap();
         assert!(filter_bit(r), "cleared while the address entry remains");
         r.datapath.remove_vip(&VipKey::from((vip(), 0, PROTO_ICMP))).unwrap();
+        r.datapath.sync_vip_filter().unwrap();
         assert!(!filter_bit(r), "left set with no entry for the address");
         let passed = r.counter(Counter::PassNotVip);
         assert_eq!(send(r, 23_000, tcp::SYN), None);
@@ -220,5 +222,25 @@ fn the_flow_cache_answers_for_the_table_until_the_generation_moves() {
         r.datapath.void_vip_flows(VIP_ID).unwrap();
         caches(r, 3);
         assert_eq!(send(r, 24_000, tcp::ACK), None, "a removed VIP's cached flow was forwarded");
+    });
+}
+
+#[test]
+fn every_256th_hit_of_a_cached_flow_goes_to_the_table() {
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_MAGLEV);
+        caches(r, 1);
+        let to = send(r, 25_000, tcp::ACK).expect("forwarded");
+        r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
+        // Without an lbd moving the generation, the table still sees the flow now and then (its
+        // LRU keeps it): here it finds it gone, and records it again, once in 256 packets.
+        let (mut hits, mut misses) = (0, 0);
+        for i in 0..256 {
+            let (went, h, m) = flow_counters(r, 25_000, tcp::ACK);
+            assert_eq!(went, Some(to), "packet {i}");
+            (hits, misses) = (hits + h, misses + m);
+        }
+        assert_eq!((hits, misses), (255, 1));
+        assert_eq!(recorded(r), vec![key(25_000)]);
     });
 }

@@ -1,9 +1,11 @@
 //! The flow table as operators see it: which connections are pinned to which backend, so that
 //! an operator can tell when a drained backend has no flows left.
 //!
-//! A flow belongs to the VIP whose service its destination matches, as the data plane looks it
-//! up: (address, port, protocol), then (address, any port, protocol). Its backend comes from the
-//! backend id it is pinned to, mapped back to (VIP, address) through the agent's ids.
+//! A flow is shown under the VIP whose service its destination matches now: (address, port,
+//! protocol), then (address, any port, protocol). (The data plane goes by the VIP id in the
+//! entry; the two agree for every entry a walk lists, since entries of a VIP that moved or went
+//! are void and skipped.) Its backend comes from the backend id it is pinned to, mapped back to
+//! (VIP, address) through the agent's ids.
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

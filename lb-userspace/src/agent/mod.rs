@@ -317,8 +317,6 @@ impl Agent {
         Ok((id, capturer))
     }
 
-    /// Moves the data plane's next-hop cache to a new generation: every cached next hop is looked
-    /// up in the FIB again on its next packet. lbd calls it every second.
     /// Ends what the data plane cached per CPU (next hops, flows): lbd calls it every second,
     /// and after removing flows from the table.
     pub fn refresh_caches(&mut self) -> Result<(), AgentError> {

@@ -210,10 +210,26 @@ fn vip_value(vip: &Vip, id: u32, dp: &Datapath, rr_len: usize) -> VipValue {
     }
 }
 
-/// Voids VIP `id`'s recorded flows, and every CPU's cached copies of them.
-fn void_vip_flows(dp: &mut Datapath, applied: &mut Applied, id: u32) -> Result<(), ApplyError> {
-    dp.void_vip_flows(id)?;
-    move_cache_generation(dp, applied)
+/// How long a packet that read a VIP entry can still be on its way through the data plane (an
+/// XDP run takes microseconds): after it, nothing can record a flow from an entry that is gone.
+const PACKETS_IN_FLIGHT: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Voids the recorded flows of VIP `ids` (whose entries were just removed or moved), and again
+/// once the packets in flight are through: one that looked the old entry up before its removal
+/// and recorded its flow after the first void is caught by the second. The caller then moves
+/// the cache generation, for the copies of those flows in every CPU's flow cache.
+fn void_vip_flows(dp: &mut Datapath, ids: &[u32]) -> Result<(), ApplyError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for &id in ids {
+        dp.void_vip_flows(id)?;
+    }
+    std::thread::sleep(PACKETS_IN_FLIGHT);
+    for &id in ids {
+        dp.void_vip_flows(id)?;
+    }
+    Ok(())
 }
 
 /// Ends everything the data plane cached per CPU (next hops, flows): it is looked up afresh.
@@ -324,6 +340,8 @@ pub fn apply(
         write_config(dp, applied)?;
     }
     let mut slots = 0;
+    let mut moved = Vec::new();
+    let mut removed = false;
     for v in vips {
         for b in &v.backends {
             let id = ids.backend(&v.name, b.address).expect("allocated above");
@@ -366,10 +384,14 @@ pub fn apply(
         let old = applied.keys.get(&v.name).copied().filter(|old| *old != key);
         if let Some(old) = old.filter(|old| !vips.iter().any(|o| vip_key(o) == *old)) {
             dp.remove_vip(&old)?;
+            removed = true;
         }
-        let moved = old.is_some();
-        if moved || applied.ids.vips.get(&v.name) != Some(&id) {
-            void_vip_flows(dp, applied, id)?;
+        if old.is_some() {
+            // Voided once every entry is written: until then the old key may still name it.
+            moved.push(id);
+        } else if applied.ids.vips.get(&v.name) != Some(&id) {
+            // A fresh id: its earlier owner's flows go before this VIP records its first.
+            dp.void_vip_flows(id)?;
         }
         dp.set_vip(key, vip_value(v, id, dp, rr_len))?;
         applied.keys.insert(v.name.clone(), key);
@@ -384,9 +406,10 @@ pub fn apply(
         // A renamed VIP keeps its key under its new name: that entry stays.
         if let Some(key) = applied.keys.remove(&name).filter(|k| !vips.iter().any(|v| vip_key(v) == *k)) {
             dp.remove_vip(&key)?;
+            removed = true;
         }
         if let Some(&id) = applied.ids.vips.get(&name) {
-            void_vip_flows(dp, applied, id)?;
+            moved.push(id);
         }
         applied.rings.remove(&name);
         applied.rr_seqs.remove(&name);
@@ -397,19 +420,36 @@ pub fn apply(
     for key in stale {
         dp.remove_vip(&key)?;
         applied.address_entries.remove(&key);
+        removed = true;
     }
     applied.ids = ids;
+    void_vip_flows(dp, &moved)?;
+    if removed {
+        dp.sync_vip_filter()?;
+    }
+    // Every change (a VIP's mode included) reaches cached flows at once.
+    move_cache_generation(dp, applied)?;
     Ok(slots)
 }
 
 /// Removes VIP entries the maps hold but this agent did not write (left by an agent whose
-/// saved state is gone): a VIP nobody knows about must not keep forwarding.
-pub fn remove_unknown_vips(dp: &mut Datapath, applied: &Applied) -> Result<usize, ApplyError> {
+/// saved state is gone): a VIP nobody knows about must not keep forwarding, by its entry or by
+/// its recorded flows (voided, even if a known VIP has taken its id since).
+pub fn remove_unknown_vips(dp: &mut Datapath, applied: &mut Applied) -> Result<usize, ApplyError> {
     let known: BTreeSet<VipKey> = applied.keys.values().chain(&applied.address_entries).copied().collect();
-    let unknown: Vec<VipKey> = dp.vip_keys()?.into_iter().filter(|k| !known.contains(k)).collect();
-    for key in &unknown {
+    let unknown: Vec<(VipKey, VipValue)> =
+        dp.vips()?.into_iter().filter(|(k, _)| !known.contains(k)).collect();
+    let mut ids = Vec::new();
+    for (key, value) in &unknown {
         dp.remove_vip(key)?;
+        // Address entries record no flows.
+        if value.flags & VIP_ADDRESS_ONLY == 0 {
+            ids.push(value.id);
+        }
     }
+    void_vip_flows(dp, &ids)?;
+    dp.sync_vip_filter()?;
+    move_cache_generation(dp, applied)?;
     Ok(unknown.len())
 }
 

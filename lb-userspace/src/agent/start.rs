@@ -70,9 +70,12 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         None
     };
     let adopted = saved.is_some();
+    // Cache generations go on from the pinned CONFIG's, never back to one under which the
+    // program just attached may already have cached entries.
+    let cache_generation = dp.config()?.cache_generation;
     let mut agent = Agent {
         datapath: dp,
-        applied: Applied::default(),
+        applied: Applied { cache_generation, ..Default::default() },
         config_file: Some(config_file.to_owned()),
         state_file: config.state_file.clone(),
         adopted,
@@ -100,7 +103,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         None => {}
     }
     let slots = agent.apply()?;
-    let unknown = super::reconcile::remove_unknown_vips(&mut agent.datapath, &agent.applied)?;
+    let unknown = super::reconcile::remove_unknown_vips(&mut agent.datapath, &mut agent.applied)?;
     if unknown > 0 {
         warn!(entries = unknown, "removed VIP entries that no saved state accounts for");
     }

@@ -68,7 +68,15 @@ impl Datapath {
         slots.set(id, slot, 0).map_err(err(name))
     }
 
-    /// Every key in the VIP map (to find entries no agent knows about).
+    /// Every entry of the VIP map (to find entries no agent knows about).
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, DatapathError> {
+        let name = map_names::VIPS;
+        let vips: HashMap<&MapData, VipKey, VipValue> =
+            HashMap::try_from(self.map(name)?).map_err(err(name))?;
+        vips.iter().collect::<Result<_, _>>().map_err(err(name))
+    }
+
+    /// Every key in the VIP map.
     pub fn vip_keys(&self) -> Result<Vec<VipKey>, DatapathError> {
         let name = map_names::VIPS;
         let vips: HashMap<&MapData, VipKey, VipValue> =
@@ -76,13 +84,13 @@ impl Datapath {
         vips.keys().collect::<Result<_, _>>().map_err(err(name))
     }
 
-    /// Removes a VIP entry, then clears the VIP_FILTER bits no remaining entry needs.
+    /// Removes a VIP entry. Its address's VIP_FILTER bit stays set (a set bit only costs other
+    /// traffic a lookup) until [`Self::sync_vip_filter`], which a batch of removals calls once.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DatapathError> {
         let name = map_names::VIPS;
         let mut vips: HashMap<&mut MapData, VipKey, VipValue> =
             HashMap::try_from(self.map_mut(name)?).map_err(err(name))?;
-        vips.remove(key).map_err(err(name))?;
-        self.rebuild_filter()
+        vips.remove(key).map_err(err(name))
     }
 
     fn set_filter_bit(&mut self, addr: &[u8; 16]) -> Result<(), DatapathError> {
@@ -97,8 +105,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// VIP_FILTER from the VIP entries there are: only words that change are written.
-    fn rebuild_filter(&mut self) -> Result<(), DatapathError> {
+    /// Clears the VIP_FILTER bits that no VIP entry needs any more (only words that change are
+    /// written).
+    pub fn sync_vip_filter(&mut self) -> Result<(), DatapathError> {
         let mut want = vec![0u64; (limits::VIP_FILTER_BITS / 64) as usize];
         for key in self.vip_keys()? {
             let bit = hash::vip_filter_bit(&key.addr);
@@ -203,6 +212,13 @@ impl Datapath {
     /// First slot of ring number `ring` in RINGS (for `VipValue::ring_offset`).
     pub fn ring_offset(&self, ring: u32) -> u32 {
         ring * self.sizes.ring_stride
+    }
+
+    /// The CONFIG entry as it stands (all zero in fresh maps).
+    pub fn config(&self) -> Result<ConfigValue, DatapathError> {
+        let name = map_names::CONFIG;
+        let cfg: Array<&MapData, ConfigValue> = Array::try_from(self.map(name)?).map_err(err(name))?;
+        cfg.get(&0, 0).map_err(err(name))
     }
 
     pub fn set_config(&mut self, config: ConfigValue) -> Result<(), DatapathError> {

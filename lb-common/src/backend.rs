@@ -9,7 +9,9 @@ pub const NO_BACKEND: u32 = 0;
 pub struct BackendValue {
     pub addr: [u8; 16],
     pub family: u8,
-    pub _pad: u8,
+    /// Moved on by the agent whenever the id is given to another backend (wrapping): flows
+    /// recorded under another generation are void, so they never follow an id to its next owner.
+    pub generation: u8,
     /// The configured weight (the `least-conn` scheduler compares active connections per unit
     /// of weight). 0 for a backend that takes no new flows.
     pub weight: u16,
@@ -27,11 +29,11 @@ pub(crate) const fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
 
 impl BackendValue {
     pub const fn v4(addr: [u8; 4]) -> Self {
-        Self { addr: v4_in_16(addr), family: FAMILY_V4, _pad: 0, weight: 0 }
+        Self { addr: v4_in_16(addr), family: FAMILY_V4, generation: 0, weight: 0 }
     }
 
     pub const fn v6(addr: [u8; 16]) -> Self {
-        Self { addr, family: FAMILY_V6, _pad: 0, weight: 0 }
+        Self { addr, family: FAMILY_V6, generation: 0, weight: 0 }
     }
 
     pub const fn with_weight(self, weight: u16) -> Self {

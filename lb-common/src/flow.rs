@@ -24,7 +24,10 @@ pub struct FlowValue {
     pub backend: u32,
     pub hash: u32,
     /// `VipValue::id` of the VIP the flow belongs to.
-    pub vip: u32,
+    pub vip: u16,
+    /// `BackendValue::generation` of `backend` when the flow was recorded.
+    pub backend_generation: u8,
+    pub _pad: u8,
     /// `VipSlot::generation` of that VIP when the flow was recorded: the flow is void once the
     /// VIP is removed or its id goes to another VIP (the agent moves the generation on).
     pub vip_generation: u32,

@@ -109,11 +109,13 @@ pub fn choose(
     }
     // SAFETY: flow values are plain integers written whole.
     let stale = match unsafe { FLOWS.get(key) } {
-        Some(f) => match VIP_BY_ID.get(f.vip) {
+        Some(f) => match (VIP_BY_ID.get(f.vip as u32), BACKENDS.get(f.backend)) {
             // A known flow needs no hashing either: its hash was kept with it.
-            Some(slot) if slot.generation == f.vip_generation => {
-                // (Its backend is checked where it is used: forward.rs.)
-                let (id, hash, vip, flags) = (f.backend, f.hash, f.vip, f.flags);
+            (Some(slot), Some(b))
+                if slot.generation == f.vip_generation && b.generation == f.backend_generation =>
+            {
+                // (Its backend's family is checked where it is used: forward.rs.)
+                let (id, hash, vip, flags) = (f.backend, f.hash, f.vip as u32, f.flags);
                 if record {
                     crate::stats::add(counters, Counter::FlowHit);
                 }
@@ -121,7 +123,7 @@ pub fn choose(
                 remember(cached, key, &choice, flags & FLOW_COUNTED != 0, generation);
                 return Ok(Choice { counted: record && flags & FLOW_COUNTED != 0, ..choice });
             }
-            // Its VIP is gone or the id means another VIP now.
+            // Its VIP is gone, or its VIP's or backend's id names another one now.
             _ => true,
         },
         None => false,
@@ -136,7 +138,7 @@ pub fn choose(
         hash::flow(key, cfg.hash_seed)
     };
     let id = schedule::pick(vip, hash, record);
-    backend(id, key.family)?;
+    let backend_generation = backend(id, key.family)?.generation;
     if record {
         crate::stats::add(counters, Counter::FlowMiss);
     }
@@ -151,7 +153,15 @@ pub fn choose(
         // time); a stale entry is replaced.
         counted = flags & FLOW_COUNTED != 0;
         let mode = if counted && !stale { BPF_NOEXIST as u64 } else { 0 };
-        let value = FlowValue { backend: id, hash, vip: vip.id, vip_generation, flags };
+        let value = FlowValue {
+            backend: id,
+            hash,
+            vip: vip.id as u16,
+            backend_generation,
+            _pad: 0,
+            vip_generation,
+            flags,
+        };
         let recorded = FLOWS.insert(key, &value, mode).is_ok();
         counted = recorded && counted;
         if counted {

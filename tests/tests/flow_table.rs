@@ -244,3 +244,19 @@ fn every_256th_hit_of_a_cached_flow_goes_to_the_table() {
         assert_eq!(recorded(r), vec![key(25_000)]);
     });
 }
+
+#[test]
+fn a_flow_does_not_follow_its_backend_id_to_the_next_owner() {
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_MAGLEV);
+        let to = send(r, 26_000, tcp::ACK).expect("forwarded");
+        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0));
+        // The id goes to another backend: the agent moves the id's generation, and the entry
+        // pinned to the earlier owner no longer counts (the packet is placed again).
+        let b = r.datapath.backend(to).unwrap();
+        r.datapath.set_backend(to, BackendValue { generation: b.generation.wrapping_add(1), ..b }).unwrap();
+        assert!(in_table(r, &key(26_000)) && recorded(r).is_empty(), "a walk listed a void entry");
+        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 0, 1), "after the id changed hands");
+        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "recorded again");
+    });
+}

@@ -347,11 +347,19 @@ pub fn apply(
             let id = ids.backend(&v.name, b.address).expect("allocated above");
             let fresh = applied.ids.backend(&v.name, b.address) != Some(id);
             if fresh {
-                // An id handed out anew starts with no connections (an id's earlier owner's).
+                // An id handed out anew starts with no connections and no traffic (its earlier
+                // owner's).
                 dp.set_active_connections(id, 0)?;
+                dp.reset_backend_stats(id)?;
             }
             let value = BackendValue::from(b.address).with_weight(b.weight.min(u16::MAX as u32) as u16);
-            if fresh || applied.backends.get(&id) != Some(&value) {
+            let same =
+                applied.backends.get(&id).is_some_and(|a| BackendValue { generation: 0, ..*a } == value);
+            if fresh || !same {
+                // A fresh id voids the flows its earlier owner left in the table.
+                let generation = dp.backend(id)?.generation;
+                let generation = if fresh { generation.wrapping_add(1) } else { generation };
+                let value = BackendValue { generation, ..value };
                 dp.set_backend(id, value)?;
                 applied.backends.insert(id, value);
             }

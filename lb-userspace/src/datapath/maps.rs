@@ -123,6 +123,34 @@ impl Datapath {
         Ok(())
     }
 
+    /// Backend `id` as BACKENDS holds it (all zero if never set).
+    pub fn backend(&self, id: u32) -> Result<BackendValue, DatapathError> {
+        if id == 0 || id >= self.sizes.max_backends {
+            return Err(DatapathError::BackendId(id));
+        }
+        let name = map_names::BACKENDS;
+        let backends: Array<&MapData, BackendValue> = Array::try_from(self.map(name)?).map_err(err(name))?;
+        backends.get(&id, 0).map_err(err(name))
+    }
+
+    /// Zeroes backend `id`'s traffic counters on every CPU.
+    pub fn reset_backend_stats(&mut self, id: u32) -> Result<(), DatapathError> {
+        let name = map_names::BACKEND_STATS;
+        let mut stats: PerCpuArray<&mut MapData, TrafficStats> =
+            PerCpuArray::try_from(self.map_mut(name)?).map_err(err(name))?;
+        let cpus = aya::util::nr_cpus().map_err(|(path, e)| DatapathError::Cpus(path, e))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).map_err(|e| {
+            DatapathError::Map {
+                name,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "per-CPU values",
+                    io_error: e,
+                }),
+            }
+        })?;
+        stats.set(id, zeros, 0).map_err(err(name))
+    }
+
     /// Sets backend `id` (1..max_backends). Write it before any ring names it.
     pub fn set_backend(&mut self, id: u32, value: BackendValue) -> Result<(), DatapathError> {
         if id == 0 || id >= self.sizes.max_backends {
@@ -274,9 +302,11 @@ fn err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
 pub struct FlowTable {
     map: HashMap<MapData, lb_common::FlowKey, lb_common::FlowValue>,
     capacity: u32,
-    /// Each VIP id's generation when the handle was made: entries recorded under another one
-    /// are void (their VIP is gone or was replaced) and walks skip them.
+    /// Each VIP id's and each backend id's generation when the handle was made: entries recorded
+    /// under other ones are void (their VIP is gone or was replaced, or their backend's id has
+    /// another owner) and walks skip them.
     generations: Vec<u32>,
+    backend_generations: Vec<u8>,
 }
 
 /// What a walk of the flow table saw.
@@ -309,7 +339,11 @@ impl Datapath {
         let slots: Array<&MapData, VipSlot> = Array::try_from(self.map(name)?).map_err(err(name))?;
         let generations =
             slots.iter().map(|s| s.map(|s| s.generation)).collect::<Result<_, _>>().map_err(err(name))?;
-        Ok(FlowTable { map, capacity, generations })
+        let name = map_names::BACKENDS;
+        let backends: Array<&MapData, BackendValue> = Array::try_from(self.map(name)?).map_err(err(name))?;
+        let backend_generations =
+            backends.iter().map(|b| b.map(|b| b.generation)).collect::<Result<_, _>>().map_err(err(name))?;
+        Ok(FlowTable { map, capacity, generations, backend_generations })
     }
 }
 
@@ -351,7 +385,10 @@ impl FlowTable {
             match self.map.get(&key, 0) {
                 Ok(value) => {
                     seen.insert(print);
-                    if self.generations.get(value.vip as usize) == Some(&value.vip_generation) {
+                    let valid = self.generations.get(value.vip as usize) == Some(&value.vip_generation)
+                        && self.backend_generations.get(value.backend as usize)
+                            == Some(&value.backend_generation);
+                    if valid {
                         live += 1;
                         visit(&key, &value);
                     }

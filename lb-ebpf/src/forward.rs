@@ -21,6 +21,8 @@ struct NextHop {
     smac: [u8; 6],
     dmac: [u8; 6],
     ifindex: u32,
+    /// The backend's address.
+    addr: [u8; 16],
 }
 
 /// Sends the packet to `choice`'s backend the VIP's way (its mode). Every check that can fail runs before
@@ -34,12 +36,11 @@ pub fn to_backend(ctx: &XdpContext, key: &FlowKey, choice: &Choice, cfg: &Config
 
 #[inline(always)]
 fn send(ctx: &XdpContext, key: &FlowKey, choice: &Choice, cfg: &ConfigValue) -> Result<Counter, Counter> {
-    let backend = flow::backend(choice.id, key.family)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let capture = cfg.capture_vip != 0 && cfg.capture_vip == choice.vip + 1;
     let ipip = choice.mode == MODE_IPIP;
     let src = if ipip { encap::outer_source(key.family, cfg, choice.hash) } else { key.src };
-    let hop = next_hop(ctx, key.family, &src, &backend.addr, choice.id, cfg.cache_generation)?;
+    let hop = next_hop(ctx, key.family, &src, choice.id, cfg.cache_generation)?;
     let redirect = hop.ifindex != ctx.ingress_ifindex() as u32;
     if redirect && TX_PORTS.get_ifindex(hop.ifindex).is_none() {
         return Err(Counter::PassNoTxPort);
@@ -49,9 +50,9 @@ fn send(ctx: &XdpContext, key: &FlowKey, choice: &Choice, cfg: &ConfigValue) -> 
     }
     if ipip {
         if key.family == FAMILY_V4 {
-            encap::push_ipv4(ctx, &src, &backend.addr)?;
+            encap::push_ipv4(ctx, &src, &hop.addr)?;
         } else {
-            encap::push_ipv6(ctx, &src, &backend.addr, choice.hash)?;
+            encap::push_ipv6(ctx, &src, &hop.addr, choice.hash)?;
         }
     }
     let ether_type = if key.family == FAMILY_V4 { ETH_P_IP } else { ETH_P_IPV6 };
@@ -73,16 +74,17 @@ fn send(ctx: &XdpContext, key: &FlowKey, choice: &Choice, cfg: &ConfigValue) -> 
     })
 }
 
-/// The next hop towards backend `id`: from this CPU's cache while `generation` is the one it was
-/// cached under (the agent moves it on every second), else from the kernel's FIB (and cached).
-/// The FIB lookup is the largest single cost of a packet; the cache turns it into a compare.
-/// Cached per backend, not per flow: routes that depend on the source are not followed per flow.
+/// Backend `id` (of the packet's `family`: else no backend) and the next hop towards it: from
+/// this CPU's cache while `generation` is the one they were cached under (the agent moves it on
+/// every second and after every change), else from BACKENDS and the kernel's FIB (and cached).
+/// The FIB lookup is the largest single cost of a packet; the cache turns it, and the BACKENDS
+/// lookup, into a compare. Cached per backend, not per flow: routes that depend on the source are
+/// not followed per flow.
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
     family: u8,
     src: &[u8; 16],
-    dst: &[u8; 16],
     id: u32,
     generation: u32,
 ) -> Result<NextHop, Counter> {
@@ -91,15 +93,28 @@ fn next_hop(
         // SAFETY: this CPU's own slot; nothing else writes it while we run.
         let c = unsafe { &*c };
         if generation != 0 && c.generation == generation {
-            return Ok(NextHop { smac: c.smac, dmac: c.dmac, ifindex: c.ifindex });
+            if c.family != family {
+                return Err(Counter::DropNoBackend);
+            }
+            return Ok(NextHop { smac: c.smac, dmac: c.dmac, ifindex: c.ifindex, addr: c.addr });
         }
     }
-    let hop = fib_lookup(ctx, family, src, dst)?;
+    let backend = flow::backend(id, family)?;
+    let hop = fib_lookup(ctx, family, src, &backend.addr)?;
     if let (Some(c), true) = (cached, generation != 0) {
+        let entry = CachedHop {
+            smac: hop.smac,
+            dmac: hop.dmac,
+            ifindex: hop.ifindex,
+            generation,
+            addr: backend.addr,
+            family,
+            _pad: [0; 3],
+        };
         // SAFETY: as above.
-        unsafe { *c = CachedHop { smac: hop.smac, dmac: hop.dmac, ifindex: hop.ifindex, generation } };
+        unsafe { *c = entry };
     }
-    Ok(hop)
+    Ok(NextHop { addr: backend.addr, ..hop })
 }
 
 #[inline(always)]
@@ -135,7 +150,7 @@ fn fib_lookup(ctx: &XdpContext, family: u8, src: &[u8; 16], dst: &[u8; 16]) -> R
     if rc != 0 {
         return Err(Counter::PassFibFailed);
     }
-    Ok(NextHop { smac: p.smac, dmac: p.dmac, ifindex: p.ifindex })
+    Ok(NextHop { smac: p.smac, dmac: p.dmac, ifindex: p.ifindex, addr: *dst })
 }
 
 #[inline(always)]

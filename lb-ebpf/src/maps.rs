@@ -53,7 +53,8 @@ pub static DECAP_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(limits
 #[map(name = "FIB_SCRATCH")]
 pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
-/// A next hop from `bpf_fib_lookup`, cached per backend and CPU (see forward.rs).
+/// A backend's address and the next hop towards it from `bpf_fib_lookup`, cached per backend
+/// and CPU (see forward.rs).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CachedHop {
@@ -62,6 +63,9 @@ pub struct CachedHop {
     pub ifindex: u32,
     /// `ConfigValue::cache_generation` when it was cached.
     pub generation: u32,
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Next hops by backend id, per CPU: no locking, no torn MACs. Sized like BACKENDS.

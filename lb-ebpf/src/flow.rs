@@ -78,10 +78,10 @@ pub fn choose(
     counters: *mut CounterBlock,
 ) -> Result<Choice, Counter> {
     let generation = cfg.cache_generation;
-    // A plain pointer, null for none: an `Option` leaves its payload undefined when None, and
-    // the verifier refuses a spilled undefined register.
     let bits = cfg.flow_cache_bits as u32;
     let on = generation != 0 && bits != 0 && bits <= 24;
+    // A plain pointer, null for none: an `Option` leaves its payload undefined when None, and
+    // the verifier refuses a spilled undefined register.
     let cached = match FLOW_CACHE.get_ptr_mut(cache_slot(key, bits)) {
         Some(c) if on => c,
         _ => core::ptr::null_mut(),
@@ -145,13 +145,13 @@ pub fn choose(
     // A TCP packet without SYN continues a connection: its SYN was the new flow.
     let new_flow = record && (key.proto != PROTO_TCP || syn);
     let flags = schedule::flow_flags(vip, key);
-    let mut counted = false;
+    let mut choice = Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted: false };
     if record && !(syn && vip.scheduler == SCHED_MAGLEV) {
         let vip_generation = VIP_BY_ID.get(vip.id).map_or(0, |s| s.generation);
         // A full table evicts its least recently used flow; an error here only costs a re-pick.
         // A counted flow counts only if this packet made it (not another CPU's at the same
         // time); a stale entry is replaced.
-        counted = flags & FLOW_COUNTED != 0;
+        let counted = flags & FLOW_COUNTED != 0;
         let mode = if counted && !stale { BPF_NOEXIST as u64 } else { 0 };
         let value = FlowValue {
             backend: id,
@@ -163,16 +163,15 @@ pub fn choose(
             flags,
         };
         let recorded = FLOWS.insert(key, &value, mode).is_ok();
-        counted = recorded && counted;
-        if counted {
+        choice.counted = recorded && counted;
+        if choice.counted {
             schedule::opened(id);
         }
         if recorded {
-            let choice = Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted };
-            remember(cached, key, &choice, counted, generation);
+            remember(cached, key, &choice, choice.counted, generation);
         }
     }
-    Ok(Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted })
+    Ok(choice)
 }
 
 /// FLOW_CACHE's slot for `key` in a cache of 2^`bits` slots (1..=24): its five words folded

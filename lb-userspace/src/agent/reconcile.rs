@@ -340,8 +340,12 @@ pub fn apply(
         write_config(dp, applied)?;
     }
     let mut slots = 0;
-    let mut moved = Vec::new();
+    // VIP ids whose flows are voided once every entry is written (moved or gone VIPs).
+    let mut to_void = Vec::new();
     let mut removed = false;
+    // The keys the new config takes: an old key in it is not removed (VIPs may be renamed or
+    // swap addresses).
+    let taken: BTreeSet<VipKey> = vips.iter().map(vip_key).collect();
     for v in vips {
         for b in &v.backends {
             let id = ids.backend(&v.name, b.address).expect("allocated above");
@@ -388,15 +392,15 @@ pub fn apply(
         let key = vip_key(v);
         // Flows recorded for the id's earlier VIP, or for this VIP's earlier address, port or
         // protocol, must not be forwarded: the old key goes first, then its flows are voided.
-        // (Unless another VIP takes that key now: VIPs may swap addresses.)
+        // (Unless another VIP takes that key now.)
         let old = applied.keys.get(&v.name).copied().filter(|old| *old != key);
-        if let Some(old) = old.filter(|old| !vips.iter().any(|o| vip_key(o) == *old)) {
+        if let Some(old) = old.filter(|old| !taken.contains(old)) {
             dp.remove_vip(&old)?;
             removed = true;
         }
         if old.is_some() {
             // Voided once every entry is written: until then the old key may still name it.
-            moved.push(id);
+            to_void.push(id);
         } else if applied.ids.vips.get(&v.name) != Some(&id) {
             // A fresh id: its earlier owner's flows go before this VIP records its first.
             dp.void_vip_flows(id)?;
@@ -412,12 +416,12 @@ pub fn apply(
         applied.keys.keys().filter(|n| !vips.iter().any(|v| &v.name == *n)).cloned().collect();
     for name in gone {
         // A renamed VIP keeps its key under its new name: that entry stays.
-        if let Some(key) = applied.keys.remove(&name).filter(|k| !vips.iter().any(|v| vip_key(v) == *k)) {
+        if let Some(key) = applied.keys.remove(&name).filter(|k| !taken.contains(k)) {
             dp.remove_vip(&key)?;
             removed = true;
         }
         if let Some(&id) = applied.ids.vips.get(&name) {
-            moved.push(id);
+            to_void.push(id);
         }
         applied.rings.remove(&name);
         applied.rr_seqs.remove(&name);
@@ -431,7 +435,7 @@ pub fn apply(
         removed = true;
     }
     applied.ids = ids;
-    void_vip_flows(dp, &moved)?;
+    void_vip_flows(dp, &to_void)?;
     if removed {
         dp.sync_vip_filter()?;
     }

@@ -10,8 +10,11 @@
 //! - `bench_mac_swap` swaps the MAC addresses and returns XDP_TX: the least an XDP forwarder does.
 //! - `bench_encap` pushes an outer IPv4 (or IPv6) header, as the balancer's `ipip` mode does but
 //!   with no lookup, and returns XDP_TX.
+//! - `bench_forward` (`tests/src/bin/bench_conn.rs`) sends every IPv4 frame to one fixed MAC
+//!   address with XDP_TX and passes the rest (ARP) to the stack: the least a balancer in front
+//!   of a server does, to tell the hop's own cost from the balancer's.
 //!
-//! Nothing loads these programs but the bench. Their three small maps (under 1 KiB in all) are
+//! Nothing loads these programs but the benches. Their four small maps (under 1 KiB in all) are
 //! created with every load of the object, private and never pinned.
 use aya_ebpf::{
     bindings::xdp_action,
@@ -65,6 +68,10 @@ static BENCH_GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Frames the sink received, per CPU.
 #[map(name = "BENCH_SINK")]
 static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `bench_forward`'s Ethernet addresses: destination then source. All zero: pass everything.
+#[map(name = "BENCH_FORWARD")]
+static BENCH_FORWARD: Array<[u8; 12]> = Array::with_max_entries(1, 0);
 
 /// Fixed outer addresses of the encapsulation floor.
 const OUTER_SRC4: [u8; 4] = [198, 18, 1, 1];
@@ -162,6 +169,22 @@ pub fn mac_swap(ctx: &XdpContext) -> u32 {
         let src = (*eth).src_addr;
         (*eth).src_addr = (*eth).dst_addr;
         (*eth).dst_addr = src;
+    }
+    xdp_action::XDP_TX
+}
+
+#[inline(always)]
+pub fn forward(ctx: &XdpContext) -> u32 {
+    let Some(macs) = BENCH_FORWARD.get(0) else { return xdp_action::XDP_PASS };
+    let unset = macs[0] | macs[1] | macs[2] | macs[3] | macs[4] | macs[5] == 0;
+    let Ok(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else { return xdp_action::XDP_PASS };
+    // SAFETY: bounds checked by ptr_at_mut.
+    unsafe {
+        if (*eth).ether_type != ETH_P_IP.to_be() || unset {
+            return xdp_action::XDP_PASS;
+        }
+        (*eth).dst_addr = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
+        (*eth).src_addr = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
     }
     xdp_action::XDP_TX
 }

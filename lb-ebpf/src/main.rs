@@ -59,6 +59,12 @@ pub fn bench_encap(ctx: XdpContext) -> u32 {
     bench::encap(&ctx)
 }
 
+/// Bench only (tests/src/bin/bench_conn.rs): every IPv4 frame to one fixed MAC with XDP_TX.
+#[xdp]
+pub fn bench_forward(ctx: XdpContext) -> u32 {
+    bench::forward(&ctx)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -22,7 +22,7 @@ const TEST_PREFIX: &str = "lbt-";
 
 /// The bench binaries (`tests/src/bin/NAME.rs`) in the order they run, each with its time limit.
 const BENCHES: &[(&str, u64)] =
-    &[("bench_xdp", 300), ("bench_conn", 240), ("bench_control", 120), ("bench_health", 90)];
+    &[("bench_xdp", 300), ("bench_conn", 300), ("bench_control", 120), ("bench_health", 90)];
 
 /// One result row.
 struct Row {

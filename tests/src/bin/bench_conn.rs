@@ -1,5 +1,5 @@
 //! Connection benchmark (benchmark 3 of the benchmark issue): `wrk` from the client namespace to
-//! small nginx backends, keep-alive and connection-per-request, by four routes on the standard
+//! small nginx backends, keep-alive and connection-per-request, by five routes on the standard
 //! topology (client, lb, three backends on a bridge):
 //!
 //! - `direct`: straight to the first backend's own address (no balancer),
@@ -8,6 +8,11 @@
 //! - `vip3`: through the balancer's VIP 198.18.100.1 spread over the three backends,
 //! - `haproxy`: HAProxy in TCP mode in the lb namespace on 198.18.100.3 (routed to the lb like
 //!   the VIPs), round robin over the three backends' own addresses.
+//! - `hop`: the floor of any balancer on this topology: a host `hop` on the bridge whose `eth0`
+//!   runs `bench_forward` (every IPv4 frame to the first backend's MAC with XDP_TX, no lookup, no
+//!   tunnel) for 198.18.101.1, an address on that backend's `lo`. It pays every cost of the extra
+//!   hop (the veth turning the skb into an XDP frame and back, a second bridge pass) and none of
+//!   the balancer's own, so `vip1` against `hop` is what the balancer itself costs.
 //!
 //! lbd runs in the lb namespace (ipip mode, decap on the backends; replies go straight back to
 //! the client). Each backend runs one single-process nginx (`master_process off`) answering `ok`
@@ -27,7 +32,7 @@
 //! ```sh
 //! cargo build --release -p lb-userspace -p lb-tests
 //! sudo target/release/bench_conn [--rounds N] [--seconds S] [--pin split|none] \
-//!     [--routes direct,vip1,vip3,haproxy] [--modes keep-alive,close] [--bpf-stats yes|no]
+//!     [--routes direct,hop,vip1,vip3,haproxy] [--modes keep-alive,close] [--bpf-stats yes|no]
 //! ```
 //!
 //! Needs root, `wrk`, `nginx` and `haproxy` (`cargo xtask setup` installs them). Prints human
@@ -42,22 +47,29 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::{
+    maps::{Array, MapData},
+    programs::links::{FdLink, PinnedLink},
+};
 use lb_tests::{
     bins::Running,
     lbd::LbdFiles,
-    netns::Netns,
-    topology::{vip, Family, Topology},
+    netns::{veth, Netns},
+    topology::{ethtool, mac_of, vip, Family, Topology},
     unique_name,
 };
 use lb_userspace::{
     agent::start::PIN_LAYOUT,
-    datapath::{self, DECAP},
+    datapath::{self, Datapath, Sizes, DECAP},
 };
 
 const PORT: u16 = 80;
+const FORWARD: &str = "bench_forward";
 /// HAProxy's listening address, on the lb's `lo` (the client routes 198.18.100.0/24 to the lb).
 const HAPROXY_ADDR: &str = "198.18.100.3";
+/// The hop floor's host address on the bridge, and the address it forwards (first backend's `lo`).
+const HOP_ADDR: &str = "198.18.0.3";
+const HOP_SERVICE: &str = "198.18.101.1";
 const CONNECTIONS: u32 = 32;
 const VIP_TARGET: f64 = 0.95;
 const CLIENT_CPU: usize = 0;
@@ -91,7 +103,7 @@ fn args() -> Args {
     let usage = || -> ! {
         eprintln!(
             "usage: bench_conn [--rounds 1-20] [--seconds 1-60] [--pin split|none] \
-             [--routes direct,vip1,vip3,haproxy] [--modes keep-alive,close] [--bpf-stats yes|no]"
+             [--routes direct,hop,vip1,vip3,haproxy] [--modes keep-alive,close] [--bpf-stats yes|no]"
         );
         std::process::exit(2);
     };
@@ -125,26 +137,33 @@ fn args() -> Args {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Route {
     Direct,
+    Hop,
     Vip1,
     Vip3,
     Haproxy,
 }
 
 impl Route {
-    const ALL: [Route; 4] = [Route::Direct, Route::Vip1, Route::Vip3, Route::Haproxy];
+    const ALL: [Route; 5] = [Route::Direct, Route::Hop, Route::Vip1, Route::Vip3, Route::Haproxy];
 
     fn name(self) -> &'static str {
         match self {
             Route::Direct => "direct (1 backend)",
+            Route::Hop => "bare XDP hop (1 backend)",
             Route::Vip1 => "VIP (1 backend)",
             Route::Vip3 => "VIP (3 backends)",
             Route::Haproxy => "HAProxy TCP (3 backends)",
         }
     }
 
+    fn index(self) -> usize {
+        Route::ALL.iter().position(|&r| r == self).expect("a route")
+    }
+
     fn flag(self) -> &'static str {
         match self {
             Route::Direct => "direct",
+            Route::Hop => "hop",
             Route::Vip1 => "vip1",
             Route::Vip3 => "vip3",
             Route::Haproxy => "haproxy",
@@ -213,6 +232,7 @@ fn main() {
     let (vip3, vip1) = (vip(Family::V4, 1), vip(Family::V4, 2));
     let vips = format!("{}{}", vip_toml("three", vip3, &backends), vip_toml("one", vip1, &backends[..1]));
     let lbd = topo.start_lbd(&files, &vips);
+    let _hop = start_hop_floor(&topo);
     for ns in [&topo.client.ns, &topo.lb.ns] {
         // Connection-per-request at tens of thousands a second: all the ports, and reuse of
         // TIME_WAIT ones for new outgoing connections.
@@ -231,12 +251,17 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let _dir = RemoveDir(dir.clone());
     let server_cpu = (pin == Pin::Split).then_some(SERVER_CPU);
+    let hop_service: IpAddr = HOP_SERVICE.parse().expect("address");
     let mut servers: Vec<Server> = Vec::new();
     for (i, b) in topo.backends.iter().enumerate() {
         servers.push(start_nginx(
             &b.ns,
             &dir.join(format!("nginx-b{}", i + 1)),
-            &if i == 0 { vec![vip3, vip1, b.addr(Family::V4)] } else { vec![vip3, b.addr(Family::V4)] },
+            &if i == 0 {
+                vec![vip3, vip1, hop_service, b.addr(Family::V4)]
+            } else {
+                vec![vip3, b.addr(Family::V4)]
+            },
             server_cpu,
         ));
     }
@@ -246,6 +271,7 @@ fn main() {
         SocketAddr::new(
             match route {
                 Route::Direct => backends[0],
+                Route::Hop => hop_service,
                 Route::Vip1 => vip1,
                 Route::Vip3 => vip3,
                 Route::Haproxy => haproxy,
@@ -283,7 +309,7 @@ fn main() {
         for (m, mode) in Mode::ALL.iter().enumerate().filter(|(_, m)| args.modes.contains(m)) {
             for k in 0..args.routes.len() {
                 let path = args.routes[(k + round) % args.routes.len()];
-                let p = Route::ALL.iter().position(|&r| r == path).expect("a route");
+                let p = path.index();
                 let cpu0 = cpu_times();
                 let servers0 = servers_cpu(&servers) + threads_cpu(&softirqd);
                 let r = wrk(&topo.client.ns, &url(target(path)), *mode, args.seconds, client_cpu);
@@ -324,6 +350,7 @@ fn main() {
             let ratio = med[p] / direct_rate;
             let (target, status) = match path {
                 Route::Direct => ("", "-"),
+                Route::Hop => ("(the floor: any balancer's extra hop)", "-"),
                 _ if ratio.is_nan() => ("", "-"),
                 Route::Vip1 | Route::Vip3 => {
                     ("≥ 0.95 × direct", if ratio >= VIP_TARGET { "ok" } else { "MISS" })
@@ -365,6 +392,20 @@ fn main() {
                 } else {
                     format!("{:.3}", cost[p] / cost[0])
                 }
+            );
+        }
+        // The balancer's own share: the same backend behind it and behind the bare hop.
+        let (hop, vip1) = (Route::index(Route::Hop), Route::index(Route::Vip1));
+        if !results[m][hop].is_empty() && !results[m][vip1].is_empty() {
+            let ratio = med[vip1] / med[hop];
+            println!(
+                "{:22} VIP (1 backend) / bare XDP hop: {ratio:.3} × the rate, {:.2} × the CPU a request",
+                mode.name(),
+                cost[vip1] / cost[hop]
+            );
+            println!(
+                "ROW|connections|{}, VIP (1 backend) vs the bare XDP hop|{ratio:.3}|× the hop's rate|||-",
+                mode.name()
             );
         }
     }
@@ -424,6 +465,54 @@ fn main() {
     }
     drop(servers);
     drop(lbd);
+}
+
+/// The hop floor (route `hop`): programs first, then the namespace.
+struct HopFloor {
+    _programs: Datapath,
+    _ns: Netns,
+}
+
+/// A host `hop` on the bridge, HOP_ADDR on its `eth0`, running `bench_forward` towards the first
+/// backend (which has HOP_SERVICE on its `lo`); the client routes HOP_SERVICE through it.
+/// Like the lb's, its bridge port has GRO and a pass-through program, so that XDP_TX frames
+/// are delivered (see `Topology::attach_lb_port_passthrough`).
+fn start_hop_floor(topo: &Topology) -> HopFloor {
+    let ns = Netns::new("hop");
+    veth((&ns, "eth0"), (&topo.fabric, "hop"));
+    topo.fabric.ip(&["link", "set", "hop", "master", "br0"]);
+    ethtool(&topo.fabric, &["-K", "hop", "gro", "on"]);
+    ns.addr("eth0", &format!("{HOP_ADDR}/24"));
+    let b1 = &topo.backends[0];
+    b1.ns.addr("lo", &format!("{HOP_SERVICE}/32"));
+    topo.client.ns.ip(&["route", "add", &format!("{HOP_SERVICE}/32"), "via", HOP_ADDR, "dev", "eth0"]);
+
+    let sizes = Sizes {
+        flows_per_cpu: 1024,
+        max_rings: 1,
+        ring_stride: 251,
+        max_backends: 2,
+        flow_cache_slots: 1024,
+    };
+    let mut dp = datapath::load_with(sizes).expect("loading the programs for the hop floor");
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&parse_mac(&b1.mac));
+    macs[6..].copy_from_slice(&parse_mac(&mac_of(&ns, "eth0")));
+    let map = dp.ebpf.map_mut("BENCH_FORWARD").expect("BENCH_FORWARD");
+    let mut array: Array<&mut MapData, [u8; 12]> = Array::try_from(map).expect("BENCH_FORWARD");
+    array.set(0, macs, 0).expect("setting BENCH_FORWARD");
+    datapath::program(&mut dp.ebpf, FORWARD).expect("bench_forward").load().expect("loading bench_forward");
+    ns.run(|| dp.attach(FORWARD, "eth0", datapath::Mode::Native))
+        .expect("attaching bench_forward on hop eth0");
+    topo.fabric
+        .run(|| dp.attach(DECAP, "hop", datapath::Mode::Native))
+        .expect("attaching a pass-through program on the hop's bridge port");
+    HopFloor { _programs: dp, _ns: ns }
+}
+
+fn parse_mac(mac: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).expect("a MAC address")).collect();
+    bytes.try_into().expect("six bytes")
 }
 
 /// Id of the program on lbd's pinned link of the lb's `eth0`.

@@ -15,9 +15,7 @@ pub struct ConfigValue {
     pub v4_entropy_bits: u8,
     /// 0..=16: how many low bits of the outer IPv6 source vary per flow.
     pub v6_entropy_bits: u8,
-    /// log2 of FLOW_CACHE's slots per CPU (as loaded); 0 = no flow cache.
-    pub flow_cache_bits: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 2],
     /// VIP id + 1 whose forwarded packets are copied to CAPTURE (before and after the
     /// rewrite); 0 = no capture. Read from the entry the fast path loads anyway: no extra cost.
     pub capture_vip: u32,

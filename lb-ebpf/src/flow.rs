@@ -7,7 +7,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{CachedFlow, BACKENDS, FLOWS, FLOW_CACHE, VIPS, VIP_BY_ID, VIP_FILTER},
+    maps::{CachedFlow, BACKENDS, FLOWS, FLOW_CACHE, FLOW_CACHE_BITS, VIPS, VIP_BY_ID, VIP_FILTER},
     schedule,
 };
 
@@ -78,11 +78,14 @@ pub fn choose(
     counters: *mut CounterBlock,
 ) -> Result<Choice, Counter> {
     let generation = cfg.cache_generation;
-    let bits = cfg.flow_cache_bits as u32;
+    // SAFETY: a read of the program's own read-only data.
+    let bits = unsafe { core::ptr::read_volatile(&FLOW_CACHE_BITS) } as u32;
     let on = generation != 0 && bits != 0 && bits <= 24;
     // A plain pointer, null for none: an `Option` leaves its payload undefined when None, and
     // the verifier refuses a spilled undefined register.
-    let cached = match FLOW_CACHE.get_ptr_mut(cache_slot(key, bits)) {
+    // SAFETY: a plain helper call.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    let cached = match FLOW_CACHE.get_ptr_mut((cpu << bits) | cache_slot(key, bits)) {
         Some(c) if on => c,
         _ => core::ptr::null_mut(),
     };

@@ -240,8 +240,7 @@ impl Topology {
             hash_seed: HASH_SEED,
             v4_entropy_bits: 8,
             v6_entropy_bits: 16,
-            flow_cache_bits: 0,
-            _pad: 0,
+            _pad: [0; 2],
             capture_vip: 0,
             cache_generation: 0,
         })

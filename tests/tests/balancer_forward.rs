@@ -24,8 +24,7 @@ const CONFIG: ConfigValue = ConfigValue {
     hash_seed: 0x5eed_1234,
     v4_entropy_bits: 8,
     v6_entropy_bits: 16,
-    flow_cache_bits: 0,
-    _pad: 0,
+    _pad: [0; 2],
     capture_vip: 0,
     cache_generation: 0,
 };

@@ -27,8 +27,7 @@ const CONFIG: ConfigValue = ConfigValue {
     hash_seed: 0xc0ff_ee00,
     v4_entropy_bits: 8,
     v6_entropy_bits: 16,
-    flow_cache_bits: 0,
-    _pad: 0,
+    _pad: [0; 2],
     capture_vip: 0,
     cache_generation: 0,
 };
@@ -111,7 +110,7 @@ fn consistency(v6: bool, cached: bool) {
     let fx = Fixture::new();
     fx.run(sizes(), |r| {
         let generation = u32::from(cached);
-        r.set_config(ConfigValue { flow_cache_bits: 10, cache_generation: generation, ..CONFIG });
+        r.set_config(ConfigValue { cache_generation: generation, ..CONFIG });
         let addr = |n: u8| if v6 { near6(n) } else { near4(n) };
         let members: Vec<(u32, IpAddr)> = (1..=BACKENDS).map(|n| (u32::from(n), addr(n))).collect();
         let old = r.install_ring(0, &members, RING);

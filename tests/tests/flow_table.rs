@@ -60,7 +60,6 @@ fn caches(r: &mut XdpRunner, generation: u32) {
     r.set_config(ConfigValue {
         src_v4: [198, 18, 1, 254],
         hash_seed: 0x5eed,
-        flow_cache_bits: 10,
         cache_generation: generation,
         ..Default::default()
     });
@@ -258,5 +257,49 @@ fn a_flow_does_not_follow_its_backend_id_to_the_next_owner() {
         assert!(in_table(r, &key(26_000)) && recorded(r).is_empty(), "a walk listed a void entry");
         assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 0, 1), "after the id changed hands");
         assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "recorded again");
+    });
+}
+
+/// Moves the calling thread to `cpu` (BPF_PROG_TEST_RUN runs the program on the caller's CPU).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; the calls only read and write it.
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    assert!(ok, "moving the test thread to CPU {cpu}: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn each_cpu_has_its_own_flow_cache() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "this test needs two CPUs to run the program on (this machine has {cpus})");
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_MAGLEV);
+        caches(r, 1);
+        pin_to_cpu(0);
+        let to = send(r, 26_000, tcp::ACK).expect("forwarded");
+        r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
+        // CPU 0 cached the flow; CPU 1's slots are its own: it asks the table, misses and
+        // records the flow again.
+        pin_to_cpu(1);
+        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 0, 1), "CPU 1 used CPU 0's cache");
+        assert_eq!(recorded(r), vec![key(26_000)]);
+        r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
+        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "CPU 1's own cache");
+        pin_to_cpu(0);
+        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "CPU 0's cache");
+    });
+}
+
+#[test]
+fn no_flow_cache_without_slots() {
+    Fixture::new().run(Sizes { flow_cache_slots: 0, ..SIZES }, |r| {
+        install(r, SCHED_MAGLEV);
+        caches(r, 1);
+        let to = send(r, 27_000, tcp::ACK).expect("forwarded");
+        r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
+        assert_eq!(flow_counters(r, 27_000, tcp::ACK), (Some(to), 0, 1), "a cache answered");
     });
 }

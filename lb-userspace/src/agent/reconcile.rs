@@ -241,11 +241,7 @@ pub fn move_cache_generation(dp: &mut Datapath, applied: &mut Applied) -> Result
 /// Writes CONFIG from the applied source and capture setting.
 pub fn write_config(dp: &mut Datapath, applied: &Applied) -> Result<(), ApplyError> {
     let source = applied.source.clone().unwrap_or_default();
-    let value = ConfigValue {
-        flow_cache_bits: dp.sizes.flow_cache_bits(),
-        ..config_value(&source, applied.capture_vip, applied.cache_generation)
-    };
-    Ok(dp.set_config(value)?)
+    Ok(dp.set_config(config_value(&source, applied.capture_vip, applied.cache_generation))?)
 }
 
 fn config_value(s: &Source, capture_vip: u32, cache_generation: u32) -> ConfigValue {
@@ -255,8 +251,7 @@ fn config_value(s: &Source, capture_vip: u32, cache_generation: u32) -> ConfigVa
         hash_seed: s.hash_seed,
         v4_entropy_bits: s.ipv4_entropy_bits,
         v6_entropy_bits: s.ipv6_entropy_bits,
-        flow_cache_bits: 0,
-        _pad: 0,
+        _pad: [0; 2],
         capture_vip,
         cache_generation,
     }

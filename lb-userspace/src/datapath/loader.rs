@@ -39,6 +39,8 @@ pub enum DatapathError {
     NotPinned,
     #[error("reading the number of possible CPUs from {0}: {1}")]
     Cpus(&'static str, #[source] std::io::Error),
+    #[error("limits.{limit} = {per_cpu} for each of {cpus} possible CPUs is more entries than a map holds: lower it")]
+    TooLarge { limit: &'static str, per_cpu: u32, cpus: u32 },
     #[error("the eBPF object has no map named {0:?}")]
     NoMap(&'static str),
     #[error("map {name}: {source}")]
@@ -108,7 +110,7 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    /// `ConfigValue::flow_cache_bits` for these sizes.
+    /// log2 of the flow cache's slots per CPU, 0 for none: the program's `FLOW_CACHE_BITS`.
     pub fn flow_cache_bits(&self) -> u8 {
         if self.flow_cache_slots == 0 {
             0
@@ -156,6 +158,11 @@ pub fn load_pinned(sizes: Sizes, dir: &Path) -> Result<Datapath, DatapathError> 
     load_inner(sizes, Some(dir))
 }
 
+/// Entries of a map with `n` a CPU: an error where that does not fit a map's u32 size.
+fn per_cpu(n: u32, cpus: u32, limit: &'static str) -> Result<u32, DatapathError> {
+    n.checked_mul(cpus).ok_or(DatapathError::TooLarge { limit, per_cpu: n, cpus })
+}
+
 fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, DatapathError> {
     let object = object();
     if object.is_empty() {
@@ -163,18 +170,20 @@ fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, Datapath
     }
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| DatapathError::Cpus(path, e))? as u32;
     let expected = [
-        (map_names::FLOWS, sizes.flows_per_cpu * cpus),
+        (map_names::FLOWS, per_cpu(sizes.flows_per_cpu, cpus, "flows_per_cpu")?),
         (map_names::RINGS, sizes.max_rings * sizes.ring_stride),
         (map_names::BACKENDS, sizes.max_backends),
         (map_names::BACKEND_STATS, sizes.max_backends),
         (map_names::NEXT_HOPS, sizes.max_backends),
-        // The kernel refuses an empty array: one slot, unused (flow_cache_bits 0).
-        (map_names::FLOW_CACHE, sizes.flow_cache_slots.max(1)),
+        // The kernel refuses an empty array: one slot, unused (FLOW_CACHE_BITS 0).
+        (map_names::FLOW_CACHE, per_cpu(sizes.flow_cache_slots, cpus, "flow_cache_slots")?.max(1)),
         (map_names::RR_SEQS, sizes.max_rings * limits::RR_SEQ_LEN),
         (map_names::RR_CURSORS, sizes.max_rings),
         (map_names::ACTIVE_CONNS, sizes.max_backends),
     ];
+    let cache_bits = sizes.flow_cache_bits();
     let mut loader = EbpfLoader::new();
+    loader.override_global("FLOW_CACHE_BITS", &cache_bits, true);
     for (name, entries) in expected {
         loader.map_max_entries(name, entries);
     }

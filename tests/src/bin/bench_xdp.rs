@@ -459,7 +459,6 @@ fn load_balancer(flows_per_cpu: u32, target: Target) -> Datapath {
         // which costs one FIB lookup per backend and CPU, and one flow-table lookup per active
         // flow and CPU, a second: nothing at these rates).
         cache_generation: 1,
-        flow_cache_bits: sizes.flow_cache_bits(),
         ..Default::default()
     })
     .expect("set_config");

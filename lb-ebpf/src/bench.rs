@@ -10,6 +10,9 @@
 //! - `bench_mac_swap` swaps the MAC addresses and returns XDP_TX: the least an XDP forwarder does.
 //! - `bench_encap` pushes an outer IPv4 (or IPv6) header, as the balancer's `ipip` mode does but
 //!   with no lookup, and returns XDP_TX.
+//! - `bench_flow_miss` parses the packet as the balancer does, looks its flow up in `FLOWS`
+//!   (in the bench, a full table without it: a miss), swaps the MAC addresses and returns
+//!   XDP_TX: the part of a new flow's cost that is the kernel's hash table, not the balancer.
 //! - `bench_forward` (`tests/src/bin/bench_conn.rs`) sends every IPv4 frame to one fixed MAC
 //!   address with XDP_TX and passes the rest (ARP) to the stack: the least a balancer in front
 //!   of a server does, to tell the hop's own cost from the balancer's.
@@ -30,6 +33,7 @@ use network_types::{
 
 use crate::{
     checksum,
+    maps::FLOWS,
     parse::{ptr_at, ptr_at_mut, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
 };
 
@@ -171,6 +175,16 @@ pub fn mac_swap(ctx: &XdpContext) -> u32 {
         (*eth).dst_addr = src;
     }
     xdp_action::XDP_TX
+}
+
+#[inline(always)]
+pub fn flow_miss(ctx: &XdpContext) -> u32 {
+    let Ok(pkt) = crate::parse::packet(ctx) else { return xdp_action::XDP_ABORTED };
+    // SAFETY: flow values are plain integers; the result only feeds the verdict.
+    if unsafe { FLOWS.get(&pkt.key) }.is_some() {
+        return xdp_action::XDP_PASS;
+    }
+    mac_swap(ctx)
 }
 
 #[inline(always)]

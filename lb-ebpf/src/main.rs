@@ -59,6 +59,12 @@ pub fn bench_encap(ctx: XdpContext) -> u32 {
     bench::encap(&ctx)
 }
 
+/// Bench only: a flow-table lookup, then the MAC-swap floor.
+#[xdp]
+pub fn bench_flow_miss(ctx: XdpContext) -> u32 {
+    bench::flow_miss(&ctx)
+}
+
 /// Bench only (tests/src/bin/bench_conn.rs): every IPv4 frame to one fixed MAC with XDP_TX.
 #[xdp]
 pub fn bench_forward(ctx: XdpContext) -> u32 {

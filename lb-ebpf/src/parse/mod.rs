@@ -49,6 +49,9 @@ pub enum Whole {
     Quoted,
 }
 
+// Inlined: as a BPF subprogram (it would be one once two programs call it) it takes packet
+// pointers as arguments, which the verifier refuses.
+#[inline(always)]
 pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
     let l3 = match eth::ether_type(ctx)? {
         ETH_P_IP => ipv4::parse(ctx, ETH_LEN, Whole::Yes)?,

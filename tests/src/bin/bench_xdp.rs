@@ -18,9 +18,10 @@
 //! in the system call, then the veths' NAPI polls in the softirq that ends each batch.
 //!
 //! ```text
-//!   gen  idle0 (bench_gen attached, down)       tx-mac  tx-encap  tx-lb  tx-syn  tx-kern
+//!   gen  idle0 (bench_gen attached, down)       tx-mac  tx-encap  tx-lb  tx-syn  tx-miss  tx-kern
 //!                                               (bench_sink on each)
 //!   dut  rx-mac: bench_mac_swap   rx-encap: bench_encap   rx-lb, rx-syn: balancer
+//!        rx-miss: bench_flow_miss (looks up rx-syn's flow table)
 //!   kern rx-kern: no XDP, GRO on; IP forwarding + nftables DNAT to the same 3 backends
 //! ```
 //!
@@ -84,6 +85,7 @@ const GEN: &str = "bench_gen";
 const SINK: &str = "bench_sink";
 const MAC_SWAP: &str = "bench_mac_swap";
 const ENCAP: &str = "bench_encap";
+const FLOW_MISS: &str = "bench_flow_miss";
 
 /// Frames per generator batch (the kernel's default; the veth rings hold 256).
 const BATCH: u32 = 64;
@@ -214,11 +216,14 @@ enum Target {
     Lb,
     /// The balancer with the production table size, full.
     Syn,
+    /// The MAC-swap floor after a lookup in rx-syn's full flow table (a miss).
+    Miss,
     /// IP forwarding and nftables DNAT.
     Kern,
 }
 
-const TARGETS: [Target; 5] = [Target::MacSwap, Target::Encap, Target::Lb, Target::Syn, Target::Kern];
+const TARGETS: [Target; 6] =
+    [Target::MacSwap, Target::Encap, Target::Lb, Target::Syn, Target::Miss, Target::Kern];
 
 impl Target {
     fn name(self) -> &'static str {
@@ -227,6 +232,7 @@ impl Target {
             Target::Encap => "encap",
             Target::Lb => "lb",
             Target::Syn => "syn",
+            Target::Miss => "miss",
             Target::Kern => "kern",
         }
     }
@@ -301,7 +307,7 @@ impl Bench {
             let (tx, rx) = (format!("tx-{}", t.name()), format!("rx-{}", t.name()));
             let far = if t == Target::Kern { &kern } else { &dut };
             gen.ip(&["link", "add", &tx, "type", "veth", "peer", "name", &rx, "netns", far.name()]);
-            if matches!(t, Target::MacSwap | Target::Encap) {
+            if matches!(t, Target::MacSwap | Target::Encap | Target::Miss) {
                 far.sysctl(&format!("net.ipv6.conf.{rx}.disable_ipv6"), "1");
             }
             gen.ip(&["link", "set", &tx, "up"]);
@@ -340,8 +346,13 @@ impl Bench {
                 .load()
                 .unwrap_or_else(|e| panic!("the kernel rejected {name}: {e}"));
         }
+        datapath::program(&mut syn.ebpf, FLOW_MISS)
+            .expect("bench program")
+            .load()
+            .unwrap_or_else(|e| panic!("the kernel rejected {FLOW_MISS}: {e}"));
         dut.run(|| {
             lb.attach(BALANCER, "rx-lb", Mode::Native).expect("attaching the balancer on rx-lb");
+            attach(&mut syn.ebpf, FLOW_MISS, "rx-miss");
             syn.attach(BALANCER, "rx-syn", Mode::Native).expect("attaching the balancer on rx-syn");
             attach(&mut lb.ebpf, MAC_SWAP, "rx-mac");
             attach(&mut lb.ebpf, ENCAP, "rx-encap");
@@ -580,6 +591,7 @@ impl Bench {
             Target::Encap => Some((&self.lb.ebpf, ENCAP)),
             Target::Lb => Some((&self.lb.ebpf, BALANCER)),
             Target::Syn => Some((&self.syn.ebpf, BALANCER)),
+            Target::Miss => Some((&self.syn.ebpf, FLOW_MISS)),
             Target::Kern => None,
         }
     }
@@ -880,6 +892,11 @@ fn cost_section(bench: &mut Bench, args: &Args) -> Vec<Row> {
         ("MAC-swap floor", case(Target::MacSwap, Shape::Ack4, 1000, Expect::Returned), None),
         ("encap floor (push IPv4 header)", case(Target::Encap, Shape::Ack4, 1000, Expect::Returned), None),
         ("IPv4 TCP SYN, new flow (table full)", case(Target::Syn, Shape::Syn4, 0, new), Some(2.6)),
+        (
+            "of which the flow-table miss: floor + parse + FLOWS lookup (table full)",
+            case(Target::Miss, Shape::Syn4, 0, Expect::Returned),
+            None,
+        ),
         (
             "IPv4 TCP, new flow's next packet: recorded (table full)",
             case(Target::Syn, Shape::Ack4, 0, new),

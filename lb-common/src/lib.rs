@@ -47,12 +47,14 @@ pub mod map_names {
     pub const ACTIVE_CONNS: &str = "ACTIVE_CONNS";
     /// Per-CPU next-hop cache by backend id: per program instance, never pinned.
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
-    /// Per-CPU cache of recently used flows in front of the flow table: per program instance,
-    /// never pinned.
+    /// Recently used flows in front of the flow table, a range of slots per CPU: per program
+    /// instance, never pinned.
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     /// Perf buffer of captured packets: per program instance, never pinned.
     pub const CAPTURE: &str = "CAPTURE";
-    /// Every map, for pinning.
+    /// The maps of a program instance: a new agent's programs start with new ones.
+    pub const UNPINNED: [&str; 3] = [NEXT_HOPS, FLOW_CACHE, CAPTURE];
+    /// Every map that outlives the agent, for pinning.
     pub const ALL: [&str; 16] = [
         VIPS,
         VIP_BY_ID,

@@ -1,5 +1,5 @@
-//! Bench-only XDP programs (`tests/src/bin/bench_xdp.rs` is their only user): a traffic
-//! generator, a counting sink and two floors to compare the balancer with.
+//! Bench-only XDP programs (`tests/src/bin/bench_xdp.rs` and `bench_conn.rs` are their only
+//! users): a traffic generator, a counting sink, and floors to compare the balancer with.
 //!
 //! - `bench_gen` runs under `BPF_PROG_TEST_RUN` in live-frames mode. The kernel recycles its
 //!   pages with whatever the programs downstream left in them, so every run first writes the
@@ -73,7 +73,8 @@ static BENCH_GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "BENCH_SINK")]
 static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// `bench_forward`'s Ethernet addresses: destination then source. All zero: pass everything.
+/// `bench_forward`'s Ethernet addresses: the backend's, then the hop's own (the frames it
+/// takes are those sent to it). All zero: pass everything.
 #[map(name = "BENCH_FORWARD")]
 static BENCH_FORWARD: Array<[u8; 12]> = Array::with_max_entries(1, 0);
 
@@ -194,13 +195,21 @@ pub fn forward(ctx: &XdpContext) -> u32 {
     let Ok(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else { return xdp_action::XDP_PASS };
     // SAFETY: bounds checked by ptr_at_mut.
     unsafe {
-        if (*eth).ether_type != ETH_P_IP.to_be() || unset {
+        // Only frames for the hop itself: the bridge floods unknown unicast to every port.
+        let own = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
+        if (*eth).ether_type != ETH_P_IP.to_be() || unset || !same_mac(&(*eth).dst_addr, &own) {
             return xdp_action::XDP_PASS;
         }
         (*eth).dst_addr = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
-        (*eth).src_addr = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
+        (*eth).src_addr = own;
     }
     xdp_action::XDP_TX
+}
+
+/// Byte by byte without a loop: a slice comparison would call `memcmp`, a loop here.
+#[inline(always)]
+fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]) == 0
 }
 
 #[inline(always)]

@@ -80,9 +80,7 @@ pub fn choose(
     let generation = cfg.cache_generation;
     // SAFETY: a read of the program's own read-only data.
     let bits = unsafe { core::ptr::read_volatile(&FLOW_CACHE_BITS) } as u32;
-    // A SYN skips the cache: a new connection's slot is a cold cache line, and what the cache
-    // holds is a copy of FLOWS, which the SYN looks up anyway.
-    let on = !syn && generation != 0 && bits != 0 && bits <= 24;
+    let on = generation != 0 && bits != 0 && bits <= 24;
     // SAFETY: a plain helper call.
     let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
     // A plain pointer, null for none: an `Option` leaves its payload undefined when None, and

@@ -369,14 +369,31 @@ impl Default for Fixture {
 
 /// Pins the calling thread to the CPU it is running on.
 fn pin_to_current_cpu() {
-    // SAFETY: sched_getcpu has no preconditions; the cpu_set_t is zeroed then filled with
-    // CPU_SET before being passed by pointer with its exact size.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(cpu >= 0, "sched_getcpu: {}", std::io::Error::last_os_error());
+    pin_to_cpu(cpu as usize);
+}
+
+/// Moves the calling thread to `cpu` (BPF_PROG_TEST_RUN runs a program on the caller's CPU).
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: the cpu_set_t is zeroed then filled with CPU_SET before being passed by pointer
+    // with its exact size.
+    let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(rc, 0, "moving the thread to CPU {cpu}: {}", std::io::Error::last_os_error());
+}
+
+/// The CPUs the calling thread may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; the kernel fills it, CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        assert_eq!(rc, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
     }
 }

@@ -1,8 +1,9 @@
-//! What the flow table records, and when a recorded flow stops counting (BPF_PROG_TEST_RUN on
-//! one CPU): a Maglev VIP's SYNs record nothing (a SYN flood fills no entry), the packet after
+//! What the flow table records, and when a recorded flow stops counting (BPF_PROG_TEST_RUN, each
+//! test on one CPU but the one that compares two CPUs' flow caches): a Maglev VIP's SYNs record nothing (a SYN flood fills no entry), the packet after
 //! the SYN records the flow, other schedulers record at the SYN; a flow whose VIP is gone or was
 //! replaced is never forwarded by its entry; the VIP address filter follows the VIP entries; the
-//! per-CPU flow cache answers for the table until the cache generation moves.
+//! per-CPU flow cache answers for the table until the cache generation moves, and each CPU has
+//! its own.
 use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData};
@@ -13,8 +14,9 @@ use lb_common::{
 use lb_tests::{
     frames::{flow_key, tcp, tcp_frame},
     xdp::{
+        allowed_cpus,
         fixture::{near4, near_mac},
-        Fixture, Verdict, XdpRunner,
+        pin_to_cpu, Fixture, Verdict, XdpRunner,
     },
 };
 use lb_userspace::{
@@ -260,36 +262,26 @@ fn a_flow_does_not_follow_its_backend_id_to_the_next_owner() {
     });
 }
 
-/// Moves the calling thread to `cpu` (BPF_PROG_TEST_RUN runs the program on the caller's CPU).
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; the calls only read and write it.
-    let ok = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    };
-    assert!(ok, "moving the test thread to CPU {cpu}: {}", std::io::Error::last_os_error());
-}
-
 #[test]
 fn each_cpu_has_its_own_flow_cache() {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert!(cpus >= 2, "this test needs two CPUs to run the program on (this machine has {cpus})");
+    let cpus = allowed_cpus();
+    assert!(cpus.len() >= 2, "this test needs two CPUs to run the program on; it may use only {cpus:?}");
+    let (first, second) = (cpus[0], cpus[1]);
     Fixture::new().run(SIZES, |r| {
         install(r, SCHED_MAGLEV);
         caches(r, 1);
-        pin_to_cpu(0);
+        pin_to_cpu(first);
         let to = send(r, 26_000, tcp::ACK).expect("forwarded");
         r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
-        // CPU 0 cached the flow; CPU 1's slots are its own: it asks the table, misses and
-        // records the flow again.
-        pin_to_cpu(1);
-        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 0, 1), "CPU 1 used CPU 0's cache");
+        // The first CPU cached the flow; the second's slots are its own: it asks the table,
+        // misses and records the flow again.
+        pin_to_cpu(second);
+        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 0, 1), "one CPU used the other's cache");
         assert_eq!(recorded(r), vec![key(26_000)]);
         r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
-        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "CPU 1's own cache");
-        pin_to_cpu(0);
-        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "CPU 0's cache");
+        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "the second CPU's own cache");
+        pin_to_cpu(first);
+        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "the first CPU's cache");
     });
 }
 

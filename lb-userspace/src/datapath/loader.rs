@@ -41,6 +41,8 @@ pub enum DatapathError {
     Cpus(&'static str, #[source] std::io::Error),
     #[error("limits.{limit} = {per_cpu} for each of {cpus} possible CPUs is more entries than a map holds: lower it")]
     TooLarge { limit: &'static str, per_cpu: u32, cpus: u32 },
+    #[error("flow_cache_slots = {0}: must be 0 or a power of two up to 16777216")]
+    CacheSlots(u32),
     #[error("the eBPF object has no map named {0:?}")]
     NoMap(&'static str),
     #[error("map {name}: {source}")]
@@ -163,12 +165,33 @@ fn per_cpu(n: u32, cpus: u32, limit: &'static str) -> Result<u32, DatapathError>
     n.checked_mul(cpus).ok_or(DatapathError::TooLarge { limit, per_cpu: n, cpus })
 }
 
+/// One more than the highest possible CPU id: the count, unless the possible CPUs have gaps.
+fn cpu_id_end() -> Result<u32, DatapathError> {
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let text = std::fs::read_to_string(POSSIBLE).map_err(|e| DatapathError::Cpus(POSSIBLE, e))?;
+    id_end(&text).ok_or_else(|| {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a CPU list: {text:?}"));
+        DatapathError::Cpus(POSSIBLE, e)
+    })
+}
+
+/// One more than the highest id in a kernel CPU list ("0-3", "0,2-5"); None if it is not one.
+fn id_end(list: &str) -> Option<u32> {
+    list.trim()
+        .split([',', '-'])
+        .try_fold(0, |end, id| Some(end.max(id.parse::<u32>().ok()?.checked_add(1)?)))
+}
+
 fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, DatapathError> {
     let object = object();
     if object.is_empty() {
         return Err(DatapathError::NoObject);
     }
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| DatapathError::Cpus(path, e))? as u32;
+    let slots = sizes.flow_cache_slots;
+    if slots != 0 && (!slots.is_power_of_two() || slots > 1 << 24) {
+        return Err(DatapathError::CacheSlots(slots));
+    }
     let expected = [
         (map_names::FLOWS, per_cpu(sizes.flows_per_cpu, cpus, "flows_per_cpu")?),
         (map_names::RINGS, sizes.max_rings * sizes.ring_stride),
@@ -176,7 +199,8 @@ fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, Datapath
         (map_names::BACKEND_STATS, sizes.max_backends),
         (map_names::NEXT_HOPS, sizes.max_backends),
         // The kernel refuses an empty array: one slot, unused (FLOW_CACHE_BITS 0).
-        (map_names::FLOW_CACHE, per_cpu(sizes.flow_cache_slots, cpus, "flow_cache_slots")?.max(1)),
+        // A range for every CPU id the program can run on (`bpf_get_smp_processor_id`).
+        (map_names::FLOW_CACHE, per_cpu(slots, cpu_id_end()?, "flow_cache_slots")?.max(1)),
         (map_names::RR_SEQS, sizes.max_rings * limits::RR_SEQ_LEN),
         (map_names::RR_CURSORS, sizes.max_rings),
         (map_names::ACTIVE_CONNS, sizes.max_backends),
@@ -294,4 +318,18 @@ impl Datapath {
 
 pub fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
     ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(DatapathError::NoProgram(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_end;
+
+    #[test]
+    fn cpu_lists_end_after_their_highest_id() {
+        assert_eq!(id_end("0-1\n"), Some(2));
+        assert_eq!(id_end("0"), Some(1));
+        assert_eq!(id_end("0,2-5"), Some(6), "a gap: the range still covers id 5");
+        assert_eq!(id_end(""), None);
+        assert_eq!(id_end("0-x"), None);
+    }
 }

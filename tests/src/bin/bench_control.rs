@@ -449,7 +449,7 @@ fn memory() {
     );
     let mut total = 0;
     let mut by_name = BTreeMap::new();
-    for name in map_names::ALL {
+    for name in map_names::ALL.into_iter().chain(map_names::UNPINNED) {
         let Some(map) = dp.ebpf.map(name) else { continue };
         let data = match map {
             Map::Array(d)

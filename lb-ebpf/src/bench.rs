@@ -13,9 +13,10 @@
 //! - `bench_flow_miss` parses the packet as the balancer does, looks its flow up in `FLOWS`
 //!   (in the bench, a full table without it: a miss), swaps the MAC addresses and returns
 //!   XDP_TX: the part of a new flow's cost that is the kernel's hash table, not the balancer.
-//! - `bench_forward` (`tests/src/bin/bench_conn.rs`) sends every IPv4 frame to one fixed MAC
-//!   address with XDP_TX and passes the rest (ARP) to the stack: the least a balancer in front
-//!   of a server does, to tell the hop's own cost from the balancer's.
+//! - `bench_forward` (`tests/src/bin/bench_conn.rs`) sends every IPv4 frame addressed to its
+//!   host on to one fixed MAC address with XDP_TX and passes the rest (ARP, floods) to the
+//!   stack: the least a balancer in front of a server does, to tell the hop's own cost from the
+//!   balancer's.
 //!
 //! Nothing loads these programs but the benches. Their four small maps (under 1 KiB in all) are
 //! created with every load of the object, private and never pinned.

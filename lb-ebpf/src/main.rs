@@ -65,7 +65,7 @@ pub fn bench_flow_miss(ctx: XdpContext) -> u32 {
     bench::flow_miss(&ctx)
 }
 
-/// Bench only (tests/src/bin/bench_conn.rs): every IPv4 frame to one fixed MAC with XDP_TX.
+/// Bench only (tests/src/bin/bench_conn.rs): IPv4 frames for this host on to one fixed MAC.
 #[xdp]
 pub fn bench_forward(ctx: XdpContext) -> u32 {
     bench::forward(&ctx)

@@ -101,6 +101,10 @@ impl Service {
     }
 }
 
+/// Map sizes for programs loaded only to pass frames through (or for a bench floor).
+pub const TINY: Sizes =
+    Sizes { flows_per_cpu: 1024, max_rings: 1, ring_stride: 251, max_backends: 2, flow_cache_slots: 1024 };
+
 pub struct Topology {
     pub client: Host,
     pub lb: Host,
@@ -294,14 +298,7 @@ impl Topology {
     /// (see [`Topology::attach_lb_port_passthrough`]). Keep the result alive as long as the
     /// balancer runs; declare it after the topology.
     pub fn start_lb_port_passthrough(&self) -> Datapath {
-        let sizes = Sizes {
-            flows_per_cpu: 1024,
-            max_rings: 1,
-            ring_stride: 251,
-            max_backends: 2,
-            flow_cache_slots: 1024,
-        };
-        let mut dp = datapath::load_with(sizes)
+        let mut dp = datapath::load_with(TINY)
             .unwrap_or_else(|e| panic!("loading the XDP programs for the pass-through: {e}"));
         self.attach_lb_port_passthrough(&mut dp);
         dp
@@ -376,6 +373,15 @@ pub fn mac_of(ns: &Netns, interface: &str) -> String {
         .nth(1)
         .unwrap_or_else(|| panic!("no MAC address for {interface} in {}: {out}", ns.name()))
         .to_owned()
+}
+
+/// The bytes of a MAC address as `ip` prints it.
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (b, part) in mac.iter_mut().zip(s.split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap_or_else(|e| panic!("MAC address {s}: {e}"));
+    }
+    mac
 }
 
 /// Runs `ethtool ARGS` inside `ns`.

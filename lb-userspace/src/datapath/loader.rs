@@ -198,8 +198,8 @@ fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, Datapath
         (map_names::BACKENDS, sizes.max_backends),
         (map_names::BACKEND_STATS, sizes.max_backends),
         (map_names::NEXT_HOPS, sizes.max_backends),
-        // The kernel refuses an empty array: one slot, unused (FLOW_CACHE_BITS 0).
-        // A range for every CPU id the program can run on (`bpf_get_smp_processor_id`).
+        // A range for every CPU id the program can run on (`bpf_get_smp_processor_id`). The
+        // kernel refuses an empty array: one slot, unused (FLOW_CACHE_BITS 0).
         (map_names::FLOW_CACHE, per_cpu(slots, cpu_id_end()?, "flow_cache_slots")?.max(1)),
         (map_names::RR_SEQS, sizes.max_rings * limits::RR_SEQ_LEN),
         (map_names::RR_CURSORS, sizes.max_rings),

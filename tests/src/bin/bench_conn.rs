@@ -9,8 +9,8 @@
 //! - `haproxy`: HAProxy in TCP mode in the lb namespace on 198.18.100.3 (routed to the lb like
 //!   the VIPs), round robin over the three backends' own addresses.
 //! - `hop`: the floor of any balancer on this topology: a host `hop` on the bridge whose `eth0`
-//!   runs `bench_forward` (every IPv4 frame to the first backend's MAC with XDP_TX, no lookup, no
-//!   tunnel) for 198.18.101.1, an address on that backend's `lo`. It pays every cost of the extra
+//!   runs `bench_forward` (every IPv4 frame sent to it on to the first backend's MAC with XDP_TX,
+//!   no lookup, no tunnel) for 198.18.101.1, an address on that backend's `lo`. It pays every cost of the extra
 //!   hop (the veth turning the skb into an XDP frame and back, a second bridge pass) and none of
 //!   the balancer's own, so `vip1` against `hop` is what the balancer itself costs.
 //!
@@ -55,12 +55,12 @@ use lb_tests::{
     bins::Running,
     lbd::LbdFiles,
     netns::{veth, Netns},
-    topology::{ethtool, mac_of, vip, Family, Topology},
+    topology::{ethtool, mac_of, parse_mac, vip, Family, Topology, TINY},
     unique_name,
 };
 use lb_userspace::{
     agent::start::PIN_LAYOUT,
-    datapath::{self, Datapath, Sizes, DECAP},
+    datapath::{self, Datapath, DECAP},
 };
 
 const PORT: u16 = 80;
@@ -487,14 +487,7 @@ fn start_hop_floor(topo: &Topology) -> HopFloor {
     b1.ns.addr("lo", &format!("{HOP_SERVICE}/32"));
     topo.client.ns.ip(&["route", "add", &format!("{HOP_SERVICE}/32"), "via", HOP_ADDR, "dev", "eth0"]);
 
-    let sizes = Sizes {
-        flows_per_cpu: 1024,
-        max_rings: 1,
-        ring_stride: 251,
-        max_backends: 2,
-        flow_cache_slots: 1024,
-    };
-    let mut dp = datapath::load_with(sizes).expect("loading the programs for the hop floor");
+    let mut dp = datapath::load_with(TINY).expect("loading the programs for the hop floor");
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&parse_mac(&b1.mac));
     macs[6..].copy_from_slice(&parse_mac(&mac_of(&ns, "eth0")));
@@ -508,11 +501,6 @@ fn start_hop_floor(topo: &Topology) -> HopFloor {
         .run(|| dp.attach(DECAP, "hop", datapath::Mode::Native))
         .expect("attaching a pass-through program on the hop's bridge port");
     HopFloor { _programs: dp, _ns: ns }
-}
-
-fn parse_mac(mac: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).expect("a MAC address")).collect();
-    bytes.try_into().expect("six bytes")
 }
 
 /// Id of the program on lbd's pinned link of the lb's `eth0`.

@@ -74,7 +74,7 @@ use lb_common::{
 };
 use lb_tests::{
     netns::{run, Netns},
-    topology::mac_of,
+    topology::{mac_of, parse_mac},
 };
 use lb_userspace::{
     datapath::{self, Datapath, Mode, Sizes, BALANCER},
@@ -269,14 +269,6 @@ struct Bench {
     gen: Netns,
     dut: Netns,
     kern: Netns,
-}
-
-fn parse_mac(s: &str) -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    for (b, part) in mac.iter_mut().zip(s.split(':')) {
-        *b = u8::from_str_radix(part, 16).unwrap_or_else(|e| panic!("MAC address {s}: {e}"));
-    }
-    mac
 }
 
 /// Backend `n` (1..=3) behind the interface of `target` (rx-lb: 198.18.0.x, rx-syn: 198.18.2.x).

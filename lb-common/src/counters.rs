@@ -43,18 +43,28 @@ counters! {
     PassMalformed = 1, Pass, "pass_malformed", "a header cut short or inconsistent: passed to the stack";
     PassNotVip = 2, Pass, "pass_not_vip", "addressed to no VIP: passed to the stack";
     PassFragment = 3, Pass, "pass_fragment", "a fragment not addressed to a VIP address: passed to the stack";
-    PassFibFailed = 4, Pass, "pass_fib_failed", "no route or no neighbour entry towards the backend: passed to the stack";
-    PassNoTxPort = 5, Pass, "pass_no_tx_port", "the route to the backend leaves by an interface the balancer does not manage: passed";
-    DropFragmentToVip = 6, Drop, "drop_fragment_to_vip", "a fragment addressed to a VIP address: dropped (it has no ports to pick a backend by)";
-    DropNoBackend = 7, Drop, "drop_no_backend", "the VIP's ring slot names no configured backend: dropped";
-    DropEncapFailed = 8, Drop, "drop_encap_failed", "no room to push the tunnel header: dropped";
-    ForwardTx = 9, Forward, "forward_tx", "sent to a backend out of the interface it came in on (XDP_TX)";
-    ForwardRedirect = 10, Forward, "forward_redirect", "sent to a backend out of another interface (redirect)";
-    IcmpEchoReply = 11, Forward, "icmp_echo_reply", "an echo request to a VIP address, answered by the balancer";
-    FlowHit = 12, Event, "flow_hit", "packets whose flow was in the flow table";
-    FlowMiss = 13, Event, "flow_miss", "packets that found no flow (or one of a VIP that is gone): backend picked by the VIP's scheduler";
-    IcmpErrorToBackend = 14, Event, "icmp_error_to_backend", "ICMP errors quoting a VIP flow, sent to that flow's backend";
-    Decapsulated = 15, Event, "decapsulated", "tunnelled packets the decap program stripped and passed on (backend hosts)";
+    PassFwdDisabled = 4, Pass, "pass_fwd_disabled", "forwarding is off on the interface the packet came in on (sysctl net.ipv4/ipv6.conf.IF.forwarding): passed; lbd turns it on unless host.forwarding = \"check\"";
+    PassNoNeigh = 5, Pass, "pass_no_neigh", "the next hop towards the backend has no resolved neighbour entry (MAC) yet: passed (lbd keeps next hops resolved)";
+    PassNoRoute = 6, Pass, "pass_no_route", "no usable route to the backend (unreachable, blackhole, prohibit, or a local address): passed";
+    PassFibOther = 7, Pass, "pass_fib_other", "the kernel's route lookup failed for another reason (a lightweight-tunnel route, no source address): passed";
+    PassNoTxPort = 8, Pass, "pass_no_tx_port", "the route to the backend leaves by an interface the balancer does not manage: passed";
+    DropFragmentToVip = 9, Drop, "drop_fragment_to_vip", "a fragment addressed to a VIP address: dropped (it has no ports to pick a backend by)";
+    DropNoBackend = 10, Drop, "drop_no_backend", "the VIP's ring slot names no configured backend: dropped";
+    DropEncapFailed = 11, Drop, "drop_encap_failed", "no room to push the tunnel header: dropped";
+    DropTooBig = 12, Drop, "drop_too_big", "larger than the path MTU towards the backend (with the tunnel header) and fragmenting allowed (IPv4 without DF): dropped; the balancer does not fragment";
+    ForwardTx = 13, Forward, "forward_tx", "sent to a backend out of the interface it came in on (XDP_TX)";
+    ForwardRedirect = 14, Forward, "forward_redirect", "sent to a backend out of another interface (redirect)";
+    IcmpEchoReply = 15, Forward, "icmp_echo_reply", "an echo request to a VIP address, answered by the balancer";
+    IcmpTooBig = 16, Forward, "icmp_too_big", "larger than the path MTU towards the backend (with the tunnel header), IPv4 with DF or IPv6: answered with ICMP fragmentation needed / ICMPv6 packet too big";
+    FlowHit = 17, Event, "flow_hit", "packets whose flow was in the flow table";
+    FlowMiss = 18, Event, "flow_miss", "packets that found no flow (or one of a VIP that is gone): backend picked by the VIP's scheduler";
+    FlowPending = 19, Event, "flow_pending", "flows recorded in the table of unconfirmed flows (their first recorded packet): a flow enters the flow table only with its next packet";
+    FlowConfirmed = 20, Event, "flow_confirmed", "unconfirmed flows whose next packet came: moved into the flow table";
+    SynRescheduled = 21, Event, "syn_rescheduled", "SYNs that found an earlier connection's flow pinned to a backend that takes no new flows (drained, down, removed): scheduled anew";
+    IcmpErrorToBackend = 22, Event, "icmp_error_to_backend", "ICMP errors quoting a VIP flow, sent to that flow's backend";
+    Decapsulated = 23, Event, "decapsulated", "tunnelled packets the decap program stripped and passed on (backend hosts)";
+    DecapRefused = 24, Drop, "decap_refused", "tunnels from an outer source outside the backend host's allowed_sources: dropped (backend hosts)";
+    DecapFragment = 25, Pass, "decap_fragment", "fragments of tunnel packets: passed unstripped to the stack, which reassembles (backend hosts)";
 }
 
 impl Counter {

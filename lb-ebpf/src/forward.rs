@@ -1,7 +1,14 @@
 //! Sending a packet to its backend: next hop from the kernel's FIB, rewrite, then XDP_TX out of
 //! the ingress interface or a redirect through TX_PORTS to another one.
 use aya_ebpf::{
-    bindings::bpf_fib_lookup as FibParams, helpers::bpf_fib_lookup, programs::XdpContext, EbpfContext,
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT,
+        BPF_FIB_LKUP_RET_UNREACHABLE,
+    },
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+    EbpfContext,
 };
 use lb_common::{ConfigValue, Counter, FlowKey, CAPTURE_AFTER, CAPTURE_BEFORE, FAMILY_V4, MODE_IPIP};
 use network_types::eth::EthHdr;
@@ -120,7 +127,7 @@ fn next_hop(
 #[inline(always)]
 fn fib_lookup(ctx: &XdpContext, family: u8, src: &[u8; 16], dst: &[u8; 16]) -> Result<NextHop, Counter> {
     // In a per-CPU scratch slot rather than on the 512-byte BPF stack.
-    let p = FIB_SCRATCH.get_ptr_mut(0).ok_or(Counter::PassFibFailed)?;
+    let p = FIB_SCRATCH.get_ptr_mut(0).ok_or(Counter::PassFibOther)?;
     // All zero, a valid empty request, as eight 8-byte stores: `mem::zeroed()` compiles to a call
     // to aya's byte-by-byte memset, 64 turns of a loop. Volatile: LLVM must not merge them back.
     const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
@@ -148,9 +155,23 @@ fn fib_lookup(ctx: &XdpContext, family: u8, src: &[u8; 16], dst: &[u8; 16]) -> R
         bpf_fib_lookup(ctx.as_ptr(), p as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0)
     };
     if rc != 0 {
-        return Err(Counter::PassFibFailed);
+        return Err(fib_failure(rc));
     }
     Ok(NextHop { smac: p.smac, dmac: p.dmac, ifindex: p.ifindex, addr: *dst })
+}
+
+/// The pass reason for a failed `bpf_fib_lookup` (its `BPF_FIB_LKUP_RET_*` code).
+#[inline(always)]
+fn fib_failure(rc: i64) -> Counter {
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Counter::PassFwdDisabled,
+        BPF_FIB_LKUP_RET_NO_NEIGH => Counter::PassNoNeigh,
+        BPF_FIB_LKUP_RET_BLACKHOLE
+        | BPF_FIB_LKUP_RET_UNREACHABLE
+        | BPF_FIB_LKUP_RET_PROHIBIT
+        | BPF_FIB_LKUP_RET_NOT_FWDED => Counter::PassNoRoute,
+        _ => Counter::PassFibOther,
+    }
 }
 
 #[inline(always)]

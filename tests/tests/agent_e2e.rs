@@ -446,7 +446,14 @@ fn restart_keeps_forwarding_and_adopts_the_state() {
             "{name}: web-udp backend {a}: data plane packets vs received:\n{stats}"
         );
     }
-    for counter in ["drop_no_backend", "drop_encap_failed", "pass_fib_failed", "pass_no_tx_port"] {
+    for counter in [
+        "drop_no_backend",
+        "drop_encap_failed",
+        "pass_no_neigh",
+        "pass_no_route",
+        "pass_fwd_disabled",
+        "pass_no_tx_port",
+    ] {
         assert_eq!(global_counter(&stats, counter), 0, "{name}: {counter} moved:\n{stats}");
     }
 

@@ -627,8 +627,11 @@ fn fib_failures_pass_and_unusable_ring_slots_drop() {
                     80,
                     L4::TcpSyn,
                 );
-                fib_backends.insert(net.pick(net.vip(vip(v6, at::FIB_FAIL), 80, PROTO_TCP), &f.key));
-                cases.push((f, Verdict::Pass, Counter::PassFibFailed));
+                let backend = net.pick(net.vip(vip(v6, at::FIB_FAIL), 80, PROTO_TCP), &f.key);
+                fib_backends.insert(backend);
+                // Ring 4 and 5: 11 and 13 have no neighbour entry, 12 and 14 no route.
+                let reason = if backend % 2 == 1 { Counter::PassNoNeigh } else { Counter::PassNoRoute };
+                cases.push((f, Verdict::Pass, reason));
             }
             for (n, what) in [
                 (at::EMPTY, "empty_slot"),

@@ -197,9 +197,14 @@ fn check_balancer(name: &str, topo: &Topology, lb: &Datapath, servers: &[[EchoSe
         |counter: Counter| lb.counter(counter).unwrap_or_else(|e| panic!("{name}: {}: {e}", counter.name()));
     let summary = counters(lb);
     assert!(c(Counter::ForwardTx) > 0, "{name}: nothing forwarded with XDP_TX: {summary}");
-    for bad in
-        [Counter::DropNoBackend, Counter::DropEncapFailed, Counter::PassFibFailed, Counter::PassNoTxPort]
-    {
+    for bad in [
+        Counter::DropNoBackend,
+        Counter::DropEncapFailed,
+        Counter::PassFwdDisabled,
+        Counter::PassNoNeigh,
+        Counter::PassNoRoute,
+        Counter::PassNoTxPort,
+    ] {
         assert_eq!(c(bad), 0, "{name}: {} moved: {summary}", bad.name());
     }
     // Every UDP flow missed the flow table once, every TCP connection twice: its SYN records

@@ -18,7 +18,7 @@ use crate::{
 
 /// Pins live in a versioned directory: a new map layout gets a new directory instead of being
 /// handed old maps.
-pub const PIN_LAYOUT: &str = "v2";
+pub const PIN_LAYOUT: &str = "v3";
 
 #[derive(Debug, Error)]
 pub enum StartError {

@@ -17,26 +17,27 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
 /// The flow table's value: the backend a connection is pinned to, the flow's hash (so a packet
 /// of a known flow needs no hashing: the tunnel source's entropy bits come from it), and its VIP
-/// (so a packet of a known flow needs no VIP lookup either).
+/// (so a packet of a known flow needs no VIP lookup either). Both tables (FLOWS and
+/// PENDING_FLOWS) hold it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub backend: u32,
     pub hash: u32,
     /// `VipValue::id` of the VIP the flow belongs to.
-    pub vip: u16,
-    /// `BackendValue::generation` of `backend` when the flow was recorded.
-    pub backend_generation: u8,
-    pub _pad: u8,
+    pub vip: u32,
     /// `VipSlot::generation` of that VIP when the flow was recorded: the flow is void once the
     /// VIP is removed or its id goes to another VIP (the agent moves the generation on).
     pub vip_generation: u32,
+    /// `BackendValue::generation` of `backend` when the flow was recorded.
+    pub backend_generation: u32,
+    pub _pad: u32,
     /// `FLOW_*` bits. A word of its own: the data plane clears bits with an atomic fetch-and
     /// (64-bit: the BPF target has no 32-bit atomics in `core`), so that a flow is uncounted
     /// exactly once.
     pub flags: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 
 /// `FlowValue::flags`: an open TCP connection of a `least-conn` VIP, counted in its backend's
 /// ACTIVE_CONNS entry; cleared (and the count decremented) by the first FIN or RST the client

@@ -11,7 +11,7 @@ mod flow;
 pub mod hash;
 mod vip;
 
-pub use backend::{BackendValue, NO_BACKEND};
+pub use backend::{BackendValue, BACKEND_TAKES_NEW_FLOWS, NO_BACKEND};
 pub use config::{CaptureMeta, ConfigValue, CAPTURE_AFTER, CAPTURE_BEFORE, CAPTURE_SNAPLEN};
 pub use counters::{Counter, CounterBlock, CounterKind, TrafficStats};
 pub use flow::{FlowKey, FlowValue, FLOW_COUNTED};
@@ -32,6 +32,9 @@ pub mod map_names {
     pub const RINGS: &str = "RINGS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const FLOWS: &str = "FLOWS";
+    /// Flows not confirmed yet (one recorded packet): a flow enters FLOWS with its next packet,
+    /// so packets that come once (a spoofed flood) never evict a connection from FLOWS.
+    pub const PENDING_FLOWS: &str = "PENDING_FLOWS";
     pub const CONFIG: &str = "CONFIG";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
@@ -55,13 +58,14 @@ pub mod map_names {
     /// The maps of a program instance: a new agent's programs start with new ones.
     pub const UNPINNED: [&str; 3] = [NEXT_HOPS, FLOW_CACHE, CAPTURE];
     /// Every map that outlives the agent, for pinning.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         VIPS,
         VIP_BY_ID,
         VIP_FILTER,
         RINGS,
         BACKENDS,
         FLOWS,
+        PENDING_FLOWS,
         CONFIG,
         TX_PORTS,
         DECAP_ADDRS,
@@ -94,6 +98,9 @@ pub mod limits {
     /// and each CPU evicts its own least recently used flows when its share is full. 128 bytes
     /// of kernel memory each, as the map reports it (32 MiB per CPU at this default). Load time.
     pub const FLOWS_PER_CPU: u32 = 1 << 18;
+    /// Entries per CPU of the table of unconfirmed flows (PENDING_FLOWS), like FLOWS_PER_CPU: new
+    /// flows wait there for their next packet. Load time.
+    pub const PENDING_FLOWS_PER_CPU: u32 = 1 << 16;
     /// Slots of each CPU's cache of recently used flows (a power of two; 64 bytes a slot: 4 MiB
     /// a CPU): a flow whose slot holds it is forwarded without a flow-table lookup. Load time.
     pub const FLOW_CACHE_SLOTS: u32 = 1 << 16;

@@ -43,7 +43,7 @@ fn process(ctx: &XdpContext, counters: *mut CounterBlock) -> Result<Counter, Cou
         // An open connection of a least-conn VIP: its FIN or RST ends its count.
         schedule::closing(ctx, key, pkt.l4_offset, choice.id);
     }
-    let verdict = forward::to_backend(ctx, key, &choice, cfg);
+    let verdict = forward::to_backend(ctx, key, &choice, cfg, pkt.end - parse::ETH_LEN, icmp_error);
     if icmp_error && verdict.kind() == CounterKind::Forward {
         stats::add(counters, Counter::IcmpErrorToBackend);
     }

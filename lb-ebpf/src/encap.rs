@@ -33,12 +33,24 @@ pub fn outer_source(family: u8, cfg: &ConfigValue, hash: u32) -> [u8; 16] {
 
 /// Pushes an outer IPv4 header from `src` to `dst` in front of the IPv4 packet at ETH_LEN.
 /// The Ethernet header is left for the caller to write.
+///
+/// The outer header keeps the inner one's DF bit. Its ID is the inner ID mixed with the flow
+/// hash: an outer packet that may be fragmented on the way needs an ID that its neighbours in
+/// time from the same balancer address do not share, and the inner ID already counts up per
+/// flow at its sender; the hash keeps flows of different clients apart.
 #[inline(always)]
-pub fn push_ipv4(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Result<(), Counter> {
+pub fn push_ipv4(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16], hash: u32) -> Result<(), Counter> {
     let inner: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: ptr_at checked bounds.
-    let (tos, inner_len, df) =
-        unsafe { ((*inner).tos, u16::from_be_bytes((*inner).tot_len), (*inner).frags[0] & DONT_FRAGMENT) };
+    let (tos, inner_len, df, inner_id) = unsafe {
+        (
+            (*inner).tos,
+            u16::from_be_bytes((*inner).tot_len),
+            (*inner).frags[0] & DONT_FRAGMENT,
+            u16::from_be_bytes((*inner).id),
+        )
+    };
+    let id = inner_id ^ (hash as u16);
     let total = inner_len.checked_add(Ipv4Hdr::LEN as u16).ok_or(Counter::DropEncapFailed)?;
     grow(ctx, Ipv4Hdr::LEN)?;
     let outer: *mut Ipv4Hdr = ptr_at_mut(ctx, ETH_LEN).map_err(|_| Counter::DropEncapFailed)?;
@@ -47,7 +59,7 @@ pub fn push_ipv4(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Result<(),
         (*outer).vihl = 0x45;
         (*outer).tos = tos;
         (*outer).tot_len = total.to_be_bytes();
-        (*outer).id = [0, 0];
+        (*outer).id = id.to_be_bytes();
         (*outer).frags = [df, 0];
         (*outer).ttl = OUTER_TTL;
         (*outer).proto = IPPROTO_IPIP;

@@ -2,12 +2,15 @@
 //! scheduler (schedule.rs).
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    hash, BackendValue, ConfigValue, Counter, CounterBlock, FlowKey, FlowValue, VipKey, VipValue, FAMILY_V4,
-    FLOW_COUNTED, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, SCHED_MAGLEV, VIP_HASH_SOURCE_ONLY,
+    hash, BackendValue, ConfigValue, Counter, CounterBlock, FlowKey, FlowValue, VipKey, VipValue,
+    BACKEND_TAKES_NEW_FLOWS, FAMILY_V4, FLOW_COUNTED, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    SCHED_MAGLEV, VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{
-    maps::{CachedFlow, BACKENDS, FLOWS, FLOW_CACHE, FLOW_CACHE_BITS, VIPS, VIP_BY_ID, VIP_FILTER},
+    maps::{
+        CachedFlow, BACKENDS, FLOWS, FLOW_CACHE, FLOW_CACHE_BITS, PENDING_FLOWS, VIPS, VIP_BY_ID, VIP_FILTER,
+    },
     schedule,
 };
 
@@ -61,14 +64,18 @@ pub struct Choice {
     pub counted: bool,
 }
 
-/// The backend for a packet with flow key `key`. A flow-table hit wins (drains, ring and
-/// scheduler changes never move a live connection) and costs one hash-map lookup: the entry
-/// names its VIP, read by id. A miss looks the VIP up and asks its scheduler; `record` (the
-/// client's own packets, not ICMP errors about them) remembers the choice, except for the SYN
-/// (`syn`) of a Maglev VIP: the ring gives the connection's next packet the same backend, and
-/// that packet records the flow. So a SYN flood from spoofed addresses fills no flow-table
-/// entry and evicts no connection. This CPU's FLOW_CACHE answers for the flow table when it
-/// holds the flow under the current cache generation.
+/// The backend for a packet with flow key `key`. A known flow wins (drains, ring and scheduler
+/// changes never move a live connection): this CPU's FLOW_CACHE first, then FLOWS (confirmed
+/// flows), then PENDING_FLOWS (flows with one recorded packet). An entry names its VIP, read by
+/// id, so a known flow costs no VIP lookup. A SYN follows a known flow only to a backend that
+/// takes new flows: a client reusing a port (NAT) after its backend was drained, went down or
+/// was removed gets a backend anew.
+///
+/// A miss looks the VIP up and asks its scheduler; `record` (the client's own packets, not ICMP
+/// errors about them) remembers the choice in PENDING_FLOWS, and the flow's next packet moves
+/// it into FLOWS: packets that come once, as a spoofed flood's do, never evict a confirmed
+/// connection. The SYN of a Maglev VIP records nothing at all: the ring gives the connection's
+/// next packet the same backend.
 #[inline(always)]
 pub fn choose(
     key: &FlowKey,
@@ -96,41 +103,69 @@ pub fn choose(
         // LRU then sees the flow as used even while no lbd moves the generation.
         c.hits = c.hits.wrapping_add(1);
         if c.generation == generation && c.hits != 0 && same_key(&c.key, key) {
-            if record {
-                crate::stats::add(counters, Counter::FlowHit);
-            }
-            let counted = record && c.counted != 0;
-            return Ok(Choice {
-                id: c.backend,
-                hash: c.hash,
-                vip: c.vip,
-                mode: c.mode,
-                new_flow: false,
-                counted,
-            });
-        }
-    }
-    // SAFETY: flow values are plain integers written whole.
-    let stale = match unsafe { FLOWS.get(key) } {
-        Some(f) => match (VIP_BY_ID.get(f.vip as u32), BACKENDS.get(f.backend)) {
-            // A known flow needs no hashing either: its hash was kept with it.
-            (Some(slot), Some(b))
-                if slot.generation == f.vip_generation && b.generation == f.backend_generation =>
-            {
-                // (Its backend's family is checked where it is used: forward.rs.)
-                let (id, hash, vip, flags) = (f.backend, f.hash, f.vip as u32, f.flags);
+            if !syn || takes_new_flows(c.backend) {
                 if record {
                     crate::stats::add(counters, Counter::FlowHit);
                 }
-                let choice = Choice { id, hash, vip, mode: slot.vip.mode, new_flow: false, counted: false };
-                remember(cached, key, &choice, flags & FLOW_COUNTED != 0, generation);
-                return Ok(Choice { counted: record && flags & FLOW_COUNTED != 0, ..choice });
+                let counted = record && c.counted != 0;
+                return Ok(Choice {
+                    id: c.backend,
+                    hash: c.hash,
+                    vip: c.vip,
+                    mode: c.mode,
+                    new_flow: false,
+                    counted,
+                });
             }
-            // Its VIP is gone, or its VIP's or backend's id names another one now.
-            _ => true,
-        },
-        None => false,
-    };
+            // The table decides (and drops the flow): the slot answers no more.
+            c.generation = 0;
+        }
+    }
+    // A void FLOWS entry (its VIP or backend id means another one now) is replaced, not kept.
+    let mut void = false;
+    // SAFETY: flow values are plain integers written whole.
+    if let Some(f) = unsafe { FLOWS.get(key) } {
+        match live(f) {
+            Some((mode, takes)) if !syn || takes => {
+                // A known flow needs no hashing either: its hash was kept with it.
+                if record {
+                    crate::stats::add(counters, Counter::FlowHit);
+                }
+                let counted = f.flags & FLOW_COUNTED != 0;
+                let choice =
+                    Choice { id: f.backend, hash: f.hash, vip: f.vip, mode, new_flow: false, counted: false };
+                remember(cached, key, &choice, counted, generation);
+                return Ok(Choice { counted: record && counted, ..choice });
+            }
+            Some(_) => {
+                // An earlier connection on this port, pinned to a backend that takes no new
+                // flows: it is over (a SYN opens a new one), its entry goes.
+                crate::stats::add(counters, Counter::SynRescheduled);
+                schedule::forget(key, f.backend);
+            }
+            None => void = true,
+        }
+    }
+    // SAFETY: as above.
+    if let Some(f) = unsafe { PENDING_FLOWS.get(key) } {
+        match live(f) {
+            Some((mode, takes)) if !syn || takes => {
+                let mut choice =
+                    Choice { id: f.backend, hash: f.hash, vip: f.vip, mode, new_flow: false, counted: false };
+                if record {
+                    crate::stats::add(counters, Counter::FlowHit);
+                    choice.counted = confirm(key, f, void, counters);
+                    remember(cached, key, &choice, choice.counted, generation);
+                }
+                return Ok(choice);
+            }
+            Some(_) => {
+                crate::stats::add(counters, Counter::SynRescheduled);
+                let _ = PENDING_FLOWS.remove(key);
+            }
+            None => {}
+        }
+    }
     let vip = lookup_vip(&key.dst, key.dport, key.proto, key.family).ok_or(Counter::PassNotVip)?;
     if vip.ring_size == 0 {
         return Err(Counter::DropNoBackend);
@@ -147,34 +182,66 @@ pub fn choose(
     }
     // A TCP packet without SYN continues a connection: its SYN was the new flow.
     let new_flow = record && (key.proto != PROTO_TCP || syn);
-    let flags = schedule::flow_flags(vip, key);
-    let mut choice = Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted: false };
+    let choice = Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted: false };
     if record && !(syn && vip.scheduler == SCHED_MAGLEV) {
         let vip_generation = VIP_BY_ID.get(vip.id).map_or(0, |s| s.generation);
-        // A full table evicts its least recently used flow; an error here only costs a re-pick.
-        // A counted flow counts only if this packet made it (not another CPU's at the same
-        // time); a stale entry is replaced.
-        let counted = flags & FLOW_COUNTED != 0;
-        let mode = if counted && !stale { BPF_NOEXIST as u64 } else { 0 };
         let value = FlowValue {
             backend: id,
             hash,
-            vip: vip.id as u16,
+            vip: vip.id,
+            vip_generation,
             backend_generation,
             _pad: 0,
-            vip_generation,
-            flags,
+            flags: schedule::flow_flags(vip, key),
         };
-        let recorded = FLOWS.insert(key, &value, mode).is_ok();
-        choice.counted = recorded && counted;
-        if choice.counted {
-            schedule::opened(id);
-        }
-        if recorded {
-            remember(cached, key, &choice, choice.counted, generation);
+        // A full table evicts its least recently used (unconfirmed) flow; an error here only
+        // costs a re-pick.
+        if PENDING_FLOWS.insert(key, &value, 0).is_ok() {
+            crate::stats::add(counters, Counter::FlowPending);
         }
     }
     Ok(choice)
+}
+
+/// A flow entry's VIP mode and whether its backend takes new flows, if the entry is live (its
+/// VIP and backend ids still mean what they meant when it was recorded).
+#[inline(always)]
+fn live(f: &FlowValue) -> Option<(u8, bool)> {
+    match (VIP_BY_ID.get(f.vip), BACKENDS.get(f.backend)) {
+        (Some(slot), Some(b))
+            if slot.generation == f.vip_generation && b.generation == f.backend_generation =>
+        {
+            // (Its backend's family is checked where it is used: forward.rs.)
+            Some((slot.vip.mode, b.flags & BACKEND_TAKES_NEW_FLOWS != 0))
+        }
+        _ => None,
+    }
+}
+
+/// Whether backend `id` takes new flows now.
+#[inline(always)]
+fn takes_new_flows(id: u32) -> bool {
+    BACKENDS.get(id).is_some_and(|b| b.flags & BACKEND_TAKES_NEW_FLOWS != 0)
+}
+
+/// The second recorded packet of a flow: it moves from PENDING_FLOWS into FLOWS. Returns
+/// whether it now counts as an open connection of its backend (least-conn): only the CPU whose
+/// insert made the entry counts it (unless it replaced a void one). Not inlined: it runs once a
+/// flow.
+#[inline(never)]
+fn confirm(key: &FlowKey, f: &FlowValue, void: bool, counters: *mut CounterBlock) -> bool {
+    let value = *f;
+    let counted = value.flags & FLOW_COUNTED != 0;
+    let mode = if counted && !void { BPF_NOEXIST as u64 } else { 0 };
+    let recorded = FLOWS.insert(key, &value, mode).is_ok();
+    let _ = PENDING_FLOWS.remove(key);
+    if recorded {
+        crate::stats::add(counters, Counter::FlowConfirmed);
+    }
+    if recorded && counted {
+        schedule::opened(value.backend);
+    }
+    recorded && counted
 }
 
 /// FLOW_CACHE's slot for `key` in a cache of 2^`bits` slots (1..=24): its five words folded

@@ -10,11 +10,12 @@ use lb_common::{
     VipSlot, VipValue,
 };
 
+/// Sized by the loader: two entries a VIP (its service, its address's entry).
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(limits::MAX_VIPS, 0);
 
 /// VIPs by id: a packet of a known flow finds its VIP here, by the id its flow entry holds,
-/// with a direct array load instead of a second hash-map lookup.
+/// with a direct array load instead of a second hash-map lookup. Sized by the loader (max_vips).
 #[map(name = "VIP_BY_ID")]
 pub static VIP_BY_ID: Array<VipSlot> = Array::with_max_entries(limits::MAX_VIPS, 0);
 
@@ -30,13 +31,20 @@ pub static RINGS: Array<u32> = Array::with_max_entries(limits::MAX_RINGS * limit
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(limits::MAX_BACKENDS, 0);
 
-/// Connection -> backend. One table that every CPU sees (a connection whose packets move to
-/// another CPU keeps its backend) with a separate LRU list per CPU (BPF_F_NO_COMMON_LRU), so
-/// inserts and evictions on one CPU do not contend with the others. The loader sizes it to
-/// flows_per_cpu × possible CPUs.
+/// Connection -> backend, for confirmed flows (two packets or more recorded). One table that
+/// every CPU sees (a connection whose packets move to another CPU keeps its backend) with a
+/// separate LRU list per CPU (BPF_F_NO_COMMON_LRU), so inserts and evictions on one CPU do not
+/// contend with the others. The loader sizes it to flows_per_cpu × possible CPUs.
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(limits::FLOWS_PER_CPU, BPF_F_NO_COMMON_LRU);
+
+/// Flows with one recorded packet, waiting for their next one to enter FLOWS (see flow.rs): a
+/// flood of packets that each start a flow (spoofed sources) evicts only other unconfirmed
+/// flows. Same layout as FLOWS; sized to pending_flows_per_cpu × possible CPUs.
+#[map(name = "PENDING_FLOWS")]
+pub static PENDING_FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(limits::PENDING_FLOWS_PER_CPU, BPF_F_NO_COMMON_LRU);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<ConfigValue> = Array::with_max_entries(1, 0);
@@ -65,7 +73,9 @@ pub struct CachedHop {
     pub generation: u32,
     pub addr: [u8; 16],
     pub family: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The path MTU towards the next hop (the route's, else the interface's), from the FIB.
+    pub mtu: u16,
 }
 
 /// Next hops by backend id, per CPU: no locking, no torn MACs. Sized like BACKENDS.
@@ -133,6 +143,7 @@ pub static CAPTURE: PerfEventArray<CaptureMeta> = PerfEventArray::new(0);
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
 
+/// Sized by the loader (max_vips).
 #[map(name = "VIP_STATS")]
 pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(limits::MAX_VIPS, 0);
 

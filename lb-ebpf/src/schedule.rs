@@ -81,6 +81,14 @@ pub fn closing(ctx: &XdpContext, key: &FlowKey, l4_offset: usize, id: u32) {
     }
 }
 
+/// Removes the FLOWS entry of a connection that is over (a SYN reused its port), uncounting it
+/// first if it still counts. Not inlined: it runs rarely.
+#[inline(never)]
+pub fn forget(key: &FlowKey, id: u32) {
+    uncount(key, id);
+    let _ = FLOWS.remove(key);
+}
+
 /// Not inlined: it runs once per counted connection and keeps the common path as it was. (No
 /// packet pointer crosses the call: the verifier refuses what LLVM makes of one passed in.)
 #[inline(never)]

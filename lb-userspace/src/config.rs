@@ -281,6 +281,7 @@ pub struct Limits {
     pub max_ring_size: u32,
     pub max_backends: u32,
     pub flows_per_cpu: u32,
+    pub pending_flows_per_cpu: u32,
     pub flow_cache_slots: u32,
 }
 
@@ -292,6 +293,7 @@ impl Default for Limits {
             max_ring_size: d.ring_stride,
             max_backends: d.max_backends,
             flows_per_cpu: d.flows_per_cpu,
+            pending_flows_per_cpu: d.pending_flows_per_cpu,
             flow_cache_slots: d.flow_cache_slots,
         }
     }
@@ -301,6 +303,9 @@ impl Limits {
     pub fn sizes(&self) -> crate::datapath::Sizes {
         crate::datapath::Sizes {
             flows_per_cpu: self.flows_per_cpu,
+            pending_flows_per_cpu: self.pending_flows_per_cpu,
+            // A VIP's id is its ring's number.
+            max_vips: self.max_vips,
             max_rings: self.max_vips,
             ring_stride: self.max_ring_size,
             max_backends: self.max_backends,
@@ -448,6 +453,9 @@ fn check_limits(l: &Limits) -> Result<(), Invalid> {
     }
     if l.flows_per_cpu < 1024 {
         return Err(invalid("limits.flows_per_cpu", "must be at least 1024"));
+    }
+    if l.pending_flows_per_cpu < 1024 {
+        return Err(invalid("limits.pending_flows_per_cpu", "must be at least 1024"));
     }
     let slots = l.flow_cache_slots;
     if slots != 0 && (!slots.is_power_of_two() || !(1024..=1 << 24).contains(&slots)) {

@@ -69,6 +69,32 @@ pub fn tcp_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) ->
     out
 }
 
+/// A TCP segment (ACK) from `src:sport` to `dst:dport` whose IP packet is `ip_len` bytes long
+/// (IPv4 with DF, as etherparse builds it).
+pub fn tcp_frame_of_len(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, ip_len: usize) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    let (ip, header) = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (eth.ipv4(s.octets(), d.octets(), 64), 20),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (eth.ipv6(s.octets(), d.octets(), 64), 40),
+        _ => panic!("mixed address families: {src} -> {dst}"),
+    };
+    let payload: Vec<u8> = (0..ip_len - header - 20).map(|i| i as u8).collect();
+    let mut out = Vec::new();
+    ip.tcp(sport, dport, 1, 64240).ack(1).write(&mut out, &payload).expect("etherparse writes to a Vec");
+    assert_eq!(out.len(), 14 + ip_len);
+    out
+}
+
+/// The Internet checksum (RFC 1071) of `data`: 0 over data that carries its own valid checksum.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 =
+        data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// An ARP request (who-has 198.18.0.2, tell 198.18.0.1), 42 bytes as on the wire.
 pub fn arp_request() -> Vec<u8> {
     let mut f = Vec::with_capacity(42);
@@ -276,7 +302,8 @@ pub mod expect {
         }
     }
 
-    /// `input` encapsulated per the spec (IPv4-in-IPv4 or IPv6-in-IPv6), with new MACs.
+    /// `input` encapsulated per the spec (IPv4-in-IPv4 or IPv6-in-IPv6), with new MACs. The outer
+    /// IPv4 ID is the inner one mixed with the low 16 bits of the flow hash.
     pub fn encapsulated(
         input: &[u8],
         dst_mac: [u8; 6],
@@ -297,7 +324,7 @@ pub mod expect {
                     dscp: Ipv4Dscp::try_new(tos >> 2).unwrap(),
                     ecn: Ipv4Ecn::try_new(tos & 3).unwrap(),
                     total_len: u16::from_be_bytes([inner[2], inner[3]]) + 20,
-                    identification: 0,
+                    identification: u16::from_be_bytes([inner[4], inner[5]]) ^ hash as u16,
                     dont_fragment: inner[6] & 0x40 != 0,
                     more_fragments: false,
                     fragment_offset: Default::default(),

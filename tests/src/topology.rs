@@ -102,8 +102,15 @@ impl Service {
 }
 
 /// Map sizes for programs loaded only to pass frames through (or for a bench floor).
-pub const TINY: Sizes =
-    Sizes { flows_per_cpu: 1024, max_rings: 1, ring_stride: 251, max_backends: 2, flow_cache_slots: 1024 };
+pub const TINY: Sizes = Sizes {
+    flows_per_cpu: 1024,
+    pending_flows_per_cpu: 1024,
+    max_vips: 256,
+    max_rings: 1,
+    ring_stride: 251,
+    max_backends: 2,
+    flow_cache_slots: 1024,
+};
 
 pub struct Topology {
     pub client: Host,
@@ -203,6 +210,8 @@ impl Topology {
             .map(|b| {
                 let sizes = Sizes {
                     flows_per_cpu: 1024,
+                    pending_flows_per_cpu: 1024,
+                    max_vips: 256,
                     max_rings: 1,
                     ring_stride: 251,
                     max_backends: 16,
@@ -232,6 +241,8 @@ impl Topology {
     pub fn start_balancer(&self, services: &[Service]) -> Datapath {
         let sizes = Sizes {
             flows_per_cpu: 16_384,
+            pending_flows_per_cpu: 1024,
+            max_vips: 256,
             max_rings: services.len().max(1) as u32,
             ring_stride: RING_SIZE,
             max_backends: 2 * self.backends.len() as u32 + 1,
@@ -251,8 +262,11 @@ impl Topology {
         .expect("set_config");
         for family in [Family::V4, Family::V6] {
             for (i, b) in self.backends.iter().enumerate() {
-                dp.set_backend(self.backend_id(i, family), BackendValue::from(b.addr(family)))
-                    .unwrap_or_else(|e| panic!("backend {}: {e}", b.addr(family)));
+                dp.set_backend(
+                    self.backend_id(i, family),
+                    BackendValue::from(b.addr(family)).taking_new_flows(true),
+                )
+                .unwrap_or_else(|e| panic!("backend {}: {e}", b.addr(family)));
             }
         }
         for (index, s) in services.iter().enumerate() {

@@ -136,7 +136,7 @@ impl XdpRunner {
     pub fn install_ring(&mut self, ring: u32, backends: &[(u32, IpAddr)], size: u32) -> Vec<u32> {
         for &(id, addr) in backends {
             self.datapath
-                .set_backend(id, BackendValue::from(addr))
+                .set_backend(id, BackendValue::from(addr).taking_new_flows(true))
                 .unwrap_or_else(|e| panic!("backend {id}: {e}"));
         }
         let members: Vec<Member> = backends.iter().map(|&(id, addr)| Member::new(addr, id, 1)).collect();
@@ -211,6 +211,8 @@ pub fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
 ///     backends 198.18.1.N / fd00:1::N (N = 1..=16), MAC 02:00:00:01:00:N, permanent
 ///     gateway  198.18.1.200 / fd00:1::c8,           MAC 02:00:00:01:00:c8, permanent
 ///     routes   198.18.3.0/24, fd00:3::/64 via the gateway
+///              198.18.4.0/24, fd00:4::/64 via the gateway, MTU 1400 locked (`narrow4`, `narrow6`;
+///              forwarding uses a route MTU only when locked: otherwise the device MTU)
 ///     on-link  198.18.1.99 / fd00:1::99 with no neighbour entry (FIB lookup fails)
 ///   eth1 02:00:00:00:00:03  198.18.2.254/24 fd00:2::fe/64   (eth0's veth peer)
 ///     backends 198.18.2.N / fd00:2::N (N = 1..=4), MAC 02:00:00:02:00:N, permanent
@@ -255,6 +257,14 @@ pub mod fixture {
     pub fn routed6(n: u8) -> IpAddr {
         Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, n.into()).into()
     }
+    /// Behind the gateway on eth0, by a route of MTU [`NARROW_MTU`].
+    pub fn narrow4(n: u8) -> IpAddr {
+        Ipv4Addr::new(198, 18, 4, n).into()
+    }
+    pub fn narrow6(n: u8) -> IpAddr {
+        Ipv6Addr::new(0xfd00, 4, 0, 0, 0, 0, 0, n.into()).into()
+    }
+    pub const NARROW_MTU: u16 = 1400;
     /// On eth0's subnet, but with no neighbour entry.
     pub const NO_NEIGH4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 99);
     pub const NO_NEIGH6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x99);
@@ -291,7 +301,7 @@ pub mod fixture {
         match (net, host) {
             (1, 1..=16) | (1, 200) => Some((false, near_mac(host as u8))),
             (2, 1..=4) => Some((true, far_mac(host as u8))),
-            (3, _) => Some((false, GATEWAY_MAC)),
+            (3, _) | (4, _) => Some((false, GATEWAY_MAC)),
             _ => None,
         }
     }
@@ -338,6 +348,8 @@ impl Fixture {
         neigh(near6(200), GATEWAY_MAC, "eth0");
         batch += "route add 198.18.3.0/24 via 198.18.1.200 dev eth0\n";
         batch += "route add fd00:3::/64 via fd00:1::c8 dev eth0\n";
+        batch += &format!("route add 198.18.4.0/24 via 198.18.1.200 dev eth0 mtu lock {NARROW_MTU}\n");
+        batch += &format!("route add fd00:4::/64 via fd00:1::c8 dev eth0 mtu lock {NARROW_MTU}\n");
         let file = std::env::temp_dir().join(format!("{}.ip-batch", ns.name()));
         std::fs::write(&file, &batch).expect("write the ip batch file");
         let result = std::process::Command::new("ip").args(["-n", ns.name(), "-batch"]).arg(&file).output();

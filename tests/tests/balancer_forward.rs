@@ -13,8 +13,15 @@ use lb_tests::{
 };
 use lb_userspace::datapath::Sizes;
 
-const SIZES: Sizes =
-    Sizes { flows_per_cpu: 4096, max_rings: 10, ring_stride: 1031, max_backends: 64, flow_cache_slots: 1024 };
+const SIZES: Sizes = Sizes {
+    flows_per_cpu: 4096,
+    pending_flows_per_cpu: 1024,
+    max_vips: 256,
+    max_rings: 10,
+    ring_stride: 1031,
+    max_backends: 64,
+    flow_cache_slots: 1024,
+};
 /// Ring size of every VIP here (prime).
 const RING: u32 = 1031;
 
@@ -333,12 +340,22 @@ fn forward_flow(r: &mut XdpRunner, net: &Net, f: &Flow, fails: &mut Failures) ->
     let v6 = f.key.family == lb_common::FAMILY_V6;
     let vip = net.vip(ip_of(f.key.dst, v6), f.key.dport, f.key.proto).clone();
     let backend = net.pick(&vip, &f.key);
-    let mut packets = vec![("first packet", &f.frame, Counter::FlowMiss, 1)];
+    // A Maglev SYN records nothing; the flow's first recorded packet puts it in the table of
+    // unconfirmed flows, its next one confirms it.
+    const MISS: &[Counter] = &[Counter::FlowMiss];
+    const PENDING: &[Counter] = &[Counter::FlowMiss, Counter::FlowPending];
+    const CONFIRMED: &[Counter] = &[Counter::FlowHit, Counter::FlowConfirmed];
+    const HIT: &[Counter] = &[Counter::FlowHit];
+    let mut packets: Vec<(&str, &Vec<u8>, &[Counter], u64)> = Vec::new();
     if f.key.proto == PROTO_TCP {
-        packets.push(("after the SYN", &f.next, Counter::FlowMiss, 0));
+        packets.push(("first packet", &f.frame, MISS, 1));
+        packets.push(("after the SYN", &f.next, PENDING, 0));
+    } else {
+        packets.push(("first packet", &f.frame, PENDING, 1));
     }
-    packets.push(("known flow", &f.next, Counter::FlowHit, 0));
-    for (what, frame, flow_counter, new_flows) in packets {
+    packets.push(("known flow", &f.next, CONFIRMED, 0));
+    packets.push(("confirmed flow", &f.next, HIT, 0));
+    for (what, frame, flow_counters, new_flows) in packets {
         let (verdict, want, alt) = net.forwarded(&vip, &f.key, backend, frame);
         let forward_counter =
             if verdict == Verdict::Tx { Counter::ForwardTx } else { Counter::ForwardRedirect };
@@ -351,7 +368,9 @@ fn forward_flow(r: &mut XdpRunner, net: &Net, f: &Flow, fails: &mut Failures) ->
         if alt.as_deref() != Some(&out.frame[..]) {
             fails.frame(&case, &out.frame, &want);
         }
-        fails.counters(&case, &before, &r.counters(), &[forward_counter, flow_counter], &[]);
+        let moved: Vec<Counter> =
+            [forward_counter].into_iter().chain(flow_counters.iter().copied()).collect();
+        fails.counters(&case, &before, &r.counters(), &moved, &[]);
         let stats = TrafficStats { packets: 1, bytes: frame.len() as u64, new_flows };
         fails.stats(&case, &format!("VIP {} stats", vip.id), vip_before, r.vip_stats(vip.id), stats);
         fails.stats(&case, &format!("backend {backend} stats"), be_before, r.backend_stats(backend), stats);

@@ -22,8 +22,15 @@ use lb_userspace::{
 };
 
 const RING: u32 = 1031;
-const SIZES: Sizes =
-    Sizes { flows_per_cpu: 4096, max_rings: 1, ring_stride: RING, max_backends: 8, flow_cache_slots: 1024 };
+const SIZES: Sizes = Sizes {
+    flows_per_cpu: 4096,
+    pending_flows_per_cpu: 1024,
+    max_vips: 256,
+    max_rings: 1,
+    ring_stride: RING,
+    max_backends: 8,
+    flow_cache_slots: 1024,
+};
 const SEED: u32 = 0x1234_5678;
 const PORT: u16 = 80;
 
@@ -43,7 +50,7 @@ fn install(r: &mut XdpRunner, weights: [u16; 3], scheduler: u8) -> Vec<u32> {
     for (i, w) in weights.iter().enumerate() {
         let id = i as u32 + 1;
         let addr = near4(id as u8);
-        r.datapath.set_backend(id, BackendValue::from(addr).with_weight(*w)).unwrap();
+        r.datapath.set_backend(id, BackendValue::from(addr).with_weight(*w).taking_new_flows(true)).unwrap();
         members.push(Member::new(addr, id, u32::from(*w)));
     }
     let ring = maglev::build(&members, RING);
@@ -78,7 +85,7 @@ fn flow(r: &XdpRunner, sport: u16) -> Option<FlowValue> {
     let mut found = None;
     let table = r.datapath.flow_table().unwrap();
     table
-        .walk_values(|k, v| {
+        .walk_values(|k, v, _| {
             if *k == key {
                 found = Some(*v);
             }
@@ -166,8 +173,10 @@ fn least_conn_counts_each_connection_once() {
     fx.run(SIZES, |r| {
         install(r, [100, 100, 100], SCHED_LEAST_CONN);
         let b = send(r, 32_000, tcp::SYN);
-        assert_eq!(active(r, b), 1, "a new TCP flow counts");
+        assert_eq!(active(r, b), 0, "a SYN alone counts nothing (it may be spoofed)");
         assert_eq!(flow(r, 32_000).map(|f| f.flags & FLOW_COUNTED), Some(FLOW_COUNTED));
+        assert_eq!(send(r, 32_000, tcp::ACK), b);
+        assert_eq!(active(r, b), 1, "a confirmed TCP flow counts");
         for flags in [tcp::SYN, tcp::ACK, tcp::ACK] {
             assert_eq!(send(r, 32_000, flags), b);
         }
@@ -231,6 +240,8 @@ fn least_conn_picks_the_less_loaded_of_two_ring_picks_by_weight() {
             let want = predict(&ring, sport, &counts, weights);
             let b = send(r, sport, tcp::SYN);
             assert_eq!(b, want, "connection {i}, counts {counts:?}");
+            // The handshake's last packet confirms the flow: it counts from then.
+            assert_eq!(send(r, sport, tcp::ACK), b, "connection {i}: its ACK went elsewhere");
             counts[b as usize] += 1;
             got[b as usize] += 1;
             assert_eq!(active(r, b), counts[b as usize]);

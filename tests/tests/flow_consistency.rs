@@ -37,6 +37,8 @@ const CONFIG: ConfigValue = ConfigValue {
 fn sizes() -> Sizes {
     Sizes {
         flows_per_cpu: 1 << 16,
+        pending_flows_per_cpu: 1 << 16,
+        max_vips: 256,
         max_rings: 2,
         ring_stride: RING,
         max_backends: 64,
@@ -133,7 +135,8 @@ fn consistency(v6: bool, cached: bool) {
             pinned.push(world.send(r, &frame, &key, pick(&old, &key), &format!("flow {i}, first packet")));
         }
         let moves = counter_moves(r, &before);
-        let want = HashMap::from([("forward_tx", u64::from(FLOWS)), ("flow_miss", u64::from(FLOWS))]);
+        let n = u64::from(FLOWS);
+        let want = HashMap::from([("forward_tx", n), ("flow_miss", n), ("flow_pending", n)]);
         assert_eq!(moves, want, "counters over the first packets of {FLOWS} flows");
         let on_removed = pinned.iter().filter(|&&b| b == REMOVED).count();
         assert!(on_removed > 0, "no flow went to backend {REMOVED}: the test proves nothing");
@@ -156,7 +159,8 @@ fn consistency(v6: bool, cached: bool) {
             world.send(r, &frame, &key, pinned[i as usize], &format!("flow {i} after the ring change"));
         }
         let moves = counter_moves(r, &before);
-        let want = HashMap::from([("forward_tx", u64::from(FLOWS)), ("flow_hit", u64::from(FLOWS))]);
+        // (Their second packet: each moves from the unconfirmed flows into the flow table.)
+        let want = HashMap::from([("forward_tx", n), ("flow_hit", n), ("flow_confirmed", n)]);
         assert_eq!(moves, want, "counters over {FLOWS} known flows after the change ({moved} would move)");
 
         // 4. New flows follow the new ring, never to the removed backend.
@@ -167,7 +171,7 @@ fn consistency(v6: bool, cached: bool) {
             assert_ne!(b, REMOVED, "new flow {i} went to the removed backend");
         }
         let moves = counter_moves(r, &before);
-        let want = HashMap::from([("forward_tx", u64::from(FLOWS)), ("flow_miss", u64::from(FLOWS))]);
+        let want = HashMap::from([("forward_tx", n), ("flow_miss", n), ("flow_pending", n)]);
         assert_eq!(moves, want, "counters over {FLOWS} new flows after the change");
 
         // 5. The old flows are still pinned after the new ones were added.

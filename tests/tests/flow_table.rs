@@ -26,8 +26,15 @@ use lb_userspace::{
 
 const RING: u32 = 1031;
 /// Rings up to VIP_ID's: round-robin sequences are by VIP id.
-const SIZES: Sizes =
-    Sizes { flows_per_cpu: 4096, max_rings: 8, ring_stride: RING, max_backends: 8, flow_cache_slots: 1024 };
+const SIZES: Sizes = Sizes {
+    flows_per_cpu: 4096,
+    pending_flows_per_cpu: 1024,
+    max_vips: 256,
+    max_rings: 8,
+    ring_stride: RING,
+    max_backends: 8,
+    flow_cache_slots: 1024,
+};
 const PORT: u16 = 80;
 const VIP_ID: u32 = 7;
 
@@ -45,7 +52,7 @@ fn install(r: &mut XdpRunner, scheduler: u8) {
     caches(r, 0);
     let mut members = Vec::new();
     for id in 1..=3u32 {
-        r.datapath.set_backend(id, BackendValue::from(near4(id as u8))).unwrap();
+        r.datapath.set_backend(id, BackendValue::from(near4(id as u8)).taking_new_flows(true)).unwrap();
         members.push(Member::new(near4(id as u8), id, 1));
     }
     let ring = maglev::build(&members, RING);
@@ -203,6 +210,7 @@ fn the_flow_cache_answers_for_the_table_until_the_generation_moves() {
         install(r, SCHED_MAGLEV);
         caches(r, 1);
         let to = send(r, 24_000, tcp::ACK).expect("forwarded");
+        assert_eq!(send(r, 24_000, tcp::ACK), Some(to), "confirmed (and cached)");
         assert_eq!(recorded(r), vec![key(24_000)]);
         // Taken out of the table behind the cache's back: this CPU still has it.
         r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
@@ -232,6 +240,7 @@ fn every_256th_hit_of_a_cached_flow_goes_to_the_table() {
         install(r, SCHED_MAGLEV);
         caches(r, 1);
         let to = send(r, 25_000, tcp::ACK).expect("forwarded");
+        assert_eq!(send(r, 25_000, tcp::ACK), Some(to), "confirmed (and cached)");
         r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
         // Without an lbd moving the generation, the table still sees the flow now and then (its
         // LRU keeps it): here it finds it gone, and records it again, once in 256 packets.
@@ -272,12 +281,14 @@ fn each_cpu_has_its_own_flow_cache() {
         caches(r, 1);
         pin_to_cpu(first);
         let to = send(r, 26_000, tcp::ACK).expect("forwarded");
+        assert_eq!(send(r, 26_000, tcp::ACK), Some(to), "confirmed (and cached)");
         r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
         // The first CPU cached the flow; the second's slots are its own: it asks the table,
         // misses and records the flow again.
         pin_to_cpu(second);
         assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 0, 1), "one CPU used the other's cache");
         assert_eq!(recorded(r), vec![key(26_000)]);
+        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "confirmed (and cached)");
         r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
         assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "the second CPU's own cache");
         pin_to_cpu(first);
@@ -293,5 +304,79 @@ fn no_flow_cache_without_slots() {
         let to = send(r, 27_000, tcp::ACK).expect("forwarded");
         r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
         assert_eq!(flow_counters(r, 27_000, tcp::ACK), (Some(to), 0, 1), "a cache answered");
+    });
+}
+
+/// Takes backend `id` out of service as the agent does for a drain: its entry says it takes no
+/// new flows, and the ring is rebuilt over the others.
+fn drain(r: &mut XdpRunner, id: u32) {
+    let b = r.datapath.backend(id).unwrap();
+    r.datapath.set_backend(id, b.taking_new_flows(false)).unwrap();
+    let members: Vec<Member> =
+        (1..=3u32).filter(|&i| i != id).map(|i| Member::new(near4(i as u8), i, 1)).collect();
+    r.write_ring(0, None, &maglev::build(&members, RING));
+}
+
+#[test]
+fn a_syn_on_a_reused_port_does_not_follow_the_old_flow_to_a_drained_backend() {
+    for cache in [0, 1] {
+        Fixture::new().run(SIZES, |r| {
+            install(r, SCHED_MAGLEV);
+            caches(r, cache);
+            let to = send(r, 30_000, tcp::ACK).expect("forwarded");
+            assert_eq!(send(r, 30_000, tcp::ACK), Some(to), "confirmed");
+            // A retransmitted SYN of a live flow follows it.
+            assert_eq!(send(r, 30_000, tcp::SYN), Some(to), "cache {cache}: a SYN left a live flow");
+            drain(r, to);
+            // The open connection stays on its backend...
+            assert_eq!(send(r, 30_000, tcp::ACK), Some(to), "cache {cache}: an open flow moved");
+            // ...but a SYN on that port (a client behind NAT reusing it) is a new connection,
+            // scheduled anew; the old flow is gone, so its next packets follow the new backend.
+            let rescheduled = r.counter(Counter::SynRescheduled);
+            let new = send(r, 30_000, tcp::SYN).expect("SYN forwarded");
+            assert_ne!(new, to, "cache {cache}: a SYN went to the drained backend");
+            assert_eq!(r.counter(Counter::SynRescheduled), rescheduled + 1);
+            for i in 0..3 {
+                assert_eq!(send(r, 30_000, tcp::ACK), Some(new), "cache {cache}: packet {i} after the SYN");
+            }
+        });
+    }
+    // Round robin records at the SYN, in the table of unconfirmed flows: the same there.
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_ROUND_ROBIN);
+        assert_eq!(send(r, 30_001, tcp::SYN), Some(2));
+        drain(r, 2);
+        r.datapath.write_rr_sequence(VIP_ID, Some(&[2]), &[3]).unwrap();
+        assert_eq!(
+            send(r, 30_001, tcp::SYN),
+            Some(3),
+            "a SYN followed an unconfirmed flow to a drained backend"
+        );
+        assert_eq!(send(r, 30_001, tcp::ACK), Some(3));
+    });
+}
+
+#[test]
+fn a_flood_of_one_packet_flows_does_not_evict_a_confirmed_flow() {
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_MAGLEV);
+        let to = send(r, 31_000, tcp::ACK).expect("forwarded");
+        assert_eq!(send(r, 31_000, tcp::ACK), Some(to), "confirmed");
+        // Drained: were its entry lost, the flow's next packet would go to another backend.
+        drain(r, to);
+        // 5,000 spoofed ACKs from random sources (more than this CPU's share of FLOWS, 4096),
+        // each forwarded by the ring, none of them seen twice.
+        let (pending, confirmed) = (r.counter(Counter::FlowPending), r.counter(Counter::FlowConfirmed));
+        let mut x: u32 = 0x9e37_79b9;
+        for i in 0..5_000 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let source: IpAddr = [198, 18 + (x >> 31) as u8, (x >> 16) as u8, (x >> 8) as u8].into();
+            let out = r.run(&tcp_frame(source, 1024 + (x % 60_000) as u16, vip(), PORT, tcp::ACK));
+            assert_eq!(out.verdict, Verdict::Tx, "spoofed ACK {i}");
+        }
+        assert_eq!(r.counter(Counter::FlowPending) - pending, 5_000);
+        assert_eq!(r.counter(Counter::FlowConfirmed), confirmed, "a one-packet flow was confirmed");
+        assert!(in_table(r, &key(31_000)), "the flood evicted the confirmed flow");
+        assert_eq!(send(r, 31_000, tcp::ACK), Some(to), "the confirmed flow lost its backend");
     });
 }

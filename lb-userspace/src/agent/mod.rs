@@ -89,8 +89,12 @@ impl ConnectionRecount {
     /// Walks the flow table (blocking: two system calls a flow).
     pub fn run(self) -> Result<Recounted, DatapathError> {
         let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
-        let walk = self.table.walk_values(|_, value| {
-            if value.flags & lb_common::FLOW_COUNTED != 0 && self.before.contains_key(&value.backend) {
+        // Unconfirmed flows are counted only once they are confirmed (the data plane's way too).
+        let walk = self.table.walk_values(|_, value, confirmed| {
+            if confirmed
+                && value.flags & lb_common::FLOW_COUNTED != 0
+                && self.before.contains_key(&value.backend)
+            {
                 *counted.entry(value.backend).or_default() += 1;
             }
         })?;

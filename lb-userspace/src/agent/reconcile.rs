@@ -341,9 +341,24 @@ pub fn apply(
     // The keys the new config takes: an old key in it is not removed (VIPs may be renamed or
     // swap addresses).
     let taken: BTreeSet<VipKey> = vips.iter().map(vip_key).collect();
+    // What each VIP's scheduler will hand out (its ring; round robin: its sequence too), first:
+    // the backends in them take new flows, and their entries say so before a ring names them.
+    let schedules: Vec<(Vec<u32>, Option<Vec<u32>>)> = vips
+        .iter()
+        .map(|v| {
+            let id = ids.vips[&v.name];
+            let old = applied.rings.get(&v.name).filter(|_| applied.ids.vips.get(&v.name) == Some(&id));
+            let seq = (v.scheduler == Scheduler::RoundRobin).then(|| rr_sequence(v, &ids, down));
+            (ring(v, &ids, down, old), seq)
+        })
+        .collect();
+    let taking: BTreeSet<u32> =
+        schedules.iter().flat_map(|(ring, seq)| ring.iter().chain(seq.iter().flatten())).copied().collect();
+    let mut current = BTreeSet::new();
     for v in vips {
         for b in &v.backends {
             let id = ids.backend(&v.name, b.address).expect("allocated above");
+            current.insert(id);
             let fresh = applied.ids.backend(&v.name, b.address) != Some(id);
             if fresh {
                 // An id handed out anew starts with no connections and no traffic (its earlier
@@ -351,7 +366,9 @@ pub fn apply(
                 dp.set_active_connections(id, 0)?;
                 dp.reset_backend_stats(id)?;
             }
-            let value = BackendValue::from(b.address).with_weight(b.weight.min(u16::MAX as u32) as u16);
+            let value = BackendValue::from(b.address)
+                .with_weight(b.weight.min(u16::MAX as u32) as u16)
+                .taking_new_flows(taking.contains(&id));
             let same =
                 applied.backends.get(&id).is_some_and(|a| BackendValue { generation: 0, ..*a } == value);
             if fresh || !same {
@@ -364,24 +381,37 @@ pub fn apply(
             }
         }
     }
-    for v in vips {
+    // A removed backend's entry stays for its open flows (until its id is reused), but takes no
+    // new ones: a SYN that finds an old flow of it gets a backend anew.
+    let gone_backends: Vec<(u32, BackendValue)> = applied
+        .backends
+        .iter()
+        .filter(|(id, b)| !current.contains(id) && b.takes_new_flows())
+        .map(|(&id, &b)| (id, b.taking_new_flows(false)))
+        .collect();
+    for (id, value) in gone_backends {
+        dp.set_backend(id, value)?;
+        applied.backends.insert(id, value);
+    }
+    for (v, (new, seq)) in vips.iter().zip(schedules) {
         let id = ids.vips[&v.name];
         // A VIP that got another slot (it cannot, but a new one can reuse a freed slot) starts clean.
         let old = applied.rings.get(&v.name).filter(|_| applied.ids.vips.get(&v.name) == Some(&id));
-        let new = ring(v, &ids, down, old);
         slots += dp.write_ring(id, old.map(Vec::as_slice), &new)?;
         applied.rings.insert(v.name.clone(), new);
         // The sequence before the VIP entry that gives its length.
-        let rr_len = if v.scheduler == Scheduler::RoundRobin {
-            let seq = rr_sequence(v, &ids, down);
-            let old = applied.rr_seqs.get(&v.name).filter(|_| applied.ids.vips.get(&v.name) == Some(&id));
-            dp.write_rr_sequence(id, old.map(Vec::as_slice), &seq)?;
-            let len = seq.len();
-            applied.rr_seqs.insert(v.name.clone(), seq);
-            len
-        } else {
-            applied.rr_seqs.remove(&v.name);
-            0
+        let rr_len = match seq {
+            Some(seq) => {
+                let old = applied.rr_seqs.get(&v.name).filter(|_| applied.ids.vips.get(&v.name) == Some(&id));
+                dp.write_rr_sequence(id, old.map(Vec::as_slice), &seq)?;
+                let len = seq.len();
+                applied.rr_seqs.insert(v.name.clone(), seq);
+                len
+            }
+            None => {
+                applied.rr_seqs.remove(&v.name);
+                0
+            }
         };
         applied.schedulers.insert(v.name.clone(), v.scheduler);
         let key = vip_key(v);

@@ -41,6 +41,8 @@ pub enum DatapathError {
     Cpus(&'static str, #[source] std::io::Error),
     #[error("limits.{limit} = {per_cpu} for each of {cpus} possible CPUs is more entries than a map holds: lower it")]
     TooLarge { limit: &'static str, per_cpu: u32, cpus: u32 },
+    #[error("max_vips = {0} is more VIPs than a map holds: lower it")]
+    TooManyVips(u32),
     #[error("flow_cache_slots = {0}: must be 0 or a power of two up to 16777216")]
     CacheSlots(u32),
     #[error("the eBPF object has no map named {0:?}")]
@@ -102,7 +104,13 @@ impl std::fmt::Display for Mode {
 /// Map sizes chosen at load time (see `lb_common::limits` for what each costs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
+    /// FLOWS entries per possible CPU (confirmed flows).
     pub flows_per_cpu: u32,
+    /// PENDING_FLOWS entries per possible CPU (flows waiting for their second packet).
+    pub pending_flows_per_cpu: u32,
+    /// VIP ids are 0..max_vips (VIP_BY_ID, VIP_STATS); VIPS holds two entries a VIP (its
+    /// service and its address's entry).
+    pub max_vips: u32,
     pub max_rings: u32,
     /// Slots reserved per ring: the largest ring size any VIP may use.
     pub ring_stride: u32,
@@ -126,6 +134,8 @@ impl Default for Sizes {
     fn default() -> Self {
         Sizes {
             flows_per_cpu: limits::FLOWS_PER_CPU,
+            pending_flows_per_cpu: limits::PENDING_FLOWS_PER_CPU,
+            max_vips: limits::MAX_RINGS,
             max_rings: limits::MAX_RINGS,
             ring_stride: limits::RING_SIZE,
             max_backends: limits::MAX_BACKENDS,
@@ -194,6 +204,10 @@ fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, Datapath
     }
     let expected = [
         (map_names::FLOWS, per_cpu(sizes.flows_per_cpu, cpus, "flows_per_cpu")?),
+        (map_names::PENDING_FLOWS, per_cpu(sizes.pending_flows_per_cpu, cpus, "pending_flows_per_cpu")?),
+        (map_names::VIPS, sizes.max_vips.checked_mul(2).ok_or(DatapathError::TooManyVips(sizes.max_vips))?),
+        (map_names::VIP_BY_ID, sizes.max_vips),
+        (map_names::VIP_STATS, sizes.max_vips),
         (map_names::RINGS, sizes.max_rings * sizes.ring_stride),
         (map_names::BACKENDS, sizes.max_backends),
         (map_names::BACKEND_STATS, sizes.max_backends),

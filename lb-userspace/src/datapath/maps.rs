@@ -298,15 +298,17 @@ fn err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
-/// An own handle on the flow table (`FLOWS`), to walk it without holding the [`Datapath`].
+/// Own handles on the flow tables (`FLOWS`, confirmed flows, and `PENDING_FLOWS`, flows with one
+/// recorded packet), to walk them without holding the [`Datapath`].
 pub struct FlowTable {
-    map: HashMap<MapData, lb_common::FlowKey, lb_common::FlowValue>,
+    confirmed: HashMap<MapData, lb_common::FlowKey, lb_common::FlowValue>,
+    pending: HashMap<MapData, lb_common::FlowKey, lb_common::FlowValue>,
     capacity: u32,
     /// Each VIP id's and each backend id's generation when the handle was made: entries recorded
     /// under other ones are void (their VIP is gone or was replaced, or their backend's id has
     /// another owner) and walks skip them.
     generations: Vec<u32>,
-    backend_generations: Vec<u8>,
+    backend_generations: Vec<u32>,
 }
 
 /// What a walk of the flow table saw.
@@ -319,11 +321,33 @@ pub struct FlowWalk {
 }
 
 impl Datapath {
-    /// A second handle (a duplicated file descriptor) on the flow table: a walk can then run on
+    /// Second handles (duplicated file descriptors) on the flow tables: a walk can then run on
     /// another thread while the agent goes on serving.
     pub fn flow_table(&self) -> Result<FlowTable, DatapathError> {
+        let (confirmed, confirmed_capacity) = self.own_hash_map(map_names::FLOWS)?;
+        let (pending, pending_capacity) = self.own_hash_map(map_names::PENDING_FLOWS)?;
+        let name = map_names::VIP_BY_ID;
+        let slots: Array<&MapData, VipSlot> = Array::try_from(self.map(name)?).map_err(err(name))?;
+        let generations =
+            slots.iter().map(|s| s.map(|s| s.generation)).collect::<Result<_, _>>().map_err(err(name))?;
+        let name = map_names::BACKENDS;
+        let backends: Array<&MapData, BackendValue> = Array::try_from(self.map(name)?).map_err(err(name))?;
+        let backend_generations =
+            backends.iter().map(|b| b.map(|b| b.generation)).collect::<Result<_, _>>().map_err(err(name))?;
+        Ok(FlowTable {
+            confirmed,
+            pending,
+            capacity: confirmed_capacity.saturating_add(pending_capacity),
+            generations,
+            backend_generations,
+        })
+    }
+
+    fn own_hash_map(
+        &self,
+        name: &'static str,
+    ) -> Result<(HashMap<MapData, lb_common::FlowKey, lb_common::FlowValue>, u32), DatapathError> {
         use std::os::fd::AsFd as _;
-        let name = map_names::FLOWS;
         let data = match self.map(name)? {
             aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => data,
             _ => return Err(DatapathError::NoMap(name)),
@@ -335,69 +359,68 @@ impl Datapath {
         let data = MapData::from_fd(fd).map_err(err(name))?;
         let capacity = data.info().map_err(err(name))?.max_entries();
         let map = HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(err(name))?;
-        let name = map_names::VIP_BY_ID;
-        let slots: Array<&MapData, VipSlot> = Array::try_from(self.map(name)?).map_err(err(name))?;
-        let generations =
-            slots.iter().map(|s| s.map(|s| s.generation)).collect::<Result<_, _>>().map_err(err(name))?;
-        let name = map_names::BACKENDS;
-        let backends: Array<&MapData, BackendValue> = Array::try_from(self.map(name)?).map_err(err(name))?;
-        let backend_generations =
-            backends.iter().map(|b| b.map(|b| b.generation)).collect::<Result<_, _>>().map_err(err(name))?;
-        Ok(FlowTable { map, capacity, generations, backend_generations })
+        Ok((map, capacity))
     }
 }
 
 impl FlowTable {
-    /// Calls `visit` once for each flow in the table, with the backend id it is pinned to. Void
-    /// entries (of a VIP that is gone or was replaced: the data plane ignores them) are skipped.
+    /// Calls `visit` once for each flow in the tables, confirmed or not, with the backend id it
+    /// is pinned to. Void entries (of a VIP that is gone or was replaced: the data plane ignores
+    /// them) are skipped.
     ///
     /// The data plane goes on adding and evicting flows meanwhile: a flow evicted between its
     /// key and its value being read is skipped, and when the key the walk stands on is evicted
     /// the kernel restarts it from the first key, so keys already visited are skipped (by a
     /// 64-bit fingerprint: 8 bytes a flow; two flows sharing one, a chance of about n²/2⁶⁵, would
-    /// count once). The walk takes at most four steps per slot of the table, whatever the churn.
+    /// count once; a flow moving from the unconfirmed table to FLOWS during the walk counts once).
+    /// The walk takes at most four steps per slot of the tables, whatever the churn.
     pub fn walk(&self, mut visit: impl FnMut(&lb_common::FlowKey, u32)) -> Result<FlowWalk, DatapathError> {
-        self.walk_values(|key, value| visit(key, value.backend))
+        self.walk_values(|key, value, _| visit(key, value.backend))
     }
 
-    /// [`Self::walk`] with each flow's whole value.
+    /// [`Self::walk`] with each flow's whole value, and whether it is confirmed (in FLOWS).
     pub fn walk_values(
         &self,
-        mut visit: impl FnMut(&lb_common::FlowKey, &lb_common::FlowValue),
+        mut visit: impl FnMut(&lb_common::FlowKey, &lb_common::FlowValue, bool),
     ) -> Result<FlowWalk, DatapathError> {
         use std::hash::BuildHasher as _;
-        let name = map_names::FLOWS;
         let fingerprint = std::collections::hash_map::RandomState::new();
         let mut seen = std::collections::HashSet::new();
         let max_steps = 4 * u64::from(self.capacity).max(1);
         let mut steps = 0u64;
         let mut live = 0u64;
-        for key in self.map.keys() {
-            let key = key.map_err(err(name))?;
-            steps += 1;
-            if steps > max_steps {
-                return Ok(FlowWalk { flows: live, complete: false });
-            }
-            let print = fingerprint.hash_one(key);
-            if seen.contains(&print) {
-                continue;
-            }
-            match self.map.get(&key, 0) {
-                Ok(value) => {
-                    seen.insert(print);
-                    let valid = self.generations.get(value.vip as usize) == Some(&value.vip_generation)
-                        && self.backend_generations.get(value.backend as usize)
-                            == Some(&value.backend_generation);
-                    if valid {
-                        live += 1;
-                        visit(&key, &value);
-                    }
+        for (name, map, confirmed) in
+            [(map_names::FLOWS, &self.confirmed, true), (map_names::PENDING_FLOWS, &self.pending, false)]
+        {
+            for key in map.keys() {
+                let key = key.map_err(err(name))?;
+                steps += 1;
+                if steps > max_steps {
+                    return Ok(FlowWalk { flows: live, complete: false });
                 }
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(err(name)(e)),
+                let print = fingerprint.hash_one(key);
+                if seen.contains(&print) {
+                    continue;
+                }
+                match map.get(&key, 0) {
+                    Ok(value) => {
+                        seen.insert(print);
+                        if self.is_live(&value) {
+                            live += 1;
+                            visit(&key, &value, confirmed);
+                        }
+                    }
+                    Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(err(name)(e)),
+                }
             }
         }
         Ok(FlowWalk { flows: live, complete: true })
+    }
+
+    fn is_live(&self, value: &lb_common::FlowValue) -> bool {
+        self.generations.get(value.vip as usize) == Some(&value.vip_generation)
+            && self.backend_generations.get(value.backend as usize) == Some(&value.backend_generation)
     }
 
     /// Removes every flow pinned to backend `id` (their next packets pick a backend from the
@@ -410,8 +433,9 @@ impl FlowTable {
             }
         })?;
         for key in &doomed {
-            // Gone already (evicted) is as good as removed.
-            let _ = self.map.remove(key);
+            // Gone already (evicted) is as good as removed; a key is in one table or the other.
+            let _ = self.confirmed.remove(key);
+            let _ = self.pending.remove(key);
         }
         Ok(doomed.len() as u64)
     }

@@ -446,6 +446,8 @@ fn configure_kernel_path(kern: &Netns, sink_mac: [u8; 6]) -> Option<SysctlRestor
 fn load_balancer(flows_per_cpu: u32, target: Target) -> Datapath {
     let sizes = Sizes {
         flows_per_cpu,
+        pending_flows_per_cpu: limits::PENDING_FLOWS_PER_CPU,
+        max_vips: 256,
         max_rings: 2,
         ring_stride: limits::RING_SIZE,
         max_backends: 8,
@@ -470,7 +472,7 @@ fn load_balancer(flows_per_cpu: u32, target: Target) -> Datapath {
             .map(|n| {
                 let id = n as u32 + 3 * family;
                 let addr = backend(target, v6, n);
-                dp.set_backend(id, BackendValue::from(addr)).expect("set_backend");
+                dp.set_backend(id, BackendValue::from(addr).taking_new_flows(true)).expect("set_backend");
                 maglev::Member::new(addr, id, 1)
             })
             .collect();

@@ -349,6 +349,7 @@ impl Bird {
 
     /// Waits until each of the protocols `names` (BGP sessions) is Established; returns how long it
     /// took. Panics after `timeout`, with every protocol's state and BIRD's log.
+    #[track_caller]
     pub fn wait_established(&self, names: &[&str], timeout: Duration) -> Duration {
         let start = Instant::now();
         loop {
@@ -441,27 +442,42 @@ pub enum ControlError {
 /// The control protocol: BIRD greets with `0001 BIRD <version> ready.`; each reply line is a
 /// 4-digit code then `-` (more follows) or ` ` (last line), or a space then text (continuing the
 /// previous code). A reply ends with its last line, normally `0000 `.
+///
+/// Every session starts with `restrict`, as lbd's will: BIRD then refuses (8007) every command
+/// that would change it, so reading the state can never disturb the announcements.
 fn control_command(socket: &Path, command: &str) -> Result<Vec<ReplyLine>, ControlError> {
     let io_err = |error| ControlError::Io { socket: socket.to_owned(), error };
     let stream = UnixStream::connect(socket).map_err(io_err)?;
     stream.set_read_timeout(Some(CONTROL_TIMEOUT)).map_err(io_err)?;
     stream.set_write_timeout(Some(CONTROL_TIMEOUT)).map_err(io_err)?;
     let mut reader = BufReader::new(stream.try_clone().map_err(io_err)?);
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(io_err)?;
-    if !line.starts_with("0001 ") {
-        return Err(ControlError::Garbled { line });
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).map_err(io_err)?;
+    if !greeting.starts_with("0001 ") {
+        return Err(ControlError::Garbled { line: greeting });
     }
-    (&stream).write_all(format!("{command}\n").as_bytes()).map_err(io_err)?;
+    let mut ask = |c: &str| {
+        (&stream).write_all(format!("{c}\n").as_bytes()).map_err(io_err)?;
+        read_reply(&mut reader, socket, c)
+    };
+    ask("restrict")?;
+    ask(command)
+}
+
+fn read_reply(
+    reader: &mut impl BufRead,
+    socket: &Path,
+    command: &str,
+) -> Result<Vec<ReplyLine>, ControlError> {
+    let io_err = |error| ControlError::Io { socket: socket.to_owned(), error };
     let mut reply = Vec::new();
     let mut code = 0;
+    let mut line = String::new();
     loop {
         line.clear();
         if reader.read_line(&mut line).map_err(io_err)? == 0 {
-            return Err(io_err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "BIRD closed the socket mid-reply",
-            )));
+            let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "BIRD closed the socket mid-reply");
+            return Err(io_err(eof));
         }
         let text = line.trim_end_matches('\n');
         if let Some(rest) = text.strip_prefix(' ') {
@@ -475,11 +491,8 @@ fn control_command(socket: &Path, command: &str) -> Result<Vec<ReplyLine>, Contr
         };
         code = c;
         if code >= 8000 {
-            return Err(ControlError::Refused {
-                command: command.to_owned(),
-                code,
-                message: rest.to_owned(),
-            });
+            let (command, message) = (command.to_owned(), rest.to_owned());
+            return Err(ControlError::Refused { command, code, message });
         }
         if code != 0 {
             reply.push(ReplyLine { code, text: rest.to_owned() });
@@ -560,6 +573,7 @@ pub fn next_hops(ns: &Netns, vip: IpAddr) -> Vec<IpAddr> {
 
 /// Polls [`next_hops`] every 10 ms until it equals `want` (in any order); returns how long that
 /// took. Panics after `timeout`, showing what the route was.
+#[track_caller]
 pub fn wait_next_hops(ns: &Netns, vip: IpAddr, want: &[IpAddr], timeout: Duration) -> Duration {
     let mut want = want.to_vec();
     want.sort();
@@ -598,6 +612,80 @@ mod tests {
         let p = Protocol::parse(&row).unwrap();
         assert_eq!(p.info, "Active Socket: Connection refused");
         assert!(!p.is_established());
+    }
+
+    #[test]
+    fn reads_a_reply_of_several_lines_and_an_error() {
+        let raw = "2002-Name       Proto      Table      State  Since         Info\n\
+                   1002-device1    Device     ---        up     20:37:16.977  \n \
+                   router_ipv4 BGP        ---        up     20:37:17.853  Established   \n0000 \n";
+        let reply = read_reply(&mut raw.as_bytes(), Path::new("test.ctl"), "show protocols").unwrap();
+        let codes: Vec<u16> = reply.iter().map(|l| l.code).collect();
+        assert_eq!(codes, [2002, 1002, 1002], "{reply:?}");
+        assert!(reply[2].text.starts_with("router_ipv4"), "{reply:?}");
+        let denied = read_reply(&mut "8007 Access denied\n".as_bytes(), Path::new("test.ctl"), "configure");
+        assert!(matches!(denied, Err(ControlError::Refused { code: 8007, .. })), "{denied:?}");
+    }
+
+    /// Balancer 1 of tests/tests/bird_ecmp.rs.
+    fn example_balancer() -> BalancerConfig {
+        BalancerConfig {
+            router_id: Ipv4Addr::new(198, 18, 1, 2),
+            asn: 64600,
+            vip_prefixes: example_prefixes(),
+            routers: vec![
+                Neighbor { name: "router_ipv4".into(), address: "198.18.1.1".parse().unwrap(), asn: 64500 },
+                Neighbor {
+                    name: "router_ipv6".into(),
+                    address: "fd00:0:0:1::1".parse().unwrap(),
+                    asn: 64500,
+                },
+            ],
+            timers: Timers::RECOMMENDED,
+        }
+    }
+
+    /// The router of tests/tests/bird_ecmp.rs, with two balancer hosts instead of three.
+    fn example_router() -> RouterConfig {
+        let session = |name: &str, address: &str| Neighbor {
+            name: name.into(),
+            address: address.parse().unwrap(),
+            asn: 64600,
+        };
+        RouterConfig {
+            router_id: Ipv4Addr::new(198, 18, 0, 1),
+            asn: 64500,
+            vip_prefixes: example_prefixes(),
+            balancers: vec![
+                session("b1_ipv4", "198.18.1.2"),
+                session("b1_ipv6", "fd00:0:0:1::2"),
+                session("b2_ipv4", "198.18.2.2"),
+                session("b2_ipv6", "fd00:0:0:2::2"),
+            ],
+            timers: Timers::RECOMMENDED,
+        }
+    }
+
+    fn example_prefixes() -> Vec<VipPrefix> {
+        vec![
+            VipPrefix { addr: "198.18.100.0".parse().unwrap(), len: 24 },
+            VipPrefix { addr: "fd00:0:0:100::".parse().unwrap(), len: 64 },
+        ]
+    }
+
+    /// The design note shows the configs verbatim; this keeps them the ones the tests prove.
+    #[test]
+    fn the_design_note_shows_the_configs_the_kit_writes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ecmp-bird.md");
+        let doc = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        let shown: Vec<&str> =
+            doc.split("```bird\n").skip(1).filter_map(|block| block.split("```").next()).collect();
+        let (balancer, router) = (example_balancer().render(), example_router().render());
+        assert!(
+            shown == [balancer.as_str(), router.as_str()],
+            "docs/ecmp-bird.md must show, in ```bird blocks, the configs the kit writes, now:\n\
+             ```bird\n{balancer}```\n\n```bird\n{router}```"
+        );
     }
 
     #[test]

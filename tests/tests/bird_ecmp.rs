@@ -19,7 +19,7 @@ use std::{
 use lb_tests::{
     bird::{
         self, add_vip_route, next_hops, remove_vip_route, replace_vip_route, wait_next_hops, BalancerConfig,
-        Bird, Neighbor, RouterConfig, Timers, VipPrefix,
+        Bird, ControlError, Neighbor, RouterConfig, Timers, VipPrefix,
     },
     echo::{self, EchoServer, Proto},
     netns::{veth, Netns},
@@ -399,4 +399,27 @@ fn client_flows_spread_over_the_three_balancers() {
 /// How many IPv4 routes a balancer's VIP table holds.
 fn routes_in_vip_table(ns: &Netns) -> usize {
     ns.ip(&["-4", "route", "show", "table", &bird::VIP_TABLE.to_string()]).lines().count()
+}
+
+#[test]
+fn the_control_session_refuses_commands_that_change_bird() {
+    let ns = Netns::new("router");
+    let config = RouterConfig {
+        router_id: Ipv4Addr::new(198, 18, 0, 1),
+        asn: ROUTER_AS,
+        vip_prefixes: vip_prefixes(),
+        balancers: Vec::new(),
+        timers: Timers::RECOMMENDED,
+    };
+    let bird = Bird::start(&ns, "bird-router", &config.render());
+    let refused = bird.command("disable kernel_ipv4");
+    assert!(
+        matches!(refused, Err(ControlError::Refused { code: 8007, .. })),
+        "a restricted control session must refuse `disable`, got {refused:?}"
+    );
+    let protocols = bird.protocols().expect("show protocols in a restricted session");
+    assert!(
+        protocols.iter().any(|p| p.name == "kernel_ipv4" && p.state == "up"),
+        "the refused command changed BIRD anyway: {protocols:?}"
+    );
 }

@@ -246,7 +246,6 @@ pub struct Bird {
     child: Child,
     dir: PathBuf,
     namespace: String,
-    config: String,
 }
 
 impl Bird {
@@ -290,7 +289,7 @@ impl Bird {
             });
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("could not start BIRD in {}: {e}", ns.name()));
-        let mut bird = Bird { child, dir, namespace: ns.name().to_owned(), config: config.to_owned() };
+        let mut bird = Bird { child, dir, namespace: ns.name().to_owned() };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = bird.child.try_wait() {
@@ -311,15 +310,6 @@ impl Bird {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The config it was started with: pass it to [`Bird::start`] again to restart BIRD.
-    pub fn config(&self) -> &str {
-        &self.config
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -5,12 +5,14 @@
 //! - [`frames`]: build test frames with a packet crate.
 //! - [`netns`]: network namespaces, veth pairs and bridges that clean up on drop, even on panic.
 //! - [`bench`]: what the bench binaries share.
+//! - [`bird`]: BIRD routers and balancer hosts in namespaces, their BGP sessions and ECMP routes.
 //! - [`bins`]: find the workspace's binaries (lbd, lbctl) that tests run as processes.
 //! - [`topology`]: the standard client / lb / backends topology on a bridge.
 //! - [`echo`]: TCP and UDP echo servers that record who connected.
 //! - [`lbd`]: lbd as a process in a test namespace, lbctl against it.
 pub mod bench;
 pub mod bins;
+pub mod bird;
 pub mod echo;
 pub mod frames;
 pub mod lbd;

@@ -44,18 +44,31 @@ fn find() -> Found {
     Found { namespaces, links, pins, processes: our_processes() }
 }
 
-/// Processes running one of this workspace's binaries from its target directory.
+/// Processes running one of this workspace's binaries from its target directory, and BIRDs the
+/// tests started (their config is in a temp dir named with the prefix) whose test has exited.
 fn our_processes() -> Vec<String> {
     let target = cmd::workspace_root().join("target");
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(exe) = fs::read_link(entry.path().join("exe")) else { continue };
         let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if exe.starts_with(&target) && TEST_PROCESSES.contains(&name.as_str()) {
+        let ours = exe.starts_with(&target) && TEST_PROCESSES.contains(&name.as_str());
+        if ours || (name == "bird" && test_bird_orphaned(&entry.path())) {
             found.push(format!("{name} (pid {})", entry.file_name().to_string_lossy()));
         }
     }
     found
+}
+
+/// Whether a BIRD's config path names a test object (`.../lbt-<pid>-<n>-<role>/bird.conf`) whose
+/// test process is gone.
+fn test_bird_orphaned(proc_dir: &Path) -> bool {
+    let cmdline = fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    cmdline
+        .split(['\0', '/'])
+        .find(|part| part.starts_with(TEST_PREFIX))
+        .is_some_and(|name| !owner_alive(name))
 }
 
 /// The pid a test object's name carries (`lbt-<pid>-<n>-<role>`), if that process still runs:

@@ -12,8 +12,10 @@ const NIGHTLY: &str = "nightly";
 /// test unprivileged and `nsenter` to start lbd in a namespace, `ethtool` to turn on GRO (veth
 /// delivers XDP_TX/redirected frames only with NAPI), `curl` for the control API examples,
 /// `prometheus` (with `promtool`) to check and scrape lbd's metrics endpoint, `tcpdump` to read
-/// `lbctl capture` files.
-const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "ethtool", "curl", "prometheus", "tcpdump"];
+/// `lbctl capture` files, `bird2` (BIRD 2) for the BGP/ECMP tests, which run it only as their own
+/// child processes in namespaces (its package starts no service where systemd is not PID 1).
+const TEST_PACKAGES: &[&str] =
+    &["iproute2", "util-linux", "ethtool", "curl", "prometheus", "tcpdump", "bird2"];
 /// What only the benchmarks use: load (`wrk`), backends (`nginx`) and the paths they compare
 /// against (`haproxy`, `nftables`).
 const BENCH_PACKAGES: &[&str] = &["wrk", "nginx", "haproxy", "nftables"];

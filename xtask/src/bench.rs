@@ -7,7 +7,7 @@
 //! behind, never for a missed target: those show as MISS in the table.
 use std::{
     io::BufRead as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -51,7 +51,7 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
         bail!("none of the bench binaries exists in tests/src/bin");
     }
 
-    let bin_dir = target_dir(&root).join("release");
+    let bin_dir = cmd::target_dir().join("release");
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     let started = Instant::now();
@@ -96,14 +96,6 @@ fn namespaces(prefix: &str) -> Vec<String> {
         .filter(|n| n.starts_with(prefix))
         .map(String::from)
         .collect()
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() => dir,
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    }
 }
 
 /// Runs one bench binary, passing its output through; returns its ROW lines' fields (even if

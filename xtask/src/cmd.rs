@@ -70,6 +70,16 @@ pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").into()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR`, else `target/` in the workspace.
+pub fn target_dir() -> std::path::PathBuf {
+    let root = workspace_root();
+    match std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
 fn describe(command: &Command) -> String {
     let mut s = command.get_program().to_string_lossy().into_owned();
     for arg in command.get_args() {

@@ -2,6 +2,7 @@
 mod bench;
 mod cmd;
 mod leftovers;
+mod package;
 mod setup;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,19 @@ enum Task {
         /// Only these benches (bench_xdp, bench_conn, bench_control, bench_health).
         names: Vec<String>,
     },
+    /// Build lbd and lbctl (release) and a Debian package of them with their systemd units,
+    /// example configs and shell completions; prints the .deb's path (under target/debian).
+    Package {
+        /// Package the lbd and lbctl in DIR (e.g. target/debug) instead of building them.
+        #[arg(long, value_name = "DIR")]
+        binaries: Option<std::path::PathBuf>,
+        /// Write the .deb to DIR instead of target/debian.
+        #[arg(long, value_name = "DIR")]
+        output: Option<std::path::PathBuf>,
+        /// dpkg-deb's compressor: xz (smallest), gzip (fastest to build), none.
+        #[arg(long, default_value = "xz", value_parser = ["xz", "gzip", "none"])]
+        compression: String,
+    },
 }
 
 fn main() {
@@ -46,6 +60,9 @@ fn main() {
         Task::Test { cargo_args } => test(&cargo_args),
         Task::Demo => demo(),
         Task::Bench { names } => bench::run(&names),
+        Task::Package { binaries, output, compression } => {
+            package(&package::Options { binaries, output, compression })
+        }
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -94,6 +111,17 @@ fn test(cargo_args: &[String]) -> anyhow::Result<()> {
     // One closing line for the whole suite (cargo's last line is some crate's doc-tests).
     println!("test: {} passed, {} failed", tally.passed, tally.failed);
     tested.and(clean)
+}
+
+fn package(options: &package::Options) -> anyhow::Result<()> {
+    if options.binaries.is_none() {
+        // It builds lbd, which needs the eBPF toolchain.
+        setup::run(false)?;
+    }
+    setup::package_tools()?;
+    let deb = package::run(options)?;
+    println!("package: {}", deb.display());
+    Ok(())
 }
 
 fn demo() -> anyhow::Result<()> {

@@ -13,9 +13,20 @@ const NIGHTLY: &str = "nightly";
 /// delivers XDP_TX/redirected frames only with NAPI), `curl` for the control API examples,
 /// `prometheus` (with `promtool`) to check and scrape lbd's metrics endpoint, `tcpdump` to read
 /// `lbctl capture` files, `bird2` (BIRD 2) for the BGP/ECMP tests, which run it only as their own
-/// child processes in namespaces (its package starts no service where systemd is not PID 1).
+/// child processes in namespaces, `systemd-analyze` (systemd) to verify the package's units, and
+/// dpkg-dev to build the package (see PACKAGE_TOOLS).
+///
+/// Installing starts no service: systemd is not PID 1 on a test machine, and /usr/sbin/policy-rc.d
+/// (exit 101, as Docker images have it) refuses every start an install asks for. What is enabled
+/// is only symlinks in /etc/systemd/system/*.wants that no one acts on: there `systemd` adds
+/// getty@tty1, remote-fs.target and systemd-pstore; `prometheus` adds prometheus.service; the
+/// others (postgresql, systemd-timesyncd, the apt, dpkg, man-db, fstrim and e2scrub timers) came
+/// with the machine's image; `bird2` adds bird.service and /etc/rc[2-5].d links. lbd's own package
+/// enables nothing.
 const TEST_PACKAGES: &[&str] =
-    &["iproute2", "util-linux", "ethtool", "curl", "prometheus", "tcpdump", "bird2"];
+    &["iproute2", "util-linux", "ethtool", "curl", "prometheus", "tcpdump", "bird2", "systemd", "dpkg-dev"];
+/// What `cargo xtask package` runs: dpkg-shlibdeps (Depends) and strip (binutils, a dependency).
+const PACKAGE_TOOLS: &[&str] = &["dpkg-dev"];
 /// What only the benchmarks use: load (`wrk`), backends (`nginx`) and the paths they compare
 /// against (`haproxy`, `nftables`).
 const BENCH_PACKAGES: &[&str] = &["wrk", "nginx", "haproxy", "nftables"];
@@ -97,14 +108,33 @@ pub fn bench_packages() -> anyhow::Result<()> {
     debian_packages(BENCH_PACKAGES)
 }
 
-fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
+/// The packaging tools; installed as root, else only checked (building a .deb needs no root).
+pub fn package_tools() -> anyhow::Result<()> {
+    if is_root() {
+        return debian_packages(PACKAGE_TOOLS);
+    }
+    let missing = missing_packages(PACKAGE_TOOLS);
+    if !missing.is_empty() {
+        bail!(
+            "building the package needs {0}: install it with `sudo apt-get install {0}`",
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn missing_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
         .iter()
         .copied()
         .filter(|p| {
             output("dpkg-query", &["-W", "-f=${Status}", p]).is_none_or(|s| !s.contains("ok installed"))
         })
-        .collect();
+        .collect()
+}
+
+fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing = missing_packages(packages);
     if missing.is_empty() {
         return Ok(());
     }

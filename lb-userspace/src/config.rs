@@ -17,7 +17,7 @@ use crate::{
 };
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
-pub const DEFAULT_API_SOCKET: &str = "/run/lbd.sock";
+pub const DEFAULT_API_SOCKET: &str = "/run/lbd/lbd.sock";
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/lbd/state.json";
 pub const MAX_WEIGHT: u32 = 65_535;
 /// Largest ring (and ring stride) the agent accepts: 2^20 slots, 4 MiB a ring.

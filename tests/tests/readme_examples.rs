@@ -27,9 +27,9 @@ fn readme_examples_work() {
     let files = LbdFiles::new();
     let ours = |text: &str| {
         text.replace("/sys/fs/bpf/lb", &files.pin_path.display().to_string())
-            .replace("/run/lbd.sock", &files.socket().display().to_string())
+            .replace("/run/lbd/lbd.sock", &files.socket().display().to_string())
             .replace("/var/lib/lbd/state.json", &files.dir.join("state.json").display().to_string())
-            .replace("/etc/lbd.toml", &files.config().display().to_string())
+            .replace("/etc/lbd/lbd.toml", &files.config().display().to_string())
     };
     let config = ours(&config);
     let lbd = Lbd::start(&ns, &files, &config);

@@ -20,12 +20,12 @@ use tracing::{error, info};
 /// Signals: SIGHUP re-reads the config file and applies it (the running state is untouched if
 /// it is invalid); SIGTERM and SIGINT stop lbd (see --on-exit).
 ///
-/// Example: lbd --config /etc/lbd.toml
+/// Example: lbd --config /etc/lbd/lbd.toml
 #[derive(Parser)]
 #[command(version)]
 struct Args {
     /// The config file (TOML); see README, "Configuration".
-    #[arg(short, long, value_name = "FILE", default_value = "/etc/lbd.toml")]
+    #[arg(short, long, value_name = "FILE", default_value = "/etc/lbd/lbd.toml")]
     config: PathBuf,
     /// What happens to forwarding when lbd stops (a crash always keeps it).
     #[arg(long, value_enum, default_value_t = OnExit::Keep)]

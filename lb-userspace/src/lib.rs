@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod datapath;
 pub mod health;
+pub mod host;
 pub mod maglev;
 pub mod metrics;
 pub mod schedule;

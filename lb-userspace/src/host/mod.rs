@@ -4,9 +4,11 @@
 //! - [`forwarding`]: `bpf_fib_lookup` answers only on interfaces with forwarding on.
 //! - [`neighbours`]: it answers only when the next hop has a resolved neighbour entry;
 //!   [`neighbours::NextHops`] keeps managed entries for the backends' next hops.
+//! - [`bpffs`]: pins need a bpffs, and one that outlives the process.
 //! - [`netlink`], [`sysctl`]: the kernel interfaces those use.
 //!
 //! Everything here acts in the network namespace of the calling thread.
+pub mod bpffs;
 mod error;
 pub mod forwarding;
 pub mod neighbours;

@@ -1,6 +1,7 @@
 //! The agent (`lbd`) and CLI (`lbctl`) of the XDP load balancer.
 pub mod agent;
 pub mod api;
+pub mod backend_host;
 pub mod capture;
 pub mod cli;
 pub mod client;

@@ -19,6 +19,11 @@
 //! deleting it when no backend needs it is harmless: the kernel learns a dynamic entry again
 //! whenever the stack needs one.
 //!
+//! Routes are looked up as this host's own output would be (`ip route get fibmatch ADDR`), while
+//! `bpf_fib_lookup` looks up from the ingress interface with the tunnel source: with policy
+//! routing by source or incoming interface the two may differ. [`NextHops::status`] shows the
+//! former.
+//!
 //! One [`NextHops`] per network namespace: two would each remove the entries the other needs.
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -9,7 +9,6 @@ const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_MULTIPATH: u16 = 9;
-const RTA_TABLE: u16 = 15;
 const RTA_VIA: u16 = 18;
 /// Answer with the route that matched (every path of a multipath route), not the one path
 /// the kernel chose for this destination.
@@ -26,9 +25,6 @@ pub const RTN_LOCAL: u8 = 2;
 pub struct Route {
     /// `RTN_UNICAST`, `RTN_LOCAL`, ...
     pub kind: u8,
-    pub table: u32,
-    /// The matched prefix.
-    pub prefix: Option<(IpAddr, u8)>,
     /// Every path; one for a plain route.
     pub hops: Vec<RouteHop>,
 }
@@ -73,13 +69,10 @@ impl Netlink {
 
 fn parse_route(payload: &[u8]) -> Option<Route> {
     let header = payload.get(..12)?;
-    let (dst_len, table, kind) = (header[1], header[4], header[7]);
-    let mut route = Route { kind, table: table.into(), prefix: None, hops: Vec::new() };
+    let mut route = Route { kind: header[7], hops: Vec::new() };
     let (mut oif, mut gateway) = (None, None);
     for (attr, data) in attributes(&payload[12..]) {
         match attr {
-            RTA_DST => route.prefix = parse_address(data).map(|a| (a, dst_len)),
-            RTA_TABLE => route.table = u32_at(data, 0),
             RTA_OIF => oif = Some(u32_at(data, 0)),
             RTA_GATEWAY => gateway = parse_address(data),
             RTA_VIA => gateway = parse_via(data),

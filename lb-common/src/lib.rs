@@ -7,6 +7,7 @@
 mod backend;
 mod config;
 mod counters;
+mod decap;
 mod flow;
 pub mod hash;
 mod vip;
@@ -14,6 +15,7 @@ mod vip;
 pub use backend::{BackendValue, BACKEND_TAKES_NEW_FLOWS, NO_BACKEND};
 pub use config::{CaptureMeta, ConfigValue, CAPTURE_AFTER, CAPTURE_BEFORE, CAPTURE_SNAPLEN};
 pub use counters::{Counter, CounterBlock, CounterKind, TrafficStats};
+pub use decap::{DecapConfig, DecapSource};
 pub use flow::{FlowKey, FlowValue, FLOW_COUNTED};
 pub use vip::{
     VipKey, VipSlot, VipValue, FAMILY_V4, FAMILY_V6, MODE_IPIP, MODE_L2DSR, PROTO_ICMP, PROTO_ICMPV6,
@@ -38,6 +40,11 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    /// Outer source prefixes the decap program accepts tunnels from (an LPM trie keyed by
+    /// `DecapSource`), when DECAP_CONFIG says to check them.
+    pub const DECAP_SOURCES: &str = "DECAP_SOURCES";
+    /// The decap program's settings (`DecapConfig`).
+    pub const DECAP_CONFIG: &str = "DECAP_CONFIG";
     pub const STATS: &str = "STATS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -57,8 +64,10 @@ pub mod map_names {
     pub const CAPTURE: &str = "CAPTURE";
     /// The maps of a program instance: a new agent's programs start with new ones.
     pub const UNPINNED: [&str; 3] = [NEXT_HOPS, FLOW_CACHE, CAPTURE];
+    /// The maps the decap program uses: what a backend host pins.
+    pub const DECAP: [&str; 4] = [DECAP_ADDRS, DECAP_SOURCES, DECAP_CONFIG, STATS];
     /// Every map that outlives the agent, for pinning.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         VIPS,
         VIP_BY_ID,
         VIP_FILTER,
@@ -69,6 +78,8 @@ pub mod map_names {
         CONFIG,
         TX_PORTS,
         DECAP_ADDRS,
+        DECAP_SOURCES,
+        DECAP_CONFIG,
         STATS,
         VIP_STATS,
         BACKEND_STATS,
@@ -108,6 +119,8 @@ pub mod limits {
     pub const MAX_TX_PORTS: u32 = 64;
     /// Local addresses the decap program accepts tunnels for. Load time.
     pub const MAX_DECAP_ADDRS: u32 = 64;
+    /// Outer source prefixes the decap program accepts tunnels from.
+    pub const MAX_DECAP_SOURCES: u32 = 256;
     /// Slots of one VIP's round-robin sequence in RR_SEQS (which holds one per ring): the most
     /// backends a round-robin VIP takes, and the longest cycle of its weights (longer ones are
     /// scaled down to it).

@@ -1,15 +1,26 @@
 //! Backend side of `ipip` mode: strips the outer header of tunnels addressed to this host and
 //! passes the inner packet to the stack, where the VIP is bound to `lo`.
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::Counter;
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
+//!
+//! An IPIP or IP6IP6 packet whose outer destination is in DECAP_ADDRS is, in this order:
+//! 1. dropped if its outer source is not allowed (DECAP_CONFIG's `check_sources` set and no
+//!    DECAP_SOURCES prefix holds it), counted `decap_refused`. Fragments too: a refused
+//!    source's fragments never reach the stack's reassembly.
+//! 2. passed unchanged if the outer packet is a fragment (IPv4 MF or offset, an IPv6 fragment
+//!    header), counted `decap_fragment`: this frame does not hold the whole inner packet. The
+//!    stack reassembles it (and needs a tunnel device of its own to decapsulate it).
+//! 3. stripped (outer IPv4 options and IPv6 extension headers with it) and passed, counted
+//!    `decapsulated`.
+//!
+//! Everything else passes untouched and uncounted.
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
 };
+use lb_common::{Counter, DecapSource, FAMILY_V4};
+use network_types::eth::EthHdr;
 
 use crate::{
-    maps::DECAP_ADDRS,
-    parse::{ptr_at, ptr_at_mut, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
+    maps::{DECAP_ADDRS, DECAP_CONFIG, DECAP_SOURCES},
+    parse::{self, ptr_at, ptr_at_mut, ETH_LEN, L3},
     stats,
 };
 
@@ -17,43 +28,42 @@ const IPPROTO_IPIP: u8 = 4;
 const IPPROTO_IPV6: u8 = 41;
 
 pub fn run(ctx: &XdpContext) -> u32 {
-    if let Some(outer_len) = tunnel_header_len(ctx) {
-        if strip(ctx, outer_len).is_ok() {
-            stats::count(Counter::Decapsulated);
-        }
+    let Some(outer) = tunnel(ctx) else { return xdp_action::XDP_PASS };
+    if !source_allowed(&outer) {
+        stats::count(Counter::DecapRefused);
+        return xdp_action::XDP_DROP;
+    }
+    if outer.fragment {
+        stats::count(Counter::DecapFragment);
+        return xdp_action::XDP_PASS;
+    }
+    if strip(ctx, outer.l4_offset - ETH_LEN).is_ok() {
+        stats::count(Counter::Decapsulated);
     }
     xdp_action::XDP_PASS
 }
 
-/// Length of the outer header if this is a same-family tunnel addressed to this host.
+/// The outer header, if this is a same-family tunnel addressed to this host.
 #[inline(always)]
-fn tunnel_header_len(ctx: &XdpContext) -> Option<usize> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok()?;
-    let mut dst = [0u8; 16];
-    // SAFETY: every pointer below was bounds-checked by ptr_at.
-    let len = match u16::from_be(unsafe { (*eth).ether_type }) {
-        ETH_P_IP => {
-            let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN).ok()?;
-            let ip = unsafe { &*ip };
-            let len = ((ip.vihl & 0x0f) as usize) * 4;
-            if ip.vihl >> 4 != 4 || len < Ipv4Hdr::LEN || ip.proto != IPPROTO_IPIP {
-                return None;
-            }
-            dst[..4].copy_from_slice(&ip.dst_addr);
-            len
-        }
-        ETH_P_IPV6 => {
-            let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_LEN).ok()?;
-            let ip = unsafe { &*ip };
-            if ip.next_hdr != IPPROTO_IPV6 {
-                return None;
-            }
-            dst = ip.dst_addr;
-            Ipv6Hdr::LEN
-        }
-        _ => return None,
-    };
-    DECAP_ADDRS.get_ptr(&dst).map(|_| len)
+fn tunnel(ctx: &XdpContext) -> Option<L3> {
+    let outer = parse::l3(ctx).ok()?;
+    let inner = if outer.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    if outer.proto != inner || DECAP_ADDRS.get_ptr(&outer.dst).is_none() {
+        return None;
+    }
+    Some(outer)
+}
+
+/// Whether tunnels from the outer source are accepted: from anyone unless DECAP_CONFIG says
+/// to check, else from the prefixes in DECAP_SOURCES.
+#[inline(always)]
+fn source_allowed(outer: &L3) -> bool {
+    if DECAP_CONFIG.get(0).is_none_or(|c| c.check_sources == 0) {
+        return true;
+    }
+    let source = DecapSource { family: outer.family, addr: outer.src, _pad: [0; 3] };
+    let key = Key::new(DecapSource::prefix_len(DecapSource::address_bits(outer.family)), source);
+    DECAP_SOURCES.get(&key).is_some()
 }
 
 /// Moves the Ethernet header forward over the outer IP header and drops the bytes before it.

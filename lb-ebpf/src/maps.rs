@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerfEventArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray},
 };
 use lb_common::{
-    limits, BackendValue, CaptureMeta, ConfigValue, CounterBlock, FlowKey, FlowValue, TrafficStats, VipKey,
-    VipSlot, VipValue,
+    limits, BackendValue, CaptureMeta, ConfigValue, CounterBlock, DecapConfig, DecapSource, FlowKey,
+    FlowValue, TrafficStats, VipKey, VipSlot, VipValue,
 };
 
 /// Sized by the loader: two entries a VIP (its service, its address's entry).
@@ -56,6 +56,14 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(limits::MAX_TX_PO
 /// Local addresses (IPv4 in the first 4 bytes) the decap program strips tunnels for.
 #[map(name = "DECAP_ADDRS")]
 pub static DECAP_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(limits::MAX_DECAP_ADDRS, 0);
+
+/// Outer source prefixes (balancers) the decap program accepts tunnels from, when
+/// DECAP_CONFIG's `check_sources` is set. Both families in one trie: see `DecapSource`.
+#[map(name = "DECAP_SOURCES")]
+pub static DECAP_SOURCES: LpmTrie<DecapSource, u8> = LpmTrie::with_max_entries(limits::MAX_DECAP_SOURCES, 0);
+
+#[map(name = "DECAP_CONFIG")]
+pub static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
 
 /// Room for one bpf_fib_lookup request per CPU, off the 512-byte BPF stack.
 #[map(name = "FIB_SCRATCH")]

@@ -72,6 +72,11 @@ impl XdpRunner {
         Self::new(datapath::BALANCER, sizes)
     }
 
+    /// Loads the decap program (backend hosts), with the balancer's maps at their smallest.
+    pub fn decap() -> Self {
+        Self::new(datapath::DECAP, Sizes::SMALLEST)
+    }
+
     fn new(program: &'static str, sizes: Sizes) -> Self {
         crate::privilege::require_root();
         let datapath = datapath::load_with(sizes).unwrap_or_else(|e| panic!("loading the XDP programs: {e}"));

@@ -59,3 +59,12 @@ fn readme_examples_work() {
     let vips = lbd.lbctl_ok(&["vip", "list"]);
     assert!(vips.contains("web") && !vips.contains("api"), "{vips}");
 }
+
+#[test]
+fn readme_backend_host_config_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let config = blocks(&readme, "## Backend hosts", "toml").pop().expect("a backend host config example");
+    let parsed = lb_userspace::backend_host::config::parse(&config, "README.md")
+        .unwrap_or_else(|e| panic!("README backend host config: {e}"));
+    assert!(parsed.decap && parsed.allowed_sources.is_empty(), "the commented-out keys are the defaults");
+}

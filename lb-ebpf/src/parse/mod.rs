@@ -53,11 +53,7 @@ pub enum Whole {
 // pointers as arguments, which the verifier refuses.
 #[inline(always)]
 pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
-    let l3 = match eth::ether_type(ctx)? {
-        ETH_P_IP => ipv4::parse(ctx, ETH_LEN, Whole::Yes)?,
-        ETH_P_IPV6 => ipv6::parse(ctx, ETH_LEN, Whole::Yes)?,
-        _ => return Err(Counter::PassNotIp),
-    };
+    let l3 = l3(ctx)?;
     let (sport, dport, tcp_flags) =
         if l3.fragment { (0, 0, 0) } else { l4::ports(ctx, l3.l4_offset, l3.end, l3.proto)? };
     Ok(Packet {
@@ -75,6 +71,16 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
         l4_offset: l3.l4_offset,
         end: l3.end,
     })
+}
+
+/// The frame's IP header (IPv4 or IPv6, extension headers skipped).
+#[inline(always)]
+pub fn l3(ctx: &XdpContext) -> Result<L3, Counter> {
+    match eth::ether_type(ctx)? {
+        ETH_P_IP => ipv4::parse(ctx, ETH_LEN, Whole::Yes),
+        ETH_P_IPV6 => ipv6::parse(ctx, ETH_LEN, Whole::Yes),
+        _ => Err(Counter::PassNotIp),
+    }
 }
 
 /// An IP header quoted inside an ICMP error at `offset`: the same checks as a real one.

@@ -3,8 +3,8 @@
 use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
-use lb_userspace::{agent::start, api, metrics};
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_userspace::{agent::start, api, backend_host, metrics};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::Mutex,
@@ -21,8 +21,10 @@ use tracing::{error, info};
 /// it is invalid); SIGTERM and SIGINT stop lbd (see --on-exit).
 ///
 /// Example: lbd --config /etc/lbd/lbd.toml
+///
+/// On backend hosts, `lbd backend-host --config FILE` sets up decapsulation and the VIPs.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
     /// The config file (TOML); see README, "Configuration".
     #[arg(short, long, value_name = "FILE", default_value = "/etc/lbd/lbd.toml")]
@@ -30,6 +32,13 @@ struct Args {
     /// What happens to forwarding when lbd stops (a crash always keeps it).
     #[arg(long, value_enum, default_value_t = OnExit::Keep)]
     on_exit: OnExit,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    BackendHost(backend_host::Args),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,6 +57,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(Command::BackendHost(args)) = &args.command {
+        return Ok(backend_host::main(args).await?);
+    }
     let (agent, mut health) = start::start(&args.config)?;
     let socket = agent.config.api_socket.clone();
     let metrics_address = agent.config.metrics;

@@ -14,7 +14,18 @@ use thiserror::Error;
 /// Names of the XDP programs in the object.
 pub const BALANCER: &str = "balancer";
 pub const DECAP: &str = "decap";
-const PROGRAMS: [&str; 2] = [BALANCER, DECAP];
+
+/// What a load is for: the programs the kernel verifies, the maps pinned (with a pin directory).
+#[derive(Clone, Copy)]
+struct Role {
+    programs: &'static [&'static str],
+    pinned: &'static [&'static str],
+}
+
+/// A balancer host (and tests): both programs, every map that outlives the agent.
+const BALANCER_HOST: Role = Role { programs: &[BALANCER, DECAP], pinned: &map_names::ALL };
+/// A backend host: the decap program and its maps.
+const BACKEND_HOST: Role = Role { programs: &[DECAP], pinned: &map_names::DECAP };
 
 /// The XDP programs, built by build.rs and embedded so that the binaries are self-contained.
 pub fn object() -> &'static [u8] {
@@ -120,6 +131,17 @@ pub struct Sizes {
 }
 
 impl Sizes {
+    /// The smallest maps the kernel takes: for programs that do not use them.
+    pub const SMALLEST: Sizes = Sizes {
+        flows_per_cpu: 1,
+        pending_flows_per_cpu: 1,
+        max_vips: 1,
+        max_rings: 1,
+        ring_stride: 1,
+        max_backends: 1,
+        flow_cache_slots: 0,
+    };
+
     /// log2 of the flow cache's slots per CPU, 0 for none: the program's `FLOW_CACHE_BITS`.
     pub fn flow_cache_bits(&self) -> u8 {
         if self.flow_cache_slots == 0 {
@@ -150,6 +172,8 @@ pub struct Datapath {
     pub sizes: Sizes,
     /// Where maps and links are pinned, if they are.
     pub pin_dir: Option<PathBuf>,
+    /// The maps pinned there.
+    pinned: &'static [&'static str],
 }
 
 /// Loads the embedded object with default map sizes and has the kernel verify every program.
@@ -159,7 +183,7 @@ pub fn load() -> Result<Datapath, DatapathError> {
 
 /// Loads with private maps (tests, one-off runs): they go away with the `Datapath`.
 pub fn load_with(sizes: Sizes) -> Result<Datapath, DatapathError> {
-    load_inner(sizes, None)
+    load_inner(sizes, None, BALANCER_HOST)
 }
 
 /// Loads with every map pinned under `dir` (a bpffs directory, created if missing). Maps
@@ -167,7 +191,15 @@ pub fn load_with(sizes: Sizes) -> Result<Datapath, DatapathError> {
 /// the running state. Their sizes must match `sizes`.
 pub fn load_pinned(sizes: Sizes, dir: &Path) -> Result<Datapath, DatapathError> {
     std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.to_owned(), e))?;
-    load_inner(sizes, Some(dir))
+    load_inner(sizes, Some(dir), BALANCER_HOST)
+}
+
+/// Loads only the decap program, for a backend host, with its maps (`map_names::DECAP`) pinned
+/// under `dir` (created if missing) and reused if already there, as [`load_pinned`] does. The
+/// balancer's maps exist only at their smallest, unpinned.
+pub fn load_decap_pinned(dir: &Path) -> Result<Datapath, DatapathError> {
+    std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.to_owned(), e))?;
+    load_inner(Sizes::SMALLEST, Some(dir), BACKEND_HOST)
 }
 
 /// Entries of a map with `n` a CPU: an error where that does not fit a map's u32 size.
@@ -192,7 +224,7 @@ fn id_end(list: &str) -> Option<u32> {
         .try_fold(0, |end, id| Some(end.max(id.parse::<u32>().ok()?.checked_add(1)?)))
 }
 
-fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, DatapathError> {
+fn load_inner(sizes: Sizes, pin_dir: Option<&Path>, role: Role) -> Result<Datapath, DatapathError> {
     let object = object();
     if object.is_empty() {
         return Err(DatapathError::NoObject);
@@ -226,7 +258,7 @@ fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, Datapath
         loader.map_max_entries(name, entries);
     }
     if let Some(dir) = pin_dir {
-        for name in map_names::ALL {
+        for name in role.pinned {
             loader.map_pin_path(name, dir.join(name));
         }
     }
@@ -244,11 +276,11 @@ fn load_inner(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Datapath, Datapath
             return Err(DatapathError::PinnedSize { name, pinned: info.max_entries(), wanted: entries });
         }
     }
-    for name in PROGRAMS {
+    for &name in role.programs {
         let prog: &mut Xdp = program(&mut ebpf, name)?;
         prog.load().map_err(|source| DatapathError::Verify { name, source: Box::new(source) })?;
     }
-    Ok(Datapath { ebpf, sizes, pin_dir: pin_dir.map(Path::to_owned) })
+    Ok(Datapath { ebpf, sizes, pin_dir: pin_dir.map(Path::to_owned), pinned: role.pinned })
 }
 
 impl Datapath {
@@ -257,8 +289,18 @@ impl Datapath {
     /// interface (an earlier agent's), its program is replaced atomically: no packet is missed.
     /// Returns whether an existing link was adopted.
     pub fn attach_pinned(&mut self, interface: &str, mode: Mode) -> Result<bool, DatapathError> {
+        self.attach_pinned_program(BALANCER, interface, mode)
+    }
+
+    /// [`Self::attach_pinned`] for program `name` (a backend host's `decap`).
+    pub fn attach_pinned_program(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+        mode: Mode,
+    ) -> Result<bool, DatapathError> {
         let path = self.link_pin(interface)?;
-        let prog: &mut Xdp = program(&mut self.ebpf, BALANCER)?;
+        let prog: &mut Xdp = program(&mut self.ebpf, name)?;
         let link_error = |reason: String| DatapathError::Link { path: path.clone(), reason };
         if path.exists() {
             let fd_link = FdLink::from(PinnedLink::from_pin(&path).map_err(|e| link_error(e.to_string()))?);
@@ -266,15 +308,15 @@ impl Datapath {
             prog.attach_to_link(link).map_err(|e| link_error(e.to_string()))?;
             return Ok(true);
         }
-        let id = self.attach(BALANCER, interface, mode)?;
-        let prog: &mut Xdp = program(&mut self.ebpf, BALANCER)?;
+        let id = self.attach(name, interface, mode)?;
+        let prog: &mut Xdp = program(&mut self.ebpf, name)?;
         let link = prog.take_link(id).map_err(|e| link_error(e.to_string()))?;
         let fd_link = FdLink::try_from(link).map_err(|e| link_error(e.to_string()))?;
         fd_link.pin(&path).map_err(|e| link_error(e.to_string()))?;
         Ok(false)
     }
 
-    /// Removes the pinned link of `interface`: the balancer stops on it once this agent exits.
+    /// Removes the pinned link of `interface`: its program stops on it once this process exits.
     pub fn unpin_link(&self, interface: &str) -> Result<(), DatapathError> {
         let path = self.link_pin(interface)?;
         match std::fs::remove_file(&path) {
@@ -288,7 +330,7 @@ impl Datapath {
     /// Removes every pinned map (after [`Self::unpin_link`] for each interface).
     pub fn unpin_maps(&self) -> Result<(), DatapathError> {
         let Some(dir) = &self.pin_dir else { return Ok(()) };
-        for name in map_names::ALL {
+        for name in self.pinned {
             let path = dir.join(name);
             if let Err(e) = std::fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {

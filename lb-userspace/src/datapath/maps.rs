@@ -277,11 +277,11 @@ impl Datapath {
         addrs.insert(key, family, 0).map_err(err(name))
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DatapathError> {
+    pub(super) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DatapathError> {
         self.ebpf.map(name).ok_or(DatapathError::NoMap(name))
     }
 
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DatapathError> {
+    pub(super) fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DatapathError> {
         self.ebpf.map_mut(name).ok_or(DatapathError::NoMap(name))
     }
 }
@@ -294,7 +294,7 @@ pub fn open_connections(stored: u64) -> u64 {
     (stored as i64).max(0) as u64
 }
 
-fn err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+pub(super) fn err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 

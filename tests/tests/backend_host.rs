@@ -1,0 +1,344 @@
+//! `lbd backend-host` as a process on a backend host, behind a real lbd balancer:
+//!
+//! ```text
+//!   client (eth0 198.18.50.1, fd00:50::1)       another subnet than the backend's
+//!     | veth
+//!   lb (eth1 198.18.50.254, fd00:50::fe | eth0 198.18.0.2, fd00::2)
+//!        lbd attached on both; forwarding and the backend's neighbour entries by lb_userspace::host
+//!     | veth
+//!   backend (eth0 198.18.0.17, fd00::11)        lbd backend-host; rp_filter strict
+//! ```
+//!
+//! The backend host accepts tunnels only from the lb's IPv4 tunnel source: an IPv4 connection
+//! to the VIP goes through, IPv6 tunnels (from fd00::2) are dropped and counted. Stopping it
+//! removes everything it set up and restores what it changed; killed, it keeps decapsulating
+//! and the next run takes over. With `decap = false` (L2 DSR) it only binds VIPs and sets ARP.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    bins::{self, Running},
+    echo::{tcp_exchange, EchoServer, Proto},
+    lbd::{Lbd, LbdFiles},
+    netns::{veth, Netns},
+    topology::ethtool,
+};
+use lb_userspace::host::{
+    forwarding::{self, Policy},
+    neighbours::NextHops,
+    Family,
+};
+
+const VIP4: &str = "198.18.100.1";
+const VIP6: &str = "fd00:0:0:100::1";
+/// Already on the backend's lo before backend-host starts: it must stay there after it stops.
+const VIP_BEFORE: &str = "198.18.100.9";
+const PORT: u16 = 8080;
+
+struct World {
+    client: Netns,
+    lb: Netns,
+    backend: Netns,
+}
+
+fn world() -> World {
+    let client = Netns::new("client");
+    let lb = Netns::new("lb");
+    let backend = Netns::new("backend");
+    for ns in [&client, &lb, &backend] {
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+    }
+    veth((&client, "eth0"), (&lb, "eth1"));
+    veth((&lb, "eth0"), (&backend, "eth0"));
+    client.addr("eth0", "198.18.50.1/24");
+    client.addr("eth0", "fd00:50::1/64");
+    client.ip(&["route", "add", "default", "via", "198.18.50.254"]);
+    client.ip(&["route", "add", "default", "via", "fd00:50::fe"]);
+    // Complete checksums from the client: see topology.rs, configure_client.
+    ethtool(&client, &["-K", "eth0", "tx", "off"]);
+    lb.addr("eth1", "198.18.50.254/24");
+    lb.addr("eth1", "fd00:50::fe/64");
+    lb.addr("eth0", "198.18.0.2/24");
+    lb.addr("eth0", "fd00::2/64");
+    // The lb also routes the backend's replies to the client (IPv6 routing needs `all`).
+    lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+    backend.addr("eth0", "198.18.0.17/24");
+    backend.addr("eth0", "fd00::11/64");
+    backend.ip(&["route", "add", "default", "via", "198.18.0.2"]);
+    backend.ip(&["route", "add", "default", "via", "fd00::2"]);
+    // Strict reverse-path filtering: decapsulated packets from the client's subnet arrive on
+    // eth0, where the route back to the client leaves, so it passes them.
+    backend.sysctl("net.ipv4.conf.all.rp_filter", "1");
+    backend.sysctl("net.ipv4.conf.eth0.rp_filter", "1");
+    backend.sysctl("net.ipv4.conf.eth0.arp_announce", "1");
+    backend.ip(&["addr", "add", &format!("{VIP_BEFORE}/32"), "dev", "lo"]);
+    World { client, lb, backend }
+}
+
+/// lbd on the lb with the two VIPs (ipip) on the backend, and what it needs from the host.
+fn start_balancer(w: &World, files: &LbdFiles) -> Lbd {
+    let vips = format!(
+        "[[vip]]\nname = \"v4\"\naddress = \"{VIP4}\"\nport = {PORT}\nprotocol = \"tcp\"\n\
+         [[vip.backend]]\naddress = \"198.18.0.17\"\n\n\
+         [[vip]]\nname = \"v6\"\naddress = \"{VIP6}\"\nport = {PORT}\nprotocol = \"tcp\"\n\
+         [[vip.backend]]\naddress = \"fd00::11\"\n"
+    );
+    let config = format!("{}{vips}", files.header(&["eth1", "eth0"], "198.18.0.2", "fd00::2"));
+    let lbd = Lbd::start(&w.lb, files, &config);
+    w.lb.run(|| {
+        let interfaces = ["eth1".to_owned(), "eth0".to_owned()];
+        let families = BTreeSet::from([Family::Ipv4, Family::Ipv6]);
+        forwarding::ensure(&interfaces, &families, Policy::Enable).expect("forwarding on the lb");
+        let backends: BTreeSet<IpAddr> =
+            ["198.18.0.17", "fd00::11"].iter().map(|a| a.parse().unwrap()).collect();
+        let mut hops = NextHops::new(&interfaces).expect("NextHops");
+        hops.sync(&backends).expect("neighbour entries for the backend");
+        hops.wait_resolved(&backends, Duration::from_secs(5)).expect("the backend's MAC resolved");
+    });
+    lbd
+}
+
+/// One backend host's files (config, log, state file; its pin path under /sys/fs/bpf),
+/// removed on drop, and the commands run on them.
+struct BackendHostFiles {
+    files: LbdFiles,
+    config: PathBuf,
+    log: PathBuf,
+    state_file: PathBuf,
+}
+
+impl BackendHostFiles {
+    /// Writes a config: `settings` (TOML lines), then this instance's paths.
+    fn new(settings: &str) -> Self {
+        let files = LbdFiles::new();
+        let (config, log, state_file) = (
+            files.dir.join("backend.toml"),
+            files.dir.join("backend-host.log"),
+            files.dir.join("state.json"),
+        );
+        let paths = format!(
+            "pin_path = {:?}\nstate_file = {:?}\n",
+            files.pin_path.display().to_string(),
+            state_file.display().to_string()
+        );
+        std::fs::write(&config, format!("{settings}{paths}")).expect("write the backend host's config");
+        BackendHostFiles { files, config, log, state_file }
+    }
+
+    fn pin_path(&self) -> &Path {
+        &self.files.pin_path
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `lbd backend-host --config FILE ARGS` in `ns`, output to the log.
+    fn command(&self, ns: &Netns, args: &[&str]) -> Command {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(bins::path("lbd"))
+            .args(["backend-host", "--config"])
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_BACKTRACE")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        cmd
+    }
+
+    /// `--status` (`--json` too when `json`): its output, `None` if it failed.
+    fn status_output(&self, ns: &Netns, json: bool) -> Option<String> {
+        let args: &[&str] = if json { &["--status", "--json"] } else { &["--status"] };
+        let out =
+            self.command(ns, args).stdout(Stdio::piped()).output().expect("run lbd backend-host --status");
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn status(&self, ns: &Netns) -> Option<serde_json::Value> {
+        self.status_output(ns, true).map(|s| serde_json::from_str(&s).expect("status JSON"))
+    }
+
+    /// Starts `lbd backend-host` in `ns` and waits until its status shows every VIP on lo (and
+    /// decap attached, with decap on); returns the process and that status.
+    fn start(&self, ns: &Netns) -> (Running, serde_json::Value) {
+        let process = Running::spawn(&mut self.command(ns, &[]));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status(ns);
+            let up = status.as_ref().is_some_and(|s| {
+                s["interfaces"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|i| s["decap"] == false || i["decap_attached"] == true)
+                    && s["vips"].as_array().unwrap().iter().all(|v| v["on_lo"] == true)
+            });
+            match status {
+                Some(status) if up => return (process, status),
+                _ if Instant::now() > deadline => {
+                    panic!("backend-host did not come up within 20 s:\n{}", self.log())
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+fn sysctl(ns: &Netns, key: &str) -> String {
+    let out = lb_tests::netns::run(ns.command("sysctl").args(["-n", key]));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {status}"))
+}
+
+fn socket(address: &str) -> SocketAddr {
+    SocketAddr::new(address.parse().unwrap(), PORT)
+}
+
+/// The VIPs, and IPv4 tunnels accepted only from the lb.
+fn ipip_settings() -> String {
+    format!("interfaces = [\"eth0\"]\nvips = [\"{VIP4}\", \"{VIP6}\", \"{VIP_BEFORE}\"]\nallowed_sources = [\"198.18.0.2/32\"]\n")
+}
+
+/// After a stop: nothing of the backend host's is left, and what it changed is as before.
+fn assert_undone(w: &World, b: &BackendHostFiles) {
+    let on_lo = w.backend.ip(&["addr", "show", "dev", "lo"]);
+    assert!(!on_lo.contains(VIP4) && !on_lo.contains(VIP6), "VIPs left on lo:\n{on_lo}");
+    assert!(on_lo.contains(VIP_BEFORE), "the VIP that was there before was removed:\n{on_lo}");
+    assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_ignore"), "0", "arp_ignore not restored");
+    assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_announce"), "1", "arp_announce not restored");
+    let link = w.backend.ip(&["-d", "link", "show", "dev", "eth0"]);
+    assert!(!link.contains("prog/xdp"), "decap still attached:\n{link}");
+    assert!(!b.pin_path().exists(), "pins left under {}", b.pin_path().display());
+    assert!(!b.state_file.exists(), "the state file was left");
+}
+
+#[test]
+fn backend_host_decapsulates_for_a_real_balancer_and_undoes_everything_on_sigterm() {
+    let w = world();
+    let lb_files = LbdFiles::new();
+    let _lbd = start_balancer(&w, &lb_files);
+    let b = BackendHostFiles::new(&ipip_settings());
+    let (process, ready) = b.start(&w.backend);
+
+    // What it set up.
+    let on_lo = w.backend.ip(&["addr", "show", "dev", "lo"]);
+    for vip in [format!("{VIP4}/32"), format!("{VIP6}/128"), format!("{VIP_BEFORE}/32")] {
+        assert!(on_lo.contains(&vip), "{vip} not on lo:\n{on_lo}");
+    }
+    assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_ignore"), "1");
+    assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_announce"), "2");
+    assert_eq!(sysctl(&w.backend, "net.ipv4.conf.all.arp_ignore"), "0", "`all` is not touched");
+    assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.rp_filter"), "1", "rp_filter is not touched");
+    let link = w.backend.ip(&["-d", "link", "show", "dev", "eth0"]);
+    assert!(link.contains("prog/xdp "), "decap not attached natively on eth0:\n{link}");
+    assert!(b.pin_path().join("v1/link_eth0").exists(), "no pinned decap link");
+    assert_eq!(ready["decap_addresses"], serde_json::json!(["198.18.0.17", "fd00::11"]), "{ready}");
+    assert_eq!(ready["allowed_sources"], serde_json::json!(["198.18.0.2/32"]), "{ready}");
+
+    // A real connection through the balancer: the SYN arrives tunnelled, the backend's decap
+    // strips it, the server on the VIP answers the client directly. The client is on another
+    // subnet, and strict rp_filter lets the decapsulated packets in.
+    let server = EchoServer::start(&w.backend, Proto::Tcp, socket(VIP4));
+    let local = w
+        .client
+        .run(|| tcp_exchange(socket(VIP4), b"through the tunnel", Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("connection to {VIP4} failed: {e}\n{}", b.log()));
+    assert_eq!(server.peers(), [local], "the server saw the client's own address (direct server return)");
+    let after_v4 = b.status(&w.backend).expect("status");
+    assert!(counter(&after_v4, "decapsulated") >= 3, "{after_v4}");
+    assert_eq!(counter(&after_v4, "decap_refused"), 0, "{after_v4}");
+
+    // IPv6 tunnels come from fd00::2, which allowed_sources leaves out: dropped and counted.
+    let _server6 = EchoServer::start(&w.backend, Proto::Tcp, socket(VIP6));
+    let refused = w.client.run(|| tcp_exchange(socket(VIP6), b"refused", Duration::from_millis(1500)));
+    assert!(refused.is_err(), "a tunnel from a source outside allowed_sources got through");
+    let after_v6 = b.status(&w.backend).expect("status");
+    assert!(counter(&after_v6, "decap_refused") >= 1, "{after_v6}");
+    assert_eq!(
+        counter(&after_v6, "decapsulated"),
+        counter(&after_v4, "decapsulated"),
+        "IPv6 tunnels were stripped"
+    );
+    let text = b.status_output(&w.backend, false).expect("--status");
+    assert!(text.contains("allowed sources: 198.18.0.2/32"), "{text}");
+    let refused_line =
+        text.lines().find(|l| l.starts_with("decap_refused")).unwrap_or_else(|| panic!("{text}"));
+    assert_ne!(refused_line.split_whitespace().last(), Some("0"), "{text}");
+
+    // SIGTERM: everything it did is undone, and it exits 0.
+    let exit = process.terminate();
+    assert!(exit.success(), "backend-host exited with {exit}:\n{}", b.log());
+    assert_undone(&w, &b);
+    let log = b.log();
+    for line in
+        ["bound VIP 198.18.100.1/32 to lo", "VIP already on lo", "arp_ignore: 0 -> 1", "decap attached"]
+    {
+        assert!(log.contains(line), "the log does not say {line:?}:\n{log}");
+    }
+}
+
+/// Killed with SIGKILL, the backend host keeps decapsulating (pinned link); the next run takes
+/// over, and its stop restores the values from before the first run.
+#[test]
+fn a_crashed_backend_host_keeps_decapsulating_and_the_next_run_restores_the_originals() {
+    let w = world();
+    let lb_files = LbdFiles::new();
+    let _lbd = start_balancer(&w, &lb_files);
+    let b = BackendHostFiles::new(&ipip_settings());
+    let (mut first, _) = b.start(&w.backend);
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("reap");
+
+    let _server = EchoServer::start(&w.backend, Proto::Tcp, socket(VIP4));
+    w.client
+        .run(|| tcp_exchange(socket(VIP4), b"no backend-host running", Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("decap stopped with the process: {e}"));
+
+    let (second, _) = b.start(&w.backend);
+    assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_announce"), "2");
+    let exit = second.terminate();
+    assert!(exit.success(), "backend-host exited with {exit}:\n{}", b.log());
+    let log = b.log();
+    for line in ["did not stop cleanly", "its pinned link adopted"] {
+        assert!(log.contains(line), "the log does not say {line:?}:\n{log}");
+    }
+    assert_undone(&w, &b);
+}
+
+/// With `decap = false` (L2 DSR backends): VIPs on lo and the ARP settings, no XDP program,
+/// no pins; all of it undone on SIGINT.
+#[test]
+fn an_l2dsr_backend_host_binds_vips_and_sets_arp_without_decap() {
+    let w = world();
+    let b = BackendHostFiles::new(&format!(
+        "interfaces = [\"eth0\"]\nvips = [\"{VIP4}\", \"{VIP_BEFORE}\"]\ndecap = false\n"
+    ));
+    let (mut process, status) = b.start(&w.backend);
+    assert_eq!(status["decap"], false, "{status}");
+    assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_ignore"), "1");
+    assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_announce"), "2");
+    let link = w.backend.ip(&["-d", "link", "show", "dev", "eth0"]);
+    assert!(!link.contains("prog/xdp"), "decap attached with decap = false:\n{link}");
+    assert!(!b.pin_path().exists(), "pins made with decap = false");
+    let text = b.status_output(&w.backend, false).expect("--status");
+    assert!(text.starts_with("decap: off"), "{text}");
+
+    // SAFETY: a signal to our own child, not yet reaped.
+    unsafe { libc::kill(process.child.id() as libc::pid_t, libc::SIGINT) };
+    let exit = process.child.wait().expect("wait");
+    assert!(exit.success(), "backend-host exited with {exit} on SIGINT:\n{}", b.log());
+    assert_undone(&w, &b);
+}

@@ -10,6 +10,8 @@
 //! - [`topology`]: the standard client / lb / backends topology on a bridge.
 //! - [`echo`]: TCP and UDP echo servers that record who connected.
 //! - [`lbd`]: lbd as a process in a test namespace, lbctl against it.
+//! - [`backend_host`]: `lbd backend-host` as a process on a backend host.
+pub mod backend_host;
 pub mod bench;
 pub mod bins;
 pub mod bird;

@@ -16,13 +16,11 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lb_tests::{
-    bins::{self, Running},
+    backend_host::BackendHostFiles,
     echo::{tcp_exchange, EchoServer, Proto},
     lbd::{Lbd, LbdFiles},
     netns::{veth, Netns},
@@ -102,96 +100,6 @@ fn start_balancer(w: &World, files: &LbdFiles) -> Lbd {
         hops.wait_resolved(&backends, Duration::from_secs(5)).expect("the backend's MAC resolved");
     });
     lbd
-}
-
-/// One backend host's files (config, log, state file; its pin path under /sys/fs/bpf),
-/// removed on drop, and the commands run on them.
-struct BackendHostFiles {
-    files: LbdFiles,
-    config: PathBuf,
-    log: PathBuf,
-    state_file: PathBuf,
-}
-
-impl BackendHostFiles {
-    /// Writes a config: `settings` (TOML lines), then this instance's paths.
-    fn new(settings: &str) -> Self {
-        let files = LbdFiles::new();
-        let (config, log, state_file) = (
-            files.dir.join("backend.toml"),
-            files.dir.join("backend-host.log"),
-            files.dir.join("state.json"),
-        );
-        let paths = format!(
-            "pin_path = {:?}\nstate_file = {:?}\n",
-            files.pin_path.display().to_string(),
-            state_file.display().to_string()
-        );
-        std::fs::write(&config, format!("{settings}{paths}")).expect("write the backend host's config");
-        BackendHostFiles { files, config, log, state_file }
-    }
-
-    fn pin_path(&self) -> &Path {
-        &self.files.pin_path
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `lbd backend-host --config FILE ARGS` in `ns`, output to the log.
-    fn command(&self, ns: &Netns, args: &[&str]) -> Command {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", ns.name()))
-            .arg(bins::path("lbd"))
-            .args(["backend-host", "--config"])
-            .arg(&self.config)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_BACKTRACE")
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        cmd
-    }
-
-    /// `--status` (`--json` too when `json`): its output, `None` if it failed.
-    fn status_output(&self, ns: &Netns, json: bool) -> Option<String> {
-        let args: &[&str] = if json { &["--status", "--json"] } else { &["--status"] };
-        let out =
-            self.command(ns, args).stdout(Stdio::piped()).output().expect("run lbd backend-host --status");
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn status(&self, ns: &Netns) -> Option<serde_json::Value> {
-        self.status_output(ns, true).map(|s| serde_json::from_str(&s).expect("status JSON"))
-    }
-
-    /// Starts `lbd backend-host` in `ns` and waits until its status shows every VIP on lo (and
-    /// decap attached, with decap on); returns the process and that status.
-    fn start(&self, ns: &Netns) -> (Running, serde_json::Value) {
-        let process = Running::spawn(&mut self.command(ns, &[]));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = self.status(ns);
-            let up = status.as_ref().is_some_and(|s| {
-                s["interfaces"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|i| s["decap"] == false || i["decap_attached"] == true)
-                    && s["vips"].as_array().unwrap().iter().all(|v| v["on_lo"] == true)
-            });
-            match status {
-                Some(status) if up => return (process, status),
-                _ if Instant::now() > deadline => {
-                    panic!("backend-host did not come up within 20 s:\n{}", self.log())
-                }
-                _ => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    }
 }
 
 fn sysctl(ns: &Netns, key: &str) -> String {

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use crate::config::{Invalid, XdpMode};
 
-pub const DEFAULT_CONFIG: &str = "/etc/lbd-backend.toml";
+pub const DEFAULT_CONFIG: &str = "/etc/lbd/backend.toml";
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb-backend";
 /// Under /run: the changes it records last as long as they do (until a reboot).
 pub const DEFAULT_STATE_FILE: &str = "/run/lbd-backend-host.json";

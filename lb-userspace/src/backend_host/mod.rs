@@ -32,7 +32,7 @@ const FOLLOW_ADDRESSES: Duration = Duration::from_secs(5);
 /// removes the VIPs it bound, restores the sysctls it changed) and exits 0. A crash leaves
 /// decap attached (its link is pinned); a new run takes over where it left off. Needs root.
 ///
-/// Example: lbd backend-host --config /etc/lbd-backend.toml
+/// Example: lbd backend-host --config /etc/lbd/backend.toml
 #[derive(Clone, Debug, clap::Args)]
 pub struct Args {
     /// The backend host's config file (TOML); see README, "Backend hosts".

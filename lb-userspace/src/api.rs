@@ -76,7 +76,11 @@ impl From<AgentError> for ApiError {
             AgentError::Invalid(_) => StatusCode::BAD_REQUEST,
             AgentError::NotFound(_) => StatusCode::NOT_FOUND,
             AgentError::Conflict(_) => StatusCode::CONFLICT,
-            AgentError::Apply(_) | AgentError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            // Refused for this host (forwarding off with host.forwarding = "check"): nothing changed.
+            AgentError::Host(crate::host::HostError::ForwardingOff { .. }) => StatusCode::BAD_REQUEST,
+            AgentError::Apply(_) | AgentError::Persist { .. } | AgentError::Host(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         ApiError(status, e.to_string())
     }
@@ -183,6 +187,9 @@ pub struct BackendView {
     /// Open TCP connections the data plane counts (least-conn VIPs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u64>,
+    /// Where its packets go next: interface, next hop, MAC, or why none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<crate::host::neighbours::NextHopStatus>,
 }
 
 async fn list_backends(
@@ -212,6 +219,7 @@ async fn list_backends(
                 last_error: status.last_error,
                 transitions: status.transitions,
                 connections,
+                next_hop: a.host.as_ref().map(|h| h.status(b.address)),
             })
         })
         .collect::<Result<_, AgentError>>()?;

@@ -314,6 +314,15 @@ impl Limits {
     }
 }
 
+/// What lbd does about the host's own settings the balancer depends on (`[host]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSettings {
+    /// Forwarding off on an attached interface for a family the VIPs use: `enable` turns it on
+    /// (logged), `check` refuses the config with the sysctls to set.
+    pub forwarding: crate::host::forwarding::Policy,
+}
+
 /// The agent's whole configuration, validated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -324,6 +333,8 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     pub source: Source,
     pub limits: Limits,
+    #[serde(default)]
+    pub host: HostSettings,
     pub vips: Vec<Vip>,
     /// Where lbd serves Prometheus metrics (`GET /metrics`); `None`: no endpoint.
     #[serde(default)]
@@ -361,6 +372,8 @@ struct RawConfig {
     source: Source,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    host: HostSettings,
     #[serde(default)]
     vip: Vec<toml::Spanned<VipSpec>>,
     metrics: Option<toml::Spanned<String>>,
@@ -412,6 +425,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
         xdp_mode: raw.xdp_mode,
         source: raw.source,
         limits,
+        host: raw.host,
         vips,
         metrics,
     };

@@ -117,6 +117,16 @@ impl BackendHost {
         let (process, _) = files.start(ns);
         BackendHost { process: Some(process), files }
     }
+
+    /// One of its decap counters (`decapsulated`, `decap_refused`, `decap_fragment`), as
+    /// `--status` reports it.
+    pub fn counter(&self, ns: &Netns, name: &str) -> u64 {
+        let status = self
+            .files
+            .status(ns)
+            .unwrap_or_else(|| panic!("backend-host --status failed:\n{}", self.files.log()));
+        status["counters"][name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {status}"))
+    }
 }
 
 impl Drop for BackendHost {

@@ -3,17 +3,22 @@
 //! ```text
 //!   client (eth0 198.18.0.1, fd00::1)            routes the VIP prefixes via the lb
 //!   lb     (eth0 198.18.0.2, fd00::2)            balancer attached natively on eth0
-//!   b1..bN (eth0 198.18.0.17.., fd00::11..)      VIPs on lo, decap attached natively on eth0
+//!   b1..bN (eth0 198.18.0.17.., fd00::11..)      `lbd backend-host`: VIPs on lo, decap on eth0
 //!      \ each eth0 is a veth whose peer is a port of bridge br0 in namespace "fabric",
 //!        named after its host: "client", "lb", "b1"...
 //! ```
+//!
+//! The hosts are set up as real ones are: addresses and routes only. What the balancer host
+//! needs from the kernel (forwarding, resolved next hops) comes from lbd's own code
+//! (`lb_userspace::host`), and the backend hosts run `lbd backend-host`
+//! ([`Topology::start_backend_hosts`]). What only veth needs is set here, each with a comment.
 //!
 //! The balancer sends every packet back out of the interface it came in on (XDP_TX), so it needs
 //! no TX_PORTS entry. It is attached either directly ([`Topology::start_balancer`]) or by a real
 //! lbd in the lb's namespace ([`Topology::start_lbd`], with
 //! [`Topology::start_lb_port_passthrough`]). Everything is removed when the [`Topology`] is
-//! dropped (namespaces, and with them the veths). Drop the [`Datapath`]s first: declare them
-//! after the topology.
+//! dropped (namespaces, and with them the veths). Drop the [`Datapath`]s and backend hosts
+//! first: declare them after the topology.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
@@ -22,10 +27,12 @@ use lb_common::{
 };
 use lb_userspace::{
     datapath::{self, Datapath, Mode, Sizes, BALANCER, DECAP},
+    host::{forwarding, neighbours::NextHops},
     maglev,
 };
 
 use crate::{
+    backend_host::BackendHost,
     lbd::{Lbd, LbdFiles},
     netns::{bridge, run, veth, Netns},
 };
@@ -121,14 +128,16 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Creates the namespaces, links, addresses, routes, sysctls and neighbour entries, with no
-    /// XDP program attached yet (see [`Topology::start_decap`], [`Topology::start_balancer`]).
+    /// Creates the namespaces, links, addresses and routes, with no XDP program attached and no
+    /// backend host set up yet (see [`Topology::start_backend_hosts`],
+    /// [`Topology::start_balancer`], [`Topology::start_lbd`]).
     pub fn new(backends: usize) -> Self {
         assert!((1..=50).contains(&backends), "{backends} backends: 1 to 50 fit the address plan");
         let fabric = Netns::new("fabric");
         let host = |role: &str, last: u8| {
             let ns = Netns::new(role);
-            // Link-local addresses usable at once (no duplicate detection delaying ND).
+            // A test aid, not a veth one: addresses usable at once (no duplicate address
+            // detection delaying neighbour discovery by a second or two).
             for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
                 ns.sysctl(key, "0");
             }
@@ -147,10 +156,6 @@ impl Topology {
         let t = Topology { client, lb, backends, fabric };
         t.wire_fabric();
         t.configure_client();
-        t.configure_lb();
-        for b in &t.backends {
-            configure_backend(b);
-        }
         t
     }
 
@@ -186,47 +191,17 @@ impl Topology {
         ethtool(c, &["-K", "eth0", "tx", "off"]);
     }
 
-    fn configure_lb(&self) {
-        let lb = &self.lb.ns;
-        // bpf_fib_lookup answers "forwarding disabled" on an interface without forwarding.
-        lb.sysctl("net.ipv4.conf.all.forwarding", "1");
-        lb.sysctl("net.ipv6.conf.all.forwarding", "1");
-        // bpf_fib_lookup only succeeds with a valid neighbour entry for the backend: it never
-        // resolves one itself (the packet is passed to the stack, PassFibFailed, until the kernel
-        // has resolved the address for some other reason). The agent's health probes keep these
-        // entries fresh in production; here they are written once, permanent.
-        for b in &self.backends {
-            for addr in [b.v4.to_string(), b.v6.to_string()] {
-                lb.ip(&["neigh", "replace", &addr, "lladdr", &b.mac, "dev", "eth0", "nud", "permanent"]);
-            }
-        }
-    }
-
-    /// Loads the programs once per backend host and attaches `decap` natively on its `eth0`,
-    /// accepting tunnels to the host's two addresses. Keep the result alive as long as needed.
-    pub fn start_decap(&self) -> Vec<Datapath> {
-        self.backends
-            .iter()
-            .map(|b| {
-                let sizes = Sizes {
-                    flows_per_cpu: 1024,
-                    pending_flows_per_cpu: 1024,
-                    max_vips: 256,
-                    max_rings: 1,
-                    ring_stride: 251,
-                    max_backends: 16,
-                    flow_cache_slots: 1024,
-                };
-                let mut dp = datapath::load_with(sizes)
-                    .unwrap_or_else(|e| panic!("loading the XDP programs for {}: {e}", b.ns.name()));
-                for addr in [b.addr(Family::V4), b.addr(Family::V6)] {
-                    dp.add_decap_addr(addr).unwrap_or_else(|e| panic!("decap address {addr}: {e}"));
-                }
-                b.ns.run(|| dp.attach(DECAP, "eth0", Mode::Native))
-                    .unwrap_or_else(|e| panic!("attaching decap in {}: {e}", b.ns.name()));
-                dp
-            })
-            .collect()
+    /// Runs `lbd backend-host` on every backend (as a real backend host does): decap attached
+    /// natively on `eth0`, VIPs 1 and 2 of both families on `lo`, the ARP settings. Keep the
+    /// result alive as long as needed: dropping it stops them, which undoes all of it.
+    pub fn start_backend_hosts(&self) -> Vec<BackendHost> {
+        let vips: Vec<String> = [Family::V4, Family::V6]
+            .into_iter()
+            .flat_map(|f| [vip(f, 1), vip(f, 2)])
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        let settings = format!("interfaces = [\"eth0\"]\nvips = [{}]\n", vips.join(", "));
+        self.backends.iter().map(|b| BackendHost::start(&b.ns, &settings)).collect()
     }
 
     /// Backend id of backend host `index` (0-based) for `family`: 1..=N for IPv4, N+1..=2N for IPv6.
@@ -302,9 +277,26 @@ impl Topology {
             .ns
             .run(|| dp.attach(BALANCER, "eth0", Mode::Native))
             .expect("attaching the balancer on lb eth0");
+        self.provide_for_the_balancer();
         // The pass-through lives as long as `dp`.
         self.attach_lb_port_passthrough(&mut dp);
         dp
+    }
+
+    /// What lbd provides a balancer it runs, for one attached without lbd: forwarding on the lb's
+    /// eth0 and managed neighbour entries for every backend, resolved (lbd's own code).
+    fn provide_for_the_balancer(&self) {
+        let interfaces = ["eth0".to_owned()];
+        let backends: std::collections::BTreeSet<IpAddr> =
+            self.backends.iter().flat_map(|b| [b.addr(Family::V4), b.addr(Family::V6)]).collect();
+        self.lb.ns.run(|| {
+            let families = [lb_userspace::host::Family::Ipv4, lb_userspace::host::Family::Ipv6].into();
+            forwarding::ensure(&interfaces, &families, forwarding::Policy::Enable)
+                .expect("forwarding on the lb");
+            let mut hops = NextHops::new(&interfaces).expect("next hops on the lb");
+            hops.sync(&backends).expect("neighbour entries for the backends");
+            hops.wait_resolved(&backends, std::time::Duration::from_secs(5)).expect("the backends' MACs");
+        });
     }
 
     /// For a balancer attached by something else (lbd, see [`Topology::start_lbd`]): loads the
@@ -351,32 +343,10 @@ impl Topology {
     }
 }
 
-fn configure_backend(b: &Host) {
-    let ns = &b.ns;
-    for n in 1..=2u8 {
-        for family in [Family::V4, Family::V6] {
-            let cidr = match vip(family, n) {
-                IpAddr::V4(a) => format!("{a}/32"),
-                IpAddr::V6(a) => format!("{a}/128"),
-            };
-            ns.addr("lo", &cidr);
-        }
-    }
-    for (key, value) in [
-        // Packets for a VIP arrive on eth0 from a client reached by eth0: reverse-path
-        // filtering would pass them, but tunnels and DSR are where it bites; keep it out.
-        ("net.ipv4.conf.all.rp_filter", "0"),
-        ("net.ipv4.conf.default.rp_filter", "0"),
-        ("net.ipv4.conf.eth0.rp_filter", "0"),
-        // Do not answer ARP for the VIPs (they are on lo, not eth0): the lb owns them on the
-        // segment. And do not use a VIP as the source of ARP requests sent on eth0.
-        ("net.ipv4.conf.all.arp_ignore", "1"),
-        ("net.ipv4.conf.all.arp_announce", "2"),
-    ] {
-        ns.sysctl(key, value);
-    }
-    // IPv6 needs nothing: neighbour solicitations are answered only for addresses of the
-    // interface they arrive on, and the VIPs are on lo.
+/// The id of the XDP program attached to `interface` in `ns`, if any.
+pub fn xdp_prog_id(ns: &Netns, interface: &str) -> Option<u32> {
+    let out = ns.ip(&["link", "show", "dev", interface]);
+    out.split("prog/xdp id ").nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
 /// MAC address of `interface` in `ns`.

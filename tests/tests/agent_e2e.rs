@@ -75,7 +75,7 @@ fn run_drain(case: &DrainCase) {
     let topo = Topology::new(BACKENDS);
     let files = LbdFiles::new();
     let _passthrough = topo.start_lb_port_passthrough();
-    let _decap = topo.start_decap();
+    let _decap = topo.start_backend_hosts();
     let lbd = topo.start_lbd(&files, "");
     let vip = vip(case.family, 1);
     let server = SocketAddr::new(vip, PORT);
@@ -344,7 +344,7 @@ fn restart_keeps_forwarding_and_adopts_the_state() {
     let topo = Topology::new(BACKENDS);
     let files = LbdFiles::new();
     let _passthrough = topo.start_lb_port_passthrough();
-    let _decap = topo.start_decap();
+    let _decap = topo.start_backend_hosts();
     let lbd = topo.start_lbd(&files, "");
     let vip = vip(Family::V4, 1);
     let server = SocketAddr::new(vip, PORT);

@@ -25,7 +25,7 @@ fn capture_writes_packets_before_and_after_the_rewrite() {
     let topo = Topology::new(2);
     let files = LbdFiles::new();
     let _passthrough = topo.start_lb_port_passthrough();
-    let _decap = topo.start_decap();
+    let _decap = topo.start_backend_hosts();
     let backends: String =
         topo.backends.iter().map(|b| format!("\n  [[vip.backend]]\n  address = \"{}\"\n", b.v4)).collect();
     let lbd = topo.start_lbd(&files, &format!("{VIP}{backends}"));

@@ -10,6 +10,7 @@ use std::{
 
 use lb_common::{Counter, MODE_IPIP, MODE_L2DSR, PROTO_TCP, PROTO_UDP};
 use lb_tests::{
+    backend_host::BackendHost,
     echo::{tcp_exchange, udp_exchange, EchoServer, Proto},
     topology::{vip, Family, Service, Topology},
 };
@@ -80,7 +81,7 @@ fn run_case(case: &Case) {
     let service = Service { vip, port: PORT, mode: case.mode };
     let server_addr = SocketAddr::new(vip, PORT);
     // Declared after the topology: detached before the namespaces go.
-    let decap = topo.start_decap();
+    let decap = topo.start_backend_hosts();
     let lb = topo.start_balancer(&[service]);
     let servers: Vec<[EchoServer; 2]> = topo
         .backends
@@ -117,7 +118,7 @@ fn run_case(case: &Case) {
 
     check_servers(name, &topo, &servers, &log, client_ip);
     check_balancer(name, &topo, &lb, &servers, case.family);
-    check_decap(name, case.mode, &decap, &servers);
+    check_decap(name, case.mode, &topo, &decap, &servers);
     let errors: Vec<String> = servers.iter().flatten().flat_map(|s| s.errors()).collect();
     assert!(errors.is_empty(), "{name}: the echo servers met errors: {errors:?}");
 }
@@ -240,9 +241,9 @@ fn check_balancer(name: &str, topo: &Topology, lb: &Datapath, servers: &[[EchoSe
 }
 
 /// In ipip mode every packet a backend served came through its decap program; in l2dsr mode none.
-fn check_decap(name: &str, mode: u8, decap: &[Datapath], servers: &[[EchoServer; 2]]) {
-    for (i, (dp, s)) in decap.iter().zip(servers).enumerate() {
-        let n = dp.counter(Counter::Decapsulated).unwrap_or_else(|e| panic!("{name}: decap counter: {e}"));
+fn check_decap(name: &str, mode: u8, topo: &Topology, decap: &[BackendHost], servers: &[[EchoServer; 2]]) {
+    for (i, ((host, b), s)) in decap.iter().zip(&topo.backends).zip(servers).enumerate() {
+        let n = host.counter(&b.ns, "decapsulated");
         let served = (s[0].peers().len() + s[1].peers().len()) as u64;
         if mode == MODE_IPIP {
             assert!(n >= served, "{name}: backend b{} decapsulated {n} packets for {served} flows", i + 1);
@@ -267,13 +268,13 @@ fn counters(dp: &Datapath) -> String {
 
 /// What a failed case leaves to look at: the balancer's and decap programs' counters, what each
 /// server served, and the links' packet counts.
-fn diagnostics(topo: &Topology, lb: &Datapath, decap: &[Datapath], servers: &[[EchoServer; 2]]) -> String {
+fn diagnostics(topo: &Topology, lb: &Datapath, decap: &[BackendHost], servers: &[[EchoServer; 2]]) -> String {
     let mut out = format!("lb counters: {}\n", counters(lb));
-    for ((b, dp), s) in topo.backends.iter().zip(decap).zip(servers) {
+    for ((b, host), s) in topo.backends.iter().zip(decap).zip(servers) {
         out += &format!(
-            "{}: decap counters {}, served TCP {} UDP {}, errors {:?}\n",
+            "{}: decapsulated {}, served TCP {} UDP {}, errors {:?}\n",
             b.port,
-            counters(dp),
+            host.counter(&b.ns, "decapsulated"),
             s[0].peers().len(),
             s[1].peers().len(),
             [s[0].errors(), s[1].errors()].concat()

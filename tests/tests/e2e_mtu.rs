@@ -30,7 +30,7 @@ fn full_size_segments_through_an_ipip_vip_complete_by_path_mtu_discovery() {
     let topo = Topology::new(1);
     let files = LbdFiles::new();
     let _passthrough = topo.start_lb_port_passthrough();
-    let _decap = topo.start_decap();
+    let _decap = topo.start_backend_hosts();
     let b = &topo.backends[0];
     let vips = format!(
         "[[vip]]\nname = \"v4\"\naddress = \"{}\"\nport = {PORT}\nprotocol = \"tcp\"\nmode = \"ipip\"\n\

@@ -49,7 +49,7 @@ fn a_dead_backend_leaves_the_ring_and_comes_back_without_disturbing_the_others()
     let topo = Topology::new(3);
     let files = LbdFiles::new();
     let _passthrough = topo.start_lb_port_passthrough();
-    let _decap = topo.start_decap();
+    let _decap = topo.start_backend_hosts();
     let addrs: Vec<Ipv4Addr> = topo.backends.iter().map(|b| b.v4).collect();
     let lbd = topo.start_lbd(&files, &config(&addrs));
     let vip_addr = SocketAddr::new(vip(Family::V4, 1), PORT);

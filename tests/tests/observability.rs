@@ -60,7 +60,7 @@ fn stats_metrics_prometheus_and_flows() {
     let topo = Topology::new(BACKENDS);
     let files = LbdFiles::new();
     let _passthrough = topo.start_lb_port_passthrough();
-    let _decap = topo.start_decap();
+    let _decap = topo.start_backend_hosts();
     let web = vip(Family::V4, 1);
     let any = vip(Family::V4, 2);
     let addrs: Vec<String> = topo.backends.iter().map(|b| b.v4.to_string()).collect();

@@ -43,7 +43,7 @@ const MAX_FAILURES: usize = 5;
 struct World {
     servers: Vec<EchoServer>,
     lbd: Lbd,
-    _decap: Vec<lb_userspace::datapath::Datapath>,
+    _backend_hosts: Vec<lb_tests::backend_host::BackendHost>,
     _passthrough: lb_userspace::datapath::Datapath,
     files: LbdFiles,
     topo: Topology,
@@ -56,11 +56,11 @@ impl World {
         let topo = Topology::new(3);
         let files = LbdFiles::new();
         let passthrough = topo.start_lb_port_passthrough();
-        let decap = topo.start_decap();
+        let decap = topo.start_backend_hosts();
         let config = format!("{extra}{}", topo.lbd_config(&files, &vips(&addresses(&topo))));
         let lbd = Lbd::start(&topo.lb.ns, &files, &config);
         let servers = topo.backends.iter().map(|b| EchoServer::start(&b.ns, Proto::Tcp, server())).collect();
-        World { servers, lbd, _decap: decap, _passthrough: passthrough, files, topo }
+        World { servers, lbd, _backend_hosts: decap, _passthrough: passthrough, files, topo }
     }
 
     fn addresses(&self) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! The agent's state and the operations the API, SIGHUP and start-up perform on it. Every
 //! change is validated as a whole first; an invalid one leaves the running state untouched.
 pub mod flows;
+pub mod host;
 pub mod reconcile;
 pub mod start;
 mod stats;
@@ -33,6 +34,8 @@ pub enum AgentError {
     Conflict(String),
     #[error("{0}")]
     Apply(#[from] ApplyError),
+    #[error("{0}")]
+    Host(#[from] crate::host::HostError),
     #[error("saving the state to {path}: {source}")]
     Persist { path: PathBuf, source: std::io::Error },
 }
@@ -118,6 +121,9 @@ pub struct Agent {
     pub prober: Option<Prober>,
     /// Backends whose health check failed: out of their VIP's ring until they recover.
     pub down: reconcile::Down,
+    /// Forwarding and the backends' next hops (absent where lbd owns no host, e.g. in tests of
+    /// the agent alone).
+    pub host: Option<host::HostState>,
     /// The capture buffers (absent where the datapath has none, e.g. in packet tests).
     pub capturer: Option<std::sync::Arc<std::sync::Mutex<crate::capture::Capturer>>>,
 }
@@ -125,6 +131,10 @@ pub struct Agent {
 impl Agent {
     /// Makes the maps hold the desired state and saves it.
     pub fn apply(&mut self) -> Result<usize, AgentError> {
+        // What the host must provide first: a refusal (forwarding off, `check`) changes nothing.
+        if let Some(host) = &mut self.host {
+            host.prepare(&self.config)?;
+        }
         let slots = reconcile::apply(
             &mut self.datapath,
             &mut self.applied,

@@ -36,6 +36,8 @@ pub enum StartError {
     Prober(#[source] std::io::Error),
     #[error(transparent)]
     Apply(#[from] super::reconcile::ApplyError),
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
 }
 
 pub fn pin_dir(config: &Config) -> PathBuf {
@@ -50,6 +52,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         ifindexes.push(ifindex(name).ok_or_else(|| StartError::NoInterface(name.clone()))?);
     }
     let dir = pin_dir(&config);
+    crate::host::bpffs::ensure(&config.pin_path)?;
     let pinned_before = dir.join(map_names::VIPS).exists();
     let mut dp = datapath::load_pinned(config.limits.sizes(), &dir)?;
     let mut links_adopted = 0;
@@ -83,6 +86,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         started: std::time::SystemTime::now(),
         capturer: Some(std::sync::Arc::new(std::sync::Mutex::new(capturer))),
         prober: Some(prober),
+        host: Some(super::host::HostState::new(&config)?),
         down: Default::default(),
         config,
     };

@@ -10,7 +10,7 @@ use crate::{
 #[derive(Subcommand)]
 pub enum BackendCommand {
     /// List a VIP's backends: weight, drained or not, open connections (CONNECTIONS: least-conn VIPs
-    /// count them), health.
+    /// count them), health, and the next hop its packets leave by (interface, MAC, or why none).
     List { vip: String },
     /// Add a backend to a VIP.
     Add {
@@ -65,11 +65,21 @@ pub async fn run(ctx: &Ctx, cmd: BackendCommand) -> Result<(), Failure> {
                             v.health.clone(),
                             when,
                             last,
+                            v.next_hop.as_ref().map_or("-".into(), next_hop),
                         ]
                     })
                     .collect::<Vec<_>>();
                 table(
-                    &["ADDRESS", "WEIGHT", "STATE", "CONNECTIONS", "HEALTH", "CHECKED", "LAST CHECK"],
+                    &[
+                        "ADDRESS",
+                        "WEIGHT",
+                        "STATE",
+                        "CONNECTIONS",
+                        "HEALTH",
+                        "CHECKED",
+                        "LAST CHECK",
+                        "NEXT HOP",
+                    ],
                     &rows,
                 );
             })
@@ -97,4 +107,23 @@ pub async fn run(ctx: &Ctx, cmd: BackendCommand) -> Result<(), Failure> {
             ctx.done(&format!("set the weight of {address} in {vip} to {weight}"))
         }
     }
+}
+
+/// A backend's next hops in a cell: `eth0 02:00:00:00:00:11` (on-link), `eth0 via 198.18.0.1
+/// 02:...` (a gateway), one per path, or the problem.
+fn next_hop(s: &crate::host::neighbours::NextHopStatus) -> String {
+    if s.hops.is_empty() {
+        return s.problem.clone().unwrap_or_else(|| "none".into());
+    }
+    s.hops
+        .iter()
+        .map(|h| match (&h.problem, &h.mac) {
+            (Some(p), _) => p.clone(),
+            (None, mac) => {
+                let via = if h.via_gateway { format!(" via {}", h.neighbour) } else { String::new() };
+                format!("{}{via} {}", h.interface, mac.as_deref().unwrap_or("?"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -32,7 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     netlink::{
@@ -89,7 +89,7 @@ impl fmt::Display for Change {
 }
 
 /// Who made a neighbour entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Owner {
     /// There is none.
@@ -104,7 +104,7 @@ pub enum Owner {
 }
 
 /// A backend's next hops as an operator sees them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NextHopStatus {
     pub backend: IpAddr,
     /// Every path of the route towards it (several for a multipath route).
@@ -115,7 +115,7 @@ pub struct NextHopStatus {
 }
 
 /// One next hop.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HopStatus {
     pub interface: String,
     /// The neighbour: the gateway, or the backend itself when on-link.

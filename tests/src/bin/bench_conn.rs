@@ -55,7 +55,7 @@ use lb_tests::{
     bins::Running,
     lbd::LbdFiles,
     netns::{veth, Netns},
-    topology::{ethtool, mac_of, parse_mac, vip, Family, Topology, TINY},
+    topology::{ethtool, mac_of, parse_mac, vip, xdp_prog_id, Family, Topology, TINY},
     unique_name,
 };
 use lb_userspace::{
@@ -225,7 +225,7 @@ fn main() {
     let topo = Topology::new(3);
     let files = LbdFiles::new();
     let _passthrough = topo.start_lb_port_passthrough();
-    let mut decap = topo.start_decap();
+    let _backend_hosts = topo.start_backend_hosts();
     let backends: Vec<IpAddr> = topo.backends.iter().map(|b| b.addr(Family::V4)).collect();
     // VIP 1 spreads over the three backends; VIP 2 has only the first, the one the direct path
     // reaches: the same servers as the direct path, with the balancer in between.
@@ -417,12 +417,10 @@ fn main() {
     // statistics on (they stay on only while this process holds the fd; they cost every BPF
     // program two clock reads a run, so the measured rounds above ran without them).
     let balancer = balancer_prog_id(&files.pin_path.join(PIN_LAYOUT));
-    let decaps: Vec<u32> = decap
-        .iter_mut()
-        .map(|dp| {
-            let prog = datapath::program(&mut dp.ebpf, DECAP).expect("decap program");
-            prog.info().expect("decap program info").id()
-        })
+    let decaps: Vec<u32> = topo
+        .backends
+        .iter()
+        .map(|b| xdp_prog_id(&b.ns, "eth0").unwrap_or_else(|| panic!("no decap program on {}", b.port)))
         .collect();
     let stats = args.bpf_stats.then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime));
     match stats {

@@ -1,11 +1,13 @@
 //! `cargo xtask demo`: the balancer at work, told as a short story on stdout.
 //!
-//! Builds the standard topology (`lb_tests::topology`: a client, the lb and three backends in
-//! network namespaces on one bridge, the decap program on every backend), starts lbd in the lb's
-//! namespace on `examples/demo.toml` (with only its three paths moved to temporary ones), a TCP
-//! echo server on the VIP in every backend, and then, with lbctl for everything an operator does:
-//! 300 connections and their split over the backends, live stats, a drain that new connections
-//! avoid while an open one keeps working, an undrain, the teardown.
+//! Builds the standard topology (`lb_tests::topology`: a client, the lb and four backend hosts in
+//! network namespaces on one bridge, each set up by `lbd backend-host`: decap, VIPs on lo),
+//! starts lbd in the lb's namespace on `examples/demo.toml` (with only its three paths moved to
+//! temporary ones; it names three of the backends), a TCP echo server on the VIP in every
+//! backend, and then, with lbctl for everything an operator does: 300 connections and their
+//! split over the backends, live stats, a drain that new connections avoid while an open one
+//! keeps working, an undrain, the fourth backend added at run time, the teardown. Nothing on the
+//! lb is set by hand: lbd turns forwarding on and resolves the backends' next hops itself.
 //!
 //! It doubles as a smoke test: every step is checked, and a failed one ends the demo with exit
 //! status 1 and a message naming it. Everything the demo creates goes on every path (drop guards,
@@ -22,8 +24,7 @@ use std::{
 use lb_tests::{
     echo::{tcp_connect, tcp_echo, tcp_exchange, EchoServer, Proto},
     lbd::{Lbd, LbdFiles},
-    netns::Netns,
-    topology::Topology,
+    topology::{xdp_prog_id, Topology},
     TEST_PREFIX,
 };
 
@@ -31,7 +32,9 @@ use lb_tests::{
 const CONFIG: &str = "examples/demo.toml";
 /// The VIP of the config that the demo sends connections to.
 const VIP: &str = "web";
-const BACKENDS: usize = 3;
+/// Backend hosts; the config names the first CONFIGURED, the last one is added at run time.
+const BACKENDS: usize = 4;
+const CONFIGURED: usize = 3;
 /// Per step (connect, send, receive) of one exchange.
 const STEP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections before the drain, and the share each backend must get of them (a third each, by
@@ -53,6 +56,10 @@ const LIVE_DELAY: Duration = Duration::from_millis(100);
 /// Connections after the undrain, and the least share the undrained backend must get of them.
 const UNDRAIN: usize = 100;
 const MIN_SHARE_UNDRAINED: f64 = 0.15;
+/// Connections after the fourth backend is added, and the least share it must get of them (a
+/// quarter, by Maglev).
+const ADDED: usize = 100;
+const MIN_SHARE_ADDED: f64 = 0.12;
 /// Lines of lbd's log shown when a step fails.
 const LOG_TAIL: usize = 30;
 
@@ -121,7 +128,7 @@ fn run(created: &mut Created) -> Result {
     let config = std::fs::read_to_string(&config_file)
         .map_err(|e| format!("cannot read the demo's config {}: {e}", config_file.display()))?;
 
-    println!("lb demo: a client, an XDP load balancer run by lbd, and {BACKENDS} backends, each in a network namespace");
+    println!("lb demo: a client, an XDP load balancer run by lbd, and {BACKENDS} backend hosts, each in a network namespace");
     heading("1. Set-up");
     let t = Instant::now();
     // Declared in this order, dropped in the reverse one: echo servers, lbd, XDP programs, pins
@@ -132,12 +139,13 @@ fn run(created: &mut Created) -> Result {
     let files = LbdFiles::new();
     created.paths = vec![files.pin_path.clone(), files.dir.clone()];
     let passthrough = topo.start_lb_port_passthrough();
-    let decap = topo.start_decap();
+    let decap = topo.start_backend_hosts();
     std::fs::write(files.config(), own_paths(&config, &files)?)
         .map_err(|e| format!("writing {}: {e}", files.config().display()))?;
     let lbd = Lbd::start_with(&topo.lb.ns, &files, &["--on-exit", "detach"]);
     interrupted()?;
-    let prog = xdp_prog(&topo.lb.ns).ok_or("lbd is up but no XDP program is attached to the lb's eth0")?;
+    let prog = xdp_prog_id(&topo.lb.ns, "eth0")
+        .ok_or("lbd is up but no XDP program is attached to the lb's eth0")?;
 
     let vips = lbctl(&lbd, &["vip", "list"])?;
     let service = service_of(&vips)?;
@@ -156,12 +164,13 @@ fn run(created: &mut Created) -> Result {
     println!("     lb      {:<12} lbd: the balancer (XDP, native) on eth0, prog id {prog}", topo.lb.v4);
     for b in &topo.backends {
         println!(
-            "     {:<6}  {:<12} VIP on lo, decap (XDP) on eth0, TCP echo server on {service}",
+            "     {:<6}  {:<12} lbd backend-host: VIP on lo, decap (XDP) on eth0; TCP echo server on {service}",
             b.port, b.v4
         );
     }
     println!("   lbd --config {CONFIG} --on-exit detach (pin_path, api_socket, state_file moved to");
-    println!("   {} and {})", files.pin_path.display(), files.dir.display());
+    println!("   {} and {}); nothing set on the lb by hand:", files.pin_path.display(), files.dir.display());
+    println!("   lbd turned forwarding on and keeps the backends' next hops resolved (NEXT HOP below)");
     show_output(&["vip", "list"], &vips);
     show_output(&["backend", "list", VIP], &backends);
 
@@ -171,13 +180,13 @@ fn run(created: &mut Created) -> Result {
         Err(_) => e,
     })?;
 
-    heading("5. Teardown");
+    heading("6. Teardown");
     drop(servers);
     let status = lbd.process.terminate();
     if !status.success() {
         return Err(format!("lbd exited with {status} on SIGTERM\n{}", log_tail(&files)));
     }
-    if let Some(id) = xdp_prog(&topo.lb.ns) {
+    if let Some(id) = xdp_prog_id(&topo.lb.ns, "eth0") {
         return Err(format!(
             "lbd --on-exit detach stopped but program {id} is still attached to the lb's eth0"
         ));
@@ -218,7 +227,7 @@ impl Story<'_> {
         );
         println!("   served per backend (as the echo servers saw them):");
         self.print_split(&counts, None);
-        for (i, n) in counts.iter().enumerate() {
+        for (i, n) in counts.iter().enumerate().take(CONFIGURED) {
             let share = *n as f64 / SPREAD as f64;
             if !(MIN_SHARE..=MAX_SHARE).contains(&share) {
                 return Err(format!(
@@ -308,6 +317,37 @@ impl Story<'_> {
         let errors: Vec<String> = self.servers.iter().flat_map(EchoServer::errors).collect();
         if !errors.is_empty() {
             return Err(format!("the echo servers met errors: {errors:?}"));
+        }
+        println!("   stats, sampled while those connections were made:");
+        show_stats(&live, false);
+        self.add_backend()
+    }
+
+    /// The fourth backend host joins at run time: lbd resolves its next hop before the ring
+    /// names it, so the first connection it gets is forwarded.
+    fn add_backend(&self) -> Result {
+        let added = &self.topo.backends[CONFIGURED];
+        heading("5. A backend added at run time");
+        self.show(&["backend", "add", VIP, &added.v4.to_string()])?;
+        let list = self.lbctl(&["backend", "list", VIP])?;
+        show_output(&["backend", "list", VIP], &list);
+        let row = list.lines().find(|l| l.starts_with(&added.v4.to_string())).unwrap_or("");
+        if !row.contains(&added.mac) {
+            return Err(format!(
+                "lbd shows no resolved next hop ({}) for the new backend:\n{list}",
+                added.mac
+            ));
+        }
+        let (after, live) = self.with_live_stats(|| self.connections(ADDED, UNDRAIN_PACE, "added"))?;
+        let counts = self.tally(&after)?;
+        println!("   {ADDED} new connections, per backend:");
+        self.print_split(&counts, None);
+        let share = counts[CONFIGURED] as f64 / ADDED as f64;
+        if share < MIN_SHARE_ADDED {
+            return Err(format!(
+                "the added backend got {:.0}% of the new connections (expected a quarter)",
+                share * 100.0
+            ));
         }
         println!("   final stats, sampled while those connections were made:");
         show_stats(&live, true);
@@ -526,7 +566,7 @@ fn service_of(vips: &str) -> Result<SocketAddr> {
 /// The VIP's backends must be exactly the topology's backend hosts.
 fn check_backends(topo: &Topology, list: &str) -> Result {
     let listed: BTreeSet<&str> = list.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
-    let hosts: Vec<String> = topo.backends.iter().map(|b| b.v4.to_string()).collect();
+    let hosts: Vec<String> = topo.backends[..CONFIGURED].iter().map(|b| b.v4.to_string()).collect();
     let ours: BTreeSet<&str> = hosts.iter().map(String::as_str).collect();
     if listed != ours {
         return Err(format!(
@@ -548,12 +588,6 @@ fn new_flows(json: &str, address: &str) -> Result<u64> {
         flat[at..].find(key).ok_or(format!("no new_flows for {address} in:\n{json}"))? + at + key.len();
     let digits: String = flat[from..].chars().take_while(char::is_ascii_digit).collect();
     digits.parse().map_err(|e| format!("new_flows of {address} in lbctl --json stats: {e}"))
-}
-
-/// The id of the XDP program attached to `eth0` in `ns`, if any.
-fn xdp_prog(ns: &Netns) -> Option<u32> {
-    let out = ns.ip(&["link", "show", "dev", "eth0"]);
-    out.split("prog/xdp id ").nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
 /// The last lines of lbd's log, without colours.

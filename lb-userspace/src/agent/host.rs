@@ -1,0 +1,102 @@
+//! What the balancer needs from its host beyond the XDP programs, owned by lbd rather than set
+//! by hand: forwarding on the attached interfaces for the families the VIPs use (else
+//! `bpf_fib_lookup` refuses: `pass_fwd_disabled`), and every backend's next hop resolved, with or
+//! without health checks (else `pass_no_neigh`). The pins' bpffs is seen to before the maps are
+//! loaded (`start.rs`).
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, Vip},
+    host::{
+        forwarding,
+        neighbours::{Change, NextHopStatus, NextHops},
+        Family, HostError,
+    },
+};
+
+/// How long a change that brings new next hops waits for them to resolve before its rings name
+/// them: the first packet of the first connection to a new backend should find its MAC. One
+/// ARP or ND round trip on a LAN; a next hop that does not answer costs the change this much.
+const NEW_HOP_WAIT: Duration = Duration::from_secs(1);
+
+pub struct HostState {
+    interfaces: Vec<String>,
+    next_hops: NextHops,
+}
+
+impl HostState {
+    /// For `config`'s interfaces; adopts the managed neighbour entries an earlier lbd left.
+    pub fn new(config: &Config) -> Result<HostState, HostError> {
+        Ok(HostState { interfaces: config.interfaces.clone(), next_hops: NextHops::new(&config.interfaces)? })
+    }
+
+    /// Before `config`'s VIPs are applied: forwarding on for the families they use (or, with
+    /// `host.forwarding = "check"`, an error naming the sysctls to set: nothing is applied), and
+    /// their backends' next hops managed; new ones are waited for (up to a second; one that does
+    /// not resolve is logged, and its backend shows why in `lbctl backend list`).
+    pub fn prepare(&mut self, config: &Config) -> Result<(), HostError> {
+        let vips = &config.vips;
+        let families: BTreeSet<Family> = vips.iter().map(|v| Family::of(v.address)).collect();
+        for change in forwarding::ensure(&self.interfaces, &families, config.host.forwarding)? {
+            info!(%change, "turned forwarding on (bpf_fib_lookup answers only where it is on)");
+        }
+        let backends = backends(vips);
+        let added = self.sync(&backends)?;
+        if !added.is_empty() {
+            if let Err(e) = self.next_hops.wait_resolved(&added, NEW_HOP_WAIT) {
+                warn!("{e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows route changes (every few seconds): next hops of the backends of `vips`.
+    pub fn refresh(&mut self, vips: &[Vip]) -> Result<(), HostError> {
+        self.sync(&backends(vips)).map(drop)
+    }
+
+    /// A backend's next hops, or why it has none.
+    pub fn status(&self, backend: IpAddr) -> NextHopStatus {
+        self.next_hops.status(backend)
+    }
+
+    /// Removes the managed neighbour entries lbd made (`--on-exit detach`).
+    pub fn clear(&mut self) {
+        for change in self.next_hops.clear() {
+            info!(%change, "detaching");
+        }
+    }
+
+    /// Syncs the next hops of `backends`, logs each change, and returns the backends whose next
+    /// hop is new.
+    fn sync(&mut self, backends: &BTreeSet<IpAddr>) -> Result<BTreeSet<IpAddr>, HostError> {
+        let mut fresh = BTreeSet::new();
+        for change in self.next_hops.sync(backends)? {
+            match &change {
+                Change::Failed { .. } => warn!(%change, "next hop"),
+                Change::Added(e) | Change::Converted(e) => {
+                    info!(%change, "next hop");
+                    fresh.insert(e.address);
+                }
+                Change::Removed(_) => info!(%change, "next hop"),
+            }
+        }
+        // The entries are next hops (backends or gateways): wait for the backends behind them.
+        let mut waiting = BTreeSet::new();
+        if !fresh.is_empty() {
+            for &b in backends {
+                let status = self.next_hops.status(b);
+                if status.hops.iter().any(|h| fresh.contains(&h.neighbour)) {
+                    waiting.insert(b);
+                }
+            }
+        }
+        Ok(waiting)
+    }
+}
+
+fn backends(vips: &[Vip]) -> BTreeSet<IpAddr> {
+    vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect()
+}

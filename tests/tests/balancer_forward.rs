@@ -917,3 +917,24 @@ fn icmp_too_big_follows_the_flow_it_quotes() {
         fails.finish("ICMP errors");
     });
 }
+
+/// Forwarding off on the interface packets come in on: bpf_fib_lookup refuses, the packet passes
+/// unchanged, counted as such (what a host with Linux's defaults does until lbd turns it on).
+#[test]
+fn forwarding_off_on_the_ingress_interface_passes_and_says_so() {
+    let fx = Fixture::new();
+    for key in ["net.ipv4.conf.eth0.forwarding", "net.ipv6.conf.eth0.forwarding"] {
+        fx.ns.sysctl(key, "0");
+    }
+    fx.run(SIZES, |r| {
+        Net::install(r);
+        for v6 in [false, true] {
+            let f = flow("fwd_off", client(v6), 45_000, vip(v6, at::MAIN), 80, L4::TcpSyn);
+            let before = r.counter(Counter::PassFwdDisabled);
+            let out = r.run(&f.frame);
+            assert_eq!(out.verdict, Verdict::Pass, "v6 {v6}");
+            assert_eq!(out.frame, f.frame, "v6 {v6}: a passed packet was changed");
+            assert_eq!(r.counter(Counter::PassFwdDisabled), before + 1, "v6 {v6}");
+        }
+    });
+}

@@ -263,9 +263,11 @@ pub struct PlanEntry {
     pub vip: String,
     /// "add", "remove", "change" or "keep".
     pub action: String,
+    /// Slots of the new ring whose backend changes; with a new ring size, where slots do not
+    /// correspond, `share_moved × ring_size`.
     pub slots_moved: usize,
     pub ring_size: u32,
-    /// slots_moved / ring_size: the share of new flows that would pick another backend.
+    /// The share of new flows that would pick another backend (see [`maglev::share_moved`]).
     pub share_moved: f64,
     /// The VIP's scheduler after the change.
     #[serde(default)]
@@ -286,20 +288,20 @@ pub fn plan(
     for v in vips {
         let new = ring(v, &ids, down, applied.rings.get(&v.name));
         let was = applied.schedulers.get(&v.name).copied().filter(|s| *s != v.scheduler);
-        let (action, moved) = match applied.rings.get(&v.name) {
-            None => ("add", new.len()),
+        let (action, share) = match applied.rings.get(&v.name) {
+            None => ("add", 1.0),
             Some(old) => {
-                let moved = maglev::slots_moved(old, &new);
+                let share = maglev::share_moved(old, &new);
                 let same_key = applied.keys.get(&v.name) == Some(&vip_key(v));
-                (if moved == 0 && same_key && was.is_none() { "keep" } else { "change" }, moved)
+                (if share == 0.0 && same_key && was.is_none() { "keep" } else { "change" }, share)
             }
         };
         entries.push(PlanEntry {
             vip: v.name.clone(),
             action: action.into(),
-            slots_moved: moved,
+            slots_moved: (share * new.len() as f64).round() as usize,
             ring_size: v.ring_size,
-            share_moved: moved as f64 / v.ring_size as f64,
+            share_moved: share,
             scheduler: v.scheduler,
             scheduler_was: was,
         });
@@ -514,5 +516,34 @@ mod tests {
         assert_eq!(rr_sequence(&v, &ids, &all).len(), 6);
         let (v, ids) = vip(AllDown::Drop);
         assert!(rr_sequence(&v, &ids, &all).is_empty());
+    }
+
+    #[test]
+    fn a_new_ring_size_is_planned_with_the_share_of_new_flows_that_move() {
+        let (mut v, ids) = vip(AllDown::KeepLastRing);
+        v.scheduler = Scheduler::Maglev;
+        let none = Down::new();
+        let applied = Applied {
+            ids: ids.clone(),
+            rings: [("web".to_string(), ring(&v, &ids, &none, None))].into(),
+            keys: [("web".to_string(), vip_key(&v))].into(),
+            schedulers: [("web".to_string(), Scheduler::Maglev)].into(),
+            ..Applied::default()
+        };
+        let sizes = Sizes {
+            flows_per_cpu: 1024,
+            max_rings: 4,
+            ring_stride: 4099,
+            max_backends: 16,
+            flow_cache_slots: 0,
+        };
+        v.ring_size = 2003;
+        let entries = plan(&applied, &[v], &sizes, &none).expect("a plan");
+        let e = &entries[0];
+        assert_eq!((e.action.as_str(), e.ring_size), ("change", 2003), "{e:?}");
+        // Rings of unrelated sizes: a flow keeps its backend with the chance that two independent
+        // picks agree, sum of share² over weights 1:2:3 = 14/36.
+        assert!((e.share_moved - 22.0 / 36.0).abs() < 0.01, "{e:?}");
+        assert_eq!(e.slots_moved, (e.share_moved * 2003.0).round() as usize, "{e:?}");
     }
 }

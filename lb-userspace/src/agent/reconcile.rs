@@ -121,9 +121,11 @@ pub type Down = BTreeSet<(String, IpAddr)>;
 
 /// The ring a VIP should have: the full table over its configured backends, with the slots of
 /// unavailable ones (drained or down) handed out as a table over the available ones would, so
-/// that only their slots move. None drained-in: every slot empty (new flows are dropped). All
-/// of those down: the last ring stays (fail open), unless the VIP says `all_down = "drop"`.
-pub fn ring(vip: &Vip, ids: &Ids, down: &Down, last: Option<&Vec<u32>>) -> Vec<u32> {
+/// that only their slots move. None in service (drained, weight 0): every slot empty (new
+/// flows are dropped). All of those down: the ring over every backend in service, as if none
+/// were down (fail open), unless the VIP says `all_down = "drop"`. A pure function of the
+/// config and the down set: not of the order in which backends went down.
+pub fn ring(vip: &Vip, ids: &Ids, down: &Down) -> Vec<u32> {
     let members: Vec<maglev::Member> = vip
         .backends
         .iter()
@@ -142,19 +144,14 @@ pub fn ring(vip: &Vip, ids: &Ids, down: &Down, last: Option<&Vec<u32>>) -> Vec<u
     if in_service.is_empty() {
         return empty();
     }
-    if healthy.is_empty() {
-        return match (vip.all_down, last) {
-            (AllDown::Drop, _) => empty(),
-            (AllDown::KeepLastRing, Some(last)) if last.len() == vip.ring_size as usize => last.clone(),
-            // No last ring of this size: spread over every backend in service.
-            (AllDown::KeepLastRing, _) => {
-                let all: BTreeSet<u32> =
-                    in_service.iter().filter_map(|b| ids.backend(&vip.name, b.address)).collect();
-                maglev::build_available(&members, &|id| all.contains(&id), vip.ring_size)
-            }
-        };
-    }
-    maglev::build_available(&members, &|id| healthy.contains(&id), vip.ring_size)
+    let available: BTreeSet<u32> = match (healthy.is_empty(), vip.all_down) {
+        (false, _) => healthy,
+        (true, AllDown::Drop) => return empty(),
+        (true, AllDown::FailOpen) => {
+            in_service.iter().filter_map(|b| ids.backend(&vip.name, b.address)).collect()
+        }
+    };
+    maglev::build_available(&members, &|id| available.contains(&id), vip.ring_size)
 }
 
 /// The round-robin sequence a VIP should have: over the backends that take new flows (not
@@ -176,7 +173,7 @@ pub fn rr_sequence(vip: &Vip, ids: &Ids, down: &Down) -> Vec<u32> {
     let len = lb_common::limits::RR_SEQ_LEN as usize;
     match (healthy.is_empty(), vip.all_down) {
         (false, _) => schedule::round_robin(&members(&healthy), len),
-        (true, AllDown::KeepLastRing) => schedule::round_robin(&members(&in_service), len),
+        (true, AllDown::FailOpen) => schedule::round_robin(&members(&in_service), len),
         (true, AllDown::Drop) => Vec::new(),
     }
 }
@@ -286,7 +283,7 @@ pub fn plan(
     let ids = applied.ids.allocate(vips, sizes)?;
     let mut entries = Vec::new();
     for v in vips {
-        let new = ring(v, &ids, down, applied.rings.get(&v.name));
+        let new = ring(v, &ids, down);
         let was = applied.schedulers.get(&v.name).copied().filter(|s| *s != v.scheduler);
         let (action, share) = match applied.rings.get(&v.name) {
             None => ("add", 1.0),
@@ -370,7 +367,7 @@ pub fn apply(
         let id = ids.vips[&v.name];
         // A VIP that got another slot (it cannot, but a new one can reuse a freed slot) starts clean.
         let old = applied.rings.get(&v.name).filter(|_| applied.ids.vips.get(&v.name) == Some(&id));
-        let new = ring(v, &ids, down, old);
+        let new = ring(v, &ids, down);
         slots += dp.write_ring(id, old.map(Vec::as_slice), &new)?;
         applied.rings.insert(v.name.clone(), new);
         // The sequence before the VIP entry that gives its length.
@@ -500,7 +497,7 @@ mod tests {
 
     #[test]
     fn the_round_robin_sequence_covers_the_available_backends() {
-        let (mut v, ids) = vip(AllDown::KeepLastRing);
+        let (mut v, ids) = vip(AllDown::FailOpen);
         let none = Down::new();
         let seq = rr_sequence(&v, &ids, &none);
         assert_eq!((1..=3).map(|id| count(&seq, id)).collect::<Vec<_>>(), [1, 2, 3]);
@@ -511,7 +508,7 @@ mod tests {
         v.backends[2].weight = 0;
         assert_eq!(rr_sequence(&v, &ids, &none), [2]);
         // Every backend in service down: all of them (fail open), or none.
-        let (v, ids) = vip(AllDown::KeepLastRing);
+        let (v, ids) = vip(AllDown::FailOpen);
         let all: Down = v.backends.iter().map(|b| ("web".to_string(), b.address)).collect();
         assert_eq!(rr_sequence(&v, &ids, &all).len(), 6);
         let (v, ids) = vip(AllDown::Drop);
@@ -519,13 +516,31 @@ mod tests {
     }
 
     #[test]
+    fn every_backend_down_fails_open_over_every_backend_in_service() {
+        let (mut v, ids) = vip(AllDown::FailOpen);
+        v.scheduler = Scheduler::Maglev;
+        let none = Down::new();
+        let all: Down = v.backends.iter().map(|b| ("web".to_string(), b.address)).collect();
+        // Whatever order they went down in: the ring of no backend down.
+        assert_eq!(ring(&v, &ids, &all), ring(&v, &ids, &none));
+        // Drained ones stay out.
+        v.backends[0].drained = true;
+        let open = ring(&v, &ids, &all);
+        assert_eq!(open, ring(&v, &ids, &none));
+        assert_eq!(count(&open, 1), 0);
+        assert!(count(&open, 2) > 300 && count(&open, 3) > 500, "{} {}", count(&open, 2), count(&open, 3));
+        v.all_down = AllDown::Drop;
+        assert!(ring(&v, &ids, &all).iter().all(|&id| id == NO_BACKEND));
+    }
+
+    #[test]
     fn a_new_ring_size_is_planned_with_the_share_of_new_flows_that_move() {
-        let (mut v, ids) = vip(AllDown::KeepLastRing);
+        let (mut v, ids) = vip(AllDown::FailOpen);
         v.scheduler = Scheduler::Maglev;
         let none = Down::new();
         let applied = Applied {
             ids: ids.clone(),
-            rings: [("web".to_string(), ring(&v, &ids, &none, None))].into(),
+            rings: [("web".to_string(), ring(&v, &ids, &none))].into(),
             keys: [("web".to_string(), vip_key(&v))].into(),
             schedulers: [("web".to_string(), Scheduler::Maglev)].into(),
             ..Applied::default()

@@ -98,6 +98,9 @@ impl ConnectionRecount {
     }
 }
 
+/// The capture buffers; whoever holds the lock is the one capture running.
+pub type CaptureBuffers = std::sync::Arc<tokio::sync::Mutex<crate::capture::Capturer>>;
+
 pub struct Agent {
     pub datapath: Datapath,
     /// The desired state: the config as loaded, with every change made since.
@@ -115,7 +118,7 @@ pub struct Agent {
     /// Backends whose health check failed: out of their VIP's ring until they recover.
     pub down: reconcile::Down,
     /// The capture buffers (absent where the datapath has none, e.g. in packet tests).
-    pub capturer: Option<std::sync::Arc<std::sync::Mutex<crate::capture::Capturer>>>,
+    pub capturer: Option<CaptureBuffers>,
 }
 
 impl Agent {
@@ -295,26 +298,24 @@ impl Agent {
         Ok(new)
     }
 
-    /// Switches capture on for `vip` and hands out the buffers to read it from. One capture at
-    /// a time; [`Self::stop_capture`] switches it off.
-    pub fn start_capture(
-        &mut self,
-        vip: &str,
-    ) -> Result<(u32, std::sync::Arc<std::sync::Mutex<crate::capture::Capturer>>), AgentError> {
+    /// The buffers a capture reads: lock them first (one capture at a time), then
+    /// [`Self::start_capture`].
+    pub fn capture_buffers(&self) -> Result<CaptureBuffers, AgentError> {
+        self.capturer.clone().ok_or_else(|| AgentError::NotFound("this agent has no capture buffers".into()))
+    }
+
+    /// Switches capture on for `vip`; returns its id (what the buffers' samples name).
+    /// [`Self::stop_capture`] switches it off.
+    pub fn start_capture(&mut self, vip: &str) -> Result<u32, AgentError> {
         self.vip(vip)?;
         let id = self.applied.ids.vips[vip];
         if self.applied.capture_vip != 0 {
             return Err(AgentError::Conflict("a capture is already running: wait for it to finish".into()));
         }
-        let capturer = self
-            .capturer
-            .clone()
-            .ok_or_else(|| AgentError::NotFound("this agent has no capture buffers".into()))?;
-        capturer.lock().unwrap_or_else(|e| e.into_inner()).drain();
         self.applied.capture_vip = id + 1;
         reconcile::write_config(&mut self.datapath, &self.applied)?;
         info!(vip, "capture started");
-        Ok((id, capturer))
+        Ok(id)
     }
 
     /// Ends what the data plane cached per CPU (next hops, flows): lbd calls it every second,
@@ -326,6 +327,7 @@ impl Agent {
     pub fn stop_capture(&mut self) -> Result<(), AgentError> {
         self.applied.capture_vip = 0;
         reconcile::write_config(&mut self.datapath, &self.applied)?;
+        info!("capture stopped");
         Ok(())
     }
 

@@ -81,7 +81,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         adopted,
         links_adopted,
         started: std::time::SystemTime::now(),
-        capturer: Some(std::sync::Arc::new(std::sync::Mutex::new(capturer))),
+        capturer: Some(std::sync::Arc::new(tokio::sync::Mutex::new(capturer))),
         prober: Some(prober),
         down: Default::default(),
         config,

@@ -130,6 +130,12 @@ pub struct Status {
     pub started_unix: u64,
     pub vips: usize,
     pub backends: usize,
+    /// How late the event loop's 1-second tick ran at most since lbd started, and in the last
+    /// minute: what a slow operation on the loop delays health changes and signals by.
+    #[serde(default)]
+    pub event_loop_lag_max_seconds: f64,
+    #[serde(default)]
+    pub event_loop_lag_recent_max_seconds: f64,
 }
 
 async fn status(State(agent): State<Shared>) -> Json<Status> {
@@ -146,6 +152,8 @@ async fn status(State(agent): State<Shared>) -> Json<Status> {
         started_unix: a.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         vips: a.config.vips.len(),
         backends: a.config.vips.iter().map(|v| v.backends.len()).sum(),
+        event_loop_lag_max_seconds: a.loop_lag.max().as_secs_f64(),
+        event_loop_lag_recent_max_seconds: a.loop_lag.recent_max().as_secs_f64(),
     })
 }
 

@@ -1,5 +1,6 @@
 //! The agent's state and the operations the API, SIGHUP and start-up perform on it. Every
 //! change is validated as a whole first; an invalid one leaves the running state untouched.
+pub mod event_loop;
 pub mod flows;
 pub mod reconcile;
 pub mod start;
@@ -119,6 +120,11 @@ pub struct Agent {
     pub down: reconcile::Down,
     /// The capture buffers (absent where the datapath has none, e.g. in packet tests).
     pub capturer: Option<CaptureBuffers>,
+    /// Where the event loop learns when second voids of flows are due
+    /// ([`reconcile::void_again`]); `None` until it runs.
+    pub voids_due: Option<tokio::sync::mpsc::UnboundedSender<std::time::Instant>>,
+    /// How late the event loop runs.
+    pub loop_lag: std::sync::Arc<event_loop::LoopLag>,
 }
 
 impl Agent {
@@ -131,9 +137,27 @@ impl Agent {
             &self.config.vips,
             &self.down,
         )?;
+        self.schedule_voids();
         self.save()?;
         self.update_checks();
         Ok(slots)
+    }
+
+    /// Tells the event loop when the next second void of flows is due, if one is.
+    fn schedule_voids(&self) {
+        let next = self.applied.void_again.iter().map(|(at, _)| *at).min();
+        if let (Some(tx), Some(at)) = (&self.voids_due, next) {
+            // No loop any more: lbd is stopping, and voids what is due on its way out.
+            let _ = tx.send(at);
+        }
+    }
+
+    /// Voids again the flows of VIPs removed or moved at least `PACKETS_IN_FLIGHT` before `now`.
+    pub fn void_again(&mut self, now: std::time::Instant) -> Result<(), AgentError> {
+        if reconcile::void_again(&mut self.datapath, &mut self.applied, now)?.is_some() {
+            self.schedule_voids();
+        }
+        Ok(())
     }
 
     fn save(&self) -> Result<(), AgentError> {

@@ -114,6 +114,9 @@ pub struct Applied {
     pub backends: BTreeMap<u32, BackendValue>,
     /// Each VIP's scheduler as written.
     pub schedulers: BTreeMap<String, Scheduler>,
+    /// VIP ids whose flows were voided once and must be voided again once the packets then in
+    /// flight are through, each with when ([`void_again`]).
+    pub void_again: Vec<(std::time::Instant, u32)>,
 }
 
 /// Backends whose health check failed, by (VIP name, address).
@@ -209,24 +212,38 @@ fn vip_value(vip: &Vip, id: u32, dp: &Datapath, rr_len: usize) -> VipValue {
 
 /// How long a packet that read a VIP entry can still be on its way through the data plane (an
 /// XDP run takes microseconds): after it, nothing can record a flow from an entry that is gone.
-const PACKETS_IN_FLIGHT: std::time::Duration = std::time::Duration::from_millis(5);
+pub const PACKETS_IN_FLIGHT: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Voids the recorded flows of VIP `ids` (whose entries were just removed or moved), and again
-/// once the packets in flight are through: one that looked the old entry up before its removal
-/// and recorded its flow after the first void is caught by the second. The caller then moves
-/// the cache generation, for the copies of those flows in every CPU's flow cache.
-fn void_vip_flows(dp: &mut Datapath, ids: &[u32]) -> Result<(), ApplyError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
+/// Voids the recorded flows of VIP `ids` (whose entries were just removed or moved), and marks
+/// them to be voided again once the packets in flight are through ([`void_again`]): one that
+/// looked the old entry up before its removal and recorded its flow after the first void is
+/// caught by the second. The caller then moves the cache generation, for the copies of those
+/// flows in every CPU's flow cache.
+fn void_vip_flows(dp: &mut Datapath, applied: &mut Applied, ids: &[u32]) -> Result<(), ApplyError> {
+    let due = std::time::Instant::now() + PACKETS_IN_FLIGHT;
     for &id in ids {
         dp.void_vip_flows(id)?;
-    }
-    std::thread::sleep(PACKETS_IN_FLIGHT);
-    for &id in ids {
-        dp.void_vip_flows(id)?;
+        applied.void_again.push((due, id));
     }
     Ok(())
+}
+
+/// The second void of the VIP ids whose time has come (see [`void_vip_flows`]), then a move of
+/// the cache generation; the others stay marked. Returns when the next one is due.
+pub fn void_again(
+    dp: &mut Datapath,
+    applied: &mut Applied,
+    now: std::time::Instant,
+) -> Result<Option<std::time::Instant>, ApplyError> {
+    let (due, later): (Vec<_>, Vec<_>) = applied.void_again.iter().partition(|(at, _)| *at <= now);
+    applied.void_again = later;
+    for &(_, id) in &due {
+        dp.void_vip_flows(id)?;
+    }
+    if !due.is_empty() {
+        move_cache_generation(dp, applied)?;
+    }
+    Ok(applied.void_again.iter().map(|(at, _)| *at).min())
 }
 
 /// Ends everything the data plane cached per CPU (next hops, flows): it is looked up afresh.
@@ -396,8 +413,11 @@ pub fn apply(
             // Voided once every entry is written: until then the old key may still name it.
             to_void.push(id);
         } else if applied.ids.vips.get(&v.name) != Some(&id) {
-            // A fresh id: its earlier owner's flows go before this VIP records its first.
+            // A fresh id: its earlier owner's flows go before this VIP records its first. A
+            // second void still due for the earlier owner would void this VIP's flows: this
+            // one, later than the first, takes its place.
             dp.void_vip_flows(id)?;
+            applied.void_again.retain(|(_, i)| *i != id);
         }
         dp.set_vip(key, vip_value(v, id, dp, rr_len))?;
         applied.keys.insert(v.name.clone(), key);
@@ -429,7 +449,7 @@ pub fn apply(
         removed = true;
     }
     applied.ids = ids;
-    void_vip_flows(dp, &to_void)?;
+    void_vip_flows(dp, applied, &to_void)?;
     if removed {
         dp.sync_vip_filter()?;
     }
@@ -453,7 +473,7 @@ pub fn remove_unknown_vips(dp: &mut Datapath, applied: &mut Applied) -> Result<u
             ids.push(value.id);
         }
     }
-    void_vip_flows(dp, &ids)?;
+    void_vip_flows(dp, applied, &ids)?;
     dp.sync_vip_filter()?;
     move_cache_generation(dp, applied)?;
     Ok(unknown.len())

@@ -84,6 +84,8 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         capturer: Some(std::sync::Arc::new(tokio::sync::Mutex::new(capturer))),
         prober: Some(prober),
         down: Default::default(),
+        voids_due: None,
+        loop_lag: Default::default(),
         config,
     };
     match saved {

@@ -4,12 +4,12 @@ use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use lb_userspace::{agent::start, api, metrics};
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    sync::Mutex,
+use lb_userspace::{
+    agent::{event_loop, start},
+    api, metrics,
 };
-use tracing::{error, info};
+use tokio::sync::Mutex;
+use tracing::info;
 
 /// The XDP load balancer's agent.
 ///
@@ -40,21 +40,27 @@ enum OnExit {
     Detach,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
-    let (agent, mut health) = start::start(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(run(args));
+    // Walks of the flow table still running on the blocking pool are abandoned, not waited for.
+    runtime.shutdown_background();
+    result
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let signals = event_loop::Signals::install().context("installing the signal handlers")?;
+    let (agent, health) = start::start(&args.config)?;
     let socket = agent.config.api_socket.clone();
     let metrics_address = agent.config.metrics;
     let agent: api::Shared = Arc::new(Mutex::new(agent));
 
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(api::serve(socket.clone(), agent.clone(), async {
         let _ = stop_rx.await;
@@ -71,27 +77,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    // What the data plane caches per CPU expires every second: route and neighbour changes
-    // apply within a second without a FIB lookup per packet, and every active flow is seen by
-    // the flow table (so its LRU keeps it) once a second.
-    let mut caches = tokio::time::interval(std::time::Duration::from_secs(1));
-    // least-conn counts drift when connections leave without a FIN or RST the balancer saw.
-    let mut recount = tokio::time::interval(CONNECTION_RECOUNT);
-    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = recount.tick() => recount_connections(&agent).await,
-            _ = caches.tick() => {
-                if let Err(e) = agent.lock().await.refresh_caches() {
-                    error!("refreshing the data plane's caches: {e}");
-                }
-            }
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT"); break }
-            _ = term.recv() => { info!("SIGTERM"); break }
-            _ = hup.recv() => reload(&agent).await,
-            Some(event) = health.recv() => health_changed(&agent, event).await,
-        }
-    }
+    event_loop::run(agent.clone(), health, signals).await;
     let _ = stop_tx.send(());
     if let Some(m) = metrics {
         m.abort();
@@ -110,69 +96,4 @@ async fn main() -> anyhow::Result<()> {
         info!("exiting; the balancer keeps forwarding (pinned)");
     }
     Ok(())
-}
-
-/// A backend went down or came back: its VIP's ring follows; with `on_down = "reset-flows"`
-/// its flows are removed from the flow table (off the agent lock: the walk takes a while).
-async fn health_changed(agent: &api::Shared, event: lb_userspace::health::HealthEvent) {
-    let (reset, table) = {
-        let mut a = agent.lock().await;
-        match a.health_event(&event) {
-            Ok(reset) => (reset, a.datapath.flow_table()),
-            Err(e) => {
-                error!("health change of {} {} not applied: {e}", event.key.0, event.key.1);
-                return;
-            }
-        }
-    };
-    let (Some((id, what)), Ok(mut table)) = (reset, table) else { return };
-    match tokio::task::spawn_blocking(move || table.remove_backend(id)).await {
-        Ok(Ok(n)) => {
-            info!(backend = what, flows = n, "reset the flows of a down backend");
-            // Cached copies of them too.
-            if let Err(e) = agent.lock().await.refresh_caches() {
-                error!("refreshing the data plane's caches: {e}");
-            }
-        }
-        Ok(Err(e)) => error!("resetting the flows of {what}: {e}"),
-        Err(e) => error!("resetting the flows of {what}: {e}"),
-    }
-}
-
-/// How often lbd recounts the open connections of least-conn VIPs from the flow table.
-const CONNECTION_RECOUNT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Recounts the least-conn backends' open connections from the flow table (off the agent lock)
-/// and corrects the data plane's counts that drifted.
-async fn recount_connections(agent: &api::Shared) {
-    let recount = match agent.lock().await.connection_recount() {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(e) => return error!("recounting open connections: {e}"),
-    };
-    let found = match tokio::task::spawn_blocking(move || recount.run()).await {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => return error!("recounting open connections: {e}"),
-        Err(e) => return error!("recounting open connections: {e}"),
-    };
-    match agent.lock().await.correct_connections(&found) {
-        Ok(corrections) => {
-            for (vip, backend, was, now) in corrections {
-                info!(vip, %backend, was, now, "corrected a backend's count of open connections from the flow table");
-            }
-        }
-        Err(e) => error!("correcting open connections: {e}"),
-    }
-}
-
-async fn reload(agent: &api::Shared) {
-    let mut a = agent.lock().await;
-    let Some(file) = a.config_file.clone() else { return };
-    let result = std::fs::read_to_string(&file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))
-        .and_then(|text| a.apply_text(&text, &file.display().to_string()).map_err(|e| e.to_string()));
-    match result {
-        Ok(plan) => info!(file = %file.display(), vips = plan.len(), "SIGHUP: config applied"),
-        Err(e) => error!("SIGHUP: config not applied, nothing changed: {e}"),
-    }
 }

@@ -41,10 +41,14 @@ enum OnExit {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Logs go to stderr (stdout is for output), in colour only on a terminal: journald and
+    // log files get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -113,6 +113,29 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     Ok((agent, events))
 }
 
+/// Raises the soft limit on open files to the hard one, and logs it: the prober holds a socket
+/// per check in flight and the API one per client, and a service manager's default soft limit
+/// (often 1024) is reached with a few hundred backends. Returns the limits (soft before, after).
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid rlimit to write to.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: a valid rlimit; raising the soft limit up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        info!(from = before, to = limit.rlim_cur, "raised the open-file limit to its hard limit");
+    } else {
+        info!(limit = before, "open-file limit");
+    }
+    Ok((before, limit.rlim_cur))
+}
+
 fn ifindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     // SAFETY: a valid NUL-terminated string; the call only reads it.

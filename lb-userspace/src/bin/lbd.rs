@@ -60,6 +60,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let signals = event_loop::Signals::install().context("installing the signal handlers")?;
+    if let Err(e) = start::raise_open_file_limit() {
+        tracing::warn!(
+            "could not raise the open-file limit (health checks of many backends may run out): {e}"
+        );
+    }
     let (agent, health) = start::start(&args.config)?;
     let socket = agent.config.api_socket.clone();
     let metrics_address = agent.config.metrics;

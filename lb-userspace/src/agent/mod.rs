@@ -14,7 +14,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use self::stats::{BackendStats, Stats, VipStats};
 use crate::{
@@ -34,7 +34,9 @@ pub enum AgentError {
     Conflict(String),
     #[error("{0}")]
     Apply(#[from] ApplyError),
-    #[error("saving the state to {path}: {source}")]
+    #[error(
+        "cannot save the state to {path}: {source}; nothing changed (a change is saved before it is applied: check the disk and the directory of `state_file`)"
+    )]
     Persist { path: PathBuf, source: std::io::Error },
 }
 
@@ -128,19 +130,48 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Makes the maps hold the desired state and saves it.
+    /// Saves the desired state, then makes the maps hold it. The state goes first, with the ids
+    /// the maps will get (their allocation is a pure function of the state), so that a state
+    /// that cannot be saved changes nothing: the saved state never lags behind the maps. If the
+    /// maps then fail, the previous state file comes back; the caller restores its previous
+    /// desired state and applies it again ([`Self::apply_or_revert`]).
     pub fn apply(&mut self) -> Result<usize, AgentError> {
-        let slots = reconcile::apply(
+        let ids = self.applied.ids.allocate(&self.config.vips, &self.datapath.sizes)?;
+        let previous = self.saved_text()?;
+        self.save(&ids)?;
+        let slots = self.apply_maps().inspect_err(|_| {
+            if let Err(e) = self.restore_saved(previous) {
+                error!("restoring the saved state after a failed change: {e}");
+            }
+        })?;
+        Ok(slots)
+    }
+
+    fn apply_maps(&mut self) -> Result<usize, AgentError> {
+        let applied = reconcile::apply(
             &mut self.datapath,
             &mut self.applied,
             &self.config.source,
             &self.config.vips,
             &self.down,
-        )?;
+        );
         self.schedule_voids();
-        self.save()?;
+        let slots = applied?;
         self.update_checks();
         Ok(slots)
+    }
+
+    /// [`Self::apply`]; if it fails, `revert` restores the previous desired state and, when the
+    /// maps may hold part of the change, it is applied again.
+    fn apply_or_revert(&mut self, revert: impl FnOnce(&mut Self)) -> Result<usize, AgentError> {
+        self.apply().inspect_err(|e| {
+            revert(self);
+            if matches!(e, AgentError::Apply(ApplyError::Datapath(_))) {
+                if let Err(back) = self.apply() {
+                    error!("bringing the maps back to the previous state after a failed change: {back}");
+                }
+            }
+        })
     }
 
     /// Tells the event loop when the next second void of flows is due, if one is.
@@ -160,38 +191,55 @@ impl Agent {
         Ok(())
     }
 
-    fn save(&self) -> Result<(), AgentError> {
+    /// Writes the desired state with `ids`, whole or not at all (a new file renamed over the
+    /// old one once it is on disk).
+    fn save(&self, ids: &Ids) -> Result<(), AgentError> {
         let state = SavedState {
             source: self.config.source.clone(),
             vips: self.config.vips.clone(),
-            ids: self.applied.ids.clone(),
+            ids: ids.clone(),
         };
+        self.write_saved(&serde_json::to_vec_pretty(&state).expect("state serializes"))
+    }
+
+    fn write_saved(&self, bytes: &[u8]) -> Result<(), AgentError> {
+        use std::io::Write as _;
         let persist = |source| AgentError::Persist { path: self.state_file.clone(), source };
         if let Some(dir) = self.state_file.parent() {
             std::fs::create_dir_all(dir).map_err(persist)?;
         }
         let tmp = self.state_file.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&state).expect("state serializes"))
-            .map_err(persist)?;
+        let mut file = std::fs::File::create(&tmp).map_err(persist)?;
+        file.write_all(bytes).and_then(|()| file.sync_all()).map_err(persist)?;
         std::fs::rename(&tmp, &self.state_file).map_err(persist)
+    }
+
+    /// The state file as it is now (`None`: there is none).
+    fn saved_text(&self) -> Result<Option<Vec<u8>>, AgentError> {
+        match std::fs::read(&self.state_file) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(AgentError::Persist { path: self.state_file.clone(), source }),
+        }
+    }
+
+    fn restore_saved(&self, previous: Option<Vec<u8>>) -> Result<(), AgentError> {
+        match previous {
+            Some(bytes) => self.write_saved(&bytes),
+            None => std::fs::remove_file(&self.state_file)
+                .map_err(|source| AgentError::Persist { path: self.state_file.clone(), source }),
+        }
     }
 
     /// Validates `candidate` as a whole, then applies it. On any validation error nothing
     /// changes.
     fn replace(&mut self, candidate: Config, what: &str) -> Result<usize, AgentError> {
         config::check_whole(&candidate).map_err(|e| e.invalid)?;
-        // Out of ids is found by reconcile::apply before its first write.
+        // Out of ids is found before the state is saved, and so before the first write.
         let previous = std::mem::replace(&mut self.config, candidate);
-        match self.apply() {
-            Ok(slots) => {
-                info!(change = what, slots_written = slots, "applied");
-                Ok(slots)
-            }
-            Err(e) => {
-                self.config = previous;
-                Err(e)
-            }
-        }
+        let slots = self.apply_or_revert(|a| a.config = previous)?;
+        info!(change = what, slots_written = slots, "applied");
+        Ok(slots)
     }
 
     pub fn add_vip(&mut self, spec: &VipSpec) -> Result<Vip, AgentError> {
@@ -393,7 +441,17 @@ impl Agent {
         if !changed {
             return Ok(None);
         }
-        let slots = self.apply()?;
+        // The ring follows health at once. No id changes: what is saved still holds.
+        let slots = self.apply_maps().inspect_err(|_| {
+            if event.up {
+                self.down.insert(event.key.clone());
+            } else {
+                self.down.remove(&event.key);
+            }
+            if let Err(back) = self.apply_maps() {
+                error!("bringing the maps back to the previous state after a failed health change: {back}");
+            }
+        })?;
         info!(vip, backend = %address, up = event.up, reason = %event.reason, ring_slots_written = slots, "health changed");
         Ok(match self.applied.ids.backend(vip, *address) {
             Some(id) if reset => Some((id, format!("{vip} backend {address}"))),

@@ -49,8 +49,9 @@ impl Ids {
         self.backends.get(vip)?.get(&address).copied()
     }
 
-    /// Ids for `vips`: existing ones kept, new ones taken from the free slots.
-    fn allocate(&self, vips: &[Vip], sizes: &Sizes) -> Result<Ids, ApplyError> {
+    /// Ids for `vips`: existing ones kept, new ones taken from the free slots. A pure function:
+    /// [`apply`] allocates the same.
+    pub fn allocate(&self, vips: &[Vip], sizes: &Sizes) -> Result<Ids, ApplyError> {
         let mut next = Ids { next_backend: self.next_backend.max(1), ..Ids::default() };
         for v in vips {
             if let Some(&id) = self.vips.get(&v.name) {

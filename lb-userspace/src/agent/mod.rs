@@ -41,12 +41,16 @@ pub enum AgentError {
 }
 
 /// What survives an agent restart besides the maps: the desired state and the ids it was
-/// given, written after every change.
+/// given, written before every change, and the backends that were down (a restarted agent
+/// starts them down).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SavedState {
     pub source: Source,
     pub vips: Vec<Vip>,
     pub ids: Ids,
+    /// Saved by an lbd without it: none down.
+    #[serde(default)]
+    pub down: reconcile::Down,
 }
 
 impl SavedState {
@@ -198,6 +202,7 @@ impl Agent {
             source: self.config.source.clone(),
             vips: self.config.vips.clone(),
             ids: ids.clone(),
+            down: self.down.clone(),
         };
         self.write_saved(&serde_json::to_vec_pretty(&state).expect("state serializes"))
     }
@@ -453,6 +458,11 @@ impl Agent {
             }
         })?;
         info!(vip, backend = %address, up = event.up, reason = %event.reason, ring_slots_written = slots, "health changed");
+        // For a restart: saved after the ring changed (health must not wait for a disk), and
+        // only a hint (the checks correct it).
+        if let Err(e) = self.save(&self.applied.ids) {
+            warn!("health change applied but not saved: a restarted lbd starts from the health saved before: {e}");
+        }
         Ok(match self.applied.ids.backend(vip, *address) {
             Some(id) if reset => Some((id, format!("{vip} backend {address}"))),
             _ => None,

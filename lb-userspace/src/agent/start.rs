@@ -98,6 +98,8 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
             agent.config.source = state.source;
             agent.config.vips = state.vips;
             agent.applied.ids = state.ids;
+            // Down when the earlier agent stopped: down from the start, up after `rise` checks.
+            agent.down = state.down;
         }
         None if pinned_before => {
             warn!(state_file = %agent.state_file.display(), "pinned maps found but no saved state: starting from the config file")
@@ -105,6 +107,9 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         None => {}
     }
     let slots = agent.apply()?;
+    if let Some(prober) = &agent.prober {
+        prober.start_down(&agent.down);
+    }
     let unknown = super::reconcile::remove_unknown_vips(&mut agent.datapath, &mut agent.applied)?;
     if unknown > 0 {
         warn!(entries = unknown, "removed VIP entries that no saved state accounts for");

@@ -259,6 +259,18 @@ impl Prober {
         Running { addr, spec, shared, task }
     }
 
+    /// Marks targets down (without an event), as a restarted agent found them: they come back
+    /// after `rise` good checks.
+    pub fn start_down<'a>(&self, keys: impl IntoIterator<Item = &'a TargetKey>) {
+        for key in keys {
+            if let Some(running) = self.targets.get(key).filter(|r| r.task.is_some()) {
+                let mut s = lock(&running.shared);
+                s.state = HealthState::new(false);
+                s.status.up = false;
+            }
+        }
+    }
+
     /// Every target's health, by key.
     pub fn status(&self) -> Vec<(TargetKey, TargetStatus)> {
         let mut all: Vec<_> =
@@ -584,6 +596,19 @@ mod tests {
         );
         let keys: Vec<_> = prober.status().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, [good.key]);
+    }
+
+    #[tokio::test]
+    async fn a_target_started_down_comes_up_after_rise_good_checks() {
+        let server = servers::Tcp::start().await;
+        let (mut prober, mut events) = Prober::new();
+        let t = target("restarted", server.port, CheckKind::Tcp, 100, 2, 3);
+        prober.set_targets(vec![t.clone()]).unwrap();
+        prober.start_down([&t.key]);
+        assert!(!prober.status_of(&t.key).unwrap().up);
+        let up = next_event(&mut events, 2000 * MS).await;
+        assert!(up.up && up.reason.starts_with("2 consecutive successes"), "{up:?}");
+        assert!(prober.status_of(&t.key).unwrap().checks >= 2);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! change is validated as a whole first; an invalid one leaves the running state untouched.
 pub mod event_loop;
 pub mod flows;
+pub mod pin_lock;
 pub mod reconcile;
 pub mod start;
 mod stats;
@@ -131,6 +132,8 @@ pub struct Agent {
     pub voids_due: Option<tokio::sync::mpsc::UnboundedSender<std::time::Instant>>,
     /// How late the event loop runs.
     pub loop_lag: std::sync::Arc<event_loop::LoopLag>,
+    /// This agent's hold on the pins, as long as it lives.
+    pub pin_lock: pin_lock::PinLock,
 }
 
 impl Agent {

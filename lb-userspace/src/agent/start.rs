@@ -36,6 +36,8 @@ pub enum StartError {
     Prober(#[source] std::io::Error),
     #[error(transparent)]
     Apply(#[from] super::reconcile::ApplyError),
+    #[error(transparent)]
+    Locked(#[from] super::pin_lock::PinLockError),
 }
 
 pub fn pin_dir(config: &Config) -> PathBuf {
@@ -45,6 +47,8 @@ pub fn pin_dir(config: &Config) -> PathBuf {
 /// Starts the agent; the health events it must be given back (see [`Agent::health_event`]).
 pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     let config = config::load(config_file)?;
+    // Before anything is touched: pins, links, the API socket, the saved state.
+    let pin_lock = super::pin_lock::PinLock::acquire(&config.pin_path)?;
     let mut ifindexes = Vec::new();
     for name in &config.interfaces {
         ifindexes.push(ifindex(name).ok_or_else(|| StartError::NoInterface(name.clone()))?);
@@ -86,6 +90,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         down: Default::default(),
         voids_due: None,
         loop_lag: Default::default(),
+        pin_lock,
         config,
     };
     match saved {

@@ -55,7 +55,10 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     }
     let dir = pin_dir(&config);
     let pinned_before = dir.join(map_names::VIPS).exists();
-    let mut dp = datapath::load_pinned(config.limits.sizes(), &dir)?;
+    let mut dp = {
+        let _held = SignalsHeld::new();
+        datapath::load_pinned(config.limits.sizes(), &dir)?
+    };
     let mut links_adopted = 0;
     for name in &config.interfaces {
         if dp.attach_pinned(name, config.xdp_mode.into())? {
@@ -144,6 +147,37 @@ pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
         info!(limit = before, "open-file limit");
     }
     Ok((before, limit.rlim_cur))
+}
+
+/// Holds SIGHUP, SIGTERM and SIGINT pending on this thread while it lives: the kernel's
+/// verifier gives a program load up (`EAGAIN`) when a signal arrives during it, and lbd, whose
+/// handlers are installed before it starts, answers them once the programs are loaded.
+struct SignalsHeld {
+    before: libc::sigset_t,
+}
+
+impl SignalsHeld {
+    fn new() -> SignalsHeld {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the calls only
+        // touch the sets given and this thread's mask.
+        unsafe {
+            let mut held: libc::sigset_t = std::mem::zeroed();
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut held);
+            for signal in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+                libc::sigaddset(&mut held, signal);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &held, &mut before);
+            SignalsHeld { before }
+        }
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.before, std::ptr::null_mut()) };
+    }
 }
 
 fn ifindex(name: &str) -> Option<u32> {

@@ -41,6 +41,10 @@ enum OnExit {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A SIGHUP before the handlers are installed (a config deploy signalling an lbd that is just
+    // starting) must not kill lbd by its default action: ignored until `run` installs them.
+    // SAFETY: setting a signal's disposition to SIG_IGN touches no memory.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     // Logs go to stderr (stdout is for output), in colour only on a terminal: journald and
     // log files get plain text.
     tracing_subscriber::fmt()
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // First: signals during the start are held for the loop (see start::start).
     let signals = event_loop::Signals::install().context("installing the signal handlers")?;
     if let Err(e) = start::raise_open_file_limit() {
         tracing::warn!(

@@ -1,0 +1,88 @@
+//! lbd's start: signals during it, a socket it cannot bind, interfaces left from an earlier
+//! config.
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    bins::{self, Running},
+    lbd::{lb_namespace, lbctl, LbdFiles},
+};
+
+/// Whether `pid` catches or ignores SIGHUP (`SigCgt`, `SigIgn` in /proc/PID/status).
+fn handles_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().filter(|l| l.starts_with("SigCgt:") || l.starts_with("SigIgn:")).any(|l| {
+        let mask = u64::from_str_radix(l.split_whitespace().nth(1).unwrap_or("0"), 16).unwrap_or(0);
+        mask & (1 << (libc::SIGHUP - 1)) != 0
+    })
+}
+
+fn is_lbd(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("lbd"))
+}
+
+/// A config deploy that signals lbd while it starts (slow: the programs load, the maps are
+/// reconciled) must not kill it: SIGHUP's default action is to terminate.
+#[test]
+fn sighup_during_start_does_not_kill_lbd() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let vip = "[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\n\
+               [[vip.backend]]\naddress = \"198.18.0.11\"\n";
+    std::fs::write(files.config(), format!("{}{vip}", files.header(&["eth0"], "198.18.0.2", "fd00::2")))
+        .unwrap();
+    for attempt in 1..=3 {
+        let _ = std::fs::remove_file(files.socket());
+        let log = files.dir.join(format!("start-{attempt}.log"));
+        let mut lbd = Running::spawn(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", ns.name()))
+                .arg(bins::path("lbd"))
+                .arg("--config")
+                .arg(files.config())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
+        let pid = lbd.child.id();
+        // nsenter becomes lbd; from then on lbd's own code runs. Signals start as soon as lbd
+        // says it handles SIGHUP, or 100 ms into its run (its start takes longer) if it never does.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_lbd(pid) {
+            assert!(Instant::now() < deadline, "nsenter did not become lbd");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let running = Instant::now();
+        while !handles_sighup(pid) && running.elapsed() < Duration::from_millis(100) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sent = 0;
+        while !lbctl(&files.socket(), &["status"]).status.success() {
+            if let Some(status) = lbd.child.try_wait().unwrap() {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!(
+                    "attempt {attempt}: lbd died ({status}) after {sent} SIGHUPs during its start:\n{said}"
+                );
+            }
+            assert!(Instant::now() < deadline, "attempt {attempt}: lbd's API did not come up");
+            // SAFETY: kill with our child's pid (not reaped) and a valid signal.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(sent > 0, "attempt {attempt}: no SIGHUP was sent during the start");
+        // The SIGHUPs held during the start are answered once it is done.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("SIGHUP: config applied") {
+            assert!(
+                Instant::now() < deadline,
+                "attempt {attempt}: the SIGHUPs sent during the start were not answered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = lbd.terminate();
+        assert!(status.success(), "attempt {attempt}: lbd exited with {status}");
+    }
+}

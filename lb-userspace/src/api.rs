@@ -46,19 +46,41 @@ pub fn router(agent: Shared) -> Router {
         .with_state(agent)
 }
 
-/// Serves until `shutdown` completes. Replaces a stale socket file; the socket is root-only.
+/// Why the API socket cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another process answers on {}: stop it (another lbd?), or give this one another api_socket", .0.display())]
+    Taken(std::path::PathBuf),
+    #[error("cannot serve the control API on {}: {source}", .path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Binds the API socket (root-only), replacing a stale socket file but never one that another
+/// process still answers on.
+pub fn bind(socket: &std::path::Path) -> Result<tokio::net::UnixListener, BindError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |source| BindError::Io { path: socket.to_owned(), source };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(BindError::Taken(socket.to_owned()));
+    }
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(socket).map_err(io)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves on `listener` (see [`bind`]) until `shutdown` completes.
 pub async fn serve(
-    socket: std::path::PathBuf,
+    listener: tokio::net::UnixListener,
     agent: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket)?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     axum::serve(listener, router(agent)).with_graceful_shutdown(shutdown).await
 }
 

@@ -86,3 +86,63 @@ fn sighup_during_start_does_not_kill_lbd() {
         assert!(status.success(), "attempt {attempt}: lbd exited with {status}");
     }
 }
+
+/// Runs lbd on `files`' config until it exits (at most 10 s): its exit status and stderr.
+fn run_until_exit(
+    ns: &lb_tests::netns::Netns,
+    files: &LbdFiles,
+) -> (Option<std::process::ExitStatus>, String) {
+    let log = files.dir.join("exit.log");
+    let mut lbd = Running::spawn(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(bins::path("lbd"))
+            .arg("--config")
+            .arg(files.config())
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = lbd.child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// A control API that cannot be served (its directory is a file, another process answers on
+/// the socket) is a clear error and a non-zero exit, never a log saying it listens.
+#[test]
+fn an_api_socket_that_cannot_be_bound_stops_lbd_with_an_error() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+
+    let blocked = files.dir.join("not-a-dir");
+    std::fs::write(&blocked, "a file").unwrap();
+    let socket = blocked.join("lbd.sock");
+    let config = header.replace(&files.socket().display().to_string(), &socket.display().to_string());
+    std::fs::write(files.config(), &config).unwrap();
+    let (status, said) = run_until_exit(&ns, &files);
+    let status =
+        status.unwrap_or_else(|| panic!("lbd runs without its API on {}:\n{said}", socket.display()));
+    assert!(!status.success(), "lbd exited with {status} without its API:\n{said}");
+    assert!(said.contains(&socket.display().to_string()), "the error does not name the socket:\n{said}");
+    assert!(!said.contains("control API listening"), "lbd said it listens:\n{said}");
+
+    // Another process answers on the socket: it is not taken from it.
+    let socket = files.dir.join("taken.sock");
+    let _other = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let config = header.replace(&files.socket().display().to_string(), &socket.display().to_string());
+    std::fs::write(files.config(), &config).unwrap();
+    let (status, said) = run_until_exit(&ns, &files);
+    let status = status.unwrap_or_else(|| panic!("lbd took the socket of another process:\n{said}"));
+    assert!(!status.success() && said.contains("answers on"), "lbd exited with {status}:\n{said}");
+    assert!(socket.exists(), "lbd removed the socket another process serves");
+}

@@ -75,11 +75,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics_address = agent.config.metrics;
     let agent: api::Shared = Arc::new(Mutex::new(agent));
 
+    // A control API that cannot be served stops lbd here (forwarding goes on: it is pinned).
+    let listener = api::bind(&socket)?;
+    info!(socket = %socket.display(), "control API listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(socket.clone(), agent.clone(), async {
+    let server = tokio::spawn(api::serve(listener, agent.clone(), async {
         let _ = stop_rx.await;
     }));
-    info!(socket = %socket.display(), "control API listening");
     // Prometheus metrics; a taken address stops lbd here (forwarding goes on: it is pinned).
     let metrics = match metrics_address {
         Some(address) => {

@@ -146,3 +146,29 @@ fn an_api_socket_that_cannot_be_bound_stops_lbd_with_an_error() {
     assert!(!status.success() && said.contains("answers on"), "lbd exited with {status}:\n{said}");
     assert!(socket.exists(), "lbd removed the socket another process serves");
 }
+
+/// Whether an XDP program is attached to `interface` in `ns`.
+fn xdp_attached(ns: &lb_tests::netns::Netns, interface: &str) -> bool {
+    ns.ip(&["-d", "link", "show", "dev", interface]).contains("xdp")
+}
+
+/// An interface taken out of `interfaces` is detached at the next start: its pinned link would
+/// otherwise keep the balancer on it, with maps no lbd updates for it.
+#[test]
+fn a_restart_without_an_interface_detaches_the_balancer_from_it() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let lbd =
+        lb_tests::lbd::Lbd::start(&ns, &files, &files.header(&["eth0", "eth1"], "198.18.0.2", "fd00::2"));
+    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    assert!(pins.join("link_eth1").exists() && xdp_attached(&ns, "eth1"), "eth1 is not attached at first");
+    lbd.process.terminate();
+
+    let lbd = lb_tests::lbd::Lbd::start(&ns, &files, &files.header(&["eth0"], "198.18.0.2", "fd00::2"));
+    assert!(!pins.join("link_eth1").exists(), "the link of eth1, no longer configured, is still pinned");
+    assert!(!xdp_attached(&ns, "eth1"), "the balancer is still attached to eth1");
+    assert!(pins.join("link_eth0").exists() && xdp_attached(&ns, "eth0"), "eth0 lost its balancer");
+    let log = std::fs::read_to_string(files.dir.join("lbd.log")).unwrap();
+    assert!(log.contains("eth1"), "lbd did not log detaching eth1:\n{log}");
+    drop(lbd);
+}

@@ -69,6 +69,12 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     for i in ifindexes {
         dp.add_tx_port(i)?;
     }
+    // An interface taken out of the config keeps forwarding through its pinned link, with maps
+    // that nothing updates for it any more: unpinned, the link goes and detaches.
+    for name in dp.pinned_links()?.into_iter().filter(|name| !config.interfaces.contains(name)) {
+        dp.unpin_link(&name)?;
+        info!(interface = name, "balancer detached: the interface is no longer in `interfaces`");
+    }
     let capturer = crate::capture::Capturer::open(&mut dp)?;
     let (prober, events) = Prober::on_own_thread().map_err(StartError::Prober)?;
     let saved = if pinned_before {

@@ -39,6 +39,11 @@ fn a_restarted_lbd_starts_the_down_backends_down() {
     let in_ring = || map_snapshot(&pins, RING).rings.iter().filter(|&&id| id == dead).count();
     assert!(in_ring() > 0, "198.18.0.11 starts in the ring");
     wait_for("198.18.0.11 out of the ring", Duration::from_secs(5), || in_ring() == 0);
+    // Saved just after the ring changed.
+    let down = ("web".to_string(), "198.18.0.11".parse().unwrap());
+    wait_for("198.18.0.11 saved as down", Duration::from_secs(2), || {
+        SavedState::read(&files.dir.join("state.json")).unwrap().is_some_and(|s| s.down.contains(&down))
+    });
     lbd.kill();
 
     let lbd = Lbd::start_with(&ns, &files, &[]);

@@ -1,6 +1,12 @@
 //! The control API: HTTP/JSON on a Unix socket (mode 0600: root only by default), so that
 //! `lbctl` and `curl --unix-socket` both work. Every route maps onto one [`Agent`] operation.
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use axum::{
     extract::{Path as UrlPath, State},
@@ -40,19 +46,41 @@ pub fn router(agent: Shared) -> Router {
         .with_state(agent)
 }
 
-/// Serves until `shutdown` completes. Replaces a stale socket file; the socket is root-only.
+/// Why the API socket cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another process answers on {}: stop it (another lbd?), or give this one another api_socket", .0.display())]
+    Taken(std::path::PathBuf),
+    #[error("cannot serve the control API on {}: {source}", .path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Binds the API socket (root-only), replacing a stale socket file but never one that another
+/// process still answers on.
+pub fn bind(socket: &std::path::Path) -> Result<tokio::net::UnixListener, BindError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |source| BindError::Io { path: socket.to_owned(), source };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(BindError::Taken(socket.to_owned()));
+    }
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(socket).map_err(io)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves on `listener` (see [`bind`]) until `shutdown` completes.
 pub async fn serve(
-    socket: std::path::PathBuf,
+    listener: tokio::net::UnixListener,
     agent: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket)?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     axum::serve(listener, router(agent)).with_graceful_shutdown(shutdown).await
 }
 
@@ -128,6 +156,12 @@ pub struct Status {
     pub started_unix: u64,
     pub vips: usize,
     pub backends: usize,
+    /// How late the event loop's 1-second tick ran at most since lbd started, and in the last
+    /// minute: what a slow operation on the loop delays health changes and signals by.
+    #[serde(default)]
+    pub event_loop_lag_max_seconds: f64,
+    #[serde(default)]
+    pub event_loop_lag_recent_max_seconds: f64,
 }
 
 async fn status(State(agent): State<Shared>) -> Json<Status> {
@@ -144,6 +178,8 @@ async fn status(State(agent): State<Shared>) -> Json<Status> {
         started_unix: a.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         vips: a.config.vips.len(),
         backends: a.config.vips.iter().map(|v| v.backends.len()).sum(),
+        event_loop_lag_max_seconds: a.loop_lag.max().as_secs_f64(),
+        event_loop_lag_recent_max_seconds: a.loop_lag.recent_max().as_secs_f64(),
     })
 }
 
@@ -342,6 +378,45 @@ fn default_capture_timeout_ms() -> u64 {
     10_000
 }
 
+/// Capture switched on for as long as it lives: dropped before [`CaptureOn::stop`] (the
+/// client went away, and the handler with it), it ends the collection and switches capture off.
+struct CaptureOn {
+    agent: Shared,
+    vip: u32,
+    cancel: Arc<AtomicBool>,
+    on: bool,
+}
+
+impl CaptureOn {
+    async fn start(agent: &Shared, vip: &str) -> Result<CaptureOn, AgentError> {
+        let vip = agent.lock().await.start_capture(vip)?;
+        Ok(CaptureOn { agent: agent.clone(), vip, cancel: Arc::default(), on: true })
+    }
+
+    async fn stop(mut self) -> Result<(), AgentError> {
+        self.on = false;
+        self.cancel.store(true, Ordering::Relaxed);
+        self.agent.lock().await.stop_capture()
+    }
+}
+
+impl Drop for CaptureOn {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        if !self.on {
+            return;
+        }
+        let agent = self.agent.clone();
+        // Dropped inside the runtime (with the handler's future): the agent lock is async.
+        tokio::spawn(async move {
+            tracing::info!("the capture's client went away");
+            if let Err(e) = agent.lock().await.stop_capture() {
+                tracing::error!("switching capture off: {e}");
+            }
+        });
+    }
+}
+
 /// Answers a pcap file; `x-captured-packets` says how many packets it holds (fewer than asked
 /// if the timeout came first) and `x-lost-samples` what the kernel could not deliver.
 async fn capture(State(agent): State<Shared>, Body(req): Body<CaptureRequest>) -> Result<Response, ApiError> {
@@ -351,14 +426,20 @@ async fn capture(State(agent): State<Shared>, Body(req): Body<CaptureRequest>) -
             "count must be 1 to 10000 and timeout_ms 1 to 60000".into(),
         ));
     }
-    let (vip, capturer) = agent.lock().await.start_capture(&req.vip)?;
+    let buffers = agent.lock().await.capture_buffers()?;
+    // One capture at a time. One whose client went away lets go of the buffers within
+    // CANCEL_LATENCY: a capture started right after it waits for that, not for a 409.
+    let mut buffers = tokio::time::timeout(4 * crate::capture::CANCEL_LATENCY, buffers.lock_owned())
+        .await
+        .map_err(|_| AgentError::Conflict("a capture is already running: wait for it to finish".into()))?;
+    buffers.drain();
+    let on = CaptureOn::start(&agent, &req.vip).await?;
+    let (vip, cancel) = (on.vip, on.cancel.clone());
     let timeout = std::time::Duration::from_millis(req.timeout_ms);
     let count = req.count;
-    let collected = tokio::task::spawn_blocking(move || {
-        capturer.lock().unwrap_or_else(|e| e.into_inner()).collect(vip, count, timeout)
-    })
-    .await;
-    agent.lock().await.stop_capture()?;
+    // If the client goes away here, axum drops this future and `on` with it.
+    let collected = tokio::task::spawn_blocking(move || buffers.collect(vip, count, timeout, &cancel)).await;
+    on.stop().await?;
     let (packets, lost) =
         collected.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("capture failed: {e}")))?;
     let captured = packets.iter().filter(|p| !p.after).count();

@@ -2,6 +2,7 @@
 //! agent has capture switched on, and writes a pcap file readable by `tcpdump -r`.
 use std::{
     os::fd::AsRawFd,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -12,6 +13,9 @@ use aya::maps::{
 use lb_common::{map_names, CaptureMeta, CAPTURE_BEFORE};
 
 use crate::datapath::{Datapath, DatapathError};
+
+/// How long [`Capturer::collect`] takes at most to see that it was cancelled.
+pub const CANCEL_LATENCY: Duration = Duration::from_millis(50);
 
 /// One copy of a frame, before (`after == false`) or after the rewrite.
 pub struct Captured {
@@ -48,15 +52,22 @@ impl Capturer {
     }
 
     /// Collects the copies of `packets` packets of VIP `vip` (each before and after its
-    /// rewrite), or what arrived before `timeout`. Returns them and the count the kernel lost.
-    pub fn collect(&mut self, vip: u32, packets: usize, timeout: Duration) -> (Vec<Captured>, u64) {
+    /// rewrite), or what arrived before `timeout` or before `cancel` is set (seen within
+    /// [`CANCEL_LATENCY`]). Returns them and the count the kernel lost.
+    pub fn collect(
+        &mut self,
+        vip: u32,
+        packets: usize,
+        timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> (Vec<Captured>, u64) {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         let mut lost = 0;
         let wanted = packets * 2;
         while out.len() < wanted {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || cancel.load(Ordering::Relaxed) {
                 break;
             }
             let mut fds: Vec<libc::pollfd> = self
@@ -64,7 +75,7 @@ impl Capturer {
                 .iter()
                 .map(|b| libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 })
                 .collect();
-            let ms = left.as_millis().min(200) as libc::c_int;
+            let ms = left.min(CANCEL_LATENCY).as_millis() as libc::c_int;
             // SAFETY: valid pollfds that outlive the call.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
             for b in &mut self.buffers {

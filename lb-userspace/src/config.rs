@@ -164,10 +164,14 @@ pub struct VipSpec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum AllDown {
-    /// Keep the last ring (fail open): a health check that fails everywhere at once is more
-    /// likely broken itself, or the network towards the checks, than every backend dead.
+    /// Fail open: new flows spread over every backend in service (not drained, weight > 0), as
+    /// if none were down. A health check that fails everywhere at once is more likely broken
+    /// itself, or the network towards the checks, than every backend dead. `keep-last-ring` is
+    /// the older spelling.
     #[default]
-    KeepLastRing,
+    #[serde(alias = "keep-last-ring")]
+    #[value(alias = "keep-last-ring")]
+    FailOpen,
     /// Drop new flows (fail closed).
     Drop,
 }
@@ -751,6 +755,22 @@ mod tests {
         old.scheduler = Scheduler::Maglev;
         old.normalize();
         assert_eq!(old.scheduler, Scheduler::SourceHash);
+    }
+
+    #[test]
+    fn all_down_is_fail_open_by_default_and_by_its_older_name() {
+        let all_down =
+            |extra: &str| vip(&format!("protocol = \"tcp\"\n{extra}"), 3).unwrap().vips[0].all_down;
+        assert_eq!(all_down(""), AllDown::FailOpen);
+        assert_eq!(all_down("all_down = \"fail-open\""), AllDown::FailOpen);
+        assert_eq!(all_down("all_down = \"keep-last-ring\""), AllDown::FailOpen);
+        assert_eq!(all_down("all_down = \"drop\""), AllDown::Drop);
+        // A state saved by an earlier lbd.
+        let saved: AllDown = serde_json::from_str("\"keep-last-ring\"").unwrap();
+        assert_eq!(
+            (saved, serde_json::to_string(&saved).unwrap().as_str()),
+            (AllDown::FailOpen, "\"fail-open\"")
+        );
     }
 
     #[test]

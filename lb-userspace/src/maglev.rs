@@ -157,6 +157,36 @@ pub fn slots_moved(old: &[u32], new: &[u32]) -> usize {
     old.iter().zip(new).filter(|(a, b)| a != b).count()
 }
 
+/// The share of new flows that pick another backend in `new` than in `old` (a flow of hash `h`
+/// takes slot `h mod len` of a table).
+///
+/// Tables of one size: the share of slots that differ. Tables of two sizes (distinct primes, as
+/// every table size is): for a uniform hash, `(h mod |old|, h mod |new|)` is uniform over every
+/// pair of slots (Chinese remainder theorem, exact over any multiple of `|old| × |new|` hashes),
+/// so a flow keeps its backend with the chance that two independent picks agree:
+/// `sum over backends of old share × new share`. A new size moves most flows whatever the
+/// backends: with three equal backends, two thirds.
+pub fn share_moved(old: &[u32], new: &[u32]) -> f64 {
+    if old.len() == new.len() {
+        return if new.is_empty() { 0.0 } else { slots_moved(old, new) as f64 / new.len() as f64 };
+    }
+    if old.is_empty() || new.is_empty() {
+        return 1.0;
+    }
+    let mut old_slots: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for &id in old {
+        *old_slots.entry(id).or_default() += 1;
+    }
+    let mut kept = 0u128;
+    for &id in new {
+        // A slot with no backend is no flow kept.
+        if id != NO_BACKEND {
+            kept += old_slots.get(&id).copied().unwrap_or(0) as u128;
+        }
+    }
+    1.0 - kept as f64 / (old.len() as f64 * new.len() as f64)
+}
+
 /// Indices of the members of positive weight, in turn order (by key; weight and id break ties
 /// between members that share an address, which they should not).
 fn turn_order(members: &[Member]) -> Vec<usize> {
@@ -706,6 +736,24 @@ mod tests {
     fn slots_moved_counts_the_slots_that_differ() {
         assert_eq!(slots_moved(&[1, 2, 3, 4], &[1, 3, 3, 0]), 2);
         assert_eq!(slots_moved(&[], &[]), 0);
+    }
+
+    #[test]
+    fn the_share_moved_between_sizes_is_what_every_hash_sees() {
+        let m = members(&[1, 2, 3, 1]);
+        let (a, b) = (1009, 1013);
+        let (old, new) = (build(&m, a), build(&m, b));
+        // Every hash of a full period of both sizes, by brute force.
+        let period = a as usize * b as usize;
+        let moved = (0..period).filter(|h| old[h % a as usize] != new[h % b as usize]).count();
+        let share = share_moved(&old, &new);
+        assert!((share - moved as f64 / period as f64).abs() < 1e-12, "{share} vs {moved}/{period}");
+        // One size: the share of slots that differ.
+        let mut changed = old.clone();
+        changed[..10].fill(NO_BACKEND);
+        let differ = old[..10].iter().filter(|&&id| id != NO_BACKEND).count();
+        assert_eq!(share_moved(&old, &changed), differ as f64 / a as f64);
+        assert_eq!(share_moved(&old, &old), 0.0);
     }
 
     #[test]

@@ -87,6 +87,20 @@ pub const START_TIME: Family = Family {
     labels: &[],
     help: "When lbd started, in seconds since the Unix epoch",
 };
+pub const LOOP_LAG_MAX: Family = Family {
+    name: "lbd_event_loop_lag_max",
+    unit: Some("seconds"),
+    kind: MetricType::Gauge,
+    labels: &[],
+    help: "How late lbd's event loop ran its 1-second tick at most since lbd started (health changes and signals wait as long)",
+};
+pub const LOOP_LAG_RECENT: Family = Family {
+    name: "lbd_event_loop_lag_recent_max",
+    unit: Some("seconds"),
+    kind: MetricType::Gauge,
+    labels: &[],
+    help: "How late lbd's event loop ran its 1-second tick at most in the last minute",
+};
 pub const VIP_PACKETS: Family = Family {
     name: "lb_vip_packets",
     unit: None,
@@ -173,9 +187,11 @@ pub const DATAPATH_EVENTS: Family = Family {
 };
 
 /// Every family, in the order a scrape gives them.
-pub const FAMILIES: [Family; 14] = [
+pub const FAMILIES: [Family; 16] = [
     INFO,
     START_TIME,
+    LOOP_LAG_MAX,
+    LOOP_LAG_RECENT,
     VIP_PACKETS,
     VIP_BYTES,
     VIP_NEW_FLOWS,
@@ -209,6 +225,8 @@ pub fn verdict(counter: Counter) -> Option<(&'static str, &'static str)> {
 pub struct Snapshot {
     pub version: &'static str,
     pub started_unix: f64,
+    pub loop_lag_max: f64,
+    pub loop_lag_recent_max: f64,
     pub counters: Vec<(Counter, u64)>,
     pub stats: Stats,
 }
@@ -223,6 +241,8 @@ impl Snapshot {
         Ok(Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             started_unix: agent.started.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            loop_lag_max: agent.loop_lag.max().as_secs_f64(),
+            loop_lag_recent_max: agent.loop_lag.recent_max().as_secs_f64(),
             counters,
             stats: agent.stats().map_err(|e| e.to_string())?,
         })
@@ -263,13 +283,14 @@ impl Collector for Snapshot {
         let unit = INFO.unit();
         e.encode_descriptor(INFO.name, INFO.help, unit.as_ref(), INFO.kind)?
             .encode_info(&[(INFO.labels[0], self.version)])?;
-        let unit = START_TIME.unit();
-        ConstGauge::new(self.started_unix).encode(e.encode_descriptor(
-            START_TIME.name,
-            START_TIME.help,
-            unit.as_ref(),
-            START_TIME.kind,
-        )?)?;
+        for (f, value) in [
+            (START_TIME, self.started_unix),
+            (LOOP_LAG_MAX, self.loop_lag_max),
+            (LOOP_LAG_RECENT, self.loop_lag_recent_max),
+        ] {
+            let unit = f.unit();
+            ConstGauge::new(value).encode(e.encode_descriptor(f.name, f.help, unit.as_ref(), f.kind)?)?;
+        }
 
         let vips = &self.stats.vips;
         family(&mut e, &VIP_PACKETS, vips.iter().map(|v| (vip(v), v.packets)), counter)?;
@@ -399,6 +420,8 @@ mod tests {
         Snapshot {
             version: "1.2.3",
             started_unix: 1_700_000_000.5,
+            loop_lag_max: 0.25,
+            loop_lag_recent_max: 0.0015,
             counters: Counter::ALL.iter().map(|&c| (c, 1000 + c.index() as u64)).collect(),
             stats: Stats {
                 counters: Vec::new(),
@@ -457,6 +480,8 @@ mod tests {
             "lbd_info{version=\"1.2.3\"} 1",
             "# TYPE lbd_start_time_seconds gauge",
             "lbd_start_time_seconds 1700000000.5",
+            "lbd_event_loop_lag_max_seconds 0.25",
+            "lbd_event_loop_lag_recent_max_seconds 0.0015",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }

@@ -89,10 +89,24 @@ impl Lbd {
 
     /// Starts lbd on the config already written, with extra arguments.
     pub fn start_with(ns: &Netns, files: &LbdFiles, extra: &[&str]) -> Lbd {
+        Self::start_wrapped(ns, files, &[], extra)
+    }
+
+    /// [`Lbd::start_with`] under a `wrapper` command that runs the rest of its command line
+    /// (e.g. `["prlimit", "--nofile=64:65536"]`).
+    pub fn start_wrapped(ns: &Netns, files: &LbdFiles, wrapper: &[&str], extra: &[&str]) -> Lbd {
         let _ = std::fs::remove_file(files.socket());
         let log = std::fs::File::create(files.dir.join("lbd.log")).expect("log file");
+        let (program, wrapper_args) = match wrapper {
+            [program, args @ ..] => (*program, args),
+            [] => ("nsenter", &[][..]),
+        };
+        let mut command = Command::new(program);
+        if !wrapper.is_empty() {
+            command.args(wrapper_args).arg("nsenter");
+        }
         let process = Running::spawn(
-            Command::new("nsenter")
+            command
                 .arg(format!("--net=/run/netns/{}", ns.name()))
                 .arg(bins::path("lbd"))
                 .arg("--config")

@@ -9,6 +9,7 @@
 //! - [`bins`]: find the workspace's binaries (lbd, lbctl) that tests run as processes.
 //! - [`topology`]: the standard client / lb / backends topology on a bridge.
 //! - [`echo`]: TCP and UDP echo servers that record who connected.
+//! - [`flows`]: flow-table entries written into a running lbd's pinned map.
 //! - [`lbd`]: lbd as a process in a test namespace, lbctl against it.
 //! - [`backend_host`]: `lbd backend-host` as a process on a backend host.
 pub mod backend_host;
@@ -16,6 +17,7 @@ pub mod bench;
 pub mod bins;
 pub mod bird;
 pub mod echo;
+pub mod flows;
 pub mod frames;
 pub mod lbd;
 pub mod netns;

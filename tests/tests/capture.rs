@@ -81,3 +81,56 @@ fn capture_writes_packets_before_and_after_the_rewrite() {
         lbd.lbctl(&["capture", "--vip", "web", "-c", "1", "-w", pcap.to_str().unwrap(), "--timeout", "1"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("captured 0 of 1"), "capture did not stop");
 }
+
+/// A capture whose client goes away (Ctrl-C on `lbctl capture`) must switch capture off at once:
+/// left on, every packet of the VIP is copied twice and every later capture is refused.
+#[test]
+fn a_capture_whose_client_disconnects_is_switched_off() {
+    use std::io::Write as _;
+    let ns = lb_tests::lbd::lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let lbd = lb_tests::lbd::Lbd::start(
+        &ns,
+        &files,
+        &format!("{header}{VIP}\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n"),
+    );
+    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let capture_vip = || lb_tests::lbd::map_snapshot(&pins, 1).config.capture_vip;
+
+    let mut client = std::os::unix::net::UnixStream::connect(files.socket()).expect("connect to the API");
+    let body = r#"{"vip": "web", "count": 10, "timeout_ms": 60000}"#;
+    write!(
+        client,
+        "POST /v1/capture HTTP/1.1\r\nHost: lbd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while capture_vip() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the capture did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The client goes away mid-capture.
+    client.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while capture_vip() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "capture is still on 3 s after its client went away (CONFIG.capture_vip = {})",
+            capture_vip()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pcap = files.dir.join("again.pcap");
+    let again =
+        lbd.lbctl(&["capture", "--vip", "web", "-c", "1", "-w", pcap.to_str().unwrap(), "--timeout", "1"]);
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&again.stdout), String::from_utf8_lossy(&again.stderr));
+    assert!(
+        again.status.success() && said.contains("captured 0 of 1"),
+        "a second capture was refused: {said}"
+    );
+    assert_eq!(capture_vip(), 0, "capture is on after the second one finished");
+}

@@ -21,8 +21,13 @@ use crate::{cmd, setup};
 const TEST_PREFIX: &str = "lbt-";
 
 /// The bench binaries (`tests/src/bin/NAME.rs`) in the order they run, each with its time limit.
-const BENCHES: &[(&str, u64)] =
-    &[("bench_xdp", 300), ("bench_conn", 300), ("bench_control", 120), ("bench_health", 90)];
+const BENCHES: &[(&str, u64)] = &[
+    ("bench_xdp", 300),
+    ("bench_conn", 300),
+    ("bench_control", 120),
+    ("bench_health", 90),
+    ("bench_agent", 120),
+];
 
 /// One result row.
 struct Row {

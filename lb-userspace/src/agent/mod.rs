@@ -1,7 +1,9 @@
 //! The agent's state and the operations the API, SIGHUP and start-up perform on it. Every
 //! change is validated as a whole first; an invalid one leaves the running state untouched.
+pub mod event_loop;
 pub mod flows;
 pub mod host;
+pub mod pin_lock;
 pub mod reconcile;
 pub mod start;
 mod stats;
@@ -14,7 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use self::stats::{BackendStats, Stats, VipStats};
 use crate::{
@@ -36,17 +38,23 @@ pub enum AgentError {
     Apply(#[from] ApplyError),
     #[error("{0}")]
     Host(#[from] crate::host::HostError),
-    #[error("saving the state to {path}: {source}")]
+    #[error(
+        "cannot save the state to {path}: {source}; nothing changed (a change is saved before it is applied: check the disk and the directory of `state_file`)"
+    )]
     Persist { path: PathBuf, source: std::io::Error },
 }
 
 /// What survives an agent restart besides the maps: the desired state and the ids it was
-/// given, written after every change.
+/// given, written before every change, and the backends that were down (a restarted agent
+/// starts them down).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SavedState {
     pub source: Source,
     pub vips: Vec<Vip>,
     pub ids: Ids,
+    /// Saved by an lbd without it: none down.
+    #[serde(default)]
+    pub down: reconcile::Down,
 }
 
 impl SavedState {
@@ -105,6 +113,9 @@ impl ConnectionRecount {
     }
 }
 
+/// The capture buffers; whoever holds the lock is the one capture running.
+pub type CaptureBuffers = std::sync::Arc<tokio::sync::Mutex<crate::capture::Capturer>>;
+
 pub struct Agent {
     pub datapath: Datapath,
     /// The desired state: the config as loaded, with every change made since.
@@ -125,60 +136,132 @@ pub struct Agent {
     /// the agent alone).
     pub host: Option<host::HostState>,
     /// The capture buffers (absent where the datapath has none, e.g. in packet tests).
-    pub capturer: Option<std::sync::Arc<std::sync::Mutex<crate::capture::Capturer>>>,
+    pub capturer: Option<CaptureBuffers>,
+    /// Where the event loop learns when second voids of flows are due
+    /// ([`reconcile::void_again`]); `None` until it runs.
+    pub voids_due: Option<tokio::sync::mpsc::UnboundedSender<std::time::Instant>>,
+    /// How late the event loop runs.
+    pub loop_lag: std::sync::Arc<event_loop::LoopLag>,
+    /// This agent's hold on the pins, as long as it lives.
+    pub pin_lock: pin_lock::PinLock,
 }
 
 impl Agent {
-    /// Makes the maps hold the desired state and saves it.
+    /// Saves the desired state, then makes the maps hold it. The state goes first, with the ids
+    /// the maps will get (their allocation is a pure function of the state), so that a state
+    /// that cannot be saved changes nothing: the saved state never lags behind the maps. If the
+    /// maps then fail, the previous state file comes back; the caller restores its previous
+    /// desired state and applies it again ([`Self::apply_or_revert`]).
     pub fn apply(&mut self) -> Result<usize, AgentError> {
         // What the host must provide first: a refusal (forwarding off, `check`) changes nothing.
         if let Some(host) = &mut self.host {
             host.prepare(&self.config)?;
         }
-        let slots = reconcile::apply(
+        let ids = self.applied.ids.allocate(&self.config.vips, &self.datapath.sizes)?;
+        let previous = self.saved_text()?;
+        self.save(&ids)?;
+        let slots = self.apply_maps().inspect_err(|_| {
+            if let Err(e) = self.restore_saved(previous) {
+                error!("restoring the saved state after a failed change: {e}");
+            }
+        })?;
+        Ok(slots)
+    }
+
+    fn apply_maps(&mut self) -> Result<usize, AgentError> {
+        let applied = reconcile::apply(
             &mut self.datapath,
             &mut self.applied,
             &self.config.source,
             &self.config.vips,
             &self.down,
-        )?;
-        self.save()?;
+        );
+        self.schedule_voids();
+        let slots = applied?;
         self.update_checks();
         Ok(slots)
     }
 
-    fn save(&self) -> Result<(), AgentError> {
+    /// [`Self::apply`]; if it fails, `revert` restores the previous desired state and, when the
+    /// maps may hold part of the change, it is applied again.
+    fn apply_or_revert(&mut self, revert: impl FnOnce(&mut Self)) -> Result<usize, AgentError> {
+        self.apply().inspect_err(|e| {
+            revert(self);
+            if matches!(e, AgentError::Apply(ApplyError::Datapath(_))) {
+                if let Err(back) = self.apply() {
+                    error!("bringing the maps back to the previous state after a failed change: {back}");
+                }
+            }
+        })
+    }
+
+    /// Tells the event loop when the next second void of flows is due, if one is.
+    fn schedule_voids(&self) {
+        let next = self.applied.void_again.iter().map(|(at, _)| *at).min();
+        if let (Some(tx), Some(at)) = (&self.voids_due, next) {
+            // No loop any more: lbd is stopping, and voids what is due on its way out.
+            let _ = tx.send(at);
+        }
+    }
+
+    /// Voids again the flows of VIPs removed or moved at least `PACKETS_IN_FLIGHT` before `now`.
+    pub fn void_again(&mut self, now: std::time::Instant) -> Result<(), AgentError> {
+        if reconcile::void_again(&mut self.datapath, &mut self.applied, now)?.is_some() {
+            self.schedule_voids();
+        }
+        Ok(())
+    }
+
+    /// Writes the desired state with `ids`, whole or not at all (a new file renamed over the
+    /// old one once it is on disk).
+    fn save(&self, ids: &Ids) -> Result<(), AgentError> {
         let state = SavedState {
             source: self.config.source.clone(),
             vips: self.config.vips.clone(),
-            ids: self.applied.ids.clone(),
+            ids: ids.clone(),
+            down: self.down.clone(),
         };
+        self.write_saved(&serde_json::to_vec_pretty(&state).expect("state serializes"))
+    }
+
+    fn write_saved(&self, bytes: &[u8]) -> Result<(), AgentError> {
+        use std::io::Write as _;
         let persist = |source| AgentError::Persist { path: self.state_file.clone(), source };
         if let Some(dir) = self.state_file.parent() {
             std::fs::create_dir_all(dir).map_err(persist)?;
         }
         let tmp = self.state_file.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&state).expect("state serializes"))
-            .map_err(persist)?;
+        let mut file = std::fs::File::create(&tmp).map_err(persist)?;
+        file.write_all(bytes).and_then(|()| file.sync_all()).map_err(persist)?;
         std::fs::rename(&tmp, &self.state_file).map_err(persist)
+    }
+
+    /// The state file as it is now (`None`: there is none).
+    fn saved_text(&self) -> Result<Option<Vec<u8>>, AgentError> {
+        match std::fs::read(&self.state_file) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(AgentError::Persist { path: self.state_file.clone(), source }),
+        }
+    }
+
+    fn restore_saved(&self, previous: Option<Vec<u8>>) -> Result<(), AgentError> {
+        match previous {
+            Some(bytes) => self.write_saved(&bytes),
+            None => std::fs::remove_file(&self.state_file)
+                .map_err(|source| AgentError::Persist { path: self.state_file.clone(), source }),
+        }
     }
 
     /// Validates `candidate` as a whole, then applies it. On any validation error nothing
     /// changes.
     fn replace(&mut self, candidate: Config, what: &str) -> Result<usize, AgentError> {
         config::check_whole(&candidate).map_err(|e| e.invalid)?;
-        // Out of ids is found by reconcile::apply before its first write.
+        // Out of ids is found before the state is saved, and so before the first write.
         let previous = std::mem::replace(&mut self.config, candidate);
-        match self.apply() {
-            Ok(slots) => {
-                info!(change = what, slots_written = slots, "applied");
-                Ok(slots)
-            }
-            Err(e) => {
-                self.config = previous;
-                Err(e)
-            }
-        }
+        let slots = self.apply_or_revert(|a| a.config = previous)?;
+        info!(change = what, slots_written = slots, "applied");
+        Ok(slots)
     }
 
     pub fn add_vip(&mut self, spec: &VipSpec) -> Result<Vip, AgentError> {
@@ -309,26 +392,33 @@ impl Agent {
         Ok(new)
     }
 
-    /// Switches capture on for `vip` and hands out the buffers to read it from. One capture at
-    /// a time; [`Self::stop_capture`] switches it off.
-    pub fn start_capture(
-        &mut self,
-        vip: &str,
-    ) -> Result<(u32, std::sync::Arc<std::sync::Mutex<crate::capture::Capturer>>), AgentError> {
+    /// The buffers a capture reads: lock them first (one capture at a time), then
+    /// [`Self::start_capture`].
+    pub fn capture_buffers(&self) -> Result<CaptureBuffers, AgentError> {
+        self.capturer.clone().ok_or_else(|| AgentError::NotFound("this agent has no capture buffers".into()))
+    }
+
+    /// Switches capture on for `vip`; returns its id (what the buffers' samples name).
+    /// [`Self::stop_capture`] switches it off.
+    pub fn start_capture(&mut self, vip: &str) -> Result<u32, AgentError> {
         self.vip(vip)?;
         let id = self.applied.ids.vips[vip];
         if self.applied.capture_vip != 0 {
             return Err(AgentError::Conflict("a capture is already running: wait for it to finish".into()));
         }
-        let capturer = self
-            .capturer
-            .clone()
-            .ok_or_else(|| AgentError::NotFound("this agent has no capture buffers".into()))?;
-        capturer.lock().unwrap_or_else(|e| e.into_inner()).drain();
         self.applied.capture_vip = id + 1;
         reconcile::write_config(&mut self.datapath, &self.applied)?;
         info!(vip, "capture started");
-        Ok((id, capturer))
+        Ok(id)
+    }
+
+    /// Follows route changes: the next hops of every backend get their managed neighbour
+    /// entries (lbd calls it every few seconds).
+    pub fn refresh_next_hops(&mut self) -> Result<(), AgentError> {
+        match &mut self.host {
+            Some(host) => Ok(host.refresh(&self.config.vips)?),
+            None => Ok(()),
+        }
     }
 
     /// Ends what the data plane cached per CPU (next hops, flows): lbd calls it every second,
@@ -340,6 +430,7 @@ impl Agent {
     pub fn stop_capture(&mut self) -> Result<(), AgentError> {
         self.applied.capture_vip = 0;
         reconcile::write_config(&mut self.datapath, &self.applied)?;
+        info!("capture stopped");
         Ok(())
     }
 
@@ -381,8 +472,23 @@ impl Agent {
         if !changed {
             return Ok(None);
         }
-        let slots = self.apply()?;
+        // The ring follows health at once. No id changes: what is saved still holds.
+        let slots = self.apply_maps().inspect_err(|_| {
+            if event.up {
+                self.down.insert(event.key.clone());
+            } else {
+                self.down.remove(&event.key);
+            }
+            if let Err(back) = self.apply_maps() {
+                error!("bringing the maps back to the previous state after a failed health change: {back}");
+            }
+        })?;
         info!(vip, backend = %address, up = event.up, reason = %event.reason, ring_slots_written = slots, "health changed");
+        // For a restart: saved after the ring changed (health must not wait for a disk), and
+        // only a hint (the checks correct it).
+        if let Err(e) = self.save(&self.applied.ids) {
+            warn!("health change applied but not saved: a restarted lbd starts from the health saved before: {e}");
+        }
         Ok(match self.applied.ids.backend(vip, *address) {
             Some(id) if reset => Some((id, format!("{vip} backend {address}"))),
             _ => None,

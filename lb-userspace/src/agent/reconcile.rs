@@ -49,8 +49,9 @@ impl Ids {
         self.backends.get(vip)?.get(&address).copied()
     }
 
-    /// Ids for `vips`: existing ones kept, new ones taken from the free slots.
-    fn allocate(&self, vips: &[Vip], sizes: &Sizes) -> Result<Ids, ApplyError> {
+    /// Ids for `vips`: existing ones kept, new ones taken from the free slots. A pure function:
+    /// [`apply`] allocates the same.
+    pub fn allocate(&self, vips: &[Vip], sizes: &Sizes) -> Result<Ids, ApplyError> {
         let mut next = Ids { next_backend: self.next_backend.max(1), ..Ids::default() };
         for v in vips {
             if let Some(&id) = self.vips.get(&v.name) {
@@ -114,6 +115,9 @@ pub struct Applied {
     pub backends: BTreeMap<u32, BackendValue>,
     /// Each VIP's scheduler as written.
     pub schedulers: BTreeMap<String, Scheduler>,
+    /// VIP ids whose flows were voided once and must be voided again once the packets then in
+    /// flight are through, each with when ([`void_again`]).
+    pub void_again: Vec<(std::time::Instant, u32)>,
 }
 
 /// Backends whose health check failed, by (VIP name, address).
@@ -121,9 +125,11 @@ pub type Down = BTreeSet<(String, IpAddr)>;
 
 /// The ring a VIP should have: the full table over its configured backends, with the slots of
 /// unavailable ones (drained or down) handed out as a table over the available ones would, so
-/// that only their slots move. None drained-in: every slot empty (new flows are dropped). All
-/// of those down: the last ring stays (fail open), unless the VIP says `all_down = "drop"`.
-pub fn ring(vip: &Vip, ids: &Ids, down: &Down, last: Option<&Vec<u32>>) -> Vec<u32> {
+/// that only their slots move. None in service (drained, weight 0): every slot empty (new
+/// flows are dropped). All of those down: the ring over every backend in service, as if none
+/// were down (fail open), unless the VIP says `all_down = "drop"`. A pure function of the
+/// config and the down set: not of the order in which backends went down.
+pub fn ring(vip: &Vip, ids: &Ids, down: &Down) -> Vec<u32> {
     let members: Vec<maglev::Member> = vip
         .backends
         .iter()
@@ -142,19 +148,14 @@ pub fn ring(vip: &Vip, ids: &Ids, down: &Down, last: Option<&Vec<u32>>) -> Vec<u
     if in_service.is_empty() {
         return empty();
     }
-    if healthy.is_empty() {
-        return match (vip.all_down, last) {
-            (AllDown::Drop, _) => empty(),
-            (AllDown::KeepLastRing, Some(last)) if last.len() == vip.ring_size as usize => last.clone(),
-            // No last ring of this size: spread over every backend in service.
-            (AllDown::KeepLastRing, _) => {
-                let all: BTreeSet<u32> =
-                    in_service.iter().filter_map(|b| ids.backend(&vip.name, b.address)).collect();
-                maglev::build_available(&members, &|id| all.contains(&id), vip.ring_size)
-            }
-        };
-    }
-    maglev::build_available(&members, &|id| healthy.contains(&id), vip.ring_size)
+    let available: BTreeSet<u32> = match (healthy.is_empty(), vip.all_down) {
+        (false, _) => healthy,
+        (true, AllDown::Drop) => return empty(),
+        (true, AllDown::FailOpen) => {
+            in_service.iter().filter_map(|b| ids.backend(&vip.name, b.address)).collect()
+        }
+    };
+    maglev::build_available(&members, &|id| available.contains(&id), vip.ring_size)
 }
 
 /// The round-robin sequence a VIP should have: over the backends that take new flows (not
@@ -176,7 +177,7 @@ pub fn rr_sequence(vip: &Vip, ids: &Ids, down: &Down) -> Vec<u32> {
     let len = lb_common::limits::RR_SEQ_LEN as usize;
     match (healthy.is_empty(), vip.all_down) {
         (false, _) => schedule::round_robin(&members(&healthy), len),
-        (true, AllDown::KeepLastRing) => schedule::round_robin(&members(&in_service), len),
+        (true, AllDown::FailOpen) => schedule::round_robin(&members(&in_service), len),
         (true, AllDown::Drop) => Vec::new(),
     }
 }
@@ -212,24 +213,38 @@ fn vip_value(vip: &Vip, id: u32, dp: &Datapath, rr_len: usize) -> VipValue {
 
 /// How long a packet that read a VIP entry can still be on its way through the data plane (an
 /// XDP run takes microseconds): after it, nothing can record a flow from an entry that is gone.
-const PACKETS_IN_FLIGHT: std::time::Duration = std::time::Duration::from_millis(5);
+pub const PACKETS_IN_FLIGHT: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Voids the recorded flows of VIP `ids` (whose entries were just removed or moved), and again
-/// once the packets in flight are through: one that looked the old entry up before its removal
-/// and recorded its flow after the first void is caught by the second. The caller then moves
-/// the cache generation, for the copies of those flows in every CPU's flow cache.
-fn void_vip_flows(dp: &mut Datapath, ids: &[u32]) -> Result<(), ApplyError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
+/// Voids the recorded flows of VIP `ids` (whose entries were just removed or moved), and marks
+/// them to be voided again once the packets in flight are through ([`void_again`]): one that
+/// looked the old entry up before its removal and recorded its flow after the first void is
+/// caught by the second. The caller then moves the cache generation, for the copies of those
+/// flows in every CPU's flow cache.
+fn void_vip_flows(dp: &mut Datapath, applied: &mut Applied, ids: &[u32]) -> Result<(), ApplyError> {
+    let due = std::time::Instant::now() + PACKETS_IN_FLIGHT;
     for &id in ids {
         dp.void_vip_flows(id)?;
-    }
-    std::thread::sleep(PACKETS_IN_FLIGHT);
-    for &id in ids {
-        dp.void_vip_flows(id)?;
+        applied.void_again.push((due, id));
     }
     Ok(())
+}
+
+/// The second void of the VIP ids whose time has come (see [`void_vip_flows`]), then a move of
+/// the cache generation; the others stay marked. Returns when the next one is due.
+pub fn void_again(
+    dp: &mut Datapath,
+    applied: &mut Applied,
+    now: std::time::Instant,
+) -> Result<Option<std::time::Instant>, ApplyError> {
+    let (due, later): (Vec<_>, Vec<_>) = applied.void_again.iter().partition(|(at, _)| *at <= now);
+    applied.void_again = later;
+    for &(_, id) in &due {
+        dp.void_vip_flows(id)?;
+    }
+    if !due.is_empty() {
+        move_cache_generation(dp, applied)?;
+    }
+    Ok(applied.void_again.iter().map(|(at, _)| *at).min())
 }
 
 /// Ends everything the data plane cached per CPU (next hops, flows): it is looked up afresh.
@@ -263,9 +278,11 @@ pub struct PlanEntry {
     pub vip: String,
     /// "add", "remove", "change" or "keep".
     pub action: String,
+    /// Slots of the new ring whose backend changes; with a new ring size, where slots do not
+    /// correspond, `share_moved × ring_size`.
     pub slots_moved: usize,
     pub ring_size: u32,
-    /// slots_moved / ring_size: the share of new flows that would pick another backend.
+    /// The share of new flows that would pick another backend (see [`maglev::share_moved`]).
     pub share_moved: f64,
     /// The VIP's scheduler after the change.
     #[serde(default)]
@@ -284,22 +301,22 @@ pub fn plan(
     let ids = applied.ids.allocate(vips, sizes)?;
     let mut entries = Vec::new();
     for v in vips {
-        let new = ring(v, &ids, down, applied.rings.get(&v.name));
+        let new = ring(v, &ids, down);
         let was = applied.schedulers.get(&v.name).copied().filter(|s| *s != v.scheduler);
-        let (action, moved) = match applied.rings.get(&v.name) {
-            None => ("add", new.len()),
+        let (action, share) = match applied.rings.get(&v.name) {
+            None => ("add", 1.0),
             Some(old) => {
-                let moved = maglev::slots_moved(old, &new);
+                let share = maglev::share_moved(old, &new);
                 let same_key = applied.keys.get(&v.name) == Some(&vip_key(v));
-                (if moved == 0 && same_key && was.is_none() { "keep" } else { "change" }, moved)
+                (if share == 0.0 && same_key && was.is_none() { "keep" } else { "change" }, share)
             }
         };
         entries.push(PlanEntry {
             vip: v.name.clone(),
             action: action.into(),
-            slots_moved: moved,
+            slots_moved: (share * new.len() as f64).round() as usize,
             ring_size: v.ring_size,
-            share_moved: moved as f64 / v.ring_size as f64,
+            share_moved: share,
             scheduler: v.scheduler,
             scheduler_was: was,
         });
@@ -346,10 +363,8 @@ pub fn apply(
     let schedules: Vec<(Vec<u32>, Option<Vec<u32>>)> = vips
         .iter()
         .map(|v| {
-            let id = ids.vips[&v.name];
-            let old = applied.rings.get(&v.name).filter(|_| applied.ids.vips.get(&v.name) == Some(&id));
             let seq = (v.scheduler == Scheduler::RoundRobin).then(|| rr_sequence(v, &ids, down));
-            (ring(v, &ids, down, old), seq)
+            (ring(v, &ids, down), seq)
         })
         .collect();
     let taking: BTreeSet<u32> =
@@ -427,8 +442,11 @@ pub fn apply(
             // Voided once every entry is written: until then the old key may still name it.
             to_void.push(id);
         } else if applied.ids.vips.get(&v.name) != Some(&id) {
-            // A fresh id: its earlier owner's flows go before this VIP records its first.
+            // A fresh id: its earlier owner's flows go before this VIP records its first. A
+            // second void still due for the earlier owner would void this VIP's flows: this
+            // one, later than the first, takes its place.
             dp.void_vip_flows(id)?;
+            applied.void_again.retain(|(_, i)| *i != id);
         }
         dp.set_vip(key, vip_value(v, id, dp, rr_len))?;
         applied.keys.insert(v.name.clone(), key);
@@ -460,7 +478,7 @@ pub fn apply(
         removed = true;
     }
     applied.ids = ids;
-    void_vip_flows(dp, &to_void)?;
+    void_vip_flows(dp, applied, &to_void)?;
     if removed {
         dp.sync_vip_filter()?;
     }
@@ -484,7 +502,7 @@ pub fn remove_unknown_vips(dp: &mut Datapath, applied: &mut Applied) -> Result<u
             ids.push(value.id);
         }
     }
-    void_vip_flows(dp, &ids)?;
+    void_vip_flows(dp, applied, &ids)?;
     dp.sync_vip_filter()?;
     move_cache_generation(dp, applied)?;
     Ok(unknown.len())
@@ -528,7 +546,7 @@ mod tests {
 
     #[test]
     fn the_round_robin_sequence_covers_the_available_backends() {
-        let (mut v, ids) = vip(AllDown::KeepLastRing);
+        let (mut v, ids) = vip(AllDown::FailOpen);
         let none = Down::new();
         let seq = rr_sequence(&v, &ids, &none);
         assert_eq!((1..=3).map(|id| count(&seq, id)).collect::<Vec<_>>(), [1, 2, 3]);
@@ -539,10 +557,59 @@ mod tests {
         v.backends[2].weight = 0;
         assert_eq!(rr_sequence(&v, &ids, &none), [2]);
         // Every backend in service down: all of them (fail open), or none.
-        let (v, ids) = vip(AllDown::KeepLastRing);
+        let (v, ids) = vip(AllDown::FailOpen);
         let all: Down = v.backends.iter().map(|b| ("web".to_string(), b.address)).collect();
         assert_eq!(rr_sequence(&v, &ids, &all).len(), 6);
         let (v, ids) = vip(AllDown::Drop);
         assert!(rr_sequence(&v, &ids, &all).is_empty());
+    }
+
+    #[test]
+    fn every_backend_down_fails_open_over_every_backend_in_service() {
+        let (mut v, ids) = vip(AllDown::FailOpen);
+        v.scheduler = Scheduler::Maglev;
+        let none = Down::new();
+        let all: Down = v.backends.iter().map(|b| ("web".to_string(), b.address)).collect();
+        // Whatever order they went down in: the ring of no backend down.
+        assert_eq!(ring(&v, &ids, &all), ring(&v, &ids, &none));
+        // Drained ones stay out.
+        v.backends[0].drained = true;
+        let open = ring(&v, &ids, &all);
+        assert_eq!(open, ring(&v, &ids, &none));
+        assert_eq!(count(&open, 1), 0);
+        assert!(count(&open, 2) > 300 && count(&open, 3) > 500, "{} {}", count(&open, 2), count(&open, 3));
+        v.all_down = AllDown::Drop;
+        assert!(ring(&v, &ids, &all).iter().all(|&id| id == NO_BACKEND));
+    }
+
+    #[test]
+    fn a_new_ring_size_is_planned_with_the_share_of_new_flows_that_move() {
+        let (mut v, ids) = vip(AllDown::FailOpen);
+        v.scheduler = Scheduler::Maglev;
+        let none = Down::new();
+        let applied = Applied {
+            ids: ids.clone(),
+            rings: [("web".to_string(), ring(&v, &ids, &none))].into(),
+            keys: [("web".to_string(), vip_key(&v))].into(),
+            schedulers: [("web".to_string(), Scheduler::Maglev)].into(),
+            ..Applied::default()
+        };
+        let sizes = Sizes {
+            flows_per_cpu: 1024,
+            pending_flows_per_cpu: 1024,
+            max_vips: 4,
+            max_rings: 4,
+            ring_stride: 4099,
+            max_backends: 16,
+            flow_cache_slots: 0,
+        };
+        v.ring_size = 2003;
+        let entries = plan(&applied, &[v], &sizes, &none).expect("a plan");
+        let e = &entries[0];
+        assert_eq!((e.action.as_str(), e.ring_size), ("change", 2003), "{e:?}");
+        // Rings of unrelated sizes: a flow keeps its backend with the chance that two independent
+        // picks agree, sum of share² over weights 1:2:3 = 14/36.
+        assert!((e.share_moved - 22.0 / 36.0).abs() < 0.01, "{e:?}");
+        assert_eq!(e.slots_moved, (e.share_moved * 2003.0).round() as usize, "{e:?}");
     }
 }

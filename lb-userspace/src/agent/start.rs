@@ -38,6 +38,8 @@ pub enum StartError {
     Apply(#[from] super::reconcile::ApplyError),
     #[error(transparent)]
     Host(#[from] crate::host::HostError),
+    #[error(transparent)]
+    Locked(#[from] super::pin_lock::PinLockError),
 }
 
 pub fn pin_dir(config: &Config) -> PathBuf {
@@ -47,6 +49,8 @@ pub fn pin_dir(config: &Config) -> PathBuf {
 /// Starts the agent; the health events it must be given back (see [`Agent::health_event`]).
 pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     let config = config::load(config_file)?;
+    // Before anything is touched: pins, links, the API socket, the saved state.
+    let pin_lock = super::pin_lock::PinLock::acquire(&config.pin_path)?;
     let mut ifindexes = Vec::new();
     for name in &config.interfaces {
         ifindexes.push(ifindex(name).ok_or_else(|| StartError::NoInterface(name.clone()))?);
@@ -54,7 +58,10 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     let dir = pin_dir(&config);
     crate::host::bpffs::ensure(&config.pin_path)?;
     let pinned_before = dir.join(map_names::VIPS).exists();
-    let mut dp = datapath::load_pinned(config.limits.sizes(), &dir)?;
+    let mut dp = {
+        let _held = SignalsHeld::new();
+        datapath::load_pinned(config.limits.sizes(), &dir)?
+    };
     let mut links_adopted = 0;
     for name in &config.interfaces {
         if dp.attach_pinned(name, config.xdp_mode.into())? {
@@ -64,6 +71,12 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     }
     for i in ifindexes {
         dp.add_tx_port(i)?;
+    }
+    // An interface taken out of the config keeps forwarding through its pinned link, with maps
+    // that nothing updates for it any more: unpinned, the link goes and detaches.
+    for name in dp.pinned_links()?.into_iter().filter(|name| !config.interfaces.contains(name)) {
+        dp.unpin_link(&name)?;
+        info!(interface = name, "balancer detached: the interface is no longer in `interfaces`");
     }
     let capturer = crate::capture::Capturer::open(&mut dp)?;
     let (prober, events) = Prober::on_own_thread().map_err(StartError::Prober)?;
@@ -84,10 +97,13 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         adopted,
         links_adopted,
         started: std::time::SystemTime::now(),
-        capturer: Some(std::sync::Arc::new(std::sync::Mutex::new(capturer))),
+        capturer: Some(std::sync::Arc::new(tokio::sync::Mutex::new(capturer))),
         prober: Some(prober),
         host: Some(super::host::HostState::new(&config)?),
         down: Default::default(),
+        voids_due: None,
+        loop_lag: Default::default(),
+        pin_lock,
         config,
     };
     match saved {
@@ -100,6 +116,8 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
             agent.config.source = state.source;
             agent.config.vips = state.vips;
             agent.applied.ids = state.ids;
+            // Down when the earlier agent stopped: down from the start, up after `rise` checks.
+            agent.down = state.down;
         }
         None if pinned_before => {
             warn!(state_file = %agent.state_file.display(), "pinned maps found but no saved state: starting from the config file")
@@ -107,12 +125,69 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         None => {}
     }
     let slots = agent.apply()?;
+    if let Some(prober) = &agent.prober {
+        prober.start_down(&agent.down);
+    }
     let unknown = super::reconcile::remove_unknown_vips(&mut agent.datapath, &mut agent.applied)?;
     if unknown > 0 {
         warn!(entries = unknown, "removed VIP entries that no saved state accounts for");
     }
     info!(vips = agent.config.vips.len(), ring_slots_written = slots, "maps reconciled");
     Ok((agent, events))
+}
+
+/// Raises the soft limit on open files to the hard one, and logs it: the prober holds a socket
+/// per check in flight and the API one per client, and a service manager's default soft limit
+/// (often 1024) is reached with a few hundred backends. Returns the limits (soft before, after).
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid rlimit to write to.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: a valid rlimit; raising the soft limit up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        info!(from = before, to = limit.rlim_cur, "raised the open-file limit to its hard limit");
+    } else {
+        info!(limit = before, "open-file limit");
+    }
+    Ok((before, limit.rlim_cur))
+}
+
+/// Holds SIGHUP, SIGTERM and SIGINT pending on this thread while it lives: the kernel's
+/// verifier gives a program load up (`EAGAIN`) when a signal arrives during it, and lbd, whose
+/// handlers are installed before it starts, answers them once the programs are loaded.
+struct SignalsHeld {
+    before: libc::sigset_t,
+}
+
+impl SignalsHeld {
+    fn new() -> SignalsHeld {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the calls only
+        // touch the sets given and this thread's mask.
+        unsafe {
+            let mut held: libc::sigset_t = std::mem::zeroed();
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut held);
+            for signal in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+                libc::sigaddset(&mut held, signal);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &held, &mut before);
+            SignalsHeld { before }
+        }
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.before, std::ptr::null_mut()) };
+    }
 }
 
 fn ifindex(name: &str) -> Option<u32> {

@@ -138,8 +138,9 @@ pub struct HealthArgs {
     /// udp: what the reply must contain (default: any reply).
     #[arg(long, help_heading = "Health check")]
     check_expect: Option<String>,
-    /// New flows when every backend is down: keep the last ring (fail open) or drop them.
-    #[arg(long, value_enum, default_value = "keep-last-ring", help_heading = "Health check")]
+    /// New flows when every backend is down: spread over every backend in service (fail open)
+    /// or dropped.
+    #[arg(long, value_enum, default_value = "fail-open", help_heading = "Health check")]
     all_down: AllDown,
     /// A down backend's open flows: keep them, or reset them to healthy backends.
     #[arg(long, value_enum, default_value = "keep-flows", help_heading = "Health check")]

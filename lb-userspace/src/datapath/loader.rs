@@ -202,6 +202,9 @@ pub fn load_decap_pinned(dir: &Path) -> Result<Datapath, DatapathError> {
     load_inner(Sizes::SMALLEST, Some(dir), BACKEND_HOST)
 }
 
+/// A pinned link's name: the prefix, then its interface's.
+const LINK_PIN_PREFIX: &str = "link_";
+
 /// Entries of a map with `n` a CPU: an error where that does not fit a map's u32 size.
 fn per_cpu(n: u32, cpus: u32, limit: &'static str) -> Result<u32, DatapathError> {
     n.checked_mul(cpus).ok_or(DatapathError::TooLarge { limit, per_cpu: n, cpus })
@@ -348,7 +351,17 @@ impl Datapath {
 
     fn link_pin(&self, interface: &str) -> Result<PathBuf, DatapathError> {
         let dir = self.pin_dir.as_ref().ok_or(DatapathError::NotPinned)?;
-        Ok(dir.join(format!("link_{interface}")))
+        Ok(dir.join(format!("{LINK_PIN_PREFIX}{interface}")))
+    }
+
+    /// The interfaces that have a link pinned under the pin directory (this agent's or an
+    /// earlier one's).
+    pub fn pinned_links(&self) -> Result<Vec<String>, DatapathError> {
+        let dir = self.pin_dir.as_ref().ok_or(DatapathError::NotPinned)?;
+        let entries = std::fs::read_dir(dir).map_err(|e| DatapathError::PinDir(dir.clone(), e))?;
+        Ok(entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix(LINK_PIN_PREFIX).map(String::from))
+            .collect())
     }
 
     /// Attaches program `name` to `interface` (in the calling thread's network namespace).

@@ -47,6 +47,31 @@ pub enum ProbeError {
     UdpMismatch { addr: SocketAddr, len: usize },
 }
 
+impl ProbeError {
+    /// Whether the probe failed for a reason of lbd's own host (out of descriptors, of buffers,
+    /// of memory or of ephemeral ports), not the backend's: such a probe says nothing about the
+    /// backend and counts neither way.
+    pub fn is_local(&self) -> bool {
+        let source = match self {
+            ProbeError::Connect { source, .. }
+            | ProbeError::HttpIo { source, .. }
+            | ProbeError::UdpIo { source, .. } => source,
+            _ => return false,
+        };
+        matches!(
+            source.raw_os_error(),
+            Some(
+                libc::EMFILE
+                    | libc::ENFILE
+                    | libc::ENOBUFS
+                    | libc::ENOMEM
+                    | libc::EADDRNOTAVAIL
+                    | libc::EAGAIN
+            )
+        )
+    }
+}
+
 enum Exchange {
     Tcp { addr: TcpAddr, sockets: Arc<TcpSockets> },
     Http { path: String, request: Box<[u8]>, status: RangeInclusive<u16> },
@@ -253,6 +278,21 @@ mod tests {
         let tcp = servers::Tcp::start().await;
         let e = probe(http("/", 200..=399), tcp.port).await.unwrap_err();
         assert!(matches!(e, ProbeError::HttpResponse { .. } | ProbeError::HttpIo { .. }), "{e}");
+    }
+
+    #[test]
+    fn errors_of_lbd_own_host_are_local() {
+        let addr: SocketAddr = "198.18.0.11:80".parse().unwrap();
+        let os = io::Error::from_raw_os_error;
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM, libc::EADDRNOTAVAIL] {
+            assert!(ProbeError::Connect { addr, source: os(errno) }.is_local(), "{errno}");
+            assert!(ProbeError::UdpIo { addr, source: os(errno) }.is_local(), "{errno}");
+        }
+        for errno in [libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ENETUNREACH, libc::ECONNRESET] {
+            assert!(!ProbeError::Connect { addr, source: os(errno) }.is_local(), "{errno}");
+        }
+        let timeout = ProbeError::Timeout { what: "connect to", addr, after: Duration::from_millis(1) };
+        assert!(!timeout.is_local());
     }
 
     #[test]

@@ -142,6 +142,7 @@ pub struct Prober {
     targets: HashMap<TargetKey, Running>,
     /// Reused by the TCP checks of all targets; all of them run on `runtime`.
     tcp_sockets: Arc<TcpSockets>,
+    local_errors: Arc<LocalErrors>,
     own_thread: Option<OwnThread>,
 }
 
@@ -184,6 +185,7 @@ impl Prober {
             rng: SmallRng::from_entropy(),
             targets: HashMap::new(),
             tcp_sockets: Arc::default(),
+            local_errors: Arc::default(),
             own_thread,
         };
         (prober, receiver)
@@ -250,10 +252,23 @@ impl Prober {
                 shared: shared.clone(),
                 generation,
                 events: self.events.clone(),
+                local_errors: self.local_errors.clone(),
             };
             self.runtime.spawn(task.run(first, spec.interval)).abort_handle()
         });
         Running { addr, spec, shared, task }
+    }
+
+    /// Marks targets down (without an event), as a restarted agent found them: they come back
+    /// after `rise` good checks.
+    pub fn start_down<'a>(&self, keys: impl IntoIterator<Item = &'a TargetKey>) {
+        for key in keys {
+            if let Some(running) = self.targets.get(key).filter(|r| r.task.is_some()) {
+                let mut s = lock(&running.shared);
+                s.state = HealthState::new(false);
+                s.status.up = false;
+            }
+        }
     }
 
     /// Every target's health, by key.
@@ -311,6 +326,36 @@ struct Task {
     shared: SharedRef,
     generation: u64,
     events: mpsc::UnboundedSender<HealthEvent>,
+    local_errors: Arc<LocalErrors>,
+}
+
+/// How often at most the prober logs that local errors kept it from checking backends.
+const LOCAL_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Probes that failed for a reason of lbd's own host ([`ProbeError::is_local`]): logged, at
+/// most once every [`LOCAL_ERROR_LOG_EVERY`] with a count, and counted for no backend.
+#[derive(Default)]
+struct LocalErrors {
+    /// When the last one was logged, and how many came since.
+    last: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LocalErrors {
+    fn report(&self, key: &TargetKey, error: &ProbeError) {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.1 += 1;
+        if last.0.is_some_and(|at| at.elapsed() < LOCAL_ERROR_LOG_EVERY) {
+            return;
+        }
+        let (vip, backend) = key;
+        warn!(
+            vip,
+            %backend,
+            probes = last.1,
+            "health checks not done for a local reason (not counted for or against any backend): {error}"
+        );
+        *last = (Some(Instant::now()), 0);
+    }
 }
 
 impl Task {
@@ -328,12 +373,20 @@ impl Task {
         }
     }
 
-    /// Counts one result; false once this task has been replaced.
+    /// Counts one result; false once this task has been replaced. A local error counts neither
+    /// way: rise and fall stay where they were.
     fn record(&self, result: Result<(), ProbeError>) -> bool {
         let now = SystemTime::now();
         let mut s = lock(&self.shared);
         if s.generation != self.generation {
             return false;
+        }
+        if let Err(e) = result.as_ref() {
+            if e.is_local() {
+                drop(s);
+                self.local_errors.report(&self.key, e);
+                return true;
+            }
         }
         let ok = result.is_ok();
         s.status.checks += 1;
@@ -543,6 +596,54 @@ mod tests {
         );
         let keys: Vec<_> = prober.status().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, [good.key]);
+    }
+
+    #[tokio::test]
+    async fn a_target_started_down_comes_up_after_rise_good_checks() {
+        let server = servers::Tcp::start().await;
+        let (mut prober, mut events) = Prober::new();
+        let t = target("restarted", server.port, CheckKind::Tcp, 100, 2, 3);
+        prober.set_targets(vec![t.clone()]).unwrap();
+        prober.start_down([&t.key]);
+        assert!(!prober.status_of(&t.key).unwrap().up);
+        let up = next_event(&mut events, 2000 * MS).await;
+        assert!(up.up && up.reason.starts_with("2 consecutive successes"), "{up:?}");
+        assert!(prober.status_of(&t.key).unwrap().checks >= 2);
+    }
+
+    #[tokio::test]
+    async fn a_local_error_moves_neither_rise_nor_fall() {
+        let (prober, mut events) = Prober::new();
+        let t = target("local", 80, CheckKind::Tcp, 100, 1, 1);
+        let shared: SharedRef = Arc::new(Mutex::new(Shared {
+            generation: 0,
+            state: HealthState::default(),
+            status: TargetStatus::default(),
+        }));
+        let task = Task {
+            key: t.key.clone(),
+            probe: Probe::new(t.addr, &t.spec, &prober.tcp_sockets).unwrap(),
+            rise: 1,
+            fall: 1,
+            kind: "tcp",
+            shared: shared.clone(),
+            generation: 0,
+            events: prober.events.clone(),
+            local_errors: prober.local_errors.clone(),
+        };
+        let addr = task.probe.addr();
+        for errno in [libc::EMFILE, libc::ENOBUFS] {
+            let local = ProbeError::Connect { addr, source: io::Error::from_raw_os_error(errno) };
+            assert!(task.record(Err(local)));
+        }
+        let s = lock(&shared).status.clone();
+        assert!(s.up && s.checks == 0 && s.failures == 0, "{s:?}");
+        assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)), "no state change");
+        // A refusal is the backend's: with fall = 1, down at once.
+        let refused = ProbeError::Connect { addr, source: io::Error::from_raw_os_error(libc::ECONNREFUSED) };
+        assert!(task.record(Err(refused)));
+        assert!(!lock(&shared).status.up);
+        assert!(!next_event(&mut events, 100 * MS).await.up);
     }
 
     #[test]

@@ -196,7 +196,7 @@ fn slots_moved() {
     println!("== Ring slots moved by one backend change (agent ring function), in units of 1/N of the ring");
     for (n, size) in MOVE_CASES {
         let (vip, ids) = pool(n, size);
-        let full = reconcile::ring(&vip, &ids, &Default::default(), None);
+        let full = reconcile::ring(&vip, &ids, &Default::default());
         let per_backend = size as f64 / n as f64;
         let samples: Vec<usize> = (0..MOVE_SAMPLES.min(n)).map(|k| k * n / MOVE_SAMPLES.min(n)).collect();
         let (mut drain_units, mut remove_units) = (Vec::new(), Vec::new());
@@ -207,8 +207,7 @@ fn slots_moved() {
             let own = full.iter().filter(|&&s| s == id).count();
             let mut drained = vip.clone();
             drained.backends[k].drained = true;
-            let moved =
-                maglev::slots_moved(&full, &reconcile::ring(&drained, &ids, &Default::default(), None));
+            let moved = maglev::slots_moved(&full, &reconcile::ring(&drained, &ids, &Default::default()));
             drain_exact &= moved == own;
             drain_units.push(moved as f64 / per_backend);
 
@@ -216,10 +215,8 @@ fn slots_moved() {
             removed.backends.remove(k);
             let mut removed_ids = ids.clone();
             removed_ids.backends.get_mut(VIP_NAME).expect("pool").remove(&backend_addr(k));
-            let moved = maglev::slots_moved(
-                &full,
-                &reconcile::ring(&removed, &removed_ids, &Default::default(), None),
-            );
+            let moved =
+                maglev::slots_moved(&full, &reconcile::ring(&removed, &removed_ids, &Default::default()));
             remove_excess_max = remove_excess_max.max(moved.saturating_sub(own));
             remove_units.push(moved as f64 / per_backend);
         }

@@ -1,0 +1,244 @@
+//! lbd's event loop: signals, health events, the data plane's cache refresh every second, and
+//! the flow-table walks it starts. Nothing in it waits for a walk: a walk of tens of millions
+//! of flows takes tens of seconds, and the loop must meanwhile take health events, refresh the
+//! caches and stop on SIGTERM. It measures how late its own 1-second tick runs ([`LoopLag`]).
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tracing::{error, info};
+
+use crate::{
+    api::Shared,
+    health::{HealthEvent, HealthEvents},
+};
+
+/// How often lbd recounts the open connections of least-conn VIPs from the flow table.
+pub const CONNECTION_RECOUNT: Duration = Duration::from_secs(10);
+/// What the data plane caches per CPU expires every `CACHE_REFRESH`: route and neighbour
+/// changes apply within it without a FIB lookup per packet, and every active flow is seen by
+/// the flow table (so its LRU keeps it) that often. The loop's lag is measured on this tick.
+const CACHE_REFRESH: Duration = Duration::from_secs(1);
+/// How often the backends' next hops are looked up again (routes change; the kernel keeps the
+/// managed neighbour entries resolved in between).
+const NEXT_HOP_REFRESH: Duration = Duration::from_secs(5);
+/// The window of [`LoopLag::recent_max`], in ticks of [`CACHE_REFRESH`].
+const RECENT_TICKS: usize = 60;
+
+/// The signals lbd answers. Installed first thing at start (before the maps are loaded), so a
+/// SIGHUP or SIGTERM during a slow start is held for the loop instead of killing lbd by the
+/// default action.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Needs a tokio runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// How late the event loop's 1-second tick ran: the most since lbd started and the most in the
+/// last minute. A loop that something blocks (a walk done in it, a slow handler on its thread)
+/// runs its tick late by as long.
+#[derive(Default)]
+pub struct LoopLag {
+    max_ns: AtomicU64,
+    recent: Mutex<VecDeque<Duration>>,
+}
+
+impl LoopLag {
+    fn record(&self, lag: Duration) {
+        self.max_ns.fetch_max(lag.as_nanos() as u64, Ordering::Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_TICKS {
+            recent.pop_front();
+        }
+        recent.push_back(lag);
+    }
+
+    pub fn max(&self) -> Duration {
+        Duration::from_nanos(self.max_ns.load(Ordering::Relaxed))
+    }
+
+    pub fn recent_max(&self) -> Duration {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().copied().max().unwrap_or_default()
+    }
+}
+
+/// Runs until SIGTERM or SIGINT. Walks of the flow table (the least-conn recount, resets of a
+/// down backend's flows) and the second void of removed VIPs' flows run on tasks of their own.
+pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) {
+    let (voids_tx, mut voids) = mpsc::unbounded_channel();
+    let (resets_tx, resets) = mpsc::unbounded_channel();
+    let lag = {
+        let mut a = agent.lock().await;
+        a.voids_due = Some(voids_tx);
+        // Voids left by the start-up's reconcile.
+        a.schedule_voids();
+        a.loop_lag.clone()
+    };
+    tokio::spawn(reset_flows(agent.clone(), resets));
+    let mut caches = tokio::time::interval(CACHE_REFRESH);
+    caches.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recount = tokio::time::interval(CONNECTION_RECOUNT);
+    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_hops = tokio::time::interval(NEXT_HOP_REFRESH);
+    next_hops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // At most one recount at a time: a walk slower than the period skips the ticks it spans.
+    let mut recounting: Option<JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            due = caches.tick() => {
+                lag.record(due.elapsed());
+                if let Err(e) = agent.lock().await.refresh_caches() {
+                    error!("refreshing the data plane's caches: {e}");
+                }
+            }
+            _ = next_hops.tick() => {
+                if let Err(e) = agent.lock().await.refresh_next_hops() {
+                    error!("keeping the backends' next hops resolved: {e}");
+                }
+            }
+            _ = recount.tick() => {
+                if recounting.as_ref().is_none_or(JoinHandle::is_finished) {
+                    recounting = Some(tokio::spawn(recount_connections(agent.clone())));
+                }
+            }
+            Some(at) = voids.recv() => {
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    if let Err(e) = agent.lock().await.void_again(Instant::now()) {
+                        error!("voiding the flows of removed VIPs: {e}");
+                    }
+                });
+            }
+            _ = signals.int.recv() => { info!("SIGINT"); break }
+            _ = signals.term.recv() => { info!("SIGTERM"); break }
+            _ = signals.hup.recv() => reload(&agent).await,
+            Some(event) = health.recv() => {
+                if let Some(reset) = health_changed(&agent, event).await {
+                    let _ = resets_tx.send(reset);
+                }
+            }
+        }
+    }
+    // Voids still due: the packets in flight are through by now, or within PACKETS_IN_FLIGHT.
+    tokio::time::sleep(super::reconcile::PACKETS_IN_FLIGHT).await;
+    if let Err(e) = agent.lock().await.void_again(Instant::now()) {
+        error!("voiding the flows of removed VIPs: {e}");
+    }
+}
+
+/// A backend went down or came back: its VIP's ring follows. Returns the backend whose flows
+/// to reset (`on_down = "reset-flows"`), with its name for the log.
+async fn health_changed(agent: &Shared, event: HealthEvent) -> Option<(u32, String)> {
+    match agent.lock().await.health_event(&event) {
+        Ok(reset) => reset,
+        Err(e) => {
+            error!("health change of {} {} not applied: {e}", event.key.0, event.key.1);
+            None
+        }
+    }
+}
+
+/// Removes the flows of down backends from the flow table, one walk at a time, off the agent
+/// lock and off the event loop.
+async fn reset_flows(agent: Shared, mut resets: mpsc::UnboundedReceiver<(u32, String)>) {
+    while let Some((id, what)) = resets.recv().await {
+        let mut table = match agent.lock().await.datapath.flow_table() {
+            Ok(table) => table,
+            Err(e) => {
+                error!("resetting the flows of {what}: {e}");
+                continue;
+            }
+        };
+        match tokio::task::spawn_blocking(move || table.remove_backend(id)).await {
+            Ok(Ok(n)) => {
+                info!(backend = what, flows = n, "reset the flows of a down backend");
+                // Cached copies of them too.
+                if let Err(e) = agent.lock().await.refresh_caches() {
+                    error!("refreshing the data plane's caches: {e}");
+                }
+            }
+            Ok(Err(e)) => error!("resetting the flows of {what}: {e}"),
+            Err(e) => error!("resetting the flows of {what}: {e}"),
+        }
+    }
+}
+
+/// Recounts the least-conn backends' open connections from the flow table (off the agent lock
+/// and off the event loop) and corrects the data plane's counts that drifted.
+async fn recount_connections(agent: Shared) {
+    let recount = match agent.lock().await.connection_recount() {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => return error!("recounting open connections: {e}"),
+    };
+    let started = Instant::now();
+    let found = match tokio::task::spawn_blocking(move || recount.run()).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => return error!("recounting open connections: {e}"),
+        Err(e) => return error!("recounting open connections: {e}"),
+    };
+    let walk_ms = started.elapsed().as_millis() as u64;
+    match agent.lock().await.correct_connections(&found) {
+        Ok(corrections) => {
+            for (vip, backend, was, now) in corrections {
+                info!(vip, %backend, was, now, walk_ms, "corrected a backend's count of open connections from the flow table");
+            }
+        }
+        Err(e) => error!("correcting open connections: {e}"),
+    }
+}
+
+/// SIGHUP: the config file again, applied as a whole or not at all.
+async fn reload(agent: &Shared) {
+    let mut a = agent.lock().await;
+    let Some(file) = a.config_file.clone() else { return };
+    let result = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        .and_then(|text| a.apply_text(&text, &file.display().to_string()).map_err(|e| e.to_string()));
+    match result {
+        Ok(plan) => info!(file = %file.display(), vips = plan.len(), "SIGHUP: config applied"),
+        Err(e) => error!("SIGHUP: config not applied, nothing changed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_keeps_the_maximum_and_the_last_minutes() {
+        let lag = LoopLag::default();
+        assert_eq!((lag.max(), lag.recent_max()), (Duration::ZERO, Duration::ZERO));
+        lag.record(Duration::from_millis(300));
+        for _ in 0..RECENT_TICKS - 1 {
+            lag.record(Duration::from_millis(2));
+        }
+        assert_eq!(lag.recent_max(), Duration::from_millis(300));
+        lag.record(Duration::from_millis(1));
+        assert_eq!(lag.recent_max(), Duration::from_millis(2), "a minute on, the stall is out of the window");
+        assert_eq!(lag.max(), Duration::from_millis(300));
+    }
+}

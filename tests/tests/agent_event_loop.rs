@@ -1,0 +1,64 @@
+//! Walks of the flow table (the least-conn recount every 10 s) run beside lbd's event loop, not
+//! in it: while one walks a million flows, the loop still moves the data plane's cache
+//! generation every second (and would take health events and SIGTERM), and `lbctl status`
+//! shows how late the loop ran.
+use std::time::{Duration, Instant};
+
+use lb_tests::{
+    flows::fill_counted_flows,
+    lbd::{lb_namespace, map_snapshot, Lbd, LbdFiles},
+};
+use lb_userspace::agent::SavedState;
+
+const FLOWS: u32 = 1 << 20;
+/// The cache generation moves every second; a stalled loop shows as a longer gap.
+const LONGEST_GAP: Duration = Duration::from_millis(1500);
+
+#[test]
+fn a_least_conn_recount_of_a_million_flows_does_not_stall_the_event_loop() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let cpus = aya::util::online_cpus().expect("online CPUs").len() as u32;
+    let per_cpu = FLOWS.div_ceil(cpus) + 4096;
+    let header = files
+        .header(&["eth0"], "198.18.0.2", "fd00::2")
+        .replace("flows_per_cpu = 65536", &format!("flows_per_cpu = {per_cpu}"));
+    let vip = "[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
+               scheduler = \"least-conn\"\nring_size = 1009\n\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n";
+    let lbd = Lbd::start(&ns, &files, &format!("{header}{vip}"));
+    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let state = SavedState::read(&files.dir.join("state.json")).unwrap().expect("a saved state");
+    let backend = state.ids.backend("web", "198.18.0.11".parse().unwrap()).expect("a backend id");
+    let written = fill_counted_flows(&pins, state.ids.vips["web"], backend, FLOWS, [198, 18, 100, 1]);
+    assert_eq!(written, FLOWS);
+
+    // The next recount (every 10 s) finds the million connections and corrects the count.
+    let log = files.dir.join("lbd.log");
+    let corrected =
+        || std::fs::read_to_string(&log).unwrap_or_default().contains("corrected a backend's count");
+    let generation = || map_snapshot(&pins, 1).config.cache_generation;
+    let (mut last, mut since, mut longest) = (generation(), Instant::now(), Duration::ZERO);
+    let started = Instant::now();
+    let mut done_at = None;
+    while done_at.is_none_or(|t: Instant| t.elapsed() < LONGEST_GAP) {
+        assert!(started.elapsed() < Duration::from_secs(40), "no recount corrected the count within 40 s");
+        let now = generation();
+        if now != last {
+            longest = longest.max(since.elapsed());
+            (last, since) = (now, Instant::now());
+        }
+        if done_at.is_none() && corrected() {
+            done_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    longest = longest.max(since.elapsed());
+    assert!(
+        longest < LONGEST_GAP,
+        "the event loop stalled: the cache generation did not move for {longest:?} during a recount of {FLOWS} flows"
+    );
+    let status: serde_json::Value = serde_json::from_str(&lbd.lbctl_ok(&["--json", "status"])).unwrap();
+    let lag =
+        status["event_loop_lag_max_seconds"].as_f64().expect("event_loop_lag_max_seconds in the status");
+    assert!(lag < 0.5, "the event loop ran up to {lag} s late: {status}");
+}

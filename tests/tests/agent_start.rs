@@ -1,0 +1,174 @@
+//! lbd's start: signals during it, a socket it cannot bind, interfaces left from an earlier
+//! config.
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    bins::{self, Running},
+    lbd::{lb_namespace, lbctl, LbdFiles},
+};
+
+/// Whether `pid` catches or ignores SIGHUP (`SigCgt`, `SigIgn` in /proc/PID/status).
+fn handles_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().filter(|l| l.starts_with("SigCgt:") || l.starts_with("SigIgn:")).any(|l| {
+        let mask = u64::from_str_radix(l.split_whitespace().nth(1).unwrap_or("0"), 16).unwrap_or(0);
+        mask & (1 << (libc::SIGHUP - 1)) != 0
+    })
+}
+
+fn is_lbd(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("lbd"))
+}
+
+/// A config deploy that signals lbd while it starts (slow: the programs load, the maps are
+/// reconciled) must not kill it: SIGHUP's default action is to terminate.
+#[test]
+fn sighup_during_start_does_not_kill_lbd() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let vip = "[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\n\
+               [[vip.backend]]\naddress = \"198.18.0.11\"\n";
+    std::fs::write(files.config(), format!("{}{vip}", files.header(&["eth0"], "198.18.0.2", "fd00::2")))
+        .unwrap();
+    for attempt in 1..=3 {
+        let _ = std::fs::remove_file(files.socket());
+        let log = files.dir.join(format!("start-{attempt}.log"));
+        let mut lbd = Running::spawn(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", ns.name()))
+                .arg(bins::path("lbd"))
+                .arg("--config")
+                .arg(files.config())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
+        let pid = lbd.child.id();
+        // nsenter becomes lbd; from then on lbd's own code runs. Signals start as soon as lbd
+        // says it handles SIGHUP, or 100 ms into its run (its start takes longer) if it never does.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_lbd(pid) {
+            assert!(Instant::now() < deadline, "nsenter did not become lbd");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let running = Instant::now();
+        while !handles_sighup(pid) && running.elapsed() < Duration::from_millis(100) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sent = 0;
+        while !lbctl(&files.socket(), &["status"]).status.success() {
+            if let Some(status) = lbd.child.try_wait().unwrap() {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!(
+                    "attempt {attempt}: lbd died ({status}) after {sent} SIGHUPs during its start:\n{said}"
+                );
+            }
+            assert!(Instant::now() < deadline, "attempt {attempt}: lbd's API did not come up");
+            // SAFETY: kill with our child's pid (not reaped) and a valid signal.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(sent > 0, "attempt {attempt}: no SIGHUP was sent during the start");
+        // The SIGHUPs held during the start are answered once it is done.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("SIGHUP: config applied") {
+            assert!(
+                Instant::now() < deadline,
+                "attempt {attempt}: the SIGHUPs sent during the start were not answered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = lbd.terminate();
+        assert!(status.success(), "attempt {attempt}: lbd exited with {status}");
+    }
+}
+
+/// Runs lbd on `files`' config until it exits (at most 10 s): its exit status and stderr.
+fn run_until_exit(
+    ns: &lb_tests::netns::Netns,
+    files: &LbdFiles,
+) -> (Option<std::process::ExitStatus>, String) {
+    let log = files.dir.join("exit.log");
+    let mut lbd = Running::spawn(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(bins::path("lbd"))
+            .arg("--config")
+            .arg(files.config())
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = lbd.child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// A control API that cannot be served (its directory is a file, another process answers on
+/// the socket) is a clear error and a non-zero exit, never a log saying it listens.
+#[test]
+fn an_api_socket_that_cannot_be_bound_stops_lbd_with_an_error() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+
+    let blocked = files.dir.join("not-a-dir");
+    std::fs::write(&blocked, "a file").unwrap();
+    let socket = blocked.join("lbd.sock");
+    let config = header.replace(&files.socket().display().to_string(), &socket.display().to_string());
+    std::fs::write(files.config(), &config).unwrap();
+    let (status, said) = run_until_exit(&ns, &files);
+    let status =
+        status.unwrap_or_else(|| panic!("lbd runs without its API on {}:\n{said}", socket.display()));
+    assert!(!status.success(), "lbd exited with {status} without its API:\n{said}");
+    assert!(said.contains(&socket.display().to_string()), "the error does not name the socket:\n{said}");
+    assert!(!said.contains("control API listening"), "lbd said it listens:\n{said}");
+
+    // Another process answers on the socket: it is not taken from it.
+    let socket = files.dir.join("taken.sock");
+    let _other = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let config = header.replace(&files.socket().display().to_string(), &socket.display().to_string());
+    std::fs::write(files.config(), &config).unwrap();
+    let (status, said) = run_until_exit(&ns, &files);
+    let status = status.unwrap_or_else(|| panic!("lbd took the socket of another process:\n{said}"));
+    assert!(!status.success() && said.contains("answers on"), "lbd exited with {status}:\n{said}");
+    assert!(socket.exists(), "lbd removed the socket another process serves");
+}
+
+/// Whether an XDP program is attached to `interface` in `ns`.
+fn xdp_attached(ns: &lb_tests::netns::Netns, interface: &str) -> bool {
+    ns.ip(&["-d", "link", "show", "dev", interface]).contains("xdp")
+}
+
+/// An interface taken out of `interfaces` is detached at the next start: its pinned link would
+/// otherwise keep the balancer on it, with maps no lbd updates for it.
+#[test]
+fn a_restart_without_an_interface_detaches_the_balancer_from_it() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let lbd =
+        lb_tests::lbd::Lbd::start(&ns, &files, &files.header(&["eth0", "eth1"], "198.18.0.2", "fd00::2"));
+    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    assert!(pins.join("link_eth1").exists() && xdp_attached(&ns, "eth1"), "eth1 is not attached at first");
+    lbd.process.terminate();
+
+    let lbd = lb_tests::lbd::Lbd::start(&ns, &files, &files.header(&["eth0"], "198.18.0.2", "fd00::2"));
+    assert!(!pins.join("link_eth1").exists(), "the link of eth1, no longer configured, is still pinned");
+    assert!(!xdp_attached(&ns, "eth1"), "the balancer is still attached to eth1");
+    assert!(pins.join("link_eth0").exists() && xdp_attached(&ns, "eth0"), "eth0 lost its balancer");
+    let log = std::fs::read_to_string(files.dir.join("lbd.log")).unwrap();
+    assert!(log.contains("eth1"), "lbd did not log detaching eth1:\n{log}");
+    drop(lbd);
+}

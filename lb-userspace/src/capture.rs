@@ -65,6 +65,10 @@ impl Capturer {
         let mut out = Vec::new();
         let mut lost = 0;
         let wanted = packets * 2;
+        // A packet's two copies are written to its CPU's buffer one after the other, but this
+        // may read the first before the program has written the second: a copy as received waits
+        // here (per buffer) for its copy as sent, so the pair stays together in the file.
+        let mut received: Vec<Option<Captured>> = self.buffers.iter().map(|_| None).collect();
         while out.len() < wanted {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || cancel.load(Ordering::Relaxed) {
@@ -78,17 +82,29 @@ impl Capturer {
             let ms = left.min(CANCEL_LATENCY).as_millis() as libc::c_int;
             // SAFETY: valid pollfds that outlive the call.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            for b in &mut self.buffers {
+            for (b, waiting) in self.buffers.iter_mut().zip(&mut received) {
                 b.for_each(|event| match event {
                     PerfEvent::Sample { head, tail } => {
-                        if out.len() < wanted {
-                            out.extend(parse(head, tail, vip));
+                        let Some(copy) = parse(head, tail, vip) else { return };
+                        if out.len() >= wanted {
+                            return;
+                        }
+                        // A copy as received whose packet was not sent (passed, dropped) goes alone.
+                        if let Some(before) = waiting.take() {
+                            out.push(before);
+                        }
+                        if copy.after {
+                            out.push(copy);
+                        } else {
+                            *waiting = Some(copy);
                         }
                     }
                     PerfEvent::Lost { count } => lost += count,
                 });
             }
         }
+        out.extend(received.into_iter().flatten());
+        out.truncate(wanted);
         (out, lost)
     }
 }

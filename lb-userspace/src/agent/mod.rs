@@ -153,19 +153,25 @@ impl Agent {
     /// maps then fail, the previous state file comes back; the caller restores its previous
     /// desired state and applies it again ([`Self::apply_or_revert`]).
     pub fn apply(&mut self) -> Result<usize, AgentError> {
-        // What the host must provide first: a refusal (forwarding off, `check`) changes nothing.
-        if let Some(host) = &mut self.host {
-            host.prepare(&self.config)?;
-        }
         let ids = self.applied.ids.allocate(&self.config.vips, &self.datapath.sizes)?;
         let previous = self.saved_text()?;
         self.save(&ids)?;
-        let slots = self.apply_maps().inspect_err(|_| {
+        // What the host must provide comes before the maps: a refusal (forwarding off with
+        // `check`) changes no map, and the new backends' next hops are resolved before a ring
+        // names them.
+        let slots = self.prepare_host().and_then(|()| self.apply_maps()).inspect_err(|_| {
             if let Err(e) = self.restore_saved(previous) {
                 error!("restoring the saved state after a failed change: {e}");
             }
         })?;
         Ok(slots)
+    }
+
+    fn prepare_host(&mut self) -> Result<(), AgentError> {
+        match &mut self.host {
+            Some(host) => Ok(host.prepare(&self.config)?),
+            None => Ok(()),
+        }
     }
 
     fn apply_maps(&mut self) -> Result<usize, AgentError> {

@@ -170,14 +170,25 @@ pub fn lbctl(socket: &Path, args: &[&str]) -> Output {
 }
 
 /// What the data plane's configuration maps hold, read from the pins: to prove that a refused
-/// change changed nothing (the cache generation, a clock, is left out).
-#[derive(Debug, PartialEq, Eq)]
+/// change changed nothing. Two snapshots are equal whatever their cache generations (a clock
+/// lbd moves every second).
+#[derive(Debug)]
 pub struct MapSnapshot {
     pub vips: Vec<(lb_common::VipKey, lb_common::VipValue)>,
     pub backends: Vec<(u32, lb_common::BackendValue)>,
+    /// CONFIG, with its cache generation set to 0.
     pub config: lb_common::ConfigValue,
+    /// CONFIG's cache generation.
+    pub cache_generation: u32,
     /// The first `ring_slots` slots of RINGS (ring 0 and on).
     pub rings: Vec<u32>,
+}
+
+impl PartialEq for MapSnapshot {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.vips, &self.backends, &self.config, &self.rings)
+            == (&other.vips, &other.backends, &other.config, &other.rings)
+    }
 }
 
 pub fn map_snapshot(pin_dir: &Path, ring_slots: u32) -> MapSnapshot {
@@ -198,12 +209,13 @@ pub fn map_snapshot(pin_dir: &Path, ring_slots: u32) -> MapSnapshot {
         .collect();
     let config: Array<MapData, ConfigValue> =
         Array::try_from(aya::maps::Map::Array(open(map_names::CONFIG))).unwrap();
+    let config = config.get(&0, 0).expect("read CONFIG");
     let rings: Array<MapData, u32> = Array::try_from(aya::maps::Map::Array(open(map_names::RINGS))).unwrap();
     MapSnapshot {
         vips,
         backends,
-        // Without the cache generation, which lbd moves every second whatever changes.
-        config: lb_common::ConfigValue { cache_generation: 0, ..config.get(&0, 0).expect("read CONFIG") },
+        config: lb_common::ConfigValue { cache_generation: 0, ..config },
+        cache_generation: config.cache_generation,
         rings: (0..ring_slots).map(|i| rings.get(&i, 0).expect("read RINGS")).collect(),
     }
 }

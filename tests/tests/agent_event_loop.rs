@@ -36,7 +36,7 @@ fn a_least_conn_recount_of_a_million_flows_does_not_stall_the_event_loop() {
     let log = files.dir.join("lbd.log");
     let corrected =
         || std::fs::read_to_string(&log).unwrap_or_default().contains("corrected a backend's count");
-    let generation = || map_snapshot(&pins, 1).config.cache_generation;
+    let generation = || map_snapshot(&pins, 1).cache_generation;
     let (mut last, mut since, mut longest) = (generation(), Instant::now(), Duration::ZERO);
     let started = Instant::now();
     let mut done_at = None;

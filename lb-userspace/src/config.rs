@@ -804,4 +804,237 @@ mod tests {
             );
         }
     }
+
+    /// A valid config; each case edits it (find, replace) into an invalid one.
+    const BASE: &str = r#"interfaces = ["eth0"]
+pin_path = "/sys/fs/bpf/lb"
+
+[source]
+ipv4 = "198.18.0.2"
+
+[limits]
+max_vips = 8
+max_backends = 64
+
+[[vip]]
+name = "web"
+address = "198.18.100.1"
+port = 80
+protocol = "tcp"
+ring_size = 4099
+
+  [[vip.backend]]
+  address = "198.18.0.11"
+
+  [[vip.backend]]
+  address = "198.18.0.12"
+  weight = 200
+
+  [[vip.backend]]
+  address = "198.18.0.13"
+"#;
+
+    const SECOND: &str =
+        "\n[[vip]]\nname = \"other\"\naddress = \"198.18.100.2\"\nport = 80\nprotocol = \"udp\"\n";
+
+    #[test]
+    fn every_invalid_config_is_refused_naming_the_file_line_and_field() {
+        assert!(parse(BASE, "c.toml").is_ok(), "the base config is valid");
+        // (what, find, replace, what the error must say)
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("toml syntax", "port = 80", "port = = 80", "c.toml:14: syntax"),
+            ("unknown field", "port = 80", "port = 80\nprot = 1", "unknown field `prot`"),
+            ("unknown top-level key", "pin_path", "pinpath", "unknown field `pinpath`"),
+            (
+                "bad vip address",
+                "198.18.100.1",
+                "198.18.100.300",
+                "c.toml:11: vip \"web\": address: \"198.18.100.300\" is not an IPv4 or IPv6 address",
+            ),
+            ("multicast vip", "198.18.100.1", "224.0.0.1", "cannot be a VIP: use a unicast address"),
+            (
+                "bad backend address",
+                "198.18.0.13",
+                "198.18.0.x",
+                "\"198.18.0.x\" is not an IPv4 or IPv6 address",
+            ),
+            ("loopback backend", "198.18.0.13", "127.0.0.1", "cannot be a backend"),
+            (
+                "weight out of range",
+                "weight = 200",
+                "weight = 70000",
+                "backend 198.18.0.12: weight: 70000 is out of range: use 0 to 65535",
+            ),
+            ("negative weight", "weight = 200", "weight = -1", "weight: -1 is out of range"),
+            ("port out of range", "port = 80", "port = 70000", "port: 70000 is not a port"),
+            ("unknown protocol", "\"tcp\"", "\"sctp\"", "unknown variant `sctp`"),
+            ("unknown mode", "port = 80", "port = 80\nmode = \"nat\"", "unknown variant `nat`"),
+            (
+                "unknown scheduler",
+                "port = 80",
+                "port = 80\nscheduler = \"fastest\"",
+                "unknown variant `fastest`",
+            ),
+            ("ring size not prime", "ring_size = 4099", "ring_size = 4100", "vip \"web\": ring_size"),
+            ("ring size too small", "ring_size = 4099", "ring_size = 101", "vip \"web\": ring_size"),
+            (
+                "ring size over the limit",
+                "max_backends = 64",
+                "max_backends = 64\nmax_ring_size = 2003",
+                "larger than limits.max_ring_size",
+            ),
+            ("wrong family mix", "198.18.0.13", "fd00::13", "its backends must be too"),
+            ("duplicate backend", "198.18.0.13", "198.18.0.11", "198.18.0.11 is listed twice"),
+            ("bad name", "name = \"web\"", "name = \"w eb\"", "is not a valid name"),
+            ("duplicate service", "protocol = \"udp\"", "", ""),
+            ("ipip without a tunnel source", "ipv4 = \"198.18.0.2\"", "", "set source.ipv4"),
+            ("entropy bits", "[source]", "[source]\nipv4_entropy_bits = 17", "more than 16"),
+            ("no interfaces", "interfaces = [\"eth0\"]", "interfaces = []", "name at least one interface"),
+            ("too many vips", "max_vips = 8", "max_vips = 0", "limits.max_vips: must be 1 to 4096"),
+            (
+                "max ring size not prime",
+                "max_backends = 64",
+                "max_backends = 64\nmax_ring_size = 65536",
+                "limits.max_ring_size",
+            ),
+            (
+                "too few flows",
+                "max_backends = 64",
+                "max_backends = 64\nflows_per_cpu = 10",
+                "limits.flows_per_cpu: must be at least 1024",
+            ),
+            (
+                "too few pending flows",
+                "max_backends = 64",
+                "max_backends = 64\npending_flows_per_cpu = 10",
+                "limits.pending_flows_per_cpu",
+            ),
+            (
+                "more backends than the limit",
+                "max_backends = 64",
+                "max_backends = 3",
+                "3 backends configured; limits.max_backends is 3",
+            ),
+            (
+                "least-conn on udp",
+                "protocol = \"tcp\"",
+                "protocol = \"udp\"\nscheduler = \"least-conn\"",
+                "least-conn counts TCP connections",
+            ),
+            (
+                "hash and scheduler",
+                "port = 80",
+                "port = 80\nhash = \"source\"\nscheduler = \"round-robin\"",
+                "older spelling",
+            ),
+            (
+                "metrics not an address",
+                "pin_path",
+                "metrics = \"localhost\"\npin_path",
+                "metrics: \"localhost\" is not an address and port",
+            ),
+            ("metrics port 0", "pin_path", "metrics = \"127.0.0.1:0\"\npin_path", "has port 0"),
+            (
+                "unknown forwarding policy",
+                "[limits]",
+                "[host]\nforwarding = \"maybe\"\n\n[limits]",
+                "unknown variant `maybe`",
+            ),
+            (
+                "health timeout not below interval",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.health]\ninterval_ms = 500\ntimeout_ms = 500",
+                "vip \"web\": health.timeout_ms: timeout 500 ms must be shorter than interval 500 ms",
+            ),
+            (
+                "health zero fall",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.health]\nfall = 0",
+                "fall 0 is out of range: use 1 to 100",
+            ),
+            (
+                "health unknown type",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.health]\ntype = \"icmp\"",
+                "unknown check type \"icmp\": use none, tcp, http or udp",
+            ),
+            (
+                "health option of another type",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.health]\ntype = \"tcp\"\npath = \"/x\"",
+                "only applies to type \"http\"",
+            ),
+            ("unknown all_down", "port = 80", "port = 80\nall_down = \"panic\"", "unknown variant `panic`"),
+        ];
+        let mut failures = Vec::new();
+        for (what, find, replace, says) in cases {
+            let text = if *what == "duplicate service" {
+                // A second VIP on the first one's service.
+                format!("{BASE}{}", SECOND.replace("198.18.100.2", "198.18.100.1").replace("udp", "tcp"))
+            } else {
+                assert!(BASE.contains(find), "{what}: the base config has no {find:?}");
+                BASE.replacen(find, replace, 1)
+            };
+            let says = if *what == "duplicate service" {
+                "another VIP already serves 198.18.100.1:80/tcp"
+            } else {
+                says
+            };
+            match parse(&text, "c.toml") {
+                Ok(_) => failures.push(format!("{what}: accepted")),
+                Err(e) if !e.to_string().contains(says) || !e.to_string().starts_with("c.toml") => {
+                    failures.push(format!("{what}: {e:?} does not say {says:?}"))
+                }
+                Err(_) => {}
+            }
+        }
+        assert!(failures.is_empty(), "{} of {} cases:\n{}", failures.len(), cases.len(), failures.join("\n"));
+        // Two VIPs may share a name in no config.
+        let e = parse(&format!("{BASE}{}", SECOND.replace("other", "web")), "c.toml").unwrap_err();
+        assert!(e.to_string().contains("another VIP is already named \"web\""), "{e}");
+    }
+
+    #[test]
+    fn api_specs_are_validated_like_the_file() {
+        let limits = Limits::default();
+        let spec = |json: &str| serde_json::from_str::<VipSpec>(json).map_err(|e| e.to_string());
+        let ok = spec(r#"{"name": "api", "address": "198.18.100.2", "port": 443, "protocol": "tcp", "backend": [{"address": "198.18.0.21"}]}"#).unwrap();
+        assert!(validate_vip(&ok, &limits).is_ok());
+        for (json, says) in [
+            (
+                r#"{"name": "api", "address": "fd00::100", "port": 80, "protocol": "tcp", "backend": [{"address": "198.18.0.11"}]}"#,
+                "the VIP fd00::100 is IPv6",
+            ),
+            (
+                r#"{"name": "a b", "address": "198.18.100.2", "port": 80, "protocol": "tcp"}"#,
+                "is not a valid name",
+            ),
+            (
+                r#"{"name": "api", "address": "198.18.100.2", "port": -1, "protocol": "tcp"}"#,
+                "-1 is not a port",
+            ),
+            (
+                r#"{"name": "api", "address": "198.18.100.2", "port": 80, "protocol": "tcp", "ring_size": 4100}"#,
+                "ring_size",
+            ),
+        ] {
+            let e = validate_vip(&spec(json).unwrap(), &limits).unwrap_err().to_string();
+            assert!(e.contains(says), "{json}: {e}");
+        }
+        assert!(spec(
+            r#"{"name": "api", "address": "198.18.100.2", "port": 80, "protocol": "tcp", "colour": 1}"#
+        )
+        .unwrap_err()
+        .contains("unknown field `colour`"));
+        let backend = |json: &str| serde_json::from_str::<BackendSpec>(json).unwrap();
+        let vip: IpAddr = "198.18.100.1".parse().unwrap();
+        for (json, says) in [
+            (r#"{"address": "not-an-ip"}"#, "\"not-an-ip\" is not an IPv4 or IPv6 address"),
+            (r#"{"address": "198.18.0.14", "weight": 70000}"#, "70000 is out of range: use 0 to 65535"),
+            (r#"{"address": "0.0.0.0"}"#, "cannot be a backend"),
+        ] {
+            let e = validate_backend(&backend(json), vip).unwrap_err().to_string();
+            assert!(e.contains(says), "{json}: {e}");
+        }
+    }
 }

@@ -4,6 +4,7 @@ pub mod event_loop;
 pub mod flows;
 pub mod host;
 pub mod pin_lock;
+pub mod plan;
 pub mod reconcile;
 pub mod start;
 mod stats;
@@ -364,7 +365,7 @@ impl Agent {
     /// Settings that need a restart must be unchanged.
     pub fn apply_text(&mut self, text: &str, origin: &str) -> Result<Vec<PlanEntry>, AgentError> {
         let candidate = self.candidate_from(text, origin)?;
-        let plan = reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down)?;
+        let plan = reconcile::preview(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down)?;
         self.replace(candidate, &format!("apply {origin}"))?;
         Ok(plan)
     }
@@ -372,7 +373,7 @@ impl Agent {
     /// What [`Self::apply_text`] would change, without changing anything.
     pub fn plan_text(&self, text: &str, origin: &str) -> Result<Vec<PlanEntry>, AgentError> {
         let candidate = self.candidate_from(text, origin)?;
-        Ok(reconcile::plan(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down)?)
+        Ok(reconcile::preview(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down)?)
     }
 
     fn candidate_from(&self, text: &str, origin: &str) -> Result<Config, AgentError> {

@@ -1,0 +1,859 @@
+//! Desired state x what the maps hold -> the steps that take the maps there, in an order that
+//! is safe at every step for packets in flight. Pure: nothing here touches a map (reconcile.rs
+//! takes the steps). Ids are stable slots; a ring change writes only the slots that differ;
+//! everything that can fail for a reason the operator controls (out of ids) fails here, before
+//! the first write.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use lb_common::{
+    BackendValue, VipKey, VipValue, MODE_IPIP, MODE_L2DSR, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6,
+    SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_ADDRESS_ONLY, VIP_HASH_SOURCE_ONLY,
+};
+use serde::{Deserialize, Serialize};
+
+use super::reconcile::ApplyError;
+use crate::{
+    config::{AllDown, ForwardMode, HashMode, Scheduler, Source, Vip},
+    datapath::Sizes,
+    maglev, schedule,
+};
+
+/// Which map slots the agent gave to which VIP and backend. Persisted, so a restarted agent
+/// keeps them (and with them every live connection).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ids {
+    /// VIP name -> VIP id (its VIP_STATS index and its ring number).
+    pub vips: BTreeMap<String, u32>,
+    /// VIP name -> backend address -> backend id.
+    pub backends: BTreeMap<String, BTreeMap<IpAddr, u32>>,
+    /// Where the search for a free backend id starts: ids of removed backends are reused last,
+    /// because flows still in the table may point at them.
+    pub next_backend: u32,
+}
+
+impl Ids {
+    pub fn backend(&self, vip: &str, address: IpAddr) -> Option<u32> {
+        self.backends.get(vip)?.get(&address).copied()
+    }
+
+    /// Ids for `vips`: existing ones kept, new ones taken from the free slots (VIP ids: the
+    /// lowest free; backend ids: from `next_backend` on, round, so that the id of a backend
+    /// just removed, whose flows may still be in the table, is handed out last).
+    pub fn allocate(&self, vips: &[Vip], sizes: &Sizes) -> Result<Ids, ApplyError> {
+        let mut next = Ids { next_backend: self.next_backend.max(1), ..Ids::default() };
+        for v in vips {
+            if let Some(&id) = self.vips.get(&v.name) {
+                next.vips.insert(v.name.clone(), id);
+            }
+        }
+        for v in vips {
+            if next.vips.contains_key(&v.name) {
+                continue;
+            }
+            let used: BTreeSet<u32> = next.vips.values().copied().collect();
+            let id = (0..sizes.max_rings)
+                .find(|i| !used.contains(i))
+                .ok_or(ApplyError::NoVipSlot(sizes.max_rings))?;
+            next.vips.insert(v.name.clone(), id);
+        }
+        let mut used: BTreeSet<u32> = BTreeSet::new();
+        for v in vips {
+            for b in &v.backends {
+                if let Some(id) = self.backend(&v.name, b.address) {
+                    next.backends.entry(v.name.clone()).or_default().insert(b.address, id);
+                    used.insert(id);
+                }
+            }
+        }
+        for v in vips {
+            for b in &v.backends {
+                if next.backend(&v.name, b.address).is_some() {
+                    continue;
+                }
+                let max = sizes.max_backends;
+                let start = next.next_backend;
+                let id = (0..max - 1)
+                    .map(|i| (start - 1 + i) % (max - 1) + 1)
+                    .find(|id| !used.contains(id))
+                    .ok_or(ApplyError::NoBackendId(max))?;
+                used.insert(id);
+                next.next_backend = id % (max - 1) + 1;
+                next.backends.entry(v.name.clone()).or_default().insert(b.address, id);
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// What the maps hold, as far as this agent wrote them.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub ids: Ids,
+    pub rings: BTreeMap<String, Vec<u32>>,
+    pub keys: BTreeMap<String, VipKey>,
+    pub address_entries: BTreeSet<VipKey>,
+    pub source: Option<Source>,
+    /// VIP id + 1 being captured (`lbctl capture`), 0 for none.
+    pub capture_vip: u32,
+    /// See `ConfigValue::cache_generation`; 0 until the agent's first tick or change.
+    pub cache_generation: u32,
+    /// Round-robin sequences written, by VIP name (round-robin VIPs only).
+    pub rr_seqs: BTreeMap<String, Vec<u32>>,
+    /// BACKENDS entries written, by backend id.
+    pub backends: BTreeMap<u32, BackendValue>,
+    /// Each VIP's scheduler as written.
+    pub schedulers: BTreeMap<String, Scheduler>,
+    /// VIP ids whose flows were voided once and must be voided again once the packets then in
+    /// flight are through, each with when ([`void_again`]).
+    pub void_again: Vec<(std::time::Instant, u32)>,
+}
+
+impl Applied {
+    /// Notes what `step` wrote (the executor calls it once the write is done, so a change that
+    /// fails half-way leaves a record of exactly what reached the maps). A `Backend` step's
+    /// value is recorded as given: the executor gives it the generation it wrote.
+    pub fn record(&mut self, step: &Step) {
+        match step {
+            Step::Source(s) => self.source = Some(s.clone()),
+            Step::Backend { id, value, .. } => {
+                self.backends.insert(*id, *value);
+            }
+            Step::Ring { vip, new, .. } => {
+                self.rings.insert(vip.clone(), new.clone());
+            }
+            Step::RrSequence { vip, new, .. } => {
+                self.rr_seqs.insert(vip.clone(), new.clone());
+            }
+            Step::DropRrSequence { vip } => {
+                self.rr_seqs.remove(vip);
+            }
+            Step::VoidFlows(id) => self.void_again.retain(|(_, i)| i != id),
+            Step::SetVip { vip, key, scheduler, .. } => {
+                self.keys.insert(vip.clone(), *key);
+                self.schedulers.insert(vip.clone(), *scheduler);
+            }
+            Step::SetAddress { key, .. } => {
+                self.address_entries.insert(*key);
+            }
+            Step::RemoveAddress(key) => {
+                self.address_entries.remove(key);
+            }
+            Step::ForgetVip(name) => {
+                self.keys.remove(name);
+                self.rings.remove(name);
+                self.rr_seqs.remove(name);
+                self.schedulers.remove(name);
+            }
+            Step::Ids(ids) => self.ids = ids.clone(),
+            Step::ResetBackend(_)
+            | Step::RemoveVip(_)
+            | Step::VoidMoved(_)
+            | Step::SyncFilter
+            | Step::MoveCacheGeneration => {}
+        }
+    }
+}
+
+/// Backends whose health check failed, by (VIP name, address).
+pub type Down = BTreeSet<(String, IpAddr)>;
+
+/// The ring a VIP should have: the full table over its configured backends, with the slots of
+/// unavailable ones (drained or down) handed out as a table over the available ones would, so
+/// that only their slots move. None in service (drained, weight 0): every slot empty (new
+/// flows are dropped). All of those down: the ring over every backend in service, as if none
+/// were down (fail open), unless the VIP says `all_down = "drop"`. A pure function of the
+/// config and the down set: not of the order in which backends went down.
+pub fn ring(vip: &Vip, ids: &Ids, down: &Down) -> Vec<u32> {
+    let members: Vec<maglev::Member> = vip
+        .backends
+        .iter()
+        .filter_map(|b| {
+            ids.backend(&vip.name, b.address).map(|id| maglev::Member::new(b.address, id, b.weight))
+        })
+        .collect();
+    let in_service: Vec<&crate::config::Backend> =
+        vip.backends.iter().filter(|b| !b.drained && b.weight > 0).collect();
+    let healthy: BTreeSet<u32> = in_service
+        .iter()
+        .filter(|b| !down.contains(&(vip.name.clone(), b.address)))
+        .filter_map(|b| ids.backend(&vip.name, b.address))
+        .collect();
+    let empty = || vec![NO_BACKEND; vip.ring_size as usize];
+    if in_service.is_empty() {
+        return empty();
+    }
+    let available: BTreeSet<u32> = match (healthy.is_empty(), vip.all_down) {
+        (false, _) => healthy,
+        (true, AllDown::Drop) => return empty(),
+        (true, AllDown::FailOpen) => {
+            in_service.iter().filter_map(|b| ids.backend(&vip.name, b.address)).collect()
+        }
+    };
+    maglev::build_available(&members, &|id| available.contains(&id), vip.ring_size)
+}
+
+/// The round-robin sequence a VIP should have: over the backends that take new flows (not
+/// drained, weight > 0, not down), as its ring is. All of those down: over every backend in
+/// service (fail open), or none with `all_down = "drop"`. Empty: new flows are dropped.
+pub fn rr_sequence(vip: &Vip, ids: &Ids, down: &Down) -> Vec<u32> {
+    let in_service: Vec<&crate::config::Backend> =
+        vip.backends.iter().filter(|b| !b.drained && b.weight > 0).collect();
+    let healthy: Vec<&crate::config::Backend> =
+        in_service.iter().copied().filter(|b| !down.contains(&(vip.name.clone(), b.address))).collect();
+    let members = |backends: &[&crate::config::Backend]| -> Vec<maglev::Member> {
+        backends
+            .iter()
+            .filter_map(|b| {
+                ids.backend(&vip.name, b.address).map(|id| maglev::Member::new(b.address, id, b.weight))
+            })
+            .collect()
+    };
+    let len = lb_common::limits::RR_SEQ_LEN as usize;
+    match (healthy.is_empty(), vip.all_down) {
+        (false, _) => schedule::round_robin(&members(&healthy), len),
+        (true, AllDown::FailOpen) => schedule::round_robin(&members(&in_service), len),
+        (true, AllDown::Drop) => Vec::new(),
+    }
+}
+
+fn vip_key(vip: &Vip) -> VipKey {
+    VipKey::from((vip.address, vip.port, vip.protocol.number()))
+}
+
+fn address_key(address: IpAddr) -> VipKey {
+    let proto = if address.is_ipv4() { PROTO_ICMP } else { PROTO_ICMPV6 };
+    VipKey::from((address, 0, proto))
+}
+
+fn vip_value(vip: &Vip, id: u32, sizes: &Sizes, rr_len: usize) -> VipValue {
+    let source = vip.hash == HashMode::Source || vip.scheduler == Scheduler::SourceHash;
+    VipValue {
+        id,
+        flags: if source { VIP_HASH_SOURCE_ONLY } else { 0 },
+        // Ring number `id` (a VIP's id is its ring's number).
+        ring_offset: id * sizes.ring_stride,
+        ring_size: vip.ring_size,
+        mode: match vip.mode {
+            ForwardMode::Ipip => MODE_IPIP,
+            ForwardMode::L2dsr => MODE_L2DSR,
+        },
+        scheduler: match vip.scheduler {
+            Scheduler::Maglev | Scheduler::SourceHash => SCHED_MAGLEV,
+            Scheduler::RoundRobin => SCHED_ROUND_ROBIN,
+            Scheduler::LeastConn => SCHED_LEAST_CONN,
+        },
+        rr_len: u16::try_from(rr_len).expect("round-robin sequences are at most RR_SEQ_LEN long"),
+    }
+}
+
+/// One step of a change: a write to a map, or a note for the agent's record of what the maps
+/// hold ([`Applied::record`]). [`steps`] orders them so that nothing a packet can reach ever
+/// names what is not there yet: backends before the rings that name them, rings and sequences
+/// before the VIP entries that point at them, removals and voids last.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// CONFIG gets the new tunnel source and flow-hash seed.
+    Source(Source),
+    /// A backend id handed out anew: its open-connection count and traffic counters start at
+    /// zero (its earlier owner's).
+    ResetBackend(u32),
+    /// BACKENDS[`id`] = `value`. `new_owner`: the id changes hands, so its generation moves on
+    /// and the flows its earlier owner left are void; else the generation stays.
+    Backend { id: u32, value: BackendValue, new_owner: bool },
+    /// Ring number `ring` (VIP `vip`'s): only the slots where `new` differs from `old` (`None`:
+    /// never written) are written.
+    Ring { vip: String, ring: u32, old: Option<Vec<u32>>, new: Vec<u32> },
+    /// VIP `vip`'s round-robin sequence (in RR_SEQS by ring number), likewise.
+    RrSequence { vip: String, ring: u32, old: Option<Vec<u32>>, new: Vec<u32> },
+    /// VIP `vip` has no round-robin sequence any more (another scheduler): a note only.
+    DropRrSequence { vip: String },
+    /// A VIP's service entry removed from VIPS (the VIP is gone or moved).
+    RemoveVip(VipKey),
+    /// The flows of VIP id `.0` voided now: the id goes to another VIP.
+    VoidFlows(u32),
+    /// VIP `vip`'s service entry (VIPS and VIP_BY_ID).
+    SetVip { vip: String, key: VipKey, value: VipValue, scheduler: Scheduler },
+    /// The entry of a VIP address (answers pings, drops fragments).
+    SetAddress { key: VipKey, value: VipValue },
+    /// The entry of an address no VIP has now.
+    RemoveAddress(VipKey),
+    /// VIP `.0` is gone: a note only (its entry, if no other VIP took its key, was removed).
+    ForgetVip(String),
+    /// The ids the new state uses, from now on: a note only.
+    Ids(Ids),
+    /// The flows of these VIP ids (moved or gone VIPs) voided, now and again once the packets
+    /// in flight are through.
+    VoidMoved(Vec<u32>),
+    /// VIP_FILTER bits no VIP entry needs any more cleared.
+    SyncFilter,
+    /// Everything the data plane caches per CPU (flows, next hops) looked up afresh: every
+    /// change reaches cached flows at once.
+    MoveCacheGeneration,
+}
+
+/// The steps that make the maps (as `current` records them) hold `vips` and `source`.
+pub fn steps(
+    current: &Applied,
+    source: &Source,
+    vips: &[Vip],
+    down: &Down,
+    sizes: &Sizes,
+) -> Result<Vec<Step>, ApplyError> {
+    let ids = current.ids.allocate(vips, sizes)?;
+    let mut steps = Vec::new();
+    if current.source.as_ref() != Some(source) {
+        steps.push(Step::Source(source.clone()));
+    }
+    // What each VIP's scheduler will hand out (its ring; round robin: its sequence too), first:
+    // the backends in them take new flows, and their entries say so before a ring names them.
+    let schedules: Vec<(Vec<u32>, Option<Vec<u32>>)> = vips
+        .iter()
+        .map(|v| {
+            let seq = (v.scheduler == Scheduler::RoundRobin).then(|| rr_sequence(v, &ids, down));
+            (ring(v, &ids, down), seq)
+        })
+        .collect();
+    let taking: BTreeSet<u32> =
+        schedules.iter().flat_map(|(ring, seq)| ring.iter().chain(seq.iter().flatten())).copied().collect();
+    let mut configured = BTreeSet::new();
+    for v in vips {
+        for b in &v.backends {
+            let id = ids.backend(&v.name, b.address).expect("allocated above");
+            configured.insert(id);
+            let fresh = current.ids.backend(&v.name, b.address) != Some(id);
+            if fresh {
+                steps.push(Step::ResetBackend(id));
+            }
+            let value = BackendValue::from(b.address)
+                .with_weight(b.weight.min(u16::MAX as u32) as u16)
+                .taking_new_flows(taking.contains(&id));
+            let same =
+                current.backends.get(&id).is_some_and(|a| BackendValue { generation: 0, ..*a } == value);
+            if fresh || !same {
+                steps.push(Step::Backend { id, value, new_owner: fresh });
+            }
+        }
+    }
+    // A removed backend's entry stays for its open flows (until its id is reused), but takes no
+    // new ones: a SYN that finds an old flow of it gets a backend anew.
+    for (&id, b) in &current.backends {
+        if !configured.contains(&id) && b.takes_new_flows() {
+            steps.push(Step::Backend { id, value: b.taking_new_flows(false), new_owner: false });
+        }
+    }
+    // The keys the new config takes: an old key in it is not removed (VIPs may be renamed or
+    // swap addresses).
+    let taken: BTreeSet<VipKey> = vips.iter().map(vip_key).collect();
+    let mut addresses = current.address_entries.clone();
+    let (mut to_void, mut removed) = (Vec::new(), false);
+    for (v, (new, seq)) in vips.iter().zip(schedules) {
+        let id = ids.vips[&v.name];
+        // A VIP that got another slot (it cannot, but a new one can reuse a freed slot) starts clean.
+        let same_slot = current.ids.vips.get(&v.name) == Some(&id);
+        let old = current.rings.get(&v.name).filter(|_| same_slot).cloned();
+        steps.push(Step::Ring { vip: v.name.clone(), ring: id, old, new });
+        // The sequence before the VIP entry that gives its length.
+        let rr_len = match seq {
+            Some(new) => {
+                let len = new.len();
+                let old = current.rr_seqs.get(&v.name).filter(|_| same_slot).cloned();
+                steps.push(Step::RrSequence { vip: v.name.clone(), ring: id, old, new });
+                len
+            }
+            None => {
+                if current.rr_seqs.contains_key(&v.name) {
+                    steps.push(Step::DropRrSequence { vip: v.name.clone() });
+                }
+                0
+            }
+        };
+        let key = vip_key(v);
+        // Flows recorded for the id's earlier VIP, or for this VIP's earlier address, port or
+        // protocol, must not be forwarded: the old key goes first, then its flows are voided.
+        // (Unless another VIP takes that key now.)
+        let moved = current.keys.get(&v.name).copied().filter(|old| *old != key);
+        if let Some(old) = moved.filter(|old| !taken.contains(old)) {
+            steps.push(Step::RemoveVip(old));
+            removed = true;
+        }
+        if moved.is_some() {
+            // Voided once every entry is written: until then the old key may still name it.
+            to_void.push(id);
+        } else if !same_slot {
+            // A fresh id: its earlier owner's flows go before this VIP records its first (and a
+            // second void still due for the earlier owner is this one, later).
+            steps.push(Step::VoidFlows(id));
+        }
+        let value = vip_value(v, id, sizes, rr_len);
+        steps.push(Step::SetVip { vip: v.name.clone(), key, value, scheduler: v.scheduler });
+        let address = address_key(v.address);
+        if addresses.insert(address) {
+            steps.push(Step::SetAddress {
+                key: address,
+                value: VipValue { flags: VIP_ADDRESS_ONLY, ..value },
+            });
+        }
+    }
+    for name in current.keys.keys().filter(|n| !vips.iter().any(|v| &v.name == *n)) {
+        // A renamed VIP keeps its key under its new name: that entry stays.
+        if let Some(key) = current.keys.get(name).filter(|k| !taken.contains(k)) {
+            steps.push(Step::RemoveVip(*key));
+            removed = true;
+        }
+        if let Some(&id) = current.ids.vips.get(name) {
+            to_void.push(id);
+        }
+        steps.push(Step::ForgetVip(name.clone()));
+    }
+    let wanted: BTreeSet<VipKey> = vips.iter().map(|v| address_key(v.address)).collect();
+    for key in addresses.difference(&wanted) {
+        steps.push(Step::RemoveAddress(*key));
+        removed = true;
+    }
+    steps.push(Step::Ids(ids));
+    if !to_void.is_empty() {
+        steps.push(Step::VoidMoved(to_void));
+    }
+    if removed {
+        steps.push(Step::SyncFilter);
+    }
+    steps.push(Step::MoveCacheGeneration);
+    Ok(steps)
+}
+
+/// What applying `vips` would change, per VIP: the share of its ring that moves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanEntry {
+    pub vip: String,
+    /// "add", "remove", "change" or "keep".
+    pub action: String,
+    /// Slots of the new ring whose backend changes; with a new ring size, where slots do not
+    /// correspond, `share_moved × ring_size`.
+    pub slots_moved: usize,
+    pub ring_size: u32,
+    /// The share of new flows that would pick another backend (see [`maglev::share_moved`]).
+    pub share_moved: f64,
+    /// The VIP's scheduler after the change.
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// Its scheduler before, when the change sets another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_was: Option<Scheduler>,
+}
+
+/// What applying `vips` would change (`lbctl plan`), without changing anything.
+pub fn preview(
+    applied: &Applied,
+    vips: &[Vip],
+    sizes: &Sizes,
+    down: &Down,
+) -> Result<Vec<PlanEntry>, ApplyError> {
+    let ids = applied.ids.allocate(vips, sizes)?;
+    let mut entries = Vec::new();
+    for v in vips {
+        let new = ring(v, &ids, down);
+        let was = applied.schedulers.get(&v.name).copied().filter(|s| *s != v.scheduler);
+        let (action, share) = match applied.rings.get(&v.name) {
+            None => ("add", 1.0),
+            Some(old) => {
+                let share = maglev::share_moved(old, &new);
+                let same_key = applied.keys.get(&v.name) == Some(&vip_key(v));
+                (if share == 0.0 && same_key && was.is_none() { "keep" } else { "change" }, share)
+            }
+        };
+        entries.push(PlanEntry {
+            vip: v.name.clone(),
+            action: action.into(),
+            slots_moved: (share * new.len() as f64).round() as usize,
+            ring_size: v.ring_size,
+            share_moved: share,
+            scheduler: v.scheduler,
+            scheduler_was: was,
+        });
+    }
+    for (name, old) in &applied.rings {
+        if !vips.iter().any(|v| &v.name == name) {
+            entries.push(PlanEntry {
+                vip: name.clone(),
+                action: "remove".into(),
+                slots_moved: old.len(),
+                ring_size: old.len() as u32,
+                share_moved: 1.0,
+                scheduler: applied.schedulers.get(name).copied().unwrap_or_default(),
+                scheduler_was: None,
+            });
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, Protocol};
+
+    fn vip(all_down: AllDown) -> (Vip, Ids) {
+        let addresses: Vec<IpAddr> = (1..=3).map(|i| IpAddr::from([198, 18, 0, 10 + i])).collect();
+        let vip = Vip {
+            name: "web".into(),
+            address: IpAddr::from([198, 18, 100, 1]),
+            port: 80,
+            protocol: Protocol::Tcp,
+            mode: ForwardMode::Ipip,
+            hash: HashMode::FiveTuple,
+            scheduler: Scheduler::RoundRobin,
+            ring_size: 1009,
+            health: None,
+            all_down,
+            on_down: Default::default(),
+            backends: addresses
+                .iter()
+                .zip([100, 200, 300])
+                .map(|(&address, weight)| Backend { address, weight, drained: false, health: None })
+                .collect(),
+        };
+        let mut ids = Ids::default();
+        for (i, a) in addresses.iter().enumerate() {
+            ids.backends.entry("web".into()).or_default().insert(*a, i as u32 + 1);
+        }
+        (vip, ids)
+    }
+
+    fn count(seq: &[u32], id: u32) -> usize {
+        seq.iter().filter(|&&x| x == id).count()
+    }
+
+    #[test]
+    fn the_round_robin_sequence_covers_the_available_backends() {
+        let (mut v, ids) = vip(AllDown::FailOpen);
+        let none = Down::new();
+        let seq = rr_sequence(&v, &ids, &none);
+        assert_eq!((1..=3).map(|id| count(&seq, id)).collect::<Vec<_>>(), [1, 2, 3]);
+        // Drained, weight 0 and down backends take no turn.
+        v.backends[0].drained = true;
+        let down: Down = [("web".to_string(), v.backends[1].address)].into();
+        assert_eq!(rr_sequence(&v, &ids, &down), [3]);
+        v.backends[2].weight = 0;
+        assert_eq!(rr_sequence(&v, &ids, &none), [2]);
+        // Every backend in service down: all of them (fail open), or none.
+        let (v, ids) = vip(AllDown::FailOpen);
+        let all: Down = v.backends.iter().map(|b| ("web".to_string(), b.address)).collect();
+        assert_eq!(rr_sequence(&v, &ids, &all).len(), 6);
+        let (v, ids) = vip(AllDown::Drop);
+        assert!(rr_sequence(&v, &ids, &all).is_empty());
+    }
+
+    #[test]
+    fn every_backend_down_fails_open_over_every_backend_in_service() {
+        let (mut v, ids) = vip(AllDown::FailOpen);
+        v.scheduler = Scheduler::Maglev;
+        let none = Down::new();
+        let all: Down = v.backends.iter().map(|b| ("web".to_string(), b.address)).collect();
+        // Whatever order they went down in: the ring of no backend down.
+        assert_eq!(ring(&v, &ids, &all), ring(&v, &ids, &none));
+        // Drained ones stay out.
+        v.backends[0].drained = true;
+        let open = ring(&v, &ids, &all);
+        assert_eq!(open, ring(&v, &ids, &none));
+        assert_eq!(count(&open, 1), 0);
+        assert!(count(&open, 2) > 300 && count(&open, 3) > 500, "{} {}", count(&open, 2), count(&open, 3));
+        v.all_down = AllDown::Drop;
+        assert!(ring(&v, &ids, &all).iter().all(|&id| id == NO_BACKEND));
+    }
+
+    #[test]
+    fn a_new_ring_size_is_planned_with_the_share_of_new_flows_that_move() {
+        let (mut v, ids) = vip(AllDown::FailOpen);
+        v.scheduler = Scheduler::Maglev;
+        let none = Down::new();
+        let applied = Applied {
+            ids: ids.clone(),
+            rings: [("web".to_string(), ring(&v, &ids, &none))].into(),
+            keys: [("web".to_string(), vip_key(&v))].into(),
+            schedulers: [("web".to_string(), Scheduler::Maglev)].into(),
+            ..Applied::default()
+        };
+        let sizes = Sizes {
+            flows_per_cpu: 1024,
+            pending_flows_per_cpu: 1024,
+            max_vips: 4,
+            max_rings: 4,
+            ring_stride: 4099,
+            max_backends: 16,
+            flow_cache_slots: 0,
+        };
+        v.ring_size = 2003;
+        let entries = preview(&applied, &[v], &sizes, &none).expect("a plan");
+        let e = &entries[0];
+        assert_eq!((e.action.as_str(), e.ring_size), ("change", 2003), "{e:?}");
+        // Rings of unrelated sizes: a flow keeps its backend with the chance that two independent
+        // picks agree, sum of share² over weights 1:2:3 = 14/36.
+        assert!((e.share_moved - 22.0 / 36.0).abs() < 0.01, "{e:?}");
+        assert_eq!(e.slots_moved, (e.share_moved * 2003.0).round() as usize, "{e:?}");
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Ids
+    // ------------------------------------------------------------------------------------------
+
+    fn sizes(max_rings: u32, max_backends: u32) -> Sizes {
+        Sizes {
+            flows_per_cpu: 1024,
+            pending_flows_per_cpu: 1024,
+            max_vips: max_rings,
+            max_rings,
+            ring_stride: 1009,
+            max_backends,
+            flow_cache_slots: 0,
+        }
+    }
+
+    /// A VIP `name` on 198.18.100.`n`:80/tcp, Maglev, ring 1009, with backends 198.18.`n`.`b`.
+    fn simple(name: &str, n: u8, backends: &[u8]) -> Vip {
+        let (mut v, _) = vip(AllDown::FailOpen);
+        v.name = name.into();
+        v.address = IpAddr::from([198, 18, 100, n]);
+        v.scheduler = Scheduler::Maglev;
+        v.backends = backends
+            .iter()
+            .map(|&b| Backend {
+                address: IpAddr::from([198, 18, n, b]),
+                weight: 100,
+                drained: false,
+                health: None,
+            })
+            .collect();
+        v
+    }
+
+    #[test]
+    fn ids_are_kept_and_new_ones_take_free_slots() {
+        let sizes = sizes(4, 8);
+        let a = simple("a", 1, &[1, 2]);
+        let b = simple("b", 2, &[1]);
+        let first = Ids::default().allocate(&[a.clone(), b.clone()], &sizes).unwrap();
+        assert_eq!(first.vips, [("a".to_string(), 0), ("b".to_string(), 1)].into());
+        assert_eq!(first.backend("a", a.backends[0].address), Some(1));
+        assert_eq!(first.backend("b", b.backends[0].address), Some(3));
+        // Kept whatever the order; a removed VIP's slot goes to the next new one.
+        let c = simple("c", 3, &[1]);
+        let second = first.allocate(&[b.clone(), c.clone()], &sizes).unwrap();
+        assert_eq!(second.vips, [("b".to_string(), 1), ("c".to_string(), 0)].into());
+        assert_eq!(second.backend("b", b.backends[0].address), Some(3));
+        // Backend ids go on from where the last one was taken: a removed backend's id (1, 2:
+        // its flows may still be in the table) comes back last.
+        assert_eq!(second.backend("c", c.backends[0].address), Some(4));
+        let many = simple("c", 3, &[1, 2, 3, 4, 5]);
+        let third = second.allocate(&[b.clone(), many.clone()], &sizes).unwrap();
+        let got: Vec<u32> = many.backends.iter().map(|x| third.backend("c", x.address).unwrap()).collect();
+        assert_eq!(got, [4, 5, 6, 7, 1], "ids 1 and 2 were freed last-but-one and last");
+        // Out of ids: refused here, before any write.
+        let too_many = simple("c", 3, &[1, 2, 3, 4, 5, 6, 7]);
+        assert!(matches!(third.allocate(&[b.clone(), too_many], &sizes), Err(ApplyError::NoBackendId(8))));
+        let vips: Vec<Vip> = (1..=5).map(|i| simple(&format!("v{i}"), i, &[])).collect();
+        assert!(matches!(Ids::default().allocate(&vips, &sizes), Err(ApplyError::NoVipSlot(4))));
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Steps
+    // ------------------------------------------------------------------------------------------
+
+    /// What the maps would hold after `steps`, as far as a packet can see: BACKENDS by id, and
+    /// for every check, the config's VIPs. Checks each step against the ones before it.
+    struct Model {
+        backends: BTreeMap<u32, BackendValue>,
+        rings: BTreeMap<u32, Vec<u32>>,
+    }
+
+    impl Model {
+        /// Takes `steps` from `current`, checking that no ring or sequence names a backend
+        /// that is not in BACKENDS (with an address of that VIP) when it is written, that each
+        /// VIP entry comes after its ring and names it, and that no removal takes a key the
+        /// config holds. Returns the record after them.
+        fn take(&mut self, current: &Applied, steps: &[Step], vips: &[Vip], sizes: &Sizes) -> Applied {
+            let mut next = Applied { ids: current.ids.clone(), ..Default::default() };
+            next.rings = current.rings.clone();
+            next.keys = current.keys.clone();
+            next.address_entries = current.address_entries.clone();
+            next.source = current.source.clone();
+            next.rr_seqs = current.rr_seqs.clone();
+            next.backends = current.backends.clone();
+            next.schedulers = current.schedulers.clone();
+            let taken: BTreeSet<VipKey> = vips.iter().map(vip_key).collect();
+            let by_name: BTreeMap<&str, &Vip> = vips.iter().map(|v| (v.name.as_str(), v)).collect();
+            let mut written_rings = BTreeSet::new();
+            for (i, step) in steps.iter().enumerate() {
+                let named_ok = |vip: &str, ids: &[u32]| {
+                    let v = by_name[vip];
+                    for &id in ids.iter().filter(|&&id| id != NO_BACKEND) {
+                        let b = self.backends.get(&id).unwrap_or_else(|| {
+                            panic!("step {i}: ring of {vip} names backend {id}, not in BACKENDS yet")
+                        });
+                        assert!(
+                            v.backends.iter().any(|x| BackendValue::from(x.address).addr == b.addr),
+                            "step {i}: ring of {vip} names backend {id}, another VIP's ({:?})",
+                            b.addr
+                        );
+                        assert!(
+                            b.takes_new_flows(),
+                            "step {i}: ring of {vip} names {id}, which takes no new flows"
+                        );
+                    }
+                };
+                match step {
+                    Step::Backend { id, value, new_owner } => {
+                        let generation = self.backends.get(id).map_or(0, |b| b.generation);
+                        let generation = if *new_owner { generation + 1 } else { generation };
+                        self.backends.insert(*id, BackendValue { generation, ..*value });
+                    }
+                    Step::Ring { vip, ring, new, .. } => {
+                        named_ok(vip, new);
+                        self.rings.insert(*ring, new.clone());
+                        written_rings.insert(vip.clone());
+                    }
+                    Step::RrSequence { vip, new, .. } => named_ok(vip, new),
+                    Step::SetVip { vip, key, value, .. } => {
+                        assert!(written_rings.contains(vip), "step {i}: {vip}'s entry before its ring");
+                        let v = by_name[vip.as_str()];
+                        assert_eq!(*key, vip_key(v));
+                        assert_eq!(value.ring_offset, value.id * sizes.ring_stride);
+                        assert_eq!(value.ring_size, v.ring_size);
+                    }
+                    Step::RemoveVip(key) => {
+                        assert!(!taken.contains(key), "step {i}: removes {key:?}, a VIP's")
+                    }
+                    _ => {}
+                }
+                let recorded = match step {
+                    Step::Backend { id, .. } => {
+                        Step::Backend { id: *id, value: self.backends[id], new_owner: false }
+                    }
+                    other => other.clone(),
+                };
+                next.record(&recorded);
+            }
+            next
+        }
+    }
+
+    /// Plans `vips` from `current`, checks the steps with `model`, returns the record after them.
+    fn change(model: &mut Model, current: &Applied, vips: &[Vip], down: &Down) -> (Applied, Vec<Step>) {
+        let sizes = sizes(16, 256);
+        let steps = steps(current, &Source::default(), vips, down, &sizes).expect("a plan");
+        let next = model.take(current, &steps, vips, &sizes);
+        // The record says what the config asks for.
+        for v in vips {
+            assert_eq!(next.keys.get(&v.name), Some(&vip_key(v)), "{}", v.name);
+            assert_eq!(next.rings[&v.name], ring(v, &next.ids, down), "{}", v.name);
+        }
+        assert_eq!(next.keys.len(), vips.len());
+        let wanted: BTreeSet<VipKey> = vips.iter().map(|v| address_key(v.address)).collect();
+        assert_eq!(next.address_entries, wanted);
+        (next, steps)
+    }
+
+    #[test]
+    fn no_step_lets_a_ring_name_a_backend_that_is_not_there() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(0x5eed);
+        let mut model = Model { backends: BTreeMap::new(), rings: BTreeMap::new() };
+        let mut current = Applied::default();
+        for round in 0..200 {
+            // A random config of up to 5 VIPs (names and addresses from small sets, so that
+            // VIPs come, go, are renamed and swap addresses), 0..6 backends each, random
+            // drains, weights, schedulers; and random backends down.
+            let n = rng.gen_range(1..=5);
+            let mut vips: Vec<Vip> = Vec::new();
+            for _ in 0..n {
+                let name = format!("v{}", rng.gen_range(0..7));
+                let address = rng.gen_range(1..=6u8);
+                if vips.iter().any(|v| v.name == name || v.address == IpAddr::from([198, 18, 100, address])) {
+                    continue;
+                }
+                let backends: Vec<u8> = (1..=6u8).filter(|_| rng.gen_bool(0.6)).collect();
+                let mut v = simple(&name, address, &backends);
+                for b in &mut v.backends {
+                    b.drained = rng.gen_bool(0.2);
+                    b.weight = [0, 1, 100, 300][rng.gen_range(0..4)];
+                }
+                v.scheduler =
+                    [Scheduler::Maglev, Scheduler::RoundRobin, Scheduler::LeastConn][rng.gen_range(0..3)];
+                vips.push(v);
+            }
+            let down: Down = vips
+                .iter()
+                .flat_map(|v| v.backends.iter().map(move |b| (v.name.clone(), b.address)))
+                .filter(|_| rng.gen_bool(0.2))
+                .collect();
+            let (next, _) = change(&mut model, &current, &vips, &down);
+            // Applied again, nothing changes: no write but the rings' (which write no slot).
+            let (again, steps) = change(&mut model, &next, &vips, &down);
+            for step in &steps {
+                match step {
+                    Step::Ring { old, new, .. } | Step::RrSequence { old, new, .. } => {
+                        assert_eq!(old.as_ref(), Some(new), "round {round}: an unchanged ring rewritten")
+                    }
+                    Step::SetVip { .. } | Step::Ids(_) | Step::MoveCacheGeneration => {}
+                    other => panic!("round {round}: the same config again takes {other:?}"),
+                }
+            }
+            current = again;
+        }
+    }
+
+    #[test]
+    fn a_drain_writes_only_the_drained_backends_slots_and_marks_it() {
+        let mut model = Model { backends: BTreeMap::new(), rings: BTreeMap::new() };
+        let v = simple("web", 1, &[1, 2, 3]);
+        let (current, _) = change(&mut model, &Applied::default(), std::slice::from_ref(&v), &Down::new());
+        let drained_id = current.ids.backend("web", v.backends[1].address).unwrap();
+        let mut drained = v.clone();
+        drained.backends[1].drained = true;
+        let (_, steps) = change(&mut model, &current, &[drained], &Down::new());
+        let (old, new) = steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Ring { old: Some(old), new, .. } => Some((old.clone(), new.clone())),
+                _ => None,
+            })
+            .expect("a ring step");
+        let moved: Vec<usize> = (0..old.len()).filter(|&i| old[i] != new[i]).collect();
+        assert!(!moved.is_empty() && moved.iter().all(|&i| old[i] == drained_id), "other slots moved");
+        let backend = steps.iter().find_map(|s| match s {
+            Step::Backend { id, value, new_owner: false } if *id == drained_id => Some(*value),
+            _ => None,
+        });
+        assert!(backend.is_some_and(|b| !b.takes_new_flows()), "the drained backend still takes new flows");
+    }
+
+    #[test]
+    fn renames_and_swaps_keep_their_entries_and_void_the_old_ids() {
+        let mut model = Model { backends: BTreeMap::new(), rings: BTreeMap::new() };
+        let (a, b) = (simple("a", 1, &[1]), simple("b", 2, &[1]));
+        let (current, _) = change(&mut model, &Applied::default(), &[a.clone(), b.clone()], &Down::new());
+        let old_a = current.ids.vips["a"];
+        // Renamed: the entry stays (no removal of its key), the old id's flows are voided.
+        let mut a2 = a.clone();
+        a2.name = "a2".into();
+        let (current, steps) = change(&mut model, &current, &[a2.clone(), b.clone()], &Down::new());
+        assert!(!steps.iter().any(|s| matches!(s, Step::RemoveVip(_))), "{steps:?}");
+        assert!(steps.contains(&Step::VoidMoved(vec![old_a])), "{steps:?}");
+        // Swapped addresses: each key is rewritten, none removed; both ids voided.
+        let (mut x, mut y) = (a2.clone(), b.clone());
+        std::mem::swap(&mut x.address, &mut y.address);
+        let (_, steps) = change(&mut model, &current, &[x, y], &Down::new());
+        assert!(!steps.iter().any(|s| matches!(s, Step::RemoveVip(_))), "{steps:?}");
+        let voided: BTreeSet<u32> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::VoidMoved(ids) => Some(ids.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(voided, [current.ids.vips["a2"], current.ids.vips["b"]].into());
+    }
+}

@@ -23,6 +23,36 @@ pub use vip::{
     VIP_HASH_SOURCE_ONLY,
 };
 
+/// The layout version of the pinned maps: an agent pins under `pin_path/<PIN_LAYOUT>` and adopts
+/// only pins of its own layout. Move it on (v3 -> v4) whenever a pinned map's key or value
+/// changes, and record the new layouts in [`PINNED_LAYOUTS`]: a test compares the object's
+/// pinned maps with that record, so a layout cannot change under the same version.
+pub const PIN_LAYOUT: &str = "v3";
+
+/// The pinned maps of layout [`PIN_LAYOUT`]: (name, key size, value size), as the object defines
+/// them (the kernel's sizes: a value array's 8-byte alignment is not counted).
+pub const PINNED_LAYOUTS: &[(&str, u32, u32)] = &[
+    (map_names::ACTIVE_CONNS, 4, 8),
+    (map_names::BACKENDS, 4, 24),
+    (map_names::BACKEND_STATS, 4, 24),
+    (map_names::CONFIG, 4, 36),
+    (map_names::DECAP_ADDRS, 16, 1),
+    (map_names::DECAP_CONFIG, 4, 4),
+    (map_names::DECAP_SOURCES, 24, 1),
+    (map_names::FIB_SCRATCH, 4, 64),
+    (map_names::FLOWS, 40, 32),
+    (map_names::PENDING_FLOWS, 40, 32),
+    (map_names::RINGS, 4, 4),
+    (map_names::RR_CURSORS, 4, 4),
+    (map_names::RR_SEQS, 4, 4),
+    (map_names::STATS, 4, 8 * counters::Counter::COUNT),
+    (map_names::TX_PORTS, 4, 8),
+    (map_names::VIPS, 20, 20),
+    (map_names::VIP_BY_ID, 4, 24),
+    (map_names::VIP_FILTER, 4, 8),
+    (map_names::VIP_STATS, 4, 24),
+];
+
 /// Names of the maps in the eBPF object. User space looks maps up by these names.
 pub mod map_names {
     pub const VIPS: &str = "VIPS";

@@ -1,18 +1,13 @@
 //! `lbctl capture`: reads the CAPTURE perf buffers the balancer fills for one VIP while the
 //! agent has capture switched on, and writes a pcap file readable by `tcpdump -r`.
 use std::{
-    os::fd::AsRawFd,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
-use aya::maps::{
-    perf::{PerfEvent, PerfEventArray, PerfEventArrayBuffer},
-    MapData,
-};
-use lb_common::{map_names, CaptureMeta, CAPTURE_BEFORE};
+use lb_common::{CaptureMeta, CAPTURE_BEFORE};
 
-use crate::datapath::{Datapath, DatapathError};
+use crate::datapath::{CaptureBuffers, Datapath, DatapathError};
 
 /// How long [`Capturer::collect`] takes at most to see that it was cancelled.
 pub const CANCEL_LATENCY: Duration = Duration::from_millis(50);
@@ -26,28 +21,18 @@ pub struct Captured {
 
 /// The per-CPU perf buffers, opened once at start-up.
 pub struct Capturer {
-    buffers: Vec<PerfEventArrayBuffer<MapData>>,
+    buffers: CaptureBuffers,
 }
 
 impl Capturer {
     pub fn open(dp: &mut Datapath) -> Result<Self, DatapathError> {
-        let name = map_names::CAPTURE;
-        let map = dp.ebpf.take_map(name).ok_or(DatapathError::NoMap(name))?;
-        let mut array: PerfEventArray<MapData> =
-            PerfEventArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
-        let cpus = aya::util::online_cpus().map_err(|(path, e)| DatapathError::Cpus(path, e))?;
-        let mut buffers = Vec::new();
-        for cpu in cpus {
-            let buffer = array.open(cpu, Some(64)).map_err(|e| DatapathError::Capture(e.to_string()))?;
-            buffers.push(buffer);
-        }
-        Ok(Capturer { buffers })
+        Ok(Capturer { buffers: CaptureBuffers::open(dp)? })
     }
 
     /// Throws away whatever earlier captures left in the buffers.
     pub fn drain(&mut self) {
-        for b in &mut self.buffers {
-            b.for_each(|_| {});
+        for i in 0..self.buffers.len() {
+            self.buffers.read(i, |_| {});
         }
     }
 
@@ -68,38 +53,28 @@ impl Capturer {
         // A packet's two copies are written to its CPU's buffer one after the other, but this
         // may read the first before the program has written the second: a copy as received waits
         // here (per buffer) for its copy as sent, so the pair stays together in the file.
-        let mut received: Vec<Option<Captured>> = self.buffers.iter().map(|_| None).collect();
+        let mut received: Vec<Option<Captured>> = (0..self.buffers.len()).map(|_| None).collect();
         while out.len() < wanted {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || cancel.load(Ordering::Relaxed) {
                 break;
             }
-            let mut fds: Vec<libc::pollfd> = self
-                .buffers
-                .iter()
-                .map(|b| libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-                .collect();
-            let ms = left.min(CANCEL_LATENCY).as_millis() as libc::c_int;
-            // SAFETY: valid pollfds that outlive the call.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            for (b, waiting) in self.buffers.iter_mut().zip(&mut received) {
-                b.for_each(|event| match event {
-                    PerfEvent::Sample { head, tail } => {
-                        let Some(copy) = parse(head, tail, vip) else { return };
-                        if out.len() >= wanted {
-                            return;
-                        }
-                        // A copy as received whose packet was not sent (passed, dropped) goes alone.
-                        if let Some(before) = waiting.take() {
-                            out.push(before);
-                        }
-                        if copy.after {
-                            out.push(copy);
-                        } else {
-                            *waiting = Some(copy);
-                        }
+            self.buffers.wait(left.min(CANCEL_LATENCY));
+            for (i, waiting) in received.iter_mut().enumerate() {
+                lost += self.buffers.read(i, |sample| {
+                    let Some(copy) = parse(sample, vip) else { return };
+                    if out.len() >= wanted {
+                        return;
                     }
-                    PerfEvent::Lost { count } => lost += count,
+                    // A copy as received whose packet was not sent (passed, dropped) goes alone.
+                    if let Some(before) = waiting.take() {
+                        out.push(before);
+                    }
+                    if copy.after {
+                        out.push(copy);
+                    } else {
+                        *waiting = Some(copy);
+                    }
                 });
             }
         }
@@ -109,10 +84,7 @@ impl Capturer {
     }
 }
 
-fn parse(head: &[u8], tail: &[u8], vip: u32) -> Option<Captured> {
-    let mut sample = Vec::with_capacity(head.len() + tail.len());
-    sample.extend_from_slice(head);
-    sample.extend_from_slice(tail);
+fn parse(sample: &[u8], vip: u32) -> Option<Captured> {
     let meta_len = std::mem::size_of::<CaptureMeta>();
     let meta = sample.get(..meta_len)?;
     let word = |i: usize| u32::from_ne_bytes(meta[i * 4..i * 4 + 4].try_into().unwrap());

@@ -94,7 +94,7 @@ impl XdpRunner {
     /// measures one packet class, not a flow of changing packets.
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> (Outcome, Duration) {
         let ctx = (self.ingress_ifindex != 0).then(|| xdp_md(frame.len(), self.ingress_ifindex));
-        let prog = datapath::program(&mut self.datapath.ebpf, self.program).expect("program");
+        let prog = datapath::program(self.datapath.raw_mut(), self.program).expect("program");
         let mut out = vec![0u8; frame.len() + HEADROOM];
         let result = prog
             .test_run(TestRunOptions {

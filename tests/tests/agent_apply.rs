@@ -35,7 +35,7 @@ fn renamed_and_swapped_vips_keep_their_entries() {
     let files = LbdFiles::new();
     let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
     let lbd = Lbd::start(&ns, &files, &format!("{header}{}", vips(&[("a", 1), ("b", 2)])));
-    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     let held = || map_snapshot(&pins, 1).vips.into_iter().map(|(k, _)| k).collect::<BTreeSet<_>>();
     assert_eq!(held(), keys(&[1, 2]), "the first config");
 

@@ -380,7 +380,7 @@ fn every_bad_input_is_refused_clearly_and_changes_nothing() {
     let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
     let good = format!("{header}{VIP}");
     let lbd = Lbd::start(&ns, &files, &good);
-    let before = map_snapshot(&files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT), 4099);
+    let before = map_snapshot(&files.pin_path.join(lb_common::PIN_LAYOUT), 4099);
     assert_eq!(before.backends.len(), 3, "the good config is applied: {before:?}");
 
     let mut failures = Vec::new();
@@ -392,7 +392,7 @@ fn every_bad_input_is_refused_clearly_and_changes_nothing() {
         if code != case.exit || !text.contains(case.says) {
             failures.push(format!("{}: exit {code} (want {}), output: {text}", case.name, case.exit));
         }
-        let after = map_snapshot(&files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT), 4099);
+        let after = map_snapshot(&files.pin_path.join(lb_common::PIN_LAYOUT), 4099);
         if after != before {
             failures.push(format!("{}: the maps changed", case.name));
         }

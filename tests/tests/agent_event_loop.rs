@@ -26,7 +26,7 @@ fn a_least_conn_recount_of_a_million_flows_does_not_stall_the_event_loop() {
     let vip = "[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
                scheduler = \"least-conn\"\nring_size = 1009\n\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n";
     let lbd = Lbd::start(&ns, &files, &format!("{header}{vip}"));
-    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     let state = SavedState::read(&files.dir.join("state.json")).unwrap().expect("a saved state");
     let backend = state.ids.backend("web", "198.18.0.11".parse().unwrap()).expect("a backend id");
     let written = fill_counted_flows(&pins, state.ids.vips["web"], backend, FLOWS, [198, 18, 100, 1]);

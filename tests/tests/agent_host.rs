@@ -150,5 +150,5 @@ fn lbd_mounts_a_bpffs_where_pin_path_has_none() {
     lbd.kill();
     let link = ns.ip(&["link", "show", "dev", "eth0"]);
     assert!(link.contains("prog/xdp"), "the balancer went with lbd:\n{link}");
-    assert!(pins.join(lb_userspace::agent::start::PIN_LAYOUT).join("link_eth0").exists());
+    assert!(pins.join(lb_common::PIN_LAYOUT).join("link_eth0").exists());
 }

@@ -30,7 +30,7 @@ fn as_many_vips_as_max_vips_are_applied_whole() {
     let lbd = Lbd::start(&ns, &files, &config);
     let list = lbd.lbctl_ok(&["vip", "list"]);
     assert_eq!(list.lines().count() as u32, VIPS + 1, "vip list:\n{list}");
-    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     let entries = map_snapshot(&pins, 1).vips.len() as u32;
     assert_eq!(entries, 2 * VIPS, "VIPS entries: a service and an address entry per VIP");
     // One more than the limit is refused as a whole, and changes nothing.

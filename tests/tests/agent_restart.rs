@@ -33,7 +33,7 @@ fn a_restarted_lbd_starts_the_down_backends_down() {
     );
     let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
     let lbd = Lbd::start(&ns, &files, &format!("{header}{vip}"));
-    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     let state = SavedState::read(&files.dir.join("state.json")).unwrap().expect("a saved state");
     let dead = state.ids.backend("web", "198.18.0.11".parse().unwrap()).expect("an id");
     let in_ring = || map_snapshot(&pins, RING).rings.iter().filter(|&&id| id == dead).count();
@@ -69,7 +69,7 @@ fn a_second_lbd_on_the_same_pins_exits_naming_the_first_and_touches_nothing() {
     let one = "[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\nring_size = 1009\n\n\
                [[vip.backend]]\naddress = \"198.18.0.11\"\n";
     let first = Lbd::start(&ns, &files, &format!("{header}{one}"));
-    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     let maps = map_snapshot(&pins, RING);
     let state = std::fs::read(files.dir.join("state.json")).unwrap();
 

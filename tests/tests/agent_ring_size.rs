@@ -24,7 +24,7 @@ fn sighup_with_a_new_ring_size_keeps_lbd_running_and_rewrites_the_ring() {
     let files = LbdFiles::new();
     let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
     let mut lbd = Lbd::start(&ns, &files, &format!("{header}{}", vip(4099)));
-    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     for size in [1009, 4099, 2003] {
         std::fs::write(files.config(), format!("{header}{}", vip(size))).unwrap();
         // SAFETY: kill with our child's pid (not reaped) and a valid signal.

@@ -20,7 +20,7 @@ fn lost_state_removes_vips_nobody_knows_and_corrupt_state_stops_the_start() {
     let files = LbdFiles::new();
     let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
     let lbd = Lbd::start(&ns, &files, &format!("{header}{VIP}"));
-    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     assert_eq!(map_snapshot(&pins, 1).vips.len(), 2, "the VIP and its address entry");
     lbd.kill();
 

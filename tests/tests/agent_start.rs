@@ -160,7 +160,7 @@ fn a_restart_without_an_interface_detaches_the_balancer_from_it() {
     let files = LbdFiles::new();
     let lbd =
         lb_tests::lbd::Lbd::start(&ns, &files, &files.header(&["eth0", "eth1"], "198.18.0.2", "fd00::2"));
-    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     assert!(pins.join("link_eth1").exists() && xdp_attached(&ns, "eth1"), "eth1 is not attached at first");
     lbd.process.terminate();
 

@@ -25,7 +25,7 @@ fn a_change_whose_state_cannot_be_saved_changes_no_map() {
         .header(&["eth0"], "198.18.0.2", "fd00::2")
         .replace(&files.dir.join("state.json").display().to_string(), &state.display().to_string());
     let lbd = Lbd::start(&ns, &files, &format!("{header}{VIP}"));
-    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     let before = map_snapshot(&pins, 2 * 65_537);
 
     // The state's directory becomes a file: nothing can be written under it.

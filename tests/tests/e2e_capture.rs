@@ -95,7 +95,7 @@ fn a_capture_whose_client_disconnects_is_switched_off() {
         &files,
         &format!("{header}{VIP}\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n"),
     );
-    let pins = files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     let capture_vip = || lb_tests::lbd::map_snapshot(&pins, 1).config.capture_vip;
 
     let mut client = std::os::unix::net::UnixStream::connect(files.socket()).expect("connect to the API");

@@ -350,7 +350,7 @@ fn least_conn_avoids_the_busy_backend_until_its_connections_close() {
 
     // Counts that drifted (connections gone without a FIN the balancer saw): lbd's recount from
     // the flow table puts them right within its 10 s period.
-    let pins = w.files.pin_path.join(lb_userspace::agent::start::PIN_LAYOUT);
+    let pins = w.files.pin_path.join(lb_common::PIN_LAYOUT);
     let counts =
         aya::maps::MapData::from_pin(pins.join(lb_common::map_names::ACTIVE_CONNS)).expect("pinned counts");
     let mut counts: aya::maps::Array<_, u64> =

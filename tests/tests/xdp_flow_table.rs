@@ -95,7 +95,7 @@ fn send(r: &mut XdpRunner, sport: u16, flags: u8) -> Option<u32> {
 
 /// Whether FLOWS holds an entry for `key`, void or not (walks skip void ones).
 fn in_table(r: &XdpRunner, key: &FlowKey) -> bool {
-    let map = r.datapath.ebpf.map(map_names::FLOWS).expect("FLOWS");
+    let map = r.datapath.raw().map(map_names::FLOWS).expect("FLOWS");
     let flows: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(map).unwrap();
     flows.get(key, 0).is_ok()
 }
@@ -182,7 +182,7 @@ fn the_vip_address_filter_follows_the_vip_entries() {
     Fixture::new().run(SIZES, |r| {
         let filter_bit = |r: &XdpRunner| -> bool {
             let bit = hash::vip_filter_bit(&VipKey::from((vip(), 0, PROTO_TCP)).addr);
-            let map = r.datapath.ebpf.map(map_names::VIP_FILTER).expect("VIP_FILTER");
+            let map = r.datapath.raw().map(map_names::VIP_FILTER).expect("VIP_FILTER");
             let words: Array<&MapData, u64> = Array::try_from(map).unwrap();
             assert_eq!(words.len(), limits::VIP_FILTER_BITS / 64);
             words.get(&(bit / 64), 0).unwrap() & 1 << (bit % 64) != 0

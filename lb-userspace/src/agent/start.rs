@@ -16,10 +16,6 @@ use crate::{
     health::{HealthEvents, Prober},
 };
 
-/// Pins live in a versioned directory: a new map layout gets a new directory instead of being
-/// handed old maps.
-pub const PIN_LAYOUT: &str = "v3";
-
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error("{0}")]
@@ -43,7 +39,7 @@ pub enum StartError {
 }
 
 pub fn pin_dir(config: &Config) -> PathBuf {
-    config.pin_path.join(PIN_LAYOUT)
+    config.pin_path.join(lb_common::PIN_LAYOUT)
 }
 
 /// Starts the agent; the health events it must be given back (see [`Agent::health_event`]).

@@ -148,13 +148,12 @@ async fn run(args: Args) -> Result<(), Failure> {
             Ok(())
         }
         Command::Object => {
-            let obj = aya_obj::Object::parse(crate::datapath::object())
-                .map_err(|e| Failure::Refused(format!("the embedded object does not parse: {e}")))?;
-            for name in obj.programs.keys() {
+            let info = crate::datapath::object::info().map_err(|e| Failure::Refused(e.to_string()))?;
+            for name in &info.programs {
                 println!("program {name}");
             }
-            for (name, map) in &obj.maps {
-                println!("map {name} max_entries={}", map.max_entries());
+            for m in &info.maps {
+                println!("map {} max_entries={}", m.name, m.max_entries);
             }
             Ok(())
         }

@@ -44,6 +44,8 @@ pub enum DatapathError {
     PinnedSize { name: &'static str, pinned: u32, wanted: u32 },
     #[error("pinned link {path}: {reason}")]
     Link { path: PathBuf, reason: String },
+    #[error("the embedded eBPF object does not parse: {0}")]
+    Parse(String),
     #[error("opening the capture buffers: {0}")]
     Capture(String),
     #[error("this datapath was loaded without a pin directory")]
@@ -168,7 +170,7 @@ impl Default for Sizes {
 
 /// The loaded programs and their maps.
 pub struct Datapath {
-    pub ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     pub sizes: Sizes,
     /// Where maps and links are pinned, if they are.
     pub pin_dir: Option<PathBuf>,
@@ -287,6 +289,18 @@ fn load_inner(sizes: Sizes, pin_dir: Option<&Path>, role: Role) -> Result<Datapa
 }
 
 impl Datapath {
+    /// The loaded object itself, for the test kit and the benchmarks, which drive what the
+    /// product never does (test runs, traffic generators, floor programs). Product code uses the
+    /// typed handles of this module.
+    pub fn raw(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// [`Self::raw`], to change it.
+    pub fn raw_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Attaches the balancer to `interface` through a link pinned under the pin directory, so
     /// that it keeps forwarding when the agent exits. If a link is already pinned for the
     /// interface (an earlier agent's), its program is replaced atomically: no packet is missed.

@@ -1,7 +1,11 @@
-//! The only module that touches aya: the embedded object, loading, attaching, maps.
+//! The only module that touches aya: the embedded object, loading, attaching, typed map
+//! handles, the capture buffers. The rest of lb-userspace reaches the data plane through it (a
+//! unit test checks that no other module names aya).
 mod decap;
 mod loader;
 mod maps;
+pub mod object;
+mod perf;
 
 pub use decap::{read_pinned_decap, DecapView, DECAP_COUNTERS};
 pub use loader::{
@@ -9,3 +13,4 @@ pub use loader::{
     BALANCER, DECAP,
 };
 pub use maps::{open_connections, FlowTable, FlowWalk};
+pub use perf::CaptureBuffers;

@@ -19,11 +19,12 @@
 //! for `cargo xtask bench`. Needs root; removes what it creates on exit, also on panic.
 use std::time::{Duration, Instant};
 
+use lb_common::PIN_LAYOUT;
 use lb_tests::{
     flows::fill_counted_flows,
     lbd::{lb_namespace, Lbd, LbdFiles},
 };
-use lb_userspace::agent::{start::PIN_LAYOUT, SavedState};
+use lb_userspace::agent::SavedState;
 
 const FLOWS: u32 = 1 << 20;
 const TARGET_MS: f64 = 50.0;

@@ -58,10 +58,7 @@ use lb_tests::{
     topology::{ethtool, mac_of, parse_mac, vip, xdp_prog_id, Family, Topology, TINY},
     unique_name,
 };
-use lb_userspace::{
-    agent::start::PIN_LAYOUT,
-    datapath::{self, Datapath, DECAP},
-};
+use lb_userspace::datapath::{self, Datapath, DECAP};
 
 const PORT: u16 = 80;
 const FORWARD: &str = "bench_forward";
@@ -416,7 +413,7 @@ fn main() {
     // The XDP programs' own cost: one more VIP run per mode with the kernel's BPF run-time
     // statistics on (they stay on only while this process holds the fd; they cost every BPF
     // program two clock reads a run, so the measured rounds above ran without them).
-    let balancer = balancer_prog_id(&files.pin_path.join(PIN_LAYOUT));
+    let balancer = balancer_prog_id(&files.pin_path.join(lb_common::PIN_LAYOUT));
     let decaps: Vec<u32> = topo
         .backends
         .iter()
@@ -489,10 +486,10 @@ fn start_hop_floor(topo: &Topology) -> HopFloor {
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&parse_mac(&b1.mac));
     macs[6..].copy_from_slice(&parse_mac(&mac_of(&ns, "eth0")));
-    let map = dp.ebpf.map_mut("BENCH_FORWARD").expect("BENCH_FORWARD");
+    let map = dp.raw_mut().map_mut("BENCH_FORWARD").expect("BENCH_FORWARD");
     let mut array: Array<&mut MapData, [u8; 12]> = Array::try_from(map).expect("BENCH_FORWARD");
     array.set(0, macs, 0).expect("setting BENCH_FORWARD");
-    datapath::program(&mut dp.ebpf, FORWARD).expect("bench_forward").load().expect("loading bench_forward");
+    datapath::program(dp.raw_mut(), FORWARD).expect("bench_forward").load().expect("loading bench_forward");
     ns.run(|| dp.attach(FORWARD, "eth0", datapath::Mode::Native))
         .expect("attaching bench_forward on hop eth0");
     topo.fabric

@@ -45,7 +45,6 @@ use lb_tests::{
 use lb_userspace::{
     agent::{
         reconcile::{self, Ids},
-        start::PIN_LAYOUT,
         SavedState,
     },
     config::{Backend, ForwardMode, HashMode, Protocol, Vip},
@@ -289,7 +288,7 @@ fn add_to_live() {
     let lbd = topo.start_lbd(&files, &vip_toml(&addrs));
     let socket = files.socket();
     let state = files.dir.join("state.json");
-    let rings_pin = files.pin_path.join(PIN_LAYOUT).join(map_names::RINGS);
+    let rings_pin = files.pin_path.join(lb_common::PIN_LAYOUT).join(map_names::RINGS);
     let rings: Array<MapData, u32> = Array::try_from(Map::Array(
         MapData::from_pin(&rings_pin).unwrap_or_else(|e| panic!("open {}: {e}", rings_pin.display())),
     ))
@@ -447,7 +446,7 @@ fn memory() {
     let mut total = 0;
     let mut by_name = BTreeMap::new();
     for name in map_names::ALL.into_iter().chain(map_names::UNPINNED) {
-        let Some(map) = dp.ebpf.map(name) else { continue };
+        let Some(map) = dp.raw().map(name) else { continue };
         let data = match map {
             Map::Array(d)
             | Map::HashMap(d)

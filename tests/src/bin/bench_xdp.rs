@@ -333,26 +333,26 @@ impl Bench {
         let mut lb = load_balancer(LB_FLOWS_PER_CPU, Target::Lb);
         let mut syn = load_balancer(limits::FLOWS_PER_CPU, Target::Syn);
         for name in [GEN, SINK, MAC_SWAP, ENCAP] {
-            datapath::program(&mut lb.ebpf, name)
+            datapath::program(lb.raw_mut(), name)
                 .expect("bench program")
                 .load()
                 .unwrap_or_else(|e| panic!("the kernel rejected {name}: {e}"));
         }
-        datapath::program(&mut syn.ebpf, FLOW_MISS)
+        datapath::program(syn.raw_mut(), FLOW_MISS)
             .expect("bench program")
             .load()
             .unwrap_or_else(|e| panic!("the kernel rejected {FLOW_MISS}: {e}"));
         dut.run(|| {
             lb.attach(BALANCER, "rx-lb", Mode::Native).expect("attaching the balancer on rx-lb");
-            attach(&mut syn.ebpf, FLOW_MISS, "rx-miss");
+            attach(syn.raw_mut(), FLOW_MISS, "rx-miss");
             syn.attach(BALANCER, "rx-syn", Mode::Native).expect("attaching the balancer on rx-syn");
-            attach(&mut lb.ebpf, MAC_SWAP, "rx-mac");
-            attach(&mut lb.ebpf, ENCAP, "rx-encap");
+            attach(lb.raw_mut(), MAC_SWAP, "rx-mac");
+            attach(lb.raw_mut(), ENCAP, "rx-encap");
         });
         gen.run(|| {
-            attach(&mut lb.ebpf, GEN, "idle0");
+            attach(lb.raw_mut(), GEN, "idle0");
             for t in TARGETS {
-                attach(&mut lb.ebpf, SINK, &format!("tx-{}", t.name()));
+                attach(lb.raw_mut(), SINK, &format!("tx-{}", t.name()));
             }
         });
         Bench { lb, syn, ports, _conntrack_max: conntrack_max, gen, dut, kern }
@@ -581,17 +581,17 @@ impl Bench {
 
     fn program_under_test(&self, target: Target) -> Option<(&Ebpf, &'static str)> {
         match target {
-            Target::MacSwap => Some((&self.lb.ebpf, MAC_SWAP)),
-            Target::Encap => Some((&self.lb.ebpf, ENCAP)),
-            Target::Lb => Some((&self.lb.ebpf, BALANCER)),
-            Target::Syn => Some((&self.syn.ebpf, BALANCER)),
-            Target::Miss => Some((&self.syn.ebpf, FLOW_MISS)),
+            Target::MacSwap => Some((self.lb.raw(), MAC_SWAP)),
+            Target::Encap => Some((self.lb.raw(), ENCAP)),
+            Target::Lb => Some((self.lb.raw(), BALANCER)),
+            Target::Syn => Some((self.syn.raw(), BALANCER)),
+            Target::Miss => Some((self.syn.raw(), FLOW_MISS)),
             Target::Kern => None,
         }
     }
 
     fn per_cpu_sum(&self, name: &str) -> u64 {
-        let map = self.lb.ebpf.map(name).unwrap_or_else(|| panic!("no map {name}"));
+        let map = self.lb.raw().map(name).unwrap_or_else(|| panic!("no map {name}"));
         let values: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).expect(name);
         values.get(&0, 0).unwrap_or_else(|e| panic!("reading {name}: {e}")).iter().sum()
     }
@@ -609,7 +609,7 @@ impl Bench {
     fn set_template(&mut self, case: &Case) -> GenConfig {
         let port = self.port(case.target);
         let cfg = case.shape.config(port.tx_mac, port.rx_mac, case.flows);
-        let map = self.lb.ebpf.map_mut("BENCH_GEN_CONFIG").expect("BENCH_GEN_CONFIG");
+        let map = self.lb.raw_mut().map_mut("BENCH_GEN_CONFIG").expect("BENCH_GEN_CONFIG");
         let mut array: Array<&mut MapData, GenConfig> = Array::try_from(map).expect("BENCH_GEN_CONFIG");
         array.set(0, cfg, 0).expect("writing the generator's template");
         cfg
@@ -633,7 +633,7 @@ impl Bench {
     fn test_run(&mut self, cfg: &GenConfig, ingress: u32, repeat: u32) -> u64 {
         let frame = &cfg.frame[..cfg.len as usize];
         let ctx = lb_tests::xdp::xdp_md(frame.len(), ingress);
-        let prog: &mut Xdp = datapath::program(&mut self.lb.ebpf, GEN).expect("generator");
+        let prog: &mut Xdp = datapath::program(self.lb.raw_mut(), GEN).expect("generator");
         let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -712,7 +712,7 @@ impl Bench {
     fn check_generator(&mut self, cpu: usize) {
         let seq = 123_456_789u64;
         {
-            let map = self.lb.ebpf.map_mut("BENCH_GEN_SEQ").expect("BENCH_GEN_SEQ");
+            let map = self.lb.raw_mut().map_mut("BENCH_GEN_SEQ").expect("BENCH_GEN_SEQ");
             let mut seqs: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(map).expect("BENCH_GEN_SEQ");
             let cpus = aya::util::nr_cpus().expect("number of CPUs");
             let values = PerCpuValues::try_from(vec![seq; cpus]).expect("per-CPU values");
@@ -721,13 +721,13 @@ impl Bench {
         let (src_mac, dst_mac) = ([0x02, 0, 0, 0, 0, 0xaa], [0x02, 0, 0, 0, 0, 0xbb]);
         for (i, shape) in [Shape::Ack4, Shape::Udp4, Shape::Ack6, Shape::Syn4].into_iter().enumerate() {
             let cfg = shape.config(src_mac, dst_mac, 0);
-            let map = self.lb.ebpf.map_mut("BENCH_GEN_CONFIG").expect("BENCH_GEN_CONFIG");
+            let map = self.lb.raw_mut().map_mut("BENCH_GEN_CONFIG").expect("BENCH_GEN_CONFIG");
             let mut array: Array<&mut MapData, GenConfig> = Array::try_from(map).expect("BENCH_GEN_CONFIG");
             array.set(0, cfg, 0).expect("writing the generator's template");
             // Start from garbage: the generator must write every byte.
             let input = vec![0xa5u8; cfg.len as usize];
             let mut out = vec![0u8; cfg.len as usize + 256];
-            let prog: &mut Xdp = datapath::program(&mut self.lb.ebpf, GEN).expect("generator");
+            let prog: &mut Xdp = datapath::program(self.lb.raw_mut(), GEN).expect("generator");
             let result = prog
                 .test_run(TestRunOptions {
                     data_in: Some(&input),

@@ -6,6 +6,7 @@ pub mod host;
 pub mod pin_lock;
 pub mod plan;
 pub mod reconcile;
+pub mod run;
 pub mod start;
 mod stats;
 

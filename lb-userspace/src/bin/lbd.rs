@@ -1,15 +1,12 @@
 //! lbd: the balancer's agent. Loads and attaches the XDP balancer, keeps the maps in the state
 //! the config file and the control API ask for, and serves the API.
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use lb_userspace::{
-    agent::{event_loop, start},
-    api, backend_host, metrics,
+    agent::{self, run::OnExit},
+    backend_host,
 };
-use tokio::sync::Mutex;
-use tracing::info;
 
 /// The XDP load balancer's agent.
 ///
@@ -41,14 +38,6 @@ enum Command {
     BackendHost(backend_host::Args),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum OnExit {
-    /// Leave the balancer attached and its maps pinned: forwarding goes on, the next lbd adopts it.
-    Keep,
-    /// Detach the balancer and remove its pins and saved state: forwarding stops.
-    Detach,
-}
-
 fn main() -> anyhow::Result<()> {
     // A SIGHUP before the handlers are installed (a config deploy signalling an lbd that is just
     // starting) must not kill lbd by its default action: ignored until `run` installs them.
@@ -72,59 +61,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(Command::BackendHost(args)) = &args.command {
-        return Ok(backend_host::main(args).await?);
+    match &args.command {
+        Some(Command::BackendHost(args)) => Ok(backend_host::main(args).await?),
+        None => agent::run::run(&args.config, args.on_exit).await,
     }
-    // First: signals during the start are held for the loop (see start::start).
-    let signals = event_loop::Signals::install().context("installing the signal handlers")?;
-    if let Err(e) = start::raise_open_file_limit() {
-        tracing::warn!(
-            "could not raise the open-file limit (health checks of many backends may run out): {e}"
-        );
-    }
-    let (agent, health) = start::start(&args.config)?;
-    let socket = agent.config.api_socket.clone();
-    let metrics_address = agent.config.metrics;
-    let agent: api::Shared = Arc::new(Mutex::new(agent));
-
-    // A control API that cannot be served stops lbd here (forwarding goes on: it is pinned).
-    let listener = api::bind(&socket)?;
-    info!(socket = %socket.display(), "control API listening");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, agent.clone(), async {
-        let _ = stop_rx.await;
-    }));
-    // Prometheus metrics; a taken address stops lbd here (forwarding goes on: it is pinned).
-    let metrics = match metrics_address {
-        Some(address) => {
-            let listener = metrics::bind(address)
-                .await
-                .with_context(|| format!("listening on {address} for metrics (`metrics` in the config)"))?;
-            info!(%address, "metrics endpoint listening on /metrics");
-            Some(tokio::spawn(metrics::serve(listener, agent.clone())))
-        }
-        None => None,
-    };
-    event_loop::run(agent.clone(), health, signals).await;
-    let _ = stop_tx.send(());
-    if let Some(m) = metrics {
-        m.abort();
-    }
-    server.await.context("API server task")?.context("API server")?;
-    let _ = std::fs::remove_file(&socket);
-    let mut a = agent.lock().await;
-    if args.on_exit == OnExit::Detach {
-        for interface in &a.config.interfaces {
-            a.datapath.unpin_link(interface)?;
-        }
-        a.datapath.unpin_maps()?;
-        if let Some(host) = &mut a.host {
-            host.clear();
-        }
-        let _ = std::fs::remove_file(&a.state_file);
-        info!("detached: forwarding stops as lbd exits");
-    } else {
-        info!("exiting; the balancer keeps forwarding (pinned)");
-    }
-    Ok(())
 }

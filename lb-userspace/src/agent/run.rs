@@ -1,0 +1,76 @@
+//! lbd's life: start (or adopt), serve the API and metrics, run the event loop until a stop
+//! signal, then leave forwarding running or detach it.
+use std::{path::Path, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::sync::Mutex;
+use tracing::info;
+
+use super::{event_loop, start};
+use crate::{api, metrics};
+
+/// What happens to forwarding when lbd stops (a crash always keeps it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Leave the balancer attached and its maps pinned: forwarding goes on, the next lbd adopts it.
+    Keep,
+    /// Detach the balancer and remove its pins, saved state and managed neighbour entries:
+    /// forwarding stops.
+    Detach,
+}
+
+/// Runs lbd on `config_file` until SIGTERM or SIGINT.
+pub async fn run(config_file: &Path, on_exit: OnExit) -> anyhow::Result<()> {
+    // First: signals during the start are held for the loop (see start::start).
+    let signals = event_loop::Signals::install().context("installing the signal handlers")?;
+    if let Err(e) = start::raise_open_file_limit() {
+        tracing::warn!(
+            "could not raise the open-file limit (health checks of many backends may run out): {e}"
+        );
+    }
+    let (agent, health) = start::start(config_file)?;
+    let socket = agent.config.api_socket.clone();
+    let metrics_address = agent.config.metrics;
+    let agent: api::Shared = Arc::new(Mutex::new(agent));
+
+    // A control API that cannot be served stops lbd here (forwarding goes on: it is pinned).
+    let listener = api::bind(&socket)?;
+    info!(socket = %socket.display(), "control API listening");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, agent.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    // Prometheus metrics; a taken address stops lbd here (forwarding goes on: it is pinned).
+    let metrics = match metrics_address {
+        Some(address) => {
+            let listener = metrics::bind(address)
+                .await
+                .with_context(|| format!("listening on {address} for metrics (`metrics` in the config)"))?;
+            info!(%address, "metrics endpoint listening on /metrics");
+            Some(tokio::spawn(metrics::serve(listener, agent.clone())))
+        }
+        None => None,
+    };
+    event_loop::run(agent.clone(), health, signals).await;
+    let _ = stop_tx.send(());
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    server.await.context("API server task")?.context("API server")?;
+    let _ = std::fs::remove_file(&socket);
+    let mut a = agent.lock().await;
+    if on_exit == OnExit::Detach {
+        for interface in &a.config.interfaces {
+            a.datapath.unpin_link(interface)?;
+        }
+        a.datapath.unpin_maps()?;
+        if let Some(host) = &mut a.host {
+            host.clear();
+        }
+        let _ = std::fs::remove_file(&a.state_file);
+        info!("detached: forwarding stops as lbd exits");
+    } else {
+        info!("exiting; the balancer keeps forwarding (pinned)");
+    }
+    Ok(())
+}

@@ -37,8 +37,13 @@ fn readme_config_is_valid() {
 #[test]
 fn config_lbctl_and_curl_examples_work() {
     let config = blocks("docs/configuration.md", "## Every key", "toml").pop().expect("a config example");
-    lb_userspace::config::parse(&config, "docs/configuration.md")
+    let parsed = lb_userspace::config::parse(&config, "docs/configuration.md")
         .unwrap_or_else(|e| panic!("docs/configuration.md's config: {e}"));
+    assert_eq!(
+        parsed.limits,
+        lb_userspace::config::Limits::default(),
+        "docs/configuration.md's [limits] should show the defaults"
+    );
 
     let ns = lb_namespace();
     let files = LbdFiles::new();

@@ -12,7 +12,7 @@ use axum::{
     extract::{Path as UrlPath, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{on, MethodFilter, MethodRouter},
     Json, Router,
 };
 use serde::{Deserialize, Serialize};
@@ -25,25 +25,183 @@ use crate::{
 
 pub type Shared = Arc<Mutex<Agent>>;
 
+/// An HTTP method of the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Method::Get => MethodFilter::GET,
+            Method::Post => MethodFilter::POST,
+            Method::Put => MethodFilter::PUT,
+            Method::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// One route of the API: the router is built from [`ROUTES`], and so is the docs' table
+/// ([`markdown_table`]), so neither can list a route the other lacks.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    /// What the request carries, for the docs ("" for nothing).
+    pub takes: &'static str,
+    /// What the route does, for the docs.
+    pub does: &'static str,
+    handler: fn(MethodFilter) -> MethodRouter<Shared>,
+}
+
+/// Every route of the API.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: Method::Get,
+        path: "/v1/status",
+        takes: "",
+        does: "the agent's state, as `lbctl status` shows it",
+        handler: |m| on(m, status),
+    },
+    Route {
+        method: Method::Get,
+        path: "/v1/vips",
+        takes: "",
+        does: "every VIP with its backends",
+        handler: |m| on(m, list_vips),
+    },
+    Route {
+        method: Method::Post,
+        path: "/v1/vips",
+        takes: "a `[[vip]]` table as JSON",
+        does: "add a VIP (201)",
+        handler: |m| on(m, add_vip),
+    },
+    Route {
+        method: Method::Get,
+        path: "/v1/vips/{vip}",
+        takes: "",
+        does: "one VIP with its backends",
+        handler: |m| on(m, show_vip),
+    },
+    Route {
+        method: Method::Delete,
+        path: "/v1/vips/{vip}",
+        takes: "",
+        does: "remove the VIP",
+        handler: |m| on(m, remove_vip),
+    },
+    Route {
+        method: Method::Get,
+        path: "/v1/vips/{vip}/backends",
+        takes: "",
+        does: "its backends, with health, `next_hop` and (least-conn) `connections`",
+        handler: |m| on(m, list_backends),
+    },
+    Route {
+        method: Method::Post,
+        path: "/v1/vips/{vip}/backends",
+        takes: "a `[[vip.backend]]` table as JSON: `{\"address\": ..., \"weight\": ...}`",
+        does: "add a backend (201)",
+        handler: |m| on(m, add_backend),
+    },
+    Route {
+        method: Method::Delete,
+        path: "/v1/vips/{vip}/backends/{address}",
+        takes: "",
+        does: "remove the backend",
+        handler: |m| on(m, remove_backend),
+    },
+    Route {
+        method: Method::Post,
+        path: "/v1/vips/{vip}/backends/{address}/drain",
+        takes: "",
+        does: "drain it: no new flows, open ones continue",
+        handler: |m| on(m, drain),
+    },
+    Route {
+        method: Method::Post,
+        path: "/v1/vips/{vip}/backends/{address}/undrain",
+        takes: "",
+        does: "undrain it",
+        handler: |m| on(m, undrain),
+    },
+    Route {
+        method: Method::Put,
+        path: "/v1/vips/{vip}/backends/{address}/weight",
+        takes: "`{\"weight\": 50}`",
+        does: "set its weight",
+        handler: |m| on(m, set_weight),
+    },
+    Route {
+        method: Method::Get,
+        path: "/v1/stats",
+        takes: "",
+        does: "counters per VIP, per backend, global (as `lbctl stats --json`)",
+        handler: |m| on(m, stats),
+    },
+    Route {
+        method: Method::Get,
+        path: "/v1/flows",
+        takes: "query `vip`, `backend`, `limit` (each optional)",
+        does: "flows per backend over the whole flow table, and a sample (as `lbctl flows`)",
+        handler: |m| on(m, flows),
+    },
+    Route {
+        method: Method::Post,
+        path: "/v1/plan",
+        takes: "a config file (TOML)",
+        does: "what applying it would change (as `lbctl plan -f`)",
+        handler: |m| on(m, plan),
+    },
+    Route {
+        method: Method::Post,
+        path: "/v1/apply",
+        takes: "a config file (TOML)",
+        does: "apply it (as `lbctl apply -f`); answers the plan",
+        handler: |m| on(m, apply),
+    },
+    Route {
+        method: Method::Post,
+        path: "/v1/capture",
+        takes: "`{\"vip\": ..., \"count\": 10, \"timeout_ms\": 10000}`",
+        does: "copy the VIP's next packets: answers a pcap file (as `lbctl capture`)",
+        handler: |m| on(m, capture),
+    },
+];
+
 pub fn router(agent: Shared) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/vips", get(list_vips).post(add_vip))
-        .route("/v1/vips/{vip}", get(show_vip).delete(remove_vip))
-        .route("/v1/vips/{vip}/backends", get(list_backends).post(add_backend))
-        .route("/v1/vips/{vip}/backends/{address}", axum::routing::delete(remove_backend))
-        .route("/v1/vips/{vip}/backends/{address}/drain", post(drain))
-        .route("/v1/vips/{vip}/backends/{address}/undrain", post(undrain))
-        .route("/v1/vips/{vip}/backends/{address}/weight", put(set_weight))
-        .route("/v1/stats", get(stats))
-        .route("/v1/flows", get(flows))
-        .route("/v1/apply", post(apply))
-        .route("/v1/plan", post(plan))
-        .route("/v1/capture", post(capture))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, r| router.route(r.path, (r.handler)(r.method.filter())))
         .fallback(|| async {
-            ApiError(StatusCode::NOT_FOUND, "no such endpoint: see README, \"Control API\"".into())
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint: see docs/operations.md, \"Control API\"".into(),
+            )
         })
         .with_state(agent)
+}
+
+/// The docs' table of routes (docs/operations.md, "Control API"), made from [`ROUTES`].
+pub fn markdown_table() -> String {
+    let mut out = String::from("| method and path | takes | does |\n|---|---|---|\n");
+    for r in ROUTES {
+        out += &format!("| `{} {}` | {} | {} |\n", r.method.as_str(), r.path, r.takes, r.does);
+    }
+    out
 }
 
 /// Why the API socket cannot be served.

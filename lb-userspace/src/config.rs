@@ -91,7 +91,7 @@ pub enum HashMode {
 }
 
 /// What picks a new flow's backend (only a flow's first packet asks: the flow table keeps the
-/// rest of the flow on it). See README, "Schedulers".
+/// rest of the flow on it). See docs/schedulers.md.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scheduler {
@@ -261,7 +261,7 @@ impl Vip {
     }
 }
 
-/// Outer source addresses and the flow hash seed (see README, "Tunnel source").
+/// Outer source addresses and the flow hash seed (see docs/configuration.md, "[source]").
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod datapath;
 pub mod health;
 pub mod host;
+pub mod limits_table;
 pub mod maglev;
 pub mod metrics;
 pub mod schedule;

@@ -20,7 +20,8 @@ use lb_tests::{
     unique_name,
 };
 
-/// Every file the package installs, with its mode as `dpkg-deb --contents` shows it.
+/// The files the package installs besides the docs, with their modes as `dpkg-deb --contents`
+/// shows them.
 const FILES: &[(&str, &str)] = &[
     ("etc/lbd/backend.toml", "-rw-r--r--"),
     ("etc/lbd/lbd.toml", "-rw-r--r--"),
@@ -34,6 +35,23 @@ const FILES: &[(&str, &str)] = &[
     ("usr/share/fish/vendor_completions.d/lbctl.fish", "-rw-r--r--"),
     ("usr/share/zsh/vendor-completions/_lbctl", "-rw-r--r--"),
 ];
+/// The docs, installed beside the README: every `docs/*.md` of the workspace.
+fn doc_files() -> Vec<(String, String)> {
+    let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs");
+    let entries = std::fs::read_dir(docs).unwrap_or_else(|e| panic!("cannot list {docs}: {e}"));
+    entries
+        .map(|e| e.expect("a directory entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| (format!("usr/share/doc/lbd/docs/{name}"), "-rw-r--r--".to_owned()))
+        .collect()
+}
+
+/// Every file the package installs: [`FILES`] and the docs.
+fn installed_files() -> Vec<(String, String)> {
+    let listed = FILES.iter().map(|(p, m)| ((*p).to_owned(), (*m).to_owned()));
+    listed.chain(doc_files()).collect()
+}
+
 const CONFFILES: &[&str] = &["/etc/lbd/lbd.toml", "/etc/lbd/backend.toml"];
 const UNITS: &[&str] = &["lbd.service", "lbd-backend.service"];
 
@@ -143,8 +161,7 @@ fn package_holds_every_file_with_its_mode_and_control_fields() {
             files.insert((path.to_owned(), mode.to_owned()));
         }
     }
-    let want: BTreeSet<(String, String)> =
-        FILES.iter().map(|(p, m)| ((*p).to_owned(), (*m).to_owned())).collect();
+    let want: BTreeSet<(String, String)> = installed_files().into_iter().collect();
     assert_eq!(files, want, "the package's files and modes differ from the list (left: the package)");
 
     let conffiles = ok(Command::new("dpkg-deb").arg("--info").arg(&deb).arg("conffiles"));
@@ -191,8 +208,8 @@ fn package_installs_into_a_root_starts_nothing_and_purges_clean() {
     };
     dpkg(&["--install", &deb.display().to_string()]);
 
-    for (file, _) in FILES {
-        assert!(root.path(file).is_file(), "{file} was not installed");
+    for (file, _) in installed_files() {
+        assert!(root.path(&file).is_file(), "{file} was not installed");
     }
     let version = ok(Command::new(root.path("usr/sbin/lbd")).arg("--version"));
     assert!(version.starts_with("lb"), "lbd --version from the installed root: {version}");
@@ -218,7 +235,8 @@ fn package_installs_into_a_root_starts_nothing_and_purges_clean() {
     assert_eq!(enabled_units(Path::new("/")), enabled_before, "installing changed the host's enabled units");
 
     dpkg(&["--purge", "lbd"]);
-    let left: Vec<&str> = FILES.iter().map(|(f, _)| *f).filter(|f| root.path(f).exists()).collect();
+    let left: Vec<String> =
+        installed_files().into_iter().map(|(f, _)| f).filter(|f| root.path(f).exists()).collect();
     assert!(left.is_empty(), "the purge left {left:?}");
     assert!(!root.path("etc/lbd").exists(), "the purge left /etc/lbd");
 }
@@ -413,7 +431,7 @@ fn xdp_attached(ns: &Netns) -> bool {
 
 /// The unit's capability set is enough for lbd (it attaches, serves its API, metrics, a health
 /// check, and adopts its pins after a restart), and every capability in it is needed. Also shows
-/// what the README says about stopping: a stop keeps forwarding, removing the pins ends it.
+/// what docs/operations.md says about stopping: a stop keeps forwarding, removing the pins ends it.
 #[test]
 fn lbd_runs_with_exactly_the_units_capabilities() {
     require_root();
@@ -462,7 +480,7 @@ fn lbd_runs_with_exactly_the_units_capabilities() {
     assert!(status.contains("adopted"), "the restarted lbd did not adopt the pins: {status}");
     assert!(second.terminate().success(), "lbd did not stop cleanly on SIGTERM");
 
-    // Removing the pins (as the README says) stops forwarding for real.
+    // Removing the pins (as docs/operations.md says) stops forwarding for real.
     std::fs::remove_dir_all(&files.pin_path).expect("remove the pins");
     let deadline = Instant::now() + Duration::from_secs(5);
     while xdp_attached(&ns) {

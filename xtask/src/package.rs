@@ -29,6 +29,9 @@ const FILES: &[(&str, &str)] = &[
     ("README.md", "usr/share/doc/lbd/README.md"),
     ("packaging/copyright", "usr/share/doc/lbd/copyright"),
 ];
+/// The docs: every `*.md` in this workspace directory is installed into the other, next to the
+/// README whose links point there.
+const DOCS: (&str, &str) = ("docs", "usr/share/doc/lbd/docs");
 /// lbctl's completion scripts: (shell, installed path where that shell looks for them).
 const COMPLETIONS: &[(&str, &str)] = &[
     ("bash", "usr/share/bash-completion/completions/lbctl"),
@@ -141,6 +144,14 @@ fn stage_files(bin_dir: &Path, stage: &Path) -> anyhow::Result<()> {
     let root = cmd::workspace_root();
     for (source, installed) in FILES {
         copy(&root.join(source), &stage.join(installed), 0o644)?;
+    }
+    let (docs, docs_installed) = DOCS;
+    let entries = fs::read_dir(root.join(docs)).with_context(|| format!("listing {docs}/"))?;
+    for entry in entries {
+        let name = entry.with_context(|| format!("listing {docs}/"))?.file_name();
+        if Path::new(&name).extension().is_some_and(|e| e == "md") {
+            copy(&root.join(docs).join(&name), &stage.join(docs_installed).join(&name), 0o644)?;
+        }
     }
     let lbctl = stage.join("usr/bin/lbctl");
     for (shell, installed) in COMPLETIONS {

@@ -3,7 +3,7 @@
 //! For `ipip` VIPs: the `decap` XDP program on the interfaces the tunnels arrive on (pinned,
 //! so a crash keeps decapsulating), the VIPs on `lo`, and ARP settings so the host neither
 //! answers ARP for the VIPs nor announces them. For `l2dsr` VIPs (`decap = false`): the VIPs
-//! on `lo` and the ARP settings. See README, "Backend hosts".
+//! on `lo` and the ARP settings. See docs/operations.md, "Backend hosts".
 pub mod config;
 mod record;
 mod setup;
@@ -35,7 +35,7 @@ const FOLLOW_ADDRESSES: Duration = Duration::from_secs(5);
 /// Example: lbd backend-host --config /etc/lbd/backend.toml
 #[derive(Clone, Debug, clap::Args)]
 pub struct Args {
-    /// The backend host's config file (TOML); see README, "Backend hosts".
+    /// The backend host's config file (TOML); see docs/operations.md, "Backend hosts".
     #[arg(short, long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Print what the running backend host has in place (decap counters, interfaces, VIPs,

@@ -23,7 +23,7 @@ use lb_userspace::{
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
-    /// The config file (TOML); see README, "Configuration".
+    /// The config file (TOML); see docs/configuration.md.
     #[arg(short, long, value_name = "FILE", default_value = "/etc/lbd/lbd.toml")]
     config: PathBuf,
     /// What happens to forwarding when lbd stops (a crash always keeps it).

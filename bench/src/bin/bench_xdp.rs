@@ -625,7 +625,11 @@ impl Bench {
                 attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
                 ..Default::default()
             })
-            .unwrap_or_else(|e| panic!("live-frames test run into ifindex {ingress}: {e}"));
+            .unwrap_or_else(|e| {
+                // aya's message names the call; the kernel's reason (errno) is its source.
+                let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+                panic!("live-frames test run into ifindex {ingress}: {e}{cause}")
+            });
         result.duration.as_nanos() as u64 * repeat as u64
     }
 

@@ -5,6 +5,7 @@
 #![no_std]
 
 mod backend;
+pub mod bench;
 mod config;
 mod counters;
 mod decap;

@@ -1,5 +1,7 @@
-//! Bench-only XDP programs (`tests/src/bin/bench_xdp.rs` and `bench_conn.rs` are their only
-//! users): a traffic generator, a counting sink, and floors to compare the balancer with.
+//! The benches' XDP programs (`bench/src/bin/bench_xdp.rs` and `bench_conn.rs` are their only
+//! users): a traffic generator, a counting sink, and floors to compare the balancer with. Built
+//! only with this crate's `bench` feature, which lb-bench's build sets and lbd's never does: the
+//! object lbd embeds has neither these programs nor their maps.
 //!
 //! - `bench_gen` runs under `BPF_PROG_TEST_RUN` in live-frames mode. The kernel recycles its
 //!   pages with whatever the programs downstream left in them, so every run first writes the
@@ -13,20 +15,20 @@
 //! - `bench_flow_miss` parses the packet as the balancer does, looks its flow up in `FLOWS`
 //!   (in the bench, a full table without it: a miss), swaps the MAC addresses and returns
 //!   XDP_TX: the part of a new flow's cost that is the kernel's hash table, not the balancer.
-//! - `bench_forward` (`tests/src/bin/bench_conn.rs`) sends every IPv4 frame addressed to its
+//! - `bench_forward` (`bench/src/bin/bench_conn.rs`) sends every IPv4 frame addressed to its
 //!   host on to one fixed MAC address with XDP_TX and passes the rest (ARP, floods) to the
 //!   stack: the least a balancer in front of a server does, to tell the hop's own cost from the
 //!   balancer's.
 //!
-//! Nothing loads these programs but the benches. Their four small maps (under 1 KiB in all) are
-//! created with every load of the object, private and never pinned.
+//! Their four small maps (under 1 KiB in all) are private and never pinned.
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_head,
-    macros::map,
+    macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
+use lb_common::bench::{ForwardMacs, GenConfig, MAX_FRAME};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -38,31 +40,7 @@ use crate::{
     parse::{ptr_at, ptr_at_mut, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
 };
 
-/// Largest template frame.
-pub const MAX_FRAME: usize = 128;
-
-/// What the generator sends. User space writes it (same layout in `bench_xdp.rs`).
-#[repr(C)]
-pub struct GenConfig {
-    /// Frame length: a multiple of 4, at most MAX_FRAME, and the test run's frame length.
-    pub len: u32,
-    /// Flow number = packet sequence number modulo `flows`; 0: no modulo, each packet a new flow.
-    pub flows: u32,
-    /// Offset of the last 16 bits of the source address, set to 1 + (flow >> 14) % 32768.
-    pub addr_off: u32,
-    /// Offset of the source port, set to 1024 + flow % 16384.
-    pub port_off: u32,
-    /// Offset of the IPv4 header checksum; 0 for IPv6.
-    pub ip_csum_off: u32,
-    /// Offset of the TCP or UDP checksum, which covers both fields above.
-    pub l4_csum_off: u32,
-    /// UDP: a checksum of 0 is sent as 0xffff.
-    pub udp: u32,
-    pub _pad: u32,
-    /// The frame for flow 0 with zero in both fields and checksums to match.
-    pub frame: [u8; MAX_FRAME],
-}
-
+/// The generator's template.
 #[map(name = "BENCH_GEN_CONFIG")]
 static BENCH_GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 
@@ -74,10 +52,9 @@ static BENCH_GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "BENCH_SINK")]
 static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// `bench_forward`'s Ethernet addresses: the backend's, then the hop's own (the frames it
-/// takes are those sent to it). All zero: pass everything.
+/// `bench_forward`'s Ethernet addresses.
 #[map(name = "BENCH_FORWARD")]
-static BENCH_FORWARD: Array<[u8; 12]> = Array::with_max_entries(1, 0);
+static BENCH_FORWARD: Array<ForwardMacs> = Array::with_max_entries(1, 0);
 
 /// Fixed outer addresses of the encapsulation floor.
 const OUTER_SRC4: [u8; 4] = [198, 18, 1, 1];
@@ -85,12 +62,55 @@ const OUTER_DST4: [u8; 4] = [198, 18, 0, 17];
 const OUTER_SRC6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
 const OUTER_DST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11];
 
-#[inline(always)]
-pub fn generate(ctx: &XdpContext) -> u32 {
-    match write_frame(ctx) {
+/// The traffic generator, run in live-frames mode.
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    match write_frame(&ctx) {
         Some(()) => xdp_action::XDP_TX,
         None => xdp_action::XDP_ABORTED,
     }
+}
+
+/// Counts and drops every frame.
+#[xdp]
+pub fn bench_sink(_ctx: XdpContext) -> u32 {
+    if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *c += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+/// The floor: MAC addresses swapped and XDP_TX.
+#[xdp]
+pub fn bench_mac_swap(ctx: XdpContext) -> u32 {
+    mac_swap(&ctx)
+}
+
+/// The encapsulation floor: an outer header pushed and XDP_TX.
+#[xdp]
+pub fn bench_encap(ctx: XdpContext) -> u32 {
+    match push_outer(&ctx) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+/// A flow-table lookup, then the MAC-swap floor.
+#[xdp]
+pub fn bench_flow_miss(ctx: XdpContext) -> u32 {
+    let Ok(pkt) = crate::parse::packet(&ctx) else { return xdp_action::XDP_ABORTED };
+    // SAFETY: flow values are plain integers; the result only feeds the verdict.
+    if unsafe { FLOWS.get(&pkt.key) }.is_some() {
+        return xdp_action::XDP_PASS;
+    }
+    mac_swap(&ctx)
+}
+
+/// IPv4 frames for this host on to one fixed MAC address.
+#[xdp]
+pub fn bench_forward(ctx: XdpContext) -> u32 {
+    forward(&ctx)
 }
 
 #[inline(always)]
@@ -159,16 +179,7 @@ fn set16(ctx: &XdpContext, off: u32, v: u16) -> Option<()> {
 }
 
 #[inline(always)]
-pub fn sink(_ctx: &XdpContext) -> u32 {
-    if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot.
-        unsafe { *c += 1 };
-    }
-    xdp_action::XDP_DROP
-}
-
-#[inline(always)]
-pub fn mac_swap(ctx: &XdpContext) -> u32 {
+fn mac_swap(ctx: &XdpContext) -> u32 {
     let Ok(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else { return xdp_action::XDP_ABORTED };
     // SAFETY: bounds checked by ptr_at_mut.
     unsafe {
@@ -180,28 +191,19 @@ pub fn mac_swap(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-pub fn flow_miss(ctx: &XdpContext) -> u32 {
-    let Ok(pkt) = crate::parse::packet(ctx) else { return xdp_action::XDP_ABORTED };
-    // SAFETY: flow values are plain integers; the result only feeds the verdict.
-    if unsafe { FLOWS.get(&pkt.key) }.is_some() {
-        return xdp_action::XDP_PASS;
-    }
-    mac_swap(ctx)
-}
-
-#[inline(always)]
-pub fn forward(ctx: &XdpContext) -> u32 {
+fn forward(ctx: &XdpContext) -> u32 {
     let Some(macs) = BENCH_FORWARD.get(0) else { return xdp_action::XDP_PASS };
-    let unset = macs[0] | macs[1] | macs[2] | macs[3] | macs[4] | macs[5] == 0;
+    let to = macs.to;
+    let unset = to[0] | to[1] | to[2] | to[3] | to[4] | to[5] == 0;
     let Ok(eth) = ptr_at_mut::<EthHdr>(ctx, 0) else { return xdp_action::XDP_PASS };
     // SAFETY: bounds checked by ptr_at_mut.
     unsafe {
         // Only frames for the hop itself: the bridge floods unknown unicast to every port.
-        let own = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
+        let own = macs.own;
         if (*eth).ether_type != ETH_P_IP.to_be() || unset || !same_mac(&(*eth).dst_addr, &own) {
             return xdp_action::XDP_PASS;
         }
-        (*eth).dst_addr = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
+        (*eth).dst_addr = to;
         (*eth).src_addr = own;
     }
     xdp_action::XDP_TX
@@ -211,14 +213,6 @@ pub fn forward(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]) == 0
-}
-
-#[inline(always)]
-pub fn encap(ctx: &XdpContext) -> u32 {
-    match push_outer(ctx) {
-        Some(()) => xdp_action::XDP_TX,
-        None => xdp_action::XDP_ABORTED,
-    }
 }
 
 /// An outer header in front of the IP packet, the Ethernet header rewritten with the MACs

@@ -7,6 +7,8 @@
 #![allow(internal_features)]
 
 mod balancer;
+// The benches' programs (lb-bench builds the object with them; lbd's has none).
+#[cfg(feature = "bench")]
 mod bench;
 mod capture;
 mod checksum;
@@ -33,42 +35,6 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn decap(ctx: XdpContext) -> u32 {
     decap::run(&ctx)
-}
-
-/// Bench only (tests/src/bin/bench_xdp.rs): the traffic generator, run in live-frames mode.
-#[xdp]
-pub fn bench_gen(ctx: XdpContext) -> u32 {
-    bench::generate(&ctx)
-}
-
-/// Bench only: counts and drops every frame.
-#[xdp]
-pub fn bench_sink(ctx: XdpContext) -> u32 {
-    bench::sink(&ctx)
-}
-
-/// Bench only: the floor, MAC addresses swapped and XDP_TX.
-#[xdp]
-pub fn bench_mac_swap(ctx: XdpContext) -> u32 {
-    bench::mac_swap(&ctx)
-}
-
-/// Bench only: the encapsulation floor, an outer header pushed and XDP_TX.
-#[xdp]
-pub fn bench_encap(ctx: XdpContext) -> u32 {
-    bench::encap(&ctx)
-}
-
-/// Bench only: a flow-table lookup, then the MAC-swap floor.
-#[xdp]
-pub fn bench_flow_miss(ctx: XdpContext) -> u32 {
-    bench::flow_miss(&ctx)
-}
-
-/// Bench only (tests/src/bin/bench_conn.rs): IPv4 frames for this host on to one fixed MAC.
-#[xdp]
-pub fn bench_forward(ctx: XdpContext) -> u32 {
-    bench::forward(&ctx)
 }
 
 #[cfg(not(test))]

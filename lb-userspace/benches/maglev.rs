@@ -1,7 +1,7 @@
 //! Maglev table build time (`cargo bench -p lb-userspace --bench maglev`): 10 and 100 backends
 //! at 65537 slots, 1000 backends at 131071 slots, equal weights, plus the agent's ring with one
 //! backend drained (`build_available`: two tables and a merge). Target: 1000 backends at 131071
-//! slots under 10 ms. `tests/src/bin/bench_control.rs` times the same cases without criterion
+//! slots under 10 ms. `bench/src/bin/bench_control.rs` times the same cases without criterion
 //! and prints them for `cargo xtask bench`.
 use std::{hint::black_box, net::IpAddr};
 

@@ -4,7 +4,6 @@
 //! - [`xdp`]: run the embedded XDP programs on frames with `BPF_PROG_TEST_RUN`.
 //! - [`frames`]: build test frames with a packet crate.
 //! - [`netns`]: network namespaces, veth pairs and bridges that clean up on drop, even on panic.
-//! - [`bench`]: what the bench binaries share.
 //! - [`bird`]: BIRD routers and balancer hosts in namespaces, their BGP sessions and ECMP routes.
 //! - [`bins`]: find the workspace's binaries (lbd, lbctl) that tests run as processes.
 //! - [`topology`]: the standard client / lb / backends topology on a bridge.
@@ -13,7 +12,6 @@
 //! - [`lbd`]: lbd as a process in a test namespace, lbctl against it.
 //! - [`backend_host`]: `lbd backend-host` as a process on a backend host.
 pub mod backend_host;
-pub mod bench;
 pub mod bins;
 pub mod bird;
 pub mod echo;

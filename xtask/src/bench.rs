@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: builds the bench binaries of lb-tests (release), runs each one that
-//! exists, and prints one table of their results.
+//! `cargo xtask bench`: builds the bench binaries of lb-bench (`bench/`, release), runs each one
+//! that exists, and prints one table of their results.
 //!
 //! Every bench binary prints its results as lines
 //! `ROW|<section>|<case>|<value>|<unit>|<ratio>|<target>|<ok|MISS|->` among its other output.
@@ -20,7 +20,11 @@ use crate::{cmd, setup};
 /// Prefix of the namespaces tests and benches create (lb-tests' `TEST_PREFIX`).
 const TEST_PREFIX: &str = "lbt-";
 
-/// The bench binaries (`tests/src/bin/NAME.rs`) in the order they run, each with its time limit.
+/// The package of the bench binaries, and where their sources are.
+const PACKAGE: &str = "lb-bench";
+const BIN_DIR: &str = "bench/src/bin";
+
+/// The bench binaries (`bench/src/bin/NAME.rs`) in the order they run, each with its time limit.
 const BENCHES: &[(&str, u64)] = &[
     ("bench_xdp", 300),
     ("bench_conn", 300),
@@ -49,11 +53,11 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
     let benches: Vec<(&str, u64)> = BENCHES
         .iter()
         .copied()
-        .filter(|(name, _)| root.join("tests/src/bin").join(format!("{name}.rs")).exists())
+        .filter(|(name, _)| root.join(BIN_DIR).join(format!("{name}.rs")).exists())
         .filter(|(name, _)| only.is_empty() || only.iter().any(|o| o == name))
         .collect();
     if benches.is_empty() {
-        bail!("none of the bench binaries exists in tests/src/bin");
+        bail!("none of the bench binaries exists in {BIN_DIR}");
     }
 
     let bin_dir = cmd::target_dir().join("release");
@@ -66,7 +70,7 @@ pub fn run(only: &[String]) -> anyhow::Result<()> {
         .context("building lbd and lbctl (release) for the benches")?;
     for (name, limit) in &benches {
         // One at a time: a bench that does not build does not stop the others.
-        if let Err(e) = cmd::cargo(&["build", "--release", "--package", "lb-tests", "--bin", name]) {
+        if let Err(e) = cmd::cargo(&["build", "--release", "--package", PACKAGE, "--bin", name]) {
             println!("bench: {name} FAILED to build: {e:#}");
             failed.push(format!("{name}: did not build"));
             continue;

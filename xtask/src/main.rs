@@ -34,7 +34,7 @@ enum Task {
     /// Set up, build (release) and run every benchmark (needs root): the XDP programs' cost per
     /// packet and packets per second, then the other benches; one table at the end.
     Bench {
-        /// Only these benches (bench_xdp, bench_conn, bench_control, bench_health).
+        /// Only these benches (bench_xdp, bench_conn, bench_control, bench_health, bench_agent).
         names: Vec<String>,
     },
     /// Build lbd and lbctl (release) and a Debian package of them with their systemd units,
@@ -86,6 +86,8 @@ fn lint() -> anyhow::Result<()> {
         "lb-userspace",
         "--package",
         "lb-tests",
+        "--package",
+        "lb-bench",
         "--package",
         "xtask",
         "--",

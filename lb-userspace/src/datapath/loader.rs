@@ -185,7 +185,7 @@ pub fn load() -> Result<Datapath, DatapathError> {
 
 /// Loads with private maps (tests, one-off runs): they go away with the `Datapath`.
 pub fn load_with(sizes: Sizes) -> Result<Datapath, DatapathError> {
-    load_inner(sizes, None, BALANCER_HOST)
+    load_inner(object(), sizes, None, BALANCER_HOST)
 }
 
 /// Loads with every map pinned under `dir` (a bpffs directory, created if missing). Maps
@@ -193,7 +193,7 @@ pub fn load_with(sizes: Sizes) -> Result<Datapath, DatapathError> {
 /// the running state. Their sizes must match `sizes`.
 pub fn load_pinned(sizes: Sizes, dir: &Path) -> Result<Datapath, DatapathError> {
     std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.to_owned(), e))?;
-    load_inner(sizes, Some(dir), BALANCER_HOST)
+    load_inner(object(), sizes, Some(dir), BALANCER_HOST)
 }
 
 /// Loads only the decap program, for a backend host, with its maps (`map_names::DECAP`) pinned
@@ -201,7 +201,7 @@ pub fn load_pinned(sizes: Sizes, dir: &Path) -> Result<Datapath, DatapathError> 
 /// balancer's maps exist only at their smallest, unpinned.
 pub fn load_decap_pinned(dir: &Path) -> Result<Datapath, DatapathError> {
     std::fs::create_dir_all(dir).map_err(|e| DatapathError::PinDir(dir.to_owned(), e))?;
-    load_inner(Sizes::SMALLEST, Some(dir), BACKEND_HOST)
+    load_inner(object(), Sizes::SMALLEST, Some(dir), BACKEND_HOST)
 }
 
 /// A pinned link's name: the prefix, then its interface's.
@@ -229,8 +229,12 @@ fn id_end(list: &str) -> Option<u32> {
         .try_fold(0, |end, id| Some(end.max(id.parse::<u32>().ok()?.checked_add(1)?)))
 }
 
-fn load_inner(sizes: Sizes, pin_dir: Option<&Path>, role: Role) -> Result<Datapath, DatapathError> {
-    let object = object();
+fn load_inner(
+    object: &[u8],
+    sizes: Sizes,
+    pin_dir: Option<&Path>,
+    role: Role,
+) -> Result<Datapath, DatapathError> {
     if object.is_empty() {
         return Err(DatapathError::NoObject);
     }
@@ -401,6 +405,12 @@ impl Datapath {
 
 pub fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DatapathError> {
     ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(DatapathError::NoProgram(name))
+}
+
+/// Loads `object`, another build of lb-ebpf (the benches' has their programs too), as
+/// [`load_with`] loads the embedded one: private maps of `sizes`, balancer and decap verified.
+pub fn load_object_with(object: &[u8], sizes: Sizes) -> Result<Datapath, DatapathError> {
+    load_inner(object, sizes, None, BALANCER_HOST)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod object;
 mod perf;
 
 pub use decap::{read_pinned_decap, DecapView, DECAP_COUNTERS};
+pub use loader::load_object_with;
 pub use loader::{
     load, load_decap_pinned, load_pinned, load_with, object, program, Datapath, DatapathError, Mode, Sizes,
     BALANCER, DECAP,

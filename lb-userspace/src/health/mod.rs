@@ -24,7 +24,7 @@
 //! Cost: a probed target is one tokio task with one timer. A TCP probe reuses a pooled socket
 //! and allocates nothing: a SYN, a look at the socket on a later 1 ms timer tick (batched with
 //! every other probe due then, no epoll), an RST by `connect(AF_UNSPEC)` (see `tcp`). Most of
-//! its CPU is the kernel's (SYN, RST). `cargo run --release -p lb-tests --bin bench_health`
+//! its CPU is the kernel's (SYN, RST). `cargo run --release -p lb-bench --bin bench_health`
 //! measures 10,000 targets probed every second.
 mod probe;
 mod prober;

@@ -30,7 +30,7 @@
 //! kernel's BPF run-time statistics on gives the balancer program's own time a packet.
 //!
 //! ```sh
-//! cargo build --release -p lb-userspace -p lb-tests
+//! cargo build --release -p lb-userspace -p lb-bench
 //! sudo target/release/bench_conn [--rounds N] [--seconds S] [--pin split|none] \
 //!     [--routes direct,hop,vip1,vip3,haproxy] [--modes keep-alive,close] [--bpf-stats yes|no]
 //! ```
@@ -51,6 +51,8 @@ use aya::{
     maps::{Array, MapData},
     programs::links::{FdLink, PinnedLink},
 };
+use lb_bench::programs::{self, FORWARD};
+use lb_common::bench::{map_names as bench_maps, ForwardMacs};
 use lb_tests::{
     bins::Running,
     lbd::LbdFiles,
@@ -61,7 +63,6 @@ use lb_tests::{
 use lb_userspace::datapath::{self, Datapath, DECAP};
 
 const PORT: u16 = 80;
-const FORWARD: &str = "bench_forward";
 /// HAProxy's listening address, on the lb's `lo` (the client routes 198.18.100.0/24 to the lb).
 const HAPROXY_ADDR: &str = "198.18.100.3";
 /// The hop floor's host address on the bridge, and the address it forwards (first backend's `lo`).
@@ -482,13 +483,12 @@ fn start_hop_floor(topo: &Topology) -> HopFloor {
     b1.ns.addr("lo", &format!("{HOP_SERVICE}/32"));
     topo.client.ns.ip(&["route", "add", &format!("{HOP_SERVICE}/32"), "via", HOP_ADDR, "dev", "eth0"]);
 
-    let mut dp = datapath::load_with(TINY).expect("loading the programs for the hop floor");
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&parse_mac(&b1.mac));
-    macs[6..].copy_from_slice(&parse_mac(&mac_of(&ns, "eth0")));
-    let map = dp.raw_mut().map_mut("BENCH_FORWARD").expect("BENCH_FORWARD");
-    let mut array: Array<&mut MapData, [u8; 12]> = Array::try_from(map).expect("BENCH_FORWARD");
-    array.set(0, macs, 0).expect("setting BENCH_FORWARD");
+    let mut dp = programs::load(TINY);
+    let macs = ForwardMacs { to: parse_mac(&b1.mac), own: parse_mac(&mac_of(&ns, "eth0")) };
+    let name = bench_maps::FORWARD;
+    let map = dp.raw_mut().map_mut(name).unwrap_or_else(|| panic!("no map {name}"));
+    let mut array: Array<&mut MapData, ForwardMacs> = Array::try_from(map).expect(name);
+    array.set(0, macs, 0).unwrap_or_else(|e| panic!("setting {name}: {e}"));
     datapath::program(dp.raw_mut(), FORWARD).expect("bench_forward").load().expect("loading bench_forward");
     ns.run(|| dp.attach(FORWARD, "eth0", datapath::Mode::Native))
         .expect("attaching bench_forward on hop eth0");
@@ -790,5 +790,5 @@ fn cpu_use(before: &[(u64, u64)], after: &[(u64, u64)]) -> String {
 
 /// The median, NaN for no values (printed as such in the table).
 fn median(v: &mut [f64]) -> f64 {
-    lb_tests::bench::median(v).unwrap_or(f64::NAN)
+    lb_bench::stats::median(v).unwrap_or(f64::NAN)
 }

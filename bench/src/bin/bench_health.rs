@@ -2,7 +2,7 @@
 //! second; reports probes per second, failures and the prober thread's CPU.
 //!
 //! ```sh
-//! cargo run --release -p lb-tests --bin bench_health [-- --targets N --seconds S]
+//! cargo run --release -p lb-bench --bin bench_health [-- --targets N --seconds S]
 //! ```
 //!
 //! Targets are 127.0.x.y (all of 127/8 is loopback), all on one port of one listener bound to

@@ -112,7 +112,7 @@ fn ok(met: bool) -> &'static str {
 
 /// The median, NaN for no values (printed as such in the table).
 fn median(v: &mut [f64]) -> f64 {
-    lb_tests::bench::median(v).unwrap_or(f64::NAN)
+    lb_bench::stats::median(v).unwrap_or(f64::NAN)
 }
 
 /// Backend `i` of a synthetic pool: 198.18.(16 + i / 256).(i % 256).

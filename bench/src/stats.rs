@@ -1,4 +1,4 @@
-//! What the bench binaries share.
+//! Statistics of the benches' rounds.
 
 /// The median of `values` (sorted in place); `None` for none.
 pub fn median(values: &mut [f64]) -> Option<f64> {

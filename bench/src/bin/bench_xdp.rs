@@ -3,7 +3,7 @@
 //! path, all measured in one run on one core.
 //!
 //! ```sh
-//! cargo run --release -p lb-tests --bin bench_xdp [-- --rounds N --ms M]   # as root
+//! cargo run --release -p lb-bench --bin bench_xdp [-- --rounds N --ms M]   # as root
 //! ```
 //!
 //! # Method
@@ -68,7 +68,9 @@ use aya::{
     Ebpf,
 };
 use etherparse::PacketBuilder;
+use lb_bench::programs::{self, ENCAP, FLOW_MISS, GEN, MAC_SWAP, SINK};
 use lb_common::{
+    bench::{map_names as bench_maps, GenConfig, MAX_FRAME},
     limits, BackendValue, ConfigValue, Counter, VipKey, VipValue, MODE_IPIP, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_TCP, PROTO_UDP, VIP_ADDRESS_ONLY,
 };
@@ -80,12 +82,6 @@ use lb_userspace::{
     datapath::{self, Datapath, Mode, Sizes, BALANCER},
     maglev,
 };
-
-const GEN: &str = "bench_gen";
-const SINK: &str = "bench_sink";
-const MAC_SWAP: &str = "bench_mac_swap";
-const ENCAP: &str = "bench_encap";
-const FLOW_MISS: &str = "bench_flow_miss";
 
 /// Frames per generator batch (the kernel's default; the veth rings hold 256).
 const BATCH: u32 = 64;
@@ -111,26 +107,7 @@ const LB_FLOWS_PER_CPU: u32 = 1_310_720;
 const CONNTRACK_MAX: u64 = 1_100_000;
 
 // ---------------------------------------------------------------------------------------------
-// The generator's template (same layout as lb-ebpf/src/bench.rs).
-
-const MAX_FRAME: usize = 128;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct GenConfig {
-    len: u32,
-    flows: u32,
-    addr_off: u32,
-    port_off: u32,
-    ip_csum_off: u32,
-    l4_csum_off: u32,
-    udp: u32,
-    _pad: u32,
-    frame: [u8; MAX_FRAME],
-}
-const _: () = assert!(std::mem::size_of::<GenConfig>() == 160);
-// SAFETY: integers and a byte array, no padding (size asserted above).
-unsafe impl aya::Pod for GenConfig {}
+// The generator's frames.
 
 /// What the generator sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -453,7 +430,7 @@ fn load_balancer(flows_per_cpu: u32, target: Target) -> Datapath {
         max_backends: 8,
         flow_cache_slots: limits::FLOW_CACHE_SLOTS,
     };
-    let mut dp = datapath::load_with(sizes).unwrap_or_else(|e| panic!("loading the XDP programs: {e}"));
+    let mut dp = programs::load(sizes);
     dp.set_config(ConfigValue {
         src_v4: [198, 18, 1, 0],
         src_v6: Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0).octets(),
@@ -603,16 +580,22 @@ impl Bench {
             .unwrap_or_default();
         let prog =
             self.program_under_test(target).map(|(ebpf, name)| prog_stats(ebpf, name)).unwrap_or_default();
-        Snapshot { gen: self.per_cpu_sum("BENCH_GEN_SEQ"), sink: self.per_cpu_sum("BENCH_SINK"), stats, prog }
+        let (gen, sink) = (self.per_cpu_sum(bench_maps::GEN_SEQ), self.per_cpu_sum(bench_maps::SINK));
+        Snapshot { gen, sink, stats, prog }
     }
 
     fn set_template(&mut self, case: &Case) -> GenConfig {
         let port = self.port(case.target);
         let cfg = case.shape.config(port.tx_mac, port.rx_mac, case.flows);
-        let map = self.lb.raw_mut().map_mut("BENCH_GEN_CONFIG").expect("BENCH_GEN_CONFIG");
-        let mut array: Array<&mut MapData, GenConfig> = Array::try_from(map).expect("BENCH_GEN_CONFIG");
-        array.set(0, cfg, 0).expect("writing the generator's template");
+        self.write_template(cfg);
         cfg
+    }
+
+    fn write_template(&mut self, cfg: GenConfig) {
+        let name = bench_maps::GEN_CONFIG;
+        let map = self.lb.raw_mut().map_mut(name).unwrap_or_else(|| panic!("no map {name}"));
+        let mut array: Array<&mut MapData, GenConfig> = Array::try_from(map).expect(name);
+        array.set(0, cfg, 0).expect("writing the generator's template");
     }
 
     /// Sends `packets` frames of `case` (rounded up to whole test runs) without checking them.
@@ -642,7 +625,11 @@ impl Bench {
                 attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
                 ..Default::default()
             })
-            .unwrap_or_else(|e| panic!("live-frames test run into ifindex {ingress}: {e}"));
+            .unwrap_or_else(|e| {
+                // aya's message names the call; the kernel's reason (errno) is its source.
+                let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+                panic!("live-frames test run into ifindex {ingress}: {e}{cause}")
+            });
         result.duration.as_nanos() as u64 * repeat as u64
     }
 
@@ -712,8 +699,9 @@ impl Bench {
     fn check_generator(&mut self, cpu: usize) {
         let seq = 123_456_789u64;
         {
-            let map = self.lb.raw_mut().map_mut("BENCH_GEN_SEQ").expect("BENCH_GEN_SEQ");
-            let mut seqs: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(map).expect("BENCH_GEN_SEQ");
+            let name = bench_maps::GEN_SEQ;
+            let map = self.lb.raw_mut().map_mut(name).unwrap_or_else(|| panic!("no map {name}"));
+            let mut seqs: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(map).expect(name);
             let cpus = aya::util::nr_cpus().expect("number of CPUs");
             let values = PerCpuValues::try_from(vec![seq; cpus]).expect("per-CPU values");
             seqs.set(0, values, 0).expect("setting BENCH_GEN_SEQ");
@@ -721,9 +709,7 @@ impl Bench {
         let (src_mac, dst_mac) = ([0x02, 0, 0, 0, 0, 0xaa], [0x02, 0, 0, 0, 0, 0xbb]);
         for (i, shape) in [Shape::Ack4, Shape::Udp4, Shape::Ack6, Shape::Syn4].into_iter().enumerate() {
             let cfg = shape.config(src_mac, dst_mac, 0);
-            let map = self.lb.raw_mut().map_mut("BENCH_GEN_CONFIG").expect("BENCH_GEN_CONFIG");
-            let mut array: Array<&mut MapData, GenConfig> = Array::try_from(map).expect("BENCH_GEN_CONFIG");
-            array.set(0, cfg, 0).expect("writing the generator's template");
+            self.write_template(cfg);
             // Start from garbage: the generator must write every byte.
             let input = vec![0xa5u8; cfg.len as usize];
             let mut out = vec![0u8; cfg.len as usize + 256];
@@ -750,11 +736,11 @@ impl Bench {
     /// frames (multicast reports when forwarding was turned on) must not count in a run.
     fn wait_quiet(&self) {
         let start = Instant::now();
-        let mut last = self.per_cpu_sum("BENCH_SINK");
+        let mut last = self.per_cpu_sum(bench_maps::SINK);
         let mut quiet_since = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(100));
-            let now = self.per_cpu_sum("BENCH_SINK");
+            let now = self.per_cpu_sum(bench_maps::SINK);
             if now != last {
                 last = now;
                 quiet_since = Instant::now();
@@ -840,7 +826,7 @@ impl Row {
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
-    lb_tests::bench::median(&mut v)
+    lb_bench::stats::median(&mut v)
 }
 
 /// Runs every case `rounds` times, taking turns; returns each case's valid values (`value` of

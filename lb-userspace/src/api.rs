@@ -323,8 +323,12 @@ pub struct Status {
 }
 
 async fn status(State(agent): State<Shared>) -> Json<Status> {
-    let a = agent.lock().await;
-    Json(Status {
+    Json(status_of(&*agent.lock().await))
+}
+
+/// The agent's state as `GET /v1/status` answers it (the status page shows it too).
+pub fn status_of(a: &Agent) -> Status {
+    Status {
         version: env!("CARGO_PKG_VERSION").into(),
         interfaces: a.config.interfaces.clone(),
         xdp_mode: a.config.xdp_mode,
@@ -338,7 +342,7 @@ async fn status(State(agent): State<Shared>) -> Json<Status> {
         backends: a.config.vips.iter().map(|v| v.backends.len()).sum(),
         event_loop_lag_max_seconds: a.loop_lag.max().as_secs_f64(),
         event_loop_lag_recent_max_seconds: a.loop_lag.recent_max().as_secs_f64(),
-    })
+    }
 }
 
 async fn list_vips(State(agent): State<Shared>) -> Json<Vec<crate::config::Vip>> {
@@ -390,15 +394,19 @@ async fn list_backends(
     State(agent): State<Shared>,
     UrlPath(vip): UrlPath<String>,
 ) -> ApiResult<Vec<BackendView>> {
-    let a = agent.lock().await;
-    let v = a.vip(&vip)?;
-    let views = v
-        .backends
+    Ok(Json(backend_views(&*agent.lock().await, &vip)?))
+}
+
+/// `vip`'s backends with their health, connections and next hops, as
+/// `GET /v1/vips/{vip}/backends` answers (the status page shows them too).
+pub fn backend_views(a: &Agent, vip: &str) -> Result<Vec<BackendView>, AgentError> {
+    let v = a.vip(vip)?;
+    v.backends
         .iter()
         .map(|b| {
-            let (health, status) = a.health_of(&vip, b.address);
+            let (health, status) = a.health_of(vip, b.address);
             let status = status.unwrap_or_default();
-            let connections = match a.applied.ids.backend(&vip, b.address) {
+            let connections = match a.applied.ids.backend(vip, b.address) {
                 Some(id) => a.connections_of(v, id).map_err(|e| AgentError::Apply(e.into()))?,
                 None => None,
             };
@@ -416,8 +424,7 @@ async fn list_backends(
                 next_hop: a.host.as_ref().map(|h| h.status(b.address)),
             })
         })
-        .collect::<Result<_, AgentError>>()?;
-    Ok(Json(views))
+        .collect()
 }
 
 async fn add_backend(

@@ -343,6 +343,10 @@ pub struct Config {
     /// Where lbd serves Prometheus metrics (`GET /metrics`); `None`: no endpoint.
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// The token that lets the status page act (drain, undrain, weights); `None`: read-only.
+    /// Never serialized (nor shown by `Debug`).
+    #[serde(skip)]
+    pub web_admin_token: Option<crate::web::auth::AdminToken>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,6 +385,7 @@ struct RawConfig {
     #[serde(default)]
     vip: Vec<toml::Spanned<VipSpec>>,
     metrics: Option<toml::Spanned<String>>,
+    web_admin_token: Option<toml::Spanned<String>>,
 }
 
 /// Reads and validates a config file.
@@ -416,6 +421,20 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
         None => None,
         Some(m) => Some(metrics_address(m.get_ref()).map_err(|e| at(Some(line_of(m.span().start)), e))?),
     };
+    let web_admin_token = match &raw.web_admin_token {
+        None => None,
+        Some(t) => {
+            let at_token = |e| at(Some(line_of(t.span().start)), e);
+            let token = crate::web::auth::AdminToken::new(t.get_ref()).map_err(at_token)?;
+            if metrics.is_none() {
+                return Err(at_token(invalid(
+                    "web_admin_token",
+                    "is set but `metrics` is not: the status page and its actions are served on the metrics listener; set metrics too, or remove the token",
+                )));
+            }
+            Some(token)
+        }
+    };
     let mut vips = Vec::new();
     for spanned in &raw.vip {
         let line = line_of(spanned.span().start);
@@ -432,6 +451,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
         host: raw.host,
         vips,
         metrics,
+        web_admin_token,
     };
     check_whole(&config).map_err(|e| {
         let line = e.vip.as_ref().and_then(|name| {
@@ -934,6 +954,18 @@ ring_size = 4099
                 "metrics: \"localhost\" is not an address and port",
             ),
             ("metrics port 0", "pin_path", "metrics = \"127.0.0.1:0\"\npin_path", "has port 0"),
+            (
+                "web_admin_token without metrics",
+                "pin_path",
+                "web_admin_token = \"0123456789abcdef0123\"\npin_path",
+                "web_admin_token: is set but `metrics` is not",
+            ),
+            (
+                "web_admin_token too short",
+                "pin_path",
+                "metrics = \"127.0.0.1:9100\"\nweb_admin_token = \"secret\"\npin_path",
+                "web_admin_token: has 6 characters, fewer than 16",
+            ),
             (
                 "unknown forwarding policy",
                 "[limits]",

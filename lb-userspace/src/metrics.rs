@@ -361,12 +361,13 @@ pub fn render(snapshot: Snapshot, format: Format) -> String {
     out
 }
 
-/// `GET /metrics`; every other path is 404.
-pub fn router(agent: Shared) -> Router {
+/// `GET /metrics`, and the status page ([`crate::web`]); every other path is 404.
+pub fn router(agent: Shared, samples: std::sync::Arc<crate::web::Samples>) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: lbd serves metrics on /metrics\n") })
-        .with_state(agent)
+        .with_state(agent.clone())
+        .merge(crate::web::router(agent, samples))
+        .fallback(|| async { crate::web::not_found() })
 }
 
 async fn scrape(State(agent): State<Shared>, headers: HeaderMap) -> Response {
@@ -387,7 +388,8 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
 
 /// Serves the endpoint until the task is dropped or aborted.
 pub async fn serve(listener: tokio::net::TcpListener, agent: Shared) -> std::io::Result<()> {
-    axum::serve(listener, router(agent)).await
+    let samples = agent.lock().await.samples.clone();
+    axum::serve(listener, router(agent, samples)).await
 }
 
 /// The docs' table of metrics (docs/observability.md), made from [`FAMILIES`] and [`Counter::ALL`].

@@ -109,8 +109,16 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
         tokio::select! {
             due = caches.tick() => {
                 lag.record(due.elapsed());
-                if let Err(e) = agent.lock().await.refresh_caches() {
+                let mut a = agent.lock().await;
+                if let Err(e) = a.refresh_caches() {
                     error!("refreshing the data plane's caches: {e}");
+                }
+                // The status page's 1-second samples (served on the metrics listener).
+                if a.config.metrics.is_some() {
+                    match a.stats() {
+                        Ok(stats) => a.samples.record(&stats),
+                        Err(e) => error!("reading the counters for the status page: {e}"),
+                    }
                 }
             }
             _ = next_hops.tick() => {

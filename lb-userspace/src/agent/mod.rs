@@ -144,6 +144,8 @@ pub struct Agent {
     pub voids_due: Option<tokio::sync::mpsc::UnboundedSender<std::time::Instant>>,
     /// How late the event loop runs.
     pub loop_lag: std::sync::Arc<event_loop::LoopLag>,
+    /// The status page's history of rates, sampled by the event loop.
+    pub samples: std::sync::Arc<crate::web::Samples>,
     /// This agent's hold on the pins, as long as it lives.
     pub pin_lock: pin_lock::PinLock,
 }

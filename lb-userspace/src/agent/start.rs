@@ -99,6 +99,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         down: Default::default(),
         voids_due: None,
         loop_lag: Default::default(),
+        samples: Default::default(),
         pin_lock,
         config,
     };

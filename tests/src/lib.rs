@@ -11,9 +11,11 @@
 //! - [`flows`]: flow-table entries written into a running lbd's pinned map.
 //! - [`lbd`]: lbd as a process in a test namespace, lbctl against it.
 //! - [`backend_host`]: `lbd backend-host` as a process on a backend host.
+//! - [`browser`]: headless Chromium through chromedriver (WebDriver), in a test namespace.
 pub mod backend_host;
 pub mod bins;
 pub mod bird;
+pub mod browser;
 pub mod echo;
 pub mod flows;
 pub mod frames;

@@ -13,8 +13,10 @@ const NIGHTLY: &str = "nightly";
 /// delivers XDP_TX/redirected frames only with NAPI), `curl` for the control API examples,
 /// `prometheus` (with `promtool`) to check and scrape lbd's metrics endpoint, `tcpdump` to read
 /// `lbctl capture` files, `bird2` (BIRD 2) for the BGP/ECMP tests, which run it only as their own
-/// child processes in namespaces, `systemd-analyze` (systemd) to verify the package's units, and
-/// dpkg-dev to build the package (see PACKAGE_TOOLS).
+/// child processes in namespaces, `systemd-analyze` (systemd) to verify the package's units,
+/// dpkg-dev to build the package (see PACKAGE_TOOLS), and `chromium` with `chromium-driver`
+/// (chromedriver) for the status page's browser test, which runs them headless as its own child
+/// processes in a namespace.
 ///
 /// Installing starts no service: systemd is not PID 1 on a test machine, and /usr/sbin/policy-rc.d
 /// (exit 101, as Docker images have it) refuses every start an install asks for. What is enabled
@@ -23,8 +25,19 @@ const NIGHTLY: &str = "nightly";
 /// others (postgresql, systemd-timesyncd, the apt, dpkg, man-db, fstrim and e2scrub timers) came
 /// with the machine's image; `bird2` adds bird.service and /etc/rc[2-5].d links. lbd's own package
 /// enables nothing.
-const TEST_PACKAGES: &[&str] =
-    &["iproute2", "util-linux", "ethtool", "curl", "prometheus", "tcpdump", "bird2", "systemd", "dpkg-dev"];
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "ethtool",
+    "curl",
+    "prometheus",
+    "tcpdump",
+    "bird2",
+    "systemd",
+    "dpkg-dev",
+    "chromium",
+    "chromium-driver",
+];
 /// What `cargo xtask package` runs: dpkg-shlibdeps (Depends) and strip (binutils, a dependency).
 const PACKAGE_TOOLS: &[&str] = &["dpkg-dev"];
 /// What only the benchmarks use: load (`wrk`), backends (`nginx`) and the paths they compare

@@ -188,6 +188,11 @@ impl<'a> Browser<'a> {
         self.session_call("POST", &format!("/element/{}/click", e.0), Some(json!({})));
     }
 
+    /// Empties an input.
+    pub fn clear(&self, e: &Element) {
+        self.session_call("POST", &format!("/element/{}/clear", e.0), Some(json!({})));
+    }
+
     pub fn type_text(&self, e: &Element, text: &str) {
         self.session_call("POST", &format!("/element/{}/value", e.0), Some(json!({ "text": text })));
     }

@@ -175,7 +175,7 @@ fn status_page_in_a_browser() {
             Ok(())
         });
         // ---- With the token: refusals, then the page's Drain button --------------------------
-        let acted = down.and_then(|()| drain_from_the_page(&browser, &lbd, &topo.lb.ns, &addrs[1]));
+        let acted = down.and_then(|()| act_from_the_page(&browser, &lbd, &topo.lb.ns, &addrs[1], &addrs[0]));
         // ---- The JSON behind the page, and screenshots, while traffic still flows -------------
         let json = acted.and_then(|()| check_json(&topo.lb.ns, &addrs));
         let shots = json.and_then(|()| screenshots(&browser));
@@ -339,8 +339,15 @@ fn check_drain_shows(browser: &Browser, lbd: &Lbd, address: &str) -> Result<(), 
         .map_err(|e| format!("the undrain of {address} does not show on the page: {e}"))
 }
 
-/// Refusals without the right token, then the page unlocked and its Drain button clicked.
-fn drain_from_the_page(browser: &Browser, lbd: &Lbd, ns: &Netns, address: &str) -> Result<(), String> {
+/// Refusals without the right token, then the page unlocked, its Drain button clicked for
+/// `address` and a weight of 50 set for `weighed`.
+fn act_from_the_page(
+    browser: &Browser,
+    lbd: &Lbd,
+    ns: &Netns,
+    address: &str,
+    weighed: &str,
+) -> Result<(), String> {
     let url = format!("http://{METRICS}/api/vips/web/backends/{address}/drain");
     for (header, origin, want, what) in [
         ("Authorization: Bearer wrong-token-0123456789abcdef", "", "401", "a wrong token"),
@@ -357,11 +364,12 @@ fn drain_from_the_page(browser: &Browser, lbd: &Lbd, ns: &Netns, address: &str) 
             return Err(format!("a drain with {what} answered {code}, want {want}"));
         }
     }
-    let drained = |lbd: &Lbd| -> bool {
+    let backend = |lbd: &Lbd, address: &str| -> Value {
         let list: Value =
             serde_json::from_str(&lbd.lbctl_ok(&["--json", "backend", "list", "web"])).expect("JSON");
-        list.as_array().into_iter().flatten().any(|b| b["address"] == address && b["drained"] == true)
+        list.as_array().into_iter().flatten().find(|b| b["address"] == address).cloned().unwrap_or_default()
     };
+    let drained = |lbd: &Lbd| backend(lbd, address)["drained"] == true;
     if drained(lbd) {
         return Err(format!("{address} is drained before the page drains it"));
     }
@@ -389,6 +397,23 @@ fn drain_from_the_page(browser: &Browser, lbd: &Lbd, ns: &Netns, address: &str) 
     if said != format!("web: drained {address}") {
         return Err(format!("the page says {said:?} after the drain"));
     }
+    let row = format!("details.vip[data-vip=web] tr[data-backend=\"{weighed}\"]");
+    let input =
+        browser.find(&format!("{row} input[type=number]")).ok_or(format!("no weight field for {weighed}"))?;
+    browser.clear(&input);
+    browser.type_text(&input, "50");
+    browser.click(&browser.find(&format!("{row} button[data-action=weight]")).ok_or("no Set weight button")?);
+    let t = Instant::now();
+    while backend(lbd, weighed)["weight"] != 50 {
+        if t.elapsed() > PAGE_LAG {
+            return Err(format!(
+                "setting weight 50 on the page did not reach lbd: {}",
+                backend(lbd, weighed)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("the page's Set weight gave {weighed} weight 50 (lbctl agrees after {:.2?})", t.elapsed());
     // Gone before the screenshots.
     browser.wait(Duration::from_secs(5), |b| {
         let shown = b.execute("return document.getElementById('toast').classList.contains('show')", &[]);
@@ -497,7 +522,9 @@ fn screenshots(browser: &Browser) -> Result<(), String> {
         std::fs::write(&path, &png).expect("write the screenshot");
         eprintln!("screenshot ({name}, {width} px wide): {}", path.display());
         if name == "laptop" && std::env::var_os("LB_DOCS_SCREENSHOT").is_some() {
-            let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/images/status-page.png");
+            let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/images");
+            std::fs::create_dir_all(&docs).expect("docs/images");
+            let docs = docs.join("status-page.png");
             std::fs::write(&docs, &png).expect("write the docs' screenshot");
             eprintln!("and {}", docs.display());
         }

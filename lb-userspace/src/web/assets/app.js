@@ -268,8 +268,14 @@
     };
     r.addr.textContent = address;
     r.toggle = h('button', { type: 'button', 'data-action': 'drain', onclick: () => act(vip, address, r.toggle.dataset.action) });
-    r.weight = h('input', { type: 'number', min: 0, max: 65535, 'aria-label': `weight of ${address}` });
-    r.setWeight = h('button', { type: 'button', class: 'ghost', 'data-action': 'weight', text: 'Set weight', onclick: () => act(vip, address, 'weight', Number(r.weight.value)) });
+    const setWeight = () => act(vip, address, 'weight', Number(r.weight.value)).then((ok) => { if (ok) delete r.weight.dataset.edited; });
+    // A weight being edited is left alone by the refreshes until it is set.
+    r.weight = h('input', {
+      type: 'number', min: 0, max: 65535, 'aria-label': `weight of ${address}`,
+      oninput: () => { r.weight.dataset.edited = '1'; },
+      onkeydown: (e) => { if (e.key === 'Enter') setWeight(); },
+    });
+    r.setWeight = h('button', { type: 'button', class: 'ghost', 'data-action': 'weight', text: 'Set weight', onclick: setWeight });
     r.act.append(r.toggle, ' ', r.weight, ' ', r.setWeight);
     r.tr = h('tr', { 'data-backend': address, onanimationend: () => r.tr.classList.remove('flash') },
       r.addr, r.state, r.health, r.hop, r.conns, r.pps, r.bps, r.fps, r.share, r.act);
@@ -316,7 +322,7 @@
       h('span', { class: 'bar' }, h('i', { style: `width:${share || 0}%` })), share == null ? '–' : `${share}%`));
     r.toggle.dataset.action = b.drained ? 'undrain' : 'drain';
     r.toggle.textContent = b.drained ? 'Undrain' : 'Drain';
-    if (document.activeElement !== r.weight) r.weight.value = b.weight;
+    if (!r.weight.dataset.edited) r.weight.value = b.weight;
   }
 
   function updateCard(c, v) {
@@ -414,7 +420,10 @@
 
   async function act(vip, address, action, weight) {
     const token = sessionStorage.getItem(TOKEN);
-    if (!token) return lock();
+    if (!token) {
+      lock();
+      return false;
+    }
     const path = `/api/vips/${encodeURIComponent(vip)}/backends/${encodeURIComponent(address)}/${action}`;
     const init = { method: action === 'weight' ? 'PUT' : 'POST', headers: { Authorization: `Bearer ${token}` } };
     if (action === 'weight') {
@@ -425,15 +434,21 @@
       const r = await fetch(path, init);
       if (r.status === 401) {
         lock();
-        return toast('The token was refused: unlock again', true);
+        toast('The token was refused: unlock again', true);
+        return false;
       }
       const body = await r.json().catch(() => ({}));
-      if (!r.ok) return toast(body.error || `lbd answered ${r.status}`, true);
+      if (!r.ok) {
+        toast(body.error || `lbd answered ${r.status}`, true);
+        return false;
+      }
       const done = action === 'weight' ? `weight ${weight} for` : action === 'drain' ? 'drained' : 'undrained';
       toast(`${vip}: ${done} ${address}`);
       await refresh();
+      return true;
     } catch (err) {
       toast(`lbd is not answering: ${err.message}`, true);
+      return false;
     }
   }
 
@@ -451,7 +466,7 @@
     charts.forEach((c) => c.draw());
     const live = $('live');
     live.className = 'live ok';
-    live.textContent = hist.t.length ? `live · ${new Date(hist.t[hist.t.length - 1] * 1000).toLocaleTimeString()}` : 'live';
+    live.textContent = hist.t.length ? `live · ${new Date(hist.t[hist.t.length - 1] * 1000).toLocaleTimeString([], { hour12: false })}` : 'live';
     document.body.classList.remove('stale');
   }
   async function loop() {

@@ -157,6 +157,9 @@ mod tests {
         crate::backend::v4_in_16(a)
     }
 
+    /// Flow number -> its key, for a VIP address.
+    type Shape = fn(u32, [u8; 16]) -> FlowKey;
+
     fn key(src: [u8; 16], dst: [u8; 16], sport: u16) -> FlowKey {
         FlowKey { src, dst, sport, dport: 80, proto: 6, family: crate::FAMILY_V4, _pad: [0; 2] }
     }
@@ -165,7 +168,7 @@ mod tests {
     fn structured_clients_spread_over_the_flow_cache_as_random_ones_do() {
         let bits = 16;
         let vip = v4([198, 18, 100, 1]);
-        let shapes: [(&str, fn(u32, [u8; 16]) -> FlowKey); 4] = [
+        let shapes: [(&str, Shape); 4] = [
             ("one /16, sequential addresses and ports", |f, vip| {
                 let a = 1 + (f >> 14) % 32768;
                 key(v4([198, 19, (a >> 8) as u8, a as u8]), vip, (1024 + f % 16384) as u16)

@@ -44,15 +44,20 @@ impl<'a> Browser<'a> {
     pub fn start(ns: &'a Netns, width: u32, height: u32) -> Browser<'a> {
         let dir = std::env::temp_dir().join(unique_name("chromium"));
         std::fs::create_dir_all(&dir).expect("chromium dir");
-        let log = std::fs::File::create(dir.join("chromedriver.log")).expect("chromedriver log");
+        let out = std::fs::File::create(dir.join("chromedriver.out")).expect("chromedriver's output");
         let mut command = Command::new("nsenter");
         command
             .arg(format!("--net=/run/netns/{}", ns.name()))
             .args(["chromedriver", &format!("--port={DRIVER_PORT}"), "--allowed-ips=127.0.0.1"])
+            // The log's path names the test's directory, as Chromium's profile does: `cargo
+            // xtask test` finds them by it if a killed test leaves them running.
+            .arg(format!("--log-path={}", dir.join("chromedriver.log").display()))
+            .arg("--log-level=WARNING")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            // Its own process group: Chromium and its helpers are killed with it.
+            .stdout(out.try_clone().expect("chromedriver's output"))
+            .stderr(out)
+            // Its own process group: Chromium and its helpers are killed with it (its crash
+            // handlers, in groups of their own, exit when it does).
             .process_group(0);
         let driver = match command.spawn() {
             Ok(child) => Running { child },
@@ -96,14 +101,21 @@ impl<'a> Browser<'a> {
         browser
     }
 
-    /// Chromium's profile directory: every Chromium process of this browser names it.
-    pub fn profile(&self) -> PathBuf {
+    /// The directory of Chromium's profile and chromedriver's log: chromedriver and every
+    /// Chromium process of this browser name it on their command lines.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
+    fn profile(&self) -> PathBuf {
         self.dir.join("profile")
     }
 
-    /// chromedriver's log, for failure messages.
+    /// chromedriver's output and log (warnings and errors), for failure messages.
     pub fn driver_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("chromedriver.log")).unwrap_or_default()
+        ["chromedriver.out", "chromedriver.log"]
+            .map(|name| std::fs::read_to_string(self.dir.join(name)).unwrap_or_default())
+            .concat()
     }
 
     /// One WebDriver command; its `value`, or the driver's error.

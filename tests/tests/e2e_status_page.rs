@@ -4,14 +4,18 @@
 //! and a `web_admin_token`. Headless Chromium (Debian's, through chromedriver) runs in the same
 //! namespace and loads `http://127.0.0.1:9100/`.
 //!
-//! - the page lists the config's VIPs and backends, active and up;
+//! - another site's page (http://localhost:9100 is another origin and site than
+//!   http://127.0.0.1:9100) cannot drain: lbd refuses its request, or the browser does not send it;
+//! - the page lists the config's VIPs and backends, active and up; a VIP's backends fold and
+//!   unfold with a click, and stay as they are across refreshes;
 //! - while the client opens connections to `web`, the packets/s chart's latest value moves and
-//!   agrees with `lbctl stats` within 20 %;
+//!   agrees with `lbctl stats` within 20 %; rates carry units (1.24k, 750k);
 //! - `lbctl backend drain` shows as drained within 2 s, and a backend whose server dies as down;
 //! - a wrong token gets 401 and another site's request 403; unlocked with the token, the page's
-//!   Drain button drains a backend (as `lbctl` sees it);
-//! - screenshots at laptop and phone width go to `target/status-page/` (with
-//!   `LB_DOCS_SCREENSHOT=1`, the laptop one to docs/images/status-page.png as well);
+//!   Drain button drains a backend and its Set weight weighs another (as `lbctl` sees it);
+//! - screenshots at laptop width (light and dark: the page follows the system's scheme) and phone
+//!   width (nothing wider than the screen) go to `target/status-page/` (with
+//!   `LB_DOCS_SCREENSHOT=1`, the light laptop one to docs/images/status-page.png as well);
 //! - the page and everything it loads weigh less than 300 KB;
 //! - with the token removed from the config (`lbctl apply -f`), the write routes are 404 and the
 //!   page is read-only; `/metrics` answers as before; the log never holds the token; no Chromium
@@ -78,7 +82,7 @@ fn status_page_in_a_browser() {
     let mut servers: Vec<Option<EchoServer>> =
         topo.backends.iter().map(|b| Some(EchoServer::start(&b.ns, Proto::Tcp, any))).collect();
     let browser = Browser::start(&topo.lb.ns, LAPTOP.0, LAPTOP.1);
-    let profile = browser.profile();
+    let browser_dir = browser.dir();
     let fail = |what: String| -> ! {
         panic!(
             "{what}\nlbd log:\n{}\nchromedriver log (end):\n{}",
@@ -87,6 +91,10 @@ fn status_page_in_a_browser() {
         )
     };
     eprintln!("set-up (topology, lbd, servers, chromium) {:.2?}", t0.elapsed());
+
+    // ---- Another site cannot act ------------------------------------------------------------
+    cross_site_refused(&browser, &lbd, &files.dir.join("lbd.log"), &addrs[1])
+        .unwrap_or_else(|e| fail(format!("another site acted: {e}")));
 
     // ---- The config's VIPs and backends, active and up --------------------------------------
     browser.goto(&format!("http://{METRICS}/"));
@@ -112,6 +120,7 @@ fn status_page_in_a_browser() {
     let vips = listed.unwrap_or_else(|e| fail(format!("the page does not list the config: {e}")));
     assert_eq!(vips[0].service, format!("{}:{PORT}/tcp", vip(Family::V4, 1)), "{vips:?}");
     eprintln!("the page lists web and dns with their 3 backends, active and up ({:.2?})", t.elapsed());
+    fold_and_unfold(&browser, "dns").unwrap_or_else(|e| fail(format!("dns's backends do not fold: {e}")));
 
     // ---- While traffic flows: the chart moves and agrees with lbctl stats --------------------
     let stop = AtomicBool::new(false);
@@ -142,7 +151,15 @@ fn status_page_in_a_browser() {
                         .find("details.vip[data-vip=web] .vip-rates [data-metric=pps] b")
                         .ok_or("no rate in web's header")?,
                 );
-                last = format!("page {page} packets/s (header {text}), lbctl stats {lbctl}");
+                let bits = browser.text(
+                    &browser
+                        .find("details.vip[data-vip=web] .vip-rates [data-metric=bps] b")
+                        .ok_or("no bit rate in web's header")?,
+                );
+                last = format!("page {page} packets/s (header {text}, {bits} bit/s), lbctl stats {lbctl}");
+                if !with_units(&text) || !with_units(&bits) || si(&bits).is_none_or(|b| b < 1000.0) {
+                    return Err(format!("rates without units (k, M, G) in web's header: {last}"));
+                }
                 if (page - lbctl).abs() <= 0.2 * lbctl {
                     eprintln!("rates agree: {last}");
                     return Ok(());
@@ -229,8 +246,8 @@ fn status_page_in_a_browser() {
     );
 
     drop(browser);
-    let left = processes_naming(&profile);
-    assert!(left.is_empty(), "Chromium processes left running: {left:?}");
+    let left = processes_naming(&browser_dir);
+    assert!(left.is_empty(), "chromedriver or Chromium processes left running: {left:?}");
     eprintln!("passed in {:.2?}", t0.elapsed());
 }
 
@@ -309,12 +326,101 @@ fn lbctl_pps(lbd: &Lbd) -> Result<f64, String> {
 
 /// "1.23k" -> 1230.
 fn si(text: &str) -> Option<f64> {
-    let (number, scale) = match text.chars().last()? {
-        'k' => (&text[..text.len() - 1], 1e3),
-        'M' => (&text[..text.len() - 1], 1e6),
-        _ => (text, 1.0),
-    };
+    let (number, scale) = split_unit(text);
     number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// "1.23k" -> ("1.23", 1000).
+fn split_unit(text: &str) -> (&str, f64) {
+    let scale = match text.chars().last() {
+        Some('k') => 1e3,
+        Some('M') => 1e6,
+        Some('G') => 1e9,
+        Some('T') => 1e12,
+        _ => return (text, 1.0),
+    };
+    (&text[..text.len() - 1], scale)
+}
+
+/// A rate as a person reads it: at most three digits before the point, a k, M, G or T for more
+/// ("1.24k", "750k", "12"; not "1240").
+fn with_units(text: &str) -> bool {
+    let (number, _) = split_unit(text);
+    number.parse::<f64>().is_ok_and(|n| n < 1000.0)
+}
+
+/// From a document of another site, `http://localhost:9100/metrics` (another origin and site
+/// than the page's `http://127.0.0.1:9100`; served without the page's Content-Security-Policy,
+/// which would stop the requests before they leave), the browser tries to drain `address`: a
+/// plain POST, which the browser sends and lbd refuses (it logs why), and one with the token,
+/// which needs a CORS preflight that lbd never grants, so the browser does not send it. Neither
+/// answer is readable there, and the backend stays active.
+fn cross_site_refused(browser: &Browser, lbd: &Lbd, log: &Path, address: &str) -> Result<(), String> {
+    let other_site = METRICS.replace("127.0.0.1", "localhost");
+    browser.goto(&format!("http://{other_site}/metrics"));
+    let url = format!("http://{METRICS}/api/vips/web/backends/{address}/drain");
+    // A returned promise is awaited by WebDriver.
+    let tried = browser.execute(
+        "const attempt = (init) => fetch(arguments[0], init) \
+           .then(r => `answered ${r.status}`, e => `failed: ${e.message}`); \
+         return Promise.all([attempt({ method: 'POST' }), \
+           attempt({ method: 'POST', headers: { Authorization: `Bearer ${arguments[1]}` } })])",
+        &[url.into(), TOKEN.into()],
+    );
+    let failed = tried
+        .as_array()
+        .is_some_and(|a| a.iter().all(|r| r.as_str().is_some_and(|r| r.starts_with("failed"))));
+    if !failed {
+        return Err(format!("another site's page read lbd's answers to its drains: {tried}"));
+    }
+    let refusal = format!("a request from another site (Origin http://{other_site})");
+    let deadline = Instant::now() + PAGE_LAG;
+    while !std::fs::read_to_string(log).unwrap_or_default().contains(&refusal) {
+        if Instant::now() > deadline {
+            return Err(format!("lbd's log does not say it refused {refusal:?} (the browser said {tried})"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let list = lbd.lbctl_ok(&["--json", "backend", "list", "web"]);
+    let list: Value = serde_json::from_str(&list).expect("JSON");
+    if list.as_array().into_iter().flatten().any(|b| b["drained"] == true) {
+        return Err(format!("a backend is drained after another site's attempts: {list}"));
+    }
+    eprintln!("another site's drains: the browser says {tried}; lbd logged {refusal:?}; nothing drained");
+    Ok(())
+}
+
+/// A click on `vip`'s header folds its backends, which stay folded across the page's
+/// refreshes (and the browser remembers); a second click unfolds them.
+fn fold_and_unfold(browser: &Browser, vip: &str) -> Result<(), String> {
+    let summary = browser.find(&format!("details.vip[data-vip={vip}] > summary")).ok_or("no header")?;
+    let state = || {
+        browser.execute(
+            "const d = document.querySelector(`details.vip[data-vip=\"${arguments[0]}\"]`); \
+             return [d.open, d.querySelector('table.backends').checkVisibility(), \
+               localStorage.getItem(`lbd.open.${arguments[0]}`)]",
+            &[vip.into()],
+        )
+    };
+    // The browser remembers on the `toggle` event, which comes after the click.
+    let becomes = |want: Value, after: &str| {
+        browser.wait(Duration::from_secs(1), |_| {
+            let now = state();
+            (now == want).then_some(()).ok_or(format!("{after}: [open, backends shown, remembered] = {now}"))
+        })
+    };
+    let live = || browser.text(&browser.find("#live").expect("the live label"));
+    browser.click(&summary);
+    becomes(serde_json::json!([false, false, "0"]), "after a click")?;
+    // The next refresh leaves it folded.
+    let before = live();
+    browser
+        .wait(Duration::from_secs(3), |_| (live() != before).then_some(()).ok_or("no refresh".to_string()))?;
+    becomes(serde_json::json!([false, false, "0"]), "after a refresh")?;
+    browser.click(&summary);
+    becomes(serde_json::json!([true, true, "1"]), "after a second click")?;
+    eprintln!("{vip}'s backends fold with a click, stay folded across a refresh, unfold with another");
+    Ok(())
 }
 
 /// `lbctl backend drain` shows on the page within [`PAGE_LAG`]; undrained again after.
@@ -349,14 +455,20 @@ fn act_from_the_page(
     weighed: &str,
 ) -> Result<(), String> {
     let url = format!("http://{METRICS}/api/vips/web/backends/{address}/drain");
-    for (header, origin, want, what) in [
+    for (token, site, want, what) in [
         ("Authorization: Bearer wrong-token-0123456789abcdef", "", "401", "a wrong token"),
         ("X-No-Token: 1", "", "401", "no token"),
         (&format!("Authorization: Bearer {TOKEN}")[..], "Origin: http://evil.example", "403", "another site"),
+        (
+            &format!("Authorization: Bearer {TOKEN}")[..],
+            "Sec-Fetch-Site: cross-site",
+            "403",
+            "a browser's cross-site mark",
+        ),
     ] {
-        let mut args = vec!["-X", "POST", "-H", header];
-        if !origin.is_empty() {
-            args.extend(["-H", origin]);
+        let mut args = vec!["-X", "POST", "-H", token];
+        if !site.is_empty() {
+            args.extend(["-H", site]);
         }
         args.push(&url);
         let code = curl_code(ns, &args);
@@ -508,14 +620,26 @@ fn screenshots(browser: &Browser) -> Result<(), String> {
             ));
         }
         browser.set_window_size(width, height);
-        // Laid out at the new width, then as tall as the page.
+        // Laid out at the new width, then a window whose viewport is as tall as the page (the
+        // window is taller than its viewport), scrolled to the top (clicks scrolled it).
         std::thread::sleep(Duration::from_millis(300));
-        let full = browser.execute("return document.documentElement.scrollHeight", &[]);
-        browser.set_window_size(
-            width,
-            full.as_u64().unwrap_or(u64::from(height)).clamp(u64::from(height), 4000) as u32,
+        let sizes = browser.execute(
+            "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]",
+            &[],
         );
+        let (page, frame) = (sizes[0].as_u64().unwrap_or(0), sizes[1].as_u64().unwrap_or(0));
+        browser.set_window_size(width, (page + frame).clamp(u64::from(height), 4000) as u32);
+        browser.execute("window.scrollTo(0, 0)", &[]);
         std::thread::sleep(Duration::from_millis(1200));
+        let overflow = browser.execute(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]",
+            &[],
+        );
+        if overflow[0].as_u64() > overflow[1].as_u64() {
+            return Err(format!(
+                "at {width} px the page is wider than the window: [scroll, client] = {overflow}"
+            ));
+        }
         let png = browser.screenshot();
         assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
         let path = dir.join(format!("{name}.png"));

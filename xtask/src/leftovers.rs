@@ -44,8 +44,9 @@ fn find() -> Found {
     Found { namespaces, links, pins, processes: our_processes() }
 }
 
-/// Processes running one of this workspace's binaries from its target directory, and BIRDs the
-/// tests started (their config is in a temp dir named with the prefix) whose test has exited.
+/// Processes running one of this workspace's binaries from its target directory, and processes
+/// a test started whose command line names the test's temp dir (BIRD's config, Chromium's
+/// profile, chromedriver's log: `.../lbt-<pid>-<n>-<role>/...`) when that test has exited.
 fn our_processes() -> Vec<String> {
     let target = cmd::workspace_root().join("target");
     let mut found = Vec::new();
@@ -53,16 +54,16 @@ fn our_processes() -> Vec<String> {
         let Ok(exe) = fs::read_link(entry.path().join("exe")) else { continue };
         let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let ours = exe.starts_with(&target) && TEST_PROCESSES.contains(&name.as_str());
-        if ours || (name == "bird" && test_bird_orphaned(&entry.path())) {
+        if ours || test_child_orphaned(&entry.path()) {
             found.push(format!("{name} (pid {})", entry.file_name().to_string_lossy()));
         }
     }
     found
 }
 
-/// Whether a BIRD's config path names a test object (`.../lbt-<pid>-<n>-<role>/bird.conf`) whose
+/// Whether a process's command line names a test object (`.../lbt-<pid>-<n>-<role>/...`) whose
 /// test process is gone.
-fn test_bird_orphaned(proc_dir: &Path) -> bool {
+fn test_child_orphaned(proc_dir: &Path) -> bool {
     let cmdline = fs::read(proc_dir.join("cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
     cmdline

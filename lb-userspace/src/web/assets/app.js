@@ -142,7 +142,8 @@
       const axis = { stroke: css('--muted'), grid: { stroke: css('--grid'), width: 1 }, ticks: { stroke: css('--grid'), width: 1 }, font: '11px system-ui, sans-serif' };
       return {
         width, height: 170, legend: { show: false }, cursor: { points: { size: 6 } },
-        padding: [8, 14, 0, 0],
+        // Room on the right for half a time label at the edge.
+        padding: [8, 26, 0, 0],
         scales: {
           x: { time: true, range: () => xRange() },
           y: { range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] },

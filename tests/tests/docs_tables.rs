@@ -4,8 +4,8 @@
 //! generator), as the message says.
 //!
 //! Checked elsewhere: the metrics table (`cargo test -p lb-userspace --lib
-//! docs_list_every_metric`), and the config, lbctl and curl examples, run against a real lbd
-//! (`docs_examples`).
+//! docs_list_every_metric`), the status page's routes (`docs_list_every_route`), and the config,
+//! lbctl and curl examples, run against a real lbd (`docs_examples`).
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},

@@ -383,6 +383,22 @@ impl Bird {
         }
     }
 
+    /// Gives BIRD a new config, as an operator would: checked (`bird -p`), put in place of the
+    /// old one by a rename, then SIGHUP (BIRD reconfigures: only what changed restarts or
+    /// reloads). Panics if BIRD refuses the config.
+    pub fn reconfigure(&self, config: &str) {
+        let (next, conf) = (self.dir.join("bird.conf.next"), self.dir.join("bird.conf"));
+        std::fs::write(&next, config).unwrap_or_else(|e| panic!("writing {}: {e}", next.display()));
+        let parsed = Command::new("bird").arg("-p").arg("-c").arg(&next).output().expect("bird -p");
+        assert!(
+            parsed.status.success(),
+            "BIRD refuses the new config: {}\n{config}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+        std::fs::rename(&next, &conf).unwrap_or_else(|e| panic!("renaming to {}: {e}", conf.display()));
+        self.signal(libc::SIGHUP);
+    }
+
     /// SIGKILL, as a crash would: the kernel closes its TCP sessions, but nothing else is said.
     pub fn kill(self) {
         drop(self);

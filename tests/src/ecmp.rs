@@ -139,7 +139,8 @@ pub struct Balancer {
     /// Declared first: dropped (killed) before its pins go.
     pub lbd: Option<Lbd>,
     pub bird: Option<Bird>,
-    bird_config: String,
+    /// Its BIRD's config (rendered whenever BIRD starts or is reconfigured).
+    bird_config: BalancerConfig,
     pub files: LbdFiles,
     pub ns: Netns,
 }
@@ -234,8 +235,38 @@ impl Balancer {
     pub fn start_bird(&mut self) {
         assert!(self.bird.is_none(), "balancer {}'s BIRD is running", self.n);
         let socket = bird_socket(&self.files);
-        self.bird =
-            Some(Bird::start_with_socket(&self.ns, "bird-balancer", &self.bird_config, Some(&socket)));
+        let config = self.bird_config.render();
+        self.bird = Some(Bird::start_with_socket(&self.ns, "bird-balancer", &config, Some(&socket)));
+    }
+
+    /// Changes its BIRD's config with `change` and reconfigures the running BIRD (SIGHUP).
+    pub fn reconfigure_bird(&mut self, change: impl FnOnce(&mut BalancerConfig)) {
+        change(&mut self.bird_config);
+        let bird = self.bird.as_ref().unwrap_or_else(|| panic!("balancer {}'s BIRD is not running", self.n));
+        bird.reconfigure(&self.bird_config.render());
+    }
+
+    /// Waits until lbd's last read of its BIRD shows every BGP session established and every
+    /// VIP it announces exported (lbd reads BIRD every `announce::RETRY`); returns how long that
+    /// took. Panics after `timeout` with what lbd last saw.
+    #[track_caller]
+    pub fn wait_bird_read(&self, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let a = self.announcements();
+            let bird = a.bird.as_ref();
+            let sessions_up =
+                bird.is_some_and(|b| !b.sessions.is_empty() && b.sessions.iter().all(|s| s.established));
+            if sessions_up && a.vips.iter().all(|v| !v.announced || v.exported == Some(true)) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "balancer {}'s lbd did not see its BIRD up and exporting within {timeout:?}: {a:#?}",
+                self.n
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// SIGKILL to lbd, as a crash: the pinned balancer keeps forwarding, the routes stay.
@@ -409,14 +440,17 @@ impl Edge {
                     routers: vec![Neighbor { name: UPLINK.into(), address: ROUTER.into(), asn: ROUTER_AS }],
                     timers: Timers::RECOMMENDED,
                 };
-                let bird_config = config.render();
                 let files = LbdFiles::new();
-                let bird =
-                    Bird::start_with_socket(&ns, "bird-balancer", &bird_config, Some(&bird_socket(&files)));
+                let bird = Bird::start_with_socket(
+                    &ns,
+                    "bird-balancer",
+                    &config.render(),
+                    Some(&bird_socket(&files)),
+                );
                 let socket = (spec.bird_socket)(n).unwrap_or_else(|| bird.socket().display().to_string());
                 std::fs::write(files.config(), lbd_config(spec, n, &files, &socket))
                     .expect("write lbd's config");
-                Balancer { n, lbd: None, bird: Some(bird), bird_config, files, ns }
+                Balancer { n, lbd: None, bird: Some(bird), bird_config: config, files, ns }
             })
             .collect();
         std::thread::scope(|s| {

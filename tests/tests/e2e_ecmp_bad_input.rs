@@ -1,12 +1,13 @@
 //! What goes wrong around lbd's announcements: a BIRD socket nobody answers on, a VIP BIRD's
-//! filters refuse, BIRD restarting. Each: a clear log line and a metric, forwarding unaffected,
-//! lbd tries again, and lbd never stops. One balancer host, one backend (`lb_tests::ecmp`).
+//! filters refuse (until its operator widens them), BIRD restarting. Each: a clear log line and
+//! a metric, forwarding unaffected, lbd tries again, and lbd never stops. One balancer host, one backend (`lb_tests::ecmp`).
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
 use lb_tests::{
+    bird::VipPrefix,
     echo,
     ecmp::{vip_table, web_vip, Balancer, Edge, Spec, CLIENT, PORT, PROPAGATION, VIP},
 };
@@ -80,7 +81,7 @@ fn an_unreachable_bird_socket_is_logged_and_counted_while_announcing_and_forward
 }
 
 #[test]
-fn a_vip_bird_refuses_is_logged_and_shown_as_not_exported() {
+fn a_vip_bird_refuses_is_logged_and_shown_as_not_exported_until_bird_takes_it() {
     // 198.18.101.1 is outside BIRD's VIP prefix set (198.18.100.0/24): BIRD filters it out.
     const OUTSIDE: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 101, 1));
     let mut spec = one_balancer();
@@ -103,6 +104,14 @@ fn a_vip_bird_refuses_is_logged_and_shown_as_not_exported() {
     let out = b.lbctl_ok(&["status"]);
     assert!(out.contains("NOT EXPORTED"), "lbctl status should show it:\n{out}");
     forwarding_works(&edge, 41_001);
+
+    // BIRD's operator widens its VIP prefixes: lbd kept the route and reads BIRD again, and
+    // sees the VIP exported without being told.
+    edge.balancer_mut(1).reconfigure_bird(|c| c.vip_prefixes.push(VipPrefix { addr: OUTSIDE, len: 32 }));
+    let b = edge.balancer(1);
+    let line = b.wait_log(&["BIRD exports this VIP now", "198.18.101.1"], READS);
+    println!("BIRD reconfigured; lbd logged: {line}");
+    wait_metric(b, "lb_vip_exported{vip=\"outside\",service=\"198.18.101.1:80/tcp\"}", |v| v == 1.0);
     still_running(edge.balancer_mut(1));
 }
 

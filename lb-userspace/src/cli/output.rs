@@ -71,7 +71,9 @@ fn rings(rings: &[crate::agent::fingerprint::RingFingerprint]) {
     if rings.is_empty() {
         return;
     }
-    println!("rings        equal fingerprints on two balancer hosts: the same backend for every flow");
+    println!(
+        "rings        a FINGERPRINT equal on two balancer hosts: they pick the same backend for every flow"
+    );
     let rows: Vec<Vec<String>> = rings
         .iter()
         .map(|r| vec![r.vip.clone(), r.service.clone(), r.scheduler.name().into(), r.fingerprint.clone()])

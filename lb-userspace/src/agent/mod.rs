@@ -398,6 +398,8 @@ impl Agent {
             ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
             ("limits", new.limits != self.config.limits),
             ("metrics", new.metrics != self.config.metrics),
+            // The VIP table and the BIRD socket are opened at start.
+            ("announce", new.announce != self.config.announce),
         ];
         if let Some((key, _)) = frozen.iter().find(|(_, changed)| *changed) {
             return Err(Invalid {

@@ -261,7 +261,8 @@ impl Bird {
     /// [`Bird::start`] with the control socket at `socket` (`None`: in its temp dir), e.g. where
     /// an lbd's `announce.bird_socket` expects it across restarts of BIRD.
     pub fn start_with_socket(ns: &Netns, role: &str, config: &str, socket: Option<&Path>) -> Bird {
-        let dir = std::env::temp_dir().join(unique_name(role));
+        let start_dir = StartDir(std::env::temp_dir().join(unique_name(role)));
+        let dir = start_dir.0.clone();
         let socket = socket.map_or_else(|| dir.join("bird.ctl"), Path::to_owned);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let conf = dir.join("bird.conf");
@@ -299,7 +300,7 @@ impl Bird {
             });
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("could not start BIRD in {}: {e}", ns.name()));
-        let mut bird = Bird { child, dir, socket, namespace: ns.name().to_owned() };
+        let mut bird = Bird { child, dir: start_dir.keep(), socket, namespace: ns.name().to_owned() };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = bird.child.try_wait() {
@@ -428,6 +429,23 @@ impl Drop for Bird {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A BIRD's temp dir while it starts: removed if the start fails (a config BIRD refuses), until
+/// [`Bird`] owns it.
+struct StartDir(PathBuf);
+
+impl StartDir {
+    /// BIRD runs: its [`Bird`] removes the dir from now on.
+    fn keep(self) -> PathBuf {
+        std::mem::take(&mut std::mem::ManuallyDrop::new(self).0)
+    }
+}
+
+impl Drop for StartDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

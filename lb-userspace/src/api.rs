@@ -180,6 +180,20 @@ pub const ROUTES: &[Route] = &[
         does: "copy the VIP's next packets: answers a pcap file (as `lbctl capture`)",
         handler: |m| on(m, capture),
     },
+    Route {
+        method: Method::Post,
+        path: "/v1/host/drain",
+        takes: "",
+        does: "withdraw every VIP this host announces (saved: a restart keeps it); forwarding goes on",
+        handler: |m| on(m, host_drain),
+    },
+    Route {
+        method: Method::Post,
+        path: "/v1/host/undrain",
+        takes: "",
+        does: "announce the VIPs again, as their health says",
+        handler: |m| on(m, host_undrain),
+    },
 ];
 
 pub fn router(agent: Shared) -> Router {
@@ -320,6 +334,12 @@ pub struct Status {
     pub event_loop_lag_max_seconds: f64,
     #[serde(default)]
     pub event_loop_lag_recent_max_seconds: f64,
+    /// Each VIP's ring fingerprint: equal on two balancer hosts, the same picks.
+    #[serde(default)]
+    pub rings: Vec<crate::agent::fingerprint::RingFingerprint>,
+    /// What this host announces (with `[announce]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::announce::Status>,
 }
 
 async fn status(State(agent): State<Shared>) -> Json<Status> {
@@ -342,11 +362,40 @@ pub fn status_of(a: &Agent) -> Status {
         backends: a.config.vips.iter().map(|v| v.backends.len()).sum(),
         event_loop_lag_max_seconds: a.loop_lag.max().as_secs_f64(),
         event_loop_lag_recent_max_seconds: a.loop_lag.recent_max().as_secs_f64(),
+        rings: a.ring_fingerprints(),
+        announce: a.announce_status(),
     }
 }
 
-async fn list_vips(State(agent): State<Shared>) -> Json<Vec<crate::config::Vip>> {
-    Json(agent.lock().await.config.vips.clone())
+/// A VIP with its ring's fingerprint, as `lbctl vip list` shows it.
+#[derive(Serialize, Deserialize)]
+pub struct VipView {
+    #[serde(flatten)]
+    pub vip: crate::config::Vip,
+    pub ring_fingerprint: String,
+}
+
+async fn list_vips(State(agent): State<Shared>) -> Json<Vec<VipView>> {
+    let a = agent.lock().await;
+    let prints = a.ring_fingerprints();
+    let views = a
+        .config
+        .vips
+        .iter()
+        .zip(prints)
+        .map(|(v, p)| VipView { vip: v.clone(), ring_fingerprint: p.fingerprint })
+        .collect();
+    Json(views)
+}
+
+async fn host_drain(State(agent): State<Shared>) -> ApiResult<()> {
+    agent.lock().await.set_host_drained(true)?;
+    Ok(Json(()))
+}
+
+async fn host_undrain(State(agent): State<Shared>) -> ApiResult<()> {
+    agent.lock().await.set_host_drained(false)?;
+    Ok(Json(()))
 }
 
 async fn show_vip(

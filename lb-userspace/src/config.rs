@@ -156,8 +156,37 @@ pub struct VipSpec {
     /// What happens to a backend's flows when its health check fails.
     #[serde(default)]
     pub on_down: OnDown,
+    /// When this host announces the VIP (with `[announce]`).
+    #[serde(default)]
+    pub announce: Announce,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendSpec>,
+}
+
+/// When a balancer host announces a VIP to its routers (only with `[announce]`; see
+/// docs/ecmp-bird.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Announce {
+    /// While at least one backend takes new flows (not drained, weight > 0, not down): a VIP
+    /// whose backends are all out is withdrawn, so the routers send its clients to hosts that
+    /// have one.
+    #[default]
+    Healthy,
+    /// Whatever its backends' health (a host drain still withdraws it).
+    Always,
+    /// Never: the VIP is served only to what reaches this host by other routes.
+    Never,
+}
+
+impl Announce {
+    pub fn name(self) -> &'static str {
+        match self {
+            Announce::Healthy => "healthy",
+            Announce::Always => "always",
+            Announce::Never => "never",
+        }
+    }
 }
 
 /// New flows of a VIP whose backends are all down.
@@ -217,6 +246,9 @@ pub struct Vip {
     pub all_down: AllDown,
     #[serde(default)]
     pub on_down: OnDown,
+    /// Saved by an lbd without announcements: `healthy`.
+    #[serde(default)]
+    pub announce: Announce,
     pub backends: Vec<Backend>,
 }
 
@@ -327,6 +359,64 @@ pub struct HostSettings {
     pub forwarding: crate::host::forwarding::Policy,
 }
 
+/// `[announce]`: lbd keeps a host route for each VIP this host announces in a kernel table that
+/// BIRD learns and announces over BGP (docs/ecmp-bird.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnounceSettings {
+    /// The kernel routing table of the VIP routes (no `ip rule` should point at it).
+    pub table: u32,
+    /// The route protocol that marks lbd's routes: lbd owns every route of the table marked so.
+    pub protocol: u8,
+    /// BIRD's control socket, read for status (a restricted session: lbd can change nothing).
+    pub bird_socket: Option<PathBuf>,
+    /// On SIGTERM or SIGINT: withdraw every VIP, keep forwarding this long, then stop.
+    pub drain_seconds: u64,
+}
+
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 4242;
+pub const DEFAULT_ANNOUNCE_PROTOCOL: u8 = 242;
+/// The longest `announce.drain_seconds` lbd takes.
+pub const MAX_DRAIN_SECONDS: u64 = 3600;
+
+impl Default for AnnounceSettings {
+    fn default() -> Self {
+        AnnounceSettings {
+            table: DEFAULT_ANNOUNCE_TABLE,
+            protocol: DEFAULT_ANNOUNCE_PROTOCOL,
+            bird_socket: None,
+            drain_seconds: 30,
+        }
+    }
+}
+
+fn check_announce(a: &AnnounceSettings) -> Result<(), Invalid> {
+    // 0: unspecified; 253, 254, 255: the kernel's default, main and local tables.
+    if matches!(a.table, 0 | 253..=255) {
+        return Err(invalid(
+            "announce.table",
+            format!("{} is a table the kernel routes with: use a table of its own that no `ip rule` points at (4242 is the default)", a.table),
+        ));
+    }
+    // 0 to 4: unspecified, redirect, kernel, boot, static: lbd would delete routes it did not make.
+    if a.protocol < 5 {
+        return Err(invalid(
+            "announce.protocol",
+            format!("{} marks routes of the kernel or of `ip route` (0 to 4): use a number no other program uses (242 is the default)", a.protocol),
+        ));
+    }
+    if a.drain_seconds > MAX_DRAIN_SECONDS {
+        return Err(invalid(
+            "announce.drain_seconds",
+            format!(
+                "{} is more than {MAX_DRAIN_SECONDS}: routers move traffic within seconds",
+                a.drain_seconds
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The agent's whole configuration, validated.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
@@ -347,6 +437,9 @@ pub struct Config {
     /// Never serialized (nor shown by `Debug`).
     #[serde(skip)]
     pub web_admin_token: Option<crate::web::auth::AdminToken>,
+    /// VIP announcements; `None`: lbd announces nothing.
+    #[serde(default)]
+    pub announce: Option<AnnounceSettings>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -386,6 +479,7 @@ struct RawConfig {
     vip: Vec<toml::Spanned<VipSpec>>,
     metrics: Option<toml::Spanned<String>>,
     web_admin_token: Option<toml::Spanned<String>>,
+    announce: Option<AnnounceSettings>,
 }
 
 /// Reads and validates a config file.
@@ -443,6 +537,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
             Some(token)
         }
     };
+    if let Some(a) = &raw.announce {
+        check_announce(a).map_err(|e| at(None, e))?;
+    }
     let mut vips = Vec::new();
     for spanned in &raw.vip {
         let line = line_of(spanned.span().start);
@@ -460,6 +557,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
         vips,
         metrics,
         web_admin_token,
+        announce: raw.announce,
     };
     check_whole(&config).map_err(|e| {
         let line = e.vip.as_ref().and_then(|name| {
@@ -589,6 +687,7 @@ pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
         health: spec.health.clone(),
         all_down: spec.all_down,
         on_down: spec.on_down,
+        announce: spec.announce,
         backends,
     };
     check_health(&vip)?;
@@ -816,6 +915,29 @@ mod tests {
     }
 
     #[test]
+    fn announce_has_defaults_and_is_off_without_its_section() {
+        let c = vip("protocol = \"tcp\"", 3).unwrap();
+        assert_eq!((c.announce, c.vips[0].announce), (None, Announce::Healthy));
+        let text = "interfaces = [\"eth0\"]\n[announce]\nbird_socket = \"/run/bird/bird.ctl\"\n";
+        let a = parse(text, "t.toml").unwrap().announce.expect("[announce]");
+        assert_eq!(
+            a,
+            AnnounceSettings {
+                table: 4242,
+                protocol: 242,
+                bird_socket: Some("/run/bird/bird.ctl".into()),
+                drain_seconds: 30
+            }
+        );
+        let c = vip("protocol = \"tcp\"\nannounce = \"always\"", 3).unwrap();
+        assert_eq!(c.vips[0].announce, Announce::Always);
+        // A VIP saved by an lbd without announcements.
+        let mut saved = serde_json::to_value(&c.vips[0]).unwrap();
+        saved.as_object_mut().unwrap().remove("announce");
+        assert_eq!(serde_json::from_value::<Vip>(saved).unwrap().announce, Announce::Healthy);
+    }
+
+    #[test]
     fn flow_cache_slots_are_a_power_of_two_or_none() {
         let limits = |slots: u32| {
             let text = format!("interfaces = [\"eth0\"]\n[limits]\nflow_cache_slots = {slots}\n");
@@ -1005,6 +1127,31 @@ ring_size = 4099
                 "only applies to type \"http\"",
             ),
             ("unknown all_down", "port = 80", "port = 80\nall_down = \"panic\"", "unknown variant `panic`"),
+            (
+                "announce in the main table",
+                "[limits]",
+                "[announce]\ntable = 254\n\n[limits]",
+                "announce.table: 254 is a table the kernel routes with",
+            ),
+            (
+                "announce as the kernel's routes",
+                "[limits]",
+                "[announce]\nprotocol = 2\n\n[limits]",
+                "announce.protocol: 2 marks routes of the kernel",
+            ),
+            (
+                "announce drain too long",
+                "[limits]",
+                "[announce]\ndrain_seconds = 86400\n\n[limits]",
+                "announce.drain_seconds: 86400 is more than 3600",
+            ),
+            ("unknown announce key", "[limits]", "[announce]\npeer = 1\n\n[limits]", "unknown field `peer`"),
+            (
+                "unknown vip announce",
+                "port = 80",
+                "port = 80\nannounce = \"sometimes\"",
+                "unknown variant `sometimes`",
+            ),
         ];
         let mut failures = Vec::new();
         for (what, find, replace, says) in cases {

@@ -1,5 +1,6 @@
 //! The agent (`lbd`) and CLI (`lbctl`) of the XDP load balancer.
 pub mod agent;
+pub mod announce;
 pub mod api;
 pub mod backend_host;
 pub mod capture;

@@ -186,8 +186,51 @@ pub const DATAPATH_EVENTS: Family = Family {
     help: "Events on the way of packets (flow-table hits and misses, ...), by event",
 };
 
+pub const VIP_ANNOUNCED: Family = Family {
+    name: "lb_vip_announced",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: VIP,
+    help: "1 if this host announces the VIP's address (its route is in the VIP table BIRD learns), 0 if withdrawn; with [announce] only",
+};
+pub const VIP_EXPORTED: Family = Family {
+    name: "lb_vip_exported",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: VIP,
+    help: "1 if BIRD exports the VIP's route to a BGP session, 0 if not (its filters refuse it, or no session is up); while lbd reads BIRD (announce.bird_socket)",
+};
+pub const HOST_DRAINED: Family = Family {
+    name: "lb_host_drained",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: &[],
+    help: "1 if this host announces no VIP: drained (`lbctl host drain`) or stopping (SIGTERM, announce.drain_seconds); with [announce] only",
+};
+pub const ANNOUNCE_ERRORS: Family = Family {
+    name: "lb_announce_errors",
+    unit: None,
+    kind: MetricType::Counter,
+    labels: &["what"],
+    help: "Failures lbd retries: `route`, a write to the VIP table; `bird`, a read of BIRD's control socket",
+};
+pub const BIRD_UP: Family = Family {
+    name: "lb_bird_up",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: &[],
+    help: "1 if lbd's last read of BIRD's control socket succeeded (announce.bird_socket)",
+};
+pub const BIRD_SESSION_UP: Family = Family {
+    name: "lb_bird_session_established",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: &["session"],
+    help: "1 if BIRD's BGP session is Established, as lbd last read it",
+};
+
 /// Every family, in the order a scrape gives them.
-pub const FAMILIES: [Family; 16] = [
+pub const FAMILIES: [Family; 22] = [
     INFO,
     START_TIME,
     LOOP_LAG_MAX,
@@ -204,6 +247,12 @@ pub const FAMILIES: [Family; 16] = [
     BACKEND_CONNECTIONS,
     DATAPATH_PACKETS,
     DATAPATH_EVENTS,
+    VIP_ANNOUNCED,
+    VIP_EXPORTED,
+    HOST_DRAINED,
+    ANNOUNCE_ERRORS,
+    BIRD_UP,
+    BIRD_SESSION_UP,
 ];
 
 /// The labels of a global counter: `("verdict", "reason")` values for a packet verdict
@@ -229,6 +278,8 @@ pub struct Snapshot {
     pub loop_lag_recent_max: f64,
     pub counters: Vec<(Counter, u64)>,
     pub stats: Stats,
+    /// With `[announce]`.
+    pub announce: Option<crate::announce::Status>,
 }
 
 impl Snapshot {
@@ -245,6 +296,7 @@ impl Snapshot {
             loop_lag_recent_max: agent.loop_lag.recent_max().as_secs_f64(),
             counters,
             stats: agent.stats().map_err(|e| e.to_string())?,
+            announce: agent.announce_status(),
         })
     }
 }
@@ -317,8 +369,29 @@ impl Collector for Snapshot {
         family(&mut e, &DATAPATH_PACKETS, verdicts, counter)?;
         let events =
             self.counters.iter().filter(|(c, _)| verdict(*c).is_none()).map(|&(c, v)| (vec![c.name()], v));
-        family(&mut e, &DATAPATH_EVENTS, events, counter)
+        family(&mut e, &DATAPATH_EVENTS, events, counter)?;
+        match &self.announce {
+            Some(a) => announcements(&mut e, a),
+            None => Ok(()),
+        }
     }
+}
+
+fn announcements(e: &mut DescriptorEncoder, a: &crate::announce::Status) -> fmt::Result {
+    let vips = || a.vips.iter().map(|v| (vec![v.vip.as_str(), v.service.as_str()], v));
+    family(e, &VIP_ANNOUNCED, vips().map(|(l, v)| (l, u64::from(v.announced))), gauge)?;
+    let exported = vips().filter_map(|(l, v)| v.exported.map(|x| (l, u64::from(x))));
+    family(e, &VIP_EXPORTED, exported, gauge)?;
+    family(e, &HOST_DRAINED, [(vec![], u64::from(a.host_drained || a.stopping))], gauge)?;
+    let bird_errors = a.bird.as_ref().map(|b| (vec!["bird"], b.errors));
+    let errors = [(vec!["route"], a.route_errors)].into_iter().chain(bird_errors);
+    family(e, &ANNOUNCE_ERRORS, errors, counter)?;
+    if let Some(b) = &a.bird {
+        family(e, &BIRD_UP, [(vec![], u64::from(b.reachable))], gauge)?;
+        let sessions = b.sessions.iter().map(|s| (vec![s.name.as_str()], u64::from(s.established)));
+        family(e, &BIRD_SESSION_UP, sessions, gauge)?;
+    }
+    Ok(())
 }
 
 /// The formats a scrape can get.
@@ -457,6 +530,41 @@ mod tests {
                     ],
                 }],
             },
+            announce: Some(announce()),
+        }
+    }
+
+    fn announce() -> crate::announce::Status {
+        use crate::announce::{bird::Session, BirdStatus, Status, VipAnnouncement};
+        Status {
+            table: 4242,
+            protocol: 242,
+            drain_seconds: 30,
+            host_drained: false,
+            stopping: false,
+            vips: vec![VipAnnouncement {
+                vip: "web".into(),
+                service: "198.18.100.1:80/tcp".into(),
+                address: "198.18.100.1".parse().unwrap(),
+                announce: crate::config::Announce::Healthy,
+                wanted: true,
+                announced: true,
+                exported: Some(false),
+                why: "2 of 2 backends take new flows".into(),
+            }],
+            route_errors: 3,
+            route_problem: None,
+            bird: Some(BirdStatus {
+                socket: "/run/bird/bird.ctl".into(),
+                reachable: true,
+                error: None,
+                sessions: vec![Session {
+                    name: "router_ipv4".into(),
+                    established: true,
+                    state: "up Established".into(),
+                }],
+                errors: 5,
+            }),
         }
     }
 
@@ -484,6 +592,13 @@ mod tests {
             "lbd_start_time_seconds 1700000000.5",
             "lbd_event_loop_lag_max_seconds 0.25",
             "lbd_event_loop_lag_recent_max_seconds 0.0015",
+            "lb_vip_announced{vip=\"web\",service=\"198.18.100.1:80/tcp\"} 1",
+            "lb_vip_exported{vip=\"web\",service=\"198.18.100.1:80/tcp\"} 0",
+            "lb_host_drained 0",
+            "lb_announce_errors_total{what=\"route\"} 3",
+            "lb_announce_errors_total{what=\"bird\"} 5",
+            "lb_bird_up 1",
+            "lb_bird_session_established{session=\"router_ipv4\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }
@@ -504,6 +619,20 @@ mod tests {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
             assert!(text.contains(&format!("# TYPE {name} {}\n", f.type_name())), "{name}:\n{text}");
         }
+    }
+
+    #[test]
+    fn announcements_are_exposed_only_with_announce() {
+        let text = render(Snapshot { announce: None, ..snapshot() }, Format::Text);
+        for f in [VIP_ANNOUNCED, VIP_EXPORTED, HOST_DRAINED, ANNOUNCE_ERRORS, BIRD_UP, BIRD_SESSION_UP] {
+            assert!(!text.contains(&f.exposed_name()), "{} without [announce]:\n{text}", f.name);
+        }
+        let mut a = announce();
+        a.stopping = true;
+        a.bird = None;
+        let text = render(Snapshot { announce: Some(a), ..snapshot() }, Format::Text);
+        assert!(text.lines().any(|l| l == "lb_host_drained 1"), "a stopping host announces nothing:\n{text}");
+        assert!(!text.contains("lb_bird_up") && !text.contains("what=\"bird\""), "no bird_socket:\n{text}");
     }
 
     #[test]

@@ -12,26 +12,28 @@
 //! host is used or started.
 use std::{
     fmt::Write as _,
-    io::{self, BufRead, BufReader, Write},
+    io,
     net::{IpAddr, Ipv4Addr},
-    os::unix::{net::UnixStream, process::CommandExt},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
+use lb_userspace::announce::bird::Control;
+pub use lb_userspace::announce::bird::{ControlError, Protocol, ReplyLine};
+
 use crate::{netns::Netns, unique_name};
 
-/// The kernel routing table lbd keeps the routes of announced VIPs in. No `ip rule` points at it:
-/// it steers nothing on the balancer host, it only tells BIRD what to announce.
-pub const VIP_TABLE: u32 = 4242;
+/// The kernel routing table lbd keeps the routes of announced VIPs in (`announce.table`'s
+/// default). No `ip rule` points at it: it steers nothing on the balancer host, it only tells
+/// BIRD what to announce.
+pub const VIP_TABLE: u32 = lb_userspace::config::DEFAULT_ANNOUNCE_TABLE;
 /// Protocol number of lbd's routes (`proto 242`): BIRD learns only these, so a route someone
 /// else puts in [`VIP_TABLE`] is never announced. Unassigned in iproute2's `rt_protos`.
-pub const VIP_ROUTE_PROTO: u8 = 242;
+pub const VIP_ROUTE_PROTO: u8 = lb_userspace::config::DEFAULT_ANNOUNCE_PROTOCOL;
 /// How long [`Bird::start`] waits for the control socket, and [`Bird::stop`] for the exit.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a control-socket command may take: a frozen BIRD must not hang a test.
-pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Failure detection on a BGP session; both ends use the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,6 +247,7 @@ impl RouterConfig {
 pub struct Bird {
     child: Child,
     dir: PathBuf,
+    socket: PathBuf,
     namespace: String,
 }
 
@@ -252,7 +255,15 @@ impl Bird {
     /// Checks `config` (`bird -p`), starts BIRD with it in `ns` and waits until its control socket
     /// answers. `role` names its temp dir, e.g. "bird-router".
     pub fn start(ns: &Netns, role: &str, config: &str) -> Bird {
-        let dir = std::env::temp_dir().join(unique_name(role));
+        Self::start_with_socket(ns, role, config, None)
+    }
+
+    /// [`Bird::start`] with the control socket at `socket` (`None`: in its temp dir), e.g. where
+    /// an lbd's `announce.bird_socket` expects it across restarts of BIRD.
+    pub fn start_with_socket(ns: &Netns, role: &str, config: &str, socket: Option<&Path>) -> Bird {
+        let start_dir = StartDir(std::env::temp_dir().join(unique_name(role)));
+        let dir = start_dir.0.clone();
+        let socket = socket.map_or_else(|| dir.join("bird.ctl"), Path::to_owned);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let conf = dir.join("bird.conf");
         std::fs::write(&conf, config).unwrap_or_else(|e| panic!("writing {}: {e}", conf.display()));
@@ -271,7 +282,7 @@ impl Bird {
             .args(["bird", "-f", "-c"])
             .arg(&conf)
             .arg("-s")
-            .arg(dir.join("bird.ctl"))
+            .arg(&socket)
             .arg("-P")
             .arg(dir.join("bird.pid"))
             .stdin(Stdio::null())
@@ -289,7 +300,7 @@ impl Bird {
             });
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("could not start BIRD in {}: {e}", ns.name()));
-        let mut bird = Bird { child, dir, namespace: ns.name().to_owned() };
+        let mut bird = Bird { child, dir: start_dir.keep(), socket, namespace: ns.name().to_owned() };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = bird.child.try_wait() {
@@ -313,7 +324,7 @@ impl Bird {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("bird.ctl")
+        self.socket.clone()
     }
 
     /// What BIRD has logged so far (its stderr), for failure messages.
@@ -329,12 +340,7 @@ impl Bird {
 
     /// Every protocol and its state (`show protocols`).
     pub fn protocols(&self) -> Result<Vec<Protocol>, ControlError> {
-        Ok(self
-            .command("show protocols")?
-            .iter()
-            .filter(|l| l.code == 1002)
-            .filter_map(Protocol::parse)
-            .collect())
+        Control::connect(&self.socket())?.protocols()
     }
 
     /// Waits until each of the protocols `names` (BGP sessions) is Established; returns how long it
@@ -378,6 +384,22 @@ impl Bird {
         }
     }
 
+    /// Gives BIRD a new config, as an operator would: checked (`bird -p`), put in place of the
+    /// old one by a rename, then SIGHUP (BIRD reconfigures: only what changed restarts or
+    /// reloads). Panics if BIRD refuses the config.
+    pub fn reconfigure(&self, config: &str) {
+        let (next, conf) = (self.dir.join("bird.conf.next"), self.dir.join("bird.conf"));
+        std::fs::write(&next, config).unwrap_or_else(|e| panic!("writing {}: {e}", next.display()));
+        let parsed = Command::new("bird").arg("-p").arg("-c").arg(&next).output().expect("bird -p");
+        assert!(
+            parsed.status.success(),
+            "BIRD refuses the new config: {}\n{config}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+        std::fs::rename(&next, &conf).unwrap_or_else(|e| panic!("renaming to {}: {e}", conf.display()));
+        self.signal(libc::SIGHUP);
+    }
+
     /// SIGKILL, as a crash would: the kernel closes its TCP sessions, but nothing else is said.
     pub fn kill(self) {
         drop(self);
@@ -410,118 +432,26 @@ impl Drop for Bird {
     }
 }
 
-/// One line of a control-socket reply: its code (e.g. 1002 for a row of `show protocols`) and
-/// text. Continuation lines carry the code of the line they continue.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplyLine {
-    pub code: u16,
-    pub text: String,
+/// A BIRD's temp dir while it starts: removed if the start fails (a config BIRD refuses), until
+/// [`Bird`] owns it.
+struct StartDir(PathBuf);
+
+impl StartDir {
+    /// BIRD runs: its [`Bird`] removes the dir from now on.
+    fn keep(self) -> PathBuf {
+        std::mem::take(&mut std::mem::ManuallyDrop::new(self).0)
+    }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("BIRD control socket {}: {error} (is BIRD running, and not frozen?)", socket.display())]
-    Io { socket: PathBuf, error: io::Error },
-    /// BIRD answered with an error code: 8xxx runtime error, 9xxx syntax error.
-    #[error("BIRD refused `{command}` ({code}): {message}")]
-    Refused { command: String, code: u16, message: String },
-    #[error("not a line of BIRD's control protocol: {line:?}")]
-    Garbled { line: String },
+impl Drop for StartDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
-/// The control protocol: BIRD greets with `0001 BIRD <version> ready.`; each reply line is a
-/// 4-digit code then `-` (more follows) or ` ` (last line), or a space then text (continuing the
-/// previous code). A reply ends with its last line, normally `0000 `.
-///
-/// Every session starts with `restrict`, as lbd's will: BIRD then refuses (8007) every command
-/// that would change it, so reading the state can never disturb the announcements.
+/// One command in a restricted session (lbd's own client: `lb_userspace::announce::bird`).
 fn control_command(socket: &Path, command: &str) -> Result<Vec<ReplyLine>, ControlError> {
-    let io_err = |error| ControlError::Io { socket: socket.to_owned(), error };
-    let stream = UnixStream::connect(socket).map_err(io_err)?;
-    stream.set_read_timeout(Some(CONTROL_TIMEOUT)).map_err(io_err)?;
-    stream.set_write_timeout(Some(CONTROL_TIMEOUT)).map_err(io_err)?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(io_err)?);
-    let mut greeting = String::new();
-    reader.read_line(&mut greeting).map_err(io_err)?;
-    if !greeting.starts_with("0001 ") {
-        return Err(ControlError::Garbled { line: greeting });
-    }
-    let mut ask = |c: &str| {
-        (&stream).write_all(format!("{c}\n").as_bytes()).map_err(io_err)?;
-        read_reply(&mut reader, socket, c)
-    };
-    ask("restrict")?;
-    ask(command)
-}
-
-fn read_reply(
-    reader: &mut impl BufRead,
-    socket: &Path,
-    command: &str,
-) -> Result<Vec<ReplyLine>, ControlError> {
-    let io_err = |error| ControlError::Io { socket: socket.to_owned(), error };
-    let mut reply = Vec::new();
-    let mut code = 0;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).map_err(io_err)? == 0 {
-            let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "BIRD closed the socket mid-reply");
-            return Err(io_err(eof));
-        }
-        let text = line.trim_end_matches('\n');
-        if let Some(rest) = text.strip_prefix(' ') {
-            reply.push(ReplyLine { code, text: rest.to_owned() });
-            continue;
-        }
-        let (head, rest) = text.split_at_checked(5).unwrap_or((text, ""));
-        let parsed = head.get(..4).and_then(|c| c.parse::<u16>().ok());
-        let (Some(c), Some(sep)) = (parsed, head.chars().nth(4)) else {
-            return Err(ControlError::Garbled { line: text.to_owned() });
-        };
-        code = c;
-        if code >= 8000 {
-            let (command, message) = (command.to_owned(), rest.to_owned());
-            return Err(ControlError::Refused { command, code, message });
-        }
-        if code != 0 {
-            reply.push(ReplyLine { code, text: rest.to_owned() });
-        }
-        if sep == ' ' {
-            return Ok(reply);
-        }
-    }
-}
-
-/// A row of `show protocols`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Protocol {
-    pub name: String,
-    /// BGP, Kernel, Device, BFD...
-    pub proto: String,
-    /// up, start, down...
-    pub state: String,
-    /// For BGP: the session state (Established, Active, Idle...) and the last error.
-    pub info: String,
-}
-
-impl Protocol {
-    /// Columns: name, protocol, table, state, since (one word in the default time format), info.
-    fn parse(line: &ReplyLine) -> Option<Protocol> {
-        let mut words = line.text.split_whitespace();
-        let (name, proto, _table, state, _since) =
-            (words.next()?, words.next()?, words.next()?, words.next()?, words.next()?);
-        Some(Protocol {
-            name: name.to_owned(),
-            proto: proto.to_owned(),
-            state: state.to_owned(),
-            info: words.collect::<Vec<_>>().join(" "),
-        })
-    }
-
-    pub fn is_established(&self) -> bool {
-        self.state == "up" && self.info.starts_with("Established")
-    }
+    Control::connect(socket)?.command(command)
 }
 
 /// The host route of `vip` (/32 or /128), as BIRD and `ip` write it.
@@ -585,37 +515,6 @@ pub fn wait_next_hops(ns: &Netns, vip: IpAddr, want: &[IpAddr], timeout: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_a_protocols_row_with_its_session_state() {
-        let row = ReplyLine {
-            code: 1002,
-            text: "router4    BGP        ---        up     20:37:17.853  Established   ".into(),
-        };
-        let p = Protocol::parse(&row).unwrap();
-        assert_eq!((p.name.as_str(), p.proto.as_str(), p.state.as_str()), ("router4", "BGP", "up"));
-        assert!(p.is_established());
-        let row = ReplyLine {
-            code: 1002,
-            text: "b2v4       BGP        ---        start  20:35:18.153  Active        Socket: Connection refused".into(),
-        };
-        let p = Protocol::parse(&row).unwrap();
-        assert_eq!(p.info, "Active Socket: Connection refused");
-        assert!(!p.is_established());
-    }
-
-    #[test]
-    fn reads_a_reply_of_several_lines_and_an_error() {
-        let raw = "2002-Name       Proto      Table      State  Since         Info\n\
-                   1002-device1    Device     ---        up     20:37:16.977  \n \
-                   router_ipv4 BGP        ---        up     20:37:17.853  Established   \n0000 \n";
-        let reply = read_reply(&mut raw.as_bytes(), Path::new("test.ctl"), "show protocols").unwrap();
-        let codes: Vec<u16> = reply.iter().map(|l| l.code).collect();
-        assert_eq!(codes, [2002, 1002, 1002], "{reply:?}");
-        assert!(reply[2].text.starts_with("router_ipv4"), "{reply:?}");
-        let denied = read_reply(&mut "8007 Access denied\n".as_bytes(), Path::new("test.ctl"), "configure");
-        assert!(matches!(denied, Err(ControlError::Refused { code: 8007, .. })), "{denied:?}");
-    }
 
     /// Balancer 1 of tests/tests/bird_ecmp.rs.
     fn example_balancer() -> BalancerConfig {

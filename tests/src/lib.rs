@@ -5,6 +5,7 @@
 //! - [`frames`]: build test frames with a packet crate.
 //! - [`netns`]: network namespaces, veth pairs and bridges that clean up on drop, even on panic.
 //! - [`bird`]: BIRD routers and balancer hosts in namespaces, their BGP sessions and ECMP routes.
+//! - [`ecmp`]: the edge: a router with BIRD, balancer hosts with lbd and BIRD, backend hosts.
 //! - [`bins`]: find the workspace's binaries (lbd, lbctl) that tests run as processes.
 //! - [`topology`]: the standard client / lb / backends topology on a bridge.
 //! - [`echo`]: TCP and UDP echo servers that record who connected.
@@ -17,6 +18,7 @@ pub mod bins;
 pub mod bird;
 pub mod browser;
 pub mod echo;
+pub mod ecmp;
 pub mod flows;
 pub mod frames;
 pub mod lbd;

@@ -166,6 +166,18 @@ fn cases() -> Vec<Case> {
             says: "interfaces: differs from the running agent's",
         },
         Case {
+            name: "announce added live",
+            action: ApplyText("\n[announce]\n"),
+            exit: 1,
+            says: "announce: differs from the running agent's",
+        },
+        Case {
+            name: "host drain without announce",
+            action: Lbctl(&["host", "drain"]),
+            exit: 1,
+            says: "no [announce] in its config",
+        },
+        Case {
             name: "missing interface at start",
             action: Start("interfaces = [\"eth0\"]", "interfaces = [\"eth9\"]"),
             exit: 1,

@@ -423,3 +423,21 @@ fn the_control_session_refuses_commands_that_change_bird() {
         "the refused command changed BIRD anyway: {protocols:?}"
     );
 }
+
+#[test]
+fn a_config_bird_refuses_fails_the_start_naming_it_and_leaves_no_files() {
+    let ns = Netns::new("router");
+    let started = std::panic::catch_unwind(|| Bird::start(&ns, "bird-refused", "protocol nonsense {}\n"));
+    let message = match started {
+        Ok(_) => panic!("BIRD started on a config it must refuse"),
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(message.contains("BIRD refuses the config"), "the panic should say why: {message}");
+    let ours = format!("{}{}-", lb_tests::TEST_PREFIX, std::process::id());
+    let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with(&ours) && n.ends_with("bird-refused"))
+        .collect();
+    assert!(left.is_empty(), "a refused start left {left:?} in the temp dir");
+}

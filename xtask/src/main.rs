@@ -30,7 +30,12 @@ enum Task {
     },
     /// A client, lbd and 3 backends in throw-away namespaces: connections through the VIP, the
     /// per-backend split, live stats, a drain that keeps an open connection; then tear down.
-    Demo,
+    Demo {
+        /// Scale-out instead: a router with BIRD, 3 balancer hosts (lbd + BIRD) behind ECMP, 3
+        /// backends; long-lived connections survive a balancer killed outright and a host drain.
+        #[arg(long)]
+        ecmp: bool,
+    },
     /// Set up, build (release) and run every benchmark (needs root): the XDP programs' cost per
     /// packet and packets per second, then the other benches; one table at the end.
     Bench {
@@ -58,7 +63,7 @@ fn main() {
         Task::Build => setup::run(false).and_then(|()| build()),
         Task::Lint => setup::run(false).and_then(|()| lint()),
         Task::Test { cargo_args } => test(&cargo_args),
-        Task::Demo => demo(),
+        Task::Demo { ecmp } => demo(if ecmp { "demo_ecmp" } else { "demo" }),
         Task::Bench { names } => bench::run(&names),
         Task::Package { binaries, output, compression } => {
             package(&package::Options { binaries, output, compression })
@@ -126,10 +131,11 @@ fn package(options: &package::Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo() -> anyhow::Result<()> {
+/// Runs the demo binary `bin` (of lb-tests).
+fn demo(bin: &str) -> anyhow::Result<()> {
     setup::require_root("`cargo xtask demo` creates network namespaces and loads XDP programs")?;
     setup::run(true)?;
     // The demo runs lbd and lbctl from the same target directory as itself.
     cmd::cargo(&["build", "--quiet", "--release", "--package", "lb-userspace"])?;
-    cmd::cargo(&["run", "--quiet", "--release", "--package", "lb-tests", "--bin", "demo"])
+    cmd::cargo(&["run", "--quiet", "--release", "--package", "lb-tests", "--bin", bin])
 }

@@ -23,8 +23,8 @@ const NIGHTLY: &str = "nightly";
 /// is only symlinks in /etc/systemd/system/*.wants that no one acts on: there `systemd` adds
 /// getty@tty1, remote-fs.target and systemd-pstore; `prometheus` adds prometheus.service; the
 /// others (postgresql, systemd-timesyncd, the apt, dpkg, man-db, fstrim and e2scrub timers) came
-/// with the machine's image; `bird2` adds bird.service and /etc/rc[2-5].d links. lbd's own package
-/// enables nothing.
+/// with the machine's image; `bird2` adds bird.service and /etc/rc[2-5].d links, which setup
+/// removes ([`bird_service_off`]). lbd's own package enables nothing.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -74,6 +74,7 @@ pub fn run(privileged: bool) -> anyhow::Result<()> {
     bpf_linker()?;
     if privileged {
         debian_packages(TEST_PACKAGES)?;
+        bird_service_off()?;
         bpffs()?;
     }
     Ok(())
@@ -159,6 +160,17 @@ fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Installing `bird2` enables bird.service (and /etc/rc[2-5].d links). The tests and the demo
+/// run BIRD only as their own children in namespaces; a BIRD of the host's must never start
+/// on a test machine, so the service is disabled (once: it stays so).
+fn bird_service_off() -> anyhow::Result<()> {
+    if output("systemctl", &["is-enabled", "bird.service"]).is_none_or(|s| s.trim() != "enabled") {
+        return Ok(());
+    }
+    println!("setup: disabling bird.service (bird2 enables it; tests start BIRD only in their namespaces)");
+    cmd::run(Command::new("systemctl").args(["disable", "--quiet", "bird.service"]))
 }
 
 fn bpffs() -> anyhow::Result<()> {

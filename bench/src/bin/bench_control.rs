@@ -181,6 +181,7 @@ fn pool(n: usize, size: u32) -> (Vip, Ids) {
         health: None,
         all_down: Default::default(),
         on_down: Default::default(),
+        announce: Default::default(),
         backends: (0..n)
             .map(|i| Backend { address: backend_addr(i), weight: WEIGHT, drained: false, health: None })
             .collect(),

@@ -105,6 +105,11 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
     next_hops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // At most one recount at a time: a walk slower than the period skips the ticks it spans.
     let mut recounting: Option<JoinHandle<()>> = None;
+    let mut announce = tokio::time::interval(crate::announce::RETRY);
+    announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reading_bird: Option<JoinHandle<()>> = None;
+    // When lbd stops, if a signal started a drain (see `stop`).
+    let mut drain_ends: Option<Instant> = None;
     loop {
         tokio::select! {
             due = caches.tick() => {
@@ -140,8 +145,19 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
                     }
                 });
             }
-            _ = signals.int.recv() => { info!("SIGINT"); break }
-            _ = signals.term.recv() => { info!("SIGTERM"); break }
+            _ = announce.tick() => {
+                let socket = {
+                    let mut a = agent.lock().await;
+                    a.announce();
+                    a.bird_socket()
+                };
+                if let Some(socket) = socket.filter(|_| reading_bird.as_ref().is_none_or(JoinHandle::is_finished)) {
+                    reading_bird = Some(tokio::spawn(read_bird(agent.clone(), socket)));
+                }
+            }
+            _ = until(drain_ends) => { info!("drain over: stopping"); break }
+            _ = signals.int.recv() => { info!("SIGINT"); if stop(&agent, &mut drain_ends).await { break } }
+            _ = signals.term.recv() => { info!("SIGTERM"); if stop(&agent, &mut drain_ends).await { break } }
             _ = signals.hup.recv() => reload(&agent).await,
             Some(event) = health.recv() => {
                 if let Some(reset) = health_changed(&agent, event).await {
@@ -154,6 +170,45 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
     tokio::time::sleep(super::reconcile::PACKETS_IN_FLIGHT).await;
     if let Err(e) = agent.lock().await.void_again(Instant::now()) {
         error!("voiding the flows of removed VIPs: {e}");
+    }
+}
+
+/// SIGTERM or SIGINT: whether to stop now. With `[announce]`, lbd first withdraws every VIP and
+/// keeps forwarding for `announce.drain_seconds` while the routers move the traffic to other
+/// hosts (`drain_ends`); a second signal stops it at once.
+async fn stop(agent: &Shared, drain_ends: &mut Option<Instant>) -> bool {
+    if drain_ends.is_some() {
+        info!("stopping now, before the drain is over");
+        return true;
+    }
+    match agent.lock().await.stop_announcing() {
+        Some(drain) if !drain.is_zero() => {
+            info!(
+                seconds = drain.as_secs(),
+                "withdrew every VIP; forwarding for announce.drain_seconds while the routers move the traffic away, then stopping (signal again to stop now)"
+            );
+            *drain_ends = Some(Instant::now() + drain);
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Completes at `at`; never without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads BIRD's state off the event loop and off the agent lock (a command may take up to
+/// `bird::CONTROL_TIMEOUT`), then gives it to the agent.
+async fn read_bird(agent: Shared, socket: std::path::PathBuf) {
+    let started = Instant::now();
+    match tokio::task::spawn_blocking(move || crate::announce::bird::read(&socket)).await {
+        Ok(result) => agent.lock().await.bird_read(result, started),
+        Err(e) => error!("reading BIRD's state: {e}"),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The agent's state and the operations the API, SIGHUP and start-up perform on it. Every
 //! change is validated as a whole first; an invalid one leaves the running state untouched.
+mod announce;
 pub mod event_loop;
+pub mod fingerprint;
 pub mod flows;
 pub mod host;
 pub mod pin_lock;
@@ -57,6 +59,9 @@ pub struct SavedState {
     /// Saved by an lbd without it: none down.
     #[serde(default)]
     pub down: reconcile::Down,
+    /// `lbctl host drain`: this host announces no VIP (with `[announce]`).
+    #[serde(default)]
+    pub host_drained: bool,
 }
 
 impl SavedState {
@@ -148,6 +153,8 @@ pub struct Agent {
     pub samples: std::sync::Arc<crate::web::Samples>,
     /// This agent's hold on the pins, as long as it lives.
     pub pin_lock: pin_lock::PinLock,
+    /// The VIP routes BIRD announces (absent without `[announce]`).
+    pub announcer: Option<crate::announce::Announcer>,
 }
 
 impl Agent {
@@ -187,9 +194,12 @@ impl Agent {
             &self.down,
         );
         self.schedule_voids();
-        let slots = applied?;
-        self.update_checks();
-        Ok(slots)
+        if applied.is_ok() {
+            self.update_checks();
+        }
+        // What the host announces follows the rings (a VIP with no backend left is withdrawn).
+        self.announce();
+        Ok(applied?)
     }
 
     /// [`Self::apply`]; if it fails, `revert` restores the previous desired state and, when the
@@ -230,6 +240,7 @@ impl Agent {
             vips: self.config.vips.clone(),
             ids: ids.clone(),
             down: self.down.clone(),
+            host_drained: self.announcer.as_ref().is_some_and(|a| a.drained()),
         };
         self.write_saved(&serde_json::to_vec_pretty(&state).expect("state serializes"))
     }
@@ -389,6 +400,8 @@ impl Agent {
             ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
             ("limits", new.limits != self.config.limits),
             ("metrics", new.metrics != self.config.metrics),
+            // The VIP table and the BIRD socket are opened at start.
+            ("announce", new.announce != self.config.announce),
         ];
         if let Some((key, _)) = frozen.iter().find(|(_, changed)| *changed) {
             return Err(Invalid {

@@ -509,6 +509,7 @@ mod tests {
             health: None,
             all_down,
             on_down: Default::default(),
+            announce: Default::default(),
             backends: addresses
                 .iter()
                 .zip([100, 200, 300])

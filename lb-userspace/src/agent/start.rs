@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::{reconcile::Applied, Agent, AgentError, SavedState};
 use crate::{
+    announce::Announcer,
     config::{self, Config, Invalid},
     datapath::{self, DatapathError},
     health::{HealthEvents, Prober},
@@ -82,6 +83,14 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         None
     };
     let adopted = saved.is_some();
+    let host_drained = match &saved {
+        Some(state) => state.host_drained,
+        // A drain outlives the pins (a reboot): the operator undrains, not a restart.
+        None => SavedState::read(&config.state_file).ok().flatten().is_some_and(|s| s.host_drained),
+    };
+    if host_drained && config.announce.is_some() {
+        warn!("this host is drained (saved): it announces no VIP until `lbctl host undrain`");
+    }
     // Cache generations go on from the pinned CONFIG's, never back to one under which the
     // program just attached may already have cached entries.
     let cache_generation = dp.config()?.cache_generation;
@@ -101,6 +110,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         loop_lag: Default::default(),
         samples: Default::default(),
         pin_lock,
+        announcer: config.announce.as_ref().map(|a| Announcer::new(a, host_drained)).transpose()?,
         config,
     };
     match saved {

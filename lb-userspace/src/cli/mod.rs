@@ -3,6 +3,7 @@ mod backend;
 mod capture;
 mod config;
 mod flows;
+mod host;
 mod output;
 mod stats;
 mod vip;
@@ -50,6 +51,10 @@ enum Command {
     /// Add, remove, drain, undrain and weigh a VIP's backends.
     #[command(subcommand)]
     Backend(backend::BackendCommand),
+    /// Drain or undrain this balancer host: withdraw every VIP it announces over BGP (needs
+    /// [announce]); `lbctl status` shows what it announces.
+    #[command(subcommand)]
+    Host(host::HostCommand),
     /// Packets/s, bits/s, new flows/s and totals per VIP and backend; the global counters.
     ///
     /// Rates come from two samples of the counters `--interval` apart; --watch keeps redrawing.
@@ -136,6 +141,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Status => output::status(&ctx, ctx.get("/v1/status").await?),
         Command::Vip(cmd) => vip::run(&ctx, cmd).await,
         Command::Backend(cmd) => backend::run(&ctx, cmd).await,
+        Command::Host(cmd) => host::run(&ctx, cmd).await,
         Command::Stats(a) => stats::run(&ctx, a).await,
         Command::Flows(a) => flows::run(&ctx, a).await,
         Command::Apply { file } => config::run(&ctx, &file, "/v1/apply").await,

@@ -53,5 +53,81 @@ pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
             1e3 * s.event_loop_lag_max_seconds,
             1e3 * s.event_loop_lag_recent_max_seconds
         );
+        rings(&s.rings);
+        if let Some(a) = &s.announce {
+            announcements(a);
+        }
     })
+}
+
+/// Lines of a table, indented under a heading.
+fn indented(header: &[&str], rows: &[Vec<String>]) {
+    for line in format_table(header, rows).lines() {
+        println!("  {line}");
+    }
+}
+
+fn rings(rings: &[crate::agent::fingerprint::RingFingerprint]) {
+    if rings.is_empty() {
+        return;
+    }
+    println!(
+        "rings        a FINGERPRINT equal on two balancer hosts: they pick the same backend for every flow"
+    );
+    let rows: Vec<Vec<String>> = rings
+        .iter()
+        .map(|r| vec![r.vip.clone(), r.service.clone(), r.scheduler.name().into(), r.fingerprint.clone()])
+        .collect();
+    indented(&["VIP", "SERVICE", "SCHEDULER", "FINGERPRINT"], &rows);
+}
+
+fn announcements(a: &crate::announce::Status) {
+    let host = match (a.stopping, a.host_drained) {
+        (true, _) => "STOPPING: announces nothing",
+        (false, true) => "DRAINED: announces nothing (`lbctl host undrain`)",
+        (false, false) => "announcing",
+    };
+    println!(
+        "announce     host {host}; table {}, protocol {}, drain {} s on SIGTERM",
+        a.table, a.protocol, a.drain_seconds
+    );
+    if let Some(problem) = &a.route_problem {
+        println!("  the VIP table is not as it should be ({} failed writes): {problem}", a.route_errors);
+    }
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let rows: Vec<Vec<String>> = a
+        .vips
+        .iter()
+        .map(|v| {
+            let bird = match v.exported {
+                None => "-",
+                Some(true) => "exported",
+                Some(false) => "NOT EXPORTED",
+            };
+            vec![
+                v.vip.clone(),
+                v.address.to_string(),
+                v.announce.name().into(),
+                yes_no(v.announced).into(),
+                bird.into(),
+                v.why.clone(),
+            ]
+        })
+        .collect();
+    indented(&["VIP", "ADDRESS", "ANNOUNCE", "ANNOUNCED", "BIRD", "WHY"], &rows);
+    if let Some(b) = &a.bird {
+        match &b.error {
+            Some(e) => println!("BIRD         not read ({} failed reads): {e}", b.errors),
+            None if !b.reachable => println!("BIRD         {}: not read yet", b.socket.display()),
+            None => {
+                println!("BIRD         {}: BGP sessions", b.socket.display());
+                let rows: Vec<Vec<String>> = b
+                    .sessions
+                    .iter()
+                    .map(|s| vec![s.name.clone(), yes_no(s.established).into(), s.state.clone()])
+                    .collect();
+                indented(&["SESSION", "ESTABLISHED", "STATE"], &rows);
+            }
+        }
+    }
 }

@@ -3,7 +3,8 @@ use hyper::Method;
 
 use super::{output::table, segment, Ctx, Failure};
 use crate::{
-    config::{AllDown, BackendSpec, ForwardMode, HashMode, OnDown, Protocol, Scheduler, Vip, VipSpec},
+    api::VipView,
+    config::{AllDown, Announce, BackendSpec, ForwardMode, HashMode, OnDown, Protocol, Scheduler, VipSpec},
     health::CheckSettings,
 };
 
@@ -40,6 +41,10 @@ pub enum VipCommand {
         /// A backend ADDRESS or ADDRESS=WEIGHT; repeat for several.
         #[arg(long = "backend", value_name = "ADDRESS[=WEIGHT]")]
         backends: Vec<String>,
+        /// With [announce]: announce the VIP while a backend takes new flows (healthy), always,
+        /// or never.
+        #[arg(long, value_enum, default_value = "healthy")]
+        announce: Announce,
         #[command(flatten)]
         health: Box<HealthArgs>,
     },
@@ -51,10 +56,11 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
     match cmd {
         VipCommand::List => {
             let body = ctx.get("/v1/vips").await?;
-            ctx.print(&body, |vips: Vec<Vip>| {
+            ctx.print(&body, |vips: Vec<VipView>| {
                 let rows = vips
                     .iter()
-                    .map(|v| {
+                    .map(|view| {
+                        let v = &view.vip;
                         vec![
                             v.name.clone(),
                             v.service(),
@@ -62,10 +68,11 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
                             v.scheduler.name().into(),
                             v.ring_size.to_string(),
                             v.backends.len().to_string(),
+                            view.ring_fingerprint.clone(),
                         ]
                     })
                     .collect::<Vec<_>>();
-                table(&["NAME", "SERVICE", "MODE", "SCHEDULER", "RING", "BACKENDS"], &rows);
+                table(&["NAME", "SERVICE", "MODE", "SCHEDULER", "RING", "BACKENDS", "FINGERPRINT"], &rows);
             })
         }
         VipCommand::Add {
@@ -78,6 +85,7 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
             hash,
             ring_size,
             backends,
+            announce,
             health,
         } => {
             let backends = backends.iter().map(|b| parse_backend(b)).collect::<Result<Vec<_>, _>>()?;
@@ -93,6 +101,7 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
                 health: health.settings(),
                 all_down: health.all_down,
                 on_down: health.on_down,
+                announce,
                 backends,
             };
             ctx.send_json(Method::POST, "/v1/vips", &spec).await?;

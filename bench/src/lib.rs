@@ -1,5 +1,8 @@
 //! What the bench binaries (`src/bin`) share: their own build of the XDP programs
-//! ([`programs`]) and the median of their rounds ([`stats`]). The test kit (`lb-tests`:
+//! ([`programs`]), the balancer as they configure it ([`balancer`]) and the median of their rounds ([`stats`]). The test kit (`lb-tests`:
 //! namespaces, topologies, lbd as a process) is theirs too, as a library.
+pub mod balancer;
 pub mod programs;
+pub mod row;
 pub mod stats;
+pub mod thread;

@@ -6,6 +6,9 @@ use lb_userspace::datapath::{self, Datapath, Sizes};
 
 /// The traffic generator, run with `BPF_PROG_TEST_RUN` in live-frames mode.
 pub const GEN: &str = "bench_gen";
+/// The field generator: run with `BPF_PROG_TEST_RUN` and a repeat count, it writes a frame of
+/// the next flow in a traffic shape and tail-calls the program in BENCH_CHAIN.
+pub const FLOWGEN: &str = "bench_flowgen";
 /// Counts and drops every frame.
 pub const SINK: &str = "bench_sink";
 /// The floor: MAC addresses swapped, XDP_TX.
@@ -17,7 +20,7 @@ pub const FLOW_MISS: &str = "bench_flow_miss";
 /// IPv4 frames for its host on to one fixed MAC address (bench_conn's hop floor).
 pub const FORWARD: &str = "bench_forward";
 /// Every bench program.
-pub const ALL: [&str; 6] = [GEN, SINK, MAC_SWAP, ENCAP, FLOW_MISS, FORWARD];
+pub const ALL: [&str; 7] = [GEN, FLOWGEN, SINK, MAC_SWAP, ENCAP, FLOW_MISS, FORWARD];
 
 /// The object, embedded so that the bench binaries are self-contained.
 pub fn object() -> &'static [u8] {

@@ -8,6 +8,13 @@
 //!   whole frame again from `BENCH_GEN_CONFIG`'s template, then gives it flow number
 //!   `seq % flows` (its source address and port, checksums patched) and returns XDP_TX: in
 //!   live-frames mode that sends it out of the test run's ingress interface.
+//! - `bench_flowgen`, the field generator, runs under `BPF_PROG_TEST_RUN` with a repeat count
+//!   (not live: that works on every kernel that runs the balancer): each run puts the frame back
+//!   at its template's length (the program downstream may have pushed a header in the run
+//!   before), writes it from `BENCH_FLOWGEN`'s template, gives it the source of its flow in one
+//!   of the traffic shapes of `lb_common::bench::shape`, and tail-calls the program in
+//!   `BENCH_CHAIN` (the balancer or a floor); with none there it returns XDP_TX, the frame as
+//!   generated.
 //! - `bench_sink` counts frames per CPU and drops them.
 //! - `bench_mac_swap` swaps the MAC addresses and returns XDP_TX: the least an XDP forwarder does.
 //! - `bench_encap` pushes an outer IPv4 (or IPv6) header, as the balancer's `ipip` mode does but
@@ -25,10 +32,10 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{Array, PerCpuArray},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use lb_common::bench::{ForwardMacs, GenConfig, MAX_FRAME};
+use lb_common::bench::{self as common, FlowGen, ForwardMacs, GenConfig, MAX_FRAME};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -56,6 +63,14 @@ static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "BENCH_FORWARD")]
 static BENCH_FORWARD: Array<ForwardMacs> = Array::with_max_entries(1, 0);
 
+/// The field generator's template.
+#[map(name = "BENCH_FLOWGEN")]
+static BENCH_FLOWGEN: Array<FlowGen> = Array::with_max_entries(1, 0);
+
+/// The program the field generator hands each frame to.
+#[map(name = "BENCH_CHAIN")]
+static BENCH_CHAIN: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 /// Fixed outer addresses of the encapsulation floor.
 const OUTER_SRC4: [u8; 4] = [198, 18, 1, 1];
 const OUTER_DST4: [u8; 4] = [198, 18, 0, 17];
@@ -69,6 +84,17 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
         Some(()) => xdp_action::XDP_TX,
         None => xdp_action::XDP_ABORTED,
     }
+}
+
+/// The field generator: a frame of the next flow, handed to BENCH_CHAIN's program.
+#[xdp]
+pub fn bench_flowgen(ctx: XdpContext) -> u32 {
+    if write_flow_frame(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: a tail call returns only if it failed (no program in the slot).
+    unsafe { BENCH_CHAIN.tail_call(&ctx, 0) };
+    xdp_action::XDP_TX
 }
 
 /// Counts and drops every frame.
@@ -161,6 +187,60 @@ fn write_frame(ctx: &XdpContext) -> Option<()> {
         c = 0xffff;
     }
     set16(ctx, cfg.l4_csum_off, c)
+}
+
+#[inline(always)]
+fn write_flow_frame(ctx: &XdpContext) -> Option<()> {
+    let cfg = BENCH_FLOWGEN.get(0)?;
+    let seq = BENCH_GEN_SEQ.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; nothing else writes it while we run.
+    let n = unsafe {
+        let n = *seq;
+        *seq = n + 1;
+        n
+    };
+    // SAFETY: a plain helper call.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    let (offset, port) = common::flow_source(cfg.shape, cfg.flow(n, cpu));
+    let addr = cfg.addr_base.wrapping_add(offset);
+    let len = cfg.len as usize;
+    // Without live frames the frame stays as the last program left it: undo its push.
+    let grown = (ctx.data_end() - ctx.data()) as i64 - len as i64;
+    if !(0..=256).contains(&grown) || len > MAX_FRAME {
+        return None;
+    }
+    // SAFETY: the helper only moves the frame's start within the frame.
+    if grown > 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, grown as i32) } != 0 {
+        return None;
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + len != end {
+        return None;
+    }
+    let words = cfg.frame.as_ptr() as *const u32;
+    let mut i = 0;
+    while i < MAX_FRAME / 4 {
+        if i * 4 >= len {
+            break;
+        }
+        if data + i * 4 + 4 > end {
+            return None;
+        }
+        // SAFETY: as in write_frame.
+        unsafe { *((data + i * 4) as *mut u32) = *words.add(i) };
+        i += 1;
+    }
+    let (hi, lo) = (addr >> 16, addr & 0xffff);
+    set16(ctx, cfg.addr_off, hi as u16)?;
+    set16(ctx, cfg.addr_off + 2, lo as u16)?;
+    set16(ctx, cfg.port_off, port)?;
+    // The three fields were zero in the template: the checksums grow by their new values.
+    if cfg.ip_csum_off != 0 {
+        let c = get16(ctx, cfg.ip_csum_off)?;
+        set16(ctx, cfg.ip_csum_off, !checksum::fold(!c as u32 + hi + lo))?;
+    }
+    let c = get16(ctx, cfg.l4_csum_off)?;
+    set16(ctx, cfg.l4_csum_off, !checksum::fold(!c as u32 + hi + lo + port as u32))
 }
 
 #[inline(always)]

@@ -26,6 +26,7 @@ const BIN_DIR: &str = "bench/src/bin";
 
 /// The bench binaries (`bench/src/bin/NAME.rs`) in the order they run, each with its time limit.
 const BENCHES: &[(&str, u64)] = &[
+    ("bench_flows", 420),
     ("bench_xdp", 300),
     ("bench_conn", 300),
     ("bench_control", 120),

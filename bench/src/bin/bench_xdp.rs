@@ -55,9 +55,7 @@
 //!
 //! Prints `ROW|section|case|value|unit|ratio|target|status` lines (see xtask/src/bench.rs).
 use std::{
-    fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
@@ -68,20 +66,21 @@ use aya::{
     Ebpf,
 };
 use etherparse::PacketBuilder;
-use lb_bench::programs::{self, ENCAP, FLOW_MISS, GEN, MAC_SWAP, SINK};
+use lb_bench::{
+    balancer::{BACKENDS, PORT, VIP4, VIP6},
+    programs::{ENCAP, FLOW_MISS, GEN, MAC_SWAP, SINK},
+    row::Row,
+    thread::ThreadIn,
+};
 use lb_common::{
     bench::{map_names as bench_maps, GenConfig, MAX_FRAME},
-    limits, BackendValue, ConfigValue, Counter, VipKey, VipValue, MODE_IPIP, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP, PROTO_UDP, VIP_ADDRESS_ONLY,
+    limits, Counter,
 };
 use lb_tests::{
     netns::{run, Netns},
     topology::{mac_of, parse_mac},
 };
-use lb_userspace::{
-    datapath::{self, Datapath, Mode, Sizes, BALANCER},
-    maglev,
-};
+use lb_userspace::datapath::{self, Datapath, Mode, BALANCER};
 
 /// Frames per generator batch (the kernel's default; the veth rings hold 256).
 const BATCH: u32 = 64;
@@ -92,16 +91,12 @@ const MAX_CALLS: usize = 200;
 /// A warm-up stops after this long even if it has not sent all its frames.
 const WARM_UP_LIMIT: Duration = Duration::from_secs(60);
 
-const PORT: u16 = 80;
-const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0x100, 0, 0, 0, 1);
 const NOT_VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 1);
 /// Clients: the generator sets the last 16 bits.
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0);
 /// A MAC address no interface has: frames to it that reach a stack are dropped at once.
 const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x09, 0x09];
-const BACKENDS: u8 = 3;
 /// The 1M-flow cases need this many per CPU in rx-lb's table (all traffic is on one CPU).
 const LB_FLOWS_PER_CPU: u32 = 1_310_720;
 const CONNTRACK_MAX: u64 = 1_100_000;
@@ -418,94 +413,13 @@ fn configure_kernel_path(kern: &Netns, sink_mac: [u8; 6]) -> Option<SysctlRestor
     restore
 }
 
-/// A balancer as the agent sets one up: 3 IPv4 and 3 IPv6 backends, a TCP+UDP VIP of each
-/// family on port 80 in ipip mode with a Maglev ring of the production size, address entries.
+/// The balancer with `flows_per_cpu`, its backends behind `target`'s interface.
 fn load_balancer(flows_per_cpu: u32, target: Target) -> Datapath {
-    let sizes = Sizes {
-        flows_per_cpu,
-        pending_flows_per_cpu: limits::PENDING_FLOWS_PER_CPU,
-        max_vips: 256,
-        max_rings: 2,
-        ring_stride: limits::RING_SIZE,
-        max_backends: 8,
-        flow_cache_slots: limits::FLOW_CACHE_SLOTS,
-    };
-    let mut dp = programs::load(sizes);
-    dp.set_config(ConfigValue {
-        src_v4: [198, 18, 1, 0],
-        src_v6: Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0).octets(),
-        hash_seed: 0x5eed_1b05,
-        v4_entropy_bits: 8,
-        v6_entropy_bits: 16,
-        // As under lbd: next hops and flows cached (lbd moves the generation on once a second,
-        // which costs one FIB lookup per backend and CPU, and one flow-table lookup per active
-        // flow and CPU, a second: nothing at these rates).
-        cache_generation: 1,
-        ..Default::default()
-    })
-    .expect("set_config");
-    for (family, v6, vip) in [(0u32, false, IpAddr::from(VIP4)), (1, true, IpAddr::from(VIP6))] {
-        let members: Vec<maglev::Member> = (1..=BACKENDS)
-            .map(|n| {
-                let id = n as u32 + 3 * family;
-                let addr = backend(target, v6, n);
-                dp.set_backend(id, BackendValue::from(addr).taking_new_flows(true)).expect("set_backend");
-                maglev::Member::new(addr, id, 1)
-            })
-            .collect();
-        let ring = maglev::build(&members, limits::RING_SIZE);
-        dp.write_ring(family, None, &ring).expect("write_ring");
-        let value = |id, flags| VipValue {
-            id,
-            flags,
-            ring_offset: dp.ring_offset(family),
-            ring_size: limits::RING_SIZE,
-            mode: MODE_IPIP,
-            scheduler: lb_common::SCHED_MAGLEV,
-            rr_len: 0,
-        };
-        let icmp = if v6 { PROTO_ICMPV6 } else { PROTO_ICMP };
-        let (tcp, udp) = (1 + 2 * family, 2 + 2 * family);
-        for (key, value) in [
-            (VipKey::from((vip, PORT, PROTO_TCP)), value(tcp, 0)),
-            (VipKey::from((vip, PORT, PROTO_UDP)), value(udp, 0)),
-            (VipKey::from((vip, 0, icmp)), value(tcp, VIP_ADDRESS_ONLY)),
-        ] {
-            dp.set_vip(key, value).expect("set_vip");
-        }
-    }
-    dp
+    lb_bench::balancer::load(flows_per_cpu, |v6, n| backend(target, v6, n))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Running the generator.
-
-/// The calling thread in `ns`, pinned to `cpu`, until dropped (back to where it was).
-struct ThreadIn {
-    home: File,
-}
-
-impl ThreadIn {
-    fn enter(ns: &Netns, cpu: usize) -> Self {
-        let home = File::open("/proc/thread-self/ns/net").expect("open this thread's namespace");
-        ns.enter_current_thread();
-        // SAFETY: a zeroed cpu_set_t with one CPU set, passed with its size.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
-        }
-        ThreadIn { home }
-    }
-}
-
-impl Drop for ThreadIn {
-    fn drop(&mut self) {
-        // SAFETY: setns with a namespace fd we opened.
-        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
 
 /// Counter values around a measured run.
 #[derive(Clone, Default)]
@@ -596,6 +510,27 @@ impl Bench {
         let map = self.lb.raw_mut().map_mut(name).unwrap_or_else(|| panic!("no map {name}"));
         let mut array: Array<&mut MapData, GenConfig> = Array::try_from(map).expect(name);
         array.set(0, cfg, 0).expect("writing the generator's template");
+    }
+
+    /// Whether this kernel runs the generator in live-frames mode: one frame to the MAC-swap
+    /// floor. Some refuse it (EPERM on some VMs).
+    fn live_frames_work(&mut self) -> Result<(), String> {
+        let case = Case { target: Target::MacSwap, shape: Shape::Ack4, flows: 1, expect: Expect::Returned };
+        let cfg = self.set_template(&case);
+        let frame = &cfg.frame[..cfg.len as usize];
+        let ctx = lb_tests::xdp::xdp_md(frame.len(), self.port(Target::MacSwap).tx_ifindex);
+        let prog: &mut Xdp = datapath::program(self.lb.raw_mut(), GEN).expect("generator");
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+            ..Default::default()
+        };
+        match prog.test_run(options) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(std::error::Error::source(&e).map_or(e.to_string(), |c| c.to_string())),
+        }
     }
 
     /// Sends `packets` frames of `case` (rounded up to whole test runs) without checking them.
@@ -798,31 +733,6 @@ fn usage() -> ! {
         "usage: bench_xdp [--rounds 1-50] [--ms 20-5000] [--cost-only | --pps-only] [--only CASE-TEXT]"
     );
     std::process::exit(2);
-}
-
-/// One output row.
-struct Row {
-    section: &'static str,
-    case: String,
-    value: Option<f64>,
-    decimals: usize,
-    unit: &'static str,
-    ratio: Option<f64>,
-    /// (text, met)
-    target: Option<(String, bool)>,
-}
-
-impl Row {
-    fn print(&self) {
-        let value = self.value.map_or("void".to_owned(), |v| format!("{v:.*}", self.decimals));
-        let ratio = self.ratio.map_or(String::new(), |r| format!("{r:.2}"));
-        let (target, status) = match (&self.target, self.value) {
-            (Some((t, _)), None) => (t.clone(), "MISS"),
-            (Some((t, met)), Some(_)) => (t.clone(), if *met { "ok" } else { "MISS" }),
-            (None, _) => (String::new(), "-"),
-        };
-        println!("ROW|{}|{}|{value}|{}|{ratio}|{target}|{status}", self.section, self.case, self.unit);
-    }
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -1042,6 +952,13 @@ fn main() {
     {
         let _inside = ThreadIn::enter(&bench.gen, cpu);
         bench.check_generator(cpu);
+        if let Err(e) = bench.live_frames_work() {
+            eprintln!(
+                "bench_xdp: this kernel refuses live-frames test runs ({e}): no rows from bench_xdp; \
+                 bench_flows measures the per-packet costs and rates without live frames"
+            );
+            return;
+        }
         bench.wait_quiet();
         warm_up(&mut bench);
         if args.cost {

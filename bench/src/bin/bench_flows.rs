@@ -1,0 +1,844 @@
+//! The balancer on field traffic: many flows in the traffic shapes clients present (random
+//! 5-tuples; one /16 with sequential addresses; a NAT gateway's one address with many ports;
+//! many clients on one port), per packet and in packets per second, each shape against the
+//! MAC-swap and encapsulation floors measured in the same run, the worst shape against each
+//! target.
+//!
+//! ```sh
+//! cargo run --release -p lb-bench --bin bench_flows [-- --rounds N --packets P --max-flows F]
+//! ```
+//!
+//! # Method
+//! Everything runs with `BPF_PROG_TEST_RUN` on one pinned CPU (the pps rows with two CPUs use
+//! both), the frames' ingress device a veth `lb0` in the bench's namespace, whose routes and
+//! next hops lbd's own host code sets up (forwarding, managed neighbour entries): the
+//! balancer's FIB lookups answer as on a host. Nothing is sent; no live frames are needed
+//! (kernels and VMs that refuse them still run this bench).
+//! - Cost per packet (`flows cost`): one test run per packet, each frame built here for its
+//!   flow, and the kernel's BPF statistics of the program under test (run_time_ns / run_cnt),
+//!   the same measure as the MAC-swap floor's. The kernel reads its clock around each run: on
+//!   a KVM guest that is most of the floor.
+//! - Packets per second (`flows pps`): `bench_flowgen` (lb-ebpf/src/bench.rs) writes each
+//!   frame from a template in the shape and tail-calls the program under test, repeated in one
+//!   test run; the rate is the kernel's own time for the runs, generator included. There is no
+//!   driver in this path (no veth, no page recycling), so the balancer's share of the time is
+//!   larger than on a wire and its ratio to the encapsulation floor a stricter one.
+//! - Flow counts 1, 10k, 100k, 1M and 4M (`--max-flows`), in a flow table sized for the
+//!   largest on one CPU (the table's LRU lists are per CPU); every flow recorded first (two
+//!   packets each: the first waits in PENDING_FLOWS, the second confirms it). New flows run
+//!   against a second balancer with the production table size, kept full.
+//! - Each measured run is checked: the balancer's verdict counters moved by exactly the
+//!   packets sent (forward_tx, and flow_hit or flow_miss, flow_pending, flow_confirmed as the
+//!   case must); a run that fails is void and gives no number; the bench then exits 1.
+//! - Rounds (`--rounds`) of each case run back to back after its warm-up; rows are medians.
+//!
+//! Prints `ROW|section|case|value|unit|ratio|target|status` lines (see xtask/src/bench.rs).
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    sync::Barrier,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{Array, MapData, ProgramArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+    sys::{enable_stats, Stats},
+};
+use etherparse::PacketBuilder;
+use lb_bench::{
+    balancer::{self, PORT, VIP4},
+    programs::{ENCAP, FLOWGEN, FLOW_MISS, MAC_SWAP},
+    row::Row,
+    stats::median,
+    thread::ThreadIn,
+};
+use lb_common::{
+    bench::{flow_source, map_names as bench_maps, shape, FlowGen, MAX_FRAME},
+    limits, Counter,
+};
+use lb_tests::netns::Netns;
+use lb_userspace::{
+    datapath::{self, Datapath, BALANCER},
+    host::{
+        forwarding::{self, Policy},
+        neighbours::NextHops,
+        Family,
+    },
+};
+
+/// Frames of one test run with a repeat count (pps, warm-ups).
+const CHUNK: u32 = 1 << 16;
+/// Upper bound of any warm-up.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(60);
+/// Clients' addresses: 198.18.0.0/15 plus the shape's offset.
+const CLIENT_BASE: u32 = u32::from_be_bytes([198, 18, 0, 0]);
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x19, 0x01];
+/// The balancer's interface and its address; the backends are on the far side.
+const LB_IF: &str = "lb0";
+const LB_ADDR: &str = "198.18.0.2/24";
+/// New flows are numbered from here on: no established case uses these.
+const FRESH_FLOWS: u32 = 1 << 22;
+const XDP_TX: u32 = 3;
+
+fn backend(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 0x10 + n)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Packet {
+    Syn,
+    Ack,
+}
+
+/// The frame of flow `flow` in `shape`, built independently of the generator.
+fn frame(kind: Packet, shape: u32, flow: u32, dst_mac: [u8; 6]) -> Vec<u8> {
+    let (offset, port) = flow_source(shape, flow);
+    build(kind, CLIENT_BASE.wrapping_add(offset).to_be_bytes(), port, dst_mac)
+}
+
+fn build(kind: Packet, src: [u8; 4], sport: u16, dst_mac: [u8; 6]) -> Vec<u8> {
+    let ip = PacketBuilder::ethernet2(CLIENT_MAC, dst_mac).ipv4(src, VIP4.octets(), 64);
+    let tcp = ip.tcp(sport, PORT, 1, 64240);
+    let tcp = if kind == Packet::Syn { tcp.syn() } else { tcp.ack(1) };
+    let mut out = Vec::new();
+    tcp.write(&mut out, &[0; 10]).expect("etherparse writes to a Vec");
+    assert!(out.len() % 4 == 0 && out.len() <= MAX_FRAME, "a {}-byte frame", out.len());
+    out
+}
+
+/// The generator's template for `kind` in `shape`.
+fn flowgen(kind: Packet, shape: u32, flows: u32, dst_mac: [u8; 6]) -> FlowGen {
+    let template = build(kind, [0; 4], 0, dst_mac);
+    let mut g = FlowGen {
+        len: template.len() as u32,
+        flows,
+        repeat_shift: 0,
+        cpus: 1,
+        first: 0,
+        shape,
+        addr_off: 14 + 12,
+        port_off: 34,
+        ip_csum_off: 14 + 10,
+        l4_csum_off: 34 + 16,
+        addr_base: CLIENT_BASE,
+        _pad: 0,
+        frame: [0; MAX_FRAME],
+    };
+    g.frame[..template.len()].copy_from_slice(&template);
+    g
+}
+
+/// Which balancer a case runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    /// Sized for the largest flow count on one CPU; established flows.
+    Large,
+    /// The production size, kept full; new flows.
+    Full,
+}
+
+/// What a measured run must move in the balancer's counters, per packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// A floor program: no balancer counter; every run returns XDP_TX.
+    Floor,
+    Established,
+    /// A SYN of a flow never seen: a miss, nothing recorded (Maglev).
+    Syn,
+    /// The first packet of a flow after its SYN: a miss, recorded in PENDING_FLOWS.
+    FirstAck,
+    /// Two packets of each new flow: one miss and pending, one hit and confirmed.
+    Pair,
+}
+
+impl Expect {
+    /// Counter moves per `packets` frames sent.
+    fn moves(self, packets: u64) -> Vec<(Counter, u64)> {
+        let half = packets / 2;
+        match self {
+            Expect::Floor => vec![],
+            Expect::Established => vec![(Counter::ForwardTx, packets), (Counter::FlowHit, packets)],
+            Expect::Syn => vec![(Counter::ForwardTx, packets), (Counter::FlowMiss, packets)],
+            Expect::FirstAck => vec![
+                (Counter::ForwardTx, packets),
+                (Counter::FlowMiss, packets),
+                (Counter::FlowPending, packets),
+            ],
+            Expect::Pair => vec![
+                (Counter::ForwardTx, packets),
+                (Counter::FlowMiss, half),
+                (Counter::FlowPending, half),
+                (Counter::FlowHit, half),
+                (Counter::FlowConfirmed, half),
+            ],
+        }
+    }
+}
+
+struct Bench {
+    // Dropped first: the programs go before the namespaces.
+    large: Datapath,
+    full: Datapath,
+    large_chain: ProgramArray<MapData>,
+    full_chain: ProgramArray<MapData>,
+    ingress: u32,
+    lb_mac: [u8; 6],
+    /// The next new flow's number.
+    fresh: u32,
+    _hops: NextHops,
+    dut: Netns,
+    _far: Netns,
+}
+
+impl Bench {
+    /// Sets up the namespaces and both balancers; the calling thread must be in `dut` already
+    /// (lbd's host code works in the calling thread's namespace).
+    fn new(dut: Netns, far: Netns) -> Self {
+        dut.ip(&["link", "add", LB_IF, "type", "veth", "peer", "name", "bk0", "netns", far.name()]);
+        dut.ip(&["addr", "add", LB_ADDR, "dev", LB_IF]);
+        dut.ip(&["link", "set", LB_IF, "up"]);
+        for n in 1..=balancer::BACKENDS {
+            far.ip(&["addr", "add", &format!("{}/24", backend(n)), "dev", "bk0"]);
+        }
+        far.ip(&["link", "set", "bk0", "up"]);
+        // What lbd does on its host: forwarding on (bpf_fib_lookup answers only then) and a
+        // managed neighbour entry for every backend's next hop, resolved before traffic.
+        let interfaces = [LB_IF.to_owned()];
+        forwarding::ensure(&interfaces, &BTreeSet::from([Family::Ipv4]), Policy::Enable)
+            .unwrap_or_else(|e| panic!("enabling forwarding on {LB_IF}: {e}"));
+        let mut hops = NextHops::new(&interfaces).unwrap_or_else(|e| panic!("next hops: {e}"));
+        let backends: BTreeSet<IpAddr> = (1..=balancer::BACKENDS).map(|n| backend(n).into()).collect();
+        hops.sync(&backends).unwrap_or_else(|e| panic!("neighbour entries for the backends: {e}"));
+        hops.wait_resolved(&backends, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("the backends' next hops did not resolve: {e}"));
+        let ingress = lb_userspace::host::netlink::link::ifindex(LB_IF).expect("lb0's index");
+        let lb_mac = lb_tests::topology::parse_mac(&lb_tests::topology::mac_of(&dut, LB_IF));
+
+        let (large, large_chain) = load(1024, &[FLOWGEN, MAC_SWAP, ENCAP]);
+        let (full, full_chain) = load(limits::FLOWS_PER_CPU, &[FLOWGEN, FLOW_MISS]);
+        Bench {
+            large,
+            full,
+            large_chain,
+            full_chain,
+            ingress,
+            lb_mac,
+            fresh: FRESH_FLOWS,
+            _hops: hops,
+            dut,
+            _far: far,
+        }
+    }
+
+    /// A new large table, sized for `flows` on one CPU with room to spare: the kernel's LRU
+    /// may evict a flow it has just inserted when it must make room.
+    fn size_large_table(&mut self, flows: u32) {
+        let (dp, chain) = load(flows + flows / 4 + 1024, &[FLOWGEN, MAC_SWAP, ENCAP]);
+        self.large = dp;
+        self.large_chain = chain;
+    }
+
+    fn datapath(&self, table: Table) -> &Datapath {
+        match table {
+            Table::Large => &self.large,
+            Table::Full => &self.full,
+        }
+    }
+
+    fn program(&self, table: Table, name: &str) -> &Xdp {
+        let prog = self.datapath(table).raw().program(name).unwrap_or_else(|| panic!("no program {name}"));
+        prog.try_into().unwrap_or_else(|_| panic!("{name} is no XDP program"))
+    }
+
+    /// Puts `name` behind the generator of `table`'s object.
+    fn chain_to(&mut self, table: Table, name: &str) {
+        let fd = self.program(table, name).fd().expect("a loaded program").try_clone().expect("dup");
+        let chain = match table {
+            Table::Large => &mut self.large_chain,
+            Table::Full => &mut self.full_chain,
+        };
+        chain.set(0, &fd, 0).unwrap_or_else(|e| panic!("BENCH_CHAIN[0] = {name}: {e}"));
+    }
+
+    fn set_flowgen(&mut self, table: Table, gen: FlowGen) {
+        let dp = match table {
+            Table::Large => &mut self.large,
+            Table::Full => &mut self.full,
+        };
+        let map = dp.raw_mut().map_mut(bench_maps::FLOWGEN).expect("the BENCH_FLOWGEN map");
+        let mut array: Array<&mut MapData, FlowGen> = Array::try_from(map).expect("BENCH_FLOWGEN");
+        array.set(0, gen, 0).expect("writing the generator's template");
+    }
+
+    fn counters(&self, table: Table) -> Vec<u64> {
+        let dp = self.datapath(table);
+        Counter::ALL.iter().map(|c| dp.counter(*c).expect("reading STATS")).collect()
+    }
+
+    /// Checks that the counters moved by exactly what `expect` says for `packets` frames.
+    fn check(expect: Expect, packets: u64, before: &[u64], after: &[u64]) -> Result<(), String> {
+        let want = expect.moves(packets);
+        let mut problems = Vec::new();
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            let moved = after[i] - before[i];
+            let w = want.iter().find(|(wc, _)| wc == c).map_or(0, |(_, n)| *n);
+            // (The generation moves and next-hop refreshes of a real agent are absent here.)
+            if moved != w && !(expect == Expect::Floor) {
+                problems.push(format!("{} moved by {moved}, {w} expected", c.name()));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// One test run per frame of `prog` (in `table`'s object); the program's cost per run by
+    /// the kernel's BPF statistics (on while this runs).
+    fn cost(&self, table: Table, prog: &str, expect: Expect, frames: &[Vec<u8>]) -> Result<f64, String> {
+        let xdp = self.program(table, prog);
+        let before = (prog_stats(xdp), self.counters(table));
+        for frame in frames {
+            let ctx = lb_tests::xdp::xdp_md(frame.len(), self.ingress);
+            let r = xdp
+                .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..Default::default() })
+                .map_err(|e| format!("test run of {prog}: {e}"))?;
+            if r.return_value != XDP_TX {
+                return Err(format!("{prog} returned {} (XDP_TX expected)", r.return_value));
+            }
+        }
+        let after = (prog_stats(xdp), self.counters(table));
+        Self::check(expect, frames.len() as u64, &before.1, &after.1)?;
+        let (ns, runs) = (after.0 .0 - before.0 .0, after.0 .1 - before.0 .1);
+        if runs != frames.len() as u64 {
+            return Err(format!("{prog} ran {runs} times for {} frames", frames.len()));
+        }
+        Ok(ns as f64 / runs as f64)
+    }
+
+    /// Runs the generator of `table` with `gen` for `packets` frames (whole chunks) or `limit`;
+    /// returns (frames, the kernel's ns for them).
+    fn generate(&mut self, table: Table, gen: FlowGen, packets: u64, limit: Duration) -> (u64, u64) {
+        self.set_flowgen(table, gen);
+        let template = gen.frame[..gen.len as usize].to_vec();
+        let ctx = lb_tests::xdp::xdp_md(template.len(), self.ingress);
+        let xdp = self.program(table, FLOWGEN);
+        let (mut sent, mut ns) = (0u64, 0u64);
+        let start = Instant::now();
+        while sent < packets && start.elapsed() < limit {
+            let repeat = (packets - sent).min(CHUNK as u64) as u32;
+            let r = xdp
+                .test_run(TestRunOptions {
+                    data_in: Some(&template),
+                    ctx_in: Some(&ctx),
+                    repeat,
+                    ..Default::default()
+                })
+                .unwrap_or_else(|e| panic!("test run of the generator: {e}"));
+            assert_eq!(r.return_value, XDP_TX, "the chained program's verdict");
+            sent += repeat as u64;
+            ns += r.duration.as_nanos() as u64 * repeat as u64;
+        }
+        (sent, ns)
+    }
+
+    /// Packets per second of `gen` through `target`, checked against `expect`.
+    fn pps(
+        &mut self,
+        table: Table,
+        target: &str,
+        gen: FlowGen,
+        expect: Expect,
+        budget: Duration,
+    ) -> Result<f64, String> {
+        self.chain_to(table, target);
+        let before = self.counters(table);
+        let (sent, ns) = self.generate(table, gen, u64::MAX, budget);
+        let after = self.counters(table);
+        Self::check(expect, sent, &before, &after)?;
+        Ok(sent as f64 * 1e9 / ns as f64)
+    }
+
+    /// A large table of its own for flows 0..flows of `shape`, each recorded (two packets).
+    fn warm(&mut self, shape: u32, flows: u32) {
+        self.size_large_table(flows);
+        self.chain_to(Table::Large, BALANCER);
+        let mut gen = flowgen(Packet::Ack, shape, flows, self.lb_mac);
+        gen.repeat_shift = 1;
+        let t = Instant::now();
+        let (sent, ns) = self.generate(Table::Large, gen, 2 * flows as u64 + 2, WARM_UP_LIMIT);
+        eprintln!(
+            "bench_flows: warm-up {}, {flows} flows: {sent} frames, {:.0} ns/frame, {:.1?}",
+            shape::name(shape),
+            ns as f64 / sent as f64,
+            t.elapsed()
+        );
+    }
+
+    /// Fills the production-size table with new flows.
+    fn fill_full_table(&mut self) {
+        self.chain_to(Table::Full, BALANCER);
+        let flows = (limits::FLOWS_PER_CPU + limits::PENDING_FLOWS_PER_CPU) as u64 * 11 / 10;
+        // A block of new flow numbers, each flow sent twice in a row (recorded).
+        let mut gen = flowgen(Packet::Ack, shape::RANDOM, flows as u32, self.lb_mac);
+        gen.repeat_shift = 1;
+        gen.first = self.take_fresh(flows as u32);
+        let (sent, ns) = self.generate(Table::Full, gen, 2 * flows, WARM_UP_LIMIT);
+        eprintln!(
+            "bench_flows: filling the full table: {sent} frames, {:.0} ns/frame",
+            ns as f64 / sent as f64
+        );
+    }
+
+    /// `n` flow numbers never used before.
+    fn take_fresh(&mut self, n: u32) -> u32 {
+        let first = self.fresh;
+        self.fresh = self.fresh.wrapping_add(n);
+        first
+    }
+
+    /// Compares the generator's frames (nothing chained) with the ones built here.
+    fn check_generator(&mut self) {
+        // Without a program in BENCH_CHAIN the generator returns its frame.
+        // (Empty at first: nothing to clear is no error.)
+        let _ = self.large_chain.clear_index(&0);
+        for s in shape::ALL {
+            for flow in [0u32, 1, 777, 65_535, 65_536, 131_071, 1_000_003, FRESH_FLOWS + 5] {
+                // One flow, numbered `first`: whatever the sequence number.
+                let mut gen = flowgen(Packet::Ack, s, 1, self.lb_mac);
+                gen.first = flow;
+                self.set_flowgen(Table::Large, gen);
+                let template = gen.frame[..gen.len as usize].to_vec();
+                let ctx = lb_tests::xdp::xdp_md(template.len(), self.ingress);
+                let mut out = vec![0u8; 256];
+                let r = self
+                    .program(Table::Large, FLOWGEN)
+                    .test_run(TestRunOptions {
+                        data_in: Some(&template),
+                        data_out: Some(&mut out),
+                        ctx_in: Some(&ctx),
+                        ..Default::default()
+                    })
+                    .unwrap_or_else(|e| panic!("test run of the generator: {e}"));
+                assert_eq!(r.return_value, XDP_TX, "the generator alone returns XDP_TX");
+                let want = frame(Packet::Ack, s, flow, self.lb_mac);
+                assert_eq!(
+                    &out[..want.len()],
+                    &want[..],
+                    "the generator's frame of flow {flow} in shape {}",
+                    shape::name(s)
+                );
+            }
+        }
+    }
+}
+
+/// A balancer with `flows_per_cpu` and the bench programs `extra` loaded; its BENCH_CHAIN.
+fn load(flows_per_cpu: u32, extra: &[&'static str]) -> (Datapath, ProgramArray<MapData>) {
+    let backend_of = |v6: bool, n: u8| -> IpAddr {
+        if v6 {
+            std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10 + n as u16).into()
+        } else {
+            backend(n).into()
+        }
+    };
+    let mut dp = balancer::load(flows_per_cpu, backend_of);
+    for name in extra {
+        datapath::program(dp.raw_mut(), name)
+            .expect("bench program")
+            .load()
+            .unwrap_or_else(|e| panic!("the kernel rejected {name}: {e}"));
+    }
+    let map = dp.raw_mut().take_map(bench_maps::CHAIN).expect("the BENCH_CHAIN map");
+    let chain = ProgramArray::try_from(map).expect("BENCH_CHAIN is a program array");
+    (dp, chain)
+}
+
+fn prog_stats(prog: &Xdp) -> (u64, u64) {
+    let info = prog.info().unwrap_or_else(|e| panic!("program info: {e}"));
+    (info.run_time().as_nanos() as u64, info.run_count())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sections.
+
+struct Args {
+    rounds: usize,
+    /// Frames per measured cost run.
+    packets: usize,
+    /// Milliseconds per measured pps run.
+    ms: u64,
+    max_flows: u32,
+    cost: bool,
+    pps: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args { rounds: 3, packets: 100_000, ms: 300, max_flows: 4_000_000, cost: true, pps: true };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--cost-only" => a.pps = false,
+            "--pps-only" => a.cost = false,
+            "--rounds" | "--packets" | "--ms" | "--max-flows" => {
+                let v = it.next().and_then(|v| v.parse::<u64>().ok());
+                match (flag.as_str(), v) {
+                    ("--rounds", Some(n)) if (1..=20).contains(&n) => a.rounds = n as usize,
+                    ("--packets", Some(n)) if (1000..=2_000_000).contains(&n) => a.packets = n as usize,
+                    ("--ms", Some(n)) if (20..=5000).contains(&n) => a.ms = n,
+                    ("--max-flows", Some(n)) if (10_000..=FRESH_FLOWS as u64).contains(&n) => {
+                        a.max_flows = n as u32
+                    }
+                    _ => usage(),
+                }
+            }
+            _ => usage(),
+        }
+    }
+    a
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bench_flows [--rounds 1-20] [--packets 1000-2000000] [--ms 20-5000] \
+         [--max-flows 10000-4194304] [--cost-only | --pps-only]"
+    );
+    std::process::exit(2);
+}
+
+const FLOW_COUNTS: [(u32, &str); 5] = [
+    (1, "1 flow"),
+    (10_000, "10k flows"),
+    (100_000, "100k flows"),
+    (1_000_000, "1M flows"),
+    (4_000_000, "4M flows"),
+];
+
+/// Each shape's values of one case, kept for its rows.
+struct ByShape {
+    case: String,
+    values: Vec<(u32, Vec<f64>)>,
+}
+
+impl ByShape {
+    fn new(case: impl Into<String>) -> Self {
+        ByShape { case: case.into(), values: shape::ALL.iter().map(|&s| (s, Vec::new())).collect() }
+    }
+
+    fn push(&mut self, s: u32, v: Result<f64, String>) {
+        match v {
+            Ok(v) => self.values.iter_mut().find(|(x, _)| *x == s).expect("a shape").1.push(v),
+            Err(e) => eprintln!("bench_flows: {}, {}: VOID: {e}", self.case, shape::name(s)),
+        }
+    }
+
+    /// A row per shape, then the worst shape's (the largest value; with `higher_is_better`,
+    /// the smallest) against `target`.
+    fn rows(
+        self,
+        section: &'static str,
+        unit: &'static str,
+        decimals: usize,
+        ratio_to: Option<f64>,
+        higher_is_better: bool,
+        target: Option<f64>,
+    ) -> Vec<Row> {
+        let per: Vec<(u32, Option<f64>)> =
+            self.values.into_iter().map(|(s, mut v)| (s, median(&mut v))).collect();
+        let mut rows: Vec<Row> = per
+            .iter()
+            .map(|(s, v)| Row {
+                section,
+                case: format!("{}, {}", self.case, shape::name(*s)),
+                value: *v,
+                decimals,
+                unit,
+                ratio: ratio_to.and_then(|f| v.map(|v| v / f)),
+                target: None,
+            })
+            .collect();
+        let worst = per.iter().filter_map(|(s, v)| v.map(|v| (*s, v))).max_by(|a, b| {
+            if higher_is_better {
+                b.1.total_cmp(&a.1)
+            } else {
+                a.1.total_cmp(&b.1)
+            }
+        });
+        let complete = per.iter().all(|(_, v)| v.is_some());
+        let value = worst.filter(|_| complete).map(|(_, v)| v);
+        let measure = match ratio_to {
+            Some(f) => value.map(|v| v / f),
+            None => value,
+        };
+        rows.push(Row {
+            section,
+            case: format!("{}, worst shape ({})", self.case, worst.map_or("none", |(s, _)| shape::name(s))),
+            value,
+            decimals,
+            unit,
+            ratio: ratio_to.and_then(|f| value.map(|v| v / f)),
+            target: target.map(|t| {
+                let (text, met) = match (ratio_to.is_some(), higher_is_better) {
+                    (true, _) => (format!("<= {t}x floor"), measure.is_some_and(|m| m <= t)),
+                    (false, true) => (format!(">= {t}"), measure.is_some_and(|m| m >= t)),
+                    (false, false) => (format!("<= {t}"), measure.is_some_and(|m| m <= t)),
+                };
+                (text, met)
+            }),
+        });
+        rows
+    }
+}
+
+fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
+    let stats = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS (kernel.bpf_stats_enabled)");
+    let mac = b.lb_mac;
+    let floor_frames: Vec<Vec<u8>> =
+        (0..a.packets).map(|k| frame(Packet::Ack, shape::RANDOM, k as u32 % 10_000, mac)).collect();
+    let (mut floors, mut encaps) = (Vec::new(), Vec::new());
+    let mut floor_sample = |b: &Bench| {
+        let (f, e) = (
+            b.cost(Table::Large, MAC_SWAP, Expect::Floor, &floor_frames),
+            b.cost(Table::Large, ENCAP, Expect::Floor, &floor_frames),
+        );
+        match (f, e) {
+            (Ok(f), Ok(e)) => {
+                floors.push(f);
+                encaps.push(e);
+            }
+            (f, e) => eprintln!("bench_flows: floor: VOID: {f:?} {e:?}"),
+        }
+    };
+    let mut established = Vec::new();
+    for (count, label) in FLOW_COUNTS.into_iter().filter(|(c, _)| *c <= a.max_flows) {
+        let mut by = ByShape::new(format!("established, {label}"));
+        for s in shape::ALL {
+            b.warm(s, count);
+            let frames: Vec<Vec<u8>> =
+                (0..a.packets).map(|k| frame(Packet::Ack, s, k as u32 % count, mac)).collect();
+            for _ in 0..a.rounds {
+                floor_sample(b);
+                let v = b.cost(Table::Large, BALANCER, Expect::Established, &frames);
+                eprintln!("bench_flows: {}, {}: {v:?} ns", by.case, shape::name(s));
+                by.push(s, v);
+            }
+        }
+        let target = match count {
+            10_000 => Some(2.6),
+            1_000_000 => Some(5.0),
+            _ => None,
+        };
+        established.push((by, target));
+    }
+    b.fill_full_table();
+    let (mut syn, mut first, mut second, mut miss) = (
+        ByShape::new("SYN of a new flow, table full"),
+        ByShape::new("new flow's first packet after the SYN: into PENDING_FLOWS, table full"),
+        ByShape::new("new flow's second packet: recorded in FLOWS, table full"),
+        ByShape::new("floor + parse + FLOWS lookup (a miss), table full"),
+    );
+    let n = a.packets as u32;
+    for s in shape::ALL {
+        for _ in 0..a.rounds {
+            let fresh = |b: &mut Bench, kind, per_flow: u32| -> Vec<Vec<u8>> {
+                let first = b.take_fresh(n / per_flow);
+                (0..n).map(|k| frame(kind, s, first + k / per_flow, mac)).collect()
+            };
+            let frames = fresh(b, Packet::Syn, 1);
+            syn.push(s, b.cost(Table::Full, BALANCER, Expect::Syn, &frames));
+            miss.push(s, b.cost(Table::Full, FLOW_MISS, Expect::Floor, &frames));
+            let frames = fresh(b, Packet::Ack, 1);
+            let one = b.cost(Table::Full, BALANCER, Expect::FirstAck, &frames);
+            let frames = fresh(b, Packet::Ack, 2);
+            let pair = b.cost(Table::Full, BALANCER, Expect::Pair, &frames);
+            // A pair's cost is the first packet's and the second's.
+            let two = match (&one, pair) {
+                (Ok(one), Ok(pair)) => Ok(2.0 * pair - one),
+                (Err(e), _) => Err(e.clone()),
+                (_, Err(e)) => Err(e),
+            };
+            first.push(s, one);
+            second.push(s, two);
+        }
+    }
+    drop(stats);
+    let floor = median(&mut floors);
+    let encap = median(&mut encaps);
+    let mut rows = vec![
+        Row {
+            section: "flows cost",
+            case: "MAC-swap floor".to_owned(),
+            value: floor,
+            decimals: 1,
+            unit: "ns/packet",
+            ratio: floor.map(|_| 1.0),
+            target: None,
+        },
+        Row {
+            section: "flows cost",
+            case: "encap floor (push IPv4 header)".to_owned(),
+            value: encap,
+            decimals: 1,
+            unit: "ns/packet",
+            ratio: encap.zip(floor).map(|(e, f)| e / f),
+            target: None,
+        },
+    ];
+    let Some(floor) = floor else {
+        eprintln!("bench_flows: no valid floor run");
+        return rows;
+    };
+    for (by, target) in established {
+        rows.extend(by.rows("flows cost", "ns/packet", 1, Some(floor), false, target));
+    }
+    rows.extend(syn.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(3.0)));
+    rows.extend(miss.rows("flows cost", "ns/packet", 1, Some(floor), false, None));
+    rows.extend(first.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(5.0)));
+    rows.extend(second.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(5.0)));
+    rows
+}
+
+fn pps_section(b: &mut Bench, a: &Args) -> Vec<Row> {
+    let budget = Duration::from_millis(a.ms);
+    let mac = b.lb_mac;
+    let mut rows = Vec::new();
+    for (count, label, target) in [(10_000, "10k flows", 0.85), (1_000_000, "1M flows", 0.6)] {
+        if count > a.max_flows {
+            continue;
+        }
+        let mut by = ByShape::new(format!("established, {label}: balancer / encap floor, 1 core"));
+        for s in shape::ALL {
+            b.warm(s, count);
+            let gen = flowgen(Packet::Ack, s, count, mac);
+            for _ in 0..a.rounds {
+                by.push(
+                    s,
+                    ratio(b.pps(Table::Large, ENCAP, gen, Expect::Floor, budget), || {
+                        b.pps(Table::Large, BALANCER, gen, Expect::Established, budget)
+                    }),
+                );
+            }
+        }
+        rows.extend(by.rows("flows pps", "x encap", 2, None, true, Some(target)));
+    }
+    // SYNs record nothing (Maglev): a million flows never recorded, cycled, stay new.
+    let mut by = ByShape::new("SYN of a new flow, table full: balancer / encap floor, 1 core");
+    for s in shape::ALL {
+        let mut gen = flowgen(Packet::Syn, s, 1_000_000, mac);
+        gen.first = b.take_fresh(1_000_000);
+        for _ in 0..a.rounds {
+            by.push(
+                s,
+                ratio(b.pps(Table::Large, ENCAP, gen, Expect::Floor, budget), || {
+                    b.pps(Table::Full, BALANCER, gen, Expect::Syn, budget)
+                }),
+            );
+        }
+    }
+    rows.extend(by.rows("flows pps", "x encap", 2, None, true, Some(0.7)));
+    let mut by = ByShape::new("established, 10k flows: 2 cores / 1 core");
+    for s in shape::ALL {
+        b.warm(s, 10_000);
+        for _ in 0..a.rounds {
+            by.push(s, scaling(b, flowgen(Packet::Ack, s, 10_000, mac), budget));
+        }
+    }
+    rows.extend(by.rows("flows pps", "x 1 core", 2, None, true, Some(1.8)));
+    rows
+}
+
+/// `num()` / `den`, the numerator measured after the denominator.
+fn ratio(den: Result<f64, String>, num: impl FnOnce() -> Result<f64, String>) -> Result<f64, String> {
+    let den = den?;
+    Ok(num()? / den)
+}
+
+/// The balancer's rate on two CPUs (each its own half of the flows, as RSS spreads them) over
+/// its rate on one.
+fn scaling(b: &mut Bench, gen: FlowGen, budget: Duration) -> Result<f64, String> {
+    b.chain_to(Table::Large, BALANCER);
+    let one = b.pps(Table::Large, BALANCER, gen, Expect::Established, budget)?;
+    b.set_flowgen(Table::Large, FlowGen { cpus: 2, ..gen });
+    let before = b.counters(Table::Large);
+    let template = gen.frame[..gen.len as usize].to_vec();
+    let ctx = lb_tests::xdp::xdp_md(template.len(), b.ingress);
+    let prog = b.program(Table::Large, FLOWGEN);
+    let start = Barrier::new(2);
+    let results: Vec<(u64, u64)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..2)
+            .map(|cpu| {
+                let (start, template, ctx, dut) = (&start, &template, &ctx, &b.dut);
+                scope.spawn(move || {
+                    let _inside = ThreadIn::enter(dut, cpu);
+                    start.wait();
+                    let t = Instant::now();
+                    let (mut sent, mut ns) = (0u64, 0u64);
+                    while t.elapsed() < budget {
+                        let r = prog
+                            .test_run(TestRunOptions {
+                                data_in: Some(template),
+                                ctx_in: Some(ctx),
+                                repeat: CHUNK,
+                                ..Default::default()
+                            })
+                            .unwrap_or_else(|e| panic!("test run of the generator on CPU {cpu}: {e}"));
+                        sent += CHUNK as u64;
+                        ns += r.duration.as_nanos() as u64 * CHUNK as u64;
+                    }
+                    (sent, ns)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("a generator thread")).collect()
+    });
+    let after = b.counters(Table::Large);
+    let sent: u64 = results.iter().map(|(s, _)| s).sum();
+    Bench::check(Expect::Established, sent, &before, &after)?;
+    let two: f64 = results.iter().map(|(s, ns)| *s as f64 * 1e9 / *ns as f64).sum();
+    Ok(two / one)
+}
+
+fn read_stats_enabled() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default().trim().to_owned()
+}
+
+fn main() {
+    let args = args();
+    lb_tests::privilege::require_root();
+    let stats_before = read_stats_enabled();
+    let started = Instant::now();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = cpus - 1;
+    let (dut, far) = (Netns::new("bench-flows"), Netns::new("bench-far"));
+    let inside = ThreadIn::enter(&dut, cpu);
+    let mut bench = Bench::new(dut, far);
+    eprintln!("bench_flows: set-up took {:.1?}; running on CPU {cpu}", started.elapsed());
+    bench.check_generator();
+    let mut rows = Vec::new();
+    if args.cost {
+        rows.extend(cost_section(&mut bench, &args));
+    }
+    if args.pps {
+        rows.extend(pps_section(&mut bench, &args));
+    }
+    drop(bench);
+    drop(inside);
+    for row in &rows {
+        row.print();
+    }
+    let stats_after = read_stats_enabled();
+    eprintln!(
+        "bench_flows: {:.1?} in all; kernel.bpf_stats_enabled was {stats_before}, is {stats_after}",
+        started.elapsed()
+    );
+    if stats_after != stats_before {
+        eprintln!("bench_flows: kernel.bpf_stats_enabled was not restored");
+        std::process::exit(1);
+    }
+    if rows.iter().any(|r| r.value.is_none()) {
+        eprintln!("bench_flows: some cases had no valid run (see VOID above)");
+        std::process::exit(1);
+    }
+}

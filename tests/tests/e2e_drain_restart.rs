@@ -502,10 +502,14 @@ fn restart(topo: &Topology, files: &LbdFiles, lbd: Lbd, long: &mut TcpStream, pr
     assert!(human.contains("adopted the running data plane"), "{name}: lbctl status:\n{human}");
     // The config file has no VIP: these come from the saved state.
     let list = lbd.lbctl_ok(&["vip", "list"]);
+    let backends_column =
+        list.lines().next().and_then(|h| h.split_whitespace().position(|c| c == "BACKENDS"));
+    assert!(backends_column.is_some(), "{name}: lbctl vip list has no BACKENDS column:\n{list}");
     for (vip_name, service) in [("web-tcp", "198.18.100.1:8080/tcp"), ("web-udp", "198.18.100.1:8080/udp")] {
         let row = list.lines().find(|l| l.split_whitespace().next() == Some(vip_name));
         assert!(
-            row.is_some_and(|r| r.contains(service) && r.split_whitespace().last() == Some("3")),
+            row.is_some_and(|r| r.contains(service)
+                && r.split_whitespace().nth(backends_column.unwrap_or(0)) == Some("3")),
             "{name}: lbctl vip list after the restart lacks {vip_name} ({service}, 3 backends):\n{list}"
         );
     }

@@ -66,6 +66,8 @@ fn the_router_learns_each_vip_only_from_the_balancers_whose_lbd_announces_it() {
         "balancer 3 must not hold {EDGE}:\n{}",
         b3.vip_table()
     );
+    // lbd reads BIRD every couple of seconds: the router may learn a route before lbd's next read.
+    b3.wait_bird_read(PROPAGATION);
     let a = b3.announcements();
     let by_vip: BTreeMap<&str, _> = a.vips.iter().map(|v| (v.vip.as_str(), v)).collect();
     assert!(by_vip["web"].announced && by_vip["web"].exported == Some(true), "{a:#?}");

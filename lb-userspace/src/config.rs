@@ -14,6 +14,7 @@ use crate::{
     datapath::Mode,
     health::{CheckSettings, CheckSpec, HealthConfigError},
     maglev,
+    security::{self, Prefix, RateLimits, Security},
 };
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
@@ -158,6 +159,14 @@ pub struct VipSpec {
     pub on_down: OnDown,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendSpec>,
+    /// Source prefixes allowed (absent: every source) and denied: see docs/data-plane.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Rate limits (absent: none, and no per-source counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
 }
 
 /// New flows of a VIP whose backends are all down.
@@ -218,6 +227,13 @@ pub struct Vip {
     #[serde(default)]
     pub on_down: OnDown,
     pub backends: Vec<Backend>,
+    /// Sources allowed (empty: every source) and denied (docs/data-plane.md, "Access lists").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Prefix>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Prefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
 }
 
 impl Vip {
@@ -339,6 +355,9 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub host: HostSettings,
+    /// The global deny list (`[security]`).
+    #[serde(default)]
+    pub security: Security,
     pub vips: Vec<Vip>,
     /// Where lbd serves Prometheus metrics (`GET /metrics`); `None`: no endpoint.
     #[serde(default)]
@@ -381,6 +400,15 @@ struct RawConfig {
     #[serde(default)]
     vip: Vec<toml::Spanned<VipSpec>>,
     metrics: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    security: RawSecurity,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    #[serde(default)]
+    deny: Vec<toml::Spanned<String>>,
 }
 
 /// Reads and validates a config file.
@@ -416,6 +444,17 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
         None => None,
         Some(m) => Some(metrics_address(m.get_ref()).map_err(|e| at(Some(line_of(m.span().start)), e))?),
     };
+    let mut security = Security::default();
+    for (i, spanned) in raw.security.deny.iter().enumerate() {
+        let prefix: Prefix = spanned.get_ref().parse().map_err(|e: String| {
+            at(Some(line_of(spanned.span().start)), invalid(format!("security.deny[{i}]"), e))
+        })?;
+        if security.deny.contains(&prefix) {
+            let e = invalid(format!("security.deny[{i}]"), format!("{prefix} is listed twice"));
+            return Err(at(Some(line_of(spanned.span().start)), e));
+        }
+        security.deny.push(prefix);
+    }
     let mut vips = Vec::new();
     for spanned in &raw.vip {
         let line = line_of(spanned.span().start);
@@ -430,6 +469,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
         source: raw.source,
         limits,
         host: raw.host,
+        security,
         vips,
         metrics,
     };
@@ -548,6 +588,19 @@ pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
             ))
         }
     };
+    let list = |key: &str, list: &[String]| {
+        security::parse_list(key, list, Some(address)).map_err(|(f, m)| invalid(field(&f), m))
+    };
+    let (allow, deny) = (list("allow", &spec.allow)?, list("deny", &spec.deny)?);
+    if let Some(both) = allow.iter().find(|p| deny.contains(p)) {
+        return Err(invalid(
+            field("deny"),
+            format!("{both} is in both allow and deny: keep it in one (the longer prefix wins between them)"),
+        ));
+    }
+    if let Some(limits) = &spec.limits {
+        security::check_limits(limits, address).map_err(|(f, m)| invalid(field(&f), m))?;
+    }
     let hash = if scheduler == Scheduler::SourceHash { HashMode::Source } else { HashMode::FiveTuple };
     let vip = Vip {
         name: name.to_owned(),
@@ -562,6 +615,9 @@ pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
         all_down: spec.all_down,
         on_down: spec.on_down,
         backends,
+        allow,
+        deny,
+        limits: spec.limits.clone(),
     };
     check_health(&vip)?;
     check_scheduler(&vip)?;

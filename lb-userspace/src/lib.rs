@@ -13,3 +13,4 @@ pub mod limits_table;
 pub mod maglev;
 pub mod metrics;
 pub mod schedule;
+pub mod security;

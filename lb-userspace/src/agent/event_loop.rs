@@ -112,6 +112,9 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
                 if let Err(e) = agent.lock().await.refresh_caches() {
                     error!("refreshing the data plane's caches: {e}");
                 }
+                if let Err(e) = agent.lock().await.expire_denies() {
+                    error!("removing expired denies: {e}");
+                }
             }
             _ = next_hops.tick() => {
                 if let Err(e) = agent.lock().await.refresh_next_hops() {

@@ -62,10 +62,15 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
                             v.scheduler.name().into(),
                             v.ring_size.to_string(),
                             v.backends.len().to_string(),
+                            match (v.allow.len(), v.deny.len()) {
+                                (0, 0) => "-".into(),
+                                (a, d) => format!("allow {a}, deny {d}"),
+                            },
+                            v.limits.as_ref().map_or("-".into(), |l| l.summary(v.address)),
                         ]
                     })
                     .collect::<Vec<_>>();
-                table(&["NAME", "SERVICE", "MODE", "SCHEDULER", "RING", "BACKENDS"], &rows);
+                table(&["NAME", "SERVICE", "MODE", "SCHEDULER", "RING", "BACKENDS", "ACL", "LIMITS"], &rows);
             })
         }
         VipCommand::Add {
@@ -94,6 +99,7 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
                 all_down: health.all_down,
                 on_down: health.on_down,
                 backends,
+                ..VipSpec::default()
             };
             ctx.send_json(Method::POST, "/v1/vips", &spec).await?;
             ctx.done(&format!("added VIP {name}"))

@@ -1,0 +1,44 @@
+//! `lbctl top`: the sources sending the most now.
+use super::{output::table, segment, Ctx, Failure};
+use crate::agent::top::Top;
+
+#[derive(clap::Args)]
+pub struct TopArgs {
+    /// Only this VIP's sources.
+    #[arg(long)]
+    vip: Option<String>,
+    /// How many sources to show.
+    #[arg(short = 'n', long, default_value_t = crate::agent::top::DEFAULT_LIMIT)]
+    limit: usize,
+}
+
+pub async fn run(ctx: &Ctx, args: TopArgs) -> Result<(), Failure> {
+    let mut path = format!("/v1/top?limit={}", args.limit);
+    if let Some(v) = &args.vip {
+        path += &format!("&vip={}", segment(v));
+    }
+    let body = ctx.get(&path).await?;
+    ctx.print(&body, |top: Top| {
+        let rows: Vec<Vec<String>> = top
+            .sources
+            .iter()
+            .map(|s| {
+                vec![
+                    s.source.to_string(),
+                    s.vip.clone(),
+                    s.packets.to_string(),
+                    s.new_flows.to_string(),
+                    s.refused.to_string(),
+                ]
+            })
+            .collect();
+        table(&["SOURCE", "VIP", "PKTS/S", "NEW FLOWS/S", "REFUSED/S"], &rows);
+        println!("{} active source prefixes in the last second", top.active);
+        if !top.untracked.is_empty() {
+            println!(
+                "not tracked (no [vip.limits]; an empty table tracks without limiting): {}",
+                top.untracked.join(", ")
+            );
+        }
+    })
+}

@@ -174,8 +174,12 @@ pub enum PolicyReason {
 }
 
 impl PolicyReason {
-    pub const ALL: [PolicyReason; 4] =
-        [PolicyReason::Acl, PolicyReason::RateNewFlows, PolicyReason::RatePackets, PolicyReason::VipNewFlowCap];
+    pub const ALL: [PolicyReason; 4] = [
+        PolicyReason::Acl,
+        PolicyReason::RateNewFlows,
+        PolicyReason::RatePackets,
+        PolicyReason::VipNewFlowCap,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -231,7 +235,13 @@ mod tests {
 
     #[test]
     fn windows_roll_by_whole_seconds() {
-        let mut s = SourceState { second: 7, packets: [5, 1], new_flows: [2, 0], drops: [1, 0], ..Default::default() };
+        let mut s = SourceState {
+            second: 7,
+            packets: [5, 1],
+            new_flows: [2, 0],
+            drops: [1, 0],
+            ..Default::default()
+        };
         s.roll(8);
         assert_eq!((s.packets, s.new_flows, s.drops), ([0, 5], [0, 2], [0, 1]));
         s.packets[0] = 3;

@@ -126,7 +126,14 @@ fn source(key: &FlowKey, id: u32, policy: &VipPolicy) -> Option<*mut SourceState
     if let Some(p) = SOURCES.get_ptr_mut(&skey) {
         return Some(p);
     }
-    let fresh = SourceState { flow_tat: 0, packet_tat: 0, second: 0, packets: [0; 2], new_flows: [0; 2], drops: [0; 2] };
+    let fresh = SourceState {
+        flow_tat: 0,
+        packet_tat: 0,
+        second: 0,
+        packets: [0; 2],
+        new_flows: [0; 2],
+        drops: [0; 2],
+    };
     let _ = SOURCES.insert(&skey, &fresh, BPF_NOEXIST as u64);
     SOURCES.get_ptr_mut(&skey)
 }

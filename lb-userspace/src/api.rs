@@ -700,7 +700,10 @@ async fn add_deny(
     Body(req): Body<DenyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if req.seconds == Some(0) {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "seconds must be above 0 (leave it out for no expiry)".into()));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "seconds must be above 0 (leave it out for no expiry)".into(),
+        ));
     }
     let deny = agent.lock().await.add_deny(prefix(&req.prefix)?, req.vip.as_deref(), req.seconds)?;
     Ok((StatusCode::CREATED, Json(deny)))

@@ -134,7 +134,8 @@ pub const VIP_POLICY_PASSED: Family = Family {
     unit: None,
     kind: MetricType::Counter,
     labels: VIP,
-    help: "New TCP flows to the VIP over a new-flow limit, passed to the stack (`limits.over_limit = \"pass\"`)",
+    help:
+        "New TCP flows to the VIP over a new-flow limit, passed to the stack (`limits.over_limit = \"pass\"`)",
 };
 pub const BACKEND_PACKETS: Family = Family {
     name: "lb_backend_packets",

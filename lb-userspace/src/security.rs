@@ -162,7 +162,9 @@ pub fn check_limits(limits: &RateLimits, address: IpAddr) -> Result<(), (String,
             if !(1..=MAX_RATE).contains(&n) {
                 return Err((
                     format!("limits.{key}"),
-                    format!("{n} is out of range: use 1 to {MAX_RATE} a second, or leave it out for no limit"),
+                    format!(
+                        "{n} is out of range: use 1 to {MAX_RATE} a second, or leave it out for no limit"
+                    ),
                 ));
             }
         }
@@ -181,7 +183,11 @@ pub fn check_limits(limits: &RateLimits, address: IpAddr) -> Result<(), (String,
 
 /// Parses a VIP's or the global list; `family`: the VIP's address (its list takes only
 /// prefixes of its family). The error names the entry's index.
-pub fn parse_list(key: &str, list: &[String], family: Option<IpAddr>) -> Result<Vec<Prefix>, (String, String)> {
+pub fn parse_list(
+    key: &str,
+    list: &[String],
+    family: Option<IpAddr>,
+) -> Result<Vec<Prefix>, (String, String)> {
     let mut out: Vec<Prefix> = Vec::new();
     for (i, text) in list.iter().enumerate() {
         let field = format!("{key}[{i}]");
@@ -189,7 +195,10 @@ pub fn parse_list(key: &str, list: &[String], family: Option<IpAddr>) -> Result<
         if let Some(vip) = family.filter(|v| v.is_ipv4() != prefix.address.is_ipv4()) {
             return Err((
                 field,
-                format!("{prefix} can never match: the VIP {vip} is {}, so are its clients", family_name(vip)),
+                format!(
+                    "{prefix} can never match: the VIP {vip} is {}, so are its clients",
+                    family_name(vip)
+                ),
             ));
         }
         if out.contains(&prefix) {
@@ -314,7 +323,8 @@ mod tests {
     #[test]
     fn lists_take_only_the_vips_family_and_no_repeats() {
         let v4: IpAddr = "198.18.100.1".parse().unwrap();
-        let list = |l: &[&str]| parse_list("allow", &l.iter().map(|s| s.to_string()).collect::<Vec<_>>(), Some(v4));
+        let list =
+            |l: &[&str]| parse_list("allow", &l.iter().map(|s| s.to_string()).collect::<Vec<_>>(), Some(v4));
         assert_eq!(list(&["198.18.0.0/16"]).unwrap().len(), 1);
         assert!(list(&["198.18.0.0/16", "fd00::/8"]).unwrap_err().1.contains("can never match"));
         assert_eq!(list(&["198.18.0.0/16", "198.18.0.0/16"]).unwrap_err().0, "allow[1]");
@@ -332,7 +342,8 @@ mod tests {
     #[test]
     fn a_policy_masks_sources_and_shares_rates_among_cpus() {
         let v4: IpAddr = "198.18.100.1".parse().unwrap();
-        let limits = RateLimits { new_flows_per_source: Some(100), source_prefix: Some(24), ..Default::default() };
+        let limits =
+            RateLimits { new_flows_per_source: Some(100), source_prefix: Some(24), ..Default::default() };
         let p = vip_policy(v4, Some(&limits), true, 2);
         assert_eq!(p.flags, POLICY_ACL | POLICY_TRACK);
         let mask = [p.source_mask[0].to_ne_bytes(), p.source_mask[1].to_ne_bytes()].concat();

@@ -317,7 +317,12 @@ impl Agent {
 
     /// Denies `prefix` to `vip` (every VIP if none), for `seconds` (until removed if none).
     /// Denying a prefix again replaces its expiry.
-    pub fn add_deny(&mut self, prefix: Prefix, vip: Option<&str>, seconds: Option<u64>) -> Result<Deny, AgentError> {
+    pub fn add_deny(
+        &mut self,
+        prefix: Prefix,
+        vip: Option<&str>,
+        seconds: Option<u64>,
+    ) -> Result<Deny, AgentError> {
         if let Some(name) = vip {
             let v = self.vip(name)?;
             if v.address.is_ipv4() != prefix.address.is_ipv4() {
@@ -325,7 +330,10 @@ impl Agent {
                     origin: None,
                     line: None,
                     field: "prefix".into(),
-                    message: format!("{prefix} can never match: the VIP {} is of the other family, so are its clients", v.address),
+                    message: format!(
+                        "{prefix} can never match: the VIP {} is of the other family, so are its clients",
+                        v.address
+                    ),
                 }
                 .into());
             }
@@ -463,7 +471,9 @@ impl Agent {
         let denies: Vec<Deny> = self
             .denies
             .iter()
-            .filter(|d| !d.expired(now) && d.vip.as_ref().is_none_or(|v| candidate.vips.iter().any(|c| &c.name == v)))
+            .filter(|d| {
+                !d.expired(now) && d.vip.as_ref().is_none_or(|v| candidate.vips.iter().any(|c| &c.name == v))
+            })
             .cloned()
             .collect();
         let desired = policy::Desired { security: &candidate.security, denies: &denies, cpus };

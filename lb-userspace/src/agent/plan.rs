@@ -529,7 +529,11 @@ pub fn preview(
                 share_moved: 1.0,
                 scheduler: applied.schedulers.get(name).copied().unwrap_or_default(),
                 scheduler_was: None,
-                acl_changes: policy::changes_of(applied, &acl, applied.ids.vips.get(name).map_or(0, |id| id + 1)),
+                acl_changes: policy::changes_of(
+                    applied,
+                    &acl,
+                    applied.ids.vips.get(name).map_or(0, |id| id + 1),
+                ),
                 limits_change: false,
             });
         }
@@ -808,7 +812,8 @@ mod tests {
     /// Plans `vips` from `current`, checks the steps with `model`, returns the record after them.
     fn change(model: &mut Model, current: &Applied, vips: &[Vip], down: &Down) -> (Applied, Vec<Step>) {
         let sizes = sizes(16, 256);
-        let steps = steps(current, &Source::default(), vips, down, &sizes, &policy::Desired::NONE).expect("a plan");
+        let steps =
+            steps(current, &Source::default(), vips, down, &sizes, &policy::Desired::NONE).expect("a plan");
         let next = model.take(current, &steps, vips, &sizes);
         // The record says what the config asks for.
         for v in vips {

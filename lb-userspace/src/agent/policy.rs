@@ -62,7 +62,10 @@ pub fn acl(vips: &[Vip], ids: &Ids, desired: &Desired) -> BTreeMap<AclEntry, u32
 /// VIP `v`'s policy, given the entries of `acl` (from [`acl`]).
 pub fn vip_policy(v: &Vip, id: u32, acl: &BTreeMap<AclEntry, u32>, cpus: u32) -> VipPolicy {
     let scope = id + 1;
-    let has_acl = acl.range(AclEntry { scope, address: [0u8; 4].into(), len: 0 }..).next().is_some_and(|(e, _)| e.scope == scope);
+    let has_acl = acl
+        .range(AclEntry { scope, address: [0u8; 4].into(), len: 0 }..)
+        .next()
+        .is_some_and(|(e, _)| e.scope == scope);
     security::vip_policy(v.address, v.limits.as_ref(), has_acl, cpus)
 }
 
@@ -85,7 +88,9 @@ pub fn steps_before(
     // An id handed to another VIP: its earlier owner's lists go before the new owner's entry.
     let fresh: BTreeSet<u32> = vips
         .iter()
-        .filter_map(|v| ids.vips.get(&v.name).filter(|id| current.ids.vips.get(&v.name) != Some(id)).map(|id| id + 1))
+        .filter_map(|v| {
+            ids.vips.get(&v.name).filter(|id| current.ids.vips.get(&v.name) != Some(id)).map(|id| id + 1)
+        })
         .collect();
     for e in current.acl.keys().filter(|e| !acl.contains_key(e) && fresh.contains(&e.scope)) {
         steps.push(Step::RemoveAcl(*e));

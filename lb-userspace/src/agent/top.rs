@@ -83,7 +83,13 @@ impl Agent {
             .filter(|(_, v)| v.iter().any(|n| *n > 0))
             .map(|((id, address), [packets, new_flows, refused])| {
                 let (name, len) = names[&id];
-                TopSource { vip: name.to_owned(), source: Prefix { address, len }, packets, new_flows, refused }
+                TopSource {
+                    vip: name.to_owned(),
+                    source: Prefix { address, len },
+                    packets,
+                    new_flows,
+                    refused,
+                }
             })
             .collect();
         sources.sort_by(|a, b| (b.packets, b.new_flows).cmp(&(a.packets, a.new_flows)));

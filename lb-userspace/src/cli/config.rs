@@ -35,7 +35,10 @@ pub async fn run(ctx: &Ctx, file: &Path, endpoint: &str) -> Result<(), Failure> 
                 ]
             })
             .collect();
-        table(&["VIP", "ACTION", "SCHEDULER", "SLOTS MOVED", "SHARE OF NEW FLOWS MOVED", "POLICY CHANGES"], &rows);
+        table(
+            &["VIP", "ACTION", "SCHEDULER", "SLOTS MOVED", "SHARE OF NEW FLOWS MOVED", "POLICY CHANGES"],
+            &rows,
+        );
         if applied {
             println!("applied {}", file.display());
         }

@@ -99,7 +99,8 @@ impl Datapath {
     /// entry, and its ACL entries before it says `POLICY_ACL`.
     pub fn set_vip_policy(&mut self, id: u32, policy: VipPolicy) -> Result<(), DatapathError> {
         let name = map_names::VIP_POLICY;
-        let mut map: Array<&mut MapData, VipPolicy> = Array::try_from(self.map_mut(name)?).map_err(err(name))?;
+        let mut map: Array<&mut MapData, VipPolicy> =
+            Array::try_from(self.map_mut(name)?).map_err(err(name))?;
         map.set(id, policy, 0).map_err(err(name))
     }
 

@@ -197,8 +197,8 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: Method::Get,
         path: "/v1/top",
-        takes: "query `vip`, `limit` (each optional)",
-        does: "the sources sending the most in the last second, with what the limits refused (as `lbctl top`)",
+        takes: "query `vip`, `limit`, `prefix` (each optional)",
+        does: "the sources (or with `prefix`, the blocks of that length) sending the most now (a second: since the start of the previous second), with what the limits refused (as `lbctl top`)",
         handler: |m| on(m, top),
     },
     Route {
@@ -718,6 +718,7 @@ async fn remove_deny(State(agent): State<Shared>, Body(req): Body<DenyRequest>) 
 pub struct TopQuery {
     pub vip: Option<String>,
     pub limit: Option<usize>,
+    pub prefix: Option<u8>,
 }
 
 async fn top(
@@ -727,5 +728,5 @@ async fn top(
     let axum::extract::Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     let vip = q.vip.as_deref().filter(|v| !v.is_empty());
     let limit = q.limit.unwrap_or(crate::agent::top::DEFAULT_LIMIT);
-    Ok(Json(agent.lock().await.top(vip, limit)?))
+    Ok(Json(agent.lock().await.top(vip, limit, q.prefix)?))
 }

@@ -9,12 +9,14 @@
 //! - [`topology`]: the standard client / lb / backends topology on a bridge.
 //! - [`echo`]: TCP and UDP echo servers that record who connected.
 //! - [`flows`]: flow-table entries written into a running lbd's pinned map.
+//! - [`flood`]: spoofed SYNs and ACKs from raw AF_PACKET sockets.
 //! - [`lbd`]: lbd as a process in a test namespace, lbctl against it.
 //! - [`backend_host`]: `lbd backend-host` as a process on a backend host.
 pub mod backend_host;
 pub mod bins;
 pub mod bird;
 pub mod echo;
+pub mod flood;
 pub mod flows;
 pub mod frames;
 pub mod lbd;

@@ -60,7 +60,7 @@ enum Command {
     /// Deny a source prefix by hand (to one VIP or all), list and remove denies.
     #[command(subcommand)]
     Deny(deny::DenyCommand),
-    /// The sources sending the most packets and new flows in the last second, with what the
+    /// The sources sending the most packets and new flows a second now, with what the
     /// rate limits refused (VIPs with [vip.limits]).
     Top(top::TopArgs),
     /// The flows pinned to each backend, and a sample of them.

@@ -10,12 +10,19 @@ pub struct TopArgs {
     /// How many sources to show.
     #[arg(short = 'n', long, default_value_t = crate::agent::top::DEFAULT_LIMIT)]
     limit: usize,
+    /// Add sources up by prefixes of this length (e.g. 16: which /16 blocks a spoofed flood
+    /// from many addresses comes from).
+    #[arg(long, value_name = "LEN")]
+    prefix: Option<u8>,
 }
 
 pub async fn run(ctx: &Ctx, args: TopArgs) -> Result<(), Failure> {
     let mut path = format!("/v1/top?limit={}", args.limit);
     if let Some(v) = &args.vip {
         path += &format!("&vip={}", segment(v));
+    }
+    if let Some(p) = args.prefix {
+        path += &format!("&prefix={p}");
     }
     let body = ctx.get(&path).await?;
     ctx.print(&body, |top: Top| {
@@ -33,7 +40,7 @@ pub async fn run(ctx: &Ctx, args: TopArgs) -> Result<(), Failure> {
             })
             .collect();
         table(&["SOURCE", "VIP", "PKTS/S", "NEW FLOWS/S", "REFUSED/S"], &rows);
-        println!("{} active source prefixes in the last second", top.active);
+        println!("{} active source prefixes in the last 1-2 s", top.active);
         if !top.untracked.is_empty() {
             println!(
                 "not tracked (no [vip.limits]; an empty table tracks without limiting): {}",

@@ -16,4 +16,4 @@ pub use loader::{
 };
 pub use maps::{open_connections, FlowTable, FlowWalk};
 pub use perf::CaptureBuffers;
-pub use policy::{monotonic_second, AclEntry, SourceSample};
+pub use policy::{monotonic_ns, AclEntry, SourceSample};

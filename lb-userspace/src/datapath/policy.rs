@@ -149,11 +149,10 @@ impl Datapath {
     }
 }
 
-/// The data plane's clock (`bpf_ktime_get_ns`: CLOCK_MONOTONIC) in whole seconds, as
-/// `SourceState::second` counts.
-pub fn monotonic_second() -> u64 {
+/// The data plane's clock (`bpf_ktime_get_ns`: CLOCK_MONOTONIC), in nanoseconds.
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid timespec to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

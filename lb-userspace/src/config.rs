@@ -1021,6 +1021,60 @@ ring_size = 4099
                 "only applies to type \"http\"",
             ),
             ("unknown all_down", "port = 80", "port = 80\nall_down = \"panic\"", "unknown variant `panic`"),
+            (
+                "allow prefix too long",
+                "ring_size = 4099",
+                "ring_size = 4099\nallow = [\"198.18.0.0/33\"]",
+                "c.toml:11: vip \"web\": allow[0]: \"198.18.0.0/33\": the prefix length must be 0 to 32",
+            ),
+            (
+                "allow of the other family",
+                "ring_size = 4099",
+                "ring_size = 4099\nallow = [\"fd00::/8\"]",
+                "can never match",
+            ),
+            (
+                "a prefix in allow and deny",
+                "ring_size = 4099",
+                "ring_size = 4099\nallow = [\"198.18.0.0/16\"]\ndeny = [\"198.18.0.0/16\"]",
+                "vip \"web\": deny: 198.18.0.0/16 is in both allow and deny",
+            ),
+            (
+                "host bits in a deny prefix",
+                "ring_size = 4099",
+                "ring_size = 4099\ndeny = [\"198.18.7.1/24\"]",
+                "deny[0]: \"198.18.7.1/24\" has bits set past /24: write 198.18.7.0/24",
+            ),
+            (
+                "a limit of zero",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.limits]\nnew_flows_per_source = 0",
+                "vip \"web\": limits.new_flows_per_source: 0 is out of range",
+            ),
+            (
+                "source prefix too long",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.limits]\nsource_prefix = 33",
+                "limits.source_prefix: 33 is not a prefix length",
+            ),
+            (
+                "unknown limit",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.limits]\nnew_flow = 5",
+                "unknown field `new_flow`",
+            ),
+            (
+                "unknown over_limit",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.limits]\nover_limit = \"reject\"",
+                "unknown variant `reject`",
+            ),
+            (
+                "bad global deny prefix",
+                "[source]",
+                "[security]\ndeny = [\"198.19.66.0/24\",\n  \"nope\"]\n\n[source]",
+                "c.toml:6: security.deny[1]: \"nope\" is not an address prefix",
+            ),
         ];
         let mut failures = Vec::new();
         for (what, find, replace, says) in cases {

@@ -101,7 +101,7 @@ impl Agent {
                 }
             })
             .collect();
-        sources.sort_by(|a, b| (b.packets, b.new_flows).cmp(&(a.packets, a.new_flows)));
+        sources.sort_by_key(|s| std::cmp::Reverse((s.packets, s.new_flows)));
         sources.truncate(limit);
         Ok(Top { sources, active: active.len(), untracked })
     }

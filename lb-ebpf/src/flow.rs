@@ -92,7 +92,7 @@ pub fn choose(
     let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
     // A plain pointer, null for none: an `Option` leaves its payload undefined when None, and
     // the verifier refuses a spilled undefined register.
-    let cached = match FLOW_CACHE.get_ptr_mut((cpu << bits) | cache_slot(key, bits)) {
+    let cached = match FLOW_CACHE.get_ptr_mut((cpu << bits) | hash::flow_cache_slot(key, bits)) {
         Some(c) if on => c,
         _ => core::ptr::null_mut(),
     };
@@ -252,27 +252,10 @@ fn confirm(key: &FlowKey, f: &FlowValue, void: bool, counters: *mut CounterBlock
     recorded && counted
 }
 
-/// FLOW_CACHE's slot for `key` in a cache of 2^`bits` slots (1..=24): its five words folded
-/// and scattered by a multiplication, the top bits kept.
-#[inline(always)]
-fn cache_slot(key: &FlowKey, bits: u32) -> u32 {
-    let w = words(key);
-    let h = w[0] ^ w[1].rotate_left(13) ^ w[2].rotate_left(29) ^ w[3].rotate_left(43) ^ w[4].rotate_left(7);
-    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - (bits & 63))) as u32
-}
-
 #[inline(always)]
 fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
-    let (a, b) = (words(a), words(b));
+    let (a, b) = (hash::words(a), hash::words(b));
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
-}
-
-/// A flow key as 64-bit words (no byte-wise compare: aya's `memcmp` is a byte loop).
-#[inline(always)]
-fn words(key: &FlowKey) -> &[u64; 5] {
-    const _: () = assert!(core::mem::size_of::<FlowKey>() == 40 && core::mem::align_of::<FlowKey>() == 8);
-    // SAFETY: same size, FlowKey is 8-byte aligned, and every byte of it is an integer field.
-    unsafe { &*(key as *const FlowKey as *const [u64; 5]) }
 }
 
 /// Puts the flow in this CPU's cache slot (if caching is on).

@@ -413,14 +413,22 @@ struct RawSecurity {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, Invalid> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Invalid {
-        origin: Some(origin.clone()),
-        line: None,
-        field: "file".into(),
-        message: format!("cannot read it: {e}"),
-    })?;
+    let (text, origin) = read(path)?;
     parse(&text, &origin)
+}
+
+/// A config file's text and its name for errors; an unreadable file is an [`Invalid`] `file`.
+pub fn read(path: &Path) -> Result<(String, String), Invalid> {
+    let origin = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, origin)),
+        Err(e) => Err(Invalid {
+            origin: Some(origin),
+            line: None,
+            field: "file".into(),
+            message: format!("cannot read it: {e}"),
+        }),
+    }
 }
 
 /// Parses and validates config text; `origin` names it in errors (a file name).

@@ -60,13 +60,7 @@ fn yes() -> Spanned<bool> {
 
 /// Reads and validates a backend host's config file.
 pub fn load(path: &Path) -> Result<Config, Invalid> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Invalid {
-        origin: Some(origin.clone()),
-        line: None,
-        field: "file".into(),
-        message: format!("cannot read it: {e}"),
-    })?;
+    let (text, origin) = crate::config::read(path)?;
     parse(&text, &origin)
 }
 

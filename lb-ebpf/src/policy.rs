@@ -9,7 +9,7 @@
 //! each CPU admits its share of a rate (`Gcra::share`).
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
     maps::lpm_trie::Key,
 };
 use lb_common::{
@@ -56,7 +56,7 @@ fn check(key: &FlowKey, syn: bool) -> u32 {
     }
     let Some(state) = source(key, id, policy) else { return ADMIT };
     // SAFETY: a plain helper call; `state` is this CPU's own entry (the CPU is in its key).
-    let (now, s) = unsafe { (bpf_ktime_get_ns(), &mut *state) };
+    let (now, s) = unsafe { (bpf_ktime_get_coarse_ns(), &mut *state) };
     s.roll(now / 1_000_000_000);
     s.packets[0] = s.packets[0].wrapping_add(1);
     if !policy.source_packets.admit(&mut s.packet_tat, now) {
@@ -77,7 +77,7 @@ fn check_new_flow(key: &FlowKey, id: u32) -> u32 {
     }
     let Some(state) = source(key, id, policy) else { return ADMIT };
     // SAFETY: as in `check`.
-    let (now, s) = unsafe { (bpf_ktime_get_ns(), &mut *state) };
+    let (now, s) = unsafe { (bpf_ktime_get_coarse_ns(), &mut *state) };
     s.roll(now / 1_000_000_000);
     admit_new_flow(id, policy, s, now, false)
 }

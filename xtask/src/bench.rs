@@ -27,6 +27,7 @@ const BIN_DIR: &str = "bench/src/bin";
 /// The bench binaries (`bench/src/bin/NAME.rs`) in the order they run, each with its time limit.
 const BENCHES: &[(&str, u64)] = &[
     ("bench_xdp", 300),
+    ("bench_policy", 120),
     ("bench_conn", 300),
     ("bench_control", 120),
     ("bench_health", 90),

@@ -1,7 +1,8 @@
 //! A flood of spoofed TCP SYNs and ACKs from raw AF_PACKET sockets (`sendmmsg`, bypassing the
 //! qdisc), for end-to-end flood tests: frames built here, from random sources of a given /16,
-//! random source ports, to one VIP and port. (The benches' XDP live-frames generator needs
-//! `CAP_SYS_RESOURCE`, which test sandboxes lack.) Bounded in packets and time.
+//! random source ports, to one VIP and port. (The benches' XDP live-frames generator,
+//! `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`, fails with EPERM on the VMs the tests
+//! run on.) Bounded in packets and time.
 use std::{
     net::Ipv4Addr,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},

@@ -4,7 +4,10 @@
 //! A generator in the client's namespace sends spoofed SYNs and ACKs from the 65,536 addresses
 //! of 198.19.0.0/16 at random (random ports: every packet a new flow or an ACK of none) as fast
 //! as two raw AF_PACKET sockets go, for 10 s, while the real client keeps 50 long-lived
-//! connections (an echo on each every 500 ms) and opens 20 new ones a second. Checked:
+//! connections (an echo on each every 500 ms) and opens 20 new ones a second. The issue asks for
+//! XDP live frames, as the benches use; `BPF_PROG_TEST_RUN` with live frames fails with EPERM on
+//! the VMs these tests run on, so AF_PACKET (`lb_tests::flood`) stands in, at a lower rate (the
+//! rate reached is printed). Checked:
 //! - every long-lived connection survives, on the backend it started on;
 //! - at least 99 % of the new connections succeed;
 //! - `lbctl top --prefix 16` names the flood's block as the top sender within 2 s of its start.

@@ -3,7 +3,7 @@ use std::path::Path;
 use hyper::Method;
 
 use super::{output::table, Ctx, Failure};
-use crate::agent::reconcile::PlanEntry;
+use crate::agent::{plan::GLOBAL_ROW, reconcile::PlanEntry};
 
 /// `apply -f` and `plan -f`: send the file; lbd validates it whole, then applies or previews.
 pub async fn run(ctx: &Ctx, file: &Path, endpoint: &str) -> Result<(), Failure> {
@@ -25,6 +25,10 @@ pub async fn run(ctx: &Ctx, file: &Path, endpoint: &str) -> Result<(), Failure> 
                     (0, true) => "limits".to_owned(),
                     (n, limits) => format!("{n} acl entries{}", if limits { ", limits" } else { "" }),
                 };
+                if p.vip == GLOBAL_ROW {
+                    // The global deny list: no ring, no scheduler.
+                    return vec![p.vip.clone(), p.action.clone(), "-".into(), "-".into(), "-".into(), policy];
+                }
                 vec![
                     p.vip.clone(),
                     p.action.clone(),

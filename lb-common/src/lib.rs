@@ -11,6 +11,7 @@ mod counters;
 mod decap;
 mod flow;
 pub mod hash;
+mod policy;
 mod vip;
 
 pub use backend::{BackendValue, BACKEND_TAKES_NEW_FLOWS, NO_BACKEND};
@@ -18,6 +19,10 @@ pub use config::{CaptureMeta, ConfigValue, CAPTURE_AFTER, CAPTURE_BEFORE, CAPTUR
 pub use counters::{Counter, CounterBlock, CounterKind, TrafficStats};
 pub use decap::{DecapConfig, DecapSource};
 pub use flow::{FlowKey, FlowValue, FLOW_COUNTED};
+pub use policy::{
+    AclKey, Gcra, PolicyCounts, PolicyReason, SourceKey, SourceState, VipPolicy, ACL_ALLOW, ACL_DENY,
+    POLICY_ACL, POLICY_PASS_OVER_LIMIT, POLICY_TRACK,
+};
 pub use vip::{
     VipKey, VipSlot, VipValue, FAMILY_V4, FAMILY_V6, MODE_IPIP, MODE_L2DSR, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_TCP, PROTO_UDP, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_ADDRESS_ONLY,
@@ -28,11 +33,12 @@ pub use vip::{
 /// only pins of its own layout. Move it on (v3 -> v4) whenever a pinned map's key or value
 /// changes, and record the new layouts in [`PINNED_LAYOUTS`]: a test compares the object's
 /// pinned maps with that record, so a layout cannot change under the same version.
-pub const PIN_LAYOUT: &str = "v3";
+pub const PIN_LAYOUT: &str = "v4";
 
 /// The pinned maps of layout [`PIN_LAYOUT`]: (name, key size, value size), as the object defines
 /// them (the kernel's sizes: a value array's 8-byte alignment is not counted).
 pub const PINNED_LAYOUTS: &[(&str, u32, u32)] = &[
+    (map_names::ACL, 28, 4),
     (map_names::ACTIVE_CONNS, 4, 8),
     (map_names::BACKENDS, 4, 24),
     (map_names::BACKEND_STATS, 4, 24),
@@ -43,6 +49,7 @@ pub const PINNED_LAYOUTS: &[(&str, u32, u32)] = &[
     (map_names::FIB_SCRATCH, 4, 64),
     (map_names::FLOWS, 40, 32),
     (map_names::PENDING_FLOWS, 40, 32),
+    (map_names::POLICY_STATS, 4, 40),
     (map_names::RINGS, 4, 4),
     (map_names::RR_CURSORS, 4, 4),
     (map_names::RR_SEQS, 4, 4),
@@ -51,6 +58,7 @@ pub const PINNED_LAYOUTS: &[(&str, u32, u32)] = &[
     (map_names::VIPS, 20, 20),
     (map_names::VIP_BY_ID, 4, 24),
     (map_names::VIP_FILTER, 4, 8),
+    (map_names::VIP_POLICY, 4, 72),
     (map_names::VIP_STATS, 4, 24),
 ];
 
@@ -93,12 +101,23 @@ pub mod map_names {
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     /// Perf buffer of captured packets: per program instance, never pinned.
     pub const CAPTURE: &str = "CAPTURE";
+    /// Access lists, global and per VIP (an LPM trie keyed by `AclKey`).
+    pub const ACL: &str = "ACL";
+    /// Each VIP's lists and limits as the data plane applies them (`VipPolicy`), by VIP id.
+    pub const VIP_POLICY: &str = "VIP_POLICY";
+    /// Packets the policy step dropped (or passed over a limit) per VIP id and reason, per CPU.
+    pub const POLICY_STATS: &str = "POLICY_STATS";
+    /// Per-source buckets and counts, an entry per (VIP, source prefix, CPU): per program
+    /// instance, never pinned (a new program starts every source with a full bucket).
+    pub const SOURCES: &str = "SOURCES";
+    /// Each VIP's new-flow bucket, per CPU: per program instance, never pinned.
+    pub const VIP_FLOW_BUCKETS: &str = "VIP_FLOW_BUCKETS";
     /// The maps of a program instance: a new agent's programs start with new ones.
-    pub const UNPINNED: [&str; 3] = [NEXT_HOPS, FLOW_CACHE, CAPTURE];
+    pub const UNPINNED: [&str; 5] = [NEXT_HOPS, FLOW_CACHE, CAPTURE, SOURCES, VIP_FLOW_BUCKETS];
     /// The maps the decap program uses: what a backend host pins.
     pub const DECAP: [&str; 4] = [DECAP_ADDRS, DECAP_SOURCES, DECAP_CONFIG, STATS];
     /// Every map that outlives the agent, for pinning.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 22] = [
         VIPS,
         VIP_BY_ID,
         VIP_FILTER,
@@ -118,6 +137,9 @@ pub mod map_names {
         RR_SEQS,
         RR_CURSORS,
         ACTIVE_CONNS,
+        ACL,
+        VIP_POLICY,
+        POLICY_STATS,
     ];
 }
 
@@ -156,4 +178,10 @@ pub mod limits {
     /// backends a round-robin VIP takes, and the longest cycle of its weights (longer ones are
     /// scaled down to it).
     pub const RR_SEQ_LEN: u32 = 4096;
+    /// Entries of the access lists (global and every VIP's, with a catch-all entry per VIP that
+    /// has an allow list): allocated as they are added (about 100 bytes each).
+    pub const MAX_ACL_ENTRIES: u32 = 1 << 18;
+    /// Per-source entries (VIP, source prefix, CPU) of VIPs with `[vip.limits]`, each CPU
+    /// evicting its own least recently used (about 150 bytes each).
+    pub const TRACKED_SOURCES: u32 = 1 << 18;
 }

@@ -121,6 +121,10 @@ pub fn choose(
             c.generation = 0;
         }
     }
+    if record {
+        // Access lists and rate limits, before any flow-table work (policy.rs).
+        crate::policy::screen(key, syn)?;
+    }
     // A void FLOWS entry (its VIP or backend id means another one now) is replaced, not kept.
     let mut void = false;
     // SAFETY: flow values are plain integers written whole.
@@ -169,6 +173,10 @@ pub fn choose(
     let vip = lookup_vip(&key.dst, key.dport, key.proto, key.family).ok_or(Counter::PassNotVip)?;
     if vip.ring_size == 0 {
         return Err(Counter::DropNoBackend);
+    }
+    if record && key.proto != PROTO_TCP {
+        // It starts a flow: the VIP's new-flow limits (a TCP flow's were its SYN's).
+        crate::policy::new_flow(key, vip.id)?;
     }
     let hash = if vip.flags & VIP_HASH_SOURCE_ONLY != 0 {
         hash::source(key, cfg.hash_seed)

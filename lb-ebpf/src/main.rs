@@ -19,6 +19,7 @@ mod forward;
 mod icmp;
 mod maps;
 mod parse;
+mod policy;
 mod schedule;
 mod stats;
 

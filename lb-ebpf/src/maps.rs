@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray},
 };
 use lb_common::{
-    limits, BackendValue, CaptureMeta, ConfigValue, CounterBlock, DecapConfig, DecapSource, FlowKey,
-    FlowValue, TrafficStats, VipKey, VipSlot, VipValue,
+    limits, AclKey, BackendValue, CaptureMeta, ConfigValue, CounterBlock, DecapConfig, DecapSource, FlowKey,
+    FlowValue, PolicyCounts, SourceKey, SourceState, TrafficStats, VipKey, VipPolicy, VipSlot, VipValue,
 };
 
 /// Sized by the loader: two entries a VIP (its service, its address's entry).
@@ -157,3 +157,26 @@ pub static VIP_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(
 
 #[map(name = "BACKEND_STATS")]
 pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);
+
+/// Access lists (see policy.rs): the global deny list (scope 0) and each VIP's allow and deny
+/// lists (scope VIP id + 1), `ACL_ALLOW` or `ACL_DENY` by longest prefix.
+#[map(name = "ACL")]
+pub static ACL: LpmTrie<AclKey, u32> = LpmTrie::with_max_entries(limits::MAX_ACL_ENTRIES, 0);
+
+/// Each VIP's policy by VIP id (written by the agent). Sized by the loader (max_vips).
+#[map(name = "VIP_POLICY")]
+pub static VIP_POLICY: Array<VipPolicy> = Array::with_max_entries(limits::MAX_VIPS, 0);
+
+/// What the policy step refused, by VIP id and reason, per CPU. Sized by the loader (max_vips).
+#[map(name = "POLICY_STATS")]
+pub static POLICY_STATS: PerCpuArray<PolicyCounts> = PerCpuArray::with_max_entries(limits::MAX_VIPS, 0);
+
+/// Per-source buckets and counts of VIPs with limits: each CPU has its own entries (the CPU is
+/// in the key) and its own LRU list, so no lock or atomic is shared between CPUs.
+#[map(name = "SOURCES")]
+pub static SOURCES: LruHashMap<SourceKey, SourceState> =
+    LruHashMap::with_max_entries(limits::TRACKED_SOURCES, BPF_F_NO_COMMON_LRU);
+
+/// Each VIP's new-flow bucket (its theoretical arrival time), per CPU. Sized by the loader.
+#[map(name = "VIP_FLOW_BUCKETS")]
+pub static VIP_FLOW_BUCKETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(limits::MAX_VIPS, 0);

@@ -174,6 +174,34 @@ pub const ROUTES: &[Route] = &[
         handler: |m| on(m, apply),
     },
     Route {
+        method: Method::Get,
+        path: "/v1/denies",
+        takes: "",
+        does: "the deny lists: `[security]`'s, the VIPs', and the operator's with their expiry (as `lbctl deny list`)",
+        handler: |m| on(m, list_denies),
+    },
+    Route {
+        method: Method::Post,
+        path: "/v1/denies",
+        takes: "`{\"prefix\": \"198.18.7.0/24\", \"vip\": ..., \"seconds\": 600}` (`vip`, `seconds` optional)",
+        does: "deny a prefix to a VIP or every VIP, until removed or for `seconds` (201)",
+        handler: |m| on(m, add_deny),
+    },
+    Route {
+        method: Method::Delete,
+        path: "/v1/denies",
+        takes: "`{\"prefix\": ..., \"vip\": ...}`",
+        does: "remove an operator's deny",
+        handler: |m| on(m, remove_deny),
+    },
+    Route {
+        method: Method::Get,
+        path: "/v1/top",
+        takes: "query `vip`, `limit`, `prefix` (each optional)",
+        does: "the sources (or with `prefix`, the blocks of that length) sending the most now (a second: since the start of the previous second), with what the limits refused (as `lbctl top`)",
+        handler: |m| on(m, top),
+    },
+    Route {
         method: Method::Post,
         path: "/v1/capture",
         takes: "`{\"vip\": ..., \"count\": 10, \"timeout_ms\": 10000}`",
@@ -340,6 +368,11 @@ pub struct Status {
     /// What this host announces (with `[announce]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<crate::announce::Status>,
+    /// Prefixes of the global deny list (`[security]`), and the operator's denies in force.
+    #[serde(default)]
+    pub global_deny: usize,
+    #[serde(default)]
+    pub denies: usize,
 }
 
 async fn status(State(agent): State<Shared>) -> Json<Status> {
@@ -364,6 +397,8 @@ pub fn status_of(a: &Agent) -> Status {
         event_loop_lag_recent_max_seconds: a.loop_lag.recent_max().as_secs_f64(),
         rings: a.ring_fingerprints(),
         announce: a.announce_status(),
+        global_deny: a.config.security.deny.len(),
+        denies: a.denies.len(),
     }
 }
 
@@ -666,4 +701,88 @@ async fn capture(State(agent): State<Shared>, Body(req): Body<CaptureRequest>) -
         crate::capture::pcap(&packets),
     )
         .into_response())
+}
+
+/// A deny as `lbctl deny list` shows it.
+#[derive(Serialize, Deserialize)]
+pub struct DenyView {
+    pub prefix: crate::security::Prefix,
+    /// The VIP's name; none: every VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
+    /// "config" (the file's lists: change the file) or "lbctl" (`lbctl deny`).
+    pub origin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix: Option<u64>,
+}
+
+async fn list_denies(State(agent): State<Shared>) -> Json<Vec<DenyView>> {
+    let a = agent.lock().await;
+    let config = |prefix, vip: Option<&str>| DenyView {
+        prefix,
+        vip: vip.map(str::to_owned),
+        origin: "config".into(),
+        expires_unix: None,
+    };
+    let mut views: Vec<DenyView> = a.config.security.deny.iter().map(|p| config(*p, None)).collect();
+    for v in &a.config.vips {
+        views.extend(v.deny.iter().map(|p| config(*p, Some(&v.name))));
+    }
+    views.extend(a.denies.iter().map(|d| DenyView {
+        prefix: d.prefix,
+        vip: d.vip.clone(),
+        origin: "lbctl".into(),
+        expires_unix: d.expires_unix,
+    }));
+    Json(views)
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct DenyRequest {
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
+    /// How long it holds; none: until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u64>,
+}
+
+fn prefix(text: &str) -> Result<crate::security::Prefix, ApiError> {
+    text.parse().map_err(|e: String| ApiError(StatusCode::BAD_REQUEST, e))
+}
+
+async fn add_deny(
+    State(agent): State<Shared>,
+    Body(req): Body<DenyRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if req.seconds == Some(0) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "seconds must be above 0 (leave it out for no expiry)".into(),
+        ));
+    }
+    let deny = agent.lock().await.add_deny(prefix(&req.prefix)?, req.vip.as_deref(), req.seconds)?;
+    Ok((StatusCode::CREATED, Json(deny)))
+}
+
+async fn remove_deny(State(agent): State<Shared>, Body(req): Body<DenyRequest>) -> ApiResult<()> {
+    agent.lock().await.remove_deny(prefix(&req.prefix)?, req.vip.as_deref())?;
+    Ok(Json(()))
+}
+
+#[derive(Deserialize)]
+pub struct TopQuery {
+    pub vip: Option<String>,
+    pub limit: Option<usize>,
+    pub prefix: Option<u8>,
+}
+
+async fn top(
+    State(agent): State<Shared>,
+    query: Result<axum::extract::Query<TopQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<crate::agent::top::Top> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let vip = q.vip.as_deref().filter(|v| !v.is_empty());
+    let limit = q.limit.unwrap_or(crate::agent::top::DEFAULT_LIMIT);
+    Ok(Json(agent.lock().await.top(vip, limit, q.prefix)?))
 }

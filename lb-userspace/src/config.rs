@@ -14,6 +14,7 @@ use crate::{
     datapath::Mode,
     health::{CheckSettings, CheckSpec, HealthConfigError},
     maglev,
+    security::{self, Prefix, RateLimits, Security},
 };
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
@@ -161,6 +162,14 @@ pub struct VipSpec {
     pub announce: Announce,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendSpec>,
+    /// Source prefixes allowed (absent: every source) and denied: see docs/data-plane.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Rate limits (absent: none, and no per-source counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
 }
 
 /// When a balancer host announces a VIP to its routers (only with `[announce]`; see
@@ -250,6 +259,13 @@ pub struct Vip {
     #[serde(default)]
     pub announce: Announce,
     pub backends: Vec<Backend>,
+    /// Sources allowed (empty: every source) and denied (docs/data-plane.md, "Access lists").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Prefix>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Prefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RateLimits>,
 }
 
 impl Vip {
@@ -429,6 +445,9 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub host: HostSettings,
+    /// The global deny list (`[security]`).
+    #[serde(default)]
+    pub security: Security,
     pub vips: Vec<Vip>,
     /// Where lbd serves Prometheus metrics (`GET /metrics`); `None`: no endpoint.
     #[serde(default)]
@@ -480,6 +499,15 @@ struct RawConfig {
     metrics: Option<toml::Spanned<String>>,
     web_admin_token: Option<toml::Spanned<String>>,
     announce: Option<AnnounceSettings>,
+    #[serde(default)]
+    security: RawSecurity,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    #[serde(default)]
+    deny: Vec<toml::Spanned<String>>,
 }
 
 /// Reads and validates a config file.
@@ -540,6 +568,17 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
     if let Some(a) = &raw.announce {
         check_announce(a).map_err(|e| at(None, e))?;
     }
+    let mut security = Security::default();
+    for (i, spanned) in raw.security.deny.iter().enumerate() {
+        let prefix: Prefix = spanned.get_ref().parse().map_err(|e: String| {
+            at(Some(line_of(spanned.span().start)), invalid(format!("security.deny[{i}]"), e))
+        })?;
+        if security.deny.contains(&prefix) {
+            let e = invalid(format!("security.deny[{i}]"), format!("{prefix} is listed twice"));
+            return Err(at(Some(line_of(spanned.span().start)), e));
+        }
+        security.deny.push(prefix);
+    }
     let mut vips = Vec::new();
     for spanned in &raw.vip {
         let line = line_of(spanned.span().start);
@@ -554,6 +593,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
         source: raw.source,
         limits,
         host: raw.host,
+        security,
         vips,
         metrics,
         web_admin_token,
@@ -674,6 +714,19 @@ pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
             ))
         }
     };
+    let list = |key: &str, list: &[String]| {
+        security::parse_list(key, list, Some(address)).map_err(|(f, m)| invalid(field(&f), m))
+    };
+    let (allow, deny) = (list("allow", &spec.allow)?, list("deny", &spec.deny)?);
+    if let Some(both) = allow.iter().find(|p| deny.contains(p)) {
+        return Err(invalid(
+            field("deny"),
+            format!("{both} is in both allow and deny: keep it in one (the longer prefix wins between them)"),
+        ));
+    }
+    if let Some(limits) = &spec.limits {
+        security::check_limits(limits, address).map_err(|(f, m)| invalid(field(&f), m))?;
+    }
     let hash = if scheduler == Scheduler::SourceHash { HashMode::Source } else { HashMode::FiveTuple };
     let vip = Vip {
         name: name.to_owned(),
@@ -689,6 +742,9 @@ pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
         on_down: spec.on_down,
         announce: spec.announce,
         backends,
+        allow,
+        deny,
+        limits: spec.limits.clone(),
     };
     check_health(&vip)?;
     check_scheduler(&vip)?;
@@ -1151,6 +1207,60 @@ ring_size = 4099
                 "port = 80",
                 "port = 80\nannounce = \"sometimes\"",
                 "unknown variant `sometimes`",
+            ),
+            (
+                "allow prefix too long",
+                "ring_size = 4099",
+                "ring_size = 4099\nallow = [\"198.18.0.0/33\"]",
+                "c.toml:11: vip \"web\": allow[0]: \"198.18.0.0/33\": the prefix length must be 0 to 32",
+            ),
+            (
+                "allow of the other family",
+                "ring_size = 4099",
+                "ring_size = 4099\nallow = [\"fd00::/8\"]",
+                "can never match",
+            ),
+            (
+                "a prefix in allow and deny",
+                "ring_size = 4099",
+                "ring_size = 4099\nallow = [\"198.18.0.0/16\"]\ndeny = [\"198.18.0.0/16\"]",
+                "vip \"web\": deny: 198.18.0.0/16 is in both allow and deny",
+            ),
+            (
+                "host bits in a deny prefix",
+                "ring_size = 4099",
+                "ring_size = 4099\ndeny = [\"198.18.7.1/24\"]",
+                "deny[0]: \"198.18.7.1/24\" has bits set past /24: write 198.18.7.0/24",
+            ),
+            (
+                "a limit of zero",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.limits]\nnew_flows_per_source = 0",
+                "vip \"web\": limits.new_flows_per_source: 0 is out of range",
+            ),
+            (
+                "source prefix too long",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.limits]\nsource_prefix = 33",
+                "limits.source_prefix: 33 is not a prefix length",
+            ),
+            (
+                "unknown limit",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.limits]\nnew_flow = 5",
+                "unknown field `new_flow`",
+            ),
+            (
+                "unknown over_limit",
+                "ring_size = 4099",
+                "ring_size = 4099\n[vip.limits]\nover_limit = \"reject\"",
+                "unknown variant `reject`",
+            ),
+            (
+                "bad global deny prefix",
+                "[source]",
+                "[security]\ndeny = [\"198.19.66.0/24\",\n  \"nope\"]\n\n[source]",
+                "c.toml:6: security.deny[1]: \"nope\" is not an address prefix",
             ),
         ];
         let mut failures = Vec::new();

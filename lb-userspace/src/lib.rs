@@ -14,4 +14,5 @@ pub mod limits_table;
 pub mod maglev;
 pub mod metrics;
 pub mod schedule;
+pub mod security;
 pub mod web;

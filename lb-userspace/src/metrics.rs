@@ -122,6 +122,21 @@ pub const VIP_NEW_FLOWS: Family = Family {
     labels: VIP,
     help: "New flows of the VIP: TCP SYNs, and first packets of other flows, that got a backend from its scheduler",
 };
+pub const VIP_POLICY_DROPS: Family = Family {
+    name: "lb_vip_policy_drops",
+    unit: None,
+    kind: MetricType::Counter,
+    labels: &["vip", "service", "reason"],
+    help: "Packets to the VIP its policy dropped before any flow work, by `reason`: `acl` (global deny list or the VIP's lists), `rate_new_flows`, `rate_packets` (per source), `vip_new_flow_cap`",
+};
+pub const VIP_POLICY_PASSED: Family = Family {
+    name: "lb_vip_policy_passed",
+    unit: None,
+    kind: MetricType::Counter,
+    labels: VIP,
+    help:
+        "New TCP flows to the VIP over a new-flow limit, passed to the stack (`limits.over_limit = \"pass\"`)",
+};
 pub const BACKEND_PACKETS: Family = Family {
     name: "lb_backend_packets",
     unit: None,
@@ -230,7 +245,7 @@ pub const BIRD_SESSION_UP: Family = Family {
 };
 
 /// Every family, in the order a scrape gives them.
-pub const FAMILIES: [Family; 22] = [
+pub const FAMILIES: [Family; 24] = [
     INFO,
     START_TIME,
     LOOP_LAG_MAX,
@@ -238,6 +253,8 @@ pub const FAMILIES: [Family; 22] = [
     VIP_PACKETS,
     VIP_BYTES,
     VIP_NEW_FLOWS,
+    VIP_POLICY_DROPS,
+    VIP_POLICY_PASSED,
     BACKEND_PACKETS,
     BACKEND_BYTES,
     BACKEND_NEW_FLOWS,
@@ -348,6 +365,14 @@ impl Collector for Snapshot {
         family(&mut e, &VIP_PACKETS, vips.iter().map(|v| (vip(v), v.packets)), counter)?;
         family(&mut e, &VIP_BYTES, vips.iter().map(|v| (vip(v), v.bytes)), counter)?;
         family(&mut e, &VIP_NEW_FLOWS, vips.iter().map(|v| (vip(v), v.new_flows)), counter)?;
+        let drops = vips.iter().flat_map(|v| {
+            lb_common::PolicyReason::ALL
+                .iter()
+                .zip(v.policy_drops)
+                .map(move |(r, n)| (vec![v.name.as_str(), v.service.as_str(), r.name()], n))
+        });
+        family(&mut e, &VIP_POLICY_DROPS, drops, counter)?;
+        family(&mut e, &VIP_POLICY_PASSED, vips.iter().map(|v| (vip(v), v.policy_passed)), counter)?;
 
         let backends = || {
             vips.iter()
@@ -506,6 +531,8 @@ mod tests {
                     packets: 10,
                     bytes: 1400,
                     new_flows: 2,
+                    policy_drops: [3, 0, 5, 0],
+                    policy_passed: 1,
                     backends: vec![
                         BackendStats {
                             address: "198.18.0.11".into(),
@@ -576,6 +603,9 @@ mod tests {
             "lb_vip_packets_total{vip=\"web\",service=\"198.18.100.1:80/tcp\"} 10",
             "lb_vip_bytes_total{vip=\"web\",service=\"198.18.100.1:80/tcp\"} 1400",
             "lb_vip_new_flows_total{vip=\"web\",service=\"198.18.100.1:80/tcp\"} 2",
+            "lb_vip_policy_drops_total{vip=\"web\",service=\"198.18.100.1:80/tcp\",reason=\"acl\"} 3",
+            "lb_vip_policy_drops_total{vip=\"web\",service=\"198.18.100.1:80/tcp\",reason=\"rate_packets\"} 5",
+            "lb_vip_policy_passed_total{vip=\"web\",service=\"198.18.100.1:80/tcp\"} 1",
             "lb_backend_packets_total{vip=\"web\",backend=\"198.18.0.11\"} 7",
             "lb_backend_bytes_total{vip=\"web\",backend=\"198.18.0.12\"} 500",
             "lb_backend_new_flows_total{vip=\"web\",backend=\"198.18.0.12\"} 1",

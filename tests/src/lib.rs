@@ -10,6 +10,7 @@
 //! - [`topology`]: the standard client / lb / backends topology on a bridge.
 //! - [`echo`]: TCP and UDP echo servers that record who connected.
 //! - [`flows`]: flow-table entries written into a running lbd's pinned map.
+//! - [`flood`]: spoofed SYNs and ACKs from raw AF_PACKET sockets.
 //! - [`lbd`]: lbd as a process in a test namespace, lbctl against it.
 //! - [`backend_host`]: `lbd backend-host` as a process on a backend host.
 //! - [`browser`]: headless Chromium through chromedriver (WebDriver), in a test namespace.
@@ -19,6 +20,7 @@ pub mod bird;
 pub mod browser;
 pub mod echo;
 pub mod ecmp;
+pub mod flood;
 pub mod flows;
 pub mod frames;
 pub mod lbd;

@@ -28,6 +28,7 @@ const BIN_DIR: &str = "bench/src/bin";
 const BENCHES: &[(&str, u64)] = &[
     ("bench_flows", 420),
     ("bench_xdp", 300),
+    ("bench_policy", 120),
     ("bench_conn", 300),
     ("bench_control", 120),
     ("bench_health", 90),

@@ -185,6 +185,9 @@ fn pool(n: usize, size: u32) -> (Vip, Ids) {
         backends: (0..n)
             .map(|i| Backend { address: backend_addr(i), weight: WEIGHT, drained: false, health: None })
             .collect(),
+        allow: Vec::new(),
+        deny: Vec::new(),
+        limits: None,
     };
     let mut ids = Ids { next_backend: n as u32 + 1, ..Ids::default() };
     ids.vips.insert(VIP_NAME.into(), 0);

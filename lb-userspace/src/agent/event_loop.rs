@@ -125,6 +125,9 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
                         Err(e) => error!("reading the counters for the status page: {e}"),
                     }
                 }
+                if let Err(e) = a.expire_denies() {
+                    error!("removing expired denies: {e}");
+                }
             }
             _ = next_hops.tick() => {
                 if let Err(e) = agent.lock().await.refresh_next_hops() {

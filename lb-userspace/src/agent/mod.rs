@@ -7,10 +7,12 @@ pub mod flows;
 pub mod host;
 pub mod pin_lock;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod run;
 pub mod start;
 mod stats;
+pub mod top;
 
 use std::{
     collections::BTreeMap,
@@ -27,6 +29,7 @@ use crate::{
     config::{self, BackendSpec, Config, Invalid, OnDown, Scheduler, Source, Vip, VipSpec},
     datapath::{Datapath, DatapathError},
     health::{HealthEvent, Prober, Target, TargetStatus},
+    security::{Deny, Prefix, Security},
 };
 use reconcile::{Applied, ApplyError, Ids, PlanEntry};
 
@@ -62,6 +65,12 @@ pub struct SavedState {
     /// `lbctl host drain`: this host announces no VIP (with `[announce]`).
     #[serde(default)]
     pub host_drained: bool,
+    /// The global deny list (`[security]`) as applied.
+    #[serde(default)]
+    pub security: Security,
+    /// The operator's denies (`lbctl deny add`), until removed or expired.
+    #[serde(default)]
+    pub denies: Vec<Deny>,
 }
 
 impl SavedState {
@@ -155,6 +164,9 @@ pub struct Agent {
     pub pin_lock: pin_lock::PinLock,
     /// The VIP routes BIRD announces (absent without `[announce]`).
     pub announcer: Option<crate::announce::Announcer>,
+    /// The operator's denies (`lbctl deny`): kept apart from the config, so that a reload of
+    /// the file keeps them; saved with the state.
+    pub denies: Vec<Deny>,
 }
 
 impl Agent {
@@ -186,12 +198,17 @@ impl Agent {
     }
 
     fn apply_maps(&mut self) -> Result<usize, AgentError> {
+        let cpus = self.datapath.cpus().map_err(|e| AgentError::Apply(e.into()))?;
+        let now = crate::security::now_unix();
+        let denies: Vec<Deny> = self.denies.iter().filter(|d| !d.expired(now)).cloned().collect();
+        let desired = policy::Desired { security: &self.config.security, denies: &denies, cpus };
         let applied = reconcile::apply(
             &mut self.datapath,
             &mut self.applied,
             &self.config.source,
             &self.config.vips,
             &self.down,
+            &desired,
         );
         self.schedule_voids();
         if applied.is_ok() {
@@ -241,6 +258,8 @@ impl Agent {
             ids: ids.clone(),
             down: self.down.clone(),
             host_drained: self.announcer.as_ref().is_some_and(|a| a.drained()),
+            security: self.config.security.clone(),
+            denies: self.denies.clone(),
         };
         self.write_saved(&serde_json::to_vec_pretty(&state).expect("state serializes"))
     }
@@ -303,7 +322,75 @@ impl Agent {
         self.vip(name)?;
         let mut candidate = self.config.clone();
         candidate.vips.retain(|v| v.name != name);
-        self.replace(candidate, &format!("remove vip {name}")).map(drop)
+        // The VIP's own denies go with it.
+        let denies = self.denies.clone();
+        self.denies.retain(|d| d.vip.as_deref() != Some(name));
+        self.replace(candidate, &format!("remove vip {name}")).map(drop).inspect_err(|_| self.denies = denies)
+    }
+
+    /// Denies `prefix` to `vip` (every VIP if none), for `seconds` (until removed if none).
+    /// Denying a prefix again replaces its expiry.
+    pub fn add_deny(
+        &mut self,
+        prefix: Prefix,
+        vip: Option<&str>,
+        seconds: Option<u64>,
+    ) -> Result<Deny, AgentError> {
+        if let Some(name) = vip {
+            let v = self.vip(name)?;
+            if v.address.is_ipv4() != prefix.address.is_ipv4() {
+                return Err(Invalid {
+                    origin: None,
+                    line: None,
+                    field: "prefix".into(),
+                    message: format!(
+                        "{prefix} can never match: the VIP {} is of the other family, so are its clients",
+                        v.address
+                    ),
+                }
+                .into());
+            }
+        }
+        let deny = Deny {
+            prefix,
+            vip: vip.map(str::to_owned),
+            expires_unix: seconds.map(|s| crate::security::now_unix() + s),
+        };
+        let previous = self.denies.clone();
+        self.denies.retain(|d| !(d.prefix == deny.prefix && d.vip == deny.vip));
+        self.denies.push(deny.clone());
+        self.apply_or_revert(|a| a.denies = previous)?;
+        info!(prefix = %deny.prefix, vip = ?deny.vip, expires_unix = ?deny.expires_unix, "deny added");
+        Ok(deny)
+    }
+
+    /// Removes an operator's deny of `prefix` (to `vip`, or the global one).
+    pub fn remove_deny(&mut self, prefix: Prefix, vip: Option<&str>) -> Result<(), AgentError> {
+        let previous = self.denies.clone();
+        self.denies.retain(|d| !(d.prefix == prefix && d.vip.as_deref() == vip));
+        if self.denies.len() == previous.len() {
+            return Err(AgentError::NotFound(format!(
+                "no deny of {prefix}{} was added with lbctl: `lbctl deny list` shows them (lists in the config file change with the file)",
+                vip.map(|v| format!(" for VIP {v:?}")).unwrap_or_default()
+            )));
+        }
+        self.apply_or_revert(|a| a.denies = previous)?;
+        info!(%prefix, vip, "deny removed");
+        Ok(())
+    }
+
+    /// Drops the operator's denies whose time is up, and applies that (the event loop calls it
+    /// every second). Returns how many expired.
+    pub fn expire_denies(&mut self) -> Result<usize, AgentError> {
+        let now = crate::security::now_unix();
+        let previous = self.denies.clone();
+        self.denies.retain(|d| !d.expired(now));
+        let expired = previous.len() - self.denies.len();
+        if expired > 0 {
+            self.apply_or_revert(|a| a.denies = previous)?;
+            info!(expired, "denies expired");
+        }
+        Ok(expired)
     }
 
     pub fn vip(&self, name: &str) -> Result<&Vip, AgentError> {
@@ -379,7 +466,7 @@ impl Agent {
     /// Settings that need a restart must be unchanged.
     pub fn apply_text(&mut self, text: &str, origin: &str) -> Result<Vec<PlanEntry>, AgentError> {
         let candidate = self.candidate_from(text, origin)?;
-        let plan = reconcile::preview(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down)?;
+        let plan = self.preview(&candidate)?;
         self.replace(candidate, &format!("apply {origin}"))?;
         Ok(plan)
     }
@@ -387,7 +474,23 @@ impl Agent {
     /// What [`Self::apply_text`] would change, without changing anything.
     pub fn plan_text(&self, text: &str, origin: &str) -> Result<Vec<PlanEntry>, AgentError> {
         let candidate = self.candidate_from(text, origin)?;
-        Ok(reconcile::preview(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down)?)
+        self.preview(&candidate)
+    }
+
+    fn preview(&self, candidate: &Config) -> Result<Vec<PlanEntry>, AgentError> {
+        let cpus = self.datapath.cpus().map_err(|e| AgentError::Apply(e.into()))?;
+        let now = crate::security::now_unix();
+        // The operator's denies of VIPs the candidate keeps.
+        let denies: Vec<Deny> = self
+            .denies
+            .iter()
+            .filter(|d| {
+                !d.expired(now) && d.vip.as_ref().is_none_or(|v| candidate.vips.iter().any(|c| &c.name == v))
+            })
+            .cloned()
+            .collect();
+        let desired = policy::Desired { security: &candidate.security, denies: &denies, cpus };
+        Ok(reconcile::preview(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down, &desired)?)
     }
 
     fn candidate_from(&self, text: &str, origin: &str) -> Result<Config, AgentError> {

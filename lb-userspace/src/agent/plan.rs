@@ -14,10 +14,10 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::reconcile::ApplyError;
+use super::{policy, reconcile::ApplyError};
 use crate::{
     config::{AllDown, ForwardMode, HashMode, Scheduler, Source, Vip},
-    datapath::Sizes,
+    datapath::{AclEntry, Sizes},
     maglev, schedule,
 };
 
@@ -109,6 +109,10 @@ pub struct Applied {
     /// VIP ids whose flows were voided once and must be voided again once the packets then in
     /// flight are through, each with when ([`void_again`]).
     pub void_again: Vec<(std::time::Instant, u32)>,
+    /// Access-list entries written (global and per VIP).
+    pub acl: BTreeMap<AclEntry, u32>,
+    /// VIP_POLICY entries written, by VIP id.
+    pub policies: BTreeMap<u32, lb_common::VipPolicy>,
 }
 
 impl Applied {
@@ -148,6 +152,15 @@ impl Applied {
                 self.schedulers.remove(name);
             }
             Step::Ids(ids) => self.ids = ids.clone(),
+            Step::Acl { entry, value } => {
+                self.acl.insert(*entry, *value);
+            }
+            Step::RemoveAcl(entry) => {
+                self.acl.remove(entry);
+            }
+            Step::Policy { id, value } => {
+                self.policies.insert(*id, *value);
+            }
             Step::ResetBackend(_)
             | Step::RemoveVip(_)
             | Step::VoidMoved(_)
@@ -292,17 +305,26 @@ pub enum Step {
     /// Everything the data plane caches per CPU (flows, next hops) looked up afresh: every
     /// change reaches cached flows at once.
     MoveCacheGeneration,
+    /// An access-list entry (`ACL_ALLOW` or `ACL_DENY`), new or changed.
+    Acl { entry: AclEntry, value: u32 },
+    /// An access-list entry nothing asks for any more.
+    RemoveAcl(AclEntry),
+    /// VIP_POLICY[`id`]: the VIP's limits and whether it has access lists.
+    Policy { id: u32, value: lb_common::VipPolicy },
 }
 
-/// The steps that make the maps (as `current` records them) hold `vips` and `source`.
+/// The steps that make the maps (as `current` records them) hold `vips`, `source` and the
+/// access lists and limits `desired` asks for (agent/policy.rs).
 pub fn steps(
     current: &Applied,
     source: &Source,
     vips: &[Vip],
     down: &Down,
     sizes: &Sizes,
+    desired: &policy::Desired,
 ) -> Result<Vec<Step>, ApplyError> {
     let ids = current.ids.allocate(vips, sizes)?;
+    let acl = policy::acl(vips, &ids, desired);
     let mut steps = Vec::new();
     if current.source.as_ref() != Some(source) {
         steps.push(Step::Source(source.clone()));
@@ -344,6 +366,10 @@ pub fn steps(
             steps.push(Step::Backend { id, value: b.taking_new_flows(false), new_owner: false });
         }
     }
+    // A VIP's lists and limits before its entry: its first packet meets them.
+    let before = policy::steps_before(current, &acl, vips, &ids, desired.cpus);
+    let after = policy::steps_after(current, &acl, &before);
+    steps.extend(before);
     // The keys the new config takes: an old key in it is not removed (VIPs may be renamed or
     // swap addresses).
     let taken: BTreeSet<VipKey> = vips.iter().map(vip_key).collect();
@@ -413,6 +439,7 @@ pub fn steps(
         steps.push(Step::RemoveAddress(*key));
         removed = true;
     }
+    steps.extend(after);
     steps.push(Step::Ids(ids));
     if !to_void.is_empty() {
         steps.push(Step::VoidMoved(to_void));
@@ -442,7 +469,17 @@ pub struct PlanEntry {
     /// Its scheduler before, when the change sets another one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler_was: Option<Scheduler>,
+    /// Entries of its access lists (the global list's, for the `[security]` row) that would be
+    /// written or removed.
+    #[serde(default)]
+    pub acl_changes: usize,
+    /// Its rate limits (or whether it has access lists) would change.
+    #[serde(default)]
+    pub limits_change: bool,
 }
+
+/// The name of `lbctl plan`'s row for the global deny list.
+pub const GLOBAL_ROW: &str = "[security]";
 
 /// What applying `vips` would change (`lbctl plan`), without changing anything.
 pub fn preview(
@@ -450,18 +487,24 @@ pub fn preview(
     vips: &[Vip],
     sizes: &Sizes,
     down: &Down,
+    desired: &policy::Desired,
 ) -> Result<Vec<PlanEntry>, ApplyError> {
     let ids = applied.ids.allocate(vips, sizes)?;
+    let acl = policy::acl(vips, &ids, desired);
     let mut entries = Vec::new();
     for v in vips {
         let new = ring(v, &ids, down);
         let was = applied.schedulers.get(&v.name).copied().filter(|s| *s != v.scheduler);
+        let id = ids.vips[&v.name];
+        let acl_changes = policy::changes_of(applied, &acl, id + 1);
+        let limits_change = applied.policies.get(&id) != Some(&policy::vip_policy(v, id, &acl, desired.cpus));
         let (action, share) = match applied.rings.get(&v.name) {
             None => ("add", 1.0),
             Some(old) => {
                 let share = maglev::share_moved(old, &new);
                 let same_key = applied.keys.get(&v.name) == Some(&vip_key(v));
-                (if share == 0.0 && same_key && was.is_none() { "keep" } else { "change" }, share)
+                let same = share == 0.0 && same_key && was.is_none() && acl_changes == 0 && !limits_change;
+                (if same { "keep" } else { "change" }, share)
             }
         };
         entries.push(PlanEntry {
@@ -472,6 +515,8 @@ pub fn preview(
             share_moved: share,
             scheduler: v.scheduler,
             scheduler_was: was,
+            acl_changes,
+            limits_change,
         });
     }
     for (name, old) in &applied.rings {
@@ -484,8 +529,28 @@ pub fn preview(
                 share_moved: 1.0,
                 scheduler: applied.schedulers.get(name).copied().unwrap_or_default(),
                 scheduler_was: None,
+                acl_changes: policy::changes_of(
+                    applied,
+                    &acl,
+                    applied.ids.vips.get(name).map_or(0, |id| id + 1),
+                ),
+                limits_change: false,
             });
         }
+    }
+    let global = policy::changes_of(applied, &acl, 0);
+    if global > 0 || acl.keys().any(|e| e.scope == 0) {
+        entries.push(PlanEntry {
+            vip: GLOBAL_ROW.into(),
+            action: if global > 0 { "change" } else { "keep" }.into(),
+            slots_moved: 0,
+            ring_size: 0,
+            share_moved: 0.0,
+            scheduler: Scheduler::default(),
+            scheduler_was: None,
+            acl_changes: global,
+            limits_change: false,
+        });
     }
     Ok(entries)
 }
@@ -515,6 +580,9 @@ mod tests {
                 .zip([100, 200, 300])
                 .map(|(&address, weight)| Backend { address, weight, drained: false, health: None })
                 .collect(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            limits: None,
         };
         let mut ids = Ids::default();
         for (i, a) in addresses.iter().enumerate() {
@@ -587,7 +655,7 @@ mod tests {
             flow_cache_slots: 0,
         };
         v.ring_size = 2003;
-        let entries = preview(&applied, &[v], &sizes, &none).expect("a plan");
+        let entries = preview(&applied, &[v], &sizes, &none, &policy::Desired::NONE).expect("a plan");
         let e = &entries[0];
         assert_eq!((e.action.as_str(), e.ring_size), ("change", 2003), "{e:?}");
         // Rings of unrelated sizes: a flow keeps its backend with the chance that two independent
@@ -683,6 +751,8 @@ mod tests {
             next.rr_seqs = current.rr_seqs.clone();
             next.backends = current.backends.clone();
             next.schedulers = current.schedulers.clone();
+            next.acl = current.acl.clone();
+            next.policies = current.policies.clone();
             let taken: BTreeSet<VipKey> = vips.iter().map(vip_key).collect();
             let by_name: BTreeMap<&str, &Vip> = vips.iter().map(|v| (v.name.as_str(), v)).collect();
             let mut written_rings = BTreeSet::new();
@@ -743,7 +813,8 @@ mod tests {
     /// Plans `vips` from `current`, checks the steps with `model`, returns the record after them.
     fn change(model: &mut Model, current: &Applied, vips: &[Vip], down: &Down) -> (Applied, Vec<Step>) {
         let sizes = sizes(16, 256);
-        let steps = steps(current, &Source::default(), vips, down, &sizes).expect("a plan");
+        let steps =
+            steps(current, &Source::default(), vips, down, &sizes, &policy::Desired::NONE).expect("a plan");
         let next = model.take(current, &steps, vips, &sizes);
         // The record says what the config asks for.
         for v in vips {

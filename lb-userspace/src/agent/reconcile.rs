@@ -7,7 +7,10 @@ use lb_common::{BackendValue, ConfigValue, VipKey, VipValue, VIP_ADDRESS_ONLY};
 use thiserror::Error;
 
 pub use super::plan::{preview, ring, rr_sequence, Applied, Down, Ids, PlanEntry};
-use super::plan::{steps, Step};
+use super::{
+    plan::{steps, Step},
+    policy::Desired,
+};
 use crate::{
     config::{Source, Vip},
     datapath::{Datapath, DatapathError},
@@ -25,17 +28,18 @@ pub enum ApplyError {
     Datapath(#[from] DatapathError),
 }
 
-/// Makes the maps hold `vips` and `source`: the planned steps, taken in order. Returns how many
-/// ring slots were written.
+/// Makes the maps hold `vips`, `source` and the lists and limits `desired` asks for: the planned
+/// steps, taken in order. Returns how many ring slots were written.
 pub fn apply(
     dp: &mut Datapath,
     applied: &mut Applied,
     source: &Source,
     vips: &[Vip],
     down: &Down,
+    desired: &Desired,
 ) -> Result<usize, ApplyError> {
     let mut slots = 0;
-    for step in steps(applied, source, vips, down, &dp.sizes)? {
+    for step in steps(applied, source, vips, down, &dp.sizes, desired)? {
         let step = take(dp, applied, step, &mut slots)?;
         applied.record(&step);
     }
@@ -70,6 +74,9 @@ fn take(dp: &mut Datapath, applied: &mut Applied, step: Step, slots: &mut usize)
         Step::VoidMoved(ids) => void_vip_flows(dp, applied, ids)?,
         Step::SyncFilter => dp.sync_vip_filter()?,
         Step::MoveCacheGeneration => move_cache_generation(dp, applied)?,
+        Step::Acl { entry, value } => dp.set_acl(entry, *value)?,
+        Step::RemoveAcl(entry) => dp.remove_acl(entry)?,
+        Step::Policy { id, value } => dp.set_vip_policy(*id, *value)?,
         Step::DropRrSequence { .. } | Step::ForgetVip(_) | Step::Ids(_) => {}
     }
     Ok(step)
@@ -155,4 +162,11 @@ pub fn remove_unknown_vips(dp: &mut Datapath, applied: &mut Applied) -> Result<u
     dp.sync_vip_filter()?;
     move_cache_generation(dp, applied)?;
     Ok(unknown.len())
+}
+
+/// Takes what the access lists hold as this agent's record of them, at start: entries an
+/// earlier agent wrote that the desired state no longer asks for are then removed.
+pub fn adopt_acl(dp: &Datapath, applied: &mut Applied) -> Result<(), ApplyError> {
+    applied.acl = dp.acl_entries()?.into_iter().collect();
+    Ok(())
 }

@@ -112,6 +112,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         pin_lock,
         announcer: config.announce.as_ref().map(|a| Announcer::new(a, host_drained)).transpose()?,
         config,
+        denies: Vec::new(),
     };
     match saved {
         Some(state) => {
@@ -125,12 +126,16 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
             agent.applied.ids = state.ids;
             // Down when the earlier agent stopped: down from the start, up after `rise` checks.
             agent.down = state.down;
+            agent.config.security = state.security;
+            agent.denies = state.denies;
         }
         None if pinned_before => {
             warn!(state_file = %agent.state_file.display(), "pinned maps found but no saved state: starting from the config file")
         }
         None => {}
     }
+    // Lists an earlier agent wrote: what the desired state drops goes.
+    super::reconcile::adopt_acl(&agent.datapath, &mut agent.applied)?;
     let slots = agent.apply()?;
     if let Some(prober) = &agent.prober {
         prober.start_down(&agent.down);

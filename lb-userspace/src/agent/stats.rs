@@ -19,6 +19,13 @@ pub struct VipStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Packets its policy dropped, by `lb_common::PolicyReason` (acl, rate_new_flows,
+    /// rate_packets, vip_new_flow_cap).
+    #[serde(default)]
+    pub policy_drops: [u64; 4],
+    /// New TCP flows over a limit passed to the stack.
+    #[serde(default)]
+    pub policy_passed: u64,
     pub backends: Vec<BackendStats>,
 }
 
@@ -47,6 +54,7 @@ pub fn collect(agent: &Agent) -> Result<Stats, DatapathError> {
     for v in &agent.config.vips {
         let Some(&id) = agent.applied.ids.vips.get(&v.name) else { continue };
         let s = dp.vip_stats(id)?;
+        let policy = dp.policy_counts(id)?;
         let mut backends = Vec::new();
         for b in &v.backends {
             let Some(bid) = agent.applied.ids.backend(&v.name, b.address) else { continue };
@@ -68,6 +76,8 @@ pub fn collect(agent: &Agent) -> Result<Stats, DatapathError> {
             packets: s.packets,
             bytes: s.bytes,
             new_flows: s.new_flows,
+            policy_drops: policy.dropped,
+            policy_passed: policy.passed,
             backends,
         });
     }

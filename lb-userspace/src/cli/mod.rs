@@ -2,10 +2,12 @@
 mod backend;
 mod capture;
 mod config;
+mod deny;
 mod flows;
 mod host;
 mod output;
 mod stats;
+mod top;
 mod vip;
 
 use std::path::PathBuf;
@@ -60,6 +62,12 @@ enum Command {
     /// Rates come from two samples of the counters `--interval` apart; --watch keeps redrawing.
     /// With --json: one sample of the API's JSON (totals only).
     Stats(stats::StatsArgs),
+    /// Deny a source prefix by hand (to one VIP or all), list and remove denies.
+    #[command(subcommand)]
+    Deny(deny::DenyCommand),
+    /// The sources sending the most packets and new flows a second now, with what the
+    /// rate limits refused (VIPs with [vip.limits]).
+    Top(top::TopArgs),
     /// The flows pinned to each backend, and a sample of them.
     ///
     /// The counts cover every flow in the table: a drained backend with none left is safe to
@@ -144,6 +152,8 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Host(cmd) => host::run(&ctx, cmd).await,
         Command::Stats(a) => stats::run(&ctx, a).await,
         Command::Flows(a) => flows::run(&ctx, a).await,
+        Command::Deny(cmd) => deny::run(&ctx, cmd).await,
+        Command::Top(a) => top::run(&ctx, a).await,
         Command::Apply { file } => config::run(&ctx, &file, "/v1/apply").await,
         Command::Plan { file } => config::run(&ctx, &file, "/v1/plan").await,
         Command::Capture { vip, count, write, timeout } => {

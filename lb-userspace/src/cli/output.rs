@@ -48,6 +48,7 @@ pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
         );
         println!("vips         {}", s.vips);
         println!("backends     {}", s.backends);
+        println!("denies       {} global in the config, {} added with lbctl deny", s.global_deny, s.denies);
         println!(
             "event loop   at most {:.1} ms late (in the last minute: {:.1} ms)",
             1e3 * s.event_loop_lag_max_seconds,

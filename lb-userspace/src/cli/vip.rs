@@ -69,10 +69,28 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
                             v.ring_size.to_string(),
                             v.backends.len().to_string(),
                             view.ring_fingerprint.clone(),
+                            match (v.allow.len(), v.deny.len()) {
+                                (0, 0) => "-".into(),
+                                (a, d) => format!("allow {a}, deny {d}"),
+                            },
+                            v.limits.as_ref().map_or("-".into(), |l| l.summary(v.address)),
                         ]
                     })
                     .collect::<Vec<_>>();
-                table(&["NAME", "SERVICE", "MODE", "SCHEDULER", "RING", "BACKENDS", "FINGERPRINT"], &rows);
+                table(
+                    &[
+                        "NAME",
+                        "SERVICE",
+                        "MODE",
+                        "SCHEDULER",
+                        "RING",
+                        "BACKENDS",
+                        "FINGERPRINT",
+                        "ACL",
+                        "LIMITS",
+                    ],
+                    &rows,
+                );
             })
         }
         VipCommand::Add {
@@ -103,6 +121,7 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
                 on_down: health.on_down,
                 announce,
                 backends,
+                ..VipSpec::default()
             };
             ctx.send_json(Method::POST, "/v1/vips", &spec).await?;
             ctx.done(&format!("added VIP {name}"))

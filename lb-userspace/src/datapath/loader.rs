@@ -259,6 +259,9 @@ fn load_inner(
         (map_names::RR_SEQS, sizes.max_rings * limits::RR_SEQ_LEN),
         (map_names::RR_CURSORS, sizes.max_rings),
         (map_names::ACTIVE_CONNS, sizes.max_backends),
+        (map_names::VIP_POLICY, sizes.max_vips),
+        (map_names::POLICY_STATS, sizes.max_vips),
+        (map_names::VIP_FLOW_BUCKETS, sizes.max_vips),
     ];
     let cache_bits = sizes.flow_cache_bits();
     let mut loader = EbpfLoader::new();

@@ -6,6 +6,7 @@ mod loader;
 mod maps;
 pub mod object;
 mod perf;
+mod policy;
 
 pub use decap::{read_pinned_decap, DecapView, DECAP_COUNTERS};
 pub use loader::load_object_with;
@@ -15,3 +16,4 @@ pub use loader::{
 };
 pub use maps::{open_connections, FlowTable, FlowWalk};
 pub use perf::CaptureBuffers;
+pub use policy::{monotonic_ns, AclEntry, SourceSample};

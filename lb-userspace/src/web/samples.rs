@@ -324,6 +324,8 @@ mod tests {
                 packets: vip,
                 bytes: 100 * vip,
                 new_flows: vip / 10,
+                policy_drops: [0; 4],
+                policy_passed: 0,
                 backends: backends.iter().map(backend).collect(),
             }],
         }

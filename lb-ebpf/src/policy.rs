@@ -1,0 +1,175 @@
+//! Edge policy, before any flow-table work: the access lists (the global deny list first, then
+//! the VIP's allow and deny lists, longest prefix wins) and the VIP's rate limits (per source:
+//! packets and new flows a second; the whole VIP: new flows a second).
+//!
+//! It runs for the client's packets that this CPU's flow cache does not answer (flow.rs): the
+//! cache holds only flows admitted under the current cache generation, which the agent moves on
+//! with every policy change, so a new deny reaches established flows at once while their
+//! packets cost nothing more here. Buckets are per CPU (no lock or atomic shared between CPUs):
+//! each CPU admits its share of a rate (`Gcra::share`).
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
+    maps::lpm_trie::Key,
+};
+use lb_common::{
+    AclKey, Counter, FlowKey, PolicyReason, SourceKey, SourceState, VipPolicy, ACL_DENY, POLICY_ACL,
+    POLICY_PASS_OVER_LIMIT, POLICY_TRACK,
+};
+
+use crate::{
+    flow,
+    maps::{ACL, POLICY_STATS, SOURCES, VIP_FLOW_BUCKETS, VIP_POLICY},
+};
+
+/// What the checks below answer: admitted, or the index of the counter that ends the packet.
+/// (A plain integer: the checks are subprograms, whose results travel in one register.)
+const ADMIT: u32 = 0;
+
+/// A packet of flow `key` that the flow cache did not answer (`syn`: a TCP SYN, which starts a
+/// flow): admitted, or the verdict that ends it.
+#[inline(always)]
+pub fn screen(key: &FlowKey, syn: bool) -> Result<(), Counter> {
+    verdict(check(key, syn))
+}
+
+/// A non-TCP packet that found no flow (it starts one) to VIP `vip`: admitted, or the verdict.
+/// (A TCP flow's start is its SYN, which [`screen`] already limited.)
+#[inline(always)]
+pub fn new_flow(key: &FlowKey, vip: u32) -> Result<(), Counter> {
+    verdict(check_new_flow(key, vip))
+}
+
+#[inline(never)]
+fn check(key: &FlowKey, syn: bool) -> u32 {
+    let Some(vip) = flow::lookup_vip(&key.dst, key.dport, key.proto, key.family) else {
+        // No VIP: the pipeline passes it.
+        return ADMIT;
+    };
+    let id = vip.id;
+    let Some(policy) = VIP_POLICY.get(id) else { return ADMIT };
+    if denied(AclKey::GLOBAL, key) || (policy.flags & POLICY_ACL != 0 && denied(AclKey::scope_of(id), key)) {
+        return refuse(id, PolicyReason::Acl, false, policy);
+    }
+    if policy.flags & POLICY_TRACK == 0 {
+        return ADMIT;
+    }
+    let Some(state) = source(key, id, policy) else { return ADMIT };
+    // SAFETY: a plain helper call; `state` is this CPU's own entry (the CPU is in its key).
+    let (now, s) = unsafe { (bpf_ktime_get_coarse_ns(), &mut *state) };
+    s.roll(now / 1_000_000_000);
+    s.packets[0] = s.packets[0].wrapping_add(1);
+    if !policy.source_packets.admit(&mut s.packet_tat, now) {
+        s.drops[0] = s.drops[0].wrapping_add(1);
+        return refuse(id, PolicyReason::RatePackets, false, policy);
+    }
+    if syn {
+        return admit_new_flow(id, policy, s, now, true);
+    }
+    ADMIT
+}
+
+#[inline(never)]
+fn check_new_flow(key: &FlowKey, id: u32) -> u32 {
+    let Some(policy) = VIP_POLICY.get(id) else { return ADMIT };
+    if policy.flags & POLICY_TRACK == 0 {
+        return ADMIT;
+    }
+    let Some(state) = source(key, id, policy) else { return ADMIT };
+    // SAFETY: as in `check`.
+    let (now, s) = unsafe { (bpf_ktime_get_coarse_ns(), &mut *state) };
+    s.roll(now / 1_000_000_000);
+    admit_new_flow(id, policy, s, now, false)
+}
+
+/// A flow's start from source state `s`: its source's new-flow bucket, then the VIP's.
+#[inline(always)]
+fn admit_new_flow(id: u32, policy: &VipPolicy, s: &mut SourceState, now: u64, tcp: bool) -> u32 {
+    s.new_flows[0] = s.new_flows[0].wrapping_add(1);
+    let reason = if !policy.source_flows.admit(&mut s.flow_tat, now) {
+        PolicyReason::RateNewFlows
+    } else {
+        match VIP_FLOW_BUCKETS.get_ptr_mut(id) {
+            // SAFETY: this CPU's slot.
+            Some(tat) if !policy.vip_flows.admit(unsafe { &mut *tat }, now) => PolicyReason::VipNewFlowCap,
+            _ => return ADMIT,
+        }
+    };
+    s.drops[0] = s.drops[0].wrapping_add(1);
+    refuse(id, reason, tcp, policy)
+}
+
+/// Whether the longest prefix of `scope` that holds the packet's source says deny.
+#[inline(always)]
+fn denied(scope: [u8; 4], key: &FlowKey) -> bool {
+    let data = AclKey { scope, family: key.family, addr: key.src, _pad: [0; 3] };
+    let k = Key::new(AclKey::prefix_len(AclKey::address_bits(key.family)), data);
+    matches!(ACL.get(&k), Some(&ACL_DENY))
+}
+
+/// This CPU's entry for the packet's source prefix at VIP `id`, made if it has none (a full
+/// table evicts this CPU's least recently used source).
+#[inline(always)]
+fn source(key: &FlowKey, id: u32, policy: &VipPolicy) -> Option<*mut SourceState> {
+    // SAFETY: `src` starts the 8-byte aligned FlowKey; any 16 bytes are two u64s.
+    let src = unsafe { &*(&key.src as *const [u8; 16] as *const [u64; 2]) };
+    let masked = [src[0] & policy.source_mask[0], src[1] & policy.source_mask[1]];
+    let skey = SourceKey {
+        // SAFETY: two u64s and 16 bytes have the same size, and any bytes are a valid [u8; 16].
+        addr: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(masked) },
+        vip: id,
+        // SAFETY: a plain helper call.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        family: key.family,
+        _pad: [0; 3],
+    };
+    if let Some(p) = SOURCES.get_ptr_mut(&skey) {
+        return Some(p);
+    }
+    let fresh = SourceState {
+        flow_tat: 0,
+        packet_tat: 0,
+        second: 0,
+        packets: [0; 2],
+        new_flows: [0; 2],
+        drops: [0; 2],
+    };
+    let _ = SOURCES.insert(&skey, &fresh, BPF_NOEXIST as u64);
+    SOURCES.get_ptr_mut(&skey)
+}
+
+/// Counts a refusal for VIP `id` and answers its verdict: over a new-flow limit, a new TCP flow
+/// of a VIP that says so goes to the stack; everything else is dropped.
+#[inline(always)]
+fn refuse(id: u32, reason: PolicyReason, tcp_flow: bool, policy: &VipPolicy) -> u32 {
+    let pass = tcp_flow && policy.flags & POLICY_PASS_OVER_LIMIT != 0;
+    if let Some(c) = POLICY_STATS.get_ptr_mut(id) {
+        // SAFETY: this CPU's slot.
+        let c = unsafe { &mut *c };
+        if pass {
+            c.passed += 1;
+        } else if let Some(n) = c.dropped.get_mut(reason as usize) {
+            *n += 1;
+        }
+    }
+    let counter = match reason {
+        _ if pass => Counter::PassRateLimited,
+        PolicyReason::Acl => Counter::DropAcl,
+        PolicyReason::RateNewFlows => Counter::DropRateNewFlows,
+        PolicyReason::RatePackets => Counter::DropRatePackets,
+        PolicyReason::VipNewFlowCap => Counter::DropVipNewFlowCap,
+    };
+    counter.index()
+}
+
+#[inline(always)]
+fn verdict(code: u32) -> Result<(), Counter> {
+    match code {
+        ADMIT => Ok(()),
+        c if c == Counter::DropAcl.index() => Err(Counter::DropAcl),
+        c if c == Counter::DropRateNewFlows.index() => Err(Counter::DropRateNewFlows),
+        c if c == Counter::DropRatePackets.index() => Err(Counter::DropRatePackets),
+        c if c == Counter::DropVipNewFlowCap.index() => Err(Counter::DropVipNewFlowCap),
+        _ => Err(Counter::PassRateLimited),
+    }
+}

@@ -130,7 +130,9 @@ pub struct Samples {
 impl Samples {
     /// Takes a sample from `stats`, read now. The first reading only sets the base of the next.
     pub fn record(&self, stats: &Stats) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        // Whole milliseconds: a JSON parser that rounds its last digit (serde_json's default)
+        // still reads back the time a client passes as `after=` exactly.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_millis() as f64 / 1000.0);
         self.record_at(stats, Instant::now(), now);
     }
 

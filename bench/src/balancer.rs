@@ -8,7 +8,7 @@ use lb_common::{
     PROTO_UDP, VIP_ADDRESS_ONLY,
 };
 use lb_userspace::{
-    datapath::{Datapath, Sizes},
+    datapath::{self, Datapath, Sizes},
     maglev,
 };
 
@@ -17,12 +17,20 @@ pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0x100, 0, 0, 0, 1);
 pub const PORT: u16 = 80;
 pub const BACKENDS: u8 = 3;
 
+/// One CPU's share of the flow table and of the unconfirmed flows' table under lbd's default
+/// `[limits]` on this host: "the production table size".
+pub fn production_shares() -> (u32, u32) {
+    let cpus = datapath::possible_cpus().unwrap_or_else(|e| panic!("possible CPUs: {e}"));
+    let sizes = lb_userspace::config::Limits::default().sizes(cpus);
+    (sizes.flows_per_cpu, sizes.pending_flows_per_cpu)
+}
+
 /// Loads the benches' object with a flow table of `flows_per_cpu` per CPU and configures it;
 /// `backend(v6, n)` is the address of backend `n` (1..=3) of the family.
 pub fn load(flows_per_cpu: u32, backend: impl Fn(bool, u8) -> IpAddr) -> Datapath {
     let sizes = Sizes {
         flows_per_cpu,
-        pending_flows_per_cpu: limits::PENDING_FLOWS_PER_CPU,
+        pending_flows_per_cpu: production_shares().1,
         max_vips: 256,
         max_rings: 2,
         ring_stride: limits::RING_SIZE,

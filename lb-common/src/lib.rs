@@ -30,7 +30,7 @@ pub use vip::{
 };
 
 /// The layout version of the pinned maps: an agent pins under `pin_path/<PIN_LAYOUT>` and adopts
-/// only pins of its own layout. Move it on (v3 -> v4) whenever a pinned map's key or value
+/// only pins of its own layout. Move it on (v4 -> v5) whenever a pinned map's key or value
 /// changes, and record the new layouts in [`PINNED_LAYOUTS`]: a test compares the object's
 /// pinned maps with that record, so a layout cannot change under the same version.
 pub const PIN_LAYOUT: &str = "v4";
@@ -158,9 +158,15 @@ pub mod limits {
     /// Rings the RINGS array holds at RING_SIZE slots each (the kernel stores array values in
     /// 8 bytes: 0.5 MiB a ring, 32 MiB for 64). Load time.
     pub const MAX_RINGS: u32 = 64;
-    /// Flow-table entries per CPU: the table holds this many times the number of possible CPUs,
-    /// and each CPU evicts its own least recently used flows when its share is full. 128 bytes
-    /// of kernel memory each, as the map reports it (32 MiB per CPU at this default). Load time.
+    /// Flows the table holds, all CPUs together (`limits.flows`'s default): each possible CPU
+    /// gets an equal share and evicts its own least recently used flows when that is full. 128
+    /// bytes of kernel memory each, as the map reports it (128 MiB at this default). Load time.
+    pub const FLOWS: u32 = 1 << 20;
+    /// Unconfirmed flows (PENDING_FLOWS), all CPUs together: new flows wait there for their next
+    /// packet (`limits.pending_flows`'s default). Load time.
+    pub const PENDING_FLOWS: u32 = 1 << 17;
+    /// Flow-table entries per CPU where no config says otherwise (the object's own size, the
+    /// benches' and tests' default). Load time.
     pub const FLOWS_PER_CPU: u32 = 1 << 18;
     /// Entries per CPU of the table of unconfirmed flows (PENDING_FLOWS), like FLOWS_PER_CPU: new
     /// flows wait there for their next packet. Load time.

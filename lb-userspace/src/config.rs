@@ -332,8 +332,18 @@ pub struct Limits {
     pub max_vips: u32,
     pub max_ring_size: u32,
     pub max_backends: u32,
-    pub flows_per_cpu: u32,
-    pub pending_flows_per_cpu: u32,
+    /// Flows the table holds, all CPUs together: each possible CPU gets an equal share, and a
+    /// CPU whose share is full evicts its least recently used flow. `None`: the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flows: Option<u32>,
+    /// The share of one CPU instead (what older configs said): `flows` = this × CPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flows_per_cpu: Option<u32>,
+    /// Unconfirmed flows (one packet seen), all CPUs together; or per CPU as above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_flows: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_flows_per_cpu: Option<u32>,
     pub flow_cache_slots: u32,
 }
 
@@ -344,18 +354,34 @@ impl Default for Limits {
             max_vips: d.max_rings,
             max_ring_size: d.ring_stride,
             max_backends: d.max_backends,
-            flows_per_cpu: d.flows_per_cpu,
-            pending_flows_per_cpu: d.pending_flows_per_cpu,
+            flows: None,
+            flows_per_cpu: None,
+            pending_flows: None,
+            pending_flows_per_cpu: None,
             flow_cache_slots: d.flow_cache_slots,
         }
     }
 }
 
 impl Limits {
-    pub fn sizes(&self) -> crate::datapath::Sizes {
+    /// The flow table's share of each of `cpus` possible CPUs.
+    pub fn flows_per_cpu(&self, cpus: u32) -> u32 {
+        share(self.flows_per_cpu, self.flows.unwrap_or(lb_common::limits::FLOWS), cpus)
+    }
+
+    pub fn pending_flows_per_cpu(&self, cpus: u32) -> u32 {
+        share(
+            self.pending_flows_per_cpu,
+            self.pending_flows.unwrap_or(lb_common::limits::PENDING_FLOWS),
+            cpus,
+        )
+    }
+
+    /// The map sizes on a host with `cpus` possible CPUs.
+    pub fn sizes(&self, cpus: u32) -> crate::datapath::Sizes {
         crate::datapath::Sizes {
-            flows_per_cpu: self.flows_per_cpu,
-            pending_flows_per_cpu: self.pending_flows_per_cpu,
+            flows_per_cpu: self.flows_per_cpu(cpus),
+            pending_flows_per_cpu: self.pending_flows_per_cpu(cpus),
             // A VIP's id is its ring's number.
             max_vips: self.max_vips,
             max_rings: self.max_vips,
@@ -622,6 +648,11 @@ fn metrics_address(text: &str) -> Result<SocketAddr, Invalid> {
     Ok(address)
 }
 
+/// One CPU's share: `per_cpu` if the config says so, else `total` over `cpus`, rounded up.
+fn share(per_cpu: Option<u32>, total: u32, cpus: u32) -> u32 {
+    per_cpu.unwrap_or_else(|| total.div_ceil(cpus.max(1)))
+}
+
 fn check_limits(l: &Limits) -> Result<(), Invalid> {
     if l.max_vips == 0 || l.max_vips > 4096 {
         return Err(invalid("limits.max_vips", "must be 1 to 4096"));
@@ -635,11 +666,21 @@ fn check_limits(l: &Limits) -> Result<(), Invalid> {
     if l.max_backends < 2 || l.max_backends > 1 << 20 {
         return Err(invalid("limits.max_backends", "must be 2 to 1048576"));
     }
-    if l.flows_per_cpu < 1024 {
-        return Err(invalid("limits.flows_per_cpu", "must be at least 1024"));
-    }
-    if l.pending_flows_per_cpu < 1024 {
-        return Err(invalid("limits.pending_flows_per_cpu", "must be at least 1024"));
+    for (total, per_cpu, name) in
+        [(l.flows, l.flows_per_cpu, "flows"), (l.pending_flows, l.pending_flows_per_cpu, "pending_flows")]
+    {
+        if total.is_some() && per_cpu.is_some() {
+            return Err(invalid(
+                format!("limits.{name}_per_cpu"),
+                format!("set limits.{name} (all CPUs together) or limits.{name}_per_cpu, not both"),
+            ));
+        }
+        if total.is_some_and(|n| n < 1024) {
+            return Err(invalid(format!("limits.{name}"), "must be at least 1024"));
+        }
+        if per_cpu.is_some_and(|n| n < 1024) {
+            return Err(invalid(format!("limits.{name}_per_cpu"), "must be at least 1024"));
+        }
     }
     let slots = l.flow_cache_slots;
     if slots != 0 && (!slots.is_power_of_two() || !(1024..=1 << 24).contains(&slots)) {
@@ -994,10 +1035,24 @@ mod tests {
     }
 
     #[test]
+    fn the_flow_table_is_sized_for_all_cpus_together() {
+        let sizes = |limits: &str, cpus| {
+            let text = format!("interfaces = [\"eth0\"]\n[limits]\n{limits}\n");
+            let s = parse(&text, "t.toml").expect("valid limits").limits.sizes(cpus);
+            (s.flows_per_cpu, s.pending_flows_per_cpu)
+        };
+        let (flows, pending) = (lb_common::limits::FLOWS, lb_common::limits::PENDING_FLOWS);
+        assert_eq!(sizes("", 2), (flows / 2, pending / 2), "the defaults, shared by 2 CPUs");
+        assert_eq!(sizes("", 64), (flows / 64, pending / 64), "the same total on 64");
+        assert_eq!(sizes("flows = 1000000", 3), (333_334, pending / 3 + 1), "rounded up");
+        assert_eq!(sizes("flows_per_cpu = 65536\npending_flows_per_cpu = 4096", 8), (65536, 4096), "per CPU");
+    }
+
+    #[test]
     fn flow_cache_slots_are_a_power_of_two_or_none() {
         let limits = |slots: u32| {
             let text = format!("interfaces = [\"eth0\"]\n[limits]\nflow_cache_slots = {slots}\n");
-            parse(&text, "t.toml").map(|c| c.limits.sizes()).map_err(|e| e.to_string())
+            parse(&text, "t.toml").map(|c| c.limits.sizes(2)).map_err(|e| e.to_string())
         };
         assert_eq!(limits(65536).map(|s| s.flow_cache_bits()), Ok(16));
         assert_eq!(limits(1024).map(|s| s.flow_cache_bits()), Ok(10));
@@ -1106,8 +1161,20 @@ ring_size = 4099
             (
                 "too few flows",
                 "max_backends = 64",
+                "max_backends = 64\nflows = 10",
+                "limits.flows: must be at least 1024",
+            ),
+            (
+                "too few flows per CPU",
+                "max_backends = 64",
                 "max_backends = 64\nflows_per_cpu = 10",
                 "limits.flows_per_cpu: must be at least 1024",
+            ),
+            (
+                "flows both ways",
+                "max_backends = 64",
+                "max_backends = 64\nflows = 1048576\nflows_per_cpu = 65536",
+                "limits.flows_per_cpu: set limits.flows (all CPUs together) or limits.flows_per_cpu, not both",
             ),
             (
                 "too few pending flows",

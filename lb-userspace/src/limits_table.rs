@@ -51,15 +51,15 @@ fn rows() -> Vec<Row> {
             maps: &[map_names::BACKENDS, map_names::BACKEND_STATS, map_names::ACTIVE_CONNS, map_names::NEXT_HOPS],
         },
         Row {
-            what: "flows, per possible CPU (128 bytes of kernel memory each, measured)",
-            key: Some("flows_per_cpu"),
-            default: d.flows_per_cpu.to_string(),
+            what: "flows, all CPUs together (128 bytes of kernel memory each, measured); each possible CPU holds an equal share (or `flows_per_cpu`)",
+            key: Some("flows"),
+            default: format!("{} ({})", limits::FLOWS, mib(u64::from(limits::FLOWS) * 128)),
             maps: &[map_names::FLOWS],
         },
         Row {
-            what: "unconfirmed flows (one packet seen), per possible CPU",
-            key: Some("pending_flows_per_cpu"),
-            default: d.pending_flows_per_cpu.to_string(),
+            what: "unconfirmed flows (one packet seen), all CPUs together (or `pending_flows_per_cpu`)",
+            key: Some("pending_flows"),
+            default: limits::PENDING_FLOWS.to_string(),
             maps: &[map_names::PENDING_FLOWS],
         },
         Row {

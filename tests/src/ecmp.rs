@@ -532,7 +532,7 @@ fn lbd_config(spec: &Spec, n: u8, files: &LbdFiles, bird_socket: &str) -> String
     format!(
         "pin_path = {:?}\napi_socket = {:?}\nstate_file = {:?}\ninterfaces = [\"eth0\"]\nmetrics = \"{METRICS}\"\n\n\
          [source]\nipv4 = \"{}\"\nhash_seed = {HASH_SEED}\n\n\
-         [limits]\nflows_per_cpu = 65536\nmax_vips = 8\nmax_backends = 64\n\n\
+         [limits]\nflows = 131072\nmax_vips = 8\nmax_backends = 64\n\n\
          [announce]\nbird_socket = {bird_socket:?}\n{}\n\n{}",
         files.pin_path.display().to_string(),
         files.socket().display().to_string(),

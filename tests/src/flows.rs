@@ -15,7 +15,7 @@ const PORTS_PER_CLIENT: u32 = 64;
 ///
 /// The table keeps a least-recently-used list per CPU, filled by the CPU that inserts: each
 /// online CPU writes its share from a thread bound to it, so the table holds `n` flows when
-/// `limits.flows_per_cpu` is at least `n` / online CPUs. Returns how many were written.
+/// each CPU's share of `limits.flows` is at least `n` / online CPUs. Returns how many were written.
 pub fn fill_counted_flows(pin_dir: &Path, vip_id: u32, backend_id: u32, n: u32, vip: [u8; 4]) -> u32 {
     let open = |name: &str| {
         MapData::from_pin(pin_dir.join(name)).unwrap_or_else(|e| panic!("open pinned {name}: {e}"))

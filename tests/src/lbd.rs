@@ -52,7 +52,7 @@ impl LbdFiles {
         format!(
             "pin_path = {:?}\napi_socket = {:?}\nstate_file = {:?}\ninterfaces = {:?}\n\n\
              [source]\nipv4 = {source4:?}\nipv6 = {source6:?}\n\n\
-             [limits]\nflows_per_cpu = 65536\nmax_vips = 8\nmax_backends = 64\n\n",
+             [limits]\nflows = 131072\nmax_vips = 8\nmax_backends = 64\n\n",
             self.pin_path.display().to_string(),
             self.socket().display().to_string(),
             self.dir.join("state.json").display().to_string(),

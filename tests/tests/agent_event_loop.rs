@@ -22,7 +22,7 @@ fn a_least_conn_recount_of_a_million_flows_does_not_stall_the_event_loop() {
     let per_cpu = FLOWS.div_ceil(cpus) + 4096;
     let header = files
         .header(&["eth0"], "198.18.0.2", "fd00::2")
-        .replace("flows_per_cpu = 65536", &format!("flows_per_cpu = {per_cpu}"));
+        .replace("flows = 131072", &format!("flows_per_cpu = {per_cpu}"));
     let vip = "[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
                scheduler = \"least-conn\"\nring_size = 1009\n\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n";
     let lbd = Lbd::start(&ns, &files, &format!("{header}{vip}"));

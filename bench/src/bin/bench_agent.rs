@@ -3,7 +3,7 @@
 //!
 //! lbd runs in a namespace of its own (`lb_namespace`: nothing behind its interface) with one
 //! least-conn VIP of one backend and a flow table of at least 2^20 flows
-//! (`limits.flows_per_cpu` = 2^20 / online CPUs, and a little more). The bench writes 2^20 open
+//! (a share of 2^20 / online CPUs a CPU, `limits.flows_per_cpu`, and a little more). The bench writes 2^20 open
 //! connections of that VIP and backend into the pinned `FLOWS` map (each CPU's share from a
 //! thread bound to it: the table keeps one LRU list per CPU), waits for lbd's next recount
 //! (every 10 s) to find them and correct the backend's count, then reads from `lbctl status`
@@ -41,7 +41,7 @@ fn main() {
     let files = LbdFiles::new();
     let header = files
         .header(&["eth0"], "198.18.0.2", "fd00::2")
-        .replace("flows_per_cpu = 65536", &format!("flows_per_cpu = {per_cpu}"));
+        .replace("flows = 131072", &format!("flows_per_cpu = {per_cpu}"));
     let vip = "[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
                scheduler = \"least-conn\"\nring_size = 1009\n\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n";
     let lbd = Lbd::start(&ns, &files, &format!("{header}{vip}"));

@@ -441,8 +441,11 @@ fn fdinfo(fd: i32) -> MapMemory {
 
 fn memory() {
     lb_tests::privilege::require_root();
-    let dp = datapath::load().unwrap_or_else(|e| panic!("loading the programs at default sizes: {e}"));
     let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    // lbd's own defaults (`[limits]` unset) on this host.
+    let sizes = lb_userspace::config::Limits::default().sizes(cpus as u32);
+    let dp =
+        datapath::load_with(sizes).unwrap_or_else(|e| panic!("loading the programs at default sizes: {e}"));
     println!(
         "== Kernel memory at default sizes ({} possible CPUs), from each map's memlock accounting",
         cpus
@@ -498,7 +501,8 @@ fn memory() {
         ring / dp.sizes.ring_stride as f64
     );
     println!("per backend: {backend:.1} B (BACKENDS + BACKEND_STATS entry)");
-    row("memory", "kernel memory per flow-table entry", format!("{flow:.1}"), "B", None, "", "-");
+    let status = if flow <= 64.0 { "ok" } else { "MISS" };
+    row("memory", "kernel memory per flow-table entry", format!("{flow:.1}"), "B", None, "<= 64 B", status);
     row("memory", "kernel memory per VIP (65537-slot ring)", format!("{per_vip:.0}"), "B", None, "", "-");
     row("memory", "kernel memory per backend", format!("{backend:.1}"), "B", None, "", "-");
     row(

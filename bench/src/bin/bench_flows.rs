@@ -55,7 +55,7 @@ use lb_bench::{
 };
 use lb_common::{
     bench::{flow_source, map_names as bench_maps, shape, FlowGen, MAX_FRAME},
-    limits, Counter,
+    Counter,
 };
 use lb_tests::netns::Netns;
 use lb_userspace::{
@@ -216,7 +216,7 @@ impl Bench {
         let lb_mac = lb_tests::topology::parse_mac(&lb_tests::topology::mac_of(&dut, LB_IF));
 
         let (large, large_chain) = load(1024, &[FLOWGEN, MAC_SWAP, ENCAP]);
-        let (full, full_chain) = load(limits::FLOWS_PER_CPU, &[FLOWGEN, FLOW_MISS]);
+        let (full, full_chain) = load(balancer::production_shares().0, &[FLOWGEN, FLOW_MISS]);
         Bench {
             large,
             full,
@@ -380,7 +380,8 @@ impl Bench {
     /// Fills the production-size table with new flows.
     fn fill_full_table(&mut self) {
         self.chain_to(Table::Full, BALANCER);
-        let flows = (limits::FLOWS_PER_CPU + limits::PENDING_FLOWS_PER_CPU) as u64 * 11 / 10;
+        let (flows, pending) = balancer::production_shares();
+        let flows = (flows + pending) as u64 * 11 / 10;
         // A block of new flow numbers, each flow sent twice in a row (recorded).
         let mut gen = flowgen(Packet::Ack, shape::RANDOM, flows as u32, self.lb_mac);
         gen.repeat_shift = 1;

@@ -74,7 +74,7 @@ use lb_bench::{
 };
 use lb_common::{
     bench::{map_names as bench_maps, GenConfig, MAX_FRAME},
-    limits, Counter,
+    Counter,
 };
 use lb_tests::{
     netns::{run, Netns},
@@ -303,7 +303,7 @@ impl Bench {
         let conntrack_max = configure_kernel_path(&kern, ports[Target::Kern as usize].tx_mac);
 
         let mut lb = load_balancer(LB_FLOWS_PER_CPU, Target::Lb);
-        let mut syn = load_balancer(limits::FLOWS_PER_CPU, Target::Syn);
+        let mut syn = load_balancer(lb_bench::balancer::production_shares().0, Target::Syn);
         for name in [GEN, SINK, MAC_SWAP, ENCAP] {
             datapath::program(lb.raw_mut(), name)
                 .expect("bench program")
@@ -913,7 +913,7 @@ fn warm_up(bench: &mut Bench) {
         ),
         (
             Case { target: Target::Syn, shape: Shape::Ack4, flows: 0, expect: new },
-            limits::FLOWS_PER_CPU as u64 + 50_000,
+            lb_bench::balancer::production_shares().0 as u64 + 50_000,
         ),
     ];
     for (case, packets) in warm {

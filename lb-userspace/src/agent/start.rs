@@ -57,7 +57,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     let pinned_before = dir.join(map_names::VIPS).exists();
     let mut dp = {
         let _held = SignalsHeld::new();
-        datapath::load_pinned(config.limits.sizes(), &dir)?
+        datapath::load_pinned(config.limits.sizes(datapath::possible_cpus()?), &dir)?
     };
     let mut links_adopted = 0;
     for name in &config.interfaces {

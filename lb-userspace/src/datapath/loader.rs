@@ -212,6 +212,11 @@ fn per_cpu(n: u32, cpus: u32, limit: &'static str) -> Result<u32, DatapathError>
     n.checked_mul(cpus).ok_or(DatapathError::TooLarge { limit, per_cpu: n, cpus })
 }
 
+/// The possible CPUs: the flow tables' shares are per possible CPU.
+pub fn possible_cpus() -> Result<u32, DatapathError> {
+    aya::util::nr_cpus().map(|n| n as u32).map_err(|(path, e)| DatapathError::Cpus(path, e))
+}
+
 /// One more than the highest possible CPU id: the count, unless the possible CPUs have gaps.
 fn cpu_id_end() -> Result<u32, DatapathError> {
     const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
@@ -238,7 +243,7 @@ fn load_inner(
     if object.is_empty() {
         return Err(DatapathError::NoObject);
     }
-    let cpus = aya::util::nr_cpus().map_err(|(path, e)| DatapathError::Cpus(path, e))? as u32;
+    let cpus = possible_cpus()?;
     let slots = sizes.flow_cache_slots;
     if slots != 0 && (!slots.is_power_of_two() || slots > 1 << 24) {
         return Err(DatapathError::CacheSlots(slots));

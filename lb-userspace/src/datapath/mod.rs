@@ -11,8 +11,8 @@ mod policy;
 pub use decap::{read_pinned_decap, DecapView, DECAP_COUNTERS};
 pub use loader::load_object_with;
 pub use loader::{
-    load, load_decap_pinned, load_pinned, load_with, object, program, Datapath, DatapathError, Mode, Sizes,
-    BALANCER, DECAP,
+    load, load_decap_pinned, load_pinned, load_with, object, possible_cpus, program, Datapath, DatapathError,
+    Mode, Sizes, BALANCER, DECAP,
 };
 pub use maps::{open_connections, FlowTable, FlowWalk};
 pub use perf::CaptureBuffers;

@@ -1,4 +1,12 @@
-//! Statistics of the benches' rounds.
+//! Statistics of the benches' rounds, and the kernel's own of a program.
+use aya::programs::Xdp;
+
+/// The kernel's BPF run-time statistics of `prog` (on while `BPF_ENABLE_STATS` is held):
+/// (nanoseconds run, runs).
+pub fn run_stats(prog: &Xdp) -> (u64, u64) {
+    let info = prog.info().unwrap_or_else(|e| panic!("program info: {e}"));
+    (info.run_time().as_nanos() as u64, info.run_count())
+}
 
 /// The median of `values` (sorted in place); `None` for none.
 pub fn median(values: &mut [f64]) -> Option<f64> {

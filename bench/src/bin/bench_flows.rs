@@ -50,7 +50,7 @@ use lb_bench::{
     balancer::{self, PORT, VIP4},
     programs::{ENCAP, FLOWGEN, FLOW_MISS, MAC_SWAP},
     row::Row,
-    stats::median,
+    stats::{median, run_stats},
     thread::ThreadIn,
 };
 use lb_common::{
@@ -299,7 +299,7 @@ impl Bench {
     /// the kernel's BPF statistics (on while this runs).
     fn cost(&self, table: Table, prog: &str, expect: Expect, frames: &[Vec<u8>]) -> Result<f64, String> {
         let xdp = self.program(table, prog);
-        let before = (prog_stats(xdp), self.counters(table));
+        let before = (run_stats(xdp), self.counters(table));
         for frame in frames {
             let ctx = lb_tests::xdp::xdp_md(frame.len(), self.ingress);
             let r = xdp
@@ -309,7 +309,7 @@ impl Bench {
                 return Err(format!("{prog} returned {} (XDP_TX expected)", r.return_value));
             }
         }
-        let after = (prog_stats(xdp), self.counters(table));
+        let after = (run_stats(xdp), self.counters(table));
         Self::check(expect, frames.len() as u64, &before.1, &after.1)?;
         let (ns, runs) = (after.0 .0 - before.0 .0, after.0 .1 - before.0 .1);
         if runs != frames.len() as u64 {
@@ -455,11 +455,6 @@ fn load(flows_per_cpu: u32, extra: &[&'static str]) -> (Datapath, ProgramArray<M
     let map = dp.raw_mut().take_map(bench_maps::CHAIN).expect("the BENCH_CHAIN map");
     let chain = ProgramArray::try_from(map).expect("BENCH_CHAIN is a program array");
     (dp, chain)
-}
-
-fn prog_stats(prog: &Xdp) -> (u64, u64) {
-    let info = prog.info().unwrap_or_else(|e| panic!("program info: {e}"));
-    (info.run_time().as_nanos() as u64, info.run_count())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -689,8 +689,7 @@ impl Bench {
 
 fn prog_stats(ebpf: &Ebpf, name: &str) -> (u64, u64) {
     let prog: &Xdp = ebpf.program(name).and_then(|p| p.try_into().ok()).expect("XDP program");
-    let info = prog.info().unwrap_or_else(|e| panic!("program info of {name}: {e}"));
-    (info.run_time().as_nanos() as u64, info.run_count())
+    lb_bench::stats::run_stats(prog)
 }
 
 // ---------------------------------------------------------------------------------------------

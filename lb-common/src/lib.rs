@@ -159,8 +159,8 @@ pub mod limits {
     /// 8 bytes: 0.5 MiB a ring, 32 MiB for 64). Load time.
     pub const MAX_RINGS: u32 = 64;
     /// Flows the table holds, all CPUs together (`limits.flows`'s default): each possible CPU
-    /// gets an equal share and evicts its own least recently used flows when that is full. 128
-    /// bytes of kernel memory each, as the map reports it (128 MiB at this default). Load time.
+    /// gets an equal share and evicts its own least recently used flows when that is full. 136
+    /// bytes of kernel memory each, as the map reports it (136 MiB at this default). Load time.
     pub const FLOWS: u32 = 1 << 20;
     /// Unconfirmed flows (PENDING_FLOWS), all CPUs together: new flows wait there for their next
     /// packet (`limits.pending_flows`'s default). Load time.

@@ -51,9 +51,9 @@ fn rows() -> Vec<Row> {
             maps: &[map_names::BACKENDS, map_names::BACKEND_STATS, map_names::ACTIVE_CONNS, map_names::NEXT_HOPS],
         },
         Row {
-            what: "flows, all CPUs together (128 bytes of kernel memory each, measured); each possible CPU holds an equal share (or `flows_per_cpu`)",
+            what: "flows, all CPUs together (136 bytes of kernel memory each, measured); each possible CPU holds an equal share (or `flows_per_cpu`)",
             key: Some("flows"),
-            default: format!("{} ({})", limits::FLOWS, mib(u64::from(limits::FLOWS) * 128)),
+            default: format!("{} ({})", limits::FLOWS, mib(u64::from(limits::FLOWS) * 136)),
             maps: &[map_names::FLOWS],
         },
         Row {

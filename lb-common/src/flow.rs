@@ -31,7 +31,11 @@ pub struct FlowValue {
     pub vip_generation: u32,
     /// `BackendValue::generation` of `backend` when the flow was recorded.
     pub backend_generation: u32,
-    pub _pad: u32,
+    /// `VipPolicy::generation` of the flow's VIP when one of its packets last passed the policy
+    /// checks (lb-ebpf/src/policy.rs); 0 for none since it was recorded. A confirmed flow whose
+    /// stamp is its VIP's current generation skips the checks: any change of the VIP's lists,
+    /// the global deny list or the VIP's limits moves the generation on.
+    pub policy_generation: u32,
     /// `FLOW_*` bits. A word of its own: the data plane clears bits with an atomic fetch-and
     /// (64-bit: the BPF target has no 32-bit atomics in `core`), so that a flow is uncounted
     /// exactly once.

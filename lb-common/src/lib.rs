@@ -21,7 +21,7 @@ pub use decap::{DecapConfig, DecapSource};
 pub use flow::{FlowKey, FlowValue, FLOW_COUNTED};
 pub use policy::{
     AclKey, Gcra, PolicyCounts, PolicyReason, SourceKey, SourceState, VipPolicy, ACL_ALLOW, ACL_DENY,
-    POLICY_ACL, POLICY_PASS_OVER_LIMIT, POLICY_TRACK,
+    POLICY_ACL, POLICY_GLOBAL_DENY, POLICY_PASS_OVER_LIMIT, POLICY_TRACK,
 };
 pub use vip::{
     VipKey, VipSlot, VipValue, FAMILY_V4, FAMILY_V6, MODE_IPIP, MODE_L2DSR, PROTO_ICMP, PROTO_ICMPV6,

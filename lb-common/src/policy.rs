@@ -99,6 +99,8 @@ pub const POLICY_TRACK: u32 = 1 << 1;
 /// A new TCP flow over a new-flow limit goes to the stack (`pass_rate_limited`) instead of
 /// being dropped.
 pub const POLICY_PASS_OVER_LIMIT: u32 = 1 << 2;
+/// The global deny list has entries (its scope is looked up): an empty one costs no lookup.
+pub const POLICY_GLOBAL_DENY: u32 = 1 << 3;
 
 /// VIP_POLICY's value, by VIP id: what the policy step does for the VIP's packets.
 #[repr(C)]
@@ -106,8 +108,11 @@ pub const POLICY_PASS_OVER_LIMIT: u32 = 1 << 2;
 pub struct VipPolicy {
     /// `POLICY_*` bits.
     pub flags: u32,
-    /// Source prefix length the per-source state is kept by (for the agent's reading).
-    pub source_prefix: u32,
+    /// Moved on by the agent (to its cache generation, which never comes back) once the VIP's
+    /// lists, the global deny list or the VIP's limits changed and every entry of the change is
+    /// written: a confirmed flow whose `FlowValue::policy_generation` is this one passed the
+    /// checks under what they say now, and skips them. 0: no flow skips them.
+    pub generation: u32,
     /// The source address ANDed with this is a SOURCES key's address.
     pub source_mask: [u64; 2],
     /// New flows a second per source (this CPU's share).

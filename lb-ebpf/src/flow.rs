@@ -65,9 +65,11 @@ pub struct Choice {
 }
 
 /// The backend for a packet with flow key `key`. A known flow wins (drains, ring and scheduler
-/// changes never move a live connection): this CPU's FLOW_CACHE first, then FLOWS (confirmed
-/// flows), then PENDING_FLOWS (flows with one recorded packet). An entry names its VIP, read by
-/// id, so a known flow costs no VIP lookup. A SYN follows a known flow only to a backend that
+/// changes never move a live connection): this CPU's FLOW_CACHE first (not for a SYN), then
+/// FLOWS (confirmed flows), then PENDING_FLOWS (flows with one recorded packet). An entry names
+/// its VIP, read by id, so a known flow costs no VIP lookup. The access lists and rate limits
+/// (policy.rs) check a recorded packet before PENDING_FLOWS: every packet but those of a
+/// confirmed flow that passed them under its VIP's policy generation. A SYN follows a known flow only to a backend that
 /// takes new flows: a client reusing a port (NAT) after its backend was drained, went down or
 /// was removed gets a backend anew.
 ///
@@ -103,7 +105,7 @@ pub fn choose(
         // LRU then sees the flow as used even while no lbd moves the generation.
         c.hits = c.hits.wrapping_add(1);
         if c.generation == generation && c.hits != 0 && same_key(&c.key, key) {
-            if !syn || takes_new_flows(c.backend) {
+            if !syn {
                 if record {
                     crate::stats::add(counters, Counter::FlowHit);
                 }
@@ -117,18 +119,39 @@ pub fn choose(
                     counted,
                 });
             }
-            // The table decides (and drops the flow): the slot answers no more.
+            // A SYN starts a flow: the policy checks it, and the table decides (a backend that
+            // takes no new flows drops the flow). The slot answers no more.
             c.generation = 0;
         }
     }
-    if record {
-        // Access lists and rate limits, before any flow-table work (policy.rs).
-        crate::policy::screen(key, syn)?;
-    }
     // A void FLOWS entry (its VIP or backend id means another one now) is replaced, not kept.
     let mut void = false;
-    // SAFETY: flow values are plain integers written whole.
-    if let Some(f) = unsafe { FLOWS.get(key) } {
+    // The access lists and rate limits (policy.rs), before any flow-table work but the lookup
+    // of a confirmed flow, which skips them once one of its packets passed them under its VIP's
+    // policy generation (read here, before them). A SYN starts a flow: checked first, always.
+    // (One call site: each one the verifier walks anew.)
+    let mut flow = core::ptr::null_mut();
+    if !(record && syn) {
+        flow = FLOWS.get_ptr_mut(key).unwrap_or(core::ptr::null_mut());
+    }
+    // SAFETY (the dereferences of `flow`): a FLOWS entry or null; flow values are plain
+    // integers written whole, but the policy stamp, which any CPU may write (a u32 it read).
+    let confirmed = record && !flow.is_null() && live(unsafe { &*flow }).is_some();
+    // 0: none (no confirmed flow, or a VIP policy no flow skips).
+    let policy_generation = if confirmed { crate::policy::generation(unsafe { &*flow }) } else { 0 };
+    let stamp = if flow.is_null() { 0 } else { unsafe { (*flow).policy_generation } };
+    if record && (policy_generation == 0 || stamp != policy_generation) {
+        crate::policy::screen(key, syn)?;
+        if policy_generation != 0 {
+            // Passed under it (a change written meanwhile moved it on: checked again).
+            unsafe { (*flow).policy_generation = policy_generation };
+        }
+    }
+    if record && syn {
+        flow = FLOWS.get_ptr_mut(key).unwrap_or(core::ptr::null_mut());
+    }
+    if !flow.is_null() {
+        let f = unsafe { &*flow };
         match live(f) {
             Some((mode, takes)) if !syn || takes => {
                 // A known flow needs no hashing either: its hash was kept with it.
@@ -199,7 +222,7 @@ pub fn choose(
             vip: vip.id,
             vip_generation,
             backend_generation,
-            _pad: 0,
+            policy_generation: 0,
             flags: schedule::flow_flags(vip, key),
         };
         // A full table evicts its least recently used (unconfirmed) flow; an error here only
@@ -224,12 +247,6 @@ fn live(f: &FlowValue) -> Option<(u8, bool)> {
         }
         _ => None,
     }
-}
-
-/// Whether backend `id` takes new flows now.
-#[inline(always)]
-fn takes_new_flows(id: u32) -> bool {
-    BACKENDS.get(id).is_some_and(|b| b.flags & BACKEND_TAKES_NEW_FLOWS != 0)
 }
 
 /// The second recorded packet of a flow: it moves from PENDING_FLOWS into FLOWS. Returns

@@ -2,19 +2,21 @@
 //! the VIP's allow and deny lists, longest prefix wins) and the VIP's rate limits (per source:
 //! packets and new flows a second; the whole VIP: new flows a second).
 //!
-//! It runs for the client's packets that this CPU's flow cache does not answer (flow.rs): the
-//! cache holds only flows admitted under the current cache generation, which the agent moves on
-//! with every policy change, so a new deny reaches established flows at once while their
-//! packets cost nothing more here. Buckets are per CPU (no lock or atomic shared between CPUs):
-//! each CPU admits its share of a rate (`Gcra::share`).
+//! It runs for the client's packets that no confirmed flow answers for: a confirmed flow (this
+//! CPU's flow cache, or FLOWS) skips it once one of its packets passed it under the VIP's current
+//! policy generation (`VipPolicy::generation`, stamped in the flow's entry; the cache holds only
+//! flows admitted under the current cache generation), which the agent moves on with every
+//! change of the lists or limits: a new deny reaches established flows at once while their
+//! packets cost nothing more here. A SYN (a new flow) always runs it. Buckets are per CPU (no
+//! lock or atomic shared between CPUs): each CPU admits its share of a rate (`Gcra::share`).
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
     maps::lpm_trie::Key,
 };
 use lb_common::{
-    AclKey, Counter, FlowKey, PolicyReason, SourceKey, SourceState, VipPolicy, ACL_DENY, POLICY_ACL,
-    POLICY_PASS_OVER_LIMIT, POLICY_TRACK,
+    AclKey, Counter, FlowKey, FlowValue, PolicyReason, SourceKey, SourceState, VipPolicy, ACL_DENY,
+    POLICY_ACL, POLICY_GLOBAL_DENY, POLICY_PASS_OVER_LIMIT, POLICY_TRACK,
 };
 
 use crate::{
@@ -33,6 +35,18 @@ pub fn screen(key: &FlowKey, syn: bool) -> Result<(), Counter> {
     verdict(check(key, syn))
 }
 
+/// The policy generation of confirmed flow `f`'s VIP (0: no flow skips the checks): `f` skips
+/// them if one of its packets passed them under it. Read before the checks, once (a change
+/// written meanwhile moves it on, and the flow is checked again).
+#[inline(always)]
+pub fn generation(f: &FlowValue) -> u32 {
+    match VIP_POLICY.get_ptr(f.vip) {
+        // SAFETY: an array slot of plain integers; volatile: read once, here.
+        Some(p) => unsafe { core::ptr::read_volatile(&(*p).generation) },
+        None => 0,
+    }
+}
+
 /// A non-TCP packet that found no flow (it starts one) to VIP `vip`: admitted, or the verdict.
 /// (A TCP flow's start is its SYN, which [`screen`] already limited.)
 #[inline(always)]
@@ -48,7 +62,8 @@ fn check(key: &FlowKey, syn: bool) -> u32 {
     };
     let id = vip.id;
     let Some(policy) = VIP_POLICY.get(id) else { return ADMIT };
-    if denied(AclKey::GLOBAL, key) || (policy.flags & POLICY_ACL != 0 && denied(AclKey::scope_of(id), key)) {
+    let global = policy.flags & POLICY_GLOBAL_DENY != 0 && denied(AclKey::GLOBAL, key);
+    if global || (policy.flags & POLICY_ACL != 0 && denied(AclKey::scope_of(id), key)) {
         return refuse(id, PolicyReason::Acl, false, policy);
     }
     if policy.flags & POLICY_TRACK == 0 {

@@ -290,7 +290,6 @@ pub fn vip_policy(address: IpAddr, limits: Option<&RateLimits>, acl: bool, cpus:
     if l.over_limit == OverLimit::Pass {
         policy.flags |= POLICY_PASS_OVER_LIMIT;
     }
-    policy.source_prefix = len.into();
     policy.source_mask = [
         u64::from_ne_bytes(mask[..8].try_into().expect("8 bytes")),
         u64::from_ne_bytes(mask[8..].try_into().expect("8 bytes")),

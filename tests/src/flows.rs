@@ -31,7 +31,7 @@ pub fn fill_counted_flows(pin_dir: &Path, vip_id: u32, backend_id: u32, n: u32, 
         vip: vip_id,
         vip_generation,
         backend_generation,
-        _pad: 0,
+        policy_generation: 0,
         flags: FLOW_COUNTED,
     };
     let cpus = aya::util::online_cpus().expect("online CPUs");

@@ -113,6 +113,9 @@ pub struct Applied {
     pub acl: BTreeMap<AclEntry, u32>,
     /// VIP_POLICY entries written, by VIP id.
     pub policies: BTreeMap<u32, lb_common::VipPolicy>,
+    /// VIP ids whose policy generation a change set to 0 and has not moved on yet (until the
+    /// change's last step; after a change that failed half-way, until the next one's).
+    pub rechecks_due: BTreeSet<u32>,
 }
 
 impl Applied {
@@ -160,6 +163,15 @@ impl Applied {
             }
             Step::Policy { id, value } => {
                 self.policies.insert(*id, *value);
+                self.rechecks_due.insert(*id);
+            }
+            Step::PolicyGeneration { ids, generation } => {
+                for id in ids {
+                    if let Some(p) = self.policies.get_mut(id) {
+                        p.generation = *generation;
+                    }
+                    self.rechecks_due.remove(id);
+                }
             }
             Step::ResetBackend(_)
             | Step::RemoveVip(_)
@@ -309,8 +321,13 @@ pub enum Step {
     Acl { entry: AclEntry, value: u32 },
     /// An access-list entry nothing asks for any more.
     RemoveAcl(AclEntry),
-    /// VIP_POLICY[`id`]: the VIP's limits and whether it has access lists.
+    /// VIP_POLICY[`id`]: the VIP's limits and whether it has access lists, generation 0 (no
+    /// confirmed flow skips the checks until [`Step::PolicyGeneration`]).
     Policy { id: u32, value: lb_common::VipPolicy },
+    /// The cache generation moved on, and given to these VIP ids' policies as their generation
+    /// (`VipPolicy::generation`; filled in by the executor): their confirmed flows pass the
+    /// checks again, once, under the lists and limits just written.
+    PolicyGeneration { ids: Vec<u32>, generation: u32 },
 }
 
 /// The steps that make the maps (as `current` records them) hold `vips`, `source` and the
@@ -368,7 +385,7 @@ pub fn steps(
     }
     // A VIP's lists and limits before its entry: its first packet meets them.
     let before = policy::steps_before(current, &acl, vips, &ids, desired.cpus);
-    let after = policy::steps_after(current, &acl, &before);
+    let after = policy::steps_after(current, &acl, vips, &ids, desired.cpus, &before);
     steps.extend(before);
     // The keys the new config takes: an old key in it is not removed (VIPs may be renamed or
     // swap addresses).
@@ -497,7 +514,13 @@ pub fn preview(
         let was = applied.schedulers.get(&v.name).copied().filter(|s| *s != v.scheduler);
         let id = ids.vips[&v.name];
         let acl_changes = policy::changes_of(applied, &acl, id + 1);
-        let limits_change = applied.policies.get(&id) != Some(&policy::vip_policy(v, id, &acl, desired.cpus));
+        // (Whether the global list is looked up shows in its own row.)
+        let shown = |p: &lb_common::VipPolicy| lb_common::VipPolicy {
+            flags: p.flags & !lb_common::POLICY_GLOBAL_DENY,
+            ..policy::without_generation(p)
+        };
+        let limits_change = applied.policies.get(&id).map(shown)
+            != Some(shown(&policy::vip_policy(v, id, &acl, desired.cpus)));
         let (action, share) = match applied.rings.get(&v.name) {
             None => ("add", 1.0),
             Some(old) => {
@@ -558,7 +581,10 @@ pub fn preview(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Backend, Protocol};
+    use crate::{
+        config::{Backend, Protocol},
+        security::Deny,
+    };
 
     fn vip(all_down: AllDown) -> (Vip, Ids) {
         let addresses: Vec<IpAddr> = (1..=3).map(|i| IpAddr::from([198, 18, 0, 10 + i])).collect();
@@ -696,6 +722,76 @@ mod tests {
             })
             .collect();
         v
+    }
+
+    /// The steps of a change of lists from `current` (recorded as the executor would, with
+    /// generation `g` for the VIPs it moves on).
+    fn policy_change(current: &mut Applied, vips: &[Vip], denies: &[Deny], g: u32) -> Vec<Step> {
+        let desired = policy::Desired { security: &Default::default(), denies, cpus: 1 };
+        let steps =
+            steps(current, &Source::default(), vips, &Down::new(), &sizes(4, 8), &desired).expect("a plan");
+        for step in &steps {
+            match step {
+                Step::PolicyGeneration { ids, .. } => {
+                    current.record(&Step::PolicyGeneration { ids: ids.clone(), generation: g })
+                }
+                other => current.record(other),
+            }
+        }
+        steps
+    }
+
+    #[test]
+    fn a_policy_generation_moves_after_every_entry_of_a_change_for_the_vips_it_concerns() {
+        let mut a = simple("a", 1, &[1]);
+        a.allow = vec!["198.18.0.0/16".parse().unwrap()];
+        let b = simple("b", 2, &[1]);
+        let vips = [a.clone(), b];
+        let mut current = Applied::default();
+        let first = policy_change(&mut current, &vips, &[], 7);
+        assert!(
+            first.iter().any(|s| matches!(s, Step::PolicyGeneration { ids, .. } if ids == &[0, 1])),
+            "new VIPs get a generation: {first:?}"
+        );
+        assert_eq!(current.policies[&0].generation, 7);
+        let again = policy_change(&mut current, &vips, &[], 8);
+        assert!(!again.iter().any(|s| matches!(s, Step::Policy { .. } | Step::PolicyGeneration { .. })));
+        // a's allow list narrowed: its /16 entry goes after the VIP entries.
+        let mut narrowed = a.clone();
+        narrowed.allow = vec!["198.18.8.0/24".parse().unwrap()];
+        let vips = [narrowed, vips[1].clone()];
+        let steps = policy_change(&mut current, &vips, &[], 9);
+        let at = |f: &dyn Fn(&Step) -> bool| steps.iter().position(f);
+        let zero =
+            at(&|s| matches!(s, Step::Policy { id: 0, value } if value.generation == 0)).expect("a zeroed");
+        let first_acl = at(&|s| matches!(s, Step::Acl { .. } | Step::RemoveAcl(_))).expect("entries");
+        let last_acl =
+            steps.iter().rposition(|s| matches!(s, Step::Acl { .. } | Step::RemoveAcl(_))).unwrap();
+        let moved = at(&|s| matches!(s, Step::PolicyGeneration { .. })).expect("a generation");
+        assert!(zero < first_acl && last_acl < moved, "zeroed, entries, then moved on: {steps:?}");
+        assert!(matches!(&steps[moved], Step::PolicyGeneration { ids, .. } if ids == &[0]), "a only");
+        assert_eq!((current.policies[&0].generation, current.policies[&1].generation), (9, 7));
+        // An operator's global deny concerns every VIP.
+        let deny = Deny { prefix: "198.19.0.0/16".parse().unwrap(), vip: None, expires_unix: None };
+        let steps = policy_change(&mut current, &vips, std::slice::from_ref(&deny), 10);
+        assert!(steps.iter().any(|s| matches!(s, Step::PolicyGeneration { ids, .. } if ids == &[0, 1])));
+        assert!(current
+            .policies
+            .values()
+            .all(|p| p.generation == 10 && p.flags & lb_common::POLICY_GLOBAL_DENY != 0));
+        // A change that failed after zeroing: the next plan moves the generation on.
+        let mut failed = Applied {
+            ids: current.ids.clone(),
+            acl: current.acl.clone(),
+            policies: current.policies.clone(),
+            rechecks_due: [1].into(),
+            ..Default::default()
+        };
+        let steps = policy_change(&mut failed, &vips, &[deny], 11);
+        assert!(
+            steps.iter().any(|s| matches!(s, Step::PolicyGeneration { ids, .. } if ids == &[1])),
+            "{steps:?}"
+        );
     }
 
     #[test]

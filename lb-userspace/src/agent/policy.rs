@@ -5,7 +5,7 @@
 //! list gets a catch-all deny of its family (`/0`), which any allow prefix outranks.
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{VipPolicy, ACL_ALLOW, ACL_DENY};
+use lb_common::{VipPolicy, ACL_ALLOW, ACL_DENY, POLICY_GLOBAL_DENY};
 
 use super::plan::{Applied, Ids, Step};
 use crate::{
@@ -59,19 +59,33 @@ pub fn acl(vips: &[Vip], ids: &Ids, desired: &Desired) -> BTreeMap<AclEntry, u32
     out
 }
 
-/// VIP `v`'s policy, given the entries of `acl` (from [`acl`]).
+/// VIP `v`'s policy, given the entries of `acl` (from [`acl`]); its generation 0 (the executor
+/// gives it one: [`Step::PolicyGeneration`]).
 pub fn vip_policy(v: &Vip, id: u32, acl: &BTreeMap<AclEntry, u32>, cpus: u32) -> VipPolicy {
-    let scope = id + 1;
-    let has_acl = acl
-        .range(AclEntry { scope, address: [0u8; 4].into(), len: 0 }..)
-        .next()
-        .is_some_and(|(e, _)| e.scope == scope);
-    security::vip_policy(v.address, v.limits.as_ref(), has_acl, cpus)
+    let mut policy = security::vip_policy(v.address, v.limits.as_ref(), has_scope(acl, id + 1), cpus);
+    if has_scope(acl, 0) {
+        policy.flags |= POLICY_GLOBAL_DENY;
+    }
+    policy
 }
 
-/// The steps before the VIPs' entries are written: every access-list entry that is new or
-/// changes, the entries of ids that change owner removed, then each VIP's policy. A list that
-/// changes holds both versions' entries for a moment (an entry in both changes in one write).
+/// Whether `acl` has entries of `scope`.
+fn has_scope<V>(acl: &BTreeMap<AclEntry, V>, scope: u32) -> bool {
+    acl.range(AclEntry { scope, address: [0u8; 4].into(), len: 0 }..)
+        .next()
+        .is_some_and(|(e, _)| e.scope == scope)
+}
+
+/// What VIP_POLICY holds for a VIP, but its generation.
+pub fn without_generation(p: &VipPolicy) -> VipPolicy {
+    VipPolicy { generation: 0, ..*p }
+}
+
+/// The steps before the VIPs' entries: the policy generation of every VIP the change concerns
+/// set to 0 (its confirmed flows are checked again from now on), every access-list entry that
+/// is new or changes, the entries of ids that change owner removed, then each VIP's policy
+/// that changes (generation 0). A list that changes holds both versions' entries for a moment
+/// (an entry in both changes in one write).
 pub fn steps_before(
     current: &Applied,
     acl: &BTreeMap<AclEntry, u32>,
@@ -80,6 +94,11 @@ pub fn steps_before(
     cpus: u32,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
+    for id in to_recheck(current, acl, vips, ids, cpus) {
+        if let Some(p) = current.policies.get(&id).filter(|p| p.generation != 0) {
+            steps.push(Step::Policy { id, value: without_generation(p) });
+        }
+    }
     for (e, &value) in acl {
         if current.acl.get(e) != Some(&value) {
             steps.push(Step::Acl { entry: *e, value });
@@ -98,23 +117,66 @@ pub fn steps_before(
     for v in vips {
         let id = ids.vips[&v.name];
         let value = vip_policy(v, id, acl, cpus);
-        if current.policies.get(&id) != Some(&value) {
+        if current.policies.get(&id).map(without_generation) != Some(value) {
             steps.push(Step::Policy { id, value });
         }
     }
     steps
 }
 
-/// The steps after the VIPs' entries: the access-list entries nothing asks for any more.
-pub fn steps_after(current: &Applied, acl: &BTreeMap<AclEntry, u32>, before: &[Step]) -> Vec<Step> {
+/// The VIP ids whose confirmed flows must pass the checks again: their policy, their lists or
+/// the global list change, or they have no generation yet (new, or a change that set it to 0
+/// failed half-way).
+fn to_recheck(
+    current: &Applied,
+    acl: &BTreeMap<AclEntry, u32>,
+    vips: &[Vip],
+    ids: &Ids,
+    cpus: u32,
+) -> Vec<u32> {
+    let changed: BTreeSet<u32> = acl
+        .iter()
+        .filter(|(e, v)| current.acl.get(e) != Some(v))
+        .map(|(e, _)| e.scope)
+        .chain(current.acl.keys().filter(|e| !acl.contains_key(e)).map(|e| e.scope))
+        .collect();
+    vips.iter()
+        .map(|v| (v, ids.vips[&v.name]))
+        .filter(|&(v, id)| {
+            let written = current.policies.get(&id);
+            written.is_none_or(|p| without_generation(p) != vip_policy(v, id, acl, cpus))
+                || current.rechecks_due.contains(&id)
+                || changed.contains(&0)
+                || changed.contains(&(id + 1))
+        })
+        .map(|(_, id)| id)
+        .collect()
+}
+
+/// The steps after the VIPs' entries: the access-list entries nothing asks for any more, then
+/// the new policy generation of every VIP the change concerns (last: a flow that passes the
+/// checks under it has met every entry of the change).
+pub fn steps_after(
+    current: &Applied,
+    acl: &BTreeMap<AclEntry, u32>,
+    vips: &[Vip],
+    ids: &Ids,
+    cpus: u32,
+    before: &[Step],
+) -> Vec<Step> {
     let removed: BTreeSet<AclEntry> =
         before.iter().filter_map(|s| if let Step::RemoveAcl(e) = s { Some(*e) } else { None }).collect();
-    current
+    let mut steps: Vec<Step> = current
         .acl
         .keys()
         .filter(|e| !acl.contains_key(e) && !removed.contains(e))
         .map(|e| Step::RemoveAcl(*e))
-        .collect()
+        .collect();
+    let ids = to_recheck(current, acl, vips, ids, cpus);
+    if !ids.is_empty() {
+        steps.push(Step::PolicyGeneration { ids, generation: 0 });
+    }
+    steps
 }
 
 /// For `lbctl plan`: the entries of VIP `id`'s lists that would be written or removed.

@@ -77,6 +77,19 @@ fn take(dp: &mut Datapath, applied: &mut Applied, step: Step, slots: &mut usize)
         Step::Acl { entry, value } => dp.set_acl(entry, *value)?,
         Step::RemoveAcl(entry) => dp.remove_acl(entry)?,
         Step::Policy { id, value } => dp.set_vip_policy(*id, *value)?,
+        Step::PolicyGeneration { ids, .. } => {
+            // A generation no policy ever had (the cache generation never comes back): moved
+            // on and written to CONFIG first, so a change that fails half-way never hands the
+            // same one out twice.
+            move_cache_generation(dp, applied)?;
+            let generation = applied.cache_generation;
+            for id in ids {
+                if let Some(p) = applied.policies.get(id) {
+                    dp.set_vip_policy(*id, lb_common::VipPolicy { generation, ..*p })?;
+                }
+            }
+            return Ok(Step::PolicyGeneration { ids: ids.clone(), generation });
+        }
         Step::DropRrSequence { .. } | Step::ForgetVip(_) | Step::Ids(_) => {}
     }
     Ok(step)

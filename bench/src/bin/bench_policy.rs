@@ -341,9 +341,7 @@ fn run(dp: &mut Datapath, program: &'static str, frame: &[u8], ingress: u32, rep
 
 /// The program's BPF statistics: (run_time_ns, run_cnt).
 fn prog_stats(dp: &mut Datapath, program: &'static str) -> (u64, u64) {
-    let prog = datapath::program(dp.raw_mut(), program).expect("program");
-    let info = prog.info().unwrap_or_else(|e| panic!("program info of {program}: {e}"));
-    (info.run_time().as_nanos() as u64, info.run_count())
+    lb_bench::stats::run_stats(datapath::program(dp.raw_mut(), program).expect("program"))
 }
 
 fn apply(dp: &mut Datapath, c: &Config) {

@@ -1,6 +1,12 @@
 //! Statistics of the benches' rounds, and the kernel's own of a program.
 use aya::programs::Xdp;
 
+/// `kernel.bpf_stats_enabled` as it reads now: a bench that turned the statistics on checks
+/// that it is back as it was.
+pub fn bpf_stats_enabled() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default().trim().to_owned()
+}
+
 /// The kernel's BPF run-time statistics of `prog` (on while `BPF_ENABLE_STATS` is held):
 /// (nanoseconds run, runs).
 pub fn run_stats(prog: &Xdp) -> (u64, u64) {

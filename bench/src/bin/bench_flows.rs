@@ -796,14 +796,10 @@ fn scaling(b: &mut Bench, gen: FlowGen, budget: Duration) -> Result<f64, String>
     Ok(two / one)
 }
 
-fn read_stats_enabled() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default().trim().to_owned()
-}
-
 fn main() {
     let args = args();
     lb_tests::privilege::require_root();
-    let stats_before = read_stats_enabled();
+    let stats_before = lb_bench::stats::bpf_stats_enabled();
     let started = Instant::now();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpus - 1;
@@ -824,7 +820,7 @@ fn main() {
     for row in &rows {
         row.print();
     }
-    let stats_after = read_stats_enabled();
+    let stats_after = lb_bench::stats::bpf_stats_enabled();
     eprintln!(
         "bench_flows: {:.1?} in all; kernel.bpf_stats_enabled was {stats_before}, is {stats_after}",
         started.elapsed()

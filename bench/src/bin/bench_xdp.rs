@@ -928,14 +928,10 @@ fn warm_up(bench: &mut Bench) {
     eprintln!("bench_xdp: warm-up took {:.1?}", t.elapsed());
 }
 
-fn read_stats_enabled() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default().trim().to_owned()
-}
-
 fn main() {
     let args = args();
     lb_tests::privilege::require_root();
-    let stats_before = read_stats_enabled();
+    let stats_before = lb_bench::stats::bpf_stats_enabled();
     let started = Instant::now();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpus - 1;
@@ -968,7 +964,7 @@ fn main() {
         }
     }
     drop(bench);
-    let stats_after = read_stats_enabled();
+    let stats_after = lb_bench::stats::bpf_stats_enabled();
     if args.only.is_some() {
         // Profiling one case: the others were not run.
         rows.retain(|r| r.value.is_some());

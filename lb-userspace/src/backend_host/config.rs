@@ -143,7 +143,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
             return Err(decap_only("allowed_sources", list.span()));
         }
         for p in list.get_ref() {
-            let prefix = parse_prefix(p.get_ref()).map_err(|m| error(at(&p.span()), "allowed_sources", m))?;
+            let prefix = p
+                .get_ref()
+                .parse::<crate::security::Prefix>()
+                .map(|p| (p.address, p.len))
+                .map_err(|m| error(at(&p.span()), "allowed_sources", m))?;
             if !allowed_sources.insert(prefix) {
                 return Err(error(
                     at(&p.span()),
@@ -198,41 +202,6 @@ fn unicast(text: &str, what: &str) -> Result<IpAddr, String> {
     Ok(address)
 }
 
-/// `ADDRESS/LENGTH`, or an address alone (all its bits), with the host bits clear.
-fn parse_prefix(text: &str) -> Result<(IpAddr, u8), String> {
-    let (address, len) = text.split_once('/').unwrap_or((text, ""));
-    let address: IpAddr = address
-        .parse()
-        .map_err(|_| format!("{text:?} is not a prefix: write e.g. \"198.18.0.0/24\" or \"fd00::/64\""))?;
-    let bits: u8 = if address.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        "" => bits,
-        l => l
-            .parse::<u8>()
-            .ok()
-            .filter(|&l| l <= bits)
-            .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {bits}"))?,
-    };
-    let network = masked(address, len);
-    if network != address {
-        return Err(format!("{text:?} has host bits set: write \"{network}/{len}\""));
-    }
-    Ok((network, len))
-}
-
-fn masked(address: IpAddr, len: u8) -> IpAddr {
-    match address {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            IpAddr::from((u32::from(a) & mask).to_be_bytes())
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            IpAddr::from((u128::from(a) & mask).to_be_bytes())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,7 +251,7 @@ state_file = "/run/x.json"
         );
         assert_eq!(
             err("interfaces = [\"eth0\"]\nallowed_sources = [\"198.18.0.5/24\"]\n"),
-            "b.toml:2: allowed_sources: \"198.18.0.5/24\" has host bits set: write \"198.18.0.0/24\""
+            "b.toml:2: allowed_sources: \"198.18.0.5/24\" has bits set past /24: write 198.18.0.0/24"
         );
         assert_eq!(
             err("interfaces = [\"eth0\"]\nallowed_sources = [\"fd00::/129\"]\n"),

@@ -24,3 +24,24 @@ impl Row {
         println!("ROW|{}|{}|{value}|{}|{ratio}|{target}|{status}", self.section, self.case, self.unit);
     }
 }
+
+/// The end of a bench that turned BPF statistics on: prints `rows`, then exits 1 if
+/// `kernel.bpf_stats_enabled` is not back to `stats_before` or a case had no valid run.
+pub fn finish(bench: &str, rows: &[Row], stats_before: &str, started: std::time::Instant) {
+    for row in rows {
+        row.print();
+    }
+    let stats_after = crate::stats::bpf_stats_enabled();
+    eprintln!(
+        "{bench}: {:.1?} in all; kernel.bpf_stats_enabled was {stats_before}, is {stats_after}",
+        started.elapsed()
+    );
+    if stats_after != stats_before {
+        eprintln!("{bench}: kernel.bpf_stats_enabled was not restored");
+        std::process::exit(1);
+    }
+    if rows.iter().any(|r| r.value.is_none()) {
+        eprintln!("{bench}: some cases had no valid run (see VOID above)");
+        std::process::exit(1);
+    }
+}

@@ -816,20 +816,5 @@ fn main() {
     }
     drop(bench);
     drop(inside);
-    for row in &rows {
-        row.print();
-    }
-    let stats_after = lb_bench::stats::bpf_stats_enabled();
-    eprintln!(
-        "bench_flows: {:.1?} in all; kernel.bpf_stats_enabled was {stats_before}, is {stats_after}",
-        started.elapsed()
-    );
-    if stats_after != stats_before {
-        eprintln!("bench_flows: kernel.bpf_stats_enabled was not restored");
-        std::process::exit(1);
-    }
-    if rows.iter().any(|r| r.value.is_none()) {
-        eprintln!("bench_flows: some cases had no valid run (see VOID above)");
-        std::process::exit(1);
-    }
+    lb_bench::row::finish("bench_flows", &rows, &stats_before, started);
 }

@@ -964,24 +964,9 @@ fn main() {
         }
     }
     drop(bench);
-    let stats_after = lb_bench::stats::bpf_stats_enabled();
     if args.only.is_some() {
         // Profiling one case: the others were not run.
         rows.retain(|r| r.value.is_some());
     }
-    for row in &rows {
-        row.print();
-    }
-    eprintln!(
-        "bench_xdp: {:.1?} in all; kernel.bpf_stats_enabled was {stats_before}, is {stats_after}",
-        started.elapsed()
-    );
-    if stats_after != stats_before {
-        eprintln!("bench_xdp: kernel.bpf_stats_enabled was not restored");
-        std::process::exit(1);
-    }
-    if rows.iter().any(|r| r.value.is_none()) {
-        eprintln!("bench_xdp: some cases had no valid run (see VOID above)");
-        std::process::exit(1);
-    }
+    lb_bench::row::finish("bench_xdp", &rows, &stats_before, started);
 }

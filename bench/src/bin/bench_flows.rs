@@ -699,10 +699,12 @@ fn pps_section(b: &mut Bench, a: &Args) -> Vec<Row> {
     let budget = Duration::from_millis(a.ms);
     let mac = b.lb_mac;
     let mut rows = Vec::new();
-    for (count, label, target) in [(10_000, "10k flows", 0.85), (1_000_000, "1M flows", 0.6)] {
-        if count > a.max_flows {
-            continue;
-        }
+    for (count, label) in FLOW_COUNTS.into_iter().filter(|(c, _)| *c <= a.max_flows) {
+        let target = match count {
+            10_000 => Some(0.85),
+            1_000_000 => Some(0.6),
+            _ => None,
+        };
         let mut by = ByShape::new(format!("established, {label}: balancer / encap floor, 1 core"));
         for s in shape::ALL {
             b.warm(s, count);
@@ -716,7 +718,7 @@ fn pps_section(b: &mut Bench, a: &Args) -> Vec<Row> {
                 );
             }
         }
-        rows.extend(by.rows("flows pps", "x encap", 2, None, true, Some(target)));
+        rows.extend(by.rows("flows pps", "x encap", 2, None, true, target));
     }
     // SYNs record nothing (Maglev): a million flows never recorded, cycled, stay new.
     let mut by = ByShape::new("SYN of a new flow, table full: balancer / encap floor, 1 core");

@@ -77,13 +77,18 @@ impl BackendHostFiles {
         self.status_output(ns, true).map(|s| serde_json::from_str(&s).expect("status JSON"))
     }
 
-    /// Starts `lbd backend-host` in `ns` and waits until its status shows every VIP on lo (and
-    /// decap attached, with decap on); returns the process and that status.
+    /// Starts `lbd backend-host` in `ns` and waits until it logs that it is set up and its
+    /// status shows every VIP on lo (and decap attached, with decap on); returns the process and
+    /// that status. (The log line, not the status alone: after a crash the status shows the
+    /// crashed run's set-up before the new run has taken it over.)
     pub fn start(&self, ns: &Netns) -> (Running, serde_json::Value) {
+        const SET_UP: &str = "backend host set up;";
+        let set_up_before = self.log().matches(SET_UP).count();
         let process = Running::spawn(&mut self.command(ns, &[]));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let status = self.status(ns);
+            let this_run_set_up = self.log().matches(SET_UP).count() > set_up_before;
+            let status = self.status(ns).filter(|_| this_run_set_up);
             let up = status.as_ref().is_some_and(|s| {
                 s["interfaces"]
                     .as_array()

@@ -441,9 +441,9 @@ fn fdinfo(fd: i32) -> MapMemory {
 
 fn memory() {
     lb_tests::privilege::require_root();
-    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    let cpus = datapath::possible_cpus().expect("possible CPUs");
     // lbd's own defaults (`[limits]` unset) on this host.
-    let sizes = lb_userspace::config::Limits::default().sizes(cpus as u32);
+    let sizes = lb_userspace::config::Limits::default().sizes(cpus);
     let dp =
         datapath::load_with(sizes).unwrap_or_else(|e| panic!("loading the programs at default sizes: {e}"));
     println!(

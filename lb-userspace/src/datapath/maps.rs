@@ -138,7 +138,7 @@ impl Datapath {
         let name = map_names::BACKEND_STATS;
         let mut stats: PerCpuArray<&mut MapData, TrafficStats> =
             PerCpuArray::try_from(self.map_mut(name)?).map_err(err(name))?;
-        let cpus = aya::util::nr_cpus().map_err(|(path, e)| DatapathError::Cpus(path, e))?;
+        let cpus = super::loader::possible_cpus()? as usize;
         let zeros = aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).map_err(|e| {
             DatapathError::Map {
                 name,

@@ -350,6 +350,7 @@ impl Edge {
         ethtool(&client, &["-K", "eth0", "tx", "off"]);
         veth((&router, "f0"), (&fabric, "router"));
         router.addr("f0", &format!("{ROUTER}/24"));
+        // The router's own configuration (no lbd runs there): it routes, hashing on the 5-tuple.
         router.sysctl("net.ipv4.ip_forward", "1");
         router.sysctl("net.ipv4.fib_multipath_hash_policy", "1");
         let mut ports = vec!["router".to_owned()];

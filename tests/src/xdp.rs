@@ -335,6 +335,8 @@ impl Fixture {
         ns.addr("eth0", "fd00:1::fe/64");
         ns.addr("eth1", "198.18.2.254/24");
         ns.addr("eth1", "fd00:2::fe/64");
+        // Packet tests run the programs without lbd, which would own these on a host: fixed
+        // answers (forwarding on, permanent neighbours) so expected frames are exact.
         ns.sysctl("net.ipv4.ip_forward", "1");
         ns.sysctl("net.ipv6.conf.all.forwarding", "1");
         let mut batch = String::new();

@@ -89,6 +89,7 @@ impl Ecmp {
         client.addr("eth0", "fd00::2/64");
         client.ip(&["-4", "route", "add", "default", "via", "198.18.0.1"]);
         client.ip(&["-6", "route", "add", "default", "via", "fd00::1"]);
+        // The router's own configuration (no lbd runs there).
         router.sysctl("net.ipv4.ip_forward", "1");
         router.sysctl("net.ipv6.conf.all.forwarding", "1");
         // Hash on the 5-tuple (not only the addresses), so one client's flows spread too.

@@ -55,6 +55,7 @@
 //!
 //! Prints `ROW|section|case|value|unit|ratio|target|status` lines (see xtask/src/bench.rs).
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
@@ -80,7 +81,13 @@ use lb_tests::{
     netns::{run, Netns},
     topology::{mac_of, parse_mac},
 };
-use lb_userspace::datapath::{self, Datapath, Mode, BALANCER};
+use lb_userspace::{
+    datapath::{self, Datapath, Mode, BALANCER},
+    host::{
+        forwarding::{self, Policy},
+        Family,
+    },
+};
 
 /// Frames per generator batch (the kernel's default; the veth rings hold 256).
 const BATCH: u32 = 64;
@@ -282,9 +289,14 @@ impl Bench {
                 rx_mac: parse_mac(&mac_of(far, &rx)),
             });
         }
-        // bpf_fib_lookup answers only with forwarding on.
-        dut.sysctl("net.ipv4.conf.all.forwarding", "1");
-        dut.sysctl("net.ipv6.conf.all.forwarding", "1");
+        // bpf_fib_lookup answers only with forwarding on: set as lbd sets it on its host.
+        let balancer_ports = [Target::Lb, Target::Syn].map(|t| format!("rx-{}", t.name()));
+        dut.run(|| {
+            forwarding::ensure(&balancer_ports, &BTreeSet::from([Family::Ipv4, Family::Ipv6]), Policy::Enable)
+        })
+        .unwrap_or_else(|e| panic!("enabling forwarding on {balancer_ports:?}: {e}"));
+        // Permanent neighbour entries, a bench-only aid: the sinks drop every frame, ARP
+        // included, so nothing behind a veth could answer lbd's resolution of the backends.
         let mut batch = String::new();
         for t in [Target::Lb, Target::Syn] {
             let rx = format!("rx-{}", t.name());

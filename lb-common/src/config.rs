@@ -20,11 +20,9 @@ pub struct ConfigValue {
     /// rewrite); 0 = no capture. Read from the entry the fast path loads anyway: no extra cost.
     pub capture_vip: u32,
     /// What the data plane caches per CPU stays valid while this matches the generation it
-    /// was cached under: next hops (MACs, egress interface) from `bpf_fib_lookup`, and recent
-    /// flows (FLOW_CACHE, in front of the flow table). The agent moves it on every second, so a
-    /// changed route or neighbour is picked up within a second and every active flow is checked
-    /// against the flow table (keeping it recently used there) once a second; and at once when
-    /// it voids or removes flows. 0 = no caching: every packet asks the FIB and the flow table.
+    /// was cached under: next hops (MACs, egress interface) from `bpf_fib_lookup`. The agent
+    /// moves it on every second, so a changed route or neighbour is picked up within a second,
+    /// and at once after every change. 0 = no caching: every packet asks the FIB.
     pub cache_generation: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConfigValue>() == 36);

@@ -58,8 +58,8 @@ counters! {
     IcmpTooBig = 16, Forward, "icmp_too_big", "larger than the path MTU towards the backend (with the tunnel header), IPv4 with DF or IPv6: answered with ICMP fragmentation needed / ICMPv6 packet too big";
     FlowHit = 17, Event, "flow_hit", "packets whose flow was in the flow table";
     FlowMiss = 18, Event, "flow_miss", "packets that found no flow (or one of a VIP that is gone): backend picked by the VIP's scheduler";
-    FlowPending = 19, Event, "flow_pending", "flows recorded in the table of unconfirmed flows (their first recorded packet): a flow enters the flow table only with its next packet";
-    FlowConfirmed = 20, Event, "flow_confirmed", "unconfirmed flows whose next packet came: moved into the flow table";
+    FlowPending = 19, Event, "flow_pending", "flows recorded unconfirmed (their first recorded packet): a flood of one-packet flows evicts only unconfirmed flows and idle connections";
+    FlowConfirmed = 20, Event, "flow_confirmed", "unconfirmed flows whose next packet came: confirmed";
     SynRescheduled = 21, Event, "syn_rescheduled", "SYNs that found an earlier connection's flow pinned to a backend that takes no new flows (drained, down, removed): scheduled anew";
     IcmpErrorToBackend = 22, Event, "icmp_error_to_backend", "ICMP errors quoting a VIP flow, sent to that flow's backend";
     Decapsulated = 23, Event, "decapsulated", "tunnelled packets the decap program stripped and passed on (backend hosts)";
@@ -70,6 +70,8 @@ counters! {
     DropRatePackets = 28, Drop, "drop_rate_packets", "over its source's packets-a-second limit (vip.limits.packets_per_source): dropped";
     DropVipNewFlowCap = 29, Drop, "drop_vip_new_flow_cap", "a new flow over the VIP's new-flows-a-second cap (vip.limits.new_flows): dropped";
     PassRateLimited = 30, Pass, "pass_rate_limited", "a new TCP flow over a new-flow limit of a VIP with limits.over_limit = \"pass\": passed to the stack";
+    FlowEvicted = 31, Event, "flow_evicted", "confirmed flows whose entry a new flow took (idle for a second or more, the longest idle of their set): their next packet is scheduled again; many mean limits.flows is too small";
+    FlowNotRecorded = 32, Event, "flow_not_recorded", "new flows not recorded: every entry of their set held a flow active in the last second; their next packet is scheduled again; many mean limits.flows is too small";
 }
 
 impl Counter {

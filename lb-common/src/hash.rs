@@ -73,23 +73,25 @@ pub fn vip_filter_bit(addr: &[u8; 16]) -> u32 {
     folded.wrapping_mul(0x9e37_79b1) >> (32 - crate::limits::VIP_FILTER_BITS.trailing_zeros())
 }
 
-/// The flow-cache slot of `key` in a cache of 2^`bits` slots (1..=24): each of the key's five
-/// 64-bit words multiplied by its own odd constant, summed, then mixed once more, the top bits
-/// kept. Multiplying before combining keeps every field's bits apart: keys of structured
-/// clients (one /16 with sequential addresses, one NAT address with sequential ports) spread as
-/// random ones do (a test measures it). Five independent multiplications: it runs on every
-/// packet of a known flow, before the cache is looked at.
+/// The flow-table set of `key` among `sets` (lb-common/src/flow.rs): each of the key's five
+/// 64-bit words multiplied by its own odd constant, summed with the seed, then mixed once more;
+/// the set is the high half scaled to `sets` (a multiplication, no division: any set count).
+/// Multiplying before combining keeps every field's bits apart: keys of structured clients (one
+/// /16 with sequential addresses, one NAT address with sequential ports) spread as random ones
+/// do (a test measures it). Five independent multiplications: it runs on every packet. The
+/// seed (the flow hash's) keeps clients from aiming their flows at one set.
 #[inline(always)]
-pub fn flow_cache_slot(key: &FlowKey, bits: u32) -> u32 {
+pub fn flow_set(key: &FlowKey, seed: u32, sets: u32) -> u32 {
     let w = words(key);
     let h = w[0]
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
         .wrapping_add(w[1].wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
         .wrapping_add(w[2].wrapping_mul(0x1656_67b1_9e37_79f9))
         .wrapping_add(w[3].wrapping_mul(0x85eb_ca77_c2b2_ae63))
-        .wrapping_add(w[4].wrapping_mul(0x27d4_eb2f_1656_67c5));
+        .wrapping_add(w[4].wrapping_mul(0x27d4_eb2f_1656_67c5))
+        .wrapping_add(seed as u64);
     let h = (h ^ (h >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
-    (h >> (64 - (bits & 63))) as u32
+    ((h >> 32) * sets as u64 >> 32) as u32
 }
 
 /// A flow key as 64-bit words (no byte-wise reads: the data plane loads whole words).
@@ -165,8 +167,8 @@ mod tests {
     }
 
     #[test]
-    fn structured_clients_spread_over_the_flow_cache_as_random_ones_do() {
-        let bits = 16;
+    fn structured_clients_spread_over_the_flow_table_as_random_ones_do() {
+        let sets = 1 << 16;
         let vip = v4([198, 18, 100, 1]);
         let shapes: [(&str, Shape); 4] = [
             ("one /16, sequential addresses and ports", |f, vip| {
@@ -191,16 +193,16 @@ mod tests {
         ];
         for n in [10_000u32, 60_000] {
             // Where n keys thrown at random land: m(1 - e^(-n/m)) distinct slots of m.
-            let m = f64::from(1u32 << bits);
+            let m = f64::from(sets);
             let random = m * (1.0 - (-f64::from(n) / m).exp());
             for (name, shape) in shapes {
                 let keys: HashSet<FlowKey> = (0..n).map(|f| shape(f, vip)).collect();
                 assert_eq!(keys.len(), n as usize, "{name}: the shape repeats keys");
-                let slots: BTreeSet<u32> = keys.iter().map(|k| flow_cache_slot(k, bits)).collect();
+                let slots: BTreeSet<u32> = keys.iter().map(|k| flow_set(k, 7, sets)).collect();
                 let ratio = slots.len() as f64 / random;
                 assert!(
                     ratio > 0.98,
-                    "{name}: {n} flows on {} slots, {random:.0} expected at random",
+                    "{name}: {n} flows on {} sets, {random:.0} expected at random",
                     slots.len()
                 );
             }

@@ -18,7 +18,10 @@ pub use backend::{BackendValue, BACKEND_TAKES_NEW_FLOWS, NO_BACKEND};
 pub use config::{CaptureMeta, ConfigValue, CAPTURE_AFTER, CAPTURE_BEFORE, CAPTURE_SNAPLEN};
 pub use counters::{Counter, CounterBlock, CounterKind, TrafficStats};
 pub use decap::{DecapConfig, DecapSource};
-pub use flow::{FlowKey, FlowValue, FLOW_COUNTED};
+pub use flow::{
+    flow_clock, FlowEntry, FlowKey, FlowValue, FLOW_BUSY, FLOW_CLOCK_SHIFT, FLOW_CONFIRMED, FLOW_COUNTED,
+    FLOW_IDLE_EVICT, FLOW_PENDING, FLOW_SEQ_MASK, FLOW_TO_COUNT, FLOW_WAYS,
+};
 pub use policy::{
     AclKey, Gcra, PolicyCounts, PolicyReason, SourceKey, SourceState, VipPolicy, ACL_ALLOW, ACL_DENY,
     POLICY_ACL, POLICY_GLOBAL_DENY, POLICY_PASS_OVER_LIMIT, POLICY_TRACK,
@@ -30,10 +33,10 @@ pub use vip::{
 };
 
 /// The layout version of the pinned maps: an agent pins under `pin_path/<PIN_LAYOUT>` and adopts
-/// only pins of its own layout. Move it on (v4 -> v5) whenever a pinned map's key or value
+/// only pins of its own layout. Move it on (v5 -> v6) whenever a pinned map's key or value
 /// changes, and record the new layouts in [`PINNED_LAYOUTS`]: a test compares the object's
 /// pinned maps with that record, so a layout cannot change under the same version.
-pub const PIN_LAYOUT: &str = "v4";
+pub const PIN_LAYOUT: &str = "v5";
 
 /// The pinned maps of layout [`PIN_LAYOUT`]: (name, key size, value size), as the object defines
 /// them (the kernel's sizes: a value array's 8-byte alignment is not counted).
@@ -47,8 +50,7 @@ pub const PINNED_LAYOUTS: &[(&str, u32, u32)] = &[
     (map_names::DECAP_CONFIG, 4, 4),
     (map_names::DECAP_SOURCES, 24, 1),
     (map_names::FIB_SCRATCH, 4, 64),
-    (map_names::FLOWS, 40, 32),
-    (map_names::PENDING_FLOWS, 40, 32),
+    (map_names::FLOW_TABLE, 4, 64),
     (map_names::POLICY_STATS, 4, 40),
     (map_names::RINGS, 4, 4),
     (map_names::RR_CURSORS, 4, 4),
@@ -72,10 +74,8 @@ pub mod map_names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const RINGS: &str = "RINGS";
     pub const BACKENDS: &str = "BACKENDS";
-    pub const FLOWS: &str = "FLOWS";
-    /// Flows not confirmed yet (one recorded packet): a flow enters FLOWS with its next packet,
-    /// so packets that come once (a spoofed flood) never evict a connection from FLOWS.
-    pub const PENDING_FLOWS: &str = "PENDING_FLOWS";
+    /// The flow table: a set-associative array of `FlowEntry` (see lb-common/src/flow.rs).
+    pub const FLOW_TABLE: &str = "FLOW_TABLE";
     pub const CONFIG: &str = "CONFIG";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
@@ -96,9 +96,6 @@ pub mod map_names {
     pub const ACTIVE_CONNS: &str = "ACTIVE_CONNS";
     /// Per-CPU next-hop cache by backend id: per program instance, never pinned.
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
-    /// Recently used flows in front of the flow table, a range of slots per CPU: per program
-    /// instance, never pinned.
-    pub const FLOW_CACHE: &str = "FLOW_CACHE";
     /// Perf buffer of captured packets: per program instance, never pinned.
     pub const CAPTURE: &str = "CAPTURE";
     /// Access lists, global and per VIP (an LPM trie keyed by `AclKey`).
@@ -113,18 +110,17 @@ pub mod map_names {
     /// Each VIP's new-flow bucket, per CPU: per program instance, never pinned.
     pub const VIP_FLOW_BUCKETS: &str = "VIP_FLOW_BUCKETS";
     /// The maps of a program instance: a new agent's programs start with new ones.
-    pub const UNPINNED: [&str; 5] = [NEXT_HOPS, FLOW_CACHE, CAPTURE, SOURCES, VIP_FLOW_BUCKETS];
+    pub const UNPINNED: [&str; 4] = [NEXT_HOPS, CAPTURE, SOURCES, VIP_FLOW_BUCKETS];
     /// The maps the decap program uses: what a backend host pins.
     pub const DECAP: [&str; 4] = [DECAP_ADDRS, DECAP_SOURCES, DECAP_CONFIG, STATS];
     /// Every map that outlives the agent, for pinning.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 21] = [
         VIPS,
         VIP_BY_ID,
         VIP_FILTER,
         RINGS,
         BACKENDS,
-        FLOWS,
-        PENDING_FLOWS,
+        FLOW_TABLE,
         CONFIG,
         TX_PORTS,
         DECAP_ADDRS,
@@ -158,22 +154,11 @@ pub mod limits {
     /// Rings the RINGS array holds at RING_SIZE slots each (the kernel stores array values in
     /// 8 bytes: 0.5 MiB a ring, 32 MiB for 64). Load time.
     pub const MAX_RINGS: u32 = 64;
-    /// Flows the table holds, all CPUs together (`limits.flows`'s default): each possible CPU
-    /// gets an equal share and evicts its own least recently used flows when that is full. 136
-    /// bytes of kernel memory each, as the map reports it (136 MiB at this default). Load time.
+    /// Flows the table holds, all CPUs together (`limits.flows`'s default), confirmed or
+    /// waiting for their second packet: 64 bytes each (64 MiB at this default). Load time.
     pub const FLOWS: u32 = 1 << 20;
-    /// Unconfirmed flows (PENDING_FLOWS), all CPUs together: new flows wait there for their next
-    /// packet (`limits.pending_flows`'s default). Load time.
-    pub const PENDING_FLOWS: u32 = 1 << 17;
-    /// Flow-table entries per CPU where no config says otherwise (the object's own size, the
-    /// benches' and tests' default). Load time.
-    pub const FLOWS_PER_CPU: u32 = 1 << 18;
-    /// Entries per CPU of the table of unconfirmed flows (PENDING_FLOWS), like FLOWS_PER_CPU: new
-    /// flows wait there for their next packet. Load time.
-    pub const PENDING_FLOWS_PER_CPU: u32 = 1 << 16;
-    /// Slots of each CPU's cache of recently used flows (a power of two; 64 bytes a slot: 4 MiB
-    /// a CPU): a flow whose slot holds it is forwarded without a flow-table lookup. Load time.
-    pub const FLOW_CACHE_SLOTS: u32 = 1 << 16;
+    /// The most flows `limits.flows` may ask for (8 GiB of table).
+    pub const MAX_FLOWS: u32 = 1 << 27;
     /// Interfaces the balancer can redirect to (devmap keyed by ifindex). Load time.
     pub const MAX_TX_PORTS: u32 = 64;
     /// Local addresses the decap program accepts tunnels for. Load time.

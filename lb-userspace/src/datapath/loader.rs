@@ -52,12 +52,10 @@ pub enum DatapathError {
     NotPinned,
     #[error("reading the number of possible CPUs from {0}: {1}")]
     Cpus(&'static str, #[source] std::io::Error),
-    #[error("limits.{limit} = {per_cpu} for each of {cpus} possible CPUs is more entries than a map holds: lower it")]
-    TooLarge { limit: &'static str, per_cpu: u32, cpus: u32 },
+    #[error("limits.flows = {0}: must be a multiple of {ways} from {ways} to {max}", ways = lb_common::FLOW_WAYS, max = limits::MAX_FLOWS)]
+    Flows(u32),
     #[error("max_vips = {0} is more VIPs than a map holds: lower it")]
     TooManyVips(u32),
-    #[error("flow_cache_slots = {0}: must be 0 or a power of two up to 16777216")]
-    CacheSlots(u32),
     #[error("the eBPF object has no map named {0:?}")]
     NoMap(&'static str),
     #[error("map {name}: {source}")]
@@ -117,10 +115,9 @@ impl std::fmt::Display for Mode {
 /// Map sizes chosen at load time (see `lb_common::limits` for what each costs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
-    /// FLOWS entries per possible CPU (confirmed flows).
-    pub flows_per_cpu: u32,
-    /// PENDING_FLOWS entries per possible CPU (flows waiting for their second packet).
-    pub pending_flows_per_cpu: u32,
+    /// FLOW_TABLE entries: the flows it holds, all CPUs together (a multiple of
+    /// `lb_common::FLOW_WAYS`).
+    pub flows: u32,
     /// VIP ids are 0..max_vips (VIP_BY_ID, VIP_STATS); VIPS holds two entries a VIP (its
     /// service and its address's entry).
     pub max_vips: u32,
@@ -128,42 +125,27 @@ pub struct Sizes {
     /// Slots reserved per ring: the largest ring size any VIP may use.
     pub ring_stride: u32,
     pub max_backends: u32,
-    /// FLOW_CACHE slots per CPU: a power of two, or 0 for none.
-    pub flow_cache_slots: u32,
 }
 
 impl Sizes {
     /// The smallest maps the kernel takes: for programs that do not use them.
-    pub const SMALLEST: Sizes = Sizes {
-        flows_per_cpu: 1,
-        pending_flows_per_cpu: 1,
-        max_vips: 1,
-        max_rings: 1,
-        ring_stride: 1,
-        max_backends: 1,
-        flow_cache_slots: 0,
-    };
+    pub const SMALLEST: Sizes =
+        Sizes { flows: lb_common::FLOW_WAYS, max_vips: 1, max_rings: 1, ring_stride: 1, max_backends: 1 };
 
-    /// log2 of the flow cache's slots per CPU, 0 for none: the program's `FLOW_CACHE_BITS`.
-    pub fn flow_cache_bits(&self) -> u8 {
-        if self.flow_cache_slots == 0 {
-            0
-        } else {
-            self.flow_cache_slots.trailing_zeros() as u8
-        }
+    /// The flow table's sets: the program's `FLOW_SETS`.
+    pub fn flow_sets(&self) -> u32 {
+        self.flows / lb_common::FLOW_WAYS
     }
 }
 
 impl Default for Sizes {
     fn default() -> Self {
         Sizes {
-            flows_per_cpu: limits::FLOWS_PER_CPU,
-            pending_flows_per_cpu: limits::PENDING_FLOWS_PER_CPU,
+            flows: limits::FLOWS,
             max_vips: limits::MAX_RINGS,
             max_rings: limits::MAX_RINGS,
             ring_stride: limits::RING_SIZE,
             max_backends: limits::MAX_BACKENDS,
-            flow_cache_slots: limits::FLOW_CACHE_SLOTS,
         }
     }
 }
@@ -207,31 +189,9 @@ pub fn load_decap_pinned(dir: &Path) -> Result<Datapath, DatapathError> {
 /// A pinned link's name: the prefix, then its interface's.
 const LINK_PIN_PREFIX: &str = "link_";
 
-/// Entries of a map with `n` a CPU: an error where that does not fit a map's u32 size.
-fn per_cpu(n: u32, cpus: u32, limit: &'static str) -> Result<u32, DatapathError> {
-    n.checked_mul(cpus).ok_or(DatapathError::TooLarge { limit, per_cpu: n, cpus })
-}
-
-/// The possible CPUs: the flow tables' shares are per possible CPU.
+/// The possible CPUs: per-CPU maps hold a value for each (and legacy per-CPU limits scale by them).
 pub fn possible_cpus() -> Result<u32, DatapathError> {
     aya::util::nr_cpus().map(|n| n as u32).map_err(|(path, e)| DatapathError::Cpus(path, e))
-}
-
-/// One more than the highest possible CPU id: the count, unless the possible CPUs have gaps.
-fn cpu_id_end() -> Result<u32, DatapathError> {
-    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
-    let text = std::fs::read_to_string(POSSIBLE).map_err(|e| DatapathError::Cpus(POSSIBLE, e))?;
-    id_end(&text).ok_or_else(|| {
-        let e = std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a CPU list: {text:?}"));
-        DatapathError::Cpus(POSSIBLE, e)
-    })
-}
-
-/// One more than the highest id in a kernel CPU list ("0-3", "0,2-5"); None if it is not one.
-fn id_end(list: &str) -> Option<u32> {
-    list.trim()
-        .split([',', '-'])
-        .try_fold(0, |end, id| Some(end.max(id.parse::<u32>().ok()?.checked_add(1)?)))
 }
 
 fn load_inner(
@@ -243,14 +203,12 @@ fn load_inner(
     if object.is_empty() {
         return Err(DatapathError::NoObject);
     }
-    let cpus = possible_cpus()?;
-    let slots = sizes.flow_cache_slots;
-    if slots != 0 && (!slots.is_power_of_two() || slots > 1 << 24) {
-        return Err(DatapathError::CacheSlots(slots));
+    let ways = lb_common::FLOW_WAYS;
+    if sizes.flows == 0 || sizes.flows % ways != 0 || sizes.flows > limits::MAX_FLOWS {
+        return Err(DatapathError::Flows(sizes.flows));
     }
     let expected = [
-        (map_names::FLOWS, per_cpu(sizes.flows_per_cpu, cpus, "flows_per_cpu")?),
-        (map_names::PENDING_FLOWS, per_cpu(sizes.pending_flows_per_cpu, cpus, "pending_flows_per_cpu")?),
+        (map_names::FLOW_TABLE, sizes.flows),
         (map_names::VIPS, sizes.max_vips.checked_mul(2).ok_or(DatapathError::TooManyVips(sizes.max_vips))?),
         (map_names::VIP_BY_ID, sizes.max_vips),
         (map_names::VIP_STATS, sizes.max_vips),
@@ -258,9 +216,6 @@ fn load_inner(
         (map_names::BACKENDS, sizes.max_backends),
         (map_names::BACKEND_STATS, sizes.max_backends),
         (map_names::NEXT_HOPS, sizes.max_backends),
-        // A range for every CPU id the program can run on (`bpf_get_smp_processor_id`). The
-        // kernel refuses an empty array: one slot, unused (FLOW_CACHE_BITS 0).
-        (map_names::FLOW_CACHE, per_cpu(slots, cpu_id_end()?, "flow_cache_slots")?.max(1)),
         (map_names::RR_SEQS, sizes.max_rings * limits::RR_SEQ_LEN),
         (map_names::RR_CURSORS, sizes.max_rings),
         (map_names::ACTIVE_CONNS, sizes.max_backends),
@@ -268,9 +223,9 @@ fn load_inner(
         (map_names::POLICY_STATS, sizes.max_vips),
         (map_names::VIP_FLOW_BUCKETS, sizes.max_vips),
     ];
-    let cache_bits = sizes.flow_cache_bits();
+    let sets = sizes.flow_sets();
     let mut loader = EbpfLoader::new();
-    loader.override_global("FLOW_CACHE_BITS", &cache_bits, true);
+    loader.override_global("FLOW_SETS", &sets, true);
     for (name, entries) in expected {
         loader.map_max_entries(name, entries);
     }
@@ -419,18 +374,4 @@ pub fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp
 /// [`load_with`] loads the embedded one: private maps of `sizes`, balancer and decap verified.
 pub fn load_object_with(object: &[u8], sizes: Sizes) -> Result<Datapath, DatapathError> {
     load_inner(object, sizes, None, BALANCER_HOST)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::id_end;
-
-    #[test]
-    fn cpu_lists_end_after_their_highest_id() {
-        assert_eq!(id_end("0-1\n"), Some(2));
-        assert_eq!(id_end("0"), Some(1));
-        assert_eq!(id_end("0,2-5"), Some(6), "a gap: the range still covers id 5");
-        assert_eq!(id_end(""), None);
-        assert_eq!(id_end("0-x"), None);
-    }
 }

@@ -91,7 +91,7 @@ pub fn flow_set(key: &FlowKey, seed: u32, sets: u32) -> u32 {
         .wrapping_add(w[4].wrapping_mul(0x27d4_eb2f_1656_67c5))
         .wrapping_add(seed as u64);
     let h = (h ^ (h >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
-    ((h >> 32) * sets as u64 >> 32) as u32
+    (((h >> 32) * sets as u64) >> 32) as u32
 }
 
 /// A flow key as 64-bit words (no byte-wise reads: the data plane loads whole words).

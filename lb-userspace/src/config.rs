@@ -324,28 +324,37 @@ pub struct Source {
     pub hash_seed: u32,
 }
 
-/// Map sizes chosen when the programs are first loaded (changing them needs a fresh pin path;
-/// `flow_cache_slots`, whose map is not pinned, applies from the next start of lbd).
+/// Map sizes chosen when the programs are first loaded (changing them needs a fresh pin path).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_vips: u32,
     pub max_ring_size: u32,
     pub max_backends: u32,
-    /// Flows the table holds, all CPUs together: each possible CPU gets an equal share, and a
-    /// CPU whose share is full evicts its least recently used flow. `None`: the default.
+    /// Flows the table (FLOW_TABLE) holds, all CPUs together, confirmed or not; rounded up to a
+    /// multiple of `lb_common::FLOW_WAYS`. `None`: the default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flows: Option<u32>,
-    /// The share of one CPU instead (what older configs said): `flows` = this × CPUs.
+    /// A CPU's share instead (what older configs said): `flows` = this × possible CPUs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flows_per_cpu: Option<u32>,
-    /// Unconfirmed flows (one packet seen), all CPUs together; or per CPU as above.
+    /// No longer used (one table holds unconfirmed and confirmed flows): accepted so that older
+    /// configs load, with a warning ([`Limits::unused_key_warnings`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_flows: Option<u32>,
+    /// No longer used, as `pending_flows`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_flows_per_cpu: Option<u32>,
-    pub flow_cache_slots: u32,
+    /// No longer used (there is no flow cache), as `pending_flows`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_cache_slots: Option<u32>,
 }
+
+/// The most VIPs `limits.max_vips` may ask for (RINGS holds a ring of up to
+/// `max_ring_size` slots for each).
+pub const MAX_VIPS: u32 = 4096;
+// A flow entry keeps its VIP's id in 16 bits (`FlowEntry::vip`).
+const _: () = assert!(MAX_VIPS <= 1 << 16);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -358,37 +367,55 @@ impl Default for Limits {
             flows_per_cpu: None,
             pending_flows: None,
             pending_flows_per_cpu: None,
-            flow_cache_slots: d.flow_cache_slots,
+            flow_cache_slots: None,
         }
     }
 }
 
 impl Limits {
-    /// The flow table's share of each of `cpus` possible CPUs.
-    pub fn flows_per_cpu(&self, cpus: u32) -> u32 {
-        share(self.flows_per_cpu, self.flows.unwrap_or(lb_common::limits::FLOWS), cpus)
-    }
-
-    pub fn pending_flows_per_cpu(&self, cpus: u32) -> u32 {
-        share(
-            self.pending_flows_per_cpu,
-            self.pending_flows.unwrap_or(lb_common::limits::PENDING_FLOWS),
-            cpus,
-        )
+    /// The flow table's entries on a host with `cpus` possible CPUs: `flows` (or
+    /// `flows_per_cpu` × `cpus`), rounded up to whole sets.
+    pub fn flows(&self, cpus: u32) -> u32 {
+        let wanted = match self.flows_per_cpu {
+            Some(per_cpu) => per_cpu.saturating_mul(cpus.max(1)),
+            None => self.flows.unwrap_or(lb_common::limits::FLOWS),
+        };
+        wanted.checked_next_multiple_of(lb_common::FLOW_WAYS).unwrap_or(wanted)
     }
 
     /// The map sizes on a host with `cpus` possible CPUs.
     pub fn sizes(&self, cpus: u32) -> crate::datapath::Sizes {
         crate::datapath::Sizes {
-            flows_per_cpu: self.flows_per_cpu(cpus),
-            pending_flows_per_cpu: self.pending_flows_per_cpu(cpus),
+            flows: self.flows(cpus),
             // A VIP's id is its ring's number.
             max_vips: self.max_vips,
             max_rings: self.max_vips,
             ring_stride: self.max_ring_size,
             max_backends: self.max_backends,
-            flow_cache_slots: self.flow_cache_slots,
         }
+    }
+
+    /// One warning for each key set that no longer does anything (lbd logs them at start).
+    pub fn unused_key_warnings(&self) -> Vec<String> {
+        const ONE_TABLE: &str =
+            "one flow table holds unconfirmed and confirmed flows, sized by limits.flows; remove the key";
+        const NO_CACHE: &str =
+            "there is no flow cache (a known flow is found in one set of the flow table); remove the key";
+        [
+            ("pending_flows", self.pending_flows, ONE_TABLE),
+            ("pending_flows_per_cpu", self.pending_flows_per_cpu, ONE_TABLE),
+            ("flow_cache_slots", self.flow_cache_slots, NO_CACHE),
+        ]
+        .into_iter()
+        .filter(|(_, value, _)| value.is_some())
+        .map(|(key, _, why)| format!("limits.{key} is no longer used: {why}"))
+        .collect()
+    }
+
+    /// These limits without the keys that no longer do anything: what a running agent compares
+    /// (taking such a key out of the file changes nothing).
+    pub fn in_effect(&self) -> Limits {
+        Limits { pending_flows: None, pending_flows_per_cpu: None, flow_cache_slots: None, ..self.clone() }
     }
 }
 
@@ -648,14 +675,12 @@ fn metrics_address(text: &str) -> Result<SocketAddr, Invalid> {
     Ok(address)
 }
 
-/// One CPU's share: `per_cpu` if the config says so, else `total` over `cpus`, rounded up.
-fn share(per_cpu: Option<u32>, total: u32, cpus: u32) -> u32 {
-    per_cpu.unwrap_or_else(|| total.div_ceil(cpus.max(1)))
-}
-
 fn check_limits(l: &Limits) -> Result<(), Invalid> {
-    if l.max_vips == 0 || l.max_vips > 4096 {
-        return Err(invalid("limits.max_vips", "must be 1 to 4096"));
+    if l.max_vips == 0 || l.max_vips > MAX_VIPS {
+        return Err(invalid(
+            "limits.max_vips",
+            format!("{} is out of range: use 1 to {MAX_VIPS} (a flow entry keeps its VIP's id in 16 bits, and each VIP reserves a ring of max_ring_size slots)", l.max_vips),
+        ));
     }
     if !maglev::is_prime(l.max_ring_size) || l.max_ring_size > MAX_RING_SIZE {
         return Err(invalid(
@@ -666,28 +691,17 @@ fn check_limits(l: &Limits) -> Result<(), Invalid> {
     if l.max_backends < 2 || l.max_backends > 1 << 20 {
         return Err(invalid("limits.max_backends", "must be 2 to 1048576"));
     }
-    for (total, per_cpu, name) in
-        [(l.flows, l.flows_per_cpu, "flows"), (l.pending_flows, l.pending_flows_per_cpu, "pending_flows")]
-    {
-        if total.is_some() && per_cpu.is_some() {
-            return Err(invalid(
-                format!("limits.{name}_per_cpu"),
-                format!("set limits.{name} (all CPUs together) or limits.{name}_per_cpu, not both"),
-            ));
-        }
-        if total.is_some_and(|n| n < 1024) {
-            return Err(invalid(format!("limits.{name}"), "must be at least 1024"));
-        }
-        if per_cpu.is_some_and(|n| n < 1024) {
-            return Err(invalid(format!("limits.{name}_per_cpu"), "must be at least 1024"));
-        }
-    }
-    let slots = l.flow_cache_slots;
-    if slots != 0 && (!slots.is_power_of_two() || !(1024..=1 << 24).contains(&slots)) {
+    if l.flows.is_some() && l.flows_per_cpu.is_some() {
         return Err(invalid(
-            "limits.flow_cache_slots",
-            format!("{slots} is not a power of two from 1024 to 16777216: use one (65536 is the default), or 0 for no flow cache"),
+            "limits.flows_per_cpu",
+            "set limits.flows (all CPUs together) or limits.flows_per_cpu, not both",
         ));
+    }
+    let max = lb_common::limits::MAX_FLOWS;
+    for (key, value) in [("flows", l.flows), ("flows_per_cpu", l.flows_per_cpu)] {
+        if let Some(n) = value.filter(|n| !(1024..=max).contains(n)) {
+            return Err(invalid(format!("limits.{key}"), format!("{n} is out of range: use 1024 to {max}")));
+        }
     }
     Ok(())
 }
@@ -1035,35 +1049,37 @@ mod tests {
     }
 
     #[test]
-    fn the_flow_table_is_sized_for_all_cpus_together() {
-        let sizes = |limits: &str, cpus| {
+    fn the_flow_table_is_sized_for_all_cpus_together_in_whole_sets() {
+        let flows = |limits: &str, cpus| {
             let text = format!("interfaces = [\"eth0\"]\n[limits]\n{limits}\n");
-            let s = parse(&text, "t.toml").expect("valid limits").limits.sizes(cpus);
-            (s.flows_per_cpu, s.pending_flows_per_cpu)
+            parse(&text, "t.toml").expect("valid limits").limits.sizes(cpus).flows
         };
-        let (flows, pending) = (lb_common::limits::FLOWS, lb_common::limits::PENDING_FLOWS);
-        assert_eq!(sizes("", 2), (flows / 2, pending / 2), "the defaults, shared by 2 CPUs");
-        assert_eq!(sizes("", 64), (flows / 64, pending / 64), "the same total on 64");
-        assert_eq!(sizes("flows = 1000000", 3), (333_334, pending / 3 + 1), "rounded up");
-        assert_eq!(sizes("flows_per_cpu = 65536\npending_flows_per_cpu = 4096", 8), (65536, 4096), "per CPU");
+        let default = lb_common::limits::FLOWS;
+        assert_eq!(flows("", 2), default, "the default, whatever the CPUs");
+        assert_eq!(flows("", 64), default);
+        assert_eq!(flows("flows = 1000001", 3), 1_000_004, "rounded up to a multiple of the ways");
+        assert_eq!(flows("flows_per_cpu = 65537", 8), 524_296, "a CPU's share × CPUs, rounded up");
+        assert_eq!(
+            flows(&format!("flows = {}", lb_common::limits::MAX_FLOWS), 2),
+            lb_common::limits::MAX_FLOWS
+        );
     }
 
     #[test]
-    fn flow_cache_slots_are_a_power_of_two_or_none() {
-        let limits = |slots: u32| {
-            let text = format!("interfaces = [\"eth0\"]\n[limits]\nflow_cache_slots = {slots}\n");
-            parse(&text, "t.toml").map(|c| c.limits.sizes(2)).map_err(|e| e.to_string())
-        };
-        assert_eq!(limits(65536).map(|s| s.flow_cache_bits()), Ok(16));
-        assert_eq!(limits(1024).map(|s| s.flow_cache_bits()), Ok(10));
-        assert_eq!(limits(0).map(|s| s.flow_cache_bits()), Ok(0), "0: no cache");
-        for bad in [1000, 512, 1 << 25] {
-            let e = limits(bad).unwrap_err();
-            assert!(
-                e.contains("limits.flow_cache_slots") && e.contains("not a power of two from 1024"),
-                "{e}"
-            );
-        }
+    fn keys_no_longer_used_are_accepted_with_a_warning_each() {
+        let text = "interfaces = [\"eth0\"]\n[limits]\nflows = 4096\npending_flows = 1024\nflow_cache_slots = 65536\n";
+        let limits = parse(text, "t.toml").expect("an older config still loads").limits;
+        let warnings = limits.unused_key_warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("limits.pending_flows is no longer used: "), "{warnings:?}");
+        assert!(warnings[1].starts_with("limits.flow_cache_slots is no longer used: "), "{warnings:?}");
+        assert_eq!(
+            limits.sizes(2),
+            Limits { flows: Some(4096), ..Limits::default() }.sizes(2),
+            "they change nothing"
+        );
+        assert_eq!(limits.in_effect(), Limits { flows: Some(4096), ..Limits::default() });
+        assert!(Limits::default().unused_key_warnings().is_empty());
     }
 
     /// A valid config; each case edits it (find, replace) into an invalid one.
@@ -1151,7 +1167,13 @@ ring_size = 4099
             ("ipip without a tunnel source", "ipv4 = \"198.18.0.2\"", "", "set source.ipv4"),
             ("entropy bits", "[source]", "[source]\nipv4_entropy_bits = 17", "more than 16"),
             ("no interfaces", "interfaces = [\"eth0\"]", "interfaces = []", "name at least one interface"),
-            ("too many vips", "max_vips = 8", "max_vips = 0", "limits.max_vips: must be 1 to 4096"),
+            ("no vips", "max_vips = 8", "max_vips = 0", "limits.max_vips: 0 is out of range: use 1 to 4096"),
+            (
+                "more vips than a flow entry's 16 bits",
+                "max_vips = 8",
+                "max_vips = 65537",
+                "limits.max_vips: 65537 is out of range: use 1 to 4096 (a flow entry keeps its VIP's id in 16 bits",
+            ),
             (
                 "max ring size not prime",
                 "max_backends = 64",
@@ -1162,13 +1184,13 @@ ring_size = 4099
                 "too few flows",
                 "max_backends = 64",
                 "max_backends = 64\nflows = 10",
-                "limits.flows: must be at least 1024",
+                "limits.flows: 10 is out of range: use 1024 to 134217728",
             ),
             (
                 "too few flows per CPU",
                 "max_backends = 64",
                 "max_backends = 64\nflows_per_cpu = 10",
-                "limits.flows_per_cpu: must be at least 1024",
+                "limits.flows_per_cpu: 10 is out of range: use 1024 to 134217728",
             ),
             (
                 "flows both ways",
@@ -1177,10 +1199,10 @@ ring_size = 4099
                 "limits.flows_per_cpu: set limits.flows (all CPUs together) or limits.flows_per_cpu, not both",
             ),
             (
-                "too few pending flows",
+                "too many flows",
                 "max_backends = 64",
-                "max_backends = 64\npending_flows_per_cpu = 10",
-                "limits.pending_flows_per_cpu",
+                "max_backends = 64\nflows = 134217729",
+                "limits.flows: 134217729 is out of range: use 1024 to 134217728",
             ),
             (
                 "more backends than the limit",

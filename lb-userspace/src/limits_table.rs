@@ -51,22 +51,16 @@ fn rows() -> Vec<Row> {
             maps: &[map_names::BACKENDS, map_names::BACKEND_STATS, map_names::ACTIVE_CONNS, map_names::NEXT_HOPS],
         },
         Row {
-            what: "flows, all CPUs together (136 bytes of kernel memory each, measured); each possible CPU holds an equal share (or `flows_per_cpu`)",
+            what: "flows, all CPUs together, confirmed or waiting for their second packet: 64 bytes each, rounded up to whole sets (or `flows_per_cpu` × possible CPUs); `pending_flows`, `pending_flows_per_cpu` and `flow_cache_slots` are no longer used",
             key: Some("flows"),
-            default: format!("{} ({})", limits::FLOWS, mib(u64::from(limits::FLOWS) * 136)),
-            maps: &[map_names::FLOWS],
-        },
-        Row {
-            what: "unconfirmed flows (one packet seen), all CPUs together (or `pending_flows_per_cpu`)",
-            key: Some("pending_flows"),
-            default: limits::PENDING_FLOWS.to_string(),
-            maps: &[map_names::PENDING_FLOWS],
-        },
-        Row {
-            what: "flow cache slots per CPU, 64 bytes each (a power of two from 1024 to 16777216, or 0: no cache); not pinned, so a new value applies at the next start of lbd",
-            key: Some("flow_cache_slots"),
-            default: format!("{} ({} a CPU)", d.flow_cache_slots, mib(u64::from(d.flow_cache_slots) * 64)),
-            maps: &[map_names::FLOW_CACHE],
+            default: format!(
+                "{} ({}); 1024 to {}, in sets of {}",
+                limits::FLOWS,
+                mib(u64::from(limits::FLOWS) * size_of::<lb_common::FlowEntry>() as u64),
+                limits::MAX_FLOWS,
+                lb_common::FLOW_WAYS
+            ),
+            maps: &[map_names::FLOW_TABLE],
         },
         Row {
             what: "VIP address filter bits",

@@ -113,15 +113,12 @@ pub struct Recounted {
 }
 
 impl ConnectionRecount {
-    /// Walks the flow table (blocking: two system calls a flow).
+    /// Walks the flow table (blocking: it reads the whole mapped table).
     pub fn run(self) -> Result<Recounted, DatapathError> {
         let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
         // Unconfirmed flows are counted only once they are confirmed (the data plane's way too).
         let walk = self.table.walk_values(|_, value, confirmed| {
-            if confirmed
-                && value.flags & lb_common::FLOW_COUNTED != 0
-                && self.before.contains_key(&value.backend)
-            {
+            if confirmed && value.counted && self.before.contains_key(&value.backend) {
                 *counted.entry(value.backend).or_default() += 1;
             }
         })?;
@@ -501,7 +498,7 @@ impl Agent {
             ("state_file", new.state_file != self.config.state_file),
             ("interfaces", new.interfaces != self.config.interfaces),
             ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
-            ("limits", new.limits != self.config.limits),
+            ("limits", new.limits.in_effect() != self.config.limits.in_effect()),
             ("metrics", new.metrics != self.config.metrics),
             // The VIP table and the BIRD socket are opened at start.
             ("announce", new.announce != self.config.announce),

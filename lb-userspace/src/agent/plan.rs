@@ -671,15 +671,7 @@ mod tests {
             schedulers: [("web".to_string(), Scheduler::Maglev)].into(),
             ..Applied::default()
         };
-        let sizes = Sizes {
-            flows_per_cpu: 1024,
-            pending_flows_per_cpu: 1024,
-            max_vips: 4,
-            max_rings: 4,
-            ring_stride: 4099,
-            max_backends: 16,
-            flow_cache_slots: 0,
-        };
+        let sizes = Sizes { flows: 1024, max_vips: 4, max_rings: 4, ring_stride: 4099, max_backends: 16 };
         v.ring_size = 2003;
         let entries = preview(&applied, &[v], &sizes, &none, &policy::Desired::NONE).expect("a plan");
         let e = &entries[0];
@@ -695,15 +687,7 @@ mod tests {
     // ------------------------------------------------------------------------------------------
 
     fn sizes(max_rings: u32, max_backends: u32) -> Sizes {
-        Sizes {
-            flows_per_cpu: 1024,
-            pending_flows_per_cpu: 1024,
-            max_vips: max_rings,
-            max_rings,
-            ring_stride: 1009,
-            max_backends,
-            flow_cache_slots: 0,
-        }
+        Sizes { flows: 1024, max_vips: max_rings, max_rings, ring_stride: 1009, max_backends }
     }
 
     /// A VIP `name` on 198.18.100.`n`:80/tcp, Maglev, ring 1009, with backends 198.18.`n`.`b`.

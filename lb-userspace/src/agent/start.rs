@@ -46,6 +46,9 @@ pub fn pin_dir(config: &Config) -> PathBuf {
 /// Starts the agent; the health events it must be given back (see [`Agent::health_event`]).
 pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     let config = config::load(config_file)?;
+    for warning in config.limits.unused_key_warnings() {
+        warn!("{warning}");
+    }
     // Before anything is touched: pins, links, the API socket, the saved state.
     let pin_lock = super::pin_lock::PinLock::acquire(&config.pin_path)?;
     let mut ifindexes = Vec::new();

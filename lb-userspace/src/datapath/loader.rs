@@ -54,7 +54,7 @@ pub enum DatapathError {
     Cpus(&'static str, #[source] std::io::Error),
     #[error("limits.flows = {0}: must be a multiple of {ways} from {ways} to {max}", ways = lb_common::FLOW_WAYS, max = limits::MAX_FLOWS)]
     Flows(u32),
-    #[error("max_vips = {0} is more VIPs than a map holds: lower it")]
+    #[error("max_vips = {0} is more VIPs than flow entries can name (they keep a VIP's id in 16 bits): use at most 65536")]
     TooManyVips(u32),
     #[error("the eBPF object has no map named {0:?}")]
     NoMap(&'static str),
@@ -204,12 +204,16 @@ fn load_inner(
         return Err(DatapathError::NoObject);
     }
     let ways = lb_common::FLOW_WAYS;
-    if sizes.flows == 0 || sizes.flows % ways != 0 || sizes.flows > limits::MAX_FLOWS {
+    if sizes.flows == 0 || !sizes.flows.is_multiple_of(ways) || sizes.flows > limits::MAX_FLOWS {
         return Err(DatapathError::Flows(sizes.flows));
+    }
+    // A flow entry keeps its VIP's id in 16 bits.
+    if sizes.max_vips > 1 << 16 {
+        return Err(DatapathError::TooManyVips(sizes.max_vips));
     }
     let expected = [
         (map_names::FLOW_TABLE, sizes.flows),
-        (map_names::VIPS, sizes.max_vips.checked_mul(2).ok_or(DatapathError::TooManyVips(sizes.max_vips))?),
+        (map_names::VIPS, sizes.max_vips * 2),
         (map_names::VIP_BY_ID, sizes.max_vips),
         (map_names::VIP_STATS, sizes.max_vips),
         (map_names::RINGS, sizes.max_rings * sizes.ring_stride),

@@ -3,11 +3,11 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
 use lb_common::{
-    hash, limits, map_names, BackendValue, ConfigValue, Counter, CounterBlock, TrafficStats, VipKey, VipSlot,
-    VipValue, FAMILY_V4, FAMILY_V6, VIP_ADDRESS_ONLY,
+    hash, limits, map_names, BackendValue, ConfigValue, Counter, CounterBlock, FlowEntry, FlowKey, FlowValue,
+    TrafficStats, VipKey, VipSlot, VipValue, FAMILY_V4, FAMILY_V6, VIP_ADDRESS_ONLY,
 };
 
-use super::{Datapath, DatapathError};
+use super::{flow_table::MappedFlowTable, Datapath, DatapathError};
 
 impl Datapath {
     /// A global counter summed over all CPUs.
@@ -298,12 +298,9 @@ pub(super) fn err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
-/// Own handles on the flow tables (`FLOWS`, confirmed flows, and `PENDING_FLOWS`, flows with one
-/// recorded packet), to walk them without holding the [`Datapath`].
+/// An own mapping of the flow table (FLOW_TABLE), to walk it without holding the [`Datapath`].
 pub struct FlowTable {
-    confirmed: HashMap<MapData, lb_common::FlowKey, lb_common::FlowValue>,
-    pending: HashMap<MapData, lb_common::FlowKey, lb_common::FlowValue>,
-    capacity: u32,
+    entries: MappedFlowTable,
     /// Each VIP id's and each backend id's generation when the handle was made: entries recorded
     /// under other ones are void (their VIP is gone or was replaced, or their backend's id has
     /// another owner) and walks skip them.
@@ -314,18 +311,20 @@ pub struct FlowTable {
 /// What a walk of the flow table saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowWalk {
-    /// Distinct flows visited (void entries not counted).
+    /// Flows visited (void entries not counted).
     pub flows: u64,
-    /// False if the walk stopped at its bound before the end of the table (heavy churn).
+    /// False if some entry was being written through every read of it (heavy churn): its flow,
+    /// if any, was not visited.
     pub complete: bool,
 }
 
 impl Datapath {
-    /// Second handles (duplicated file descriptors) on the flow tables: a walk can then run on
-    /// another thread while the agent goes on serving.
+    /// A second mapping of the flow table: a walk can then run on another thread while the
+    /// agent goes on serving.
     pub fn flow_table(&self) -> Result<FlowTable, DatapathError> {
-        let (confirmed, confirmed_capacity) = self.own_hash_map(map_names::FLOWS)?;
-        let (pending, pending_capacity) = self.own_hash_map(map_names::PENDING_FLOWS)?;
+        let name = map_names::FLOW_TABLE;
+        let aya::maps::Map::Array(data) = self.map(name)? else { return Err(DatapathError::NoMap(name)) };
+        let entries = map_flow_table(data).map_err(err(name))?;
         let name = map_names::VIP_BY_ID;
         let slots: Array<&MapData, VipSlot> = Array::try_from(self.map(name)?).map_err(err(name))?;
         let generations =
@@ -334,109 +333,88 @@ impl Datapath {
         let backends: Array<&MapData, BackendValue> = Array::try_from(self.map(name)?).map_err(err(name))?;
         let backend_generations =
             backends.iter().map(|b| b.map(|b| b.generation)).collect::<Result<_, _>>().map_err(err(name))?;
-        Ok(FlowTable {
-            confirmed,
-            pending,
-            capacity: confirmed_capacity.saturating_add(pending_capacity),
-            generations,
-            backend_generations,
-        })
-    }
-
-    fn own_hash_map(
-        &self,
-        name: &'static str,
-    ) -> Result<(HashMap<MapData, lb_common::FlowKey, lb_common::FlowValue>, u32), DatapathError> {
-        use std::os::fd::AsFd as _;
-        let data = match self.map(name)? {
-            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => data,
-            _ => return Err(DatapathError::NoMap(name)),
-        };
-        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| DatapathError::Map {
-            name,
-            source: MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }),
-        })?;
-        let data = MapData::from_fd(fd).map_err(err(name))?;
-        let capacity = data.info().map_err(err(name))?.max_entries();
-        let map = HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(err(name))?;
-        Ok((map, capacity))
+        Ok(FlowTable { entries, generations, backend_generations })
     }
 }
 
+/// Maps FLOW_TABLE `map` (an agent's, or the pinned one) into this process.
+fn map_flow_table(map: &MapData) -> Result<MappedFlowTable, MapError> {
+    use std::os::fd::AsFd as _;
+    let info = map.info()?;
+    let expected = size_of::<FlowEntry>();
+    if info.value_size() as usize != expected {
+        return Err(MapError::InvalidValueSize { size: info.value_size() as usize, expected });
+    }
+    MappedFlowTable::map(map.fd().as_fd(), info.max_entries())
+        .map_err(|io_error| MapError::SyscallError(aya::sys::SyscallError { call: "mmap", io_error }))
+}
+
+/// Maps the FLOW_TABLE pinned at `path` into this process (test kits and benches, which write
+/// flows as the data plane would).
+pub fn map_pinned_flow_table(path: &std::path::Path) -> Result<MappedFlowTable, DatapathError> {
+    let name = map_names::FLOW_TABLE;
+    map_flow_table(&MapData::from_pin(path).map_err(err(name))?).map_err(err(name))
+}
+
 impl FlowTable {
-    /// Calls `visit` once for each flow in the tables, confirmed or not, with the backend id it
-    /// is pinned to. Void entries (of a VIP that is gone or was replaced: the data plane ignores
-    /// them) are skipped.
+    /// Calls `visit` once for each flow in the table, confirmed or not, with the backend id it
+    /// is pinned to. Void entries (of a VIP that is gone or was replaced, or of a backend id with
+    /// another owner: the data plane ignores them) are skipped.
     ///
-    /// The data plane goes on adding and evicting flows meanwhile: a flow evicted between its
-    /// key and its value being read is skipped, and when the key the walk stands on is evicted
-    /// the kernel restarts it from the first key, so keys already visited are skipped (by a
-    /// 64-bit fingerprint: 8 bytes a flow; two flows sharing one, a chance of about n²/2⁶⁵, would
-    /// count once; a flow moving from the unconfirmed table to FLOWS during the walk counts once).
-    /// The walk takes at most four steps per slot of the tables, whatever the churn.
-    pub fn walk(&self, mut visit: impl FnMut(&lb_common::FlowKey, u32)) -> Result<FlowWalk, DatapathError> {
+    /// The data plane goes on adding and evicting flows meanwhile: each entry is read by the
+    /// flow table's protocol (lb-common/src/flow.rs), so no flow is read torn; a flow that moves
+    /// in while the walk is past its set is not visited, one evicted before is not either.
+    pub fn walk(&self, mut visit: impl FnMut(&FlowKey, u32)) -> Result<FlowWalk, DatapathError> {
         self.walk_values(|key, value, _| visit(key, value.backend))
     }
 
-    /// [`Self::walk`] with each flow's whole value, and whether it is confirmed (in FLOWS).
+    /// [`Self::walk`] with each flow's whole value, and whether it is confirmed.
     pub fn walk_values(
         &self,
-        mut visit: impl FnMut(&lb_common::FlowKey, &lb_common::FlowValue, bool),
+        mut visit: impl FnMut(&FlowKey, &FlowValue, bool),
     ) -> Result<FlowWalk, DatapathError> {
-        use std::hash::BuildHasher as _;
-        let fingerprint = std::collections::hash_map::RandomState::new();
-        let mut seen = std::collections::HashSet::new();
-        let max_steps = 4 * u64::from(self.capacity).max(1);
-        let mut steps = 0u64;
-        let mut live = 0u64;
-        for (name, map, confirmed) in
-            [(map_names::FLOWS, &self.confirmed, true), (map_names::PENDING_FLOWS, &self.pending, false)]
-        {
-            for key in map.keys() {
-                let key = key.map_err(err(name))?;
-                steps += 1;
-                if steps > max_steps {
-                    return Ok(FlowWalk { flows: live, complete: false });
-                }
-                let print = fingerprint.hash_one(key);
-                if seen.contains(&print) {
-                    continue;
-                }
-                match map.get(&key, 0) {
-                    Ok(value) => {
-                        seen.insert(print);
-                        if self.is_live(&value) {
-                            live += 1;
-                            visit(&key, &value, confirmed);
-                        }
-                    }
-                    Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(err(name)(e)),
-                }
-            }
-        }
-        Ok(FlowWalk { flows: live, complete: true })
+        self.walk_entries(|_, entry| {
+            visit(&entry.key, &entry.value(), entry.confirmed());
+        })
     }
 
-    fn is_live(&self, value: &lb_common::FlowValue) -> bool {
-        self.generations.get(value.vip as usize) == Some(&value.vip_generation)
-            && self.backend_generations.get(value.backend as usize) == Some(&value.backend_generation)
+    /// Every live flow's entry, with its index.
+    fn walk_entries(&self, mut visit: impl FnMut(u32, &FlowEntry)) -> Result<FlowWalk, DatapathError> {
+        let mut walk = FlowWalk { flows: 0, complete: true };
+        for index in 0..self.entries.len() {
+            let Some(entry) = self.entries.read_settled(index) else {
+                walk.complete = false;
+                continue;
+            };
+            if entry.holds_flow() && self.is_live(&entry) {
+                walk.flows += 1;
+                visit(index, &entry);
+            }
+        }
+        Ok(walk)
+    }
+
+    /// Whether the flow was recorded under its VIP's and its backend's current generations
+    /// (entries keep their low 16 bits).
+    fn is_live(&self, entry: &FlowEntry) -> bool {
+        let current = |generations: &[u32], id: u32, recorded: u16| {
+            generations.get(id as usize).is_some_and(|&g| g as u16 == recorded)
+        };
+        current(&self.generations, entry.vip.into(), entry.vip_generation)
+            && current(&self.backend_generations, entry.backend, entry.backend_generation)
     }
 
     /// Removes every flow pinned to backend `id` (their next packets pick a backend from the
-    /// ring again) and returns how many there were.
+    /// ring again) and returns how many this removed. An entry a data-plane writer takes
+    /// meanwhile stays the writer's.
     pub fn remove_backend(&mut self, id: u32) -> Result<u64, DatapathError> {
-        let mut doomed = Vec::new();
-        self.walk(|key, backend| {
-            if backend == id {
-                doomed.push(*key);
+        let mut removed = 0;
+        let entries = &self.entries;
+        self.walk_entries(|index, entry| {
+            if entry.backend == id && entries.clear(index, entry) {
+                removed += 1;
             }
         })?;
-        for key in &doomed {
-            // Gone already (evicted) is as good as removed; a key is in one table or the other.
-            let _ = self.confirmed.remove(key);
-            let _ = self.pending.remove(key);
-        }
-        Ok(doomed.len() as u64)
+        Ok(removed)
     }
 }

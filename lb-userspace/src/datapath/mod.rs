@@ -2,6 +2,7 @@
 //! handles, the capture buffers. The rest of lb-userspace reaches the data plane through it (a
 //! unit test checks that no other module names aya).
 mod decap;
+mod flow_table;
 mod loader;
 mod maps;
 pub mod object;
@@ -9,11 +10,12 @@ mod perf;
 mod policy;
 
 pub use decap::{read_pinned_decap, DecapView, DECAP_COUNTERS};
+pub use flow_table::{Claim, FlowEntries, MappedFlowTable};
 pub use loader::load_object_with;
 pub use loader::{
     load, load_decap_pinned, load_pinned, load_with, object, possible_cpus, program, Datapath, DatapathError,
     Mode, Sizes, BALANCER, DECAP,
 };
-pub use maps::{open_connections, FlowTable, FlowWalk};
+pub use maps::{map_pinned_flow_table, open_connections, FlowTable, FlowWalk};
 pub use perf::CaptureBuffers;
 pub use policy::{monotonic_ns, AclEntry, SourceSample};

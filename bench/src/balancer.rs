@@ -1,6 +1,6 @@
 //! The balancer as the benches configure it, the way the agent sets one up: an IPv4 and an
 //! IPv6 VIP (TCP and UDP on port 80, ICMP on the address) in ipip mode, three backends each,
-//! a Maglev ring of the production size, next hops and flows cached.
+//! a Maglev ring of the production size, next hops cached.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
@@ -17,26 +17,18 @@ pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0x100, 0, 0, 0, 1);
 pub const PORT: u16 = 80;
 pub const BACKENDS: u8 = 3;
 
-/// One CPU's share of the flow table and of the unconfirmed flows' table under lbd's default
-/// `[limits]` on this host: "the production table size".
-pub fn production_shares() -> (u32, u32) {
+/// The flow table's entries under lbd's default `[limits]` on this host: "the production table
+/// size".
+pub fn production_flows() -> u32 {
     let cpus = datapath::possible_cpus().unwrap_or_else(|e| panic!("possible CPUs: {e}"));
-    let sizes = lb_userspace::config::Limits::default().sizes(cpus);
-    (sizes.flows_per_cpu, sizes.pending_flows_per_cpu)
+    lb_userspace::config::Limits::default().sizes(cpus).flows
 }
 
-/// Loads the benches' object with a flow table of `flows_per_cpu` per CPU and configures it;
-/// `backend(v6, n)` is the address of backend `n` (1..=3) of the family.
-pub fn load(flows_per_cpu: u32, backend: impl Fn(bool, u8) -> IpAddr) -> Datapath {
-    let sizes = Sizes {
-        flows_per_cpu,
-        pending_flows_per_cpu: production_shares().1,
-        max_vips: 256,
-        max_rings: 2,
-        ring_stride: limits::RING_SIZE,
-        max_backends: 8,
-        flow_cache_slots: limits::FLOW_CACHE_SLOTS,
-    };
+/// Loads the benches' object with a flow table of `flows` entries (a multiple of
+/// `lb_common::FLOW_WAYS`) and configures it; `backend(v6, n)` is the address of backend `n`
+/// (1..=3) of the family.
+pub fn load(flows: u32, backend: impl Fn(bool, u8) -> IpAddr) -> Datapath {
+    let sizes = Sizes { flows, max_vips: 256, max_rings: 2, ring_stride: limits::RING_SIZE, max_backends: 8 };
     let mut dp = crate::programs::load(sizes);
     dp.set_config(ConfigValue {
         src_v4: [198, 18, 1, 0],
@@ -44,9 +36,8 @@ pub fn load(flows_per_cpu: u32, backend: impl Fn(bool, u8) -> IpAddr) -> Datapat
         hash_seed: 0x5eed_1b05,
         v4_entropy_bits: 8,
         v6_entropy_bits: 16,
-        // As under lbd: next hops and flows cached (lbd moves the generation on once a second,
-        // which costs one FIB lookup per backend and CPU, and one flow-table lookup per active
-        // flow and CPU, a second: nothing at these rates).
+        // As under lbd: next hops cached (lbd moves the generation on once a second, which
+        // costs one FIB lookup per backend and CPU a second: nothing at these rates).
         cache_generation: 1,
         ..Default::default()
     })

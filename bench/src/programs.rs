@@ -1,7 +1,7 @@
 //! The benches' XDP object: lb-ebpf built with its `bench` feature (by build.rs), so the
 //! balancer and decap programs with their maps, as in lbd's object, and the bench programs
 //! (lb-ebpf/src/bench.rs) with theirs (`lb_common::bench`). The benches load everything from it:
-//! `bench_flow_miss` looks flows up in the FLOWS map of the balancer it is loaded with.
+//! `bench_flow_miss` looks flows up in the FLOW_TABLE of the balancer it is loaded with.
 use lb_userspace::datapath::{self, Datapath, Sizes};
 
 /// The traffic generator, run with `BPF_PROG_TEST_RUN` in live-frames mode.
@@ -15,7 +15,7 @@ pub const SINK: &str = "bench_sink";
 pub const MAC_SWAP: &str = "bench_mac_swap";
 /// The encapsulation floor: an outer header pushed, XDP_TX.
 pub const ENCAP: &str = "bench_encap";
-/// A FLOWS lookup, then the MAC-swap floor.
+/// A FLOW_TABLE lookup, then the MAC-swap floor.
 pub const FLOW_MISS: &str = "bench_flow_miss";
 /// IPv4 frames for its host on to one fixed MAC address (bench_conn's hop floor).
 pub const FORWARD: &str = "bench_forward";

@@ -109,15 +109,7 @@ impl Service {
 }
 
 /// Map sizes for programs loaded only to pass frames through (or for a bench floor).
-pub const TINY: Sizes = Sizes {
-    flows_per_cpu: 1024,
-    pending_flows_per_cpu: 1024,
-    max_vips: 256,
-    max_rings: 1,
-    ring_stride: 251,
-    max_backends: 2,
-    flow_cache_slots: 1024,
-};
+pub const TINY: Sizes = Sizes { flows: 1024, max_vips: 256, max_rings: 1, ring_stride: 251, max_backends: 2 };
 
 pub struct Topology {
     pub client: Host,
@@ -215,13 +207,11 @@ impl Topology {
     /// VIP entries, address entries) and attaches `balancer` natively on the lb's `eth0`.
     pub fn start_balancer(&self, services: &[Service]) -> Datapath {
         let sizes = Sizes {
-            flows_per_cpu: 16_384,
-            pending_flows_per_cpu: 1024,
+            flows: 65_536,
             max_vips: 256,
             max_rings: services.len().max(1) as u32,
             ring_stride: RING_SIZE,
             max_backends: 2 * self.backends.len() as u32 + 1,
-            flow_cache_slots: 1024,
         };
         let mut dp = datapath::load_with(sizes).unwrap_or_else(|e| panic!("loading the XDP programs: {e}"));
         dp.set_config(ConfigValue {

@@ -11,6 +11,9 @@ use lb_tests::{
 use lb_userspace::agent::SavedState;
 
 const FLOWS: u32 = 1 << 20;
+/// The flow table's entries: four for each flow, so that few sets overflow (about 0.4 % of the
+/// flows find theirs full and are not written).
+const TABLE: u32 = 4 * FLOWS;
 /// The cache generation moves every second; a stalled loop shows as a longer gap.
 const LONGEST_GAP: Duration = Duration::from_millis(1500);
 
@@ -18,11 +21,9 @@ const LONGEST_GAP: Duration = Duration::from_millis(1500);
 fn a_least_conn_recount_of_a_million_flows_does_not_stall_the_event_loop() {
     let ns = lb_namespace();
     let files = LbdFiles::new();
-    let cpus = aya::util::online_cpus().expect("online CPUs").len() as u32;
-    let per_cpu = FLOWS.div_ceil(cpus) + 4096;
     let header = files
         .header(&["eth0"], "198.18.0.2", "fd00::2")
-        .replace("flows = 131072", &format!("flows_per_cpu = {per_cpu}"));
+        .replace("flows = 131072", &format!("flows = {TABLE}"));
     let vip = "[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
                scheduler = \"least-conn\"\nring_size = 1009\n\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n";
     let lbd = Lbd::start(&ns, &files, &format!("{header}{vip}"));
@@ -30,7 +31,7 @@ fn a_least_conn_recount_of_a_million_flows_does_not_stall_the_event_loop() {
     let state = SavedState::read(&files.dir.join("state.json")).unwrap().expect("a saved state");
     let backend = state.ids.backend("web", "198.18.0.11".parse().unwrap()).expect("a backend id");
     let written = fill_counted_flows(&pins, state.ids.vips["web"], backend, FLOWS, [198, 18, 100, 1]);
-    assert_eq!(written, FLOWS);
+    assert!(written >= FLOWS / 100 * 99, "only {written} of {FLOWS} flows written into a table of {TABLE}");
 
     // The next recount (every 10 s) finds the million connections and corrects the count.
     let log = files.dir.join("lbd.log");
@@ -55,7 +56,7 @@ fn a_least_conn_recount_of_a_million_flows_does_not_stall_the_event_loop() {
     longest = longest.max(since.elapsed());
     assert!(
         longest < LONGEST_GAP,
-        "the event loop stalled: the cache generation did not move for {longest:?} during a recount of {FLOWS} flows"
+        "the event loop stalled: the cache generation did not move for {longest:?} during a recount of {written} flows"
     );
     let status: serde_json::Value = serde_json::from_str(&lbd.lbctl_ok(&["--json", "status"])).unwrap();
     let lag =

@@ -13,8 +13,7 @@ fn as_many_vips_as_max_vips_are_applied_whole() {
     let mut config = format!(
         "pin_path = {:?}\napi_socket = {:?}\nstate_file = {:?}\ninterfaces = [\"eth0\"]\n\n\
          [source]\nipv4 = \"198.18.0.2\"\n\n\
-         [limits]\nmax_vips = {VIPS}\nmax_ring_size = 1009\nmax_backends = 1024\nflows_per_cpu = 1024\n\
-         pending_flows_per_cpu = 1024\nflow_cache_slots = 1024\n",
+         [limits]\nmax_vips = {VIPS}\nmax_ring_size = 1009\nmax_backends = 1024\nflows = 4096\n",
         files.pin_path.display().to_string(),
         files.socket().display().to_string(),
         files.dir.join("state.json").display().to_string(),

@@ -47,7 +47,7 @@ fn lbctl_object_lists_only_the_production_programs() {
     assert_eq!(programs, PRODUCTION_PROGRAMS, "the programs lbctl object lists:\n{stdout}");
     let maps: Vec<&str> =
         stdout.lines().filter_map(|l| l.strip_prefix("map ")?.split_whitespace().next()).collect();
-    assert!(maps.contains(&map_names::FLOWS), "lbctl object lists no FLOWS map:\n{stdout}");
+    assert!(maps.contains(&map_names::FLOW_TABLE), "lbctl object lists no FLOW_TABLE map:\n{stdout}");
     let odd: Vec<&&str> = maps.iter().filter(|m| !is_production_map(m)).collect();
     assert!(odd.is_empty(), "lbctl object lists maps that are not the product's: {odd:?}");
 }

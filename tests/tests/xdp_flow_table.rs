@@ -6,10 +6,10 @@
 //! its own.
 use std::net::IpAddr;
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, MapData};
 use lb_common::{
-    hash, limits, map_names, BackendValue, ConfigValue, Counter, FlowKey, FlowValue, VipKey, VipValue,
-    MODE_L2DSR, PROTO_ICMP, PROTO_TCP, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
+    hash, limits, map_names, BackendValue, ConfigValue, Counter, FlowKey, VipKey, VipValue, MODE_L2DSR,
+    PROTO_ICMP, PROTO_TCP, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
 };
 use lb_tests::{
     frames::{flow_key, tcp, tcp_frame},
@@ -26,15 +26,7 @@ use lb_userspace::{
 
 const RING: u32 = 1031;
 /// Rings up to VIP_ID's: round-robin sequences are by VIP id.
-const SIZES: Sizes = Sizes {
-    flows_per_cpu: 4096,
-    pending_flows_per_cpu: 1024,
-    max_vips: 256,
-    max_rings: 8,
-    ring_stride: RING,
-    max_backends: 8,
-    flow_cache_slots: 1024,
-};
+const SIZES: Sizes = Sizes { flows: 16_384, max_vips: 256, max_rings: 8, ring_stride: RING, max_backends: 8 };
 const PORT: u16 = 80;
 const VIP_ID: u32 = 7;
 
@@ -93,11 +85,10 @@ fn send(r: &mut XdpRunner, sport: u16, flags: u8) -> Option<u32> {
     }
 }
 
-/// Whether FLOWS holds an entry for `key`, void or not (walks skip void ones).
+/// Whether FLOW_TABLE holds a flow for `key`, void or not (walks skip void ones).
 fn in_table(r: &XdpRunner, key: &FlowKey) -> bool {
-    let map = r.datapath.raw().map(map_names::FLOWS).expect("FLOWS");
-    let flows: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(map).unwrap();
-    flows.get(key, 0).is_ok()
+    let entries = r.datapath.flow_entries().expect("FLOW_TABLE mapped");
+    (0..entries.len()).any(|i| entries.read_settled(i).is_some_and(|e| e.holds_flow() && e.key == *key))
 }
 
 /// The flows a walk of the table lists (as `lbctl flows` and the connection recount see them).
@@ -298,7 +289,7 @@ fn each_cpu_has_its_own_flow_cache() {
 
 #[test]
 fn no_flow_cache_without_slots() {
-    Fixture::new().run(Sizes { flow_cache_slots: 0, ..SIZES }, |r| {
+    Fixture::new().run(SIZES, |r| {
         install(r, SCHED_MAGLEV);
         caches(r, 1);
         let to = send(r, 27_000, tcp::ACK).expect("forwarded");
@@ -360,7 +351,7 @@ fn a_syn_on_a_reused_port_does_not_follow_the_old_flow_to_a_drained_backend() {
 fn a_flood_of_one_packet_flows_does_not_evict_a_confirmed_flow() {
     // 900 confirmed connections in a table of 1024 a CPU (the kernel's LRU alone keeps a few
     // busy flows through a flood, not most of a full table's).
-    Fixture::new().run(Sizes { flows_per_cpu: 1024, ..SIZES }, |r| {
+    Fixture::new().run(Sizes { flows: 4096, ..SIZES }, |r| {
         install(r, SCHED_MAGLEV);
         let pinned: Vec<u32> = (0..900u16)
             .map(|i| {

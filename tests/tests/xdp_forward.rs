@@ -13,15 +13,8 @@ use lb_tests::{
 };
 use lb_userspace::datapath::Sizes;
 
-const SIZES: Sizes = Sizes {
-    flows_per_cpu: 4096,
-    pending_flows_per_cpu: 1024,
-    max_vips: 256,
-    max_rings: 10,
-    ring_stride: 1031,
-    max_backends: 64,
-    flow_cache_slots: 1024,
-};
+const SIZES: Sizes =
+    Sizes { flows: 16_384, max_vips: 256, max_rings: 10, ring_stride: 1031, max_backends: 64 };
 /// Ring size of every VIP here (prime).
 const RING: u32 = 1031;
 

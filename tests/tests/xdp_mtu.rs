@@ -15,15 +15,7 @@ use lb_tests::{
 use lb_userspace::datapath::Sizes;
 
 const RING: u32 = 251;
-const SIZES: Sizes = Sizes {
-    flows_per_cpu: 4096,
-    pending_flows_per_cpu: 1024,
-    max_vips: 8,
-    max_rings: 2,
-    ring_stride: RING,
-    max_backends: 8,
-    flow_cache_slots: 1024,
-};
+const SIZES: Sizes = Sizes { flows: 16_384, max_vips: 8, max_rings: 2, ring_stride: RING, max_backends: 8 };
 
 /// A VIP per family, each over one backend behind the narrow route.
 fn install(r: &mut XdpRunner, generation: u32) {

@@ -12,15 +12,7 @@ use lb_tests::{
 };
 use lb_userspace::datapath::Sizes;
 
-const SIZES: Sizes = Sizes {
-    flows_per_cpu: 4096,
-    pending_flows_per_cpu: 1024,
-    max_vips: 256,
-    max_rings: 1,
-    ring_stride: 1031,
-    max_backends: 8,
-    flow_cache_slots: 1024,
-};
+const SIZES: Sizes = Sizes { flows: 16_384, max_vips: 256, max_rings: 1, ring_stride: 1031, max_backends: 8 };
 const NEW_MAC: [u8; 6] = [0x02, 0, 0, 0x01, 0, 0x77];
 
 fn config(generation: u32) -> ConfigValue {

@@ -17,15 +17,8 @@ use lb_tests::{
 use lb_userspace::datapath::Sizes;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-const SIZES: Sizes = Sizes {
-    flows_per_cpu: 16384,
-    pending_flows_per_cpu: 1024,
-    max_vips: 256,
-    max_rings: 2,
-    ring_stride: 1031,
-    max_backends: 16,
-    flow_cache_slots: 1024,
-};
+const SIZES: Sizes =
+    Sizes { flows: 65_536, max_vips: 256, max_rings: 2, ring_stride: 1031, max_backends: 16 };
 const RING: u32 = 1031;
 
 /// VIP4:80/TCP (id 1, backends on eth0) and VIP6 any port/UDP (id 2), with address entries.

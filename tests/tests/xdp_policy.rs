@@ -23,19 +23,7 @@ use lb_userspace::{
     security::{Deny, Prefix},
 };
 
-const SIZES: Sizes = Sizes {
-    flows_per_cpu: 16384,
-    pending_flows_per_cpu: 16384,
-    max_vips: 8,
-    max_rings: 8,
-    ring_stride: 1031,
-    max_backends: 16,
-    flow_cache_slots: 1024,
-};
-
-/// No flow cache: every packet of an established flow goes to FLOWS (as most do at a million
-/// flows), where a confirmed flow skips the checks it passed under its VIP's policy generation.
-const NO_CACHE: Sizes = Sizes { flow_cache_slots: 0, ..SIZES };
+const SIZES: Sizes = Sizes { flows: 65_536, max_vips: 8, max_rings: 8, ring_stride: 1031, max_backends: 16 };
 
 /// `web`: VIP4:80/tcp (its id 0); `v6`: VIP6, every port, udp (id 1); backends on the fixture's
 /// eth0. `extra_web`, `extra_v6`: lines added to each VIP; `top`: lines at the top.
@@ -140,7 +128,7 @@ fn access_lists_global_first_then_the_longest_prefix_of_the_vips_lists() {
 }
 
 /// An established connection from `src` (port 5555): a SYN, then ACKs (recorded, confirmed,
-/// then past the checks and stamped, in the flow cache if there is one).
+/// then past the checks and stamped).
 fn establish(r: &mut XdpRunner, src: &str) {
     assert_eq!(from(r, src, 5555, L4::TcpSyn), Verdict::Tx, "{src}'s SYN");
     for i in 0..5 {
@@ -152,65 +140,59 @@ fn establish(r: &mut XdpRunner, src: &str) {
 fn an_operators_deny_reaches_established_flows_and_ends_with_its_expiry() {
     let fixture = Fixture::new();
     let c = config("", "", "");
-    for (sizes, cache) in [(SIZES, "flow cache"), (NO_CACHE, "no flow cache")] {
-        fixture.run(sizes, |r| {
-            let mut applied = Applied::default();
-            apply(r, &mut applied, &c, &[], 1);
-            establish(r, "198.18.7.7");
-            let deny = Deny {
-                prefix: "198.18.7.0/24".parse::<Prefix>().unwrap(),
-                vip: Some("web".into()),
-                expires_unix: Some(lb_userspace::security::now_unix() + 1),
-            };
-            apply(r, &mut applied, &c, std::slice::from_ref(&deny), 1);
-            assert_eq!(
-                from(r, "198.18.7.7", 5555, L4::TcpAck),
-                Verdict::Drop,
-                "{cache}: the VIP's deny reaches the established flow"
-            );
-            assert_eq!(from(r, "198.18.8.8", 5555, L4::TcpSyn), Verdict::Tx, "other sources still pass");
-            // Expired: the agent's desired state drops it (Agent::expire_denies), and the maps follow.
-            std::thread::sleep(Duration::from_millis(2100));
-            assert!(deny.expired(lb_userspace::security::now_unix()), "the deny should have expired");
-            let left: Vec<Deny> =
-                [deny].into_iter().filter(|d| !d.expired(lb_userspace::security::now_unix())).collect();
-            apply(r, &mut applied, &c, &left, 1);
-            for i in 0..3 {
-                assert_eq!(
-                    from(r, "198.18.7.7", 5555, L4::TcpAck),
-                    Verdict::Tx,
-                    "{cache}: the connection after the expiry, ACK {i}"
-                );
-            }
-            let entries = r.datapath.acl_entries().expect("ACL entries");
-            assert!(entries.is_empty(), "the expired deny left entries behind: {entries:?}");
-            // Every VIP's: into an empty global list (which no packet looked up until now).
-            let global =
-                Deny { prefix: "198.18.8.0/24".parse::<Prefix>().unwrap(), vip: None, expires_unix: None };
-            apply(r, &mut applied, &c, std::slice::from_ref(&global), 1);
-            assert_eq!(
-                from(r, "198.18.8.8", 5555, L4::TcpAck),
-                Verdict::Drop,
-                "{cache}: the global deny reaches the established flow"
-            );
+    fixture.run(SIZES, |r| {
+        let mut applied = Applied::default();
+        apply(r, &mut applied, &c, &[], 1);
+        establish(r, "198.18.7.7");
+        let deny = Deny {
+            prefix: "198.18.7.0/24".parse::<Prefix>().unwrap(),
+            vip: Some("web".into()),
+            expires_unix: Some(lb_userspace::security::now_unix() + 1),
+        };
+        apply(r, &mut applied, &c, std::slice::from_ref(&deny), 1);
+        assert_eq!(
+            from(r, "198.18.7.7", 5555, L4::TcpAck),
+            Verdict::Drop,
+            "the VIP's deny reaches the established flow"
+        );
+        assert_eq!(from(r, "198.18.8.8", 5555, L4::TcpSyn), Verdict::Tx, "other sources still pass");
+        // Expired: the agent's desired state drops it (Agent::expire_denies), and the maps follow.
+        std::thread::sleep(Duration::from_millis(2100));
+        assert!(deny.expired(lb_userspace::security::now_unix()), "the deny should have expired");
+        let left: Vec<Deny> =
+            [deny].into_iter().filter(|d| !d.expired(lb_userspace::security::now_unix())).collect();
+        apply(r, &mut applied, &c, &left, 1);
+        for i in 0..3 {
             assert_eq!(
                 from(r, "198.18.7.7", 5555, L4::TcpAck),
                 Verdict::Tx,
-                "{cache}: another source's flow"
+                "the connection after the expiry, ACK {i}"
             );
-            assert_eq!(r.counter(Counter::DropAcl), 2, "{cache}: drop_acl counts the two refusals");
-        });
-    }
+        }
+        let entries = r.datapath.acl_entries().expect("ACL entries");
+        assert!(entries.is_empty(), "the expired deny left entries behind: {entries:?}");
+        // Every VIP's: into an empty global list (which no packet looked up until now).
+        let global =
+            Deny { prefix: "198.18.8.0/24".parse::<Prefix>().unwrap(), vip: None, expires_unix: None };
+        apply(r, &mut applied, &c, std::slice::from_ref(&global), 1);
+        assert_eq!(
+            from(r, "198.18.8.8", 5555, L4::TcpAck),
+            Verdict::Drop,
+            "the global deny reaches the established flow"
+        );
+        assert_eq!(from(r, "198.18.7.7", 5555, L4::TcpAck), Verdict::Tx, "another source's flow");
+        assert_eq!(r.counter(Counter::DropAcl), 2, "drop_acl counts the two refusals");
+    });
 }
 
 #[test]
-fn a_confirmed_flow_skips_the_packet_limit_and_meets_changed_allow_lists_without_a_flow_cache() {
+fn a_confirmed_flow_skips_the_packet_limit_and_meets_changed_allow_lists() {
     let fixture = Fixture::new();
     // A source's burst of 4 packets: a flow's SYN, its ACK recorded (Maglev records no SYN),
     // the ACK that confirms it and the one that passes the checks confirmed (stamped).
     let limit = "[vip.limits]\npackets_per_source = 4";
     let c = config("", &format!("allow = [\"198.18.0.0/16\"]\n{limit}"), "");
-    fixture.run(NO_CACHE, |r| {
+    fixture.run(SIZES, |r| {
         let mut applied = Applied::default();
         apply(r, &mut applied, &c, &[], 1);
         assert_eq!(from(r, "198.18.7.7", 5555, L4::TcpSyn), Verdict::Tx, "the SYN");

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    hash, BackendValue, ConfigValue, FlowValue, VipValue, FLOW_COUNTED, MODE_L2DSR, PROTO_TCP, PROTO_UDP,
-    SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
+    hash, BackendValue, ConfigValue, FlowValue, VipValue, MODE_L2DSR, PROTO_TCP, PROTO_UDP, SCHED_LEAST_CONN,
+    SCHED_MAGLEV, SCHED_ROUND_ROBIN,
 };
 use lb_tests::{
     frames::{flow_key, frame, tcp, tcp_frame, L4},
@@ -22,15 +22,7 @@ use lb_userspace::{
 };
 
 const RING: u32 = 1031;
-const SIZES: Sizes = Sizes {
-    flows_per_cpu: 4096,
-    pending_flows_per_cpu: 1024,
-    max_vips: 256,
-    max_rings: 1,
-    ring_stride: RING,
-    max_backends: 8,
-    flow_cache_slots: 1024,
-};
+const SIZES: Sizes = Sizes { flows: 16_384, max_vips: 256, max_rings: 1, ring_stride: RING, max_backends: 8 };
 const SEED: u32 = 0x1234_5678;
 const PORT: u16 = 80;
 
@@ -174,7 +166,7 @@ fn least_conn_counts_each_connection_once() {
         install(r, [100, 100, 100], SCHED_LEAST_CONN);
         let b = send(r, 32_000, tcp::SYN);
         assert_eq!(active(r, b), 0, "a SYN alone counts nothing (it may be spoofed)");
-        assert_eq!(flow(r, 32_000).map(|f| f.flags & FLOW_COUNTED), Some(FLOW_COUNTED));
+        assert_eq!(flow(r, 32_000).map(|f| f.counted), Some(true));
         assert_eq!(send(r, 32_000, tcp::ACK), b);
         assert_eq!(active(r, b), 1, "a confirmed TCP flow counts");
         for flags in [tcp::SYN, tcp::ACK, tcp::ACK] {
@@ -183,7 +175,7 @@ fn least_conn_counts_each_connection_once() {
         assert_eq!(active(r, b), 1, "its later packets do not");
         send(r, 32_000, tcp::FIN | tcp::ACK);
         assert_eq!(active(r, b), 0, "FIN uncounts it");
-        assert_eq!(flow(r, 32_000).map(|f| f.flags), Some(0), "and clears the mark");
+        assert_eq!(flow(r, 32_000).map(|f| f.counted), Some(false), "and clears the mark");
         for flags in [tcp::FIN | tcp::ACK, tcp::RST, tcp::ACK] {
             assert_eq!(send(r, 32_000, flags), b, "the flow keeps its backend");
         }

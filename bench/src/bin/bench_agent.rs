@@ -2,10 +2,10 @@
 //! table of a million flows.
 //!
 //! lbd runs in a namespace of its own (`lb_namespace`: nothing behind its interface) with one
-//! least-conn VIP of one backend and a flow table of at least 2^20 flows
-//! (a share of 2^20 / online CPUs a CPU, `limits.flows_per_cpu`, and a little more). The bench writes 2^20 open
-//! connections of that VIP and backend into the pinned `FLOWS` map (each CPU's share from a
-//! thread bound to it: the table keeps one LRU list per CPU), waits for lbd's next recount
+//! least-conn VIP of one backend and a flow table of 2^22 entries (`limits.flows`: four for
+//! each flow, so that few sets overflow). The bench writes 2^20 open connections of that VIP
+//! and backend into the pinned `FLOW_TABLE` (the 0.4 % or so whose set is full are skipped:
+//! the figures name the count written), waits for lbd's next recount
 //! (every 10 s) to find them and correct the backend's count, then reads from `lbctl status`
 //! how late the event loop's 1-second tick ran at most since lbd started (the fill and the walk
 //! included). Target: < 50 ms.
@@ -27,6 +27,8 @@ use lb_tests::{
 use lb_userspace::agent::SavedState;
 
 const FLOWS: u32 = 1 << 20;
+/// The flow table's entries (`limits.flows`).
+const TABLE: u32 = 4 * FLOWS;
 const TARGET_MS: f64 = 50.0;
 /// A recount comes every 10 s; the walk of a million flows takes a few seconds.
 const RECOUNT_WAIT: Duration = Duration::from_secs(60);
@@ -35,13 +37,11 @@ fn main() {
     lb_tests::privilege::require_root();
     lb_tests::bins::stop_on_signals();
     println!("== lbd's event loop during a least-conn recount of {FLOWS} flows");
-    let cpus = aya::util::online_cpus().expect("online CPUs").len() as u32;
-    let per_cpu = FLOWS.div_ceil(cpus) + 4096;
     let ns = lb_namespace();
     let files = LbdFiles::new();
     let header = files
         .header(&["eth0"], "198.18.0.2", "fd00::2")
-        .replace("flows = 131072", &format!("flows_per_cpu = {per_cpu}"));
+        .replace("flows = 131072", &format!("flows = {TABLE}"));
     let vip = "[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
                scheduler = \"least-conn\"\nring_size = 1009\n\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n";
     let lbd = Lbd::start(&ns, &files, &format!("{header}{vip}"));
@@ -58,9 +58,9 @@ fn main() {
 
     let t = Instant::now();
     let written = fill_counted_flows(&pins, state.ids.vips["web"], backend, FLOWS, [198, 18, 100, 1]);
-    assert_eq!(written, FLOWS, "flows written");
+    assert!(written >= FLOWS / 100 * 99, "only {written} of {FLOWS} flows written into a table of {TABLE}");
     println!(
-        "wrote {written} flows into the pinned flow table in {:.1} s ({cpus} CPUs)",
+        "wrote {written} flows into the pinned flow table of {TABLE} entries in {:.1} s",
         t.elapsed().as_secs_f64()
     );
 

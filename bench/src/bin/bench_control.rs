@@ -481,7 +481,7 @@ fn memory() {
         let m = by_name.get(name).unwrap_or_else(|| panic!("no map {name}"));
         m.memlock as f64 / m.max_entries as f64
     };
-    let flow = per(map_names::FLOWS);
+    let flow = per(map_names::FLOW_TABLE);
     let rings = &by_name[map_names::RINGS];
     let ring = rings.memlock as f64 / (rings.max_entries as f64 / dp.sizes.ring_stride as f64);
     let vip_entry = per(map_names::VIPS);
@@ -491,9 +491,8 @@ fn memory() {
     let per_vip = ring + 2.0 * vip_entry + vip_stats;
     let backend = per(map_names::BACKENDS) + per(map_names::BACKEND_STATS);
     println!(
-        "per flow-table entry: {flow:.1} B ({} entries: {} a CPU × {cpus} CPUs; all preallocated)",
-        by_name[map_names::FLOWS].max_entries,
-        dp.sizes.flows_per_cpu
+        "per flow-table entry: {flow:.1} B ({} entries, all CPUs together; all preallocated)",
+        by_name[map_names::FLOW_TABLE].max_entries
     );
     println!(
         "per VIP: {per_vip:.0} B = ring of {} slots {ring:.0} B ({:.2} B a slot) + 2 VIPS entries × {vip_entry:.1} B + VIP_STATS {vip_stats:.1} B",

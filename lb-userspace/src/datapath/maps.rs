@@ -322,9 +322,7 @@ impl Datapath {
     /// A second mapping of the flow table: a walk can then run on another thread while the
     /// agent goes on serving.
     pub fn flow_table(&self) -> Result<FlowTable, DatapathError> {
-        let name = map_names::FLOW_TABLE;
-        let aya::maps::Map::Array(data) = self.map(name)? else { return Err(DatapathError::NoMap(name)) };
-        let entries = map_flow_table(data).map_err(err(name))?;
+        let entries = self.flow_entries()?;
         let name = map_names::VIP_BY_ID;
         let slots: Array<&MapData, VipSlot> = Array::try_from(self.map(name)?).map_err(err(name))?;
         let generations =
@@ -334,6 +332,16 @@ impl Datapath {
         let backend_generations =
             backends.iter().map(|b| b.map(|b| b.generation)).collect::<Result<_, _>>().map_err(err(name))?;
         Ok(FlowTable { entries, generations, backend_generations })
+    }
+}
+
+impl Datapath {
+    /// The flow table's entries as they are, void ones included (tests; the agent walks a
+    /// [`FlowTable`]).
+    pub fn flow_entries(&self) -> Result<MappedFlowTable, DatapathError> {
+        let name = map_names::FLOW_TABLE;
+        let aya::maps::Map::Array(data) = self.map(name)? else { return Err(DatapathError::NoMap(name)) };
+        map_flow_table(data).map_err(err(name))
     }
 }
 

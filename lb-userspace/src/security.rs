@@ -105,8 +105,8 @@ pub struct RateLimits {
     /// New flows a second from one source prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_flows_per_source: Option<u32>,
-    /// Packets a second from one source prefix (packets that the flow cache does not answer:
-    /// see docs/data-plane.md).
+    /// Packets a second from one source prefix (packets the checks see: not those of a
+    /// confirmed flow that passed them; see docs/data-plane.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packets_per_source: Option<u32>,
     /// New flows a second to the whole VIP.

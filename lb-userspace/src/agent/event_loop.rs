@@ -25,9 +25,9 @@ use crate::{
 
 /// How often lbd recounts the open connections of least-conn VIPs from the flow table.
 pub const CONNECTION_RECOUNT: Duration = Duration::from_secs(10);
-/// What the data plane caches per CPU expires every `CACHE_REFRESH`: route and neighbour
-/// changes apply within it without a FIB lookup per packet, and every active flow is seen by
-/// the flow table (so its LRU keeps it) that often. The loop's lag is measured on this tick.
+/// What the data plane caches per CPU (next hops) expires every `CACHE_REFRESH`: route and
+/// neighbour changes apply within it without a FIB lookup per packet. The loop's lag is
+/// measured on this tick.
 const CACHE_REFRESH: Duration = Duration::from_secs(1);
 /// How often the backends' next hops are looked up again (routes change; the kernel keeps the
 /// managed neighbour entries resolved in between).
@@ -239,13 +239,7 @@ async fn reset_flows(agent: Shared, mut resets: mpsc::UnboundedReceiver<(u32, St
             }
         };
         match tokio::task::spawn_blocking(move || table.remove_backend(id)).await {
-            Ok(Ok(n)) => {
-                info!(backend = what, flows = n, "reset the flows of a down backend");
-                // Cached copies of them too.
-                if let Err(e) = agent.lock().await.refresh_caches() {
-                    error!("refreshing the data plane's caches: {e}");
-                }
-            }
+            Ok(Ok(n)) => info!(backend = what, flows = n, "reset the flows of a down backend"),
             Ok(Err(e)) => error!("resetting the flows of {what}: {e}"),
             Err(e) => error!("resetting the flows of {what}: {e}"),
         }

@@ -37,8 +37,8 @@ pub struct Flows {
     pub sample: Vec<Flow>,
     /// Flows in the whole table, of every VIP.
     pub table: u64,
-    /// False if the walk stopped before the end of the table (the table changed too fast):
-    /// the counts are then lower bounds.
+    /// False if some entry was being written at every read of it (heavy churn): the counts are
+    /// then lower bounds.
     pub complete: bool,
 }
 
@@ -145,7 +145,7 @@ impl Agent {
 }
 
 impl FlowQuery {
-    /// Walks the flow table (blocking: two system calls a flow).
+    /// Walks the flow table (blocking: it reads the whole mapped table).
     pub fn run(self) -> Result<Flows, DatapathError> {
         let FlowQuery { table, services, ids, vip, backend, limit, mut rows } = self;
         let row_of: HashMap<(String, IpAddr), usize> =

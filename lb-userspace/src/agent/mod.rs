@@ -544,8 +544,8 @@ impl Agent {
         }
     }
 
-    /// Ends what the data plane cached per CPU (next hops, flows): lbd calls it every second,
-    /// and after removing flows from the table.
+    /// Ends what the data plane cached per CPU (next hops): lbd calls it every second, and
+    /// after changes.
     pub fn refresh_caches(&mut self) -> Result<(), AgentError> {
         Ok(reconcile::move_cache_generation(&mut self.datapath, &mut self.applied)?)
     }

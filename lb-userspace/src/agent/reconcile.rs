@@ -102,8 +102,7 @@ pub const PACKETS_IN_FLIGHT: std::time::Duration = std::time::Duration::from_mil
 /// Voids the recorded flows of VIP `ids` (whose entries were just removed or moved), and marks
 /// them to be voided again once the packets in flight are through ([`void_again`]): one that
 /// looked the old entry up before its removal and recorded its flow after the first void is
-/// caught by the second. The caller then moves the cache generation, for the copies of those
-/// flows in every CPU's flow cache.
+/// caught by the second.
 fn void_vip_flows(dp: &mut Datapath, applied: &mut Applied, ids: &[u32]) -> Result<(), ApplyError> {
     let due = std::time::Instant::now() + PACKETS_IN_FLIGHT;
     for &id in ids {
@@ -131,7 +130,7 @@ pub fn void_again(
     Ok(applied.void_again.iter().map(|(at, _)| *at).min())
 }
 
-/// Ends everything the data plane cached per CPU (next hops, flows): it is looked up afresh.
+/// Ends what the data plane cached per CPU (next hops): it is looked up afresh.
 pub fn move_cache_generation(dp: &mut Datapath, applied: &mut Applied) -> Result<(), ApplyError> {
     applied.cache_generation = applied.cache_generation.wrapping_add(1).max(1);
     write_config(dp, applied)

@@ -16,8 +16,8 @@ pub const DEFAULT_LIMIT: usize = 10;
 pub struct TopSource {
     pub vip: String,
     pub source: Prefix,
-    /// Packets the flow cache did not answer (new flows, packets of no known flow, each flow's
-    /// first packet a second).
+    /// Packets the policy checks saw (new flows, packets of no confirmed flow, a confirmed
+    /// flow's first packet after its VIP's policy changed).
     pub packets: u64,
     pub new_flows: u64,
     /// Packets the rate limits refused (dropped, or passed to the stack).

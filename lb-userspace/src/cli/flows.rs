@@ -45,7 +45,7 @@ pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {
         rows.push(vec!["total".into(), String::new(), String::new(), f.total.to_string()]);
         table(&["VIP", "BACKEND", "STATE", "FLOWS"], &rows);
         if !f.complete {
-            println!("(the table changed too fast to walk it whole: the counts are lower bounds)");
+            println!("(some entries were being written at every read of them: the counts are lower bounds)");
         }
         if f.sample.is_empty() {
             return;
@@ -67,8 +67,8 @@ pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {
         table(&["VIP", "PROTO", "CLIENT", "DESTINATION", "BACKEND"], &sample);
         println!(
             "{} of {} flows listed (--limit N lists more); the table holds {} flows in all.\n\
-             A flow stays until the table evicts it (least recently used first): closed connections \
-             count until then.",
+             A flow stays until a new flow of its set takes its entry (idle ones first): closed \
+             connections count until then.",
             f.sample.len(),
             f.total,
             f.table

@@ -126,7 +126,7 @@ pub fn bench_encap(ctx: XdpContext) -> u32 {
 pub fn bench_flow_miss(ctx: XdpContext) -> u32 {
     let Ok(pkt) = crate::parse::packet(&ctx) else { return xdp_action::XDP_ABORTED };
     let seed = crate::maps::CONFIG.get(0).map_or(0, |c| c.hash_seed);
-    if flow_table::find(flow_table::set_of(&pkt.key, seed), &pkt.key).found() {
+    if flow_table::find(flow_table::sets_of(&pkt.key, seed), &pkt.key).found() {
         return xdp_action::XDP_PASS;
     }
     mac_swap(&ctx)

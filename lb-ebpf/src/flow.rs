@@ -65,9 +65,9 @@ pub struct Choice {
 }
 
 /// The backend for a packet with flow key `key`. A known flow wins (drains, ring and scheduler
-/// changes never move a live connection): its entry in FLOW_TABLE (flow_table.rs), one set of
-/// four neighbouring cache lines, names its backend and its VIP, read by id, so a known flow
-/// costs no hashing beyond the set's and no VIP lookup. The access lists and rate limits
+/// changes never move a live connection): its entry in FLOW_TABLE (flow_table.rs), in its first
+/// set of four neighbouring cache lines (or its second), names its backend and its VIP, read by
+/// id, so a known flow costs no hashing beyond the sets' and no VIP lookup. The access lists and rate limits
 /// (policy.rs) check every recorded packet but those of a confirmed flow that passed them under
 /// its VIP's policy generation; a SYN starts a flow and is checked first, before any flow-table
 /// work. A SYN follows a known flow only to a backend that takes new flows: a client reusing a
@@ -91,8 +91,8 @@ pub fn choose(
     if record && syn {
         crate::policy::screen(key, true)?;
     }
-    let set = flow_table::set_of(key, cfg.hash_seed);
-    let slot = flow_table::find(set, key);
+    let sets = flow_table::sets_of(key, cfg.hash_seed);
+    let slot = flow_table::find(sets, key);
     let state = if slot.found() { live(&slot) } else { None };
     if record && !syn {
         // 0: none (no confirmed flow, or a VIP policy no flow skips).
@@ -169,7 +169,7 @@ pub fn choose(
         let (backend_hash, ids) =
             flow_table::value_words(id, hash, vip.id, vip_generation, backend_generation);
         let mut new = NewFlow {
-            set,
+            sets,
             reuse,
             now: flow_table::clock(),
             to_count: schedule::counts(vip, key),

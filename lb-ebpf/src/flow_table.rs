@@ -98,12 +98,32 @@ pub fn clock() -> u32 {
     lb_common::flow_clock(unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() })
 }
 
-/// The set of `key` (`seed`: the flow hash's).
+/// The two sets of `key`, first choice and second (`seed`: the flow hash's).
 #[inline(always)]
-pub fn set_of(key: &FlowKey, seed: u32) -> u32 {
+pub fn sets_of(key: &FlowKey, seed: u32) -> Sets {
     // SAFETY: a read of the program's own read-only data.
     let sets = unsafe { read_volatile(&FLOW_SETS) };
-    hash::flow_set(key, seed, sets)
+    let (first, second) = hash::flow_sets(key, seed, sets);
+    Sets { first: first.wrapping_mul(FLOW_WAYS), second: second.wrapping_mul(FLOW_WAYS) }
+}
+
+/// Where a flow may be: the first entries of its two sets.
+#[derive(Clone, Copy)]
+pub struct Sets {
+    pub first: u32,
+    pub second: u32,
+}
+
+impl Sets {
+    /// Way `way` of the first set (0..FLOW_WAYS), then of the second.
+    #[inline(always)]
+    fn entry(&self, way: u32) -> u32 {
+        if way < FLOW_WAYS {
+            self.first + way
+        } else {
+            self.second + (way - FLOW_WAYS)
+        }
+    }
 }
 
 #[inline(always)]
@@ -114,15 +134,16 @@ fn words(index: u32) -> *mut u64 {
     }
 }
 
-/// The entry of `key` in `set`, read whole (skipping a way being written, or rewritten while it
+/// The entry of `key` in its sets (the first set first: the second's lines are read only when
+/// the first does not hold it), read whole (skipping a way being written, or rewritten while it
 /// was read: as if the flow were not there).
 #[inline(always)]
-pub fn find(set: u32, key: &FlowKey) -> Slot {
+pub fn find(sets: Sets, key: &FlowKey) -> Slot {
     let k = hash::words(key);
-    let base = set.wrapping_mul(FLOW_WAYS);
     let mut way = 0;
-    while way < FLOW_WAYS {
-        let w = words(base + way);
+    while way < 2 * FLOW_WAYS {
+        let index = sets.entry(way);
+        let w = words(index);
         if w.is_null() {
             break;
         }
@@ -142,7 +163,7 @@ pub fn find(set: u32, key: &FlowKey) -> Slot {
                     let ids = read_volatile(w.add(WORD_IDS));
                     let after = read_volatile(w.add(WORD_CTL));
                     if (before ^ after) & (FLOW_SEQ_MASK | FLOW_BUSY) == 0 {
-                        return Slot { index: base + way, backend_hash, ids, ctl: after };
+                        return Slot { index, backend_hash, ids, ctl: after };
                     }
                 }
             }
@@ -176,7 +197,7 @@ pub fn stamp_policy(slot: &Slot, generation: u32) {
 
 /// A new flow to record: where, and its value words. (One argument: BPF functions take five.)
 pub struct NewFlow {
-    pub set: u32,
+    pub sets: Sets,
     /// Its own entry, void or over, to take first; NONE if none.
     pub reuse: u32,
     pub now: u32,
@@ -200,18 +221,18 @@ pub const NOT_RECORDED: u32 = 2;
 /// Records new unconfirmed flow `key` as `new` says. Not inlined: it runs once per flow.
 #[inline(never)]
 pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
-    let (set, reuse, now) = (new.set, new.reuse, new.now);
+    let (sets, reuse, now) = (new.sets, new.reuse, new.now);
     new.evicted_counted = lb_common::NO_BACKEND;
-    let base = set.wrapping_mul(FLOW_WAYS);
-    // The victim: (index, its ctl, its backend); ranks: 3 own or empty, 2 unconfirmed (older
-    // first), 1 confirmed and idle (older first), 0 none.
+    // The victim, by rank: 4 its own entry or an empty one of the first set, 3 an empty one of
+    // the second, 2 an unconfirmed flow's, 1 a confirmed flow's idle long enough (older first
+    // among equals), 0 none.
     let mut victim = NONE;
     let mut victim_ctl = 0u64;
     let mut victim_rank = 0u32;
     let mut victim_age = 0u32;
     let mut way = 0;
-    while way < FLOW_WAYS {
-        let index = base + way;
+    while way < 2 * FLOW_WAYS {
+        let index = sets.entry(way);
         let w = words(index);
         if w.is_null() {
             break;
@@ -221,7 +242,9 @@ pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
         let age = now.wrapping_sub((ctl >> FLOW_CLOCK_SHIFT) as u32);
         let rank = if ctl & FLOW_BUSY != 0 {
             0
-        } else if index == reuse || ctl & HOLDS == 0 {
+        } else if index == reuse || (ctl & HOLDS == 0 && way < FLOW_WAYS) {
+            4
+        } else if ctl & HOLDS == 0 {
             3
         } else if ctl & FLOW_PENDING != 0 {
             2
@@ -230,7 +253,7 @@ pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
         } else {
             0
         };
-        if rank > victim_rank || (rank == victim_rank && rank != 0 && age > victim_age) {
+        if rank > victim_rank || (rank == victim_rank && rank <= 2 && rank != 0 && age > victim_age) {
             victim = index;
             victim_ctl = ctl;
             victim_rank = rank;

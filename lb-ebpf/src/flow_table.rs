@@ -22,6 +22,11 @@ const WORD_IDS: usize = 6;
 const WORD_CTL: usize = 7;
 /// Any state: the entry holds a flow.
 const HOLDS: u64 = FLOW_PENDING | FLOW_CONFIRMED;
+/// A new flow takes an empty way of its first set while that set holds fewer flows than this;
+/// past it, of the set that holds fewer. (Measured by simulation at half load: 10 % of flows
+/// in their second set and 0.015 % turned away; with the first set always first, 4 % and
+/// 0.4 %; with the emptier set always, 27 % and 0.003 %.)
+const FIRST_SET_ALONE: u32 = 3;
 
 /// A consistent copy of a flow's entry (its value words) and where it is; `index` NONE: none.
 /// Plain integers, all always set: the verifier refuses spilled undefined registers, which an
@@ -223,9 +228,27 @@ pub const NOT_RECORDED: u32 = 2;
 pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
     let (sets, reuse, now) = (new.sets, new.reuse, new.now);
     new.evicted_counted = lb_common::NO_BACKEND;
-    // The victim, by rank: 4 its own entry or an empty one of the first set, 3 an empty one of
-    // the second, 2 an unconfirmed flow's, 1 a confirmed flow's idle long enough (older first
-    // among equals), 0 none.
+    // How many flows each set holds (no branches: one verifier state for any count).
+    let (mut held_first, mut held_second) = (0u32, 0u32);
+    let mut way = 0;
+    while way < 2 * FLOW_WAYS {
+        let w = words(sets.entry(way));
+        if w.is_null() {
+            break;
+        }
+        // SAFETY: as in `find`.
+        let held = (unsafe { read_volatile(w.add(WORD_CTL)) } & (HOLDS | FLOW_BUSY) != 0) as u32;
+        let first = (way < FLOW_WAYS) as u32;
+        held_first += held & first;
+        held_second += held & (first ^ 1);
+        way += 1;
+    }
+    // The first set while it holds few flows, else the set that holds fewer: most flows are
+    // found in their first set, and the table fills evenly.
+    let prefer_first = held_first < FIRST_SET_ALONE || held_first <= held_second;
+    // The victim, by rank: 5 its own entry, 4 an empty way of the preferred set, 3 of the
+    // other, 2 an unconfirmed flow's, 1 a confirmed flow's idle long enough (older first among
+    // equals), 0 none.
     let mut victim = NONE;
     let mut victim_ctl = 0u64;
     let mut victim_rank = 0u32;
@@ -242,10 +265,14 @@ pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
         let age = now.wrapping_sub((ctl >> FLOW_CLOCK_SHIFT) as u32);
         let rank = if ctl & FLOW_BUSY != 0 {
             0
-        } else if index == reuse || (ctl & HOLDS == 0 && way < FLOW_WAYS) {
-            4
+        } else if index == reuse {
+            5
         } else if ctl & HOLDS == 0 {
-            3
+            if (way < FLOW_WAYS) == prefer_first {
+                4
+            } else {
+                3
+            }
         } else if ctl & FLOW_PENDING != 0 {
             2
         } else if (age as i32) >= FLOW_IDLE_EVICT as i32 {

@@ -1,12 +1,16 @@
 //! The flow table (FLOW_TABLE): connections and the backend each is pinned to, in a
 //! set-associative array the data plane manages itself (lb-ebpf/src/flow_table.rs).
 //!
-//! Sets of [`FLOW_WAYS`] entries, 64 bytes each (one cache line), a set's lines side by side: a
-//! flow is found in one set, picked by [`crate::hash::flow_set`], so a lookup reads one to four
-//! neighbouring lines, and a miss (a SYN) the four. A new flow takes an empty way of its set,
-//! else the unconfirmed flow used longest ago, else the confirmed flow used longest ago if that
-//! one has been idle for [`FLOW_IDLE_EVICT`] clock ticks: a flood of packets that each start a
-//! flow never evicts a connection that was active in the last tick or two.
+//! Sets of [`FLOW_WAYS`] entries, 64 bytes each (one cache line), a set's lines side by side.
+//! A flow has two sets ([`crate::hash::flow_sets`]) and is looked for in its first, then its
+//! second: a known flow costs one set's lines (its second set's too when its first was full
+//! when it was recorded), a miss (a SYN) both sets'. Two choices let the table fill to about
+//! nine tenths before new flows find no room, where one set alone would turn flows away at
+//! half full. A new flow takes its own old entry or an empty one of its first set, else an
+//! empty one of its second, else the unconfirmed flow used longest ago in either, else the
+//! confirmed flow used longest ago if that one has been idle for [`FLOW_IDLE_EVICT`] clock
+//! ticks: a flood of packets that each start a flow never evicts a connection that was active
+//! in the last second.
 //!
 //! An entry is written whole by one CPU at a time: the writer claims it by setting
 //! [`FLOW_BUSY`] with an atomic compare-and-exchange of `ctl` (which also moves the write

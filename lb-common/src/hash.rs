@@ -73,15 +73,16 @@ pub fn vip_filter_bit(addr: &[u8; 16]) -> u32 {
     folded.wrapping_mul(0x9e37_79b1) >> (32 - crate::limits::VIP_FILTER_BITS.trailing_zeros())
 }
 
-/// The flow-table set of `key` among `sets` (lb-common/src/flow.rs): each of the key's five
-/// 64-bit words multiplied by its own odd constant, summed with the seed, then mixed once more;
-/// the set is the high half scaled to `sets` (a multiplication, no division: any set count).
-/// Multiplying before combining keeps every field's bits apart: keys of structured clients (one
-/// /16 with sequential addresses, one NAT address with sequential ports) spread as random ones
-/// do (a test measures it). Five independent multiplications: it runs on every packet. The
-/// seed (the flow hash's) keeps clients from aiming their flows at one set.
+/// The two flow-table sets of `key` among `sets` (lb-common/src/flow.rs): its first choice and
+/// its second. Each of the key's five 64-bit words multiplied by its own odd constant, summed
+/// with the seed, then mixed once more; each half of the result scaled to `sets` (a
+/// multiplication, no division: any set count). Multiplying before combining keeps every
+/// field's bits apart: keys of structured clients (one /16 with sequential addresses, one NAT
+/// address with sequential ports) spread as random ones do (a test measures it). Five
+/// independent multiplications: it runs on every packet. The seed (the flow hash's) keeps
+/// clients from aiming their flows at one set.
 #[inline(always)]
-pub fn flow_set(key: &FlowKey, seed: u32, sets: u32) -> u32 {
+pub fn flow_sets(key: &FlowKey, seed: u32, sets: u32) -> (u32, u32) {
     let w = words(key);
     let h = w[0]
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -91,7 +92,9 @@ pub fn flow_set(key: &FlowKey, seed: u32, sets: u32) -> u32 {
         .wrapping_add(w[4].wrapping_mul(0x27d4_eb2f_1656_67c5))
         .wrapping_add(seed as u64);
     let h = (h ^ (h >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
-    (((h >> 32) * sets as u64) >> 32) as u32
+    let h = h ^ (h >> 29);
+    let scale = |half: u64| ((half * sets as u64) >> 32) as u32;
+    (scale(h >> 32), scale(h & 0xffff_ffff))
 }
 
 /// A flow key as 64-bit words (no byte-wise reads: the data plane loads whole words).
@@ -198,13 +201,16 @@ mod tests {
             for (name, shape) in shapes {
                 let keys: HashSet<FlowKey> = (0..n).map(|f| shape(f, vip)).collect();
                 assert_eq!(keys.len(), n as usize, "{name}: the shape repeats keys");
-                let slots: BTreeSet<u32> = keys.iter().map(|k| flow_set(k, 7, sets)).collect();
+                let slots: BTreeSet<u32> = keys.iter().map(|k| flow_sets(k, 7, sets).0).collect();
                 let ratio = slots.len() as f64 / random;
                 assert!(
                     ratio > 0.98,
                     "{name}: {n} flows on {} sets, {random:.0} expected at random",
                     slots.len()
                 );
+                let second: BTreeSet<u32> = keys.iter().map(|k| flow_sets(k, 7, sets).1).collect();
+                let ratio = second.len() as f64 / random;
+                assert!(ratio > 0.98, "{name}: {n} flows on {} second sets", second.len());
             }
         }
     }

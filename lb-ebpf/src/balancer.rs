@@ -41,7 +41,7 @@ fn process(ctx: &XdpContext, counters: *mut CounterBlock) -> Result<Counter, Cou
     let choice = flow::choose(key, cfg, !icmp_error, pkt.syn, counters)?;
     if choice.counted {
         // An open connection of a least-conn VIP: its FIN or RST ends its count.
-        schedule::closing(ctx, key, pkt.l4_offset, choice.id);
+        schedule::closing(ctx, pkt.l4_offset, choice.entry, choice.ctl, choice.id);
     }
     let verdict = forward::to_backend(ctx, key, &choice, cfg, pkt.end - parse::ETH_LEN, icmp_error);
     if icmp_error && verdict.kind() == CounterKind::Forward {

@@ -19,9 +19,9 @@
 //! - `bench_mac_swap` swaps the MAC addresses and returns XDP_TX: the least an XDP forwarder does.
 //! - `bench_encap` pushes an outer IPv4 (or IPv6) header, as the balancer's `ipip` mode does but
 //!   with no lookup, and returns XDP_TX.
-//! - `bench_flow_miss` parses the packet as the balancer does, looks its flow up in `FLOWS`
+//! - `bench_flow_miss` parses the packet as the balancer does, looks its flow up in FLOW_TABLE
 //!   (in the bench, a full table without it: a miss), swaps the MAC addresses and returns
-//!   XDP_TX: the part of a new flow's cost that is the kernel's hash table, not the balancer.
+//!   XDP_TX: the part of a new flow's cost that is reading its set, not the balancer.
 //! - `bench_forward` (`bench/src/bin/bench_conn.rs`) sends every IPv4 frame addressed to its
 //!   host on to one fixed MAC address with XDP_TX and passes the rest (ARP, floods) to the
 //!   stack: the least a balancer in front of a server does, to tell the hop's own cost from the
@@ -42,8 +42,7 @@ use network_types::{
 };
 
 use crate::{
-    checksum,
-    maps::FLOWS,
+    checksum, flow_table,
     parse::{ptr_at, ptr_at_mut, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
 };
 
@@ -126,8 +125,8 @@ pub fn bench_encap(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_flow_miss(ctx: XdpContext) -> u32 {
     let Ok(pkt) = crate::parse::packet(&ctx) else { return xdp_action::XDP_ABORTED };
-    // SAFETY: flow values are plain integers; the result only feeds the verdict.
-    if unsafe { FLOWS.get(&pkt.key) }.is_some() {
+    let seed = crate::maps::CONFIG.get(0).map_or(0, |c| c.hash_seed);
+    if flow_table::find(flow_table::sets_of(&pkt.key, seed), &pkt.key).found() {
         return xdp_action::XDP_PASS;
     }
     mac_swap(&ctx)

@@ -1,16 +1,14 @@
-//! Which backend a packet goes to: the flow table, and on a miss the VIP lookup and the VIP's
-//! scheduler (schedule.rs).
-use aya_ebpf::bindings::BPF_NOEXIST;
+//! Which backend a packet goes to: the flow table (flow_table.rs), and on a miss the VIP lookup
+//! and the VIP's scheduler (schedule.rs).
 use lb_common::{
-    hash, BackendValue, ConfigValue, Counter, CounterBlock, FlowKey, FlowValue, VipKey, VipValue,
-    BACKEND_TAKES_NEW_FLOWS, FAMILY_V4, FLOW_COUNTED, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    SCHED_MAGLEV, VIP_HASH_SOURCE_ONLY,
+    hash, BackendValue, ConfigValue, Counter, CounterBlock, FlowKey, VipKey, VipValue,
+    BACKEND_TAKES_NEW_FLOWS, FAMILY_V4, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, SCHED_MAGLEV,
+    VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{
-    maps::{
-        CachedFlow, BACKENDS, FLOWS, FLOW_CACHE, FLOW_CACHE_BITS, PENDING_FLOWS, VIPS, VIP_BY_ID, VIP_FILTER,
-    },
+    flow_table::{self, NewFlow, Slot},
+    maps::{BACKENDS, VIPS, VIP_BY_ID, VIP_FILTER},
     schedule,
 };
 
@@ -48,8 +46,7 @@ pub fn is_vip_address(addr: &[u8; 16], family: u8) -> bool {
     VIPS.get_ptr(&key).is_some()
 }
 
-/// Where a packet goes: plain integers, copied from the flow cache, the flow table or the
-/// scheduler.
+/// Where a packet goes: plain integers, copied from the flow table or the scheduler.
 pub struct Choice {
     pub id: u32,
     /// The flow hash, also used for tunnel source entropy.
@@ -62,22 +59,26 @@ pub struct Choice {
     /// The flow counts as an open connection of its backend (least-conn): its FIN or RST
     /// uncounts it (`schedule::closing`).
     pub counted: bool,
+    /// The flow's FLOW_TABLE entry and its ctl word as read (`flow_table::NONE`: not recorded).
+    pub entry: u32,
+    pub ctl: u64,
 }
 
 /// The backend for a packet with flow key `key`. A known flow wins (drains, ring and scheduler
-/// changes never move a live connection): this CPU's FLOW_CACHE first (not for a SYN), then
-/// FLOWS (confirmed flows), then PENDING_FLOWS (flows with one recorded packet). An entry names
-/// its VIP, read by id, so a known flow costs no VIP lookup. The access lists and rate limits
-/// (policy.rs) check a recorded packet before PENDING_FLOWS: every packet but those of a
-/// confirmed flow that passed them under its VIP's policy generation. A SYN follows a known flow only to a backend that
-/// takes new flows: a client reusing a port (NAT) after its backend was drained, went down or
-/// was removed gets a backend anew.
+/// changes never move a live connection): its entry in FLOW_TABLE (flow_table.rs), in its first
+/// set of four neighbouring cache lines (or its second), names its backend and its VIP, read by
+/// id, so a known flow costs no hashing beyond the sets' and no VIP lookup. The access lists and rate limits
+/// (policy.rs) check every recorded packet but those of a confirmed flow that passed them under
+/// its VIP's policy generation; a SYN starts a flow and is checked first, before any flow-table
+/// work. A SYN follows a known flow only to a backend that takes new flows: a client reusing a
+/// port (NAT) after its backend was drained, went down or was removed gets a backend anew.
 ///
 /// A miss looks the VIP up and asks its scheduler; `record` (the client's own packets, not ICMP
-/// errors about them) remembers the choice in PENDING_FLOWS, and the flow's next packet moves
-/// it into FLOWS: packets that come once, as a spoofed flood's do, never evict a confirmed
-/// connection. The SYN of a Maglev VIP records nothing at all: the ring gives the connection's
-/// next packet the same backend.
+/// errors about them) records the choice unconfirmed, and the flow's next packet confirms it: a
+/// new flow takes an empty entry of its set, an unconfirmed flow's, or an idle connection's
+/// (lb-common/src/flow.rs), so packets that come once, as a spoofed flood's do, never evict a
+/// connection active in the last second. The SYN of a Maglev VIP records nothing at all: the
+/// ring gives the connection's next packet the same backend.
 #[inline(always)]
 pub fn choose(
     key: &FlowKey,
@@ -86,113 +87,63 @@ pub fn choose(
     syn: bool,
     counters: *mut CounterBlock,
 ) -> Result<Choice, Counter> {
-    let generation = cfg.cache_generation;
-    // SAFETY: a read of the program's own read-only data.
-    let bits = unsafe { core::ptr::read_volatile(&FLOW_CACHE_BITS) } as u32;
-    let on = generation != 0 && bits != 0 && bits <= 24;
-    // SAFETY: a plain helper call.
-    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
-    // A plain pointer, null for none: an `Option` leaves its payload undefined when None, and
-    // the verifier refuses a spilled undefined register.
-    let cached = match FLOW_CACHE.get_ptr_mut((cpu << bits) | hash::flow_cache_slot(key, bits)) {
-        Some(c) if on => c,
-        _ => core::ptr::null_mut(),
-    };
-    if !cached.is_null() {
-        // SAFETY: this CPU's own slot; nothing else writes it while we run.
-        let c = unsafe { &mut *cached };
-        // Every 256th hit goes to the flow table instead (and refills the slot): the table's
-        // LRU then sees the flow as used even while no lbd moves the generation.
-        c.hits = c.hits.wrapping_add(1);
-        if c.generation == generation && c.hits != 0 && same_key(&c.key, key) {
-            if !syn {
-                if record {
-                    crate::stats::add(counters, Counter::FlowHit);
-                }
-                let counted = record && c.counted != 0;
-                return Ok(Choice {
-                    id: c.backend,
-                    hash: c.hash,
-                    vip: c.vip,
-                    mode: c.mode,
-                    new_flow: false,
-                    counted,
-                });
-            }
-            // A SYN starts a flow: the policy checks it, and the table decides (a backend that
-            // takes no new flows drops the flow). The slot answers no more.
-            c.generation = 0;
-        }
-    }
-    // A void FLOWS entry (its VIP or backend id means another one now) is replaced, not kept.
-    let mut void = false;
-    // The access lists and rate limits (policy.rs), before any flow-table work but the lookup
-    // of a confirmed flow, which skips them once one of its packets passed them under its VIP's
-    // policy generation (read here, before them). A SYN starts a flow: checked first, always.
-    // (One call site: each one the verifier walks anew.)
-    let mut flow = core::ptr::null_mut();
-    if !(record && syn) {
-        flow = FLOWS.get_ptr_mut(key).unwrap_or(core::ptr::null_mut());
-    }
-    // SAFETY (the dereferences of `flow`): a FLOWS entry or null; flow values are plain
-    // integers written whole, but the policy stamp, which any CPU may write (a u32 it read).
-    let confirmed = record && !flow.is_null() && live(unsafe { &*flow }).is_some();
-    // 0: none (no confirmed flow, or a VIP policy no flow skips).
-    let policy_generation = if confirmed { crate::policy::generation(unsafe { &*flow }) } else { 0 };
-    let stamp = if flow.is_null() { 0 } else { unsafe { (*flow).policy_generation } };
-    if record && (policy_generation == 0 || stamp != policy_generation) {
-        crate::policy::screen(key, syn)?;
-        if policy_generation != 0 {
-            // Passed under it (a change written meanwhile moved it on: checked again).
-            unsafe { (*flow).policy_generation = policy_generation };
-        }
-    }
+    // (One call site per check: each one the verifier walks anew.)
     if record && syn {
-        flow = FLOWS.get_ptr_mut(key).unwrap_or(core::ptr::null_mut());
+        crate::policy::screen(key, true)?;
     }
-    if !flow.is_null() {
-        let f = unsafe { &*flow };
-        match live(f) {
-            Some((mode, takes)) if !syn || takes => {
-                // A known flow needs no hashing either: its hash was kept with it.
-                if record {
-                    crate::stats::add(counters, Counter::FlowHit);
-                }
-                let counted = f.flags & FLOW_COUNTED != 0;
-                let choice =
-                    Choice { id: f.backend, hash: f.hash, vip: f.vip, mode, new_flow: false, counted: false };
-                remember(cached, key, &choice, counted, generation);
-                return Ok(Choice { counted: record && counted, ..choice });
+    let sets = flow_table::sets_of(key, cfg.hash_seed);
+    let slot = flow_table::find(sets, key);
+    let state = if slot.found() { live(&slot) } else { None };
+    if record && !syn {
+        // 0: none (no confirmed flow, or a VIP policy no flow skips).
+        let generation =
+            if state.is_some() && slot.confirmed() { crate::policy::generation(slot.vip()) } else { 0 };
+        if generation == 0 || generation as u16 != slot.policy_generation() {
+            crate::policy::screen(key, false)?;
+            if generation != 0 {
+                // Passed under it (a change written meanwhile moved it on: checked again).
+                flow_table::stamp_policy(&slot, generation);
             }
-            Some(_) => {
-                // An earlier connection on this port, pinned to a backend that takes no new
-                // flows: it is over (a SYN opens a new one), its entry goes.
-                crate::stats::add(counters, Counter::SynRescheduled);
-                schedule::forget(key, f.backend);
-            }
-            None => void = true,
         }
     }
-    // SAFETY: as above.
-    if let Some(f) = unsafe { PENDING_FLOWS.get(key) } {
-        match live(f) {
-            Some((mode, takes)) if !syn || takes => {
-                let mut choice =
-                    Choice { id: f.backend, hash: f.hash, vip: f.vip, mode, new_flow: false, counted: false };
-                if record {
-                    crate::stats::add(counters, Counter::FlowHit);
-                    choice.counted = confirm(key, f, void, counters);
-                    remember(cached, key, &choice, choice.counted, generation);
+    // The flow's own entry, void or over: a new record of it takes that one first.
+    let reuse = match state {
+        Some((mode, takes)) if !syn || takes => {
+            let mut counted = record && slot.counted();
+            if record {
+                crate::stats::add(counters, Counter::FlowHit);
+                flow_table::touch(&slot, flow_table::clock());
+                if !slot.confirmed() {
+                    let (confirmed, to_count) = flow_table::confirm(&slot);
+                    if confirmed {
+                        crate::stats::add(counters, Counter::FlowConfirmed);
+                        if to_count {
+                            schedule::opened(slot.backend());
+                        }
+                    }
+                    counted = to_count;
                 }
-                return Ok(choice);
             }
-            Some(_) => {
-                crate::stats::add(counters, Counter::SynRescheduled);
-                let _ = PENDING_FLOWS.remove(key);
-            }
-            None => {}
+            return Ok(Choice {
+                id: slot.backend(),
+                hash: slot.hash(),
+                vip: slot.vip(),
+                mode,
+                new_flow: false,
+                counted,
+                entry: slot.index,
+                ctl: slot.ctl,
+            });
         }
-    }
+        Some(_) => {
+            // An earlier connection on this port, pinned to a backend that takes no new flows:
+            // it is over (a SYN opens a new one), its entry goes.
+            crate::stats::add(counters, Counter::SynRescheduled);
+            schedule::forget(&slot);
+            slot.index
+        }
+        None => slot.index,
+    };
     let vip = lookup_vip(&key.dst, key.dport, key.proto, key.family).ok_or(Counter::PassNotVip)?;
     if vip.ring_size == 0 {
         return Err(Counter::DropNoBackend);
@@ -213,85 +164,54 @@ pub fn choose(
     }
     // A TCP packet without SYN continues a connection: its SYN was the new flow.
     let new_flow = record && (key.proto != PROTO_TCP || syn);
-    let choice = Choice { id, hash, vip: vip.id, mode: vip.mode, new_flow, counted: false };
     if record && !(syn && vip.scheduler == SCHED_MAGLEV) {
         let vip_generation = VIP_BY_ID.get(vip.id).map_or(0, |s| s.generation);
-        let value = FlowValue {
-            backend: id,
-            hash,
-            vip: vip.id,
-            vip_generation,
-            backend_generation,
-            policy_generation: 0,
-            flags: schedule::flow_flags(vip, key),
+        let (backend_hash, ids) =
+            flow_table::value_words(id, hash, vip.id, vip_generation, backend_generation);
+        let mut new = NewFlow {
+            sets,
+            reuse,
+            now: flow_table::clock(),
+            to_count: schedule::counts(vip, key),
+            backend_hash,
+            ids,
+            evicted_counted: NO_BACKEND,
         };
-        // A full table evicts its least recently used (unconfirmed) flow; an error here only
-        // costs a re-pick.
-        if PENDING_FLOWS.insert(key, &value, 0).is_ok() {
-            crate::stats::add(counters, Counter::FlowPending);
+        match flow_table::record(key, &mut new) {
+            flow_table::RECORDED => crate::stats::add(counters, Counter::FlowPending),
+            flow_table::EVICTED => {
+                crate::stats::add(counters, Counter::FlowPending);
+                crate::stats::add(counters, Counter::FlowEvicted);
+                schedule::closed(new.evicted_counted);
+            }
+            _ => crate::stats::add(counters, Counter::FlowNotRecorded),
         }
     }
-    Ok(choice)
+    Ok(Choice {
+        id,
+        hash,
+        vip: vip.id,
+        mode: vip.mode,
+        new_flow,
+        counted: false,
+        entry: flow_table::NONE,
+        ctl: 0,
+    })
 }
 
 /// A flow entry's VIP mode and whether its backend takes new flows, if the entry is live (its
 /// VIP and backend ids still mean what they meant when it was recorded).
 #[inline(always)]
-fn live(f: &FlowValue) -> Option<(u8, bool)> {
-    match (VIP_BY_ID.get(f.vip), BACKENDS.get(f.backend)) {
+fn live(f: &Slot) -> Option<(u8, bool)> {
+    match (VIP_BY_ID.get(f.vip()), BACKENDS.get(f.backend())) {
         (Some(slot), Some(b))
-            if slot.generation == f.vip_generation && b.generation == f.backend_generation =>
+            if slot.generation as u16 == f.vip_generation()
+                && b.generation as u16 == f.backend_generation() =>
         {
             // (Its backend's family is checked where it is used: forward.rs.)
             Some((slot.vip.mode, b.flags & BACKEND_TAKES_NEW_FLOWS != 0))
         }
         _ => None,
-    }
-}
-
-/// The second recorded packet of a flow: it moves from PENDING_FLOWS into FLOWS. Returns
-/// whether it now counts as an open connection of its backend (least-conn): only the CPU whose
-/// insert made the entry counts it (unless it replaced a void one). Not inlined: it runs once a
-/// flow.
-#[inline(never)]
-fn confirm(key: &FlowKey, f: &FlowValue, void: bool, counters: *mut CounterBlock) -> bool {
-    let value = *f;
-    let counted = value.flags & FLOW_COUNTED != 0;
-    let mode = if counted && !void { BPF_NOEXIST as u64 } else { 0 };
-    let recorded = FLOWS.insert(key, &value, mode).is_ok();
-    let _ = PENDING_FLOWS.remove(key);
-    if recorded {
-        crate::stats::add(counters, Counter::FlowConfirmed);
-    }
-    if recorded && counted {
-        schedule::opened(value.backend);
-    }
-    recorded && counted
-}
-
-#[inline(always)]
-fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
-    let (a, b) = (hash::words(a), hash::words(b));
-    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
-}
-
-/// Puts the flow in this CPU's cache slot (if caching is on).
-#[inline(always)]
-fn remember(slot: *mut CachedFlow, key: &FlowKey, c: &Choice, counted: bool, generation: u32) {
-    if !slot.is_null() {
-        let entry = CachedFlow {
-            key: *key,
-            backend: c.id,
-            hash: c.hash,
-            vip: c.vip,
-            generation,
-            mode: c.mode,
-            counted: counted as u8,
-            hits: 0,
-            _pad: [0; 5],
-        };
-        // SAFETY: this CPU's own slot.
-        unsafe { *slot = entry };
     }
 }
 

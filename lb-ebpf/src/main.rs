@@ -15,6 +15,7 @@ mod checksum;
 mod decap;
 mod encap;
 mod flow;
+mod flow_table;
 mod forward;
 mod icmp;
 mod maps;

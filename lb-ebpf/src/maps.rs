@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray},
 };
 use lb_common::{
-    limits, AclKey, BackendValue, CaptureMeta, ConfigValue, CounterBlock, DecapConfig, DecapSource, FlowKey,
-    FlowValue, PolicyCounts, SourceKey, SourceState, TrafficStats, VipKey, VipPolicy, VipSlot, VipValue,
+    limits, AclKey, BackendValue, CaptureMeta, ConfigValue, CounterBlock, DecapConfig, DecapSource,
+    FlowEntry, PolicyCounts, SourceKey, SourceState, TrafficStats, VipKey, VipPolicy, VipSlot, VipValue,
 };
 
 /// Sized by the loader: two entries a VIP (its service, its address's entry).
@@ -31,20 +31,19 @@ pub static RINGS: Array<u32> = Array::with_max_entries(limits::MAX_RINGS * limit
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(limits::MAX_BACKENDS, 0);
 
-/// Connection -> backend, for confirmed flows (two packets or more recorded). One table that
-/// every CPU sees (a connection whose packets move to another CPU keeps its backend) with a
-/// separate LRU list per CPU (BPF_F_NO_COMMON_LRU), so inserts and evictions on one CPU do not
-/// contend with the others. The loader sizes it to flows_per_cpu × possible CPUs.
-#[map(name = "FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(limits::FLOWS_PER_CPU, BPF_F_NO_COMMON_LRU);
+/// The flow table: connections and their backends, confirmed or waiting for their second
+/// packet, in sets of FLOW_WAYS entries (lb-common/src/flow.rs; the data plane's side is
+/// flow_table.rs). One table every CPU sees: a connection whose packets move to another CPU
+/// keeps its backend. Sized by the loader (limits.flows). Mmapable: the values then start on a
+/// page, so every 64-byte entry is one cache line and every set four neighbouring ones; user
+/// space walks it through the mapping.
+#[map(name = "FLOW_TABLE")]
+pub static FLOW_TABLE: Array<FlowEntry> = Array::with_max_entries(limits::FLOWS, BPF_F_MMAPABLE);
 
-/// Flows with one recorded packet, waiting for their next one to enter FLOWS (see flow.rs): a
-/// flood of packets that each start a flow (spoofed sources) evicts only other unconfirmed
-/// flows. Same layout as FLOWS; sized to pending_flows_per_cpu × possible CPUs.
-#[map(name = "PENDING_FLOWS")]
-pub static PENDING_FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(limits::PENDING_FLOWS_PER_CPU, BPF_F_NO_COMMON_LRU);
+/// FLOW_TABLE's sets (its entries / FLOW_WAYS): set by the loader in this program's read-only
+/// data, from the size it gives the map (a pinned table of another size is refused).
+#[unsafe(no_mangle)]
+pub static FLOW_SETS: u32 = limits::FLOWS / lb_common::FLOW_WAYS;
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<ConfigValue> = Array::with_max_entries(1, 0);
@@ -89,45 +88,6 @@ pub struct CachedHop {
 /// Next hops by backend id, per CPU: no locking, no torn MACs. Sized like BACKENDS.
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);
-
-/// A flow as FLOW_CACHE keeps it: what the forwarding path needs of its FLOWS entry and VIP.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CachedFlow {
-    pub key: FlowKey,
-    pub backend: u32,
-    pub hash: u32,
-    pub vip: u32,
-    /// `ConfigValue::cache_generation` when cached (never 0).
-    pub generation: u32,
-    pub mode: u8,
-    pub counted: u8,
-    /// Hits since the slot was filled, wrapping: the 256th goes to FLOWS (see flow.rs).
-    pub hits: u8,
-    pub _pad: [u8; 5],
-}
-const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
-
-/// Recently used flows, per CPU, direct-mapped by a hash of the key (flow.rs): a hit costs a
-/// few instructions and one cache line instead of a flow-table lookup, whose hashing and
-/// scattered memory are most of a known flow's cost. Entries count only under the current
-/// `cache_generation`, which the agent moves on every second (each active flow then goes
-/// through FLOWS again, staying recently used there) and whenever it voids or removes flows.
-///
-/// CPU c owns slots c × 2^FLOW_CACHE_BITS onwards (the loader sizes the array to slots × the
-/// possible CPU ids). A plain array, not a PerCpuArray: a per-CPU lookup first loads the slot's
-/// per-CPU pointer from a table as large as the cache, a second random memory access (10k-flow
-/// traffic ran 4–12 % slower). Mmapable only for its layout: the values then start on a page,
-/// so each 64-byte slot is exactly one cache line (after the map's header they straddle two).
-#[map(name = "FLOW_CACHE")]
-pub static FLOW_CACHE: Array<CachedFlow> = Array::with_max_entries(limits::FLOW_CACHE_SLOTS, BPF_F_MMAPABLE);
-
-/// log2 of FLOW_CACHE's slots per CPU, 0 for no cache: set by the loader in this program's
-/// read-only data, so it always matches the FLOW_CACHE this program was loaded with (a value in
-/// the pinned CONFIG could be written by a restarting agent with other limits while the old
-/// program still runs, and send two CPUs to the same slots).
-#[unsafe(no_mangle)]
-pub static FLOW_CACHE_BITS: u8 = 0;
 
 /// Round-robin sequences of backend ids: VIP id × RR_SEQ_LEN onwards, `VipValue::rr_len` of them
 /// (see schedule.rs). Read-only here. The loader sizes it to max_rings × RR_SEQ_LEN.

@@ -2,10 +2,9 @@
 //! the VIP's allow and deny lists, longest prefix wins) and the VIP's rate limits (per source:
 //! packets and new flows a second; the whole VIP: new flows a second).
 //!
-//! It runs for the client's packets that no confirmed flow answers for: a confirmed flow (this
-//! CPU's flow cache, or FLOWS) skips it once one of its packets passed it under the VIP's current
-//! policy generation (`VipPolicy::generation`, stamped in the flow's entry; the cache holds only
-//! flows admitted under the current cache generation), which the agent moves on with every
+//! It runs for the client's packets that no confirmed flow answers for: a confirmed flow skips it
+//! once one of its packets passed it under the VIP's current policy generation
+//! (`VipPolicy::generation`, stamped in the flow's entry), which the agent moves on with every
 //! change of the lists or limits: a new deny reaches established flows at once while their
 //! packets cost nothing more here. A SYN (a new flow) always runs it. Buckets are per CPU (no
 //! lock or atomic shared between CPUs): each CPU admits its share of a rate (`Gcra::share`).
@@ -15,8 +14,8 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use lb_common::{
-    AclKey, Counter, FlowKey, FlowValue, PolicyReason, SourceKey, SourceState, VipPolicy, ACL_DENY,
-    POLICY_ACL, POLICY_GLOBAL_DENY, POLICY_PASS_OVER_LIMIT, POLICY_TRACK,
+    AclKey, Counter, FlowKey, PolicyReason, SourceKey, SourceState, VipPolicy, ACL_DENY, POLICY_ACL,
+    POLICY_GLOBAL_DENY, POLICY_PASS_OVER_LIMIT, POLICY_TRACK,
 };
 
 use crate::{
@@ -28,19 +27,19 @@ use crate::{
 /// (A plain integer: the checks are subprograms, whose results travel in one register.)
 const ADMIT: u32 = 0;
 
-/// A packet of flow `key` that the flow cache did not answer (`syn`: a TCP SYN, which starts a
+/// A packet of flow `key` that no confirmed flow answers for (`syn`: a TCP SYN, which starts a
 /// flow): admitted, or the verdict that ends it.
 #[inline(always)]
 pub fn screen(key: &FlowKey, syn: bool) -> Result<(), Counter> {
     verdict(check(key, syn))
 }
 
-/// The policy generation of confirmed flow `f`'s VIP (0: no flow skips the checks): `f` skips
-/// them if one of its packets passed them under it. Read before the checks, once (a change
-/// written meanwhile moves it on, and the flow is checked again).
+/// The policy generation of VIP `vip` (0: no flow skips the checks): a confirmed flow of it
+/// skips them if one of its packets passed them under it. Read before the checks, once (a
+/// change written meanwhile moves it on, and the flow is checked again).
 #[inline(always)]
-pub fn generation(f: &FlowValue) -> u32 {
-    match VIP_POLICY.get_ptr(f.vip) {
+pub fn generation(vip: u32) -> u32 {
+    match VIP_POLICY.get_ptr(vip) {
         // SAFETY: an array slot of plain integers; volatile: read once, here.
         Some(p) => unsafe { core::ptr::read_volatile(&(*p).generation) },
         None => 0,

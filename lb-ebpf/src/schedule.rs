@@ -11,18 +11,19 @@
 //! - Least connections: the power of two choices. Two ring picks (weighted by the ring), the one
 //!   with fewer open connections per unit of weight wins; no loop over the backends. Counts are
 //!   kept in ACTIVE_CONNS with atomic adds: +1 when a TCP flow of such a VIP enters the flow
-//!   table (marked `FLOW_COUNTED`), −1 on the client's first FIN or RST of a marked flow
-//!   ([`closing`]); the agent corrects drift (flows that left by eviction) from the flow table.
-use core::intrinsics::{atomic_and, atomic_xadd, atomic_xsub, AtomicOrdering::Relaxed};
+//!   table confirmed (marked `FLOW_COUNTED`), −1 on the client's first FIN or RST of a marked
+//!   flow ([`closing`]) or when a new flow takes its entry ([`closed`]); the agent corrects
+//!   drift from the flow table.
+use core::intrinsics::{atomic_xadd, atomic_xsub, AtomicOrdering::Relaxed};
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    hash, limits::RR_SEQ_LEN, FlowKey, VipValue, FLOW_COUNTED, NO_BACKEND, PROTO_TCP, SCHED_LEAST_CONN,
-    SCHED_ROUND_ROBIN,
+    hash, limits::RR_SEQ_LEN, FlowKey, VipValue, NO_BACKEND, PROTO_TCP, SCHED_LEAST_CONN, SCHED_ROUND_ROBIN,
 };
 
 use crate::{
-    maps::{ACTIVE_CONNS, BACKENDS, FLOWS, RINGS, RR_CURSORS, RR_SEQS},
+    flow_table::{self, Slot},
+    maps::{ACTIVE_CONNS, BACKENDS, RINGS, RR_CURSORS, RR_SEQS},
     parse::ptr_at,
 };
 
@@ -48,14 +49,10 @@ pub fn pick(vip: &VipValue, hash: u32, record: bool) -> u32 {
     }
 }
 
-/// `FlowValue::flags` of a new flow: TCP flows of least-conn VIPs are counted.
+/// Whether a new flow counts as an open connection once confirmed: TCP flows of least-conn VIPs.
 #[inline(always)]
-pub fn flow_flags(vip: &VipValue, key: &FlowKey) -> u64 {
-    if vip.scheduler == SCHED_LEAST_CONN && key.proto == PROTO_TCP {
-        FLOW_COUNTED
-    } else {
-        0
-    }
+pub fn counts(vip: &VipValue, key: &FlowKey) -> bool {
+    vip.scheduler == SCHED_LEAST_CONN && key.proto == PROTO_TCP
 }
 
 /// A counted flow entered the flow table: one more open connection on backend `id`.
@@ -69,39 +66,46 @@ pub fn opened(id: u32) {
     }
 }
 
-/// A packet of a counted flow pinned to backend `id`: if it carries FIN or RST, the flow stops
-/// counting (once, whichever CPU sees it first) and so does its backend's count. The TCP header
-/// at `l4_offset` was checked whole by the parser.
+/// A packet of a counted flow pinned to backend `id`, in FLOW_TABLE entry `entry` (read with
+/// ctl word `ctl`): if it carries FIN or RST, the flow stops counting (once, whichever CPU sees
+/// it first) and so does its backend's count. The TCP header at `l4_offset` was checked whole by
+/// the parser.
 #[inline(always)]
-pub fn closing(ctx: &XdpContext, key: &FlowKey, l4_offset: usize, id: u32) {
+pub fn closing(ctx: &XdpContext, l4_offset: usize, entry: u32, ctl: u64, id: u32) {
     let Ok(flags) = ptr_at::<u8>(ctx, l4_offset + TCP_FLAGS_OFFSET) else { return };
     // SAFETY: bounds checked by ptr_at.
     if unsafe { *flags } & (TCP_FIN | TCP_RST) != 0 {
-        uncount(key, id);
+        uncount(entry, ctl, id);
     }
 }
 
-/// Removes the FLOWS entry of a connection that is over (a SYN reused its port), uncounting it
-/// first if it still counts. Not inlined: it runs rarely.
+/// Frees the entry of a connection that is over (a SYN reused its port), uncounting it first if
+/// it still counts. Not inlined: it runs rarely.
 #[inline(never)]
-pub fn forget(key: &FlowKey, id: u32) {
-    uncount(key, id);
-    let _ = FLOWS.remove(key);
+pub fn forget(slot: &Slot) {
+    uncount(slot.index, slot.ctl, slot.backend());
+    flow_table::free(slot);
+}
+
+/// A counted connection left the table (its entry went to a new flow): one less on backend `id`
+/// (`NO_BACKEND`: none was counted).
+#[inline(always)]
+pub fn closed(id: u32) {
+    if id == NO_BACKEND {
+        return;
+    }
+    if let Some(count) = ACTIVE_CONNS.get_ptr_mut(id) {
+        // SAFETY: as in `opened`.
+        unsafe { atomic_xsub::<u64, u64, { Relaxed }>(count, 1) };
+    }
 }
 
 /// Not inlined: it runs once per counted connection and keeps the common path as it was. (No
 /// packet pointer crosses the call: the verifier refuses what LLVM makes of one passed in.)
 #[inline(never)]
-fn uncount(key: &FlowKey, id: u32) {
-    let Some(value) = FLOWS.get_ptr_mut(key) else { return };
-    // SAFETY: a u64 field of a map value, 8-byte aligned; cleared only with atomics. An atomic
-    // fetch-and: of two CPUs seeing a FIN of the flow at once, one only finds the bit set.
-    let was = unsafe { atomic_and::<u64, u64, { Relaxed }>(&raw mut (*value).flags, !FLOW_COUNTED) };
-    if was & FLOW_COUNTED != 0 {
-        if let Some(count) = ACTIVE_CONNS.get_ptr_mut(id) {
-            // SAFETY: as in `opened`.
-            unsafe { atomic_xsub::<u64, u64, { Relaxed }>(count, 1) };
-        }
+fn uncount(entry: u32, ctl: u64, id: u32) {
+    if flow_table::take_count(entry, ctl) {
+        closed(id);
     }
 }
 

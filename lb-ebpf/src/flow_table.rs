@@ -1,0 +1,408 @@
+//! The data plane's side of the flow table (FLOW_TABLE; layout, eviction rule and the
+//! write protocol in lb-common/src/flow.rs): find a flow in its set, record a new one, confirm
+//! one, free one, and the atomic moves of its count bit.
+use core::{
+    intrinsics::{atomic_cxchg, AtomicOrdering::Relaxed},
+    ptr::{read_volatile, write_volatile},
+};
+
+use lb_common::{
+    hash, FlowKey, FLOW_BUSY, FLOW_CLOCK_SHIFT, FLOW_CONFIRMED, FLOW_COUNTED, FLOW_IDLE_EVICT, FLOW_PENDING,
+    FLOW_SEQ_MASK, FLOW_TO_COUNT, FLOW_WAYS,
+};
+
+use crate::maps::{FLOW_SETS, FLOW_TABLE};
+
+/// `Slot::index` of no entry.
+pub const NONE: u32 = u32::MAX;
+/// An entry as 64-bit words: the key's five, then (backend, hash), (vip, generations), ctl.
+const KEY_WORDS: usize = 5;
+const WORD_BACKEND: usize = 5;
+const WORD_IDS: usize = 6;
+const WORD_CTL: usize = 7;
+/// Any state: the entry holds a flow.
+const HOLDS: u64 = FLOW_PENDING | FLOW_CONFIRMED;
+/// A new flow takes an empty way of its first set while that set holds fewer flows than this;
+/// past it, of the set that holds fewer. (Measured by simulation at half load: 10 % of flows
+/// in their second set and 0.015 % turned away; with the first set always first, 4 % and
+/// 0.4 %; with the emptier set always, 27 % and 0.003 %.)
+const FIRST_SET_ALONE: u32 = 3;
+
+/// A consistent copy of a flow's entry (its value words) and where it is; `index` NONE: none.
+/// Plain integers, all always set: the verifier refuses spilled undefined registers, which an
+/// `Option` payload leaves.
+#[derive(Clone, Copy)]
+pub struct Slot {
+    pub index: u32,
+    /// Backend id (low half) and flow hash (high half).
+    pub backend_hash: u64,
+    /// VIP id, VIP generation, backend generation, policy generation: 16 bits each, low first.
+    pub ids: u64,
+    pub ctl: u64,
+}
+
+impl Slot {
+    pub const EMPTY: Slot = Slot { index: NONE, backend_hash: 0, ids: 0, ctl: 0 };
+
+    #[inline(always)]
+    pub fn found(&self) -> bool {
+        self.index != NONE
+    }
+    #[inline(always)]
+    pub fn backend(&self) -> u32 {
+        self.backend_hash as u32
+    }
+    #[inline(always)]
+    pub fn hash(&self) -> u32 {
+        (self.backend_hash >> 32) as u32
+    }
+    #[inline(always)]
+    pub fn vip(&self) -> u32 {
+        (self.ids & 0xffff) as u32
+    }
+    #[inline(always)]
+    pub fn vip_generation(&self) -> u16 {
+        (self.ids >> 16) as u16
+    }
+    #[inline(always)]
+    pub fn backend_generation(&self) -> u16 {
+        (self.ids >> 32) as u16
+    }
+    #[inline(always)]
+    pub fn policy_generation(&self) -> u16 {
+        (self.ids >> 48) as u16
+    }
+    #[inline(always)]
+    pub fn confirmed(&self) -> bool {
+        self.ctl & FLOW_CONFIRMED != 0
+    }
+    #[inline(always)]
+    pub fn counted(&self) -> bool {
+        self.ctl & FLOW_COUNTED != 0
+    }
+}
+
+/// The value words of a new entry.
+#[inline(always)]
+pub fn value_words(
+    backend: u32,
+    hash: u32,
+    vip: u32,
+    vip_generation: u32,
+    backend_generation: u32,
+) -> (u64, u64) {
+    let ids =
+        (vip as u16 as u64) | (vip_generation as u16 as u64) << 16 | (backend_generation as u16 as u64) << 32;
+    (backend as u64 | (hash as u64) << 32, ids)
+}
+
+/// The flow table's clock now (a tick of 2^30 ns).
+#[inline(always)]
+pub fn clock() -> u32 {
+    // SAFETY: a plain helper call.
+    lb_common::flow_clock(unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() })
+}
+
+/// The two sets of `key`, first choice and second (`seed`: the flow hash's).
+#[inline(always)]
+pub fn sets_of(key: &FlowKey, seed: u32) -> Sets {
+    // SAFETY: a read of the program's own read-only data.
+    let sets = unsafe { read_volatile(&FLOW_SETS) };
+    let (first, second) = hash::flow_sets(key, seed, sets);
+    Sets { first: first.wrapping_mul(FLOW_WAYS), second: second.wrapping_mul(FLOW_WAYS) }
+}
+
+/// Where a flow may be: the first entries of its two sets.
+#[derive(Clone, Copy)]
+pub struct Sets {
+    pub first: u32,
+    pub second: u32,
+}
+
+impl Sets {
+    /// Way `way` of the first set (0..FLOW_WAYS), then of the second.
+    #[inline(always)]
+    fn entry(&self, way: u32) -> u32 {
+        if way < FLOW_WAYS {
+            self.first + way
+        } else {
+            self.second + (way - FLOW_WAYS)
+        }
+    }
+}
+
+#[inline(always)]
+fn words(index: u32) -> *mut u64 {
+    match FLOW_TABLE.get_ptr_mut(index) {
+        Some(e) => e as *mut u64,
+        None => core::ptr::null_mut(),
+    }
+}
+
+/// The entry of `key` in its sets (the first set first: the second's lines are read only when
+/// the first does not hold it), read whole (skipping a way being written, or rewritten while it
+/// was read: as if the flow were not there).
+#[inline(always)]
+pub fn find(sets: Sets, key: &FlowKey) -> Slot {
+    let k = hash::words(key);
+    let mut way = 0;
+    while way < 2 * FLOW_WAYS {
+        let index = sets.entry(way);
+        let w = words(index);
+        if w.is_null() {
+            break;
+        }
+        // SAFETY: an entry of the array, 8 words, 8-byte aligned; volatile: each word read once,
+        // in this order (the protocol in lb-common/src/flow.rs).
+        unsafe {
+            let before = read_volatile(w.add(WORD_CTL));
+            if before & FLOW_BUSY == 0 && before & HOLDS != 0 {
+                let mut diff = 0;
+                let mut i = 0;
+                while i < KEY_WORDS {
+                    diff |= read_volatile(w.add(i)) ^ k[i];
+                    i += 1;
+                }
+                if diff == 0 {
+                    let backend_hash = read_volatile(w.add(WORD_BACKEND));
+                    let ids = read_volatile(w.add(WORD_IDS));
+                    let after = read_volatile(w.add(WORD_CTL));
+                    if (before ^ after) & (FLOW_SEQ_MASK | FLOW_BUSY) == 0 {
+                        return Slot { index, backend_hash, ids, ctl: after };
+                    }
+                }
+            }
+        }
+        way += 1;
+    }
+    Slot::EMPTY
+}
+
+/// Marks the flow at `slot` used at tick `now` (a store only when the tick moved on).
+#[inline(always)]
+pub fn touch(slot: &Slot, now: u32) {
+    if (slot.ctl >> FLOW_CLOCK_SHIFT) as u32 != now {
+        let w = words(slot.index);
+        if !w.is_null() {
+            // SAFETY: the high half of the entry's ctl word (little endian), a u32 of its own.
+            unsafe { write_volatile((w.add(WORD_CTL) as *mut u32).add(1), now) };
+        }
+    }
+}
+
+/// Stores the policy generation the flow at `slot` passed the checks under.
+#[inline(always)]
+pub fn stamp_policy(slot: &Slot, generation: u32) {
+    let w = words(slot.index);
+    if !w.is_null() {
+        // SAFETY: the top 16 bits of the ids word (little endian), a u16 of its own.
+        unsafe { write_volatile((w.add(WORD_IDS) as *mut u16).add(3), generation as u16) };
+    }
+}
+
+/// A new flow to record: where, and its value words. (One argument: BPF functions take five.)
+pub struct NewFlow {
+    pub sets: Sets,
+    /// Its own entry, void or over, to take first; NONE if none.
+    pub reuse: u32,
+    pub now: u32,
+    /// A least-conn TCP flow: counted once confirmed.
+    pub to_count: bool,
+    pub backend_hash: u64,
+    pub ids: u64,
+    /// Set by [`record`] when it evicted a counted connection: that connection's backend
+    /// (NO_BACKEND otherwise), whose count the caller drops.
+    pub evicted_counted: u32,
+}
+
+/// [`record`]: recorded in an empty entry or one of an unconfirmed flow.
+pub const RECORDED: u32 = 0;
+/// [`record`]: recorded in the entry of a confirmed flow idle long enough: that flow is gone.
+pub const EVICTED: u32 = 1;
+/// [`record`]: every way of the set holds a flow that may not be evicted, or another CPU wrote
+/// the chosen one meanwhile.
+pub const NOT_RECORDED: u32 = 2;
+
+/// Records new unconfirmed flow `key` as `new` says. Not inlined: it runs once per flow.
+#[inline(never)]
+pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
+    let (sets, reuse, now) = (new.sets, new.reuse, new.now);
+    new.evicted_counted = lb_common::NO_BACKEND;
+    // How many flows each set holds (no branches: one verifier state for any count).
+    let (mut held_first, mut held_second) = (0u32, 0u32);
+    let mut way = 0;
+    while way < 2 * FLOW_WAYS {
+        let w = words(sets.entry(way));
+        if w.is_null() {
+            break;
+        }
+        // SAFETY: as in `find`.
+        let held = (unsafe { read_volatile(w.add(WORD_CTL)) } & (HOLDS | FLOW_BUSY) != 0) as u32;
+        let first = (way < FLOW_WAYS) as u32;
+        held_first += held & first;
+        held_second += held & (first ^ 1);
+        way += 1;
+    }
+    // The first set while it holds few flows, else the set that holds fewer: most flows are
+    // found in their first set, and the table fills evenly.
+    let prefer_first = held_first < FIRST_SET_ALONE || held_first <= held_second;
+    // The victim, by rank: 5 its own entry, 4 an empty way of the preferred set, 3 of the
+    // other, 2 an unconfirmed flow's, 1 a confirmed flow's idle long enough (older first among
+    // equals), 0 none.
+    let mut victim = NONE;
+    let mut victim_ctl = 0u64;
+    let mut victim_rank = 0u32;
+    let mut victim_age = 0u32;
+    let mut way = 0;
+    while way < 2 * FLOW_WAYS {
+        let index = sets.entry(way);
+        let w = words(index);
+        if w.is_null() {
+            break;
+        }
+        // SAFETY: as in `find`.
+        let ctl = unsafe { read_volatile(w.add(WORD_CTL)) };
+        let age = now.wrapping_sub((ctl >> FLOW_CLOCK_SHIFT) as u32);
+        let rank = if ctl & FLOW_BUSY != 0 {
+            0
+        } else if index == reuse {
+            5
+        } else if ctl & HOLDS == 0 {
+            if (way < FLOW_WAYS) == prefer_first {
+                4
+            } else {
+                3
+            }
+        } else if ctl & FLOW_PENDING != 0 {
+            2
+        } else if (age as i32) >= FLOW_IDLE_EVICT as i32 {
+            1
+        } else {
+            0
+        };
+        if rank > victim_rank || (rank == victim_rank && rank <= 2 && rank != 0 && age > victim_age) {
+            victim = index;
+            victim_ctl = ctl;
+            victim_rank = rank;
+            victim_age = age;
+        }
+        way += 1;
+    }
+    let w = words(victim);
+    if w.is_null() {
+        return NOT_RECORDED;
+    }
+    // Whose count goes with an evicted connection: read before the claim, which fails if the
+    // entry changed since its ctl was read.
+    // SAFETY: as in `find`.
+    let old_backend = unsafe { read_volatile(w.add(WORD_BACKEND)) } as u32;
+    let seq = victim_ctl & FLOW_SEQ_MASK;
+    let claimed = ((seq + 1) & FLOW_SEQ_MASK) | FLOW_BUSY;
+    // SAFETY: an aligned u64 of the entry; every writer claims it this way.
+    let (_, ok) =
+        unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(w.add(WORD_CTL), victim_ctl, claimed) };
+    if !ok {
+        return NOT_RECORDED;
+    }
+    let k = hash::words(key);
+    let flags = FLOW_PENDING | if new.to_count { FLOW_TO_COUNT } else { 0 };
+    // SAFETY: the entry is this CPU's until the ctl store below.
+    unsafe {
+        let mut i = 0;
+        while i < KEY_WORDS {
+            write_volatile(w.add(i), k[i]);
+            i += 1;
+        }
+        write_volatile(w.add(WORD_BACKEND), new.backend_hash);
+        write_volatile(w.add(WORD_IDS), new.ids);
+        write_volatile(
+            w.add(WORD_CTL),
+            ((seq + 2) & FLOW_SEQ_MASK) | flags | (now as u64) << FLOW_CLOCK_SHIFT,
+        );
+    }
+    if victim_rank != 1 {
+        return RECORDED;
+    }
+    if victim_ctl & FLOW_COUNTED != 0 {
+        new.evicted_counted = old_backend;
+    }
+    EVICTED
+}
+
+/// Confirms the unconfirmed flow at `slot` (its second recorded packet). Returns whether this
+/// CPU confirmed it and whether it now counts as an open connection (least-conn): only the CPU
+/// whose compare-and-exchange confirmed it counts it.
+#[inline(always)]
+pub fn confirm(slot: &Slot) -> (bool, bool) {
+    let w = words(slot.index);
+    if w.is_null() {
+        return (false, false);
+    }
+    let mut seen = slot.ctl;
+    // Another CPU may move the use tick meanwhile: a second try.
+    let mut tries = 0;
+    while tries < 2 {
+        if seen & FLOW_PENDING == 0 || (seen ^ slot.ctl) & FLOW_SEQ_MASK != 0 || seen & FLOW_BUSY != 0 {
+            return (false, false);
+        }
+        let counted = seen & FLOW_TO_COUNT != 0;
+        let next = (seen & !(FLOW_PENDING | FLOW_TO_COUNT))
+            | FLOW_CONFIRMED
+            | if counted { FLOW_COUNTED } else { 0 };
+        // SAFETY: as in `record`.
+        let (was, ok) = unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(w.add(WORD_CTL), seen, next) };
+        if ok {
+            return (true, counted);
+        }
+        seen = was;
+        tries += 1;
+    }
+    (false, false)
+}
+
+/// Clears the count bit of the flow at `index` if it still holds the flow `ctl` was read from
+/// (same write sequence) and the bit is set: true if this CPU cleared it (the caller then
+/// uncounts the backend, once).
+#[inline(always)]
+pub fn take_count(index: u32, ctl: u64) -> bool {
+    let w = words(index);
+    if w.is_null() {
+        return false;
+    }
+    // SAFETY: as in `find`.
+    let mut seen = unsafe { read_volatile(w.add(WORD_CTL)) };
+    let mut tries = 0;
+    while tries < 2 {
+        if seen & FLOW_COUNTED == 0 || (seen ^ ctl) & FLOW_SEQ_MASK != 0 || seen & FLOW_BUSY != 0 {
+            return false;
+        }
+        // SAFETY: as in `record`.
+        let (was, ok) = unsafe {
+            atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(w.add(WORD_CTL), seen, seen & !FLOW_COUNTED)
+        };
+        if ok {
+            return true;
+        }
+        seen = was;
+        tries += 1;
+    }
+    false
+}
+
+/// Frees the entry at `slot` if it still holds that flow (a connection that is over).
+#[inline(always)]
+pub fn free(slot: &Slot) {
+    let w = words(slot.index);
+    if w.is_null() {
+        return;
+    }
+    // SAFETY: as in `find`.
+    let seen = unsafe { read_volatile(w.add(WORD_CTL)) };
+    if (seen ^ slot.ctl) & FLOW_SEQ_MASK != 0 || seen & FLOW_BUSY != 0 {
+        return;
+    }
+    // The sequence moves on: a reader mid-way through the entry drops what it read.
+    let next = ((seen & FLOW_SEQ_MASK) + 1) & FLOW_SEQ_MASK;
+    // SAFETY: as in `record`.
+    let _ = unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(w.add(WORD_CTL), seen, next) };
+}

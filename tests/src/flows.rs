@@ -10,16 +10,21 @@ use lb_common::{
 };
 use lb_userspace::datapath::{map_pinned_flow_table, monotonic_ns};
 
+/// A new flow takes an empty way of its first set while that set holds fewer flows than this
+/// (lb-ebpf/src/flow_table.rs, `FIRST_SET_ALONE`).
+const FIRST_SET_ALONE: usize = 3;
+
 /// Flows per client address: source ports 10000 and up.
 const PORTS_PER_CLIENT: u32 = 64;
 
 /// Writes up to `n` open TCP connections (confirmed and marked `FLOW_COUNTED`, as a least-conn
 /// VIP's are) of VIP `vip_id` pinned to backend `backend_id` into the flow table pinned in
 /// `pin_dir`, valid under the VIP's and the backend's current generations, used now. Clients are
-/// 198.19.x.y, 64 ports each. Each flow goes where the data plane looks for it (its set under
-/// the pinned CONFIG's hash seed), in the first way that holds no flow; a flow whose set is full
-/// is skipped (at a quarter of the table's entries, about 0.4 % are). Returns how many were
-/// written.
+/// 198.19.x.y, 64 ports each. Each flow goes where the data plane looks for it and as it would
+/// place it (its two sets under the pinned CONFIG's hash seed: an empty way of the first while
+/// that holds few flows, else of the set holding fewer, else of the other); a flow whose two
+/// sets are full is skipped (at half the table's entries, next to none are). Returns how many
+/// were written.
 pub fn fill_counted_flows(pin_dir: &Path, vip_id: u32, backend_id: u32, n: u32, vip: [u8; 4]) -> u32 {
     let open = |name: &str| {
         MapData::from_pin(pin_dir.join(name)).unwrap_or_else(|e| panic!("open pinned {name}: {e}"))
@@ -48,14 +53,21 @@ pub fn fill_counted_flows(pin_dir: &Path, vip_id: u32, backend_id: u32, n: u32, 
             policy_generation: 0,
             ctl,
         };
-        let first = hash::flow_set(&key, seed, sets) * FLOW_WAYS;
-        let free = (first..first + FLOW_WAYS).find_map(|index| {
-            let held = table.read_settled(index).is_none_or(|e| e.holds_flow());
-            if held {
-                return None;
-            }
-            table.claim(index)
-        });
+        let (first, second) = hash::flow_sets(&key, seed, sets);
+        let ways = |set: u32| set * FLOW_WAYS..(set + 1) * FLOW_WAYS;
+        let held = |index: u32| table.read_settled(index).is_none_or(|e| e.holds_flow());
+        let held_in = |set: u32| ways(set).filter(|&i| held(i)).count();
+        let (in_first, in_second) = (held_in(first), held_in(second));
+        let order = if in_first < FIRST_SET_ALONE || in_first <= in_second {
+            [first, second]
+        } else {
+            [second, first]
+        };
+        let free =
+            order
+                .into_iter()
+                .flat_map(ways)
+                .find_map(|index| if held(index) { None } else { table.claim(index) });
         if let Some(claim) = free {
             table.write(claim, &entry);
             written += 1;

@@ -32,8 +32,7 @@ const CONFIG: ConfigValue = ConfigValue {
     cache_generation: 0,
 };
 
-/// Room for every flow of the test (old and new, 20,000), sets far from full: no set of four
-/// ways overflows (an expected 0.005 flows would).
+/// Room for every flow of the test (old and new, 20,000), sets far from full.
 fn sizes() -> Sizes {
     Sizes { flows: 1 << 20, max_vips: 256, max_rings: 2, ring_stride: RING, max_backends: 64 }
 }

@@ -24,7 +24,7 @@
 //!   driver in this path (no veth, no page recycling), so the balancer's share of the time is
 //!   larger than on a wire and its ratio to the encapsulation floor a stricter one.
 //! - Flow counts 1, 10k, 100k, 1M and 4M (`--max-flows`), in a flow table of four entries for
-//!   each flow of the count (few sets overflow); every flow recorded first (two packets each:
+//!   each flow of the count (no flow finds both its sets full); every flow recorded first (two packets each:
 //!   the first records it unconfirmed, the second confirms it). New flows run against a second
 //!   balancer with the production table size, kept full.
 //! - Each measured run is checked: the balancer's verdict counters moved by exactly the
@@ -231,8 +231,7 @@ impl Bench {
         }
     }
 
-    /// A new large table, four entries for each of `flows`: a set of four overflows for about
-    /// 0.4 % of the flows (those are scheduled at each packet).
+    /// A new large table, four entries for each of `flows`: no flow finds both its sets full.
     fn size_large_table(&mut self, flows: u32) {
         let (dp, chain) = load((4 * flows).max(1024), &[FLOWGEN, MAC_SWAP, ENCAP]);
         self.large = dp;

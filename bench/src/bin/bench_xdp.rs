@@ -37,7 +37,7 @@
 //!   test runs (the batches and the softirq work they trigger; time this thread spends
 //!   descheduled is left out), BPF statistics off.
 //! - `rx-lb` has a flow table large enough for 1M flows (four entries a flow), warmed up so
-//!   that every measured packet is a flow-table hit (but for the few flows whose set was full);
+//!   that every measured packet is a flow-table hit;
 //!   `rx-syn` has the production table size, kept full, and every packet sent to it is of a flow
 //!   never seen before (no modulo): a TCP SYN (a flow-table miss and a Maglev pick; a Maglev
 //!   VIP's SYN records no flow), or the TCP packet after it, which also records the flow
@@ -104,8 +104,8 @@ const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0);
 /// A MAC address no interface has: frames to it that reach a stack are dropped at once.
 const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x09, 0x09];
-/// rx-lb's flow table: four entries for each of the 1M-flow cases' flows, so that few sets
-/// overflow (about 0.4 % of the flows find theirs full and are scheduled at each packet).
+/// rx-lb's flow table: four entries for each of the 1M-flow cases' flows, so that no flow finds
+/// both its sets full.
 const LB_FLOWS: u32 = 1 << 22;
 const CONNTRACK_MAX: u64 = 1_100_000;
 

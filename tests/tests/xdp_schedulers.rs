@@ -166,9 +166,10 @@ fn least_conn_counts_each_connection_once() {
         install(r, [100, 100, 100], SCHED_LEAST_CONN);
         let b = send(r, 32_000, tcp::SYN);
         assert_eq!(active(r, b), 0, "a SYN alone counts nothing (it may be spoofed)");
-        assert_eq!(flow(r, 32_000).map(|f| f.counted), Some(true));
+        assert_eq!(flow(r, 32_000).map(|f| f.counted), Some(false), "recorded at the SYN, not counted yet");
         assert_eq!(send(r, 32_000, tcp::ACK), b);
         assert_eq!(active(r, b), 1, "a confirmed TCP flow counts");
+        assert_eq!(flow(r, 32_000).map(|f| f.counted), Some(true), "and is marked counted");
         for flags in [tcp::SYN, tcp::ACK, tcp::ACK] {
             assert_eq!(send(r, 32_000, flags), b);
         }

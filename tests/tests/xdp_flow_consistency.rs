@@ -8,7 +8,7 @@ use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use lb_common::{hash, ConfigValue, Counter, FlowKey, MODE_IPIP, PROTO_TCP};
 use lb_tests::{
     frames::{self, addr::*, describe, expect, flow_key, L4},
-    xdp::{fixture::*, Fixture, Verdict, XdpRunner},
+    xdp::{allowed_cpus, fixture::*, pin_to_cpu, Fixture, Verdict, XdpRunner},
 };
 use lb_userspace::{
     datapath::Sizes,
@@ -97,13 +97,18 @@ fn counter_moves(r: &XdpRunner, before: &[u64]) -> HashMap<&'static str, u64> {
         .collect()
 }
 
-/// `cached`: with every CPU's flow cache on (1024 slots for 20,000 flows: most slots are shared,
-/// so its key checks are what keeps a flow from taking another's backend).
-fn consistency(v6: bool, cached: bool) {
+/// `two_cpus`: the flows' first packets run on one CPU, every later packet on another (the
+/// table is one for all CPUs: a connection whose packets move keeps its backend).
+fn consistency(v6: bool, two_cpus: bool) {
+    let cpus = allowed_cpus();
+    assert!(
+        !two_cpus || cpus.len() >= 2,
+        "this test needs two CPUs to run the program on; it may use only {cpus:?}"
+    );
     let fx = Fixture::new();
     fx.run(sizes(), |r| {
-        let generation = u32::from(cached);
-        r.set_config(ConfigValue { cache_generation: generation, ..CONFIG });
+        r.set_config(CONFIG);
+        pin_to_cpu(cpus[0]);
         let addr = |n: u8| if v6 { near6(n) } else { near4(n) };
         let members: Vec<(u32, IpAddr)> = (1..=BACKENDS).map(|n| (u32::from(n), addr(n))).collect();
         let old = r.install_ring(0, &members, RING);
@@ -144,13 +149,16 @@ fn consistency(v6: bool, cached: bool) {
         assert!(moved >= on_removed, "only {moved} flows would move under the new ring");
 
         // 3. Every flow in the table keeps its backend, the removed one included.
+        if two_cpus {
+            pin_to_cpu(cpus[1]);
+        }
         let before = r.counters();
         for i in 0..FLOWS {
             let (frame, key) = flow(v6, 0, i);
             world.send(r, &frame, &key, pinned[i as usize], &format!("flow {i} after the ring change"));
         }
         let moves = counter_moves(r, &before);
-        // (Their second packet: each moves from the unconfirmed flows into the flow table.)
+        // (Their second packet: each confirms its flow.)
         let want = HashMap::from([("forward_tx", n), ("flow_hit", n), ("flow_confirmed", n)]);
         assert_eq!(moves, want, "counters over {FLOWS} known flows after the change ({moved} would move)");
 
@@ -171,7 +179,7 @@ fn consistency(v6: bool, cached: bool) {
             world.send(r, &frame, &key, pinned[i as usize], &format!("flow {i} at the end"));
         }
         eprintln!(
-            "v6 {v6}, cached {cached}: {on_removed} of {FLOWS} flows on backend {REMOVED}, {written} ring slots rewritten, \
+            "v6 {v6}, two CPUs {two_cpus}: {on_removed} of {FLOWS} flows on backend {REMOVED}, {written} ring slots rewritten, \
              {moved} known flows kept a backend the new ring would not give them"
         );
     });
@@ -188,11 +196,11 @@ fn known_flows_keep_their_backend_when_one_leaves_v6() {
 }
 
 #[test]
-fn known_flows_keep_their_backend_when_one_leaves_v4_flow_cache() {
+fn known_flows_keep_their_backend_when_one_leaves_v4_packets_on_two_cpus() {
     consistency(false, true);
 }
 
 #[test]
-fn known_flows_keep_their_backend_when_one_leaves_v6_flow_cache() {
+fn known_flows_keep_their_backend_when_one_leaves_v6_packets_on_two_cpus() {
     consistency(true, true);
 }

@@ -1,9 +1,9 @@
 //! What the flow table records, and when a recorded flow stops counting (BPF_PROG_TEST_RUN, each
-//! test on one CPU but the one that compares two CPUs' flow caches): a Maglev VIP's SYNs record nothing (a SYN flood fills no entry), the packet after
-//! the SYN records the flow, other schedulers record at the SYN; a flow whose VIP is gone or was
-//! replaced is never forwarded by its entry; the VIP address filter follows the VIP entries; the
-//! per-CPU flow cache answers for the table until the cache generation moves, and each CPU has
-//! its own.
+//! test on one CPU but the one that moves a flow between two): a Maglev VIP's SYNs record nothing
+//! (a SYN flood fills no entry), the packet after the SYN records the flow, other schedulers
+//! record at the SYN; a flow whose VIP is gone or was replaced is never forwarded by its entry;
+//! the VIP address filter follows the VIP entries; both CPUs see one table; a new flow takes an
+//! idle connection's entry, never an active one's.
 use std::net::IpAddr;
 
 use aya::maps::{Array, MapData};
@@ -56,7 +56,7 @@ fn install(r: &mut XdpRunner, scheduler: u8) {
     r.install_address_entry(vip(), value);
 }
 
-/// CONFIG with the per-CPU caches (next hops, flows: 1024 slots) under `generation` (0: off).
+/// CONFIG with the per-CPU next-hop cache under `generation` (0: off).
 fn caches(r: &mut XdpRunner, generation: u32) {
     r.set_config(ConfigValue {
         src_v4: [198, 18, 1, 254],
@@ -196,53 +196,94 @@ fn the_vip_address_filter_follows_the_vip_entries() {
 }
 
 #[test]
-fn the_flow_cache_answers_for_the_table_until_the_generation_moves() {
+fn both_cpus_see_one_flow_table() {
+    let cpus = allowed_cpus();
+    assert!(cpus.len() >= 2, "this test needs two CPUs to run the program on; it may use only {cpus:?}");
+    let (first, second) = (cpus[0], cpus[1]);
     Fixture::new().run(SIZES, |r| {
         install(r, SCHED_MAGLEV);
-        caches(r, 1);
-        let to = send(r, 24_000, tcp::ACK).expect("forwarded");
-        assert_eq!(send(r, 24_000, tcp::ACK), Some(to), "confirmed (and cached)");
+        // Recorded on one CPU, confirmed by a packet on the other, found by both.
+        pin_to_cpu(first);
+        let (to, _, misses) = flow_counters(r, 24_000, tcp::ACK);
+        assert_eq!(misses, 1, "the first packet found a flow");
+        let to = to.expect("forwarded");
+        pin_to_cpu(second);
+        let confirmed = r.counter(Counter::FlowConfirmed);
+        assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 1, 0), "the second CPU missed the flow");
+        assert_eq!(r.counter(Counter::FlowConfirmed), confirmed + 1, "the second CPU did not confirm it");
+        pin_to_cpu(first);
+        assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 1, 0), "the first CPU lost the flow");
         assert_eq!(recorded(r), vec![key(24_000)]);
-        // Taken out of the table behind the cache's back: this CPU still has it.
+        // Taken out of the table: neither CPU answers from anything else.
         r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
         assert!(recorded(r).is_empty());
-        assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 1, 0), "from the cache");
-        assert!(recorded(r).is_empty(), "a cache hit wrote to the table");
-        // The generation moves on (lbd: every second, and after removing flows): the packet
-        // goes to the table, misses, and records the flow again.
-        caches(r, 2);
-        assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 0, 1), "after the generation moved");
-        assert_eq!(recorded(r), vec![key(24_000)]);
-        assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 1, 0));
-        // A removed VIP: its flows voided and the generation moved, as the agent does.
-        for proto in [PROTO_TCP, PROTO_ICMP] {
-            let port = if proto == PROTO_TCP { PORT } else { 0 };
-            r.datapath.remove_vip(&VipKey::from((vip(), port, proto))).unwrap();
-        }
-        r.datapath.void_vip_flows(VIP_ID).unwrap();
-        caches(r, 3);
-        assert_eq!(send(r, 24_000, tcp::ACK), None, "a removed VIP's cached flow was forwarded");
+        assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 0, 1), "a removed flow was found");
+        pin_to_cpu(second);
+        assert_eq!(
+            flow_counters(r, 24_000, tcp::ACK),
+            (Some(to), 1, 0),
+            "recorded again, seen by the other CPU"
+        );
     });
 }
 
-#[test]
-fn every_256th_hit_of_a_cached_flow_goes_to_the_table() {
-    Fixture::new().run(SIZES, |r| {
-        install(r, SCHED_MAGLEV);
-        caches(r, 1);
-        let to = send(r, 25_000, tcp::ACK).expect("forwarded");
-        assert_eq!(send(r, 25_000, tcp::ACK), Some(to), "confirmed (and cached)");
-        r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
-        // Without an lbd moving the generation, the table still sees the flow now and then (its
-        // LRU keeps it): here it finds it gone, and records it again, once in 256 packets.
-        let (mut hits, mut misses) = (0, 0);
-        for i in 0..256 {
-            let (went, h, m) = flow_counters(r, 25_000, tcp::ACK);
-            assert_eq!(went, Some(to), "packet {i}");
-            (hits, misses) = (hits + h, misses + m);
+/// Two sets of four: every flow's two sets are among them.
+const TINY: Sizes = Sizes { flows: 8, ..SIZES };
+
+/// Records (two packets) flows from port `from` on until `n` are in the table; their ports.
+fn fill(r: &mut XdpRunner, from: u16, n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let mut port = from;
+    while recorded(r).len() < n {
+        assert!(port < from + 200, "{n} flows do not fit in {} entries: {:?}", TINY.flows, recorded(r));
+        send(r, port, tcp::ACK).expect("forwarded");
+        send(r, port, tcp::ACK).expect("forwarded");
+        if recorded(r).contains(&key(port)) {
+            ports.push(port);
         }
-        assert_eq!((hits, misses), (255, 1));
-        assert_eq!(recorded(r), vec![key(25_000)]);
+        port += 1;
+    }
+    ports
+}
+
+#[test]
+fn a_new_flow_takes_an_idle_connection_s_entry_never_an_active_one() {
+    Fixture::new().run(TINY, |r| {
+        install(r, lb_common::SCHED_LEAST_CONN);
+        // Six connections (counted: least-conn) fill what the tiny table's sets give them.
+        let active = fill(r, 40_000, 6);
+        let held = r.datapath.flow_entries().unwrap();
+        let full = (0..held.len()).filter(|&i| held.read_settled(i).is_some_and(|e| e.holds_flow())).count();
+        let counted: u64 = (1..=3).map(|id| r.datapath.active_connections(id).unwrap()).sum();
+        assert_eq!(counted, 6, "six counted connections");
+        // New one-packet flows while those were active in the last tick: none evicts one.
+        let (not_recorded, evicted) = (r.counter(Counter::FlowNotRecorded), r.counter(Counter::FlowEvicted));
+        for port in 41_000..41_050u16 {
+            send(r, port, tcp::ACK).expect("forwarded");
+        }
+        for p in &active {
+            assert!(recorded(r).contains(&key(*p)), "a one-packet flow evicted active connection {p}");
+        }
+        assert_eq!(r.counter(Counter::FlowEvicted), evicted, "an active connection was evicted");
+        if full == 8 {
+            assert!(r.counter(Counter::FlowNotRecorded) > not_recorded, "a full table recorded a new flow");
+        }
+        // Idle for two clock ticks (2^31 ns): new flows take the connections' entries, and the
+        // evicted connections stop counting.
+        std::thread::sleep(std::time::Duration::from_millis(2_300));
+        for port in 42_000..42_050u16 {
+            send(r, port, tcp::ACK).expect("forwarded");
+            send(r, port, tcp::ACK).expect("forwarded");
+        }
+        let gone = active.iter().filter(|p| !recorded(r).contains(&key(**p))).count();
+        assert_eq!(gone, active.len(), "idle connections kept their entries against new flows");
+        assert!(r.counter(Counter::FlowEvicted) >= evicted + active.len() as u64, "evictions not counted");
+        let counted_now: u64 = (1..=3).map(|id| r.datapath.active_connections(id).unwrap()).sum();
+        let live = recorded(r).len() as u64;
+        assert_eq!(
+            counted_now, live,
+            "counts after evictions: {counted_now} for {live} confirmed connections"
+        );
     });
 }
 
@@ -259,42 +300,6 @@ fn a_flow_does_not_follow_its_backend_id_to_the_next_owner() {
         assert!(in_table(r, &key(26_000)) && recorded(r).is_empty(), "a walk listed a void entry");
         assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 0, 1), "after the id changed hands");
         assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "recorded again");
-    });
-}
-
-#[test]
-fn each_cpu_has_its_own_flow_cache() {
-    let cpus = allowed_cpus();
-    assert!(cpus.len() >= 2, "this test needs two CPUs to run the program on; it may use only {cpus:?}");
-    let (first, second) = (cpus[0], cpus[1]);
-    Fixture::new().run(SIZES, |r| {
-        install(r, SCHED_MAGLEV);
-        caches(r, 1);
-        pin_to_cpu(first);
-        let to = send(r, 26_000, tcp::ACK).expect("forwarded");
-        assert_eq!(send(r, 26_000, tcp::ACK), Some(to), "confirmed (and cached)");
-        r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
-        // The first CPU cached the flow; the second's slots are its own: it asks the table,
-        // misses and records the flow again.
-        pin_to_cpu(second);
-        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 0, 1), "one CPU used the other's cache");
-        assert_eq!(recorded(r), vec![key(26_000)]);
-        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "confirmed (and cached)");
-        r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
-        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "the second CPU's own cache");
-        pin_to_cpu(first);
-        assert_eq!(flow_counters(r, 26_000, tcp::ACK), (Some(to), 1, 0), "the first CPU's cache");
-    });
-}
-
-#[test]
-fn no_flow_cache_without_slots() {
-    Fixture::new().run(SIZES, |r| {
-        install(r, SCHED_MAGLEV);
-        caches(r, 1);
-        let to = send(r, 27_000, tcp::ACK).expect("forwarded");
-        r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
-        assert_eq!(flow_counters(r, 27_000, tcp::ACK), (Some(to), 0, 1), "a cache answered");
     });
 }
 

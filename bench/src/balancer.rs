@@ -71,6 +71,12 @@ pub fn load(flows: u32, backend: impl Fn(bool, u8) -> IpAddr) -> Datapath {
         ] {
             dp.set_vip(key, value).expect("set_vip");
         }
+        // As lbd leaves every VIP after its first apply: no lists or limits, under a policy
+        // generation its confirmed flows pass once and then skip.
+        for id in [tcp, udp] {
+            let policy = lb_common::VipPolicy { generation: 1, ..Default::default() };
+            dp.set_vip_policy(id, policy).expect("set_vip_policy");
+        }
     }
     dp
 }

@@ -1,7 +1,7 @@
 //! The benches' XDP object: lb-ebpf built with its `bench` feature (by build.rs), so the
 //! balancer and decap programs with their maps, as in lbd's object, and the bench programs
 //! (lb-ebpf/src/bench.rs) with theirs (`lb_common::bench`). The benches load everything from it:
-//! `bench_flow_miss` looks flows up in the FLOW_TABLE of the balancer it is loaded with.
+//! `bench_flow_lookup` looks flows up in the FLOW_TABLE of the balancer it is loaded with.
 use lb_userspace::datapath::{self, Datapath, Sizes};
 
 /// The traffic generator, run with `BPF_PROG_TEST_RUN` in live-frames mode.
@@ -16,11 +16,11 @@ pub const MAC_SWAP: &str = "bench_mac_swap";
 /// The encapsulation floor: an outer header pushed, XDP_TX.
 pub const ENCAP: &str = "bench_encap";
 /// A FLOW_TABLE lookup, then the MAC-swap floor.
-pub const FLOW_MISS: &str = "bench_flow_miss";
+pub const FLOW_LOOKUP: &str = "bench_flow_lookup";
 /// IPv4 frames for its host on to one fixed MAC address (bench_conn's hop floor).
 pub const FORWARD: &str = "bench_forward";
 /// Every bench program.
-pub const ALL: [&str; 7] = [GEN, FLOWGEN, SINK, MAC_SWAP, ENCAP, FLOW_MISS, FORWARD];
+pub const ALL: [&str; 7] = [GEN, FLOWGEN, SINK, MAC_SWAP, ENCAP, FLOW_LOOKUP, FORWARD];
 
 /// The object, embedded so that the bench binaries are self-contained.
 pub fn object() -> &'static [u8] {

@@ -87,20 +87,24 @@ pub fn choose(
     syn: bool,
     counters: *mut CounterBlock,
 ) -> Result<Choice, Counter> {
+    let sets = flow_table::sets_of(key, cfg.hash_seed);
+    if syn {
+        flow_table::prefetch(sets);
+    }
     // (One call site per check: each one the verifier walks anew.)
     if record && syn {
         crate::policy::screen(key, true)?;
     }
-    let sets = flow_table::sets_of(key, cfg.hash_seed);
     let slot = flow_table::find(sets, key);
     let state = if slot.found() { live(&slot) } else { None };
     if record && !syn {
-        // 0: none (no confirmed flow, or a VIP policy no flow skips).
-        let generation =
-            if state.is_some() && slot.confirmed() { crate::policy::generation(slot.vip()) } else { 0 };
-        if generation == 0 || generation as u16 != slot.policy_generation() {
+        // The VIP's policy generation, read before the checks (0: no flow, or a VIP policy no
+        // flow skips). A confirmed flow stamped with it skips them; an unconfirmed one is
+        // checked, and stamped too, so that from its confirmation on it skips them.
+        let generation = if state.is_some() { crate::policy::generation(slot.vip()) } else { 0 };
+        if generation == 0 || !slot.confirmed() || generation as u16 != slot.policy_generation() {
             crate::policy::screen(key, false)?;
-            if generation != 0 {
+            if generation != 0 && generation as u16 != slot.policy_generation() {
                 // Passed under it (a change written meanwhile moved it on: checked again).
                 flow_table::stamp_policy(&slot, generation);
             }

@@ -23,10 +23,13 @@
 //!   test run; the rate is the kernel's own time for the runs, generator included. There is no
 //!   driver in this path (no veth, no page recycling), so the balancer's share of the time is
 //!   larger than on a wire and its ratio to the encapsulation floor a stricter one.
-//! - Flow counts 1, 10k, 100k, 1M and 4M (`--max-flows`), in a flow table of four entries for
-//!   each flow of the count (no flow finds both its sets full); every flow recorded first (two packets each:
-//!   the first records it unconfirmed, the second confirms it). New flows run against a second
-//!   balancer with the production table size, kept full.
+//! - Flow counts 1, 10k, 100k, 1M and 4M (`--max-flows`), in a flow table of two entries for
+//!   each flow of the count (at that load about 0.015 % of flows find both their sets full and
+//!   are not recorded: up to 0.1 % of an established run's packets may miss); every flow
+//!   recorded first (two packets each: the first records it unconfirmed, the second confirms
+//!   it). New flows run against a second balancer with the production table size, filled and
+//!   left idle for two of the table's clock ticks before each round, as a full table's oldest
+//!   flows are.
 //! - Each measured run is checked: the balancer's verdict counters moved by exactly the
 //!   packets sent (forward_tx, and flow_hit or flow_miss, flow_pending, flow_confirmed as the
 //!   case must); a run that fails is void and gives no number; the bench then exits 1.
@@ -48,7 +51,7 @@ use aya::{
 use etherparse::PacketBuilder;
 use lb_bench::{
     balancer::{self, PORT, VIP4},
-    programs::{ENCAP, FLOWGEN, FLOW_MISS, MAC_SWAP},
+    programs::{ENCAP, FLOWGEN, FLOW_LOOKUP, MAC_SWAP},
     row::Row,
     stats::{median, run_stats},
     thread::ThreadIn,
@@ -152,35 +155,50 @@ enum Expect {
     Pair,
 }
 
-impl Expect {
-    /// Counters that may move by up to this many per `packets` frames: new flows in a full table
-    /// take idle connections' entries, or empty ones.
-    fn at_most(self, packets: u64) -> Vec<(Counter, u64)> {
-        match self {
-            Expect::FirstAck => vec![(Counter::FlowEvicted, packets)],
-            Expect::Pair => vec![(Counter::FlowEvicted, packets / 2)],
-            _ => vec![],
-        }
-    }
+/// Packets of an established run that may miss their flow (one in this many): flows the warm-up
+/// could not record (both their sets full: about 0.015 % at the two entries a flow the bench
+/// gives the table), and, at millions of flows, measured flows (the first recorded, idle for
+/// seconds by then) whose entries later flows that found both their sets full took (0.2 % at
+/// 4M).
+const MISS_TOLERANCE: u64 = 200;
 
-    /// Counter moves per `packets` frames sent.
-    fn moves(self, packets: u64) -> Vec<(Counter, u64)> {
+impl Expect {
+    /// How far each counter must move for `packets` frames: (counter, least, most); counters
+    /// not listed must not move.
+    fn bounds(self, packets: u64) -> Vec<(Counter, u64, u64)> {
         let half = packets / 2;
+        let exact = |c, n| (c, n, n);
         match self {
             Expect::Floor => vec![],
-            Expect::Established => vec![(Counter::ForwardTx, packets), (Counter::FlowHit, packets)],
-            Expect::Syn => vec![(Counter::ForwardTx, packets), (Counter::FlowMiss, packets)],
+            Expect::Established => {
+                // A flow the warm-up could not record misses: scheduled again, recorded if it
+                // finds room (maybe an idle flow's entry), else not.
+                let few = packets / MISS_TOLERANCE;
+                vec![
+                    exact(Counter::ForwardTx, packets),
+                    (Counter::FlowHit, packets - few, packets),
+                    (Counter::FlowMiss, 0, few),
+                    (Counter::FlowPending, 0, few),
+                    (Counter::FlowConfirmed, 0, few),
+                    (Counter::FlowNotRecorded, 0, few),
+                    (Counter::FlowEvicted, 0, few),
+                ]
+            }
+            Expect::Syn => vec![exact(Counter::ForwardTx, packets), exact(Counter::FlowMiss, packets)],
+            // New flows in a full table take idle flows' entries, or empty ones.
             Expect::FirstAck => vec![
-                (Counter::ForwardTx, packets),
-                (Counter::FlowMiss, packets),
-                (Counter::FlowPending, packets),
+                exact(Counter::ForwardTx, packets),
+                exact(Counter::FlowMiss, packets),
+                exact(Counter::FlowPending, packets),
+                (Counter::FlowEvicted, 0, packets),
             ],
             Expect::Pair => vec![
-                (Counter::ForwardTx, packets),
-                (Counter::FlowMiss, half),
-                (Counter::FlowPending, half),
-                (Counter::FlowHit, half),
-                (Counter::FlowConfirmed, half),
+                exact(Counter::ForwardTx, packets),
+                exact(Counter::FlowMiss, half),
+                exact(Counter::FlowPending, half),
+                exact(Counter::FlowHit, half),
+                exact(Counter::FlowConfirmed, half),
+                (Counter::FlowEvicted, 0, half),
             ],
         }
     }
@@ -225,8 +243,8 @@ impl Bench {
         let ingress = lb_userspace::host::netlink::link::ifindex(LB_IF).expect("lb0's index");
         let lb_mac = lb_tests::topology::parse_mac(&lb_tests::topology::mac_of(&dut, LB_IF));
 
-        let (large, large_chain) = load(1024, &[FLOWGEN, MAC_SWAP, ENCAP]);
-        let (full, full_chain) = load(balancer::production_flows(), &[FLOWGEN, FLOW_MISS]);
+        let (large, large_chain) = load(1024, &[FLOWGEN, MAC_SWAP, ENCAP, FLOW_LOOKUP]);
+        let (full, full_chain) = load(balancer::production_flows(), &[FLOWGEN, FLOW_LOOKUP]);
         Bench {
             large,
             full,
@@ -241,9 +259,10 @@ impl Bench {
         }
     }
 
-    /// A new large table, four entries for each of `flows`: no flow finds both its sets full.
+    /// A new large table, two entries for each of `flows` (a whole number of sets).
     fn size_large_table(&mut self, flows: u32) {
-        let (dp, chain) = load((4 * flows).max(1024), &[FLOWGEN, MAC_SWAP, ENCAP]);
+        let entries = (2 * flows).max(1024).next_multiple_of(lb_common::FLOW_WAYS);
+        let (dp, chain) = load(entries, &[FLOWGEN, MAC_SWAP, ENCAP, FLOW_LOOKUP]);
         self.large = dp;
         self.large_chain = chain;
     }
@@ -287,20 +306,13 @@ impl Bench {
 
     /// Checks that the counters moved by exactly what `expect` says for `packets` frames.
     fn check(expect: Expect, packets: u64, before: &[u64], after: &[u64]) -> Result<(), String> {
-        let want = expect.moves(packets);
-        let up_to = expect.at_most(packets);
+        let bounds = expect.bounds(packets);
         let mut problems = Vec::new();
         for (i, c) in Counter::ALL.iter().enumerate() {
             let moved = after[i] - before[i];
-            if let Some((_, most)) = up_to.iter().find(|(uc, _)| uc == c) {
-                if moved > *most {
-                    problems.push(format!("{} moved by {moved}, at most {most} expected", c.name()));
-                }
-                continue;
-            }
-            let w = want.iter().find(|(wc, _)| wc == c).map_or(0, |(_, n)| *n);
-            if moved != w {
-                problems.push(format!("{} moved by {moved}, {w} expected", c.name()));
+            let (least, most) = bounds.iter().find(|(bc, ..)| bc == c).map_or((0, 0), |&(_, l, m)| (l, m));
+            if !(least..=most).contains(&moved) {
+                problems.push(format!("{} moved by {moved}, {least}..={most} expected", c.name()));
             }
         }
         if problems.is_empty() {
@@ -631,6 +643,7 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
     let mut established = Vec::new();
     for (count, label) in FLOW_COUNTS.into_iter().filter(|(c, _)| *c <= a.max_flows) {
         let mut by = ByShape::new(format!("established, {label}"));
+        let mut lookup = ByShape::new(format!("of which floor + parse + finding the flow's entry, {label}"));
         for s in shape::ALL {
             b.warm(s, count);
             let frames: Vec<Vec<u8>> =
@@ -640,6 +653,7 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
                 let v = b.cost(Table::Large, BALANCER, Expect::Established, &frames);
                 eprintln!("bench_flows: {}, {}: {v:?} ns", by.case, shape::name(s));
                 by.push(s, v);
+                lookup.push(s, b.cost(Table::Large, FLOW_LOOKUP, Expect::Floor, &frames));
             }
         }
         let target = match count {
@@ -647,7 +661,7 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
             1_000_000 => Some(5.0),
             _ => None,
         };
-        established.push((by, target));
+        established.push((by, lookup, target));
     }
     b.fill_full_table();
     let (mut syn, mut first, mut second, mut miss) = (
@@ -666,7 +680,7 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
             };
             let frames = fresh(b, Packet::Syn, 1);
             syn.push(s, b.cost(Table::Full, BALANCER, Expect::Syn, &frames));
-            miss.push(s, b.cost(Table::Full, FLOW_MISS, Expect::Floor, &frames));
+            miss.push(s, b.cost(Table::Full, FLOW_LOOKUP, Expect::Floor, &frames));
             let frames = fresh(b, Packet::Ack, 1);
             let one = b.cost(Table::Full, BALANCER, Expect::FirstAck, &frames);
             let frames = fresh(b, Packet::Ack, 2);
@@ -708,8 +722,9 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
         eprintln!("bench_flows: no valid floor run");
         return rows;
     };
-    for (by, target) in established {
+    for (by, lookup, target) in established {
         rows.extend(by.rows("flows cost", "ns/packet", 1, Some(floor), false, target));
+        rows.extend(lookup.rows("flows cost", "ns/packet", 1, Some(floor), false, None));
     }
     rows.extend(syn.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(3.0)));
     rows.extend(miss.rows("flows cost", "ns/packet", 1, Some(floor), false, None));

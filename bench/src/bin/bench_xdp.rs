@@ -21,7 +21,7 @@
 //!   gen  idle0 (bench_gen attached, down)       tx-mac  tx-encap  tx-lb  tx-syn  tx-miss  tx-kern
 //!                                               (bench_sink on each)
 //!   dut  rx-mac: bench_mac_swap   rx-encap: bench_encap   rx-lb, rx-syn: balancer
-//!        rx-miss: bench_flow_miss (looks up rx-syn's flow table)
+//!        rx-miss: bench_flow_lookup (looks up rx-syn's flow table)
 //!   kern rx-kern: no XDP, GRO on; IP forwarding + nftables DNAT to the same 3 backends
 //! ```
 //!
@@ -69,7 +69,7 @@ use aya::{
 use etherparse::PacketBuilder;
 use lb_bench::{
     balancer::{BACKENDS, PORT, VIP4, VIP6},
-    programs::{ENCAP, FLOW_MISS, GEN, MAC_SWAP, SINK},
+    programs::{ENCAP, FLOW_LOOKUP, GEN, MAC_SWAP, SINK},
     row::Row,
     thread::ThreadIn,
 };
@@ -323,13 +323,13 @@ impl Bench {
                 .load()
                 .unwrap_or_else(|e| panic!("the kernel rejected {name}: {e}"));
         }
-        datapath::program(syn.raw_mut(), FLOW_MISS)
+        datapath::program(syn.raw_mut(), FLOW_LOOKUP)
             .expect("bench program")
             .load()
-            .unwrap_or_else(|e| panic!("the kernel rejected {FLOW_MISS}: {e}"));
+            .unwrap_or_else(|e| panic!("the kernel rejected {FLOW_LOOKUP}: {e}"));
         dut.run(|| {
             lb.attach(BALANCER, "rx-lb", Mode::Native).expect("attaching the balancer on rx-lb");
-            attach(syn.raw_mut(), FLOW_MISS, "rx-miss");
+            attach(syn.raw_mut(), FLOW_LOOKUP, "rx-miss");
             syn.attach(BALANCER, "rx-syn", Mode::Native).expect("attaching the balancer on rx-syn");
             attach(lb.raw_mut(), MAC_SWAP, "rx-mac");
             attach(lb.raw_mut(), ENCAP, "rx-encap");
@@ -489,7 +489,7 @@ impl Bench {
             Target::Encap => Some((self.lb.raw(), ENCAP)),
             Target::Lb => Some((self.lb.raw(), BALANCER)),
             Target::Syn => Some((self.syn.raw(), BALANCER)),
-            Target::Miss => Some((self.syn.raw(), FLOW_MISS)),
+            Target::Miss => Some((self.syn.raw(), FLOW_LOOKUP)),
             Target::Kern => None,
         }
     }

@@ -24,7 +24,7 @@ const WORD_CTL: usize = 7;
 const HOLDS: u64 = FLOW_PENDING | FLOW_CONFIRMED;
 /// A new flow takes an empty way of its first set while that set holds fewer flows than this;
 /// past it, of the set that holds fewer. (Measured by simulation at half load: 10 % of flows
-/// in their second set and 0.015 % turned away; with the first set always first, 4 % and
+/// in their second set and 0.03 % turned away; with the first set always first, 4 % and
 /// 0.4 %; with the emptier set always, 27 % and 0.003 %.)
 const FIRST_SET_ALONE: u32 = 3;
 

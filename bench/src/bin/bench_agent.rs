@@ -69,7 +69,12 @@ fn main() {
     let line = loop {
         assert!(!lb_tests::bins::stop_requested(), "interrupted");
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains("corrected a backend's count")) {
+        // A recount that saw the whole fill (one that ran while it was being written saw less).
+        let whole = |l: &&str| {
+            let now = l.split("now=").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok());
+            l.contains("corrected a backend's count") && now.is_some_and(|n| n >= written / 100 * 99)
+        };
+        if let Some(line) = text.lines().find(whole) {
             break line.to_owned();
         }
         assert!(t.elapsed() < RECOUNT_WAIT, "no recount corrected the count within {RECOUNT_WAIT:?}");

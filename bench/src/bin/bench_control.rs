@@ -497,7 +497,7 @@ fn memory() {
          an entry and {} B for the map itself)",
         table.max_entries,
         entry_bytes,
-        table.memlock.saturating_sub(entry_bytes * u64::from(table.max_entries))
+        table.memlock.saturating_sub(entry_bytes * table.max_entries)
     );
     println!(
         "per VIP: {per_vip:.0} B = ring of {} slots {ring:.0} B ({:.2} B a slot) + 2 VIPS entries × {vip_entry:.1} B + VIP_STATS {vip_stats:.1} B",

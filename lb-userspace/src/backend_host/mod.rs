@@ -19,7 +19,7 @@ use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
-pub use setup::{pin_dir, BackendHost, PIN_LAYOUT};
+pub use setup::{pin_dir, BackendHost, PINNED_LAYOUTS, PIN_LAYOUT};
 
 use crate::{config::Invalid, datapath::DatapathError, host::HostError};
 

@@ -20,8 +20,19 @@ use crate::{
     },
 };
 
-/// Pins live in a versioned directory under `pin_path`, as the balancer's do.
-pub const PIN_LAYOUT: &str = "v1";
+/// Pins live in a versioned directory under `pin_path`, as the balancer's do. Move it on (v2 ->
+/// v3) whenever a map of [`PINNED_LAYOUTS`] changes: STATS grows with every new counter (v2: the
+/// flow table's counters of 2026-12-07; v1 pins held fewer).
+pub const PIN_LAYOUT: &str = "v2";
+
+/// The maps a backend host pins, for layout [`PIN_LAYOUT`]: (name, key size, value size), as
+/// the object defines them (a test compares).
+pub const PINNED_LAYOUTS: &[(&str, u32, u32)] = &[
+    (lb_common::map_names::DECAP_ADDRS, 16, 1),
+    (lb_common::map_names::DECAP_CONFIG, 4, 4),
+    (lb_common::map_names::DECAP_SOURCES, 24, 1),
+    (lb_common::map_names::STATS, 4, 8 * lb_common::Counter::COUNT),
+];
 
 /// ARP settings for the interfaces: answer ARP only for addresses of the interface asked on
 /// (`arp_ignore` 1: not for the VIPs on lo, which the balancer owns on the segment), and never

@@ -82,6 +82,25 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_host_s_pinned_maps_have_the_layouts_recorded_for_its_pin_layout() {
+        use crate::backend_host::{PINNED_LAYOUTS as BACKEND, PIN_LAYOUT as BACKEND_LAYOUT};
+        let info = info().expect("the embedded object");
+        let actual: BTreeSet<(String, u32, u32)> = info
+            .maps
+            .iter()
+            .filter(|m| map_names::DECAP.contains(&m.name.as_str()))
+            .map(|m| (m.name.clone(), m.key_size, m.value_size))
+            .collect();
+        let recorded: BTreeSet<(String, u32, u32)> =
+            BACKEND.iter().map(|&(n, k, v)| (n.to_owned(), k, v)).collect();
+        assert_eq!(
+            actual, recorded,
+            "a backend host's pinned map changed while its PIN_LAYOUT is still {BACKEND_LAYOUT:?}: move it on \
+             and record the new layouts in backend_host::setup::PINNED_LAYOUTS"
+        );
+    }
+
+    #[test]
     fn the_data_plane_is_reached_only_through_this_module() {
         // Every source file of lb-userspace outside datapath/ (this test excepted).
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");

@@ -152,7 +152,8 @@ fn backend_host_decapsulates_for_a_real_balancer_and_undoes_everything_on_sigter
     assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.rp_filter"), "1", "rp_filter is not touched");
     let link = w.backend.ip(&["-d", "link", "show", "dev", "eth0"]);
     assert!(link.contains("prog/xdp "), "decap not attached natively on eth0:\n{link}");
-    assert!(b.pin_path().join("v1/link_eth0").exists(), "no pinned decap link");
+    let pins = b.pin_path().join(lb_userspace::backend_host::PIN_LAYOUT);
+    assert!(pins.join("link_eth0").exists(), "no pinned decap link in {}", pins.display());
     assert_eq!(ready["decap_addresses"], serde_json::json!(["198.18.0.17", "fd00::11"]), "{ready}");
     assert_eq!(ready["allowed_sources"], serde_json::json!(["198.18.0.2/32"]), "{ready}");
 

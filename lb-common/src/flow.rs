@@ -41,6 +41,12 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 /// Ways of a flow-table set: four 64-byte lines side by side.
 pub const FLOW_WAYS: u32 = 4;
 
+/// A new flow takes an empty way of its first set while that set holds fewer flows than this;
+/// past it, of the set that holds fewer. (By simulation at half load: 10 % of flows in their
+/// second set and 0.03 % turned away; with the first set always first, 4 % and 0.4 %; with the
+/// emptier set always, 27 % and 0.003 %.)
+pub const FLOW_FIRST_SET_ALONE: u32 = 3;
+
 /// One way of the flow table: a flow's key and the backend it is pinned to. Generations are
 /// kept as their low 16 bits (a flow of an id reused 65,536 times over would pass as current:
 /// ids are reused once per VIP or backend removal).

@@ -20,7 +20,7 @@ pub use counters::{Counter, CounterBlock, CounterKind, TrafficStats};
 pub use decap::{DecapConfig, DecapSource};
 pub use flow::{
     flow_clock, FlowEntry, FlowKey, FlowValue, FLOW_BUSY, FLOW_CLOCK_SHIFT, FLOW_CONFIRMED, FLOW_COUNTED,
-    FLOW_IDLE_EVICT, FLOW_PENDING, FLOW_SEQ_MASK, FLOW_TO_COUNT, FLOW_WAYS,
+    FLOW_FIRST_SET_ALONE, FLOW_IDLE_EVICT, FLOW_PENDING, FLOW_SEQ_MASK, FLOW_TO_COUNT, FLOW_WAYS,
 };
 pub use policy::{
     AclKey, Gcra, PolicyCounts, PolicyReason, SourceKey, SourceState, VipPolicy, ACL_ALLOW, ACL_DENY,

@@ -1,5 +1,5 @@
 //! The data plane's side of the flow table (FLOW_TABLE; layout, eviction rule and the
-//! write protocol in lb-common/src/flow.rs): find a flow in its set, record a new one, confirm
+//! write protocol in lb-common/src/flow.rs): find a flow in its sets, record a new one, confirm
 //! one, free one, and the atomic moves of its count bit.
 use core::{
     intrinsics::{atomic_cxchg, AtomicOrdering::Relaxed},
@@ -7,8 +7,8 @@ use core::{
 };
 
 use lb_common::{
-    hash, FlowKey, FLOW_BUSY, FLOW_CLOCK_SHIFT, FLOW_CONFIRMED, FLOW_COUNTED, FLOW_IDLE_EVICT, FLOW_PENDING,
-    FLOW_SEQ_MASK, FLOW_TO_COUNT, FLOW_WAYS,
+    hash, FlowKey, FLOW_BUSY, FLOW_CLOCK_SHIFT, FLOW_CONFIRMED, FLOW_COUNTED, FLOW_FIRST_SET_ALONE,
+    FLOW_IDLE_EVICT, FLOW_PENDING, FLOW_SEQ_MASK, FLOW_TO_COUNT, FLOW_WAYS,
 };
 
 use crate::maps::{FLOW_SETS, FLOW_TABLE};
@@ -22,11 +22,6 @@ const WORD_IDS: usize = 6;
 const WORD_CTL: usize = 7;
 /// Any state: the entry holds a flow.
 const HOLDS: u64 = FLOW_PENDING | FLOW_CONFIRMED;
-/// A new flow takes an empty way of its first set while that set holds fewer flows than this;
-/// past it, of the set that holds fewer. (Measured by simulation at half load: 10 % of flows
-/// in their second set and 0.03 % turned away; with the first set always first, 4 % and
-/// 0.4 %; with the emptier set always, 27 % and 0.003 %.)
-const FIRST_SET_ALONE: u32 = 3;
 
 /// A consistent copy of a flow's entry (its value words) and where it is; `index` NONE: none.
 /// Plain integers, all always set: the verifier refuses spilled undefined registers, which an
@@ -259,7 +254,7 @@ pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
     }
     // The first set while it holds few flows, else the set that holds fewer: most flows are
     // found in their first set, and the table fills evenly.
-    let prefer_first = held_first < FIRST_SET_ALONE || held_first <= held_second;
+    let prefer_first = held_first < FLOW_FIRST_SET_ALONE || held_first <= held_second;
     // The victim, by rank: 5 its own entry, 4 an empty way of the preferred set, 3 of the
     // other, 2 an unconfirmed flow's, 1 a confirmed flow's idle long enough (older first among
     // equals), 0 none.

@@ -6,13 +6,9 @@ use std::path::Path;
 use aya::maps::{Array, Map, MapData};
 use lb_common::{
     flow_clock, hash, map_names, BackendValue, ConfigValue, FlowEntry, FlowKey, VipSlot, FAMILY_V4,
-    FLOW_CLOCK_SHIFT, FLOW_CONFIRMED, FLOW_COUNTED, FLOW_WAYS, PROTO_TCP,
+    FLOW_CLOCK_SHIFT, FLOW_CONFIRMED, FLOW_COUNTED, FLOW_FIRST_SET_ALONE, FLOW_WAYS, PROTO_TCP,
 };
 use lb_userspace::datapath::{map_pinned_flow_table, monotonic_ns};
-
-/// A new flow takes an empty way of its first set while that set holds fewer flows than this
-/// (lb-ebpf/src/flow_table.rs, `FIRST_SET_ALONE`).
-const FIRST_SET_ALONE: usize = 3;
 
 /// Flows per client address: source ports 10000 and up.
 const PORTS_PER_CLIENT: u32 = 64;
@@ -58,7 +54,7 @@ pub fn fill_counted_flows(pin_dir: &Path, vip_id: u32, backend_id: u32, n: u32, 
         let held = |index: u32| table.read_settled(index).is_none_or(|e| e.holds_flow());
         let held_in = |set: u32| ways(set).filter(|&i| held(i)).count();
         let (in_first, in_second) = (held_in(first), held_in(second));
-        let order = if in_first < FIRST_SET_ALONE || in_first <= in_second {
+        let order = if in_first < FLOW_FIRST_SET_ALONE as usize || in_first <= in_second {
             [first, second]
         } else {
             [second, first]

@@ -62,17 +62,23 @@ mod tests {
         assert_eq!(map_names::ALL.len() + map_names::UNPINNED.len(), named.len(), "a name listed twice");
     }
 
-    #[test]
-    fn the_pinned_maps_have_the_layouts_recorded_for_the_pin_layout() {
+    type Layouts = BTreeSet<(String, u32, u32)>;
+
+    /// The object's layouts of the maps `names` (name, key size, value size), and `recorded`'s.
+    fn layouts(names: &[&str], recorded: &[(&str, u32, u32)]) -> (Layouts, Layouts) {
         let info = info().expect("the embedded object");
-        let actual: BTreeSet<(String, u32, u32)> = info
+        let actual = info
             .maps
             .iter()
-            .filter(|m| map_names::ALL.contains(&m.name.as_str()))
+            .filter(|m| names.contains(&m.name.as_str()))
             .map(|m| (m.name.clone(), m.key_size, m.value_size))
             .collect();
-        let recorded: BTreeSet<(String, u32, u32)> =
-            PINNED_LAYOUTS.iter().map(|&(n, k, v)| (n.to_owned(), k, v)).collect();
+        (actual, recorded.iter().map(|&(n, k, v)| (n.to_owned(), k, v)).collect())
+    }
+
+    #[test]
+    fn the_pinned_maps_have_the_layouts_recorded_for_the_pin_layout() {
+        let (actual, recorded) = layouts(&map_names::ALL, PINNED_LAYOUTS);
         assert_eq!(
             actual, recorded,
             "a pinned map's layout changed while PIN_LAYOUT is still {PIN_LAYOUT:?}: an agent of this \
@@ -84,15 +90,7 @@ mod tests {
     #[test]
     fn a_backend_host_s_pinned_maps_have_the_layouts_recorded_for_its_pin_layout() {
         use crate::backend_host::{PINNED_LAYOUTS as BACKEND, PIN_LAYOUT as BACKEND_LAYOUT};
-        let info = info().expect("the embedded object");
-        let actual: BTreeSet<(String, u32, u32)> = info
-            .maps
-            .iter()
-            .filter(|m| map_names::DECAP.contains(&m.name.as_str()))
-            .map(|m| (m.name.clone(), m.key_size, m.value_size))
-            .collect();
-        let recorded: BTreeSet<(String, u32, u32)> =
-            BACKEND.iter().map(|&(n, k, v)| (n.to_owned(), k, v)).collect();
+        let (actual, recorded) = layouts(&map_names::DECAP, BACKEND);
         assert_eq!(
             actual, recorded,
             "a backend host's pinned map changed while its PIN_LAYOUT is still {BACKEND_LAYOUT:?}: move it on \

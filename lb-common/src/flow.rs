@@ -109,11 +109,6 @@ impl FlowEntry {
         self.ctl & FLOW_CONFIRMED != 0
     }
 
-    /// The clock tick of the flow's last packet.
-    pub fn last_used(&self) -> u32 {
-        (self.ctl >> FLOW_CLOCK_SHIFT) as u32
-    }
-
     /// The flow as user space reads it.
     pub fn value(&self) -> FlowValue {
         FlowValue {

@@ -61,6 +61,14 @@ pub fn rehash(h: u32) -> u32 {
     finish(h ^ 0x9e37_79b9, 4)
 }
 
+/// The slot of a ring of `size` slots that hash `hash` picks: the hash scaled to the ring by a
+/// multiplication (its high bits decide), no division. Every scheduler's ring pick and every
+/// test that predicts one use it.
+#[inline(always)]
+pub fn ring_slot(hash: u32, size: u32) -> u32 {
+    ((hash as u64 * size as u64) >> 32) as u32
+}
+
 /// The VIP_FILTER bit of a destination address (the 16-byte form of keys): its four 32-bit words
 /// folded and scattered by a multiplication (Fibonacci hashing), the top bits kept. A few ALU
 /// operations: it runs on every packet, most of which are for other addresses.
@@ -124,6 +132,29 @@ mod tests {
             assert_eq!(source(v, 7) == source(&base, 7), i != 0, "variant {i}");
         }
         assert_ne!(flow(&base, 7), flow(&base, 8), "the seed matters");
+    }
+
+    #[test]
+    fn ring_slots_cover_the_ring_evenly() {
+        let size = 65_537u32;
+        let mut hits = std::vec![0u32; size as usize];
+        for f in 0..(size * 20) {
+            let key = FlowKey {
+                src: [1; 16],
+                dst: [2; 16],
+                sport: f as u16,
+                dport: (f >> 16) as u16,
+                ..Default::default()
+            };
+            let slot = ring_slot(flow(&key, 7), size);
+            assert!(slot < size);
+            hits[slot as usize] += 1;
+        }
+        // 20 a slot on average: a slot no flow picks, or one that 60 pick, is no accident.
+        let (min, max) = (hits.iter().min().unwrap(), hits.iter().max().unwrap());
+        assert!(*min > 0 && *max < 60, "slots picked {min} to {max} times");
+        assert_eq!(ring_slot(u32::MAX, size), size - 1);
+        assert_eq!(ring_slot(0, size), 0);
     }
 
     #[test]

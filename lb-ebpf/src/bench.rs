@@ -129,9 +129,6 @@ pub fn bench_flow_lookup(ctx: XdpContext) -> u32 {
     let Ok(pkt) = crate::parse::packet(&ctx) else { return xdp_action::XDP_ABORTED };
     let seed = crate::maps::CONFIG.get(0).map_or(0, |c| c.hash_seed);
     let sets = flow_table::sets_of(&pkt.key, seed);
-    if pkt.syn {
-        flow_table::prefetch(sets);
-    }
     let found = flow_table::find(sets, &pkt.key).found();
     if let Some(c) = BENCH_SINK.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.

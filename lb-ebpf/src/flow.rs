@@ -2,13 +2,14 @@
 //! and the VIP's scheduler (schedule.rs).
 use lb_common::{
     hash, BackendValue, ConfigValue, Counter, CounterBlock, FlowKey, VipKey, VipValue,
-    BACKEND_TAKES_NEW_FLOWS, FAMILY_V4, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, SCHED_MAGLEV,
+    BACKEND_TAKES_NEW_FLOWS, FAMILY_V4, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
     VIP_HASH_SOURCE_ONLY,
 };
 
 use crate::{
     flow_table::{self, NewFlow, Slot},
     maps::{BACKENDS, VIPS, VIP_BY_ID, VIP_FILTER},
+    policy::NO_VIP,
     schedule,
 };
 
@@ -77,8 +78,9 @@ pub struct Choice {
 /// errors about them) records the choice unconfirmed, and the flow's next packet confirms it: a
 /// new flow takes an empty entry of its set, an unconfirmed flow's, or an idle connection's
 /// (lb-common/src/flow.rs), so packets that come once, as a spoofed flood's do, never evict a
-/// connection active in the last second. The SYN of a Maglev VIP records nothing at all: the
-/// ring gives the connection's next packet the same backend.
+/// connection active in the last second. A SYN records its flow too, whatever the scheduler:
+/// the lines of both sets are in the cache from its lookup, so the entry costs a few stores
+/// there, where the connection's next packet would pay the lookup's misses again.
 #[inline(always)]
 pub fn choose(
     key: &FlowKey,
@@ -88,12 +90,18 @@ pub fn choose(
     counters: *mut CounterBlock,
 ) -> Result<Choice, Counter> {
     let sets = flow_table::sets_of(key, cfg.hash_seed);
+    // The VIP, looked up once, where first needed: at once for a SYN, else on a miss or for the
+    // checks of a flow that is not known yet.
+    let mut vip = None;
     if syn {
-        flow_table::prefetch(sets);
-    }
-    // (One call site per check: each one the verifier walks anew.)
-    if record && syn {
-        crate::policy::screen(key, true)?;
+        // A SYN starts a flow: the checks first, before any flow-table work. (Reading the
+        // flow's sets and ring slot ahead here, for the misses to overlap this work, made a
+        // SYN slower, not faster: bench_flows, December 2026.)
+        vip = lookup_vip(&key.dst, key.dport, key.proto, key.family);
+        // (One call site per check: each one the verifier walks anew.)
+        if record {
+            crate::policy::screen(key, vip.map_or(NO_VIP, |v| v.id), true)?;
+        }
     }
     let slot = flow_table::find(sets, key);
     let state = if slot.found() { live(&slot) } else { None };
@@ -103,7 +111,13 @@ pub fn choose(
         // checked, and stamped too, so that from its confirmation on it skips them.
         let generation = if state.is_some() { crate::policy::generation(slot.vip()) } else { 0 };
         if generation == 0 || !slot.confirmed() || generation as u16 != slot.policy_generation() {
-            crate::policy::screen(key, false)?;
+            let id = if state.is_some() {
+                slot.vip()
+            } else {
+                vip = lookup_vip(&key.dst, key.dport, key.proto, key.family);
+                vip.map_or(NO_VIP, |v| v.id)
+            };
+            crate::policy::screen(key, id, false)?;
             if generation != 0 && generation as u16 != slot.policy_generation() {
                 // Passed under it (a change written meanwhile moved it on: checked again).
                 flow_table::stamp_policy(&slot, generation);
@@ -148,7 +162,11 @@ pub fn choose(
         }
         None => slot.index,
     };
-    let vip = lookup_vip(&key.dst, key.dport, key.proto, key.family).ok_or(Counter::PassNotVip)?;
+    let vip = match vip {
+        Some(v) => v,
+        None => lookup_vip(&key.dst, key.dport, key.proto, key.family).ok_or(Counter::PassNotVip)?,
+    };
+    let hash = flow_hash(vip, key, cfg.hash_seed);
     if vip.ring_size == 0 {
         return Err(Counter::DropNoBackend);
     }
@@ -156,11 +174,6 @@ pub fn choose(
         // It starts a flow: the VIP's new-flow limits (a TCP flow's were its SYN's).
         crate::policy::new_flow(key, vip.id)?;
     }
-    let hash = if vip.flags & VIP_HASH_SOURCE_ONLY != 0 {
-        hash::source(key, cfg.hash_seed)
-    } else {
-        hash::flow(key, cfg.hash_seed)
-    };
     let id = schedule::pick(vip, hash, record);
     let backend_generation = backend(id, key.family)?.generation;
     if record {
@@ -168,7 +181,7 @@ pub fn choose(
     }
     // A TCP packet without SYN continues a connection: its SYN was the new flow.
     let new_flow = record && (key.proto != PROTO_TCP || syn);
-    if record && !(syn && vip.scheduler == SCHED_MAGLEV) {
+    if record {
         let vip_generation = VIP_BY_ID.get(vip.id).map_or(0, |s| s.generation);
         let (backend_hash, ids) =
             flow_table::value_words(id, hash, vip.id, vip_generation, backend_generation);
@@ -201,6 +214,16 @@ pub fn choose(
         entry: flow_table::NONE,
         ctl: 0,
     })
+}
+
+/// The hash a new flow of `vip` is scheduled by: its 5-tuple's, or its client address's.
+#[inline(always)]
+fn flow_hash(vip: &VipValue, key: &FlowKey, seed: u32) -> u32 {
+    if vip.flags & VIP_HASH_SOURCE_ONLY != 0 {
+        hash::source(key, seed)
+    } else {
+        hash::flow(key, seed)
+    }
 }
 
 /// A flow entry's VIP mode and whether its backend takes new flows, if the entry is live (its

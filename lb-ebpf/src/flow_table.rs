@@ -173,20 +173,6 @@ pub fn find(sets: Sets, key: &FlowKey) -> Slot {
     Slot::EMPTY
 }
 
-/// Starts reading the first line of both sets of a flow that is likely new (a SYN, which [`find`]
-/// will miss in both), so that the two memory reads overlap each other and the work done
-/// before [`find`]: a miss costs about one read's latency instead of two in a row.
-#[inline(always)]
-pub fn prefetch(sets: Sets) {
-    for first in [sets.first, sets.second] {
-        let w = words(first);
-        if !w.is_null() {
-            // SAFETY: as in `find`; the value is not needed, only the line.
-            unsafe { read_volatile(w.add(WORD_CTL)) };
-        }
-    }
-}
-
 /// Marks the flow at `slot` used at tick `now` (a store only when the tick moved on).
 #[inline(always)]
 pub fn touch(slot: &Slot, now: u32) {

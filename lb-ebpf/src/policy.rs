@@ -18,20 +18,21 @@ use lb_common::{
     POLICY_GLOBAL_DENY, POLICY_PASS_OVER_LIMIT, POLICY_TRACK,
 };
 
-use crate::{
-    flow,
-    maps::{ACL, POLICY_STATS, SOURCES, VIP_FLOW_BUCKETS, VIP_POLICY},
-};
+use crate::maps::{ACL, POLICY_STATS, SOURCES, VIP_FLOW_BUCKETS, VIP_POLICY};
 
 /// What the checks below answer: admitted, or the index of the counter that ends the packet.
 /// (A plain integer: the checks are subprograms, whose results travel in one register.)
 const ADMIT: u32 = 0;
 
-/// A packet of flow `key` that no confirmed flow answers for (`syn`: a TCP SYN, which starts a
-/// flow): admitted, or the verdict that ends it.
+/// `screen`'s VIP id for a packet that matches no VIP (the pipeline passes it).
+pub const NO_VIP: u32 = u32::MAX;
+
+/// A packet of flow `key` to VIP `vip` (its id, or [`NO_VIP`]) that no confirmed flow answers
+/// for (`syn`: a TCP SYN, which starts a flow): admitted, or the verdict that ends it. The
+/// caller looked the VIP up: it needs it too, and one hash-map lookup a packet is enough.
 #[inline(always)]
-pub fn screen(key: &FlowKey, syn: bool) -> Result<(), Counter> {
-    verdict(check(key, syn))
+pub fn screen(key: &FlowKey, vip: u32, syn: bool) -> Result<(), Counter> {
+    verdict(check(key, vip, syn))
 }
 
 /// The policy generation of VIP `vip` (0: no flow skips the checks): a confirmed flow of it
@@ -54,12 +55,8 @@ pub fn new_flow(key: &FlowKey, vip: u32) -> Result<(), Counter> {
 }
 
 #[inline(never)]
-fn check(key: &FlowKey, syn: bool) -> u32 {
-    let Some(vip) = flow::lookup_vip(&key.dst, key.dport, key.proto, key.family) else {
-        // No VIP: the pipeline passes it.
-        return ADMIT;
-    };
-    let id = vip.id;
+fn check(key: &FlowKey, id: u32, syn: bool) -> u32 {
+    // (NO_VIP: no slot.)
     let Some(policy) = VIP_POLICY.get(id) else { return ADMIT };
     let global = policy.flags & POLICY_GLOBAL_DENY != 0 && denied(AclKey::GLOBAL, key);
     if global || (policy.flags & POLICY_ACL != 0 && denied(AclKey::scope_of(id), key)) {

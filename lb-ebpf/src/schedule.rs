@@ -1,7 +1,7 @@
 //! The schedulers: which backend a new flow gets. They run only on a flow-table miss: a flow's
-//! first packet (and, for a TCP connection to a Maglev VIP, whose SYN records nothing, the
-//! packet after it: the ring answers the same); every later packet finds its backend in the
-//! flow table, whatever the VIP's scheduler is or becomes.
+//! first packet (or a packet whose flow the table lost: evicted, or recorded by another
+//! balancer host); every later packet finds its backend in the flow table, whatever the VIP's
+//! scheduler is or becomes.
 //!
 //! - Maglev (and source hash, the same with the client-address hash): the ring slot of the hash.
 //! - Round robin: the next entry of the VIP's sequence (RR_SEQS, computed by the agent: smooth
@@ -109,15 +109,13 @@ fn uncount(entry: u32, ctl: u64, id: u32) {
     }
 }
 
-/// The VIP's ring slot for `hash`. (The caller checked that the ring is not empty, but LLVM
-/// reloads the size from the map value after any helper call: a checked remainder keeps a
-/// division-by-zero panic, which the verifier refuses, out of the program.)
+/// The backend of the VIP's ring slot for `hash`.
 #[inline(always)]
 fn ring(vip: &VipValue, hash: u32) -> u32 {
-    match hash.checked_rem(vip.ring_size) {
-        Some(slot) => RINGS.get(vip.ring_offset + slot).copied().unwrap_or(NO_BACKEND),
-        None => NO_BACKEND,
+    if vip.ring_size == 0 {
+        return NO_BACKEND;
     }
+    RINGS.get(vip.ring_offset + hash::ring_slot(hash, vip.ring_size)).copied().unwrap_or(NO_BACKEND)
 }
 
 /// The next entry of the VIP's round-robin sequence for this CPU.

@@ -421,7 +421,8 @@ fn source_hash_keeps_a_client_on_one_backend_and_spreads_clients() {
         .iter()
         .filter_map(|l| {
             let key = flow_key(l.ip(), l.port(), server().ip(), PORT, PROTO_TCP);
-            let want = ring[(lb_common::hash::source(&key, 0) % RING) as usize] as usize;
+            let want =
+                ring[lb_common::hash::ring_slot(lb_common::hash::source(&key, 0), RING) as usize] as usize;
             (served[l] != want).then(|| format!("{l}: on b{}, ring says b{}", served[l] + 1, want + 1))
         })
         .collect();
@@ -465,7 +466,8 @@ fn weighted_maglev_follows_the_weights() {
         .iter()
         .filter(|l| {
             let key = flow_key(l.ip(), l.port(), server().ip(), PORT, PROTO_TCP);
-            served[*l] != ring[(lb_common::hash::flow(&key, 0) % RING) as usize] as usize
+            served[*l]
+                != ring[lb_common::hash::ring_slot(lb_common::hash::flow(&key, 0), RING) as usize] as usize
         })
         .count();
     assert_eq!(astray, 0, "{name}: connections off their ring slot");

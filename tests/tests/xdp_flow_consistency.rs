@@ -48,7 +48,7 @@ fn flow(v6: bool, gen: u32, i: u32) -> (Vec<u8>, FlowKey) {
     };
     let sport = 1024 + (n * 7919 % 60000) as u16;
     let vip: IpAddr = if v6 { VIP6.into() } else { VIP4.into() };
-    // Mid-connection packets: a Maglev VIP's SYN records no flow, the packets after it do.
+    // Mid-connection packets (the first one sent records the flow, as a SYN would).
     (frames::frame(client, sport, vip, 80, L4::TcpAck), flow_key(client, sport, vip, 80, PROTO_TCP))
 }
 
@@ -121,7 +121,7 @@ fn consistency(v6: bool, two_cpus: bool) {
             backends: members.iter().copied().collect(),
             by_addr: members.iter().map(|&(id, a)| (a, id)).collect(),
         };
-        let pick = |ring: &[u32], key: &FlowKey| ring[(hash::flow(key, CONFIG.hash_seed) % RING) as usize];
+        let pick = |ring: &[u32], key: &FlowKey| ring[hash::ring_slot(hash::flow(key, CONFIG.hash_seed), RING) as usize];
 
         // 1. Ten thousand new flows, each to the backend the ring gives it.
         let before = r.counters();

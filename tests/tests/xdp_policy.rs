@@ -188,9 +188,9 @@ fn an_operators_deny_reaches_established_flows_and_ends_with_its_expiry() {
 #[test]
 fn a_confirmed_flow_skips_the_packet_limit_and_meets_changed_allow_lists() {
     let fixture = Fixture::new();
-    // A source's burst of 3 packets: a flow's SYN, its ACK recorded (Maglev records no SYN) and
-    // the ACK that confirms it (checked, and stamped with the policy generation it passed under).
-    let limit = "[vip.limits]\npackets_per_source = 3";
+    // A source's burst of 2 packets: a flow's SYN (which records it) and the ACK that confirms
+    // it (checked, and stamped with the policy generation it passed under).
+    let limit = "[vip.limits]\npackets_per_source = 2";
     let c = config("", &format!("allow = [\"198.18.0.0/16\"]\n{limit}"), "");
     fixture.run(SIZES, |r| {
         let mut applied = Applied::default();
@@ -201,7 +201,7 @@ fn a_confirmed_flow_skips_the_packet_limit_and_meets_changed_allow_lists() {
         }
         // Established: its packets are no longer the limit's (docs/data-plane.md).
         let tx = (0..40).filter(|_| from(r, "198.18.7.7", 5555, L4::TcpAck) == Verdict::Tx).count();
-        assert_eq!(tx, 40, "an established flow's packets past the source's burst of 3");
+        assert_eq!(tx, 40, "an established flow's packets past the source's burst of 2");
         assert_eq!(r.counter(Counter::DropRatePackets), 0);
         // The source's bucket is spent all the same: a packet of no flow (spoofed) is refused.
         assert_eq!(

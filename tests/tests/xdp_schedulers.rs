@@ -133,8 +133,7 @@ fn a_scheduler_change_moves_no_known_flow() {
     let fx = Fixture::new();
     fx.run(SIZES, |r| {
         install(r, [100, 100, 100], SCHED_MAGLEV);
-        // A Maglev VIP's SYN records no flow; the connection's next packet does, on the same
-        // backend.
+        // Each connection's SYN records its flow; its ACK follows it.
         let before: Vec<u32> = (0..30)
             .map(|i| {
                 let b = send(r, 31_000 + i, tcp::SYN);
@@ -199,12 +198,12 @@ fn least_conn_counts_each_connection_once() {
 fn predict(ring: &[u32], sport: u16, counts: &[u64; 4], weights: [u16; 3]) -> u32 {
     let key = flow_key(client(), sport, vip(), PORT, PROTO_TCP);
     let h = hash::flow(&key, SEED);
-    let first = ring[(h % RING) as usize];
+    let first = ring[hash::ring_slot(h, RING) as usize];
     let mut second = first;
     let mut g = h;
     for _ in 0..4 {
         g = hash::rehash(g);
-        second = ring[(g % RING) as usize];
+        second = ring[hash::ring_slot(g, RING) as usize];
         if second != first {
             break;
         }

@@ -6,6 +6,7 @@
 //!
 //! ```sh
 //! cargo run --release -p lb-bench --bin bench_flows [-- --rounds N --packets P --max-flows F]
+//! cargo run --release -p lb-bench --bin bench_flows -- --cases new --cost-only   # one part
 //! ```
 //!
 //! # Method
@@ -83,6 +84,9 @@ const LB_ADDR: &str = "198.18.0.2/24";
 /// New flows are numbered from here on: no established case uses these.
 const FRESH_FLOWS: u32 = 1 << 22;
 const XDP_TX: u32 = 3;
+/// New flows a shape's SYN pps runs draw from: more than they send (a few Mpps for a few
+/// 300-ms runs), so that every SYN is a new flow's.
+const SYN_PPS_FLOWS: u32 = 8 << 20;
 
 fn backend(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 0x10 + n)
@@ -147,11 +151,12 @@ enum Expect {
     /// A floor program: no balancer counter moves; every run returns XDP_TX.
     Floor,
     Established,
-    /// A SYN of a flow never seen: a miss, nothing recorded (Maglev).
-    Syn,
-    /// The first packet of a flow after its SYN: a miss, recorded unconfirmed.
-    FirstAck,
-    /// Two packets of each new flow: one miss and pending, one hit and confirmed.
+    /// A packet of a flow never seen (a SYN, or a packet of a connection another balancer
+    /// host recorded): a miss, recorded unconfirmed (in an empty entry, an unconfirmed flow's
+    /// or an idle one's).
+    New,
+    /// Two packets of each new flow (its SYN, then its ACK): one miss and recorded, one hit
+    /// and confirmed.
     Pair,
 }
 
@@ -184,9 +189,8 @@ impl Expect {
                     (Counter::FlowEvicted, 0, few),
                 ]
             }
-            Expect::Syn => vec![exact(Counter::ForwardTx, packets), exact(Counter::FlowMiss, packets)],
             // New flows in a full table take idle flows' entries, or empty ones.
-            Expect::FirstAck => vec![
+            Expect::New => vec![
                 exact(Counter::ForwardTx, packets),
                 exact(Counter::FlowMiss, packets),
                 exact(Counter::FlowPending, packets),
@@ -214,6 +218,8 @@ struct Bench {
     lb_mac: [u8; 6],
     /// The next new flow's number.
     fresh: u32,
+    /// The full table was filled (once is enough: new flows run against it idle).
+    full_table_filled: bool,
     _hops: NextHops,
     dut: Netns,
     _far: Netns,
@@ -253,6 +259,7 @@ impl Bench {
             ingress,
             lb_mac,
             fresh: FRESH_FLOWS,
+            full_table_filled: false,
             _hops: hops,
             dut,
             _far: far,
@@ -413,6 +420,7 @@ impl Bench {
         gen.repeat_shift = 1;
         gen.first = self.take_fresh(flows as u32);
         let (sent, ns) = self.generate(Table::Full, gen, 2 * flows, WARM_UP_LIMIT);
+        self.full_table_filled = true;
         eprintln!(
             "bench_flows: filling the full table: {sent} frames, {:.0} ns/frame",
             ns as f64 / sent as f64
@@ -502,15 +510,33 @@ struct Args {
     max_flows: u32,
     cost: bool,
     pps: bool,
+    /// Established flows' cases.
+    established: bool,
+    /// New flows' cases (the full table).
+    new_flows: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { rounds: 3, packets: 100_000, ms: 300, max_flows: 4_000_000, cost: true, pps: true };
+    let mut a = Args {
+        rounds: 3,
+        packets: 100_000,
+        ms: 300,
+        max_flows: 4_000_000,
+        cost: true,
+        pps: true,
+        established: true,
+        new_flows: true,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--cost-only" => a.pps = false,
             "--pps-only" => a.cost = false,
+            "--cases" => match it.next().as_deref() {
+                Some("established") => a.new_flows = false,
+                Some("new") => a.established = false,
+                _ => usage(),
+            },
             "--rounds" | "--packets" | "--ms" | "--max-flows" => {
                 let v = it.next().and_then(|v| v.parse::<u64>().ok());
                 match (flag.as_str(), v) {
@@ -529,10 +555,16 @@ fn args() -> Args {
     a
 }
 
+/// The established flows' counts the arguments ask for.
+fn flow_counts(a: &Args) -> impl Iterator<Item = (u32, &'static str)> + '_ {
+    FLOW_COUNTS.into_iter().filter(|(c, _)| a.established && *c <= a.max_flows)
+}
+
 fn usage() -> ! {
     eprintln!(
         "usage: bench_flows [--rounds 1-20] [--packets 1000-2000000] [--ms 20-5000] \
-         [--max-flows 10000-4194304] [--cost-only | --pps-only]"
+         [--max-flows 10000-4194304] [--cost-only | --pps-only] [--cases established | new]\n\
+         --cases: only the established flows' cases, or only the new flows' (a full table)"
     );
     std::process::exit(2);
 }
@@ -641,7 +673,7 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
         }
     };
     let mut established = Vec::new();
-    for (count, label) in FLOW_COUNTS.into_iter().filter(|(c, _)| *c <= a.max_flows) {
+    for (count, label) in flow_counts(a) {
         let mut by = ByShape::new(format!("established, {label}"));
         let mut lookup = ByShape::new(format!("of which floor + parse + finding the flow's entry, {label}"));
         for s in shape::ALL {
@@ -663,39 +695,56 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
         };
         established.push((by, lookup, target));
     }
-    b.fill_full_table();
-    let (mut syn, mut first, mut second, mut miss) = (
-        ByShape::new("SYN of a new flow, table full"),
-        ByShape::new("new flow's first packet after the SYN: recorded unconfirmed, table full"),
-        ByShape::new("new flow's second packet: confirmed, table full"),
+    let (mut syn, mut miss, mut second, mut lost) = (
+        ByShape::new("SYN of a new flow: recorded unconfirmed, table full"),
         ByShape::new("floor + parse + FLOW_TABLE lookup (a miss), table full"),
+        ByShape::new("new flow's packet after the SYN: confirmed, table full"),
+        ByShape::new("packet of a connection the table never saw (another balancer's): recorded, table full"),
     );
     let n = a.packets as u32;
-    for s in shape::ALL {
+    if a.new_flows {
+        b.fill_full_table();
+    }
+    for s in shape::ALL.into_iter().filter(|_| a.new_flows) {
         for _ in 0..a.rounds {
+            if !a.established {
+                floor_sample(b);
+            }
             Bench::idle_full_table();
-            let fresh = |b: &mut Bench, kind, per_flow: u32| -> Vec<Vec<u8>> {
-                let first = b.take_fresh(n / per_flow);
-                (0..n).map(|k| frame(kind, s, first + k / per_flow, mac)).collect()
+            // `count` frames of flows never seen, `per_flow` packets each: its SYN first, if
+            // `syn`, then ACKs.
+            let fresh = |b: &mut Bench, count: u32, syn: bool, per_flow: u32| -> Vec<Vec<u8>> {
+                let first = b.take_fresh(count / per_flow);
+                (0..count)
+                    .map(|k| {
+                        let kind = if syn && k % per_flow == 0 { Packet::Syn } else { Packet::Ack };
+                        frame(kind, s, first + k / per_flow, mac)
+                    })
+                    .collect()
             };
-            let frames = fresh(b, Packet::Syn, 1);
-            // Back from the idle wait: the code path and the small maps are cold. A Maglev SYN
-            // records nothing, so the same SYNs warm them without changing what is measured.
-            let _ = b.cost(Table::Full, BALANCER, Expect::Syn, &frames[..frames.len() / 10]);
-            syn.push(s, b.cost(Table::Full, BALANCER, Expect::Syn, &frames));
+            // Back from the idle wait: the code path and the small maps are cold. Other new
+            // flows' SYNs warm them.
+            let frames = fresh(b, n / 10, true, 1);
+            let _ = b.cost(Table::Full, BALANCER, Expect::New, &frames);
+            let frames = fresh(b, n, true, 1);
+            let one = b.cost(Table::Full, BALANCER, Expect::New, &frames);
+            syn.push(s, one.clone());
+            let frames = fresh(b, n, true, 1);
             miss.push(s, b.cost(Table::Full, FLOW_LOOKUP, Expect::Floor, &frames));
-            let frames = fresh(b, Packet::Ack, 1);
-            let one = b.cost(Table::Full, BALANCER, Expect::FirstAck, &frames);
-            let frames = fresh(b, Packet::Ack, 2);
+            // A SYN and its ACK in turn (an ACK after a whole run of SYNs could find its flow
+            // evicted by later SYNs: an unconfirmed flow is the first to go in a full set).
+            let frames = fresh(b, n, true, 2);
             let pair = b.cost(Table::Full, BALANCER, Expect::Pair, &frames);
-            // A pair's cost is the first packet's and the second's.
-            let two = match (&one, pair) {
-                (Ok(one), Ok(pair)) => Ok(2.0 * pair - one),
-                (Err(e), _) => Err(e.clone()),
-                (_, Err(e)) => Err(e),
-            };
-            first.push(s, one);
-            second.push(s, two);
+            // A pair's cost is the SYN's and the ACK's.
+            second.push(
+                s,
+                match (one, pair) {
+                    (Ok(one), Ok(pair)) => Ok(2.0 * pair - one),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                },
+            );
+            let frames = fresh(b, n, false, 1);
+            lost.push(s, b.cost(Table::Full, BALANCER, Expect::New, &frames));
         }
     }
     drop(stats);
@@ -731,8 +780,8 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
     }
     rows.extend(syn.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(3.0)));
     rows.extend(miss.rows("flows cost", "ns/packet", 1, Some(floor), false, None));
-    rows.extend(first.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(5.0)));
     rows.extend(second.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(5.0)));
+    rows.extend(lost.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(5.0)));
     rows
 }
 
@@ -740,7 +789,7 @@ fn pps_section(b: &mut Bench, a: &Args) -> Vec<Row> {
     let budget = Duration::from_millis(a.ms);
     let mac = b.lb_mac;
     let mut rows = Vec::new();
-    for (count, label) in FLOW_COUNTS.into_iter().filter(|(c, _)| *c <= a.max_flows) {
+    for (count, label) in flow_counts(a) {
         let target = match count {
             10_000 => Some(0.85),
             1_000_000 => Some(0.6),
@@ -761,23 +810,27 @@ fn pps_section(b: &mut Bench, a: &Args) -> Vec<Row> {
         }
         rows.extend(by.rows("flows pps", "x encap", 2, None, true, target));
     }
-    // SYNs record nothing (Maglev): a million flows never recorded, cycled, stay new.
+    // SYNs of flows never seen: more flows than the runs send.
     let mut by = ByShape::new("SYN of a new flow, table full: balancer / encap floor, 1 core");
-    for s in shape::ALL {
-        let mut gen = flowgen(Packet::Syn, s, 1_000_000, mac);
-        gen.first = b.take_fresh(1_000_000);
+    if a.new_flows && !b.full_table_filled {
+        b.fill_full_table();
+        Bench::idle_full_table();
+    }
+    for s in shape::ALL.into_iter().filter(|_| a.new_flows) {
+        let mut gen = flowgen(Packet::Syn, s, SYN_PPS_FLOWS, mac);
+        gen.first = b.take_fresh(SYN_PPS_FLOWS);
         for _ in 0..a.rounds {
             by.push(
                 s,
                 ratio(b.pps(Table::Large, ENCAP, gen, Expect::Floor, budget), || {
-                    b.pps(Table::Full, BALANCER, gen, Expect::Syn, budget)
+                    b.pps(Table::Full, BALANCER, gen, Expect::New, budget)
                 }),
             );
         }
     }
     rows.extend(by.rows("flows pps", "x encap", 2, None, true, Some(0.7)));
     let mut by = ByShape::new("established, 10k flows: 2 cores / 1 core");
-    for s in shape::ALL {
+    for s in shape::ALL.into_iter().filter(|_| a.established) {
         b.warm(s, 10_000);
         for _ in 0..a.rounds {
             by.push(s, scaling(b, flowgen(Packet::Ack, s, 10_000, mac), budget));

@@ -452,8 +452,8 @@ fn main() {
         let mac_swap = datapath::program(dps[Setup::Plain as usize].raw_mut(), MAC_SWAP).expect("the floor");
         mac_swap.load().expect("loading bench_mac_swap");
         let mut bench = Bench { dps, ingress: fixture.eth0 };
-        // The established flow (SYN, then three ACKs: recorded, confirmed, past the checks as a
-        // confirmed flow) on every object that forwards it.
+        // The established flow (SYN, then three ACKs: the SYN records it, the first ACK
+        // confirms it, the others pass as a confirmed flow) on every object that forwards it.
         let vip = IpAddr::V4(VIP4);
         for setup in [Setup::Plain, Setup::BigAcl, Setup::AclOnly, Setup::LimitsOnly] {
             for flags in [tcp::SYN, tcp::ACK, tcp::ACK, tcp::ACK] {

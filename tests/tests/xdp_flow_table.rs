@@ -1,6 +1,7 @@
 //! What the flow table records, and when a recorded flow stops counting (BPF_PROG_TEST_RUN, each
 //! test on one CPU but the one that moves a flow between two): every scheduler's SYNs record
-//! their flow unconfirmed and the packet after the SYN confirms it; a flow whose VIP is gone or
+//! their flow unconfirmed and the packet after the SYN confirms it (so a ring change in the
+//! handshake moves no connection); a flow whose VIP is gone or
 //! was replaced is never forwarded by its entry;
 //! the VIP address filter follows the VIP entries; both CPUs see one table; a new flow takes an
 //! idle connection's entry, never an active one's.
@@ -128,6 +129,28 @@ fn maglev_syns_record_their_flow_and_the_next_packet_confirms_it() {
         assert_eq!(r.counter(Counter::FlowConfirmed) - confirmed, 20);
         // A SYN of a recorded flow (a retransmission) goes where the flow is.
         assert_eq!(send(r, 20_000, tcp::SYN), Some(picks[0]));
+    });
+}
+
+#[test]
+fn a_ring_change_between_a_syn_and_its_ack_moves_no_connection() {
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_MAGLEV);
+        let picks: Vec<u32> =
+            (0..60).map(|i| send(r, 23_000 + i, tcp::SYN).expect("SYN forwarded")).collect();
+        // The ring changes in the handshake's round trip: backend 1 is drained (out of the
+        // ring, taking no new flows), so its slots go to 2 and 3.
+        r.datapath.set_backend(1, BackendValue::from(near4(1)).taking_new_flows(false)).unwrap();
+        let members: Vec<Member> = (2..=3u32).map(|id| Member::new(near4(id as u8), id, 1)).collect();
+        r.write_ring(0, None, &maglev::build(&members, RING));
+        let on_drained = picks.iter().filter(|&&b| b == 1).count();
+        assert!(on_drained > 5, "only {on_drained} of 60 SYNs went to backend 1: the test needs some");
+        // Every ACK follows its SYN, to the drained backend too: the connection is open there.
+        for (i, &b) in picks.iter().enumerate() {
+            assert_eq!(send(r, 23_000 + i as u16, tcp::ACK), Some(b), "flow {i}: its ACK moved");
+        }
+        // A new connection goes by the new ring.
+        assert_ne!(send(r, 24_000, tcp::SYN), Some(1), "a new flow reached the drained backend");
     });
 }
 

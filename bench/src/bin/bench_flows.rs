@@ -330,19 +330,25 @@ impl Bench {
         }
     }
 
+    /// One test run of `xdp` (program `name`) with `frame`, which must answer XDP_TX.
+    fn run_once(&self, xdp: &Xdp, name: &str, frame: &[u8]) -> Result<(), String> {
+        let ctx = lb_tests::xdp::xdp_md(frame.len(), self.ingress);
+        let r = xdp
+            .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..Default::default() })
+            .map_err(|e| format!("test run of {name}: {e}"))?;
+        if r.return_value != XDP_TX {
+            return Err(format!("{name} returned {} (XDP_TX expected)", r.return_value));
+        }
+        Ok(())
+    }
+
     /// One test run per frame of `prog` (in `table`'s object); the program's cost per run by
     /// the kernel's BPF statistics (on while this runs).
     fn cost(&self, table: Table, prog: &str, expect: Expect, frames: &[Vec<u8>]) -> Result<f64, String> {
         let xdp = self.program(table, prog);
         let before = (run_stats(xdp), self.counters(table));
         for frame in frames {
-            let ctx = lb_tests::xdp::xdp_md(frame.len(), self.ingress);
-            let r = xdp
-                .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..Default::default() })
-                .map_err(|e| format!("test run of {prog}: {e}"))?;
-            if r.return_value != XDP_TX {
-                return Err(format!("{prog} returned {} (XDP_TX expected)", r.return_value));
-            }
+            self.run_once(xdp, prog, frame)?;
         }
         let after = (run_stats(xdp), self.counters(table));
         Self::check(expect, frames.len() as u64, &before.1, &after.1)?;
@@ -363,13 +369,7 @@ impl Bench {
         for (i, frame) in frames.iter().enumerate() {
             let timed = i % 2 == 1;
             let start = if timed { Some(run_stats(xdp)) } else { None };
-            let ctx = lb_tests::xdp::xdp_md(frame.len(), self.ingress);
-            let r = xdp
-                .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), ..Default::default() })
-                .map_err(|e| format!("test run of the balancer: {e}"))?;
-            if r.return_value != XDP_TX {
-                return Err(format!("the balancer returned {} (XDP_TX expected)", r.return_value));
-            }
+            self.run_once(xdp, BALANCER, frame)?;
             if let Some((t0, n0)) = start {
                 let (t1, n1) = run_stats(xdp);
                 ns += t1 - t0;

@@ -96,17 +96,18 @@ pub fn choose(
     // The scheduler's hash (`hashed`: computed already, for a SYN's VIP).
     let (mut hash, mut hashed) = (0, false);
     if syn {
-        // A SYN starts a flow: the checks first, before any flow-table work. Its ring slot is
-        // read ahead, to overlap the flow table's misses (about 10 % off a SYN in a full table;
-        // reading the flow's sets ahead as well made it slower: bench_flows, December 2026).
+        // A SYN starts a flow: the checks first, before any flow-table work (a refused SYN
+        // costs no more). Then its ring slot is read ahead, to overlap the flow table's misses
+        // (about 10 % off a SYN in a full table; reading the flow's sets ahead as well made it
+        // slower: bench_flows, December 2026).
         vip = lookup_vip(&key.dst, key.dport, key.proto, key.family);
-        if let Some(v) = vip {
-            (hash, hashed) = (flow_hash(v, key, cfg.hash_seed), true);
-            schedule::prefetch(v, hash);
-        }
         // (One call site per check: each one the verifier walks anew.)
         if record {
             crate::policy::screen(key, vip.map_or(NO_VIP, |v| v.id), true)?;
+        }
+        if let Some(v) = vip {
+            (hash, hashed) = (flow_hash(v, key, cfg.hash_seed), true);
+            schedule::prefetch(v, hash);
         }
     }
     let slot = flow_table::find(sets, key);

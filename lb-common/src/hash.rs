@@ -61,12 +61,15 @@ pub fn rehash(h: u32) -> u32 {
     finish(h ^ 0x9e37_79b9, 4)
 }
 
-/// The slot of a ring of `size` slots that hash `hash` picks: the hash scaled to the ring by a
-/// multiplication (its high bits decide), no division. Every scheduler's ring pick and every
-/// test that predicts one use it.
+/// The slot of a ring of `size` slots that hash `hash` picks (0 for an empty ring). Every
+/// scheduler's ring pick and every test that predicts one use it. The remainder, not a cheaper
+/// multiply-and-shift: hosts behind one ECMP group must pick alike across versions too (a
+/// rolling upgrade moves flows between old and new hosts, and equal ring fingerprints promise
+/// equal picks, docs/ecmp-bird.md). Checked: the data plane must hold no division-by-zero
+/// panic, which the verifier refuses.
 #[inline(always)]
 pub fn ring_slot(hash: u32, size: u32) -> u32 {
-    ((hash as u64 * size as u64) >> 32) as u32
+    hash.checked_rem(size).unwrap_or(0)
 }
 
 /// The VIP_FILTER bit of a destination address (the 16-byte form of keys): its four 32-bit words
@@ -153,8 +156,8 @@ mod tests {
         // 20 a slot on average: a slot no flow picks, or one that 60 pick, is no accident.
         let (min, max) = (hits.iter().min().unwrap(), hits.iter().max().unwrap());
         assert!(*min > 0 && *max < 60, "slots picked {min} to {max} times");
-        assert_eq!(ring_slot(u32::MAX, size), size - 1);
-        assert_eq!(ring_slot(0, size), 0);
+        assert_eq!(ring_slot(size + 5, size), 5, "the remainder (as every earlier version picked)");
+        assert_eq!(ring_slot(7, 0), 0, "an empty ring");
     }
 
     #[test]

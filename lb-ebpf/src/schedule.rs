@@ -109,13 +109,24 @@ fn uncount(entry: u32, ctl: u64, id: u32) {
     }
 }
 
+/// The VIP's ring slot for `hash` in RINGS (none for an empty ring: slot 0 would be another
+/// ring's).
+#[inline(always)]
+fn ring_slot(vip: &VipValue, hash: u32) -> Option<*const u32> {
+    if vip.ring_size == 0 {
+        return None;
+    }
+    RINGS.get_ptr(vip.ring_offset + hash::ring_slot(hash, vip.ring_size))
+}
+
 /// The backend of the VIP's ring slot for `hash`.
 #[inline(always)]
 fn ring(vip: &VipValue, hash: u32) -> u32 {
-    if vip.ring_size == 0 {
-        return NO_BACKEND;
+    match ring_slot(vip, hash) {
+        // SAFETY: a u32 of the map's value, written whole by the agent.
+        Some(p) => unsafe { *p },
+        None => NO_BACKEND,
     }
-    RINGS.get(vip.ring_offset + hash::ring_slot(hash, vip.ring_size)).copied().unwrap_or(NO_BACKEND)
 }
 
 /// Starts reading the ring slot that [`pick`] will read for a new flow of `vip` with hash
@@ -123,11 +134,11 @@ fn ring(vip: &VipValue, hash: u32) -> u32 {
 /// overlaps the flow table's misses instead of following them.
 #[inline(always)]
 pub fn prefetch(vip: &VipValue, hash: u32) {
-    if vip.scheduler == SCHED_ROUND_ROBIN || vip.ring_size == 0 {
+    if vip.scheduler == SCHED_ROUND_ROBIN {
         return;
     }
-    if let Some(p) = RINGS.get_ptr(vip.ring_offset + hash::ring_slot(hash, vip.ring_size)) {
-        // SAFETY: a u32 of the map's value; the value is not needed, only the line.
+    if let Some(p) = ring_slot(vip, hash) {
+        // SAFETY: as in `ring`; the value is not needed, only the line.
         unsafe { core::ptr::read_volatile(p) };
     }
 }

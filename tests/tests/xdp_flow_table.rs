@@ -1,10 +1,9 @@
 //! What the flow table records, and when a recorded flow stops counting (BPF_PROG_TEST_RUN, each
 //! test on one CPU but the one that moves a flow between two): every scheduler's SYNs record
 //! their flow unconfirmed and the packet after the SYN confirms it (so a ring change in the
-//! handshake moves no connection); a flow whose VIP is gone or
-//! was replaced is never forwarded by its entry;
-//! the VIP address filter follows the VIP entries; both CPUs see one table; a new flow takes an
-//! idle connection's entry, never an active one's.
+//! handshake moves no connection); a flow whose VIP is gone or was replaced is never forwarded
+//! by its entry; the VIP address filter follows the VIP entries; both CPUs see one table; a new
+//! flow takes an idle connection's entry, never an active one's.
 use std::net::IpAddr;
 
 use aya::maps::{Array, MapData};

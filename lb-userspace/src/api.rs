@@ -155,8 +155,8 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: Method::Get,
         path: "/v1/flows",
-        takes: "query `vip`, `backend`, `limit` (each optional)",
-        does: "flows per backend over the whole flow table, and a sample (as `lbctl flows`)",
+        takes: "query `vip`, `backend`, `state` (`confirmed` or `unconfirmed`), `limit` (each optional)",
+        does: "flows per backend over the whole flow table, unconfirmed ones too, and a sample (as `lbctl flows`)",
         handler: |m| on(m, flows),
     },
     Route {
@@ -562,12 +562,13 @@ async fn stats(State(agent): State<Shared>) -> ApiResult<crate::agent::Stats> {
     Ok(Json(agent.lock().await.stats()?))
 }
 
-/// `GET /v1/flows?vip=&backend=&limit=`: per-backend flow counts over the whole flow table, and
-/// a sample of `limit` flows (default 20).
+/// `GET /v1/flows?vip=&backend=&state=&limit=`: per-backend flow counts over the whole flow
+/// table, and a sample of `limit` flows (default 20); `state`: `confirmed` or `unconfirmed`.
 #[derive(Deserialize)]
 pub struct FlowsQuery {
     pub vip: Option<String>,
     pub backend: Option<String>,
+    pub state: Option<crate::agent::flows::FlowState>,
     pub limit: Option<usize>,
 }
 
@@ -579,7 +580,7 @@ async fn flows(
     let vip = q.vip.as_deref().filter(|v| !v.is_empty());
     let backend = q.backend.as_deref().filter(|b| !b.is_empty()).map(address).transpose()?;
     let limit = q.limit.unwrap_or(crate::agent::flows::DEFAULT_SAMPLE);
-    let walk = agent.lock().await.flow_query(vip, backend, limit)?;
+    let walk = agent.lock().await.flow_query(vip, backend, q.state, limit)?;
     // A big table takes a while: walk it off the runtime, without holding the agent.
     let flows = tokio::task::spawn_blocking(move || walk.run())
         .await

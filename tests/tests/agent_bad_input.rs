@@ -361,6 +361,18 @@ fn cases() -> Vec<Case> {
             says: "interval 10 ms is out of range",
         },
         Case {
+            name: "cli flows unknown state",
+            action: Lbctl(&["flows", "--state", "half-open"]),
+            exit: 2,
+            says: "[possible values: confirmed, unconfirmed]",
+        },
+        Case {
+            name: "api flows unknown state",
+            action: Api("GET", "/v1/flows?state=half-open", ""),
+            exit: 22,
+            says: "unknown variant `half-open`, expected `confirmed` or `unconfirmed`",
+        },
+        Case {
             name: "api unknown endpoint",
             action: Api("GET", "/v1/nope", ""),
             exit: 22,

@@ -10,7 +10,9 @@
 //! rate reached is printed). Checked:
 //! - every long-lived connection survives, on the backend it started on;
 //! - at least 99 % of the new connections succeed;
-//! - `lbctl top --prefix 16` names the flood's block as the top sender within 2 s of its start.
+//! - `lbctl top --prefix 16` names the flood's block as the top sender within 2 s of its start;
+//! - `lbctl flows` tells the flood's flows (unconfirmed: one packet each) from the connections
+//!   (confirmed), every long-lived one among them.
 use std::{
     net::{IpAddr, SocketAddr, TcpStream},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -23,7 +25,10 @@ use lb_tests::{
     lbd::LbdFiles,
     topology::{mac_of, parse_mac, vip, Family, Topology},
 };
-use lb_userspace::agent::top::Top;
+use lb_userspace::agent::{
+    flows::{FlowState, Flows},
+    top::Top,
+};
 
 const PORT: u16 = 8080;
 const FLOOD_TIME: Duration = Duration::from_secs(10);
@@ -197,4 +202,22 @@ fn a_spoofed_flood_keeps_connections_lets_new_ones_through_and_shows_in_top() {
         )),
     }
     assert!(packets > 0, "the generator sent nothing");
+
+    let flows = |args: &[&str]| -> Flows {
+        let json = lbd.lbctl_ok(&[&["--json", "flows", "--vip", "web"], args].concat());
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("lbctl --json flows: {e}: {json}"))
+    };
+    let all = flows(&["--limit", "0"]);
+    let confirmed = flows(&["--state", "confirmed", "--limit", "10000"]);
+    eprintln!("lbctl flows: {} flows, {} of them unconfirmed", all.total, all.unconfirmed);
+    assert!(all.unconfirmed > 0, "the flood's packets are recorded unconfirmed: {all:?}");
+    assert_eq!(all.total - all.unconfirmed, confirmed.total, "the two states add up");
+    assert!(confirmed.sample.iter().all(|f| f.state == FlowState::Confirmed));
+    for (i, c) in long.iter().enumerate() {
+        let local = c.local_addr().unwrap();
+        assert!(
+            confirmed.sample.iter().any(|f| f.client == local),
+            "long-lived connection {i} ({local}) is not among the confirmed flows"
+        );
+    }
 }

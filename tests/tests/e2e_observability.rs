@@ -35,7 +35,10 @@ use lb_tests::{
     topology::{vip, Family, Topology},
     unique_name,
 };
-use lb_userspace::agent::{flows::Flows, Stats};
+use lb_userspace::agent::{
+    flows::{FlowState, Flows},
+    Stats,
+};
 
 const BACKENDS: usize = 3;
 const PORT: u16 = 8080;
@@ -232,6 +235,7 @@ fn stats_metrics_prometheus_and_flows() {
     assert!(web_flows.complete);
     assert_eq!(web_flows.total, n, "web's flows: one per connection: {web_flows:?}");
     assert_eq!(web_flows.other, 0);
+    assert_eq!(web_flows.unconfirmed, 0, "every connection sent more than its SYN: {web_flows:?}");
     assert_eq!(web_flows.backends.iter().map(|b| b.flows).sum::<u64>(), n, "{web_flows:?}");
     assert_eq!(web_flows.sample.len(), 20, "the default sample");
     for (i, addr) in addrs.iter().enumerate() {
@@ -248,13 +252,22 @@ fn stats_metrics_prometheus_and_flows() {
     let any_flows = flows(&["--vip", "any", "--limit", "100"]);
     assert_eq!(any_flows.total, (UDP_SOCKETS * UDP_PORTS.len()) as u64, "{any_flows:?}");
     assert!(any_flows.sample.iter().all(|f| f.vip.as_deref() == Some("any") && f.protocol == "udp"));
+    // One datagram each: recorded, never confirmed.
+    assert_eq!(any_flows.unconfirmed, any_flows.total, "{any_flows:?}");
+    assert!(any_flows.sample.iter().all(|f| f.state == FlowState::Unconfirmed), "{any_flows:?}");
     let all = flows(&["--limit", "0"]);
     assert_eq!(all.total, n + any_flows.total, "every flow");
     assert_eq!(all.table, all.total, "the table holds nothing else");
     assert!(all.sample.is_empty());
+    let unconfirmed = flows(&["--state", "unconfirmed", "--limit", "100"]);
+    assert_eq!((unconfirmed.total, unconfirmed.unconfirmed), (any_flows.total, any_flows.total));
+    assert!(unconfirmed.sample.iter().all(|f| f.protocol == "udp"), "{unconfirmed:?}");
+    let confirmed = flows(&["--state", "confirmed", "--limit", "100"]);
+    assert_eq!((confirmed.total, confirmed.unconfirmed), (n, 0), "{confirmed:?}");
+    assert!(confirmed.sample.iter().all(|f| f.state == FlowState::Confirmed && f.protocol == "tcp"));
     let human = lbd.lbctl_ok(&["flows", "--vip", "web"]);
     assert!(
-        human.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["total", &n.to_string()]),
+        human.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["total", &n.to_string(), "0"]),
         "{human}"
     );
 
@@ -282,7 +295,7 @@ fn stats_metrics_prometheus_and_flows() {
     eprintln!("lbctl flows --backend {drained_addr} --limit 2:\n{human}");
     let row: Vec<&str> =
         human.lines().find(|l| l.starts_with("web ")).unwrap_or_default().split_whitespace().collect();
-    assert_eq!(row, ["web", drained_addr.as_str(), "drained", &kept.to_string()], "{human}");
+    assert_eq!(row, ["web", drained_addr.as_str(), "drained", &kept.to_string(), "0"], "{human}");
     eprintln!(
         "drained {drained_addr}: it keeps its {kept} flows; {AFTER_DRAIN} new connections went to the others; \
          web has {} flows",

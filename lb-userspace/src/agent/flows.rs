@@ -1,5 +1,6 @@
 //! The flow table as operators see it: which connections are pinned to which backend, so that
-//! an operator can tell when a drained backend has no flows left.
+//! an operator can tell when a drained backend has no flows left, and how many flows are only
+//! unconfirmed (one packet seen: a handshake under way, or a flood's spoofed packets).
 //!
 //! A flow is shown under the VIP whose service its destination matches now: (address, port,
 //! protocol), then (address, any port, protocol). (The data plane goes by the VIP id in the
@@ -22,11 +23,36 @@ pub const DEFAULT_SAMPLE: usize = 20;
 /// The most sample rows one answer carries.
 pub const MAX_SAMPLE: usize = 10_000;
 
+/// A flow's state in the table: every flow is recorded unconfirmed by its first packet and
+/// confirmed by its second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowState {
+    /// Two packets or more seen: an established connection (or a UDP flow that goes on).
+    Confirmed,
+    /// One packet seen: a SYN waiting for its ACK, a one-packet UDP flow, or a flood's spoofed
+    /// packet. A new flow takes such an entry before any confirmed flow's.
+    Unconfirmed,
+}
+
+impl FlowState {
+    /// As the API and `lbctl flows --state` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowState::Confirmed => "confirmed",
+            FlowState::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
 /// The flows matching a query: counts over all of them, and a sample.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Flows {
     /// Flows matching the filters, all of them (not only the sample).
     pub total: u64,
+    /// Of `total`, the unconfirmed ones.
+    #[serde(default)]
+    pub unconfirmed: u64,
     /// Every backend in scope with the flows pinned to it, also those with none, in config
     /// order.
     pub backends: Vec<BackendFlows>,
@@ -49,6 +75,9 @@ pub struct BackendFlows {
     pub weight: u32,
     pub drained: bool,
     pub flows: u64,
+    /// Of `flows`, the unconfirmed ones.
+    #[serde(default)]
+    pub unconfirmed: u64,
 }
 
 /// One flow, as the client sent it.
@@ -62,6 +91,7 @@ pub struct Flow {
     pub protocol: String,
     /// The backend the flow is pinned to (none: a backend removed since).
     pub backend: Option<IpAddr>,
+    pub state: FlowState,
 }
 
 /// A flow-table query: everything it needs from the agent, so that the walk (which can take a
@@ -74,6 +104,7 @@ pub struct FlowQuery {
     ids: HashMap<u32, (String, IpAddr)>,
     vip: Option<String>,
     backend: Option<IpAddr>,
+    state: Option<FlowState>,
     limit: usize,
     /// The rows of the answer, with no flows counted yet.
     rows: Vec<BackendFlows>,
@@ -81,11 +112,13 @@ pub struct FlowQuery {
 
 impl Agent {
     /// Prepares a walk of the flow table for the flows of `vip` (any VIP if `None`) pinned to
-    /// `backend` (any backend if `None`), with a sample of at most `limit` of them.
+    /// `backend` (any backend if `None`) in `state` (either if `None`), with a sample of at most
+    /// `limit` of them.
     pub fn flow_query(
         &self,
         vip: Option<&str>,
         backend: Option<IpAddr>,
+        state: Option<FlowState>,
         limit: usize,
     ) -> Result<FlowQuery, AgentError> {
         if let Some(name) = vip {
@@ -129,6 +162,7 @@ impl Agent {
                     weight: b.weight,
                     drained: b.drained,
                     flows: 0,
+                    unconfirmed: 0,
                 })
             })
             .collect();
@@ -138,6 +172,7 @@ impl Agent {
             ids,
             vip: vip.map(str::to_owned),
             backend,
+            state,
             limit: limit.min(MAX_SAMPLE),
             rows,
         })
@@ -147,12 +182,17 @@ impl Agent {
 impl FlowQuery {
     /// Walks the flow table (blocking: it reads the whole mapped table).
     pub fn run(self) -> Result<Flows, DatapathError> {
-        let FlowQuery { table, services, ids, vip, backend, limit, mut rows } = self;
+        let FlowQuery { table, services, ids, vip, backend, state, limit, mut rows } = self;
         let row_of: HashMap<(String, IpAddr), usize> =
             rows.iter().enumerate().map(|(i, r)| ((r.vip.clone(), r.address), i)).collect();
-        let (mut total, mut other) = (0, 0);
+        let (mut total, mut unconfirmed, mut other) = (0, 0, 0);
         let mut sample = Vec::new();
-        let walk = table.walk(|key, id| {
+        let walk = table.walk_values(|key, value, confirmed| {
+            let flow_state = if confirmed { FlowState::Confirmed } else { FlowState::Unconfirmed };
+            if state.is_some_and(|s| s != flow_state) {
+                return;
+            }
+            let id = value.backend;
             let Some((client, destination)) = endpoints(key) else { return };
             let flow_vip = services
                 .get(&(destination.ip(), destination.port(), key.proto))
@@ -164,9 +204,14 @@ impl FlowQuery {
             if backend.is_some() && pinned.map(|(_, a)| *a) != backend {
                 return;
             }
+            let unconfirmed_flow = u64::from(!confirmed);
             total += 1;
+            unconfirmed += unconfirmed_flow;
             match pinned.and_then(|p| row_of.get(p)) {
-                Some(&i) => rows[i].flows += 1,
+                Some(&i) => {
+                    rows[i].flows += 1;
+                    rows[i].unconfirmed += unconfirmed_flow;
+                }
                 None => other += 1,
             }
             if sample.len() < limit {
@@ -180,10 +225,19 @@ impl FlowQuery {
                         p => p.to_string(),
                     },
                     backend: pinned.map(|(_, a)| *a),
+                    state: flow_state,
                 });
             }
         })?;
-        Ok(Flows { total, backends: rows, other, sample, table: walk.flows, complete: walk.complete })
+        Ok(Flows {
+            total,
+            unconfirmed,
+            backends: rows,
+            other,
+            sample,
+            table: walk.flows,
+            complete: walk.complete,
+        })
     }
 }
 
@@ -205,6 +259,15 @@ fn endpoints(key: &FlowKey) -> Option<(SocketAddr, SocketAddr)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_names_are_the_api_spelling() {
+        for state in [FlowState::Confirmed, FlowState::Unconfirmed] {
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{}\"", state.name()));
+            let value = clap::ValueEnum::to_possible_value(&state).unwrap();
+            assert_eq!(value.get_name(), state.name(), "lbctl flows --state");
+        }
+    }
 
     #[test]
     fn endpoints_of_both_families() {

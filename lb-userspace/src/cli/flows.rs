@@ -2,7 +2,7 @@
 use std::net::IpAddr;
 
 use super::{output::table, Ctx, Failure};
-use crate::agent::flows::Flows;
+use crate::agent::flows::{FlowState, Flows};
 
 #[derive(clap::Args)]
 pub struct FlowsArgs {
@@ -12,6 +12,10 @@ pub struct FlowsArgs {
     /// Only the flows pinned to this backend address.
     #[arg(long, value_name = "ADDRESS")]
     backend: Option<IpAddr>,
+    /// Only confirmed flows (two packets or more seen) or only unconfirmed ones (one packet
+    /// seen: a SYN waiting for its ACK, or a flood's spoofed packets).
+    #[arg(long, value_enum)]
+    state: Option<FlowState>,
     /// How many flows to list; the counts cover all of them whatever this is.
     #[arg(long, value_name = "N", default_value_t = crate::agent::flows::DEFAULT_SAMPLE)]
     limit: usize,
@@ -25,6 +29,9 @@ pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {
     if let Some(backend) = args.backend {
         query += &format!("&backend={}", percent_encode(&backend.to_string()));
     }
+    if let Some(state) = args.state {
+        query += &format!("&state={}", state.name());
+    }
     let body = ctx.get(&query).await?;
     ctx.print(&body, |f: Flows| {
         let mut rows: Vec<Vec<String>> = f
@@ -36,14 +43,27 @@ pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {
                     b.address.to_string(),
                     if b.drained { "drained".into() } else { format!("weight {}", b.weight) },
                     b.flows.to_string(),
+                    b.unconfirmed.to_string(),
                 ]
             })
             .collect();
         if f.other > 0 {
-            rows.push(vec!["-".into(), "(removed backends)".into(), String::new(), f.other.to_string()]);
+            rows.push(vec![
+                "-".into(),
+                "(removed backends)".into(),
+                String::new(),
+                f.other.to_string(),
+                String::new(),
+            ]);
         }
-        rows.push(vec!["total".into(), String::new(), String::new(), f.total.to_string()]);
-        table(&["VIP", "BACKEND", "STATE", "FLOWS"], &rows);
+        rows.push(vec![
+            "total".into(),
+            String::new(),
+            String::new(),
+            f.total.to_string(),
+            f.unconfirmed.to_string(),
+        ]);
+        table(&["VIP", "BACKEND", "STATE", "FLOWS", "UNCONFIRMED"], &rows);
         if !f.complete {
             println!("(some entries were being written at every read of them: the counts are lower bounds)");
         }
@@ -61,14 +81,16 @@ pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {
                     s.client.to_string(),
                     s.destination.to_string(),
                     s.backend.map(|b| b.to_string()).unwrap_or_else(|| "(removed)".into()),
+                    s.state.name().into(),
                 ]
             })
             .collect();
-        table(&["VIP", "PROTO", "CLIENT", "DESTINATION", "BACKEND"], &sample);
+        table(&["VIP", "PROTO", "CLIENT", "DESTINATION", "BACKEND", "FLOW"], &sample);
         println!(
             "{} of {} flows listed (--limit N lists more); the table holds {} flows in all.\n\
-             A flow stays until a new flow of its set takes its entry (idle ones first): closed \
-             connections count until then.",
+             A flow stays until a new flow of its set takes its entry (unconfirmed and idle ones \
+             first): closed connections count until then. Unconfirmed: one packet seen (a SYN \
+             waiting for its ACK, or a flood's spoofed packets).",
             f.sample.len(),
             f.total,
             f.table

@@ -800,10 +800,12 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
         rows.extend(by.rows("flows cost", "ns/packet", 1, Some(floor), false, target));
         rows.extend(lookup.rows("flows cost", "ns/packet", 1, Some(floor), false, None));
     }
-    rows.extend(syn.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(3.0)));
-    rows.extend(miss.rows("flows cost", "ns/packet", 1, Some(floor), false, None));
-    rows.extend(second.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(5.0)));
-    rows.extend(lost.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(5.0)));
+    if a.new_flows {
+        rows.extend(syn.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(3.0)));
+        rows.extend(miss.rows("flows cost", "ns/packet", 1, Some(floor), false, None));
+        rows.extend(second.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(5.0)));
+        rows.extend(lost.rows("flows cost", "ns/packet", 1, Some(floor), false, Some(5.0)));
+    }
     rows
 }
 
@@ -850,7 +852,9 @@ fn pps_section(b: &mut Bench, a: &Args) -> Vec<Row> {
             );
         }
     }
-    rows.extend(by.rows("flows pps", "x encap", 2, None, true, Some(0.7)));
+    if a.new_flows {
+        rows.extend(by.rows("flows pps", "x encap", 2, None, true, Some(0.7)));
+    }
     let mut by = ByShape::new("established, 10k flows: 2 cores / 1 core");
     for s in shape::ALL.into_iter().filter(|_| a.established) {
         b.warm(s, 10_000);
@@ -858,7 +862,9 @@ fn pps_section(b: &mut Bench, a: &Args) -> Vec<Row> {
             by.push(s, scaling(b, flowgen(Packet::Ack, s, 10_000, mac), budget));
         }
     }
-    rows.extend(by.rows("flows pps", "x 1 core", 2, None, true, Some(1.8)));
+    if a.established {
+        rows.extend(by.rows("flows pps", "x 1 core", 2, None, true, Some(1.8)));
+    }
     rows
 }
 

@@ -12,8 +12,8 @@ pub struct FlowsArgs {
     /// Only the flows pinned to this backend address.
     #[arg(long, value_name = "ADDRESS")]
     backend: Option<IpAddr>,
-    /// Only confirmed flows (two packets or more seen) or only unconfirmed ones (one packet
-    /// seen: a SYN waiting for its ACK, or a flood's spoofed packets).
+    /// Only the flows in this state (every flow is recorded unconfirmed by its first packet and
+    /// confirmed by its second).
     #[arg(long, value_enum)]
     state: Option<FlowState>,
     /// How many flows to list; the counts cover all of them whatever this is.

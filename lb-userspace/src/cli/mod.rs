@@ -71,7 +71,8 @@ enum Command {
     /// The flows pinned to each backend, and a sample of them.
     ///
     /// The counts cover every flow in the table: a drained backend with none left is safe to
-    /// remove.
+    /// remove. UNCONFIRMED counts the flows that have seen one packet (a SYN waiting for its
+    /// ACK, or a SYN flood's spoofed packets): a new flow takes their entries first.
     Flows(flows::FlowsArgs),
     /// Apply a config file's VIPs and source settings (like SIGHUP, from any file).
     Apply {

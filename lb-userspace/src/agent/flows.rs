@@ -51,7 +51,6 @@ pub struct Flows {
     /// Flows matching the filters, all of them (not only the sample).
     pub total: u64,
     /// Of `total`, the unconfirmed ones.
-    #[serde(default)]
     pub unconfirmed: u64,
     /// Every backend in scope with the flows pinned to it, also those with none, in config
     /// order.
@@ -76,7 +75,6 @@ pub struct BackendFlows {
     pub drained: bool,
     pub flows: u64,
     /// Of `flows`, the unconfirmed ones.
-    #[serde(default)]
     pub unconfirmed: u64,
 }
 

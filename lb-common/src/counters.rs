@@ -65,13 +65,13 @@ counters! {
     Decapsulated = 23, Event, "decapsulated", "tunnelled packets the decap program stripped and passed on (backend hosts)";
     DecapRefused = 24, Drop, "decap_refused", "tunnels from an outer source outside the backend host's allowed_sources: dropped (backend hosts)";
     DecapFragment = 25, Pass, "decap_fragment", "fragments of tunnel packets: passed unstripped to the stack, which reassembles (backend hosts)";
-    DropAcl = 26, Drop, "drop_acl", "from a source the global deny list or the VIP's access lists refuse: dropped before any flow lookup";
+    DropAcl = 26, Drop, "drop_acl", "from a source the global deny list or the VIP's access lists refuse: dropped before its flow is recorded (a SYN before any flow lookup)";
     DropRateNewFlows = 27, Drop, "drop_rate_new_flows", "a new flow over its source's new-flows-a-second limit (vip.limits.new_flows_per_source): dropped";
     DropRatePackets = 28, Drop, "drop_rate_packets", "over its source's packets-a-second limit (vip.limits.packets_per_source): dropped";
     DropVipNewFlowCap = 29, Drop, "drop_vip_new_flow_cap", "a new flow over the VIP's new-flows-a-second cap (vip.limits.new_flows): dropped";
     PassRateLimited = 30, Pass, "pass_rate_limited", "a new TCP flow over a new-flow limit of a VIP with limits.over_limit = \"pass\": passed to the stack";
-    FlowEvicted = 31, Event, "flow_evicted", "confirmed flows whose entry a new flow took (idle for a second or more, the longest idle of their set): their next packet is scheduled again; many mean limits.flows is too small";
-    FlowNotRecorded = 32, Event, "flow_not_recorded", "new flows not recorded: every entry of their set held a flow active in the last second; their next packet is scheduled again; many mean limits.flows is too small";
+    FlowEvicted = 31, Event, "flow_evicted", "confirmed flows whose entry a new flow took (idle for two of the table's 1.07-s clock ticks or more, the longest idle of their two sets): their next packet is scheduled again; many mean limits.flows is too small";
+    FlowNotRecorded = 32, Event, "flow_not_recorded", "new flows not recorded: every entry of their two sets held a connection active in the last two clock ticks (about 2 s), or another CPU wrote the chosen entry first; their next packet is scheduled again; many mean limits.flows is too small";
 }
 
 impl Counter {

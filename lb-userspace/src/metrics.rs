@@ -127,7 +127,7 @@ pub const VIP_POLICY_DROPS: Family = Family {
     unit: None,
     kind: MetricType::Counter,
     labels: &["vip", "service", "reason"],
-    help: "Packets to the VIP its policy dropped before any flow work, by `reason`: `acl` (global deny list or the VIP's lists), `rate_new_flows`, `rate_packets` (per source), `vip_new_flow_cap`",
+    help: "Packets to the VIP its policy dropped before their flow was recorded, by `reason`: `acl` (global deny list or the VIP's lists), `rate_new_flows`, `rate_packets` (per source), `vip_new_flow_cap`",
 };
 pub const VIP_POLICY_PASSED: Family = Family {
     name: "lb_vip_policy_passed",
@@ -200,6 +200,20 @@ pub const DATAPATH_EVENTS: Family = Family {
     labels: &["event"],
     help: "Events on the way of packets (flow-table hits and misses, ...), by event",
 };
+pub const FLOW_TABLE_ENTRIES: Family = Family {
+    name: "lb_flow_table_entries",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: &[],
+    help: "Entries of the flow table: the flows it can hold (limits.flows, rounded up to whole sets)",
+};
+pub const FLOW_TABLE_FLOWS: Family = Family {
+    name: "lb_flow_table_flows",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: &["state"],
+    help: "Flows in the flow table by `state`: `confirmed` (two packets or more), `unconfirmed` (one: a SYN waiting for its ACK, a flood's spoofed packets); as lbd's last walk of the table found them (every 10 s, less often for a table that takes over half a second to walk)",
+};
 
 pub const VIP_ANNOUNCED: Family = Family {
     name: "lb_vip_announced",
@@ -245,7 +259,7 @@ pub const BIRD_SESSION_UP: Family = Family {
 };
 
 /// Every family, in the order a scrape gives them.
-pub const FAMILIES: [Family; 24] = [
+pub const FAMILIES: [Family; 26] = [
     INFO,
     START_TIME,
     LOOP_LAG_MAX,
@@ -264,6 +278,8 @@ pub const FAMILIES: [Family; 24] = [
     BACKEND_CONNECTIONS,
     DATAPATH_PACKETS,
     DATAPATH_EVENTS,
+    FLOW_TABLE_ENTRIES,
+    FLOW_TABLE_FLOWS,
     VIP_ANNOUNCED,
     VIP_EXPORTED,
     HOST_DRAINED,
@@ -295,6 +311,8 @@ pub struct Snapshot {
     pub loop_lag_recent_max: f64,
     pub counters: Vec<(Counter, u64)>,
     pub stats: Stats,
+    /// After lbd's first census of the flow table.
+    pub table_fill: Option<crate::agent::TableFill>,
     /// With `[announce]`.
     pub announce: Option<crate::announce::Status>,
 }
@@ -313,6 +331,7 @@ impl Snapshot {
             loop_lag_recent_max: agent.loop_lag.recent_max().as_secs_f64(),
             counters,
             stats: agent.stats().map_err(|e| e.to_string())?,
+            table_fill: agent.table_fill,
             announce: agent.announce_status(),
         })
     }
@@ -395,6 +414,12 @@ impl Collector for Snapshot {
         let events =
             self.counters.iter().filter(|(c, _)| verdict(*c).is_none()).map(|&(c, v)| (vec![c.name()], v));
         family(&mut e, &DATAPATH_EVENTS, events, counter)?;
+        let fill = self.table_fill;
+        family(&mut e, &FLOW_TABLE_ENTRIES, fill.map(|f| (vec![], f.entries)), gauge)?;
+        let states = fill
+            .into_iter()
+            .flat_map(|f| [(vec!["confirmed"], f.confirmed), (vec!["unconfirmed"], f.unconfirmed)]);
+        family(&mut e, &FLOW_TABLE_FLOWS, states, gauge)?;
         match &self.announce {
             Some(a) => announcements(&mut e, a),
             None => Ok(()),
@@ -557,6 +582,12 @@ mod tests {
                     ],
                 }],
             },
+            table_fill: Some(crate::agent::TableFill {
+                entries: 131_072,
+                confirmed: 2056,
+                unconfirmed: 17,
+                complete: true,
+            }),
             announce: Some(announce()),
         }
     }
@@ -617,6 +648,9 @@ mod tests {
             "lb_datapath_packets_total{verdict=\"forward\",reason=\"tx\"} 1013",
             "lb_datapath_packets_total{verdict=\"forward\",reason=\"icmp_echo_reply\"} 1015",
             "lb_datapath_events_total{event=\"flow_hit\"} 1017",
+            "lb_flow_table_entries 131072",
+            "lb_flow_table_flows{state=\"confirmed\"} 2056",
+            "lb_flow_table_flows{state=\"unconfirmed\"} 17",
             "lbd_info{version=\"1.2.3\"} 1",
             "# TYPE lbd_start_time_seconds gauge",
             "lbd_start_time_seconds 1700000000.5",
@@ -649,6 +683,13 @@ mod tests {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
             assert!(text.contains(&format!("# TYPE {name} {}\n", f.type_name())), "{name}:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_flow_table_has_no_samples_before_its_first_census() {
+        let text = render(Snapshot { table_fill: None, ..snapshot() }, Format::Text);
+        assert!(text.contains("# TYPE lb_flow_table_flows gauge"), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("lb_flow_table_")), "no census yet:\n{text}");
     }
 
     #[test]

@@ -44,6 +44,8 @@ const BACKENDS: usize = 3;
 const PORT: u16 = 8080;
 /// lbd's metrics endpoint and Prometheus' API, both on the lb namespace's loopback.
 const METRICS: &str = "127.0.0.1:9100";
+/// lbd walks its flow table every 10 s (lb_userspace::agent::event_loop::FLOW_CENSUS).
+const CENSUS_WITHIN: Duration = Duration::from_secs(15);
 const PROMETHEUS: &str = "127.0.0.1:9090";
 /// The client opens a connection, then sleeps this long.
 const TRAFFIC_GAP: Duration = Duration::from_millis(3);
@@ -270,6 +272,30 @@ fn stats_metrics_prometheus_and_flows() {
         human.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["total", &n.to_string(), "0"]),
         "{human}"
     );
+
+    // ---- The flow table's fill in the metrics: lbd's census (every 10 s) --------------------
+    let census = [
+        "lb_flow_table_entries 131072".to_owned(),
+        format!("lb_flow_table_flows{{state=\"confirmed\"}} {n}"),
+        format!("lb_flow_table_flows{{state=\"unconfirmed\"}} {}", any_flows.total),
+    ];
+    let t = Instant::now();
+    let mut text = String::new();
+    while t.elapsed() < CENSUS_WITHIN {
+        text = curl(&topo.lb.ns, &format!("http://{METRICS}/metrics"), &[]);
+        if census.iter().all(|want| text.lines().any(|l| l == want)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let missing: Vec<&String> = census.iter().filter(|want| !text.lines().any(|l| l == *want)).collect();
+    if !missing.is_empty() {
+        let seen: Vec<&str> = text.lines().filter(|l| l.starts_with("lb_flow_table_")).collect();
+        fail(format!(
+            "no census of the flow table within {CENSUS_WITHIN:?}: missing {missing:?}, seen {seen:?}"
+        ));
+    }
+    eprintln!("flow-table census in the metrics after {:.2?}", t.elapsed());
 
     // ---- Drain: the drained backend keeps its flows; new ones go elsewhere --------------------
     let drained = web_flows.backends.iter().max_by_key(|b| b.flows).expect("backends");

@@ -26,10 +26,10 @@
 //!   larger than on a wire and its ratio to the encapsulation floor a stricter one.
 //! - Flow counts 1, 10k, 100k, 1M and 4M (`--max-flows`), in a flow table of two entries for
 //!   each flow of the count (at that load about 0.03 % of flows find both their sets full and
-//!   are not recorded: up to 0.1 % of an established run's packets may miss); every flow
+//!   are not recorded: up to 0.5 % of an established run's packets may miss); every flow
 //!   recorded first (two packets each: the first records it unconfirmed, the second confirms
 //!   it). New flows run against a second balancer with the production table size, filled and
-//!   left idle for two of the table's clock ticks before each round, as a full table's oldest
+//!   left idle for three of the table's clock ticks before each round, as a full table's oldest
 //!   flows are: SYNs (each records its flow), each SYN followed by its ACK with the ACK alone
 //!   timed (BPF statistics read around it), and packets of connections the table never saw.
 //! - Each measured run is checked: the balancer's verdict counters moved by exactly the

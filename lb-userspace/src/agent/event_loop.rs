@@ -23,8 +23,12 @@ use crate::{
     health::{HealthEvent, HealthEvents},
 };
 
-/// How often lbd recounts the open connections of least-conn VIPs from the flow table.
-pub const CONNECTION_RECOUNT: Duration = Duration::from_secs(10);
+/// How often lbd walks the flow table for its census (the table's fill, and the open
+/// connections of least-conn VIPs).
+pub const FLOW_CENSUS: Duration = Duration::from_secs(10);
+/// A census walk that took `d` starts the next `CENSUS_SPACING` × `d` after its own start at
+/// the earliest: however big the table, the walks take at most 5 % of a core.
+const CENSUS_SPACING: u32 = 20;
 /// What the data plane caches per CPU (next hops) expires every `CACHE_REFRESH`: route and
 /// neighbour changes apply within it without a FIB lookup per packet. The loop's lag is
 /// measured on this tick.
@@ -84,7 +88,7 @@ impl LoopLag {
     }
 }
 
-/// Runs until SIGTERM or SIGINT. Walks of the flow table (the least-conn recount, resets of a
+/// Runs until SIGTERM or SIGINT. Walks of the flow table (the census, resets of a
 /// down backend's flows) and the second void of removed VIPs' flows run on tasks of their own.
 pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) {
     let (voids_tx, mut voids) = mpsc::unbounded_channel();
@@ -99,12 +103,13 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
     tokio::spawn(reset_flows(agent.clone(), resets));
     let mut caches = tokio::time::interval(CACHE_REFRESH);
     caches.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut recount = tokio::time::interval(CONNECTION_RECOUNT);
-    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut census = tokio::time::interval(FLOW_CENSUS);
+    census.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_hops = tokio::time::interval(NEXT_HOP_REFRESH);
     next_hops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // At most one recount at a time: a walk slower than the period skips the ticks it spans.
-    let mut recounting: Option<JoinHandle<()>> = None;
+    // At most one census at a time: a walk slower than the period (with its spacing) skips the
+    // ticks it spans.
+    let mut counting: Option<JoinHandle<()>> = None;
     let mut announce = tokio::time::interval(crate::announce::RETRY);
     announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reading_bird: Option<JoinHandle<()>> = None;
@@ -134,9 +139,9 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
                     error!("keeping the backends' next hops resolved: {e}");
                 }
             }
-            _ = recount.tick() => {
-                if recounting.as_ref().is_none_or(JoinHandle::is_finished) {
-                    recounting = Some(tokio::spawn(recount_connections(agent.clone())));
+            _ = census.tick() => {
+                if counting.as_ref().is_none_or(JoinHandle::is_finished) {
+                    counting = Some(tokio::spawn(take_census(agent.clone())));
                 }
             }
             Some(at) = voids.recv() => {
@@ -246,22 +251,23 @@ async fn reset_flows(agent: Shared, mut resets: mpsc::UnboundedReceiver<(u32, St
     }
 }
 
-/// Recounts the least-conn backends' open connections from the flow table (off the agent lock
-/// and off the event loop) and corrects the data plane's counts that drifted.
-async fn recount_connections(agent: Shared) {
-    let recount = match agent.lock().await.connection_recount() {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err(e) => return error!("recounting open connections: {e}"),
+/// Walks the flow table (off the agent lock and off the event loop): keeps its fill for the
+/// metrics and corrects the least-conn counts that drifted. Returns only after the spacing
+/// that the walk's time asks for.
+async fn take_census(agent: Shared) {
+    let census = match agent.lock().await.flow_census() {
+        Ok(c) => c,
+        Err(e) => return error!("walking the flow table for its census: {e}"),
     };
     let started = Instant::now();
-    let found = match tokio::task::spawn_blocking(move || recount.run()).await {
+    let found = match tokio::task::spawn_blocking(move || census.run()).await {
         Ok(Ok(found)) => found,
-        Ok(Err(e)) => return error!("recounting open connections: {e}"),
-        Err(e) => return error!("recounting open connections: {e}"),
+        Ok(Err(e)) => return error!("walking the flow table for its census: {e}"),
+        Err(e) => return error!("walking the flow table for its census: {e}"),
     };
-    let walk_ms = started.elapsed().as_millis() as u64;
-    match agent.lock().await.correct_connections(&found) {
+    let took = started.elapsed();
+    let walk_ms = took.as_millis() as u64;
+    match agent.lock().await.take_census(&found) {
         Ok(corrections) => {
             for (vip, backend, was, now) in corrections {
                 info!(vip, %backend, was, now, walk_ms, "corrected a backend's count of open connections from the flow table");
@@ -269,6 +275,7 @@ async fn recount_connections(agent: Shared) {
         }
         Err(e) => error!("correcting open connections: {e}"),
     }
+    tokio::time::sleep((took * (CENSUS_SPACING - 1)).saturating_sub(started.elapsed() - took)).await;
 }
 
 /// SIGHUP: the config file again, applied as a whole or not at all.

@@ -94,35 +94,56 @@ impl SavedState {
     }
 }
 
-/// A walk of the flow table that counts, per least-conn backend, the flows still marked as open
-/// connections (`FLOW_COUNTED`): what the data plane's counts should be. They drift when flows
-/// leave the table without a FIN or RST the balancer saw (evicted when idle, clients gone).
-pub struct ConnectionRecount {
+/// The event loop's periodic walk of the flow table. It counts the flows the table holds,
+/// confirmed and not (the metrics' `lb_flow_table_flows`), and, per least-conn backend, the
+/// flows still marked as open connections (`FLOW_COUNTED`): what the data plane's counts should
+/// be. Those drift when flows leave the table without a FIN or RST the balancer saw (evicted
+/// when idle, clients gone).
+pub struct FlowCensus {
     table: crate::datapath::FlowTable,
-    /// Backend id -> the data plane's count (as stored) before the walk.
+    /// Least-conn backend id -> the data plane's count (as stored) before the walk.
     before: BTreeMap<u32, u64>,
 }
 
-/// What a [`ConnectionRecount`] found.
-pub struct Recounted {
+/// What a [`FlowCensus`] found.
+pub struct Census {
     before: BTreeMap<u32, u64>,
     /// Backend id -> flows marked open.
     counted: BTreeMap<u32, u64>,
-    /// The walk saw the whole table.
-    complete: bool,
+    fill: TableFill,
 }
 
-impl ConnectionRecount {
+/// How full the flow table is, as a census found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableFill {
+    /// The table's entries: the flows it can hold.
+    pub entries: u64,
+    pub confirmed: u64,
+    pub unconfirmed: u64,
+    /// The walk saw the whole table (else the counts are lower bounds: heavy churn).
+    pub complete: bool,
+}
+
+impl FlowCensus {
     /// Walks the flow table (blocking: it reads the whole mapped table).
-    pub fn run(self) -> Result<Recounted, DatapathError> {
+    pub fn run(self) -> Result<Census, DatapathError> {
         let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
-        // Unconfirmed flows are counted only once they are confirmed (the data plane's way too).
+        let mut unconfirmed = 0;
+        // Unconfirmed flows are counted as connections only once they are confirmed (the data
+        // plane's way too).
         let walk = self.table.walk_values(|_, value, confirmed| {
+            unconfirmed += u64::from(!confirmed);
             if confirmed && value.counted && self.before.contains_key(&value.backend) {
                 *counted.entry(value.backend).or_default() += 1;
             }
         })?;
-        Ok(Recounted { before: self.before, counted, complete: walk.complete })
+        let fill = TableFill {
+            entries: self.table.entries(),
+            confirmed: walk.flows - unconfirmed,
+            unconfirmed,
+            complete: walk.complete,
+        };
+        Ok(Census { before: self.before, counted, fill })
     }
 }
 
@@ -155,6 +176,8 @@ pub struct Agent {
     pub voids_due: Option<tokio::sync::mpsc::UnboundedSender<std::time::Instant>>,
     /// How late the event loop runs.
     pub loop_lag: std::sync::Arc<event_loop::LoopLag>,
+    /// The flow table's fill as the last census found it (`None` before the first).
+    pub table_fill: Option<TableFill>,
     /// The status page's history of rates, sampled by the event loop.
     pub samples: std::sync::Arc<crate::web::Samples>,
     /// This agent's hold on the pins, as long as it lives.
@@ -639,10 +662,9 @@ impl Agent {
         self.datapath.active_connections(id).map(|n| Some(crate::datapath::open_connections(n)))
     }
 
-    /// Prepares a recount of the least-conn backends' open connections from the flow table:
-    /// `None` when no VIP uses least-conn. Run it off the agent (the walk takes a while), then
-    /// give the result to [`Self::correct_connections`].
-    pub fn connection_recount(&self) -> Result<Option<ConnectionRecount>, AgentError> {
+    /// Prepares a census of the flow table. Run it off the agent (the walk takes a while), then
+    /// give the result to [`Self::take_census`].
+    pub fn flow_census(&self) -> Result<FlowCensus, AgentError> {
         let mut before = BTreeMap::new();
         for v in self.config.vips.iter().filter(|v| v.scheduler == Scheduler::LeastConn) {
             for b in &v.backends {
@@ -653,22 +675,18 @@ impl Agent {
                 }
             }
         }
-        if before.is_empty() {
-            return Ok(None);
-        }
         let table = self.datapath.flow_table().map_err(|e| AgentError::Apply(e.into()))?;
-        Ok(Some(ConnectionRecount { table, before }))
+        Ok(FlowCensus { table, before })
     }
 
-    /// Writes the counts a recount found where the data plane's differ and did not move during
-    /// the walk (a count that moved is in flux: the next recount looks again). Returns the
-    /// corrections: (VIP, backend address, count before, count after).
-    pub fn correct_connections(
-        &mut self,
-        recount: &Recounted,
-    ) -> Result<Vec<(String, IpAddr, u64, u64)>, AgentError> {
+    /// Keeps the table's fill a census found (for the metrics), and writes the least-conn
+    /// counts it found where the data plane's differ and did not move during the walk (a count
+    /// that moved is in flux: the next census looks again). Returns the corrections: (VIP,
+    /// backend address, count before, count after).
+    pub fn take_census(&mut self, recount: &Census) -> Result<Vec<(String, IpAddr, u64, u64)>, AgentError> {
+        self.table_fill = Some(recount.fill);
         let mut corrections = Vec::new();
-        if !recount.complete {
+        if !recount.fill.complete {
             return Ok(corrections);
         }
         for (&id, &before) in &recount.before {

@@ -111,6 +111,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         down: Default::default(),
         voids_due: None,
         loop_lag: Default::default(),
+        table_fill: None,
         samples: Default::default(),
         pin_lock,
         announcer: config.announce.as_ref().map(|a| Announcer::new(a, host_drained)).transpose()?,

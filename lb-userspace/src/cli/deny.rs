@@ -8,7 +8,7 @@ use crate::api::{DenyRequest, DenyView};
 #[derive(Subcommand)]
 pub enum DenyCommand {
     /// Deny PREFIX to one VIP (--vip) or to every VIP, e.g. `lbctl deny add 198.18.7.0/24 --for 10m`.
-    /// Its packets are dropped before any flow work, established flows included. Kept across
+    /// Its packets are dropped before their flow is recorded, established flows included. Kept across
     /// restarts and config reloads until removed or expired.
     Add {
         /// An address prefix (198.18.7.0/24, fd00:7::/48) or one address.

@@ -365,6 +365,11 @@ pub fn map_pinned_flow_table(path: &std::path::Path) -> Result<MappedFlowTable, 
 }
 
 impl FlowTable {
+    /// The table's entries: the flows it can hold.
+    pub fn entries(&self) -> u64 {
+        self.entries.len().into()
+    }
+
     /// Calls `visit` once for each flow in the table, confirmed or not, with the backend id it
     /// is pinned to. Void entries (of a VIP that is gone or was replaced, or of a backend id with
     /// another owner: the data plane ignores them) are skipped.

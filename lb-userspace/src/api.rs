@@ -373,6 +373,9 @@ pub struct Status {
     pub global_deny: usize,
     #[serde(default)]
     pub denies: usize,
+    /// The flow table's fill at lbd's last census of it (none yet: `None`).
+    #[serde(default)]
+    pub flow_table: Option<crate::agent::TableFill>,
 }
 
 async fn status(State(agent): State<Shared>) -> Json<Status> {
@@ -399,6 +402,7 @@ pub fn status_of(a: &Agent) -> Status {
         announce: a.announce_status(),
         global_deny: a.config.security.deny.len(),
         denies: a.denies.len(),
+        flow_table: a.table_fill,
     }
 }
 

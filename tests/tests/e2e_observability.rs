@@ -296,6 +296,18 @@ fn stats_metrics_prometheus_and_flows() {
         ));
     }
     eprintln!("flow-table census in the metrics after {:.2?}", t.elapsed());
+    let status: serde_json::Value =
+        serde_json::from_str(&lbd.lbctl_ok(&["--json", "status"])).expect("lbctl --json status");
+    let fill = &status["flow_table"];
+    assert_eq!(
+        (fill["entries"].as_u64(), fill["confirmed"].as_u64(), fill["unconfirmed"].as_u64()),
+        (Some(131_072), Some(n), Some(any_flows.total)),
+        "lbctl status: {status}"
+    );
+    let human = lbd.lbctl_ok(&["status"]);
+    let line = human.lines().find(|l| l.starts_with("flow table")).unwrap_or_default();
+    let want = format!("flow table   {} flows in 131072 entries", n + any_flows.total);
+    assert!(line.starts_with(&want), "lbctl status: {line:?}, want {want:?}");
 
     // ---- Drain: the drained backend keeps its flows; new ones go elsewhere --------------------
     let drained = web_flows.backends.iter().max_by_key(|b| b.flows).expect("backends");

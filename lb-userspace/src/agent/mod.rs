@@ -114,7 +114,7 @@ pub struct Census {
 }
 
 /// How full the flow table is, as a census found it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TableFill {
     /// The table's entries: the flows it can hold.
     pub entries: u64,

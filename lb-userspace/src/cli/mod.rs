@@ -45,7 +45,8 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show lbd's state: interfaces, pins, whether it adopted a running data plane.
+    /// Show lbd's state: interfaces, pins, whether it adopted a running data plane, the flow
+    /// table's fill, the event loop's lag, ring fingerprints and announcements.
     Status,
     /// Add, remove and list VIPs (virtual services).
     #[command(subcommand)]

@@ -49,6 +49,17 @@ pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
         println!("vips         {}", s.vips);
         println!("backends     {}", s.backends);
         println!("denies       {} global in the config, {} added with lbctl deny", s.global_deny, s.denies);
+        match s.flow_table {
+            Some(f) => println!(
+                "flow table   {} flows in {} entries ({:.1} % full), {} of them unconfirmed{} (census every 10 s)",
+                f.confirmed + f.unconfirmed,
+                f.entries,
+                100.0 * (f.confirmed + f.unconfirmed) as f64 / f.entries.max(1) as f64,
+                f.unconfirmed,
+                if f.complete { "" } else { " (at least: entries were being written)" }
+            ),
+            None => println!("flow table   not counted yet (lbd's first census runs at start)"),
+        }
         println!(
             "event loop   at most {:.1} ms late (in the last minute: {:.1} ms)",
             1e3 * s.event_loop_lag_max_seconds,

@@ -275,7 +275,7 @@ async fn take_census(agent: Shared) {
         }
         Err(e) => error!("correcting open connections: {e}"),
     }
-    tokio::time::sleep((took * (CENSUS_SPACING - 1)).saturating_sub(started.elapsed() - took)).await;
+    tokio::time::sleep_until((started + took * CENSUS_SPACING).into()).await;
 }
 
 /// SIGHUP: the config file again, applied as a whole or not at all.

@@ -683,16 +683,16 @@ impl Agent {
     /// counts it found where the data plane's differ and did not move during the walk (a count
     /// that moved is in flux: the next census looks again). Returns the corrections: (VIP,
     /// backend address, count before, count after).
-    pub fn take_census(&mut self, recount: &Census) -> Result<Vec<(String, IpAddr, u64, u64)>, AgentError> {
-        self.table_fill = Some(recount.fill);
+    pub fn take_census(&mut self, census: &Census) -> Result<Vec<(String, IpAddr, u64, u64)>, AgentError> {
+        self.table_fill = Some(census.fill);
         let mut corrections = Vec::new();
-        if !recount.fill.complete {
+        if !census.fill.complete {
             return Ok(corrections);
         }
-        for (&id, &before) in &recount.before {
+        for (&id, &before) in &census.before {
             let dp = &mut self.datapath;
             let now = dp.active_connections(id).map_err(|e| AgentError::Apply(e.into()))?;
-            let counted = recount.counted.get(&id).copied().unwrap_or(0);
+            let counted = census.counted.get(&id).copied().unwrap_or(0);
             if now == before && now != counted {
                 dp.set_active_connections(id, counted).map_err(|e| AgentError::Apply(e.into()))?;
                 let owner = self.applied.ids.backends.iter().find_map(|(vip, by_address)| {

@@ -167,6 +167,8 @@ fn status_page_in_a_browser() {
             }
             Err(format!("the page's rate and lbctl stats' differ by more than 20 % eight times: {last}"))
         })();
+        // ---- The flow table's fill: lbd's census, as lbctl status has it ----------------------
+        let during = during.and_then(|()| check_flow_table_tile(&browser, &lbd));
         // ---- lbctl's drain on the page -------------------------------------------------------
         let during = during.and_then(|()| check_drain_shows(&browser, &lbd, &addrs[0]));
         // ---- A health failure: the backend shows down ----------------------------------------
@@ -322,6 +324,50 @@ fn lbctl_pps(lbd: &Lbd) -> Result<f64, String> {
     let row = table.lines().find(|l| l.starts_with("web ")).ok_or(format!("no web row in:\n{table}"))?;
     let cell = row.split_whitespace().nth(2).ok_or(format!("a short row: {row}"))?;
     si(cell).ok_or(format!("{cell:?} is not a rate: {row}"))
+}
+
+/// The page's Flow table tile says what `lbctl status` says once lbd's census has seen the
+/// traffic's flows: its percentage full, the flows, the unconfirmed ones (the census is every
+/// 10 s: the tries span two).
+fn check_flow_table_tile(browser: &Browser, lbd: &Lbd) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..14 {
+        let status: serde_json::Value = serde_json::from_str(&lbd.lbctl_ok(&["--json", "status"]))
+            .map_err(|e| format!("lbctl --json status: {e}"))?;
+        let fill = &status["flow_table"];
+        let (entries, confirmed, unconfirmed) =
+            (fill["entries"].as_u64(), fill["confirmed"].as_u64(), fill["unconfirmed"].as_u64());
+        let (Some(entries), Some(confirmed), Some(unconfirmed)) = (entries, confirmed, unconfirmed) else {
+            return Err(format!("no census in lbctl status: {status}"));
+        };
+        let flows = confirmed + unconfirmed;
+        let full = format!("{:.1}", 100.0 * flows as f64 / entries as f64);
+        // The page polls every second.
+        std::thread::sleep(Duration::from_millis(1500));
+        // One script: the page re-renders its tiles every second (a found element goes stale).
+        let read = browser.execute(
+            "const t = document.querySelector(\"[data-tile='Flow table']\"); \
+             return t ? [t.querySelector('.value').textContent, t.querySelector('.note')?.textContent ?? ''] : null",
+            &[],
+        );
+        let (Some(value), Some(note)) = (read[0].as_str(), read[1].as_str()) else {
+            return Err(format!("no Flow table tile: {read}"));
+        };
+        let text = format!("{value} ({note})");
+        // "1.6% full", "2.07k flows, 17 unconfirmed" (counts in k, M past 999).
+        let counts = note.strip_suffix(" unconfirmed").and_then(|r| r.split_once(" flows, "));
+        let shown = value.strip_suffix("% full").zip(counts.and_then(|(f, u)| si(f).zip(si(u))));
+        let near = |shown: f64, n: u64| (shown - n as f64).abs() <= 0.01 * shown;
+        let agree = shown.is_some_and(|(pct, (f, u))| pct == full && near(f, flows) && near(u, unconfirmed));
+        if agree && confirmed > 0 {
+            eprintln!("the Flow table tile says {text:?}, as lbctl status");
+            return Ok(());
+        }
+        last = format!(
+            "the tile says {text:?}; lbctl status: {full}% full, {flows} flows, {unconfirmed} unconfirmed"
+        );
+    }
+    Err(format!("the Flow table tile and lbctl status disagree: {last}"))
 }
 
 /// "1.23k" -> 1230.

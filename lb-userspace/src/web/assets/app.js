@@ -196,9 +196,10 @@
   // ---- Status --------------------------------------------------------------------------------
   const cards = new Map(); // VIP name -> card
 
-  function tile(label, value, unit, bad) {
-    return h('div', { class: bad ? 'tile bad' : 'tile' }, h('div', { class: 'label', text: label }),
-      h('div', { class: 'value' }, value, unit ? h('small', { text: unit }) : null));
+  function tile(label, value, unit, bad, note) {
+    return h('div', { class: bad ? 'tile bad' : 'tile', 'data-tile': label }, h('div', { class: 'label', text: label }),
+      h('div', { class: 'value' }, value, unit ? h('small', { text: unit }) : null),
+      note ? h('div', { class: 'note', text: note }) : null);
   }
 
   function renderHost(st) {
@@ -222,6 +223,10 @@
     const backends = st.vips.flatMap((v) => v.backends);
     const down = backends.filter((b) => b.health === 'down').length;
     const drained = backends.filter((b) => b.drained).length;
+    // lbd's census of the flow table (every 10 s); past nine tenths full, new flows find both
+    // their sets full.
+    const ft = st.host.flow_table;
+    const flows = ft ? ft.confirmed + ft.unconfirmed : 0;
     $('tiles').replaceChildren(
       tile('Packets', si(sum('pps')), '/s'),
       tile('Bits', si(sum('bps')), 'bit/s'),
@@ -229,6 +234,10 @@
       tile('Drops', si(drops), '/s', drops > 0),
       tile('VIPs', String(st.vips.length)),
       tile('Backends down', `${down}`, `of ${backends.length}${drained ? `, ${drained} drained` : ''}`, down > 0),
+      ft
+        ? tile('Flow table', (100 * flows / ft.entries).toFixed(1), '% full', flows > 0.9 * ft.entries,
+          `${si(flows)} flows, ${si(ft.unconfirmed)} unconfirmed`)
+        : tile('Flow table', '–', 'not counted yet'),
     );
   }
 

@@ -572,7 +572,8 @@ async fn stats(State(agent): State<Shared>) -> ApiResult<crate::agent::Stats> {
 pub struct FlowsQuery {
     pub vip: Option<String>,
     pub backend: Option<String>,
-    pub state: Option<crate::agent::flows::FlowState>,
+    /// `confirmed` or `unconfirmed` (empty: either).
+    pub state: Option<String>,
     pub limit: Option<usize>,
 }
 
@@ -584,13 +585,20 @@ async fn flows(
     let vip = q.vip.as_deref().filter(|v| !v.is_empty());
     let backend = q.backend.as_deref().filter(|b| !b.is_empty()).map(address).transpose()?;
     let limit = q.limit.unwrap_or(crate::agent::flows::DEFAULT_SAMPLE);
-    let walk = agent.lock().await.flow_query(vip, backend, q.state, limit)?;
+    let state = q.state.as_deref().filter(|s| !s.is_empty()).map(flow_state).transpose()?;
+    let walk = agent.lock().await.flow_query(vip, backend, state, limit)?;
     // A big table takes a while: walk it off the runtime, without holding the agent.
     let flows = tokio::task::spawn_blocking(move || walk.run())
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("walking the flow table: {e}")))?
         .map_err(|e| AgentError::Apply(e.into()))?;
     Ok(Json(flows))
+}
+
+fn flow_state(text: &str) -> Result<crate::agent::flows::FlowState, ApiError> {
+    <crate::agent::flows::FlowState as clap::ValueEnum>::from_str(text, false).map_err(|_| {
+        ApiError(StatusCode::BAD_REQUEST, format!("state {text:?}: use confirmed or unconfirmed"))
+    })
 }
 
 /// The name errors give the posted config (`lbctl apply -f` sends the file name).

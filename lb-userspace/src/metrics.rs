@@ -212,7 +212,14 @@ pub const FLOW_TABLE_FLOWS: Family = Family {
     unit: None,
     kind: MetricType::Gauge,
     labels: &["state"],
-    help: "Flows in the flow table by `state`: `confirmed` (two packets or more), `unconfirmed` (one: a SYN waiting for its ACK, a flood's spoofed packets); as lbd's last walk of the table found them (every 10 s, less often for a table that takes over half a second to walk)",
+    help: "Flows in the flow table by `state`: `confirmed` (two packets or more), `unconfirmed` (one: a SYN waiting for its ACK, a one-datagram UDP flow, a flood's spoofed packets); as lbd's last walk of the table found them (every 10 s, less often for a table that takes over half a second to walk; lb_flow_table_census_time_seconds says when)",
+};
+pub const FLOW_TABLE_CENSUS_TIME: Family = Family {
+    name: "lb_flow_table_census_time",
+    unit: Some("seconds"),
+    kind: MetricType::Gauge,
+    labels: &[],
+    help: "When lbd's last census of the flow table ended, in seconds since the Unix epoch (a census that stays old: see lbd's log)",
 };
 
 pub const VIP_ANNOUNCED: Family = Family {
@@ -259,7 +266,7 @@ pub const BIRD_SESSION_UP: Family = Family {
 };
 
 /// Every family, in the order a scrape gives them.
-pub const FAMILIES: [Family; 26] = [
+pub const FAMILIES: [Family; 27] = [
     INFO,
     START_TIME,
     LOOP_LAG_MAX,
@@ -280,6 +287,7 @@ pub const FAMILIES: [Family; 26] = [
     DATAPATH_EVENTS,
     FLOW_TABLE_ENTRIES,
     FLOW_TABLE_FLOWS,
+    FLOW_TABLE_CENSUS_TIME,
     VIP_ANNOUNCED,
     VIP_EXPORTED,
     HOST_DRAINED,
@@ -420,6 +428,7 @@ impl Collector for Snapshot {
             .into_iter()
             .flat_map(|f| [(vec!["confirmed"], f.confirmed), (vec!["unconfirmed"], f.unconfirmed)]);
         family(&mut e, &FLOW_TABLE_FLOWS, states, gauge)?;
+        family(&mut e, &FLOW_TABLE_CENSUS_TIME, fill.map(|f| (vec![], f.at_unix)), gauge)?;
         match &self.announce {
             Some(a) => announcements(&mut e, a),
             None => Ok(()),
@@ -587,6 +596,7 @@ mod tests {
                 confirmed: 2056,
                 unconfirmed: 17,
                 complete: true,
+                at_unix: 1_700_000_123,
             }),
             announce: Some(announce()),
         }
@@ -651,6 +661,7 @@ mod tests {
             "lb_flow_table_entries 131072",
             "lb_flow_table_flows{state=\"confirmed\"} 2056",
             "lb_flow_table_flows{state=\"unconfirmed\"} 17",
+            "lb_flow_table_census_time_seconds 1700000123",
             "lbd_info{version=\"1.2.3\"} 1",
             "# TYPE lbd_start_time_seconds gauge",
             "lbd_start_time_seconds 1700000000.5",

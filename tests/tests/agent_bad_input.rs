@@ -370,7 +370,8 @@ fn cases() -> Vec<Case> {
             name: "api flows unknown state",
             action: Api("GET", "/v1/flows?state=half-open", ""),
             exit: 22,
-            says: "unknown variant `half-open`, expected `confirmed` or `unconfirmed`",
+            // (In the JSON answer: its quotes escaped.)
+            says: r#"state \"half-open\": use confirmed or unconfirmed"#,
         },
         Case {
             name: "api unknown endpoint",

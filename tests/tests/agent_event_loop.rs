@@ -1,4 +1,5 @@
-//! Walks of the flow table (the least-conn recount every 10 s) run beside lbd's event loop, not
+//! Walks of the flow table (the census every 10 s, with its least-conn recount) run beside lbd's
+//! event loop, not
 //! in it: while one walks a million flows, the loop still moves the data plane's cache
 //! generation every second (and would take health events and SIGTERM), and `lbctl status`
 //! shows how late the loop ran.

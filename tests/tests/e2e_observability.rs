@@ -296,6 +296,15 @@ fn stats_metrics_prometheus_and_flows() {
         ));
     }
     eprintln!("flow-table census in the metrics after {:.2?}", t.elapsed());
+    let census_at = text
+        .lines()
+        .find_map(|l| l.strip_prefix("lb_flow_table_census_time_seconds "))
+        .and_then(|v| v.parse::<u64>().ok());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    assert!(
+        census_at.is_some_and(|at| at <= now && now - at <= CENSUS_WITHIN.as_secs()),
+        "lb_flow_table_census_time_seconds {census_at:?}, now {now}"
+    );
     let status: serde_json::Value =
         serde_json::from_str(&lbd.lbctl_ok(&["--json", "status"])).expect("lbctl --json status");
     let fill = &status["flow_table"];

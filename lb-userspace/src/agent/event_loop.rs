@@ -141,7 +141,7 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
             }
             _ = census.tick() => {
                 if counting.as_ref().is_none_or(JoinHandle::is_finished) {
-                    counting = Some(tokio::spawn(take_census(agent.clone())));
+                    counting = Some(tokio::spawn(census_task(agent.clone())));
                 }
             }
             Some(at) = voids.recv() => {
@@ -254,7 +254,7 @@ async fn reset_flows(agent: Shared, mut resets: mpsc::UnboundedReceiver<(u32, St
 /// Walks the flow table (off the agent lock and off the event loop): keeps its fill for the
 /// metrics and corrects the least-conn counts that drifted. Returns only after the spacing
 /// that the walk's time asks for.
-async fn take_census(agent: Shared) {
+async fn census_task(agent: Shared) {
     let census = match agent.lock().await.flow_census() {
         Ok(c) => c,
         Err(e) => return error!("walking the flow table for its census: {e}"),

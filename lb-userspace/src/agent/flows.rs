@@ -58,6 +58,8 @@ pub struct Flows {
     /// Flows in scope pinned to a backend id that no configured backend has now (one removed
     /// since): `total` is the sum of `backends[].flows` and this.
     pub other: u64,
+    /// Of `other`, the unconfirmed ones.
+    pub other_unconfirmed: u64,
     /// Up to `limit` of the matching flows, in the table's order.
     pub sample: Vec<Flow>,
     /// Flows in the whole table, of every VIP.
@@ -183,7 +185,7 @@ impl FlowQuery {
         let FlowQuery { table, services, ids, vip, backend, state, limit, mut rows } = self;
         let row_of: HashMap<(String, IpAddr), usize> =
             rows.iter().enumerate().map(|(i, r)| ((r.vip.clone(), r.address), i)).collect();
-        let (mut total, mut unconfirmed, mut other) = (0, 0, 0);
+        let (mut total, mut unconfirmed, mut other, mut other_unconfirmed) = (0, 0, 0, 0);
         let mut sample = Vec::new();
         let walk = table.walk_values(|key, value, confirmed| {
             let flow_state = if confirmed { FlowState::Confirmed } else { FlowState::Unconfirmed };
@@ -210,7 +212,10 @@ impl FlowQuery {
                     rows[i].flows += 1;
                     rows[i].unconfirmed += unconfirmed_flow;
                 }
-                None => other += 1,
+                None => {
+                    other += 1;
+                    other_unconfirmed += unconfirmed_flow;
+                }
             }
             if sample.len() < limit {
                 sample.push(Flow {
@@ -232,6 +237,7 @@ impl FlowQuery {
             unconfirmed,
             backends: rows,
             other,
+            other_unconfirmed,
             sample,
             table: walk.flows,
             complete: walk.complete,

@@ -122,6 +122,8 @@ pub struct TableFill {
     pub unconfirmed: u64,
     /// The walk saw the whole table (else the counts are lower bounds: heavy churn).
     pub complete: bool,
+    /// When the walk ended, in seconds since the Unix epoch.
+    pub at_unix: u64,
 }
 
 impl FlowCensus {
@@ -142,6 +144,9 @@ impl FlowCensus {
             confirmed: walk.flows - unconfirmed,
             unconfirmed,
             complete: walk.complete,
+            at_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         };
         Ok(Census { before: self.before, counted, fill })
     }

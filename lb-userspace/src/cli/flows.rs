@@ -53,7 +53,7 @@ pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {
                 "(removed backends)".into(),
                 String::new(),
                 f.other.to_string(),
-                String::new(),
+                f.other_unconfirmed.to_string(),
             ]);
         }
         rows.push(vec![
@@ -90,7 +90,7 @@ pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {
             "{} of {} flows listed (--limit N lists more); the table holds {} flows in all.\n\
              A flow stays until a new flow of its set takes its entry (unconfirmed and idle ones \
              first): closed connections count until then. Unconfirmed: one packet seen (a SYN \
-             waiting for its ACK, or a flood's spoofed packets).",
+             waiting for its ACK, a one-datagram UDP flow, or a flood's spoofed packets).",
             f.sample.len(),
             f.total,
             f.table

@@ -73,7 +73,8 @@ enum Command {
     ///
     /// The counts cover every flow in the table: a drained backend with none left is safe to
     /// remove. UNCONFIRMED counts the flows that have seen one packet (a SYN waiting for its
-    /// ACK, or a SYN flood's spoofed packets): a new flow takes their entries first.
+    /// ACK, a one-datagram UDP flow, or a flood's spoofed packets): a new flow takes their
+    /// entries first.
     Flows(flows::FlowsArgs),
     /// Apply a config file's VIPs and source settings (like SIGHUP, from any file).
     Apply {

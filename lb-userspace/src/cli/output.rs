@@ -51,14 +51,18 @@ pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
         println!("denies       {} global in the config, {} added with lbctl deny", s.global_deny, s.denies);
         match s.flow_table {
             Some(f) => println!(
-                "flow table   {} flows in {} entries ({:.1} % full), {} of them unconfirmed{} (census every 10 s)",
+                "flow table   {} flows in {} entries ({:.1} % full), {} of them unconfirmed{} (census {} s ago)",
                 f.confirmed + f.unconfirmed,
                 f.entries,
                 100.0 * (f.confirmed + f.unconfirmed) as f64 / f.entries.max(1) as f64,
                 f.unconfirmed,
-                if f.complete { "" } else { " (at least: entries were being written)" }
+                if f.complete { "" } else { " (at least: entries were being written)" },
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+                    .saturating_sub(f.at_unix)
             ),
-            None => println!("flow table   not counted yet (lbd's first census runs at start)"),
+            None => println!("flow table   not counted yet (lbd counts it every 10 s: if this stays, see its log)"),
         }
         println!(
             "event loop   at most {:.1} ms late (in the last minute: {:.1} ms)",

@@ -299,13 +299,21 @@ pub(super) fn err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
 }
 
 /// An own mapping of the flow table (FLOW_TABLE), to walk it without holding the [`Datapath`].
+/// Made in a few system calls (the agent makes one under its lock); a walk reads the
+/// generations it needs itself, on the walking thread.
 pub struct FlowTable {
     entries: MappedFlowTable,
-    /// Each VIP id's and each backend id's generation when the handle was made: entries recorded
-    /// under other ones are void (their VIP is gone or was replaced, or their backend's id has
-    /// another owner) and walks skip them.
-    generations: Vec<u32>,
-    backend_generations: Vec<u32>,
+    /// Own handles of VIP_BY_ID and BACKENDS: each VIP id's and each backend id's generation.
+    vip_slots: aya::maps::Map,
+    backends: aya::maps::Map,
+}
+
+/// Each VIP id's and each backend id's generation when a walk starts: entries recorded under
+/// other ones are void (their VIP is gone or was replaced, or their backend's id has another
+/// owner) and the walk skips them.
+struct Generations {
+    vips: Vec<u32>,
+    backends: Vec<u32>,
 }
 
 /// What a walk of the flow table saw.
@@ -322,16 +330,20 @@ impl Datapath {
     /// A second mapping of the flow table: a walk can then run on another thread while the
     /// agent goes on serving.
     pub fn flow_table(&self) -> Result<FlowTable, DatapathError> {
-        let entries = self.flow_entries()?;
-        let name = map_names::VIP_BY_ID;
-        let slots: Array<&MapData, VipSlot> = Array::try_from(self.map(name)?).map_err(err(name))?;
-        let generations =
-            slots.iter().map(|s| s.map(|s| s.generation)).collect::<Result<_, _>>().map_err(err(name))?;
-        let name = map_names::BACKENDS;
-        let backends: Array<&MapData, BackendValue> = Array::try_from(self.map(name)?).map_err(err(name))?;
-        let backend_generations =
-            backends.iter().map(|b| b.map(|b| b.generation)).collect::<Result<_, _>>().map_err(err(name))?;
-        Ok(FlowTable { entries, generations, backend_generations })
+        let own = |name: &'static str| -> Result<aya::maps::Map, DatapathError> {
+            use std::os::fd::AsFd as _;
+            let aya::maps::Map::Array(data) = self.map(name)? else { return Err(DatapathError::NoMap(name)) };
+            let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| DatapathError::Map {
+                name,
+                source: MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }),
+            })?;
+            MapData::from_fd(fd).map(aya::maps::Map::Array).map_err(err(name))
+        };
+        Ok(FlowTable {
+            entries: self.flow_entries()?,
+            vip_slots: own(map_names::VIP_BY_ID)?,
+            backends: own(map_names::BACKENDS)?,
+        })
     }
 }
 
@@ -364,6 +376,18 @@ pub fn map_pinned_flow_table(path: &std::path::Path) -> Result<MappedFlowTable, 
     map_flow_table(&MapData::from_pin(path).map_err(err(name))?).map_err(err(name))
 }
 
+impl Generations {
+    /// Whether the flow was recorded under its VIP's and its backend's current generations
+    /// (entries keep their low 16 bits): it is live.
+    fn recorded(&self, entry: &FlowEntry) -> bool {
+        let current = |generations: &[u32], id: u32, recorded: u16| {
+            generations.get(id as usize).is_some_and(|&g| g as u16 == recorded)
+        };
+        current(&self.vips, entry.vip.into(), entry.vip_generation)
+            && current(&self.backends, entry.backend, entry.backend_generation)
+    }
+}
+
 impl FlowTable {
     /// The table's entries: the flows it can hold.
     pub fn entries(&self) -> u64 {
@@ -391,30 +415,33 @@ impl FlowTable {
         })
     }
 
+    fn generations(&self) -> Result<Generations, DatapathError> {
+        let name = map_names::VIP_BY_ID;
+        let slots: Array<&MapData, VipSlot> = Array::try_from(&self.vip_slots).map_err(err(name))?;
+        let vips =
+            slots.iter().map(|s| s.map(|s| s.generation)).collect::<Result<_, _>>().map_err(err(name))?;
+        let name = map_names::BACKENDS;
+        let backends: Array<&MapData, BackendValue> = Array::try_from(&self.backends).map_err(err(name))?;
+        let backends =
+            backends.iter().map(|b| b.map(|b| b.generation)).collect::<Result<_, _>>().map_err(err(name))?;
+        Ok(Generations { vips, backends })
+    }
+
     /// Every live flow's entry, with its index.
     fn walk_entries(&self, mut visit: impl FnMut(u32, &FlowEntry)) -> Result<FlowWalk, DatapathError> {
+        let generations = self.generations()?;
         let mut walk = FlowWalk { flows: 0, complete: true };
         for index in 0..self.entries.len() {
             let Some(entry) = self.entries.read_settled(index) else {
                 walk.complete = false;
                 continue;
             };
-            if entry.holds_flow() && self.is_live(&entry) {
+            if entry.holds_flow() && generations.recorded(&entry) {
                 walk.flows += 1;
                 visit(index, &entry);
             }
         }
         Ok(walk)
-    }
-
-    /// Whether the flow was recorded under its VIP's and its backend's current generations
-    /// (entries keep their low 16 bits).
-    fn is_live(&self, entry: &FlowEntry) -> bool {
-        let current = |generations: &[u32], id: u32, recorded: u16| {
-            generations.get(id as usize).is_some_and(|&g| g as u16 == recorded)
-        };
-        current(&self.generations, entry.vip.into(), entry.vip_generation)
-            && current(&self.backend_generations, entry.backend, entry.backend_generation)
     }
 
     /// Removes every flow pinned to backend `id` (their next packets pick a backend from the

@@ -94,7 +94,7 @@ fn in_table(r: &XdpRunner, key: &FlowKey) -> bool {
 /// The flows a walk of the table lists (as `lbctl flows` and the connection recount see them).
 fn recorded(r: &XdpRunner) -> Vec<FlowKey> {
     let mut keys = Vec::new();
-    r.datapath.flow_table().unwrap().walk(|k, _| keys.push(*k)).unwrap();
+    r.datapath.flow_table().unwrap().walk_values(|k, _, _| keys.push(*k)).unwrap();
     keys
 }
 

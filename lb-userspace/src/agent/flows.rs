@@ -1,6 +1,7 @@
 //! The flow table as operators see it: which connections are pinned to which backend, so that
 //! an operator can tell when a drained backend has no flows left, and how many flows are only
-//! unconfirmed (one packet seen: a handshake under way, or a flood's spoofed packets).
+//! unconfirmed (one packet seen: a handshake under way, a one-datagram UDP flow, or a flood's
+//! spoofed packets).
 //!
 //! A flow is shown under the VIP whose service its destination matches now: (address, port,
 //! protocol), then (address, any port, protocol). (The data plane goes by the VIP id in the

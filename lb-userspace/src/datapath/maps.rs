@@ -394,18 +394,13 @@ impl FlowTable {
         self.entries.len().into()
     }
 
-    /// Calls `visit` once for each flow in the table, confirmed or not, with the backend id it
-    /// is pinned to. Void entries (of a VIP that is gone or was replaced, or of a backend id with
-    /// another owner: the data plane ignores them) are skipped.
+    /// Calls `visit` once for each flow in the table, confirmed or not, with its whole value and
+    /// whether it is confirmed. Void entries (of a VIP that is gone or was replaced, or of a
+    /// backend id with another owner: the data plane ignores them) are skipped.
     ///
     /// The data plane goes on adding and evicting flows meanwhile: each entry is read by the
     /// flow table's protocol (lb-common/src/flow.rs), so no flow is read torn; a flow that moves
     /// in while the walk is past its set is not visited, one evicted before is not either.
-    pub fn walk(&self, mut visit: impl FnMut(&FlowKey, u32)) -> Result<FlowWalk, DatapathError> {
-        self.walk_values(|key, value, _| visit(key, value.backend))
-    }
-
-    /// [`Self::walk`] with each flow's whole value, and whether it is confirmed.
     pub fn walk_values(
         &self,
         mut visit: impl FnMut(&FlowKey, &FlowValue, bool),

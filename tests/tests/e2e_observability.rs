@@ -44,6 +44,10 @@ const BACKENDS: usize = 3;
 const PORT: u16 = 8080;
 /// lbd's metrics endpoint and Prometheus' API, both on the lb namespace's loopback.
 const METRICS: &str = "127.0.0.1:9100";
+/// How full the flow table is, and how much of it is unconfirmed (docs/observability.md).
+const FILL: &str = "sum(lb_flow_table_flows) / scalar(lb_flow_table_entries)";
+const UNCONFIRMED_FILL: &str =
+    r#"lb_flow_table_flows{state="unconfirmed"} / ignoring(state) lb_flow_table_entries"#;
 /// lbd walks its flow table every 10 s (lb_userspace::agent::event_loop::FLOW_CENSUS).
 const CENSUS_WITHIN: Duration = Duration::from_secs(15);
 const PROMETHEUS: &str = "127.0.0.1:9090";
@@ -317,6 +321,25 @@ fn stats_metrics_prometheus_and_flows() {
     let line = human.lines().find(|l| l.starts_with("flow table")).unwrap_or_default();
     let want = format!("flow table   {} flows in 131072 entries", n + any_flows.total);
     assert!(line.starts_with(&want), "lbctl status: {line:?}, want {want:?}");
+    // The fill ratios docs/observability.md gives, as Prometheus computes them (it scrapes every
+    // second: a few polls).
+    for (query, want) in [
+        (FILL, (n + any_flows.total) as f64 / 131_072.0),
+        (UNCONFIRMED_FILL, any_flows.total as f64 / 131_072.0),
+    ] {
+        let t = Instant::now();
+        let mut got = None;
+        while t.elapsed() < Duration::from_secs(5) {
+            got = prometheus.query(query);
+            if got.is_some_and(|v| (v - want).abs() < 1e-9) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if !got.is_some_and(|v| (v - want).abs() < 1e-9) {
+            fail(format!("prometheus: {query} is {got:?}, want {want}"));
+        }
+    }
 
     // ---- Drain: the drained backend keeps its flows; new ones go elsewhere --------------------
     let drained = web_flows.backends.iter().max_by_key(|b| b.flows).expect("backends");

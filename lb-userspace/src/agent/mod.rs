@@ -144,9 +144,7 @@ impl FlowCensus {
             confirmed: walk.flows - unconfirmed,
             unconfirmed,
             complete: walk.complete,
-            at_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            at_unix: crate::security::now_unix(),
         };
         Ok(Census { before: self.before, counted, fill })
     }

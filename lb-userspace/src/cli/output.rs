@@ -57,10 +57,7 @@ pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
                 100.0 * (f.confirmed + f.unconfirmed) as f64 / f.entries.max(1) as f64,
                 f.unconfirmed,
                 if f.complete { "" } else { " (at least: entries were being written)" },
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-                    .saturating_sub(f.at_unix)
+                crate::security::now_unix().saturating_sub(f.at_unix)
             ),
             None => println!("flow table   not counted yet (lbd counts it every 10 s: if this stays, see its log)"),
         }

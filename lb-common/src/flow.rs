@@ -4,14 +4,17 @@
 //! Sets of [`FLOW_WAYS`] entries, 64 bytes each (one cache line), a set's lines side by side.
 //! A flow has two sets ([`crate::hash::flow_sets`]) and is looked for in its first, then its
 //! second: a known flow costs one set's lines (its second set's too when it was recorded there),
-//! a miss (a SYN) both sets'. A new flow takes its own old entry, else an empty one of its
-//! first set while that set holds under three flows, else an empty one of the set holding
-//! fewer; else the unconfirmed flow used longest ago in either, else the confirmed flow used
-//! longest ago if that one has been idle for [`FLOW_IDLE_EVICT`] clock ticks: a flood of packets
-//! that each start a flow never evicts a connection that was active in the last second. Two
-//! choices keep a half-full table from turning new flows away (0.03 % find both sets full, by
-//! simulation; 1.4 % at three quarters full, 5 % at nine tenths), where one set alone turns
-//! away 0.4 % at half full; about a tenth of the flows live in their second set.
+//! a miss (a SYN) both sets'. A new flow takes its own old entry, else an empty one, else the
+//! unconfirmed flow used longest ago, else the confirmed flow used longest ago if that one has
+//! been idle for [`FLOW_IDLE_EVICT`] clock ticks: a flood of packets that each start a flow never
+//! evicts a connection that was active in the last second. Between its two sets it prefers the
+//! first while under [`FLOW_FIRST_SET_ALONE`] of its ways hold active connections, else the set
+//! with fewer. Entries are freed only by being taken: a busy table runs full of finished
+//! connections, and what turns new flows away is the share of entries active connections hold.
+//! Counting those (not the flows held) when placing new ones spreads connections over the sets:
+//! with half the entries held by active connections in a full table, 0.3 % of new flows find
+//! all eight ways taken, against 0.8-1.2 % when the finished connections' age alone chose
+//! (tests/tests/xdp_flow_table.rs, on the data plane).
 //!
 //! An entry is written whole by one CPU at a time: the writer claims it by setting
 //! [`FLOW_BUSY`] with an atomic compare-and-exchange of `ctl` (which also moves the write
@@ -41,8 +44,9 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 /// Ways of a flow-table set: four 64-byte lines side by side.
 pub const FLOW_WAYS: u32 = 4;
 
-/// A new flow takes an empty way of its first set while that set holds fewer flows than this;
-/// past it, of the set that holds fewer. (By simulation at half load: 10 % of flows in their
+/// Of the free ways of one kind (empty, else unconfirmed, else idle), a new flow takes one of
+/// its first set while fewer of that set's ways than this hold active connections; past it, one
+/// of the set with fewer. (By simulation of a table filling to half: 10 % of flows in their
 /// second set and 0.03 % turned away; with the first set always first, 4 % and 0.4 %; with the
 /// emptier set always, 27 % and 0.003 %.)
 pub const FLOW_FIRST_SET_ALONE: u32 = 3;

@@ -223,8 +223,9 @@ pub const NOT_RECORDED: u32 = 2;
 pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
     let (sets, reuse, now) = (new.sets, new.reuse, new.now);
     new.evicted_counted = lb_common::NO_BACKEND;
-    // How many flows each set holds (no branches: one verifier state for any count).
-    let (mut held_first, mut held_second) = (0u32, 0u32);
+    // How many ways of each set a new flow may not take: being written, or a connection active
+    // in the last FLOW_IDLE_EVICT ticks (no branches: one verifier state for any count).
+    let (mut taken_first, mut taken_second) = (0u32, 0u32);
     let mut way = 0;
     while way < 2 * FLOW_WAYS {
         let w = words(sets.entry(way));
@@ -232,22 +233,31 @@ pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
             break;
         }
         // SAFETY: as in `find`.
-        let held = (unsafe { read_volatile(w.add(WORD_CTL)) } & (HOLDS | FLOW_BUSY) != 0) as u32;
+        let ctl = unsafe { read_volatile(w.add(WORD_CTL)) };
+        let busy = (ctl >> FLOW_BUSY.trailing_zeros()) & 1;
+        let confirmed = (ctl >> FLOW_CONFIRMED.trailing_zeros()) & 1;
+        // 1 while the tick of its last packet is under FLOW_IDLE_EVICT ago (or ahead: a race).
+        let age = now.wrapping_sub((ctl >> FLOW_CLOCK_SHIFT) as u32) as i32 as i64;
+        let active = ((age - FLOW_IDLE_EVICT as i64) >> 63) as u64 & 1;
+        let taken = (busy | (confirmed & active)) as u32;
         let first = (way < FLOW_WAYS) as u32;
-        held_first += held & first;
-        held_second += held & (first ^ 1);
+        taken_first += taken & first;
+        taken_second += taken & (first ^ 1);
         way += 1;
     }
-    // The first set while it holds few flows, else the set that holds fewer: most flows are
-    // found in their first set, and the table fills evenly.
-    let prefer_first = held_first < FLOW_FIRST_SET_ALONE || held_first <= held_second;
+    // The first set while few of its ways are taken, else the set with fewer: most flows are
+    // found in their first set, and connections spread evenly over the sets. Counted by
+    // active connections, not by flows held: a busy table is full of finished connections, and
+    // which of them a new connection replaces decides which sets its successors find taken
+    // (tests/tests/xdp_flow_table.rs measures the share of new flows turned away).
+    let prefer_first = taken_first < FLOW_FIRST_SET_ALONE || taken_first <= taken_second;
     // The victim, by rank: 5 its own entry, 4 an empty way of the preferred set, 3 of the
-    // other, 2 an unconfirmed flow's, 1 a confirmed flow's idle long enough (older first among
-    // equals), 0 none.
+    // other, 2 an unconfirmed flow's, 1 a confirmed flow's idle long enough, 0 none. Among
+    // unconfirmed or idle flows, those of the preferred set first, then the older.
     let mut victim = NONE;
     let mut victim_ctl = 0u64;
     let mut victim_rank = 0u32;
-    let mut victim_age = 0u32;
+    let mut victim_order = 0u32;
     let mut way = 0;
     while way < 2 * FLOW_WAYS {
         let index = sets.entry(way);
@@ -258,16 +268,16 @@ pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
         // SAFETY: as in `find`.
         let ctl = unsafe { read_volatile(w.add(WORD_CTL)) };
         let age = now.wrapping_sub((ctl >> FLOW_CLOCK_SHIFT) as u32);
+        let preferred = ((way < FLOW_WAYS) as u32) ^ (!prefer_first as u32);
+        // The set first, then the age (an idle flow's is under 2^31 ticks), with no branch: a
+        // branch here multiplies the verifier's states by the ways.
+        let order = (preferred << 31) | (age & 0x7fff_ffff);
         let rank = if ctl & FLOW_BUSY != 0 {
             0
         } else if index == reuse {
             5
         } else if ctl & HOLDS == 0 {
-            if (way < FLOW_WAYS) == prefer_first {
-                4
-            } else {
-                3
-            }
+            3 + preferred
         } else if ctl & FLOW_PENDING != 0 {
             2
         } else if (age as i32) >= FLOW_IDLE_EVICT as i32 {
@@ -275,11 +285,11 @@ pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
         } else {
             0
         };
-        if rank > victim_rank || (rank == victim_rank && rank <= 2 && rank != 0 && age > victim_age) {
+        if rank > victim_rank || (rank == victim_rank && rank <= 2 && rank != 0 && order > victim_order) {
             victim = index;
             victim_ctl = ctl;
             victim_rank = rank;
-            victim_age = age;
+            victim_order = order;
         }
         way += 1;
     }

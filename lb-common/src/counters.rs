@@ -65,7 +65,7 @@ counters! {
     Decapsulated = 23, Event, "decapsulated", "tunnelled packets the decap program stripped and passed on (backend hosts)";
     DecapRefused = 24, Drop, "decap_refused", "tunnels from an outer source outside the backend host's allowed_sources: dropped (backend hosts)";
     DecapFragment = 25, Pass, "decap_fragment", "fragments of tunnel packets: passed unstripped to the stack, which reassembles (backend hosts)";
-    DropAcl = 26, Drop, "drop_acl", "from a source the global deny list or the VIP's access lists refuse: dropped before its flow is recorded (a SYN before any flow lookup)";
+    DropAcl = 26, Drop, "drop_acl", "from a source the global deny list or the VIP's access lists refuse: dropped before its flow is recorded (a SYN before any flow lookup); and ICMP to a VIP address from a source the global deny list refuses";
     DropRateNewFlows = 27, Drop, "drop_rate_new_flows", "a new flow over its source's new-flows-a-second limit (vip.limits.new_flows_per_source): dropped";
     DropRatePackets = 28, Drop, "drop_rate_packets", "over its source's packets-a-second limit (vip.limits.packets_per_source): dropped";
     DropVipNewFlowCap = 29, Drop, "drop_vip_new_flow_cap", "a new flow over the VIP's new-flows-a-second cap (vip.limits.new_flows): dropped";

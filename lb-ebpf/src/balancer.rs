@@ -32,6 +32,12 @@ fn process(ctx: &XdpContext, counters: *mut CounterBlock) -> Result<Counter, Cou
     }
     let icmp_error = pkt.key.proto == PROTO_ICMP || pkt.key.proto == PROTO_ICMPV6;
     if icmp_error {
+        // The global deny list drops every packet of its sources to a VIP address, echo requests
+        // and errors (forged "fragmentation needed" would shrink a backend's path MTU) included.
+        // Not the VIPs' lists: errors come from routers on the path, not from clients.
+        if crate::policy::globally_denied(&pkt.key) && flow::is_vip_address(&pkt.key.dst, pkt.key.family) {
+            return Err(Counter::DropAcl);
+        }
         // Echo requests end here; errors continue as a packet of the flow they quote.
         icmp::handle(ctx, &mut pkt)?;
     }

@@ -35,6 +35,13 @@ pub fn screen(key: &FlowKey, vip: u32, syn: bool) -> Result<(), Counter> {
     verdict(check(key, vip, syn))
 }
 
+/// Whether the global deny list denies the packet's source (for ICMP to a VIP address, which
+/// meets no VIP's checks).
+#[inline(always)]
+pub fn globally_denied(key: &FlowKey) -> bool {
+    denied(AclKey::GLOBAL, key)
+}
+
 /// The policy generation of VIP `vip` (0: no flow skips the checks): a confirmed flow of it
 /// skips them if one of its packets passed them under it. Read before the checks, once (a
 /// change written meanwhile moves it on, and the flow is checked again).

@@ -10,7 +10,7 @@ use std::{
 
 use lb_common::{Counter, PolicyReason};
 use lb_tests::{
-    frames::{addr::*, frame, L4},
+    frames::{addr::*, echo_request, frame, too_big, L4},
     xdp::{allowed_cpus, pin_to_cpu, Fixture, Verdict, XdpRunner},
 };
 use lb_userspace::{
@@ -124,6 +124,47 @@ fn access_lists_global_first_then_the_longest_prefix_of_the_vips_lists() {
         // Not for a VIP: the lists are not the balancer's business.
         let other = frame(ip("198.19.66.1"), 1, IpAddr::V4(OTHER4), 80, L4::TcpSyn);
         assert_eq!(r.run(&other).verdict, Verdict::Pass, "a denied source's packet to another host");
+    });
+}
+
+#[test]
+fn icmp_to_a_vip_meets_the_global_deny_list_but_not_the_vips_lists() {
+    let fixture = Fixture::new();
+    let c = config(
+        "[security]\ndeny = [\"198.19.66.0/24\", \"fd00:5:9::/48\"]",
+        "allow = [\"198.18.0.0/16\"]",
+        "allow = [\"fd00:5::/32\"]",
+    );
+    fixture.run(SIZES, |r| {
+        let mut applied = Applied::default();
+        apply(r, &mut applied, &c, &[], 1);
+        let echo =
+            |r: &mut XdpRunner, src: &str, dst: IpAddr| r.run(&echo_request(ip(src), dst, 7, 1)).verdict;
+        assert_eq!(echo(r, "198.18.1.1", IpAddr::V4(VIP4)), Verdict::Tx, "an allowed source's ping");
+        assert_eq!(echo(r, "198.20.0.1", IpAddr::V4(VIP4)), Verdict::Tx, "a ping is no VIP's service");
+        let acl = r.counter(Counter::DropAcl);
+        assert_eq!(echo(r, "198.19.66.1", IpAddr::V4(VIP4)), Verdict::Drop, "a globally denied ping");
+        assert_eq!(echo(r, "fd00:5:9::1", IpAddr::V6(VIP6)), Verdict::Drop, "a globally denied IPv6 ping");
+        assert_eq!(r.counter(Counter::DropAcl), acl + 2, "drop_acl counts them");
+        // "Fragmentation needed" about an established connection, from routers on its path.
+        establish(r, "198.18.1.1");
+        let reply = frame(IpAddr::V4(VIP4), 80, ip("198.18.1.1"), 5555, L4::TcpAck);
+        let error = |r: &mut XdpRunner, router: &str| r.run(&too_big(ip(router), &reply, None)).verdict;
+        let to_backend = r.counter(Counter::IcmpErrorToBackend);
+        assert_eq!(error(r, "198.20.0.1"), Verdict::Tx, "a router outside web's allow list");
+        assert_eq!(r.counter(Counter::IcmpErrorToBackend), to_backend + 1);
+        assert_eq!(error(r, "198.19.66.9"), Verdict::Drop, "an error from a globally denied source");
+        assert_eq!(
+            r.counter(Counter::IcmpErrorToBackend),
+            to_backend + 1,
+            "the denied error reached a backend"
+        );
+        // Addressed to no VIP: not the balancer's business.
+        assert_eq!(
+            echo(r, "198.19.66.1", IpAddr::V4(OTHER4)),
+            Verdict::Pass,
+            "a denied ping of another host"
+        );
     });
 }
 

@@ -150,6 +150,22 @@ impl FlowCensus {
     }
 }
 
+/// The count to write for a least-conn backend whose count was `before` (as stored) when a
+/// census started and is `now`, the census having found `counted` flows marked open; `None`:
+/// leave it. The walk raced the data plane's own adds and subtracts, so `counted` is off by at
+/// most the moves made meanwhile (`now - before`): the count is corrected to `counted` plus
+/// those moves, and only where it drifted by more than them. Exact on a quiet backend; on a busy
+/// one drift no longer builds up (an error of one walk's moves at most, the next census's to
+/// mend).
+pub fn corrected_count(before: u64, now: u64, counted: u64) -> Option<u64> {
+    // Stored counts are read as i64: a correction may race a decrement below zero for a moment.
+    let (before, now, counted) = (before as i64, now as i64, counted as i64);
+    let moved = now.wrapping_sub(before);
+    let drift = counted.wrapping_sub(before);
+    let target = counted.saturating_add(moved).max(0);
+    (drift.unsigned_abs() > moved.unsigned_abs() && target != now).then_some(target as u64)
+}
+
 /// The capture buffers; whoever holds the lock is the one capture running.
 pub type CaptureBuffers = std::sync::Arc<tokio::sync::Mutex<crate::capture::Capturer>>;
 
@@ -682,10 +698,10 @@ impl Agent {
         Ok(FlowCensus { table, before })
     }
 
-    /// Keeps the table's fill a census found (for the metrics), and writes the least-conn
-    /// counts it found where the data plane's differ and did not move during the walk (a count
-    /// that moved is in flux: the next census looks again). Returns the corrections: (VIP,
-    /// backend address, count before, count after).
+    /// Keeps the table's fill a census found (for the metrics), and corrects the data plane's
+    /// least-conn counts that drifted from the flows the census found marked open (see
+    /// [`corrected_count`]). Returns the corrections: (VIP, backend address, count before,
+    /// count after).
     pub fn take_census(&mut self, census: &Census) -> Result<Vec<(String, IpAddr, u64, u64)>, AgentError> {
         self.table_fill = Some(census.fill);
         let mut corrections = Vec::new();
@@ -696,7 +712,7 @@ impl Agent {
             let dp = &mut self.datapath;
             let now = dp.active_connections(id).map_err(|e| AgentError::Apply(e.into()))?;
             let counted = census.counted.get(&id).copied().unwrap_or(0);
-            if now == before && now != counted {
+            if let Some(counted) = corrected_count(before, now, counted) {
                 dp.set_active_connections(id, counted).map_err(|e| AgentError::Apply(e.into()))?;
                 let owner = self.applied.ids.backends.iter().find_map(|(vip, by_address)| {
                     by_address.iter().find(|(_, i)| **i == id).map(|(a, _)| (vip.clone(), *a))
@@ -711,5 +727,26 @@ impl Agent {
 
     pub fn stats(&self) -> Result<Stats, AgentError> {
         stats::collect(self).map_err(|e| AgentError::Apply(ApplyError::Datapath(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::corrected_count;
+
+    #[test]
+    fn least_conn_counts_are_corrected_by_their_drift_beyond_the_moves_during_the_walk() {
+        // A quiet backend: exact.
+        assert_eq!(corrected_count(5, 5, 3), Some(3));
+        assert_eq!(corrected_count(5, 5, 5), None);
+        // A busy one (ten opened during the walk) that drifted 60 up: its census plus the moves.
+        assert_eq!(corrected_count(100, 110, 40), Some(50));
+        // A difference within the moves may be the race itself: left.
+        assert_eq!(corrected_count(100, 110, 105), None);
+        assert_eq!(corrected_count(100, 90, 95), None);
+        // Never below zero, and a count raced below zero reads as the i64 it is.
+        assert_eq!(corrected_count(50, 40, 0), Some(0));
+        assert_eq!(corrected_count((-2i64) as u64, (-2i64) as u64, 0), Some(0));
+        assert_eq!(corrected_count(0, 0, 0), None);
     }
 }

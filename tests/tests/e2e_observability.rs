@@ -344,6 +344,7 @@ fn stats_metrics_prometheus_and_flows() {
         line.starts_with(&want) && line.contains(&active),
         "lbctl status: {line:?}, want {want:?}, {active:?}"
     );
+    eprintln!("lbctl status: {line}");
     // The fill ratios docs/observability.md gives, as Prometheus computes them (it scrapes every
     // second: a few polls).
     for (query, want) in [

@@ -123,6 +123,7 @@ impl FlowEntry {
             backend_generation: self.backend_generation,
             policy_generation: self.policy_generation,
             counted: self.ctl & FLOW_COUNTED != 0,
+            last_tick: (self.ctl >> FLOW_CLOCK_SHIFT) as u32,
         }
     }
 }
@@ -140,6 +141,8 @@ pub struct FlowValue {
     pub policy_generation: u16,
     /// An open connection counted in its backend's ACTIVE_CONNS entry.
     pub counted: bool,
+    /// The clock tick ([`flow_clock`]) of the flow's last packet.
+    pub last_tick: u32,
 }
 
 #[cfg(feature = "user")]

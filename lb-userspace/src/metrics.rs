@@ -214,6 +214,13 @@ pub const FLOW_TABLE_FLOWS: Family = Family {
     labels: &["state"],
     help: "Flows in the flow table by `state`: `confirmed` (two packets or more), `unconfirmed` (one: a SYN waiting for its ACK, a one-datagram UDP flow, a flood's spoofed packets); as lbd's last walk of the table found them (every 10 s, less often for a table that takes over half a second to walk; lb_flow_table_census_time_seconds says when)",
 };
+pub const FLOW_TABLE_ACTIVE: Family = Family {
+    name: "lb_flow_table_active_flows",
+    unit: None,
+    kind: MetricType::Gauge,
+    labels: &[],
+    help: "Confirmed flows with a packet in the last two of the flow table's clock ticks (1.1 to 2.1 s): the entries no new flow may take; past about half of lb_flow_table_entries, more new flows find both their sets held and are not recorded (flow_not_recorded); from lbd's last census",
+};
 pub const FLOW_TABLE_CENSUS_TIME: Family = Family {
     name: "lb_flow_table_census_time",
     unit: Some("seconds"),
@@ -266,7 +273,7 @@ pub const BIRD_SESSION_UP: Family = Family {
 };
 
 /// Every family, in the order a scrape gives them.
-pub const FAMILIES: [Family; 27] = [
+pub const FAMILIES: [Family; 28] = [
     INFO,
     START_TIME,
     LOOP_LAG_MAX,
@@ -287,6 +294,7 @@ pub const FAMILIES: [Family; 27] = [
     DATAPATH_EVENTS,
     FLOW_TABLE_ENTRIES,
     FLOW_TABLE_FLOWS,
+    FLOW_TABLE_ACTIVE,
     FLOW_TABLE_CENSUS_TIME,
     VIP_ANNOUNCED,
     VIP_EXPORTED,
@@ -428,6 +436,7 @@ impl Collector for Snapshot {
             .into_iter()
             .flat_map(|f| [(vec!["confirmed"], f.confirmed), (vec!["unconfirmed"], f.unconfirmed)]);
         family(&mut e, &FLOW_TABLE_FLOWS, states, gauge)?;
+        family(&mut e, &FLOW_TABLE_ACTIVE, fill.map(|f| (vec![], f.active)), gauge)?;
         family(&mut e, &FLOW_TABLE_CENSUS_TIME, fill.map(|f| (vec![], f.at_unix)), gauge)?;
         match &self.announce {
             Some(a) => announcements(&mut e, a),
@@ -594,6 +603,7 @@ mod tests {
             table_fill: Some(crate::agent::TableFill {
                 entries: 131_072,
                 confirmed: 2056,
+                active: 40,
                 unconfirmed: 17,
                 complete: true,
                 at_unix: 1_700_000_123,
@@ -661,6 +671,7 @@ mod tests {
             "lb_flow_table_entries 131072",
             "lb_flow_table_flows{state=\"confirmed\"} 2056",
             "lb_flow_table_flows{state=\"unconfirmed\"} 17",
+            "lb_flow_table_active_flows 40",
             "lb_flow_table_census_time_seconds 1700000123",
             "lbd_info{version=\"1.2.3\"} 1",
             "# TYPE lbd_start_time_seconds gauge",

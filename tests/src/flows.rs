@@ -5,10 +5,10 @@ use std::path::Path;
 
 use aya::maps::{Array, Map, MapData};
 use lb_common::{
-    flow_clock, hash, map_names, BackendValue, ConfigValue, FlowEntry, FlowKey, VipSlot, FAMILY_V4,
-    FLOW_CLOCK_SHIFT, FLOW_CONFIRMED, FLOW_COUNTED, FLOW_FIRST_SET_ALONE, FLOW_WAYS, PROTO_TCP,
+    hash, map_names, BackendValue, ConfigValue, FlowEntry, FlowKey, VipSlot, FAMILY_V4, FLOW_CLOCK_SHIFT,
+    FLOW_CONFIRMED, FLOW_COUNTED, FLOW_FIRST_SET_ALONE, FLOW_WAYS, PROTO_TCP,
 };
-use lb_userspace::datapath::{map_pinned_flow_table, monotonic_ns};
+use lb_userspace::datapath::{flow_clock_now, map_pinned_flow_table};
 
 /// Flows per client address: source ports 10000 and up.
 const PORTS_PER_CLIENT: u32 = 64;
@@ -35,7 +35,7 @@ pub fn fill_counted_flows(pin_dir: &Path, vip_id: u32, backend_id: u32, n: u32, 
     let table = map_pinned_flow_table(&pin_dir.join(map_names::FLOW_TABLE))
         .unwrap_or_else(|e| panic!("mapping the pinned flow table: {e}"));
     let sets = table.len() / FLOW_WAYS;
-    let ctl = FLOW_CONFIRMED | FLOW_COUNTED | u64::from(flow_clock(monotonic_ns())) << FLOW_CLOCK_SHIFT;
+    let ctl = FLOW_CONFIRMED | FLOW_COUNTED | u64::from(flow_clock_now()) << FLOW_CLOCK_SHIFT;
     let mut written = 0;
     for i in 0..n {
         let key = key(i, vip);

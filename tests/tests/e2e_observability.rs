@@ -6,12 +6,17 @@
 //! - `lbctl stats` shows non-zero packets/s, bits/s and new flows/s for the VIP and every backend;
 //! - `lbctl stats --watch --count 2` prints two screens and stops;
 //! - a real Prometheus server (Debian's `prometheus`), run in the lb's namespace with a 1 s
-//!   scrape interval, answers a positive `rate(lb_vip_packets_total{vip="web"}[5s])`.
+//!   scrape interval, answers a positive `rate(lb_vip_packets_total{vip="web"}[5s])`;
+//! - lbd's census of the flow table counts active flows (confirmed, a packet in the last two
+//!   clock ticks), no more than the confirmed ones, the same in the metrics and `lbctl status`.
 //!
 //! Then, with the traffic stopped:
 //! - the metrics text passes `promtool check metrics`, and its VIP and backend series hold the
 //!   numbers `lbctl --json stats` gives; OpenMetrics is served to whoever asks for it; other
 //!   paths are 404;
+//! - a census 3 s or more after the last packet counts every connection confirmed (finished
+//!   connections stay in the table) and none active, in the metrics, `lbctl status` and
+//!   Prometheus;
 //! - `lbctl flows`: per backend, as many flows as connections that backend served (and as the
 //!   data plane counted new flows for it), adding up to every connection made; a VIP filter
 //!   that separates the two VIPs, the every-port one included;
@@ -36,8 +41,8 @@ use lb_tests::{
     unique_name,
 };
 use lb_userspace::agent::{
-    flows::{FlowState, Flows},
-    Stats,
+    flows::{FlowState, Flows, MAX_SAMPLE},
+    Stats, TableFill,
 };
 
 const BACKENDS: usize = 3;
@@ -48,13 +53,17 @@ const METRICS: &str = "127.0.0.1:9100";
 const FILL: &str = "sum(lb_flow_table_flows) / scalar(lb_flow_table_entries)";
 const UNCONFIRMED_FILL: &str =
     r#"lb_flow_table_flows{state="unconfirmed"} / ignoring(state) lb_flow_table_entries"#;
+const ACTIVE_SHARE: &str = "lb_flow_table_active_flows / lb_flow_table_entries";
+/// A confirmed flow stays active until its last packet is two clock ticks of 2^30 ns (2.15 s)
+/// old; the margin covers the coarse clock and the walk.
+const ACTIVE_FOR_AT_MOST: Duration = Duration::from_secs(3);
 /// lbd walks its flow table every 10 s (lb_userspace::agent::event_loop::FLOW_CENSUS).
 const CENSUS_WITHIN: Duration = Duration::from_secs(15);
 const PROMETHEUS: &str = "127.0.0.1:9090";
 /// The client opens a connection, then sleeps this long.
 const TRAFFIC_GAP: Duration = Duration::from_millis(3);
 /// Bounds of the background traffic, whatever happens to the main thread.
-const TRAFFIC_MAX_TIME: Duration = Duration::from_secs(15);
+const TRAFFIC_MAX_TIME: Duration = Duration::from_secs(35);
 const STEP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections after the drain.
 const AFTER_DRAIN: usize = 60;
@@ -143,6 +152,23 @@ fn stats_metrics_prometheus_and_flows() {
             if series != BACKENDS as f64 {
                 return Err(format!("prometheus has {series} backend series of web, want {BACKENDS}"));
             }
+
+            // A census while the connections come and go: some active, no more than confirmed.
+            let t = Instant::now();
+            let census = loop {
+                let census = census(&topo.lb.ns, &lbd)?;
+                if let Some(c) = census.filter(|c| c.confirmed > 0) {
+                    break c;
+                }
+                if t.elapsed() > CENSUS_WITHIN {
+                    return Err(format!("no census saw the traffic within {CENSUS_WITHIN:?}: {census:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            if census.active == 0 || census.active > census.confirmed {
+                return Err(format!("a census during the traffic: {census:?}, want 0 < active <= confirmed"));
+            }
+            eprintln!("census during the traffic (waited {:.2?}): {census:?}", t.elapsed());
             Ok(text)
         })();
         stop.store(true, Ordering::Relaxed);
@@ -174,6 +200,7 @@ fn stats_metrics_prometheus_and_flows() {
     });
     // Let the last packets (FINs, ACKs, datagrams) cross.
     std::thread::sleep(Duration::from_millis(300));
+    let quiet_since = unix_now();
 
     // ---- Metrics: promtool, values, formats -----------------------------------------------
     let stats: Stats = serde_json::from_str(&lbd.lbctl_ok(&["--json", "stats"])).expect("lbctl --json stats");
@@ -277,55 +304,53 @@ fn stats_metrics_prometheus_and_flows() {
         "{human}"
     );
 
-    // ---- The flow table's fill in the metrics: lbd's census (every 10 s) --------------------
-    let census = [
-        "lb_flow_table_entries 131072".to_owned(),
-        format!("lb_flow_table_flows{{state=\"confirmed\"}} {n}"),
-        format!("lb_flow_table_flows{{state=\"unconfirmed\"}} {}", any_flows.total),
-    ];
+    // ---- The flow table's fill: lbd's census (every 10 s) after the traffic stopped ------------
+    // The first census that began ACTIVE_FOR_AT_MOST after the last packet: every connection
+    // still in the table, confirmed, and none active.
     let t = Instant::now();
-    let mut text = String::new();
-    while t.elapsed() < CENSUS_WITHIN {
-        text = curl(&topo.lb.ns, &format!("http://{METRICS}/metrics"), &[]);
-        if census.iter().all(|want| text.lines().any(|l| l == want)) {
-            break;
+    let census = loop {
+        let census = census(&topo.lb.ns, &lbd).unwrap_or_else(|e| fail(e));
+        if let Some(c) = census.filter(|c| c.at_unix as f64 >= quiet_since + ACTIVE_FOR_AT_MOST.as_secs_f64())
+        {
+            break c;
+        }
+        if t.elapsed() > CENSUS_WITHIN {
+            fail(format!(
+                "no census {ACTIVE_FOR_AT_MOST:?} after the traffic stopped (at {quiet_since:.1}) within \
+                 {CENSUS_WITHIN:?}: the last {census:?}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(500));
-    }
-    let missing: Vec<&String> = census.iter().filter(|want| !text.lines().any(|l| l == *want)).collect();
-    if !missing.is_empty() {
-        let seen: Vec<&str> = text.lines().filter(|l| l.starts_with("lb_flow_table_")).collect();
-        fail(format!(
-            "no census of the flow table within {CENSUS_WITHIN:?}: missing {missing:?}, seen {seen:?}"
-        ));
-    }
-    eprintln!("flow-table census in the metrics after {:.2?}", t.elapsed());
-    let census_at = text
-        .lines()
-        .find_map(|l| l.strip_prefix("lb_flow_table_census_time_seconds "))
-        .and_then(|v| v.parse::<u64>().ok());
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
-    assert!(
-        census_at.is_some_and(|at| at <= now && now - at <= CENSUS_WITHIN.as_secs()),
-        "lb_flow_table_census_time_seconds {census_at:?}, now {now}"
+    };
+    eprintln!(
+        "flow-table census {ACTIVE_FOR_AT_MOST:?} after the traffic, waited {:.2?}: {census:?}",
+        t.elapsed()
     );
-    let status: serde_json::Value =
-        serde_json::from_str(&lbd.lbctl_ok(&["--json", "status"])).expect("lbctl --json status");
-    let fill = &status["flow_table"];
-    assert_eq!(
-        (fill["entries"].as_u64(), fill["confirmed"].as_u64(), fill["unconfirmed"].as_u64()),
-        (Some(131_072), Some(n), Some(any_flows.total)),
-        "lbctl status: {status}"
+    let want = Census { entries: 131_072, confirmed: n, active: 0, unconfirmed: any_flows.total, ..census };
+    if census != want {
+        fail(format!("the census after the traffic: {census:?}, want {want:?}"));
+    }
+    let now = unix_now() as u64;
+    assert!(
+        census.at_unix <= now && now - census.at_unix <= CENSUS_WITHIN.as_secs(),
+        "lb_flow_table_census_time_seconds {}, now {now}",
+        census.at_unix
     );
     let human = lbd.lbctl_ok(&["status"]);
     let line = human.lines().find(|l| l.starts_with("flow table")).unwrap_or_default();
     let want = format!("flow table   {} flows in 131072 entries", n + any_flows.total);
-    assert!(line.starts_with(&want), "lbctl status: {line:?}, want {want:?}");
+    let active = format!(", 0 active (0.0 %), {} unconfirmed (census ", any_flows.total);
+    assert!(
+        line.starts_with(&want) && line.contains(&active),
+        "lbctl status: {line:?}, want {want:?}, {active:?}"
+    );
+    eprintln!("lbctl status: {line}");
     // The fill ratios docs/observability.md gives, as Prometheus computes them (it scrapes every
     // second: a few polls).
     for (query, want) in [
         (FILL, (n + any_flows.total) as f64 / 131_072.0),
         (UNCONFIRMED_FILL, any_flows.total as f64 / 131_072.0),
+        (ACTIVE_SHARE, 0.0),
     ] {
         let t = Instant::now();
         let mut got = None;
@@ -353,7 +378,8 @@ fn stats_metrics_prometheus_and_flows() {
     let after = after.unwrap_or_else(|e| fail(format!("a connection after the drain failed: {e}")));
     assert_eq!(after.len(), AFTER_DRAIN);
     std::thread::sleep(Duration::from_millis(100));
-    let only = flows(&["--vip", "web", "--backend", &drained_addr, "--limit", "1000"]);
+    // Every one of them in the sample (the traffic ran until a census saw it: thousands).
+    let only = flows(&["--vip", "web", "--backend", &drained_addr, "--limit", &MAX_SAMPLE.to_string()]);
     assert_eq!(only.total, kept, "the drained backend's flows: {only:?}");
     assert_eq!(only.backends.len(), 1);
     assert!(only.backends[0].drained && only.backends[0].flows == kept, "{only:?}");
@@ -374,6 +400,60 @@ fn stats_metrics_prometheus_and_flows() {
     let errors: Vec<String> = servers.iter().flat_map(EchoServer::errors).collect();
     assert!(errors.is_empty(), "the echo servers met errors: {errors:?}");
     eprintln!("passed in {:.2?}", t0.elapsed());
+}
+
+/// The last census of the flow table as the metrics and `lbctl --json status` both give it
+/// (read until both show the same one: a census may end between the two reads); `None` before
+/// the first.
+fn census(ns: &Netns, lbd: &Lbd) -> Result<Option<Census>, String> {
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let text = curl(ns, &format!("http://{METRICS}/metrics"), &[]);
+        let value =
+            |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok());
+        let metrics = (|| {
+            Some(Census {
+                entries: value("lb_flow_table_entries")?,
+                confirmed: value(r#"lb_flow_table_flows{state="confirmed"}"#)?,
+                active: value("lb_flow_table_active_flows")?,
+                unconfirmed: value(r#"lb_flow_table_flows{state="unconfirmed"}"#)?,
+                at_unix: value("lb_flow_table_census_time_seconds")?,
+            })
+        })();
+        let status: serde_json::Value = serde_json::from_str(&lbd.lbctl_ok(&["--json", "status"]))
+            .map_err(|e| format!("lbctl --json status: {e}"))?;
+        let lbctl = serde_json::from_value::<TableFill>(status["flow_table"].clone()).ok().map(|f| Census {
+            entries: f.entries,
+            confirmed: f.confirmed,
+            active: f.active,
+            unconfirmed: f.unconfirmed,
+            at_unix: f.at_unix,
+        });
+        match (metrics, lbctl) {
+            (Some(m), Some(l)) if m == l => return Ok(Some(m)),
+            (None, None) => return Ok(None),
+            (Some(m), Some(l)) if m.at_unix == l.at_unix => {
+                return Err(format!("one census, two answers: the metrics {m:?}, lbctl status {l:?}"))
+            }
+            (m, l) => seen.push(format!("metrics {m:?}, lbctl status {l:?}")),
+        }
+    }
+    let samples: Vec<&str> = seen.iter().map(String::as_str).collect();
+    Err(format!("the metrics and lbctl status never showed the same census: {}", samples.join("; ")))
+}
+
+/// What the metrics and `lbctl status` both say of a census of the flow table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Census {
+    entries: u64,
+    confirmed: u64,
+    active: u64,
+    unconfirmed: u64,
+    at_unix: u64,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
 }
 
 /// The client's connections, and what failed.

@@ -327,47 +327,72 @@ fn lbctl_pps(lbd: &Lbd) -> Result<f64, String> {
 }
 
 /// The page's Flow table tile says what `lbctl status` says once lbd's census has seen the
-/// traffic's flows: its percentage full, the flows, the unconfirmed ones (the census is every
-/// 10 s: the tries span two).
+/// traffic's flows: the share of entries active flows hold (its value, red past half), the
+/// active flows, the flows, how full, the unconfirmed ones (the census is every 10 s: the tries
+/// span two). The traffic flows throughout: that census counts some active.
 fn check_flow_table_tile(browser: &Browser, lbd: &Lbd) -> Result<(), String> {
     let mut last = String::new();
     for _ in 0..14 {
         let status: serde_json::Value = serde_json::from_str(&lbd.lbctl_ok(&["--json", "status"]))
             .map_err(|e| format!("lbctl --json status: {e}"))?;
         let fill = &status["flow_table"];
-        let (entries, confirmed, unconfirmed) =
-            (fill["entries"].as_u64(), fill["confirmed"].as_u64(), fill["unconfirmed"].as_u64());
-        let (Some(entries), Some(confirmed), Some(unconfirmed)) = (entries, confirmed, unconfirmed) else {
+        let count = |name: &str| fill[name].as_u64();
+        let (Some(entries), Some(confirmed), Some(active), Some(unconfirmed)) =
+            (count("entries"), count("confirmed"), count("active"), count("unconfirmed"))
+        else {
             return Err(format!("no census in lbctl status: {status}"));
         };
         let flows = confirmed + unconfirmed;
-        let full = format!("{:.1}", 100.0 * flows as f64 / entries as f64);
+        let pct = |n: u64| format!("{:.1}", 100.0 * n as f64 / entries as f64);
         // The page polls every second.
         std::thread::sleep(Duration::from_millis(1500));
         // One script: the page re-renders its tiles every second (a found element goes stale).
         let read = browser.execute(
             "const t = document.querySelector(\"[data-tile='Flow table']\"); \
-             return t ? [t.querySelector('.value').textContent, t.querySelector('.note')?.textContent ?? ''] : null",
+             return t ? [t.querySelector('.value').textContent, t.querySelector('.note')?.textContent ?? '', \
+             t.classList.contains('bad')] : null",
             &[],
         );
-        let (Some(value), Some(note)) = (read[0].as_str(), read[1].as_str()) else {
+        let (Some(value), Some(note), Some(red)) = (read[0].as_str(), read[1].as_str(), read[2].as_bool())
+        else {
             return Err(format!("no Flow table tile: {read}"));
         };
-        let text = format!("{value} ({note})");
-        // "1.6% full", "2.07k flows, 17 unconfirmed" (counts in k, M past 999).
-        let counts = note.strip_suffix(" unconfirmed").and_then(|r| r.split_once(" flows, "));
-        let shown = value.strip_suffix("% full").zip(counts.and_then(|(f, u)| si(f).zip(si(u))));
+        let text = format!("{value} ({note}){}", if red { ", red" } else { "" });
+        // "0.3% active", "391 active (a packet in the last 2 s) · 2.97k flows, 2.3% full, 0
+        // unconfirmed" (counts in k, M past 999).
+        let parsed = (|| {
+            let share = value.strip_suffix("% active")?;
+            let (shown_active, rest) = note.split_once(" active (a packet in the last 2 s) · ")?;
+            let (rest, shown_unconfirmed) = rest.strip_suffix(" unconfirmed")?.rsplit_once(", ")?;
+            let (shown_flows, full) = rest.split_once(" flows, ")?;
+            Some((
+                share,
+                si(shown_active)?,
+                si(shown_flows)?,
+                full.strip_suffix("% full")?,
+                si(shown_unconfirmed)?,
+            ))
+        })();
         let near = |shown: f64, n: u64| (shown - n as f64).abs() <= 0.01 * shown;
-        let agree = shown.is_some_and(|(pct, (f, u))| pct == full && near(f, flows) && near(u, unconfirmed));
-        if agree && confirmed > 0 {
+        let agree = parsed.is_some_and(|(share, a, f, full, u)| {
+            share == pct(active)
+                && near(a, active)
+                && near(f, flows)
+                && full == pct(flows)
+                && near(u, unconfirmed)
+        });
+        if agree && confirmed > 0 && active > 0 && red == (2 * active > entries) {
             eprintln!("the Flow table tile says {text:?}, as lbctl status");
             return Ok(());
         }
         last = format!(
-            "the tile says {text:?}; lbctl status: {full}% full, {flows} flows, {unconfirmed} unconfirmed"
+            "the tile says {text:?}; lbctl status: {}% active, {active} active, {flows} flows, {}% full, \
+             {unconfirmed} unconfirmed",
+            pct(active),
+            pct(flows)
         );
     }
-    Err(format!("the Flow table tile and lbctl status disagree: {last}"))
+    Err(format!("the Flow table tile and lbctl status disagree (or no census saw active flows): {last}"))
 }
 
 /// "1.23k" -> 1230.

@@ -3,8 +3,9 @@
 //! their flow unconfirmed and the packet after the SYN confirms it (so a ring change in the
 //! handshake moves no connection); a flow whose VIP is gone or was replaced is never forwarded
 //! by its entry; the VIP address filter follows the VIP entries; both CPUs see one table; a new
-//! flow takes an idle connection's entry, never an active one's; a full table with half its
-//! entries held by active connections records nearly every new flow.
+//! flow takes an idle connection's entry, never an active one's; a flow's entry carries the tick
+//! of its last packet on the clock lbd's census reads (`flow_clock_now`); a full table with half
+//! its entries held by active connections records nearly every new flow.
 use std::net::IpAddr;
 
 use aya::maps::{Array, MapData};
@@ -21,7 +22,7 @@ use lb_tests::{
     },
 };
 use lb_userspace::{
-    datapath::Sizes,
+    datapath::{flow_clock_now, Sizes},
     maglev::{self, Member},
 };
 
@@ -129,6 +130,41 @@ fn maglev_syns_record_their_flow_and_the_next_packet_confirms_it() {
         assert_eq!(r.counter(Counter::FlowConfirmed) - confirmed, 20);
         // A SYN of a recorded flow (a retransmission) goes where the flow is.
         assert_eq!(send(r, 20_000, tcp::SYN), Some(picks[0]));
+    });
+}
+
+/// The ticks of the flows in the table (the census's input).
+fn last_ticks(r: &XdpRunner) -> Vec<u32> {
+    let mut ticks = Vec::new();
+    r.datapath.flow_table().unwrap().walk_values(|_, v, _| ticks.push(v.last_tick)).unwrap();
+    ticks
+}
+
+#[test]
+fn a_flow_carries_the_tick_of_its_last_packet_on_the_clock_lbd_reads() {
+    Fixture::new().run(SIZES, |r| {
+        install(r, SCHED_MAGLEV);
+        let before = flow_clock_now();
+        send(r, 21_000, tcp::SYN).expect("SYN forwarded");
+        let after = flow_clock_now();
+        let ticks = last_ticks(r);
+        assert!(
+            ticks.len() == 1 && (before..=after).contains(&ticks[0]),
+            "the SYN's flow has ticks {ticks:?}; lbd's flow clock read {before}, then {after}"
+        );
+        // A packet a tick later moves it on.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1_500);
+        while flow_clock_now() == ticks[0] && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let before = flow_clock_now();
+        send(r, 21_000, tcp::ACK).expect("ACK forwarded");
+        let after = flow_clock_now();
+        let moved = last_ticks(r);
+        assert!(
+            before > ticks[0] && moved.len() == 1 && (before..=after).contains(&moved[0]),
+            "after a packet at ticks {before}..={after} the flow's tick is {moved:?} (was {ticks:?})"
+        );
     });
 }
 

@@ -20,6 +20,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use lb_common::FLOW_IDLE_EVICT;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{error, info, warn};
@@ -95,7 +96,8 @@ impl SavedState {
 }
 
 /// The event loop's periodic walk of the flow table. It counts the flows the table holds,
-/// confirmed and not (the metrics' `lb_flow_table_flows`), and, per least-conn backend, the
+/// confirmed and not (the metrics' `lb_flow_table_flows`), the confirmed ones still active (no
+/// new flow may take their entries: `active_at`), and, per least-conn backend, the
 /// flows still marked as open connections (`FLOW_COUNTED`): what the data plane's counts should
 /// be. Those drift when flows leave the table without a FIN or RST the balancer saw (evicted
 /// when idle, clients gone).
@@ -119,6 +121,11 @@ pub struct TableFill {
     /// The table's entries: the flows it can hold.
     pub entries: u64,
     pub confirmed: u64,
+    /// Confirmed flows with a packet in the last [`FLOW_IDLE_EVICT`] clock ticks: the entries
+    /// no new flow may take. (Finished connections stay in the table as confirmed flows until
+    /// new flows take their entries: the fill alone says little; this is the table's pressure.)
+    #[serde(default)]
+    pub active: u64,
     pub unconfirmed: u64,
     /// The walk saw the whole table (else the counts are lower bounds: heavy churn).
     pub complete: bool,
@@ -130,11 +137,13 @@ impl FlowCensus {
     /// Walks the flow table (blocking: it reads the whole mapped table).
     pub fn run(self) -> Result<Census, DatapathError> {
         let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut unconfirmed = 0;
+        let (mut unconfirmed, mut active) = (0, 0);
+        let now = crate::datapath::flow_clock_now();
         // Unconfirmed flows are counted as connections only once they are confirmed (the data
         // plane's way too).
         let walk = self.table.walk_values(|_, value, confirmed| {
             unconfirmed += u64::from(!confirmed);
+            active += u64::from(confirmed && active_at(now, value.last_tick));
             if confirmed && value.counted && self.before.contains_key(&value.backend) {
                 *counted.entry(value.backend).or_default() += 1;
             }
@@ -142,6 +151,7 @@ impl FlowCensus {
         let fill = TableFill {
             entries: self.table.entries(),
             confirmed: walk.flows - unconfirmed,
+            active,
             unconfirmed,
             complete: walk.complete,
             at_unix: crate::security::now_unix(),
@@ -164,6 +174,14 @@ pub fn corrected_count(before: u64, now: u64, counted: u64) -> Option<u64> {
     let drift = counted.wrapping_sub(before);
     let target = counted.saturating_add(moved).max(0);
     (drift.unsigned_abs() > moved.unsigned_abs() && target != now).then_some(target as u64)
+}
+
+/// Whether a confirmed flow whose last packet came at clock tick `last` is active at tick `now`:
+/// a new flow may not take its entry (the data plane takes one idle for [`FLOW_IDLE_EVICT`]
+/// ticks or more: lb-ebpf/src/flow_table.rs, `record`). A tick ahead of `now` (a packet since
+/// the walk began) is active; ticks wrap.
+fn active_at(now: u32, last: u32) -> bool {
+    (now.wrapping_sub(last) as i32) < FLOW_IDLE_EVICT as i32
 }
 
 /// The capture buffers; whoever holds the lock is the one capture running.
@@ -732,7 +750,7 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
-    use super::corrected_count;
+    use super::{active_at, corrected_count};
 
     #[test]
     fn least_conn_counts_are_corrected_by_their_drift_beyond_the_moves_during_the_walk() {
@@ -748,5 +766,22 @@ mod tests {
         assert_eq!(corrected_count(50, 40, 0), Some(0));
         assert_eq!(corrected_count((-2i64) as u64, (-2i64) as u64, 0), Some(0));
         assert_eq!(corrected_count(0, 0, 0), None);
+    }
+
+    #[test]
+    fn a_confirmed_flow_is_active_until_it_has_been_idle_for_two_ticks() {
+        for (name, now, last, want) in [
+            ("a packet this tick", 1000, 1000, true),
+            ("one tick ago", 1000, 999, true),
+            ("two ticks ago: a new flow may take it", 1000, 998, false),
+            ("long ago", 1000, 3, false),
+            ("a tick ahead (a packet during the walk)", 1000, 1001, true),
+            ("a packet this tick, across the wrap", 0, 0, true),
+            ("one tick ago, across the wrap", 0, u32::MAX, true),
+            ("two ticks ago, across the wrap", 1, u32::MAX, false),
+            ("a tick ahead, across the wrap", u32::MAX, 0, true),
+        ] {
+            assert_eq!(active_at(now, last), want, "{name}: now {now}, last packet at {last}");
+        }
     }
 }

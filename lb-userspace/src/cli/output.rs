@@ -50,15 +50,20 @@ pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
         println!("backends     {}", s.backends);
         println!("denies       {} global in the config, {} added with lbctl deny", s.global_deny, s.denies);
         match s.flow_table {
-            Some(f) => println!(
-                "flow table   {} flows in {} entries ({:.1} % full), {} of them unconfirmed{} (census {} s ago)",
-                f.confirmed + f.unconfirmed,
-                f.entries,
-                100.0 * (f.confirmed + f.unconfirmed) as f64 / f.entries.max(1) as f64,
-                f.unconfirmed,
-                if f.complete { "" } else { " (at least: entries were being written)" },
-                crate::security::now_unix().saturating_sub(f.at_unix)
-            ),
+            Some(f) => {
+                let share = |n: u64| 100.0 * n as f64 / f.entries.max(1) as f64;
+                println!(
+                    "flow table   {} flows in {} entries ({:.1} % full), {} active ({:.1} %), {} unconfirmed{} (census {} s ago)",
+                    f.confirmed + f.unconfirmed,
+                    f.entries,
+                    share(f.confirmed + f.unconfirmed),
+                    f.active,
+                    share(f.active),
+                    f.unconfirmed,
+                    if f.complete { "" } else { " (at least: entries were being written)" },
+                    crate::security::now_unix().saturating_sub(f.at_unix)
+                )
+            }
             None => println!("flow table   not counted yet (lbd counts it every 10 s: if this stays, see its log)"),
         }
         println!(

@@ -141,6 +141,15 @@ impl FlowEntries {
     }
 }
 
+/// The flow table's clock tick now ([`lb_common::flow_clock`]), on the clock the data plane
+/// stamps a flow's last packet with (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE).
+pub fn flow_clock_now() -> u32 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    lb_common::flow_clock(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 /// A BPF array map of `FlowEntry` (made with BPF_F_MMAPABLE) mapped shared, read and write.
 pub struct MappedFlowTable {
     entries: FlowEntries,
@@ -228,7 +237,23 @@ mod tests {
             "sequence 1, no busy bit"
         );
         assert!(read.holds_flow() && read.confirmed() && read.value().counted);
+        assert_eq!(read.value().last_tick, 5, "the tick of the flow's last packet");
         assert!(!table.read(0).unwrap().holds_flow(), "an untouched entry holds no flow");
+    }
+
+    #[test]
+    fn the_flow_clock_now_is_the_coarse_monotonic_clock_in_ticks() {
+        // The coarse clock is the monotonic one as of the last timer interrupt: behind it by up
+        // to its resolution (a jiffy; twice that allowed).
+        let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid timespec to fill.
+        assert_eq!(unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) }, 0);
+        let lag = 2 * (res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64);
+        let before = crate::datapath::monotonic_ns();
+        let now = flow_clock_now();
+        let after = crate::datapath::monotonic_ns();
+        let (low, high) = (lb_common::flow_clock(before.saturating_sub(lag)), lb_common::flow_clock(after));
+        assert!((low..=high).contains(&now), "tick {now}, CLOCK_MONOTONIC's ticks {low}..={high}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod perf;
 mod policy;
 
 pub use decap::{read_pinned_decap, DecapView, DECAP_COUNTERS};
-pub use flow_table::{Claim, FlowEntries, MappedFlowTable};
+pub use flow_table::{flow_clock_now, Claim, FlowEntries, MappedFlowTable};
 pub use loader::load_object_with;
 pub use loader::{
     load, load_decap_pinned, load_pinned, load_with, object, possible_cpus, program, Datapath, DatapathError,

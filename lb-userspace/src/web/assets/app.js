@@ -223,10 +223,12 @@
     const backends = st.vips.flatMap((v) => v.backends);
     const down = backends.filter((b) => b.health === 'down').length;
     const drained = backends.filter((b) => b.drained).length;
-    // lbd's census of the flow table (every 10 s); past nine tenths full, new flows find both
-    // their sets full.
+    // lbd's census of the flow table (every 10 s). Finished connections stay in it until new
+    // flows take their entries, so a busy table runs near full by design; what new flows cannot
+    // take is the active flows' entries: past half of them, more new flows find both sets held.
     const ft = st.host.flow_table;
     const flows = ft ? ft.confirmed + ft.unconfirmed : 0;
+    const pct = (n) => (100 * n / ft.entries).toFixed(1);
     $('tiles').replaceChildren(
       tile('Packets', si(sum('pps')), '/s'),
       tile('Bits', si(sum('bps')), 'bit/s'),
@@ -235,8 +237,8 @@
       tile('VIPs', String(st.vips.length)),
       tile('Backends down', `${down}`, `of ${backends.length}${drained ? `, ${drained} drained` : ''}`, down > 0),
       ft
-        ? tile('Flow table', (100 * flows / ft.entries).toFixed(1), '% full', flows > 0.9 * ft.entries,
-          `${si(flows)} flows, ${si(ft.unconfirmed)} unconfirmed`)
+        ? tile('Flow table', pct(ft.active), '% active', ft.active > 0.5 * ft.entries,
+          `${si(ft.active)} active (a packet in the last 2 s) · ${si(flows)} flows, ${pct(flows)}% full, ${si(ft.unconfirmed)} unconfirmed`)
         : tile('Flow table', '–', 'not counted yet'),
     );
   }

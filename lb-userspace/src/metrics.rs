@@ -555,6 +555,9 @@ pub fn markdown_table() -> String {
 }
 
 #[cfg(test)]
+mod alert_rules;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::agent::{BackendStats, VipStats};

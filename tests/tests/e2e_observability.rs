@@ -21,7 +21,9 @@
 //!   data plane counted new flows for it), adding up to every connection made; a VIP filter
 //!   that separates the two VIPs, the every-port one included;
 //! - after a drain, the drained backend keeps exactly its flows (`--backend` lists only them)
-//!   while new connections add to the others.
+//!   while new connections add to the others;
+//! - Prometheus loaded the packaged alerting rules (packaging/prometheus/lbd-alerts.yml): every
+//!   rule evaluates without error against lbd's series, and no alert is pending or firing.
 use std::{
     collections::BTreeSet,
     io::Write as _,
@@ -397,6 +399,17 @@ fn stats_metrics_prometheus_and_flows() {
          web has {} flows",
         web_after.total
     );
+    // ---- The packaged alerting rules against lbd's real series --------------------------------
+    // Prometheus has evaluated them every second since it started: every group is loaded, every
+    // rule evaluates without error, and none is pending or firing on this healthy balancer (the
+    // drain above leaves two backends of three in service: no alert). Judged once every rule has
+    // been evaluated (within 3 s).
+    let t = Instant::now();
+    let rules = prometheus.wait_rules_healthy_and_quiet();
+    match rules {
+        Ok(n) => eprintln!("prometheus: {n} alerting rules loaded, healthy and quiet ({:.2?})", t.elapsed()),
+        Err(e) => fail(format!("the packaged alerting rules ({}): {e}", alert_rules().display())),
+    }
     let errors: Vec<String> = servers.iter().flat_map(EchoServer::errors).collect();
     assert!(errors.is_empty(), "the echo servers met errors: {errors:?}");
     eprintln!("passed in {:.2?}", t0.elapsed());
@@ -553,6 +566,46 @@ fn promtool_check(text: &str) -> Result<(), String> {
     }
 }
 
+/// The alerting rules the Debian package installs.
+fn alert_rules() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/prometheus/lbd-alerts.yml"))
+}
+
+/// The rule groups of [`alert_rules`], by name.
+fn alert_rule_groups() -> BTreeSet<String> {
+    let path = alert_rules();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines().filter_map(|l| l.trim_start().strip_prefix("- name:")).map(|n| n.trim().to_owned()).collect()
+}
+
+/// What is wrong with the rules Prometheus loaded, from `GET /api/v1/rules`: a group missing,
+/// a rule not evaluated or failing, an alert pending or firing. Ok: how many rules.
+fn rules_problems(answer: &serde_json::Value) -> Result<usize, String> {
+    let groups = answer["data"]["groups"].as_array().ok_or_else(|| format!("no rule groups in {answer}"))?;
+    let loaded: BTreeSet<String> =
+        groups.iter().filter_map(|g| g["name"].as_str()).map(str::to_owned).collect();
+    if loaded != alert_rule_groups() {
+        return Err(format!("groups loaded {loaded:?}, the file has {:?}", alert_rule_groups()));
+    }
+    let mut problems = Vec::new();
+    let rules: Vec<&serde_json::Value> =
+        groups.iter().flat_map(|g| g["rules"].as_array().into_iter().flatten()).collect();
+    for rule in &rules {
+        let name = rule["name"].as_str().unwrap_or("?");
+        if rule["health"] != "ok" {
+            problems.push(format!("{name}: health {} {}", rule["health"], rule["lastError"]));
+        }
+        if rule["type"] == "alerting" && rule["state"] != "inactive" {
+            problems.push(format!("{name}: {} {}", rule["state"], rule["alerts"]));
+        }
+    }
+    if problems.is_empty() {
+        Ok(rules.len())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
 /// A Prometheus server in a namespace, scraping one target every second; killed, and its
 /// files removed, on drop.
 struct Prometheus<'a> {
@@ -570,7 +623,9 @@ impl<'a> Prometheus<'a> {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: lbd\n    static_configs:\n      - targets: [\"{target}\"]\n"
+                 rule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: lbd\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                alert_rules().display()
             ),
         )
         .expect("prometheus config");
@@ -617,6 +672,31 @@ impl<'a> Prometheus<'a> {
             std::thread::sleep(Duration::from_millis(250));
         }
         Err(format!("prometheus: {query} was {last:?} for 20 s\n{}", self.log()))
+    }
+
+    /// [`rules_problems`] of `GET /api/v1/rules` once every rule has been evaluated (health not
+    /// "unknown"), or after 3 s (three evaluations).
+    fn wait_rules_healthy_and_quiet(&self) -> Result<usize, String> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let evaluated = |answer: &serde_json::Value| {
+            let groups = answer["data"]["groups"].as_array().into_iter().flatten();
+            let mut rules = groups.flat_map(|g| g["rules"].as_array().into_iter().flatten()).peekable();
+            rules.peek().is_some() && rules.all(|r| r["health"] != "unknown")
+        };
+        loop {
+            let out = self
+                .ns
+                .command("curl")
+                .args(["-sS", "--max-time", "2", &format!("http://{PROMETHEUS}/api/v1/rules")])
+                .output()
+                .map_err(|e| format!("run curl: {e}"))?;
+            let answer: Result<serde_json::Value, String> = serde_json::from_slice(&out.stdout)
+                .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+            if answer.as_ref().is_ok_and(evaluated) || Instant::now() >= deadline {
+                return answer.and_then(|a| rules_problems(&a));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 }
 

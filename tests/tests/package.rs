@@ -1,6 +1,6 @@
-//! The Debian package `cargo xtask package` builds: its files and modes, its install (which
-//! must start nothing), its systemd units (`systemd-analyze verify`), its config, and the unit's
-//! capability set, which must be exactly what lbd needs to run.
+//! The Debian package `cargo xtask package` builds: its files and modes, its alerting rules, its
+//! install (which must start nothing), its systemd units (`systemd-analyze verify`), its config,
+//! and the unit's capability set, which must be exactly what lbd needs to run.
 //!
 //! The package is built once per run from the debug binaries this test run already has
 //! (`--binaries`), gzip-compressed to be quick; the command itself builds release and xz.
@@ -33,6 +33,7 @@ const FILES: &[(&str, &str)] = &[
     ("usr/share/doc/lbd/README.md", "-rw-r--r--"),
     ("usr/share/doc/lbd/copyright", "-rw-r--r--"),
     ("usr/share/fish/vendor_completions.d/lbctl.fish", "-rw-r--r--"),
+    ("usr/share/lbd/prometheus/lbd-alerts.yml", "-rw-r--r--"),
     ("usr/share/zsh/vendor-completions/_lbctl", "-rw-r--r--"),
 ];
 /// The docs, installed beside the README: every `docs/*.md` of the workspace.
@@ -183,6 +184,19 @@ fn package_holds_every_file_with_its_mode_and_control_fields() {
     assert!(
         lbd_version.trim().ends_with(&format!(" {version}")),
         "Version {version} but lbd says {lbd_version}"
+    );
+}
+
+/// The alerting rules a Prometheus config points at are the ones tests/tests/alert_rules.rs
+/// checks.
+#[test]
+fn package_installs_the_checked_alert_rules() {
+    let root = Scratch::extracted(&package());
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/prometheus/lbd-alerts.yml");
+    let source = std::fs::read_to_string(source).unwrap_or_else(|e| panic!("read {source}: {e}"));
+    assert!(
+        root.read("usr/share/lbd/prometheus/lbd-alerts.yml") == source,
+        "the package's usr/share/lbd/prometheus/lbd-alerts.yml differs from packaging/prometheus/lbd-alerts.yml"
     );
 }
 

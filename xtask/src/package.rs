@@ -1,5 +1,5 @@
-//! `cargo xtask package`: a Debian package (binary .deb) of lbd, lbctl, their systemd units and
-//! example configs.
+//! `cargo xtask package`: a Debian package (binary .deb) of lbd, lbctl, their systemd units,
+//! example configs and Prometheus alerting rules.
 //!
 //! Built with `dpkg-deb --build` from a tree staged here rather than with cargo-deb: dpkg-deb is
 //! on every Debian system, so there is no packaging tool to compile and keep building with our
@@ -28,6 +28,9 @@ const FILES: &[(&str, &str)] = &[
     ("packaging/backend.toml", "etc/lbd/backend.toml"),
     ("README.md", "usr/share/doc/lbd/README.md"),
     ("packaging/copyright", "usr/share/doc/lbd/copyright"),
+    // Not under /usr/share/doc, which minimal images may leave out: a Prometheus config names
+    // this path (`rule_files:`).
+    ("packaging/prometheus/lbd-alerts.yml", "usr/share/lbd/prometheus/lbd-alerts.yml"),
 ];
 /// The docs: every `*.md` in this workspace directory is installed into the other, next to the
 /// README whose links point there.

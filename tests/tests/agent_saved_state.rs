@@ -47,3 +47,40 @@ fn lost_state_removes_vips_nobody_knows_and_corrupt_state_stops_the_start() {
     assert!(map_snapshot(&pins, 1).vips.is_empty(), "a VIP no state accounts for is still in the map");
     assert!(lbd.lbctl_ok(&["status"]).contains("took over 1 pinned link"));
 }
+
+#[test]
+fn a_reboot_keeps_the_runtime_changes_the_saved_state_holds() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let lbd = Lbd::start(&ns, &files, &format!("{header}{VIP}"));
+    lbd.lbctl_ok(&["backend", "add", "web", "198.18.0.12"]);
+    lbd.lbctl_ok(&["backend", "drain", "web", "198.18.0.11"]);
+    lbd.lbctl_ok(&["deny", "add", "198.19.66.0/24", "--for", "1h"]);
+    lbd.kill();
+    // A reboot: lbd gone, bpffs empty (pins and links with it), the state file on disk.
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
+    std::fs::remove_dir_all(&pins).expect("remove the pins");
+
+    let lbd = Lbd::start_with(&ns, &files, &[]);
+    let status = lbd.lbctl_ok(&["status"]);
+    assert!(status.contains("adopted the saved state of an earlier lbd, on a fresh data plane"), "{status}");
+    let backends = lbd.lbctl_ok(&["--json", "backend", "list", "web"]);
+    let backends: serde_json::Value = serde_json::from_str(&backends).expect("backend list JSON");
+    let drained: Vec<(String, bool)> = backends
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|b| {
+            (b["address"].as_str().unwrap_or_default().to_owned(), b["drained"].as_bool().unwrap_or(false))
+        })
+        .collect();
+    assert_eq!(
+        drained,
+        [("198.18.0.11".to_owned(), true), ("198.18.0.12".to_owned(), false)],
+        "the backend added and the drain made at run time: {backends}"
+    );
+    let denies = lbd.lbctl_ok(&["deny", "list"]);
+    assert!(denies.contains("198.19.66.0/24"), "the operator's deny: {denies}");
+    assert_eq!(map_snapshot(&pins, 1).vips.len(), 2, "the VIP in the fresh maps");
+}

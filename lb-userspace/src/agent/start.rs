@@ -80,17 +80,12 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     }
     let capturer = crate::capture::Capturer::open(&mut dp)?;
     let (prober, events) = Prober::on_own_thread().map_err(StartError::Prober)?;
-    let saved = if pinned_before {
-        SavedState::read(&config.state_file).map_err(StartError::SavedState)?
-    } else {
-        None
-    };
+    // The saved state wins over the file whether or not pins were found: a reboot (or a release
+    // with a new map layout) must not undo a drain, an operator's deny or a VIP added at run
+    // time. `lbctl apply -f` returns to the file.
+    let saved = SavedState::read(&config.state_file).map_err(StartError::SavedState)?;
     let adopted = saved.is_some();
-    let host_drained = match &saved {
-        Some(state) => state.host_drained,
-        // A drain outlives the pins (a reboot): the operator undrains, not a restart.
-        None => SavedState::read(&config.state_file).ok().flatten().is_some_and(|s| s.host_drained),
-    };
+    let host_drained = saved.as_ref().is_some_and(|s| s.host_drained);
     if host_drained && config.announce.is_some() {
         warn!("this host is drained (saved): it announces no VIP until `lbctl host undrain`");
     }
@@ -120,11 +115,20 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     };
     match saved {
         Some(state) => {
-            info!(
-                vips = state.vips.len(),
-                links_adopted,
-                "adopting the running state left by the previous agent (`lbctl apply -f` returns to the file)"
-            );
+            if pinned_before {
+                info!(
+                    vips = state.vips.len(),
+                    links_adopted,
+                    "adopting the running state left by the previous agent (`lbctl apply -f` returns to the file)"
+                );
+            } else {
+                warn!(
+                    vips = state.vips.len(),
+                    state_file = %agent.state_file.display(),
+                    "no pins (a reboot?): starting from the state the previous agent saved, not the config file \
+                     (`lbctl apply -f` returns to the file)"
+                );
+            }
             agent.config.source = state.source;
             agent.config.vips = state.vips;
             agent.applied.ids = state.ids;

@@ -41,6 +41,7 @@ pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
             "started      {} ({})",
             s.started_unix,
             match (s.adopted, s.links_adopted) {
+                (true, 0) => "adopted the saved state of an earlier lbd, on a fresh data plane".to_string(),
                 (true, _) => "adopted the running data plane and state of an earlier lbd".to_string(),
                 (false, 0) => "fresh start".to_string(),
                 (false, n) => format!("fresh state; took over {n} pinned link(s)"),

@@ -277,8 +277,8 @@ fn processes_running_from(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// `systemd-analyze verify` against the unpacked package, with the host's systemd targets and
-/// `kill` beside it (a root with only the package lacks sysinit.target and the ExecReload binary).
+/// `systemd-analyze verify` against the unpacked package, with the host's systemd targets beside
+/// it (a root with only the package lacks sysinit.target).
 /// It must print nothing: it reports unknown keys and bad values as warnings, and still exits 0.
 #[test]
 fn units_pass_systemd_analyze_verify() {
@@ -290,8 +290,6 @@ fn units_pass_systemd_analyze_verify() {
             std::fs::copy(entry.path(), unit_dir.join(&name)).expect("copy a systemd unit");
         }
     }
-    std::fs::create_dir_all(root.path("bin")).expect("bin");
-    std::fs::copy("/bin/kill", root.path("bin/kill")).expect("copy /bin/kill (procps)");
     for unit in UNITS {
         let out = Command::new("systemd-analyze")
             .arg("verify")
@@ -366,6 +364,39 @@ fn packaged_config_is_valid_safe_and_matches_the_unit() {
     for line in ["interfaces = [\"eth0\"]", "decap = true", "pin_path = \"/sys/fs/bpf/lb-backend\""] {
         assert!(backend.lines().any(|l| l == line), "backend.toml has no line {line:?}");
     }
+}
+
+/// The unit's ExecReload (the packaged lbctl, the test's config file and API socket in place of
+/// the packaged ones) succeeds for the running config and fails, saying why, for a config lbd
+/// refuses: `systemctl reload lbd` reports what the journal alone would otherwise say.
+fn reload_as_the_unit_does(root: &Scratch, unit: &str, files: &LbdFiles, config: &str) {
+    let reload = unit_value(unit, "ExecReload");
+    let mut words = reload.split_whitespace();
+    let program = words.next().expect("ExecReload names a program");
+    assert!(program.starts_with('/'), "ExecReload={reload}: systemd wants an absolute path");
+    let args: Vec<String> = words
+        .map(|w| if w == "/etc/lbd/lbd.toml" { files.config().display().to_string() } else { w.to_owned() })
+        .collect();
+    assert!(
+        args.contains(&files.config().display().to_string()),
+        "ExecReload={reload}: it does not read /etc/lbd/lbd.toml"
+    );
+    let run = || {
+        Command::new(root.path(program.trim_start_matches('/')))
+            .args(&args)
+            .env("LBCTL_SOCKET", files.socket())
+            .output()
+            .expect("run the unit's ExecReload")
+    };
+    let out = run();
+    assert!(out.status.success(), "ExecReload={reload} failed on the running config:\n{}", text(&out));
+    // A key that takes effect only at a restart: refused, the reload fails and says why.
+    std::fs::write(files.config(), config.replace("metrics = ", "metrics = \"127.0.0.1:9299\"\n# was: "))
+        .unwrap();
+    let out = run();
+    std::fs::write(files.config(), config).expect("restore the config");
+    assert!(!out.status.success(), "ExecReload={reload} succeeded on a refused config:\n{}", text(&out));
+    assert!(text(&out).contains("metrics"), "the failed reload does not say why:\n{}", text(&out));
 }
 
 /// setpriv's capability names, in the kernel's order: a name's index is its bit.
@@ -473,7 +504,7 @@ fn lbd_runs_with_exactly_the_units_capabilities() {
          protocol = \"tcp\"\n\n  [vip.health]\n  type = \"tcp\"\n\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n",
         files.header(&["eth0"], "198.18.0.2", "fd00::2")
     );
-    std::fs::write(files.config(), config).expect("write config");
+    std::fs::write(files.config(), &config).expect("write config");
 
     let mut first = spawn_lbd(&ns, &files, &lbd, &bounding, &ambient);
     let status = wait_for_api(&mut first, &files)
@@ -485,6 +516,7 @@ fn lbd_runs_with_exactly_the_units_capabilities() {
         "lbd's effective capabilities are not the unit's"
     );
     assert!(xdp_attached(&ns), "lbd answered but no XDP program is on eth0");
+    reload_as_the_unit_does(&root, &unit, &files, &config);
     assert!(first.terminate().success(), "lbd did not stop cleanly on SIGTERM");
     assert!(xdp_attached(&ns), "a stop with --on-exit keep detached the balancer");
 

@@ -45,8 +45,6 @@ const MAINTAINER_SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 
 const PACKAGE: &str = "lbd";
 const MAINTAINER: &str = "lb developers <lb@example.invalid>";
-/// Besides what dpkg-shlibdeps finds: `kill` (procps) for the unit's ExecReload.
-const EXTRA_DEPENDS: &str = "procps";
 const DESCRIPTION: &str = "\
 XDP layer-4 load balancer: agent (lbd), CLI (lbctl), backend-host loader
  lbd balances TCP and UDP services (VIPs) over backend hosts in the kernel's
@@ -184,7 +182,7 @@ fn depends(work: &Path, stage: &Path) -> anyhow::Result<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let found = text.lines().find_map(|l| l.strip_prefix("shlibs:Depends="));
     match found {
-        Some(libs) if out.status.success() => Ok(format!("{libs}, {EXTRA_DEPENDS}")),
+        Some(libs) if out.status.success() => Ok(libs.to_owned()),
         _ => bail!("dpkg-shlibdeps found no dependencies: {text}{}", String::from_utf8_lossy(&out.stderr)),
     }
 }

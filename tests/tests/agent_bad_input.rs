@@ -278,8 +278,14 @@ fn cases() -> Vec<Case> {
                 "--backend",
                 "198.18.0.11=heavy",
             ]),
-            exit: 1,
+            exit: 2,
             says: "is not a number",
+        },
+        Case {
+            name: "cli deny duration",
+            action: Lbctl(&["deny", "add", "198.19.66.0/24", "--for", "soon"]),
+            exit: 2,
+            says: "is not a duration",
         },
         Case { name: "cli usage", action: Lbctl(&["backend", "drain", "web"]), exit: 2, says: "required" },
         Case {

@@ -17,8 +17,8 @@ pub enum DenyCommand {
         #[arg(long)]
         vip: Option<String>,
         /// How long it holds: 90s, 10m, 2h, 1d (default: until removed).
-        #[arg(long = "for", value_name = "DURATION")]
-        duration: Option<String>,
+        #[arg(long = "for", value_name = "DURATION", value_parser = duration)]
+        duration: Option<(String, u64)>,
     },
     /// Remove a deny added with `lbctl deny add` (the config file's lists change with the file).
     Remove {
@@ -33,15 +33,11 @@ pub enum DenyCommand {
 pub async fn run(ctx: &Ctx, cmd: DenyCommand) -> Result<(), Failure> {
     match cmd {
         DenyCommand::Add { prefix, vip, duration } => {
-            let seconds = duration
-                .as_deref()
-                .map(crate::security::parse_duration)
-                .transpose()
-                .map_err(|e| Failure::Refused(format!("--for: {e}")))?;
+            let seconds = duration.as_ref().map(|(_, seconds)| *seconds);
             let req = DenyRequest { prefix: prefix.clone(), vip: vip.clone(), seconds };
             ctx.send_json(Method::POST, "/v1/denies", &req).await?;
             let to = vip.map(|v| format!("VIP {v}")).unwrap_or_else(|| "every VIP".into());
-            let until = duration.map(|d| format!(" for {d}")).unwrap_or_default();
+            let until = duration.map(|(d, _)| format!(" for {d}")).unwrap_or_default();
             ctx.done(&format!("denied {prefix} to {to}{until}"))
         }
         DenyCommand::Remove { prefix, vip } => {
@@ -71,4 +67,9 @@ pub async fn run(ctx: &Ctx, cmd: DenyCommand) -> Result<(), Failure> {
             })
         }
     }
+}
+
+/// `--for`: as written (for the message) and in seconds; a command-line error otherwise.
+fn duration(text: &str) -> Result<(String, u64), String> {
+    crate::security::parse_duration(text).map(|seconds| (text.to_owned(), seconds))
 }

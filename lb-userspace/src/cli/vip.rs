@@ -39,8 +39,8 @@ pub enum VipCommand {
         #[arg(long)]
         ring_size: Option<i64>,
         /// A backend ADDRESS or ADDRESS=WEIGHT; repeat for several.
-        #[arg(long = "backend", value_name = "ADDRESS[=WEIGHT]")]
-        backends: Vec<String>,
+        #[arg(long = "backend", value_name = "ADDRESS[=WEIGHT]", value_parser = parse_backend)]
+        backends: Vec<BackendSpec>,
         /// With [announce]: announce the VIP while a backend takes new flows (healthy), always,
         /// or never.
         #[arg(long, value_enum, default_value = "healthy")]
@@ -106,7 +106,6 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
             announce,
             health,
         } => {
-            let backends = backends.iter().map(|b| parse_backend(b)).collect::<Result<Vec<_>, _>>()?;
             let spec = VipSpec {
                 name: name.clone(),
                 address,
@@ -193,16 +192,13 @@ impl HealthArgs {
     }
 }
 
-/// `ADDRESS` or `ADDRESS=WEIGHT`.
-fn parse_backend(text: &str) -> Result<BackendSpec, Failure> {
+/// `ADDRESS` or `ADDRESS=WEIGHT` (a command-line error otherwise: clap's exit code 2).
+fn parse_backend(text: &str) -> Result<BackendSpec, String> {
     let (address, weight) = match text.split_once('=') {
         None => (text, None),
         Some((a, w)) => {
-            let w = w.parse().map_err(|_| {
-                Failure::Refused(format!(
-                    "--backend {text}: the weight {w:?} is not a number (use ADDRESS=WEIGHT)"
-                ))
-            })?;
+            let w =
+                w.parse().map_err(|_| format!("the weight {w:?} is not a number (use ADDRESS=WEIGHT)"))?;
             (a, Some(w))
         }
     };

@@ -119,6 +119,7 @@ impl FlowEntry {
             backend_generation: self.backend_generation,
             policy_generation: self.policy_generation,
             counted: self.ctl & FLOW_COUNTED != 0,
+            last_used: (self.ctl >> FLOW_CLOCK_SHIFT) as u32,
         }
     }
 }
@@ -136,6 +137,8 @@ pub struct FlowValue {
     pub policy_generation: u16,
     /// An open connection counted in its backend's ACTIVE_CONNS entry.
     pub counted: bool,
+    /// The clock tick of the flow's last packet ([`flow_clock`]).
+    pub last_used: u32,
 }
 
 #[cfg(feature = "user")]

@@ -9,6 +9,7 @@ pub mod pin_lock;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
+pub mod retired;
 pub mod run;
 pub mod start;
 mod stats;
@@ -71,6 +72,9 @@ pub struct SavedState {
     /// The operator's denies (`lbctl deny add`), until removed or expired.
     #[serde(default)]
     pub denies: Vec<Deny>,
+    /// Backends removed whose next hops stay managed for their flows ([`retired`]).
+    #[serde(default)]
+    pub retired: retired::Retired,
 }
 
 impl SavedState {
@@ -103,6 +107,7 @@ pub struct FlowCensus {
     table: crate::datapath::FlowTable,
     /// Least-conn backend id -> the data plane's count (as stored) before the walk.
     before: BTreeMap<u32, u64>,
+    retired: retired::RetiredFlows,
 }
 
 /// What a [`FlowCensus`] found.
@@ -111,6 +116,8 @@ pub struct Census {
     /// Backend id -> flows marked open.
     counted: BTreeMap<u32, u64>,
     fill: TableFill,
+    /// When the retired backends' flows were last used.
+    retired: retired::RetiredFlows,
 }
 
 /// How full the flow table is, as a census found it.
@@ -131,9 +138,11 @@ impl FlowCensus {
     pub fn run(self) -> Result<Census, DatapathError> {
         let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
         let mut unconfirmed = 0;
+        let mut retired = self.retired;
         // Unconfirmed flows are counted as connections only once they are confirmed (the data
         // plane's way too).
         let walk = self.table.walk_values(|_, value, confirmed| {
+            retired.see(value);
             unconfirmed += u64::from(!confirmed);
             if confirmed && value.counted && self.before.contains_key(&value.backend) {
                 *counted.entry(value.backend).or_default() += 1;
@@ -146,7 +155,7 @@ impl FlowCensus {
             complete: walk.complete,
             at_unix: crate::security::now_unix(),
         };
-        Ok(Census { before: self.before, counted, fill })
+        Ok(Census { before: self.before, counted, fill, retired })
     }
 }
 
@@ -190,6 +199,8 @@ pub struct Agent {
     /// The operator's denies (`lbctl deny`): kept apart from the config, so that a reload of
     /// the file keeps them; saved with the state.
     pub denies: Vec<Deny>,
+    /// Backends removed from the config whose flows still need their next hops ([`retired`]).
+    pub retired: retired::Retired,
 }
 
 impl Agent {
@@ -201,7 +212,9 @@ impl Agent {
     pub fn apply(&mut self) -> Result<usize, AgentError> {
         let ids = self.applied.ids.allocate(&self.config.vips, &self.datapath.sizes)?;
         let previous = self.saved_text()?;
-        self.save(&ids)?;
+        let retired = retired::follow(&self.retired, &self.applied.ids, &ids);
+        let before = std::mem::replace(&mut self.retired, retired);
+        self.save(&ids).inspect_err(|_| self.retired = before)?;
         // What the host must provide comes before the maps: a refusal (forwarding off with
         // `check`) changes no map, and the new backends' next hops are resolved before a ring
         // names them.
@@ -215,7 +228,7 @@ impl Agent {
 
     fn prepare_host(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
-            Some(host) => Ok(host.prepare(&self.config)?),
+            Some(host) => Ok(host.prepare(&self.config, &retired::addresses(&self.retired))?),
             None => Ok(()),
         }
     }
@@ -283,6 +296,7 @@ impl Agent {
             host_drained: self.announcer.as_ref().is_some_and(|a| a.drained()),
             security: self.config.security.clone(),
             denies: self.denies.clone(),
+            retired: self.retired.clone(),
         };
         self.write_saved(&serde_json::to_vec_pretty(&state).expect("state serializes"))
     }
@@ -561,11 +575,11 @@ impl Agent {
         Ok(id)
     }
 
-    /// Follows route changes: the next hops of every backend get their managed neighbour
-    /// entries (lbd calls it every few seconds).
+    /// Follows route changes: the next hops of every backend (and of every retired one) get
+    /// their managed neighbour entries (lbd calls it every few seconds).
     pub fn refresh_next_hops(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
-            Some(host) => Ok(host.refresh(&self.config.vips)?),
+            Some(host) => Ok(host.refresh(&self.config.vips, &retired::addresses(&self.retired))?),
             None => Ok(()),
         }
     }
@@ -679,7 +693,7 @@ impl Agent {
             }
         }
         let table = self.datapath.flow_table().map_err(|e| AgentError::Apply(e.into()))?;
-        Ok(FlowCensus { table, before })
+        Ok(FlowCensus { table, before, retired: retired::RetiredFlows::of(&self.retired) })
     }
 
     /// Keeps the table's fill a census found (for the metrics), and writes the least-conn
@@ -692,6 +706,7 @@ impl Agent {
         if !census.fill.complete {
             return Ok(corrections);
         }
+        self.release_retired(&census.retired);
         for (&id, &before) in &census.before {
             let dp = &mut self.datapath;
             let now = dp.active_connections(id).map_err(|e| AgentError::Apply(e.into()))?;
@@ -707,6 +722,24 @@ impl Agent {
             }
         }
         Ok(corrections)
+    }
+
+    /// After a complete census: lets the next hops of retired backends whose flows are over go.
+    fn release_retired(&mut self, flows: &retired::RetiredFlows) {
+        let now = lb_common::flow_clock(crate::datapath::monotonic_ns());
+        let released = retired::release_idle(&mut self.retired, flows, now);
+        if released.is_empty() {
+            return;
+        }
+        for (id, backend) in &released {
+            info!(%backend, id, idle_seconds = retired::RETIRED_IDLE.as_secs(), "a removed backend has no flow used within idle_seconds: its next hops are no longer kept for it");
+        }
+        if let Err(e) = self.save(&self.applied.ids) {
+            warn!("removed backends let go but not saved: a restarted lbd keeps their next hops until its first census: {e}");
+        }
+        if let Err(e) = self.refresh_next_hops() {
+            error!("keeping the backends' next hops resolved: {e}");
+        }
     }
 
     pub fn stats(&self) -> Result<Stats, AgentError> {

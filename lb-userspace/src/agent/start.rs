@@ -117,6 +117,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         announcer: config.announce.as_ref().map(|a| Announcer::new(a, host_drained)).transpose()?,
         config,
         denies: Vec::new(),
+        retired: Default::default(),
     };
     match saved {
         Some(state) => {
@@ -132,6 +133,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
             agent.down = state.down;
             agent.config.security = state.security;
             agent.denies = state.denies;
+            agent.retired = state.retired;
         }
         None if pinned_before => {
             warn!(state_file = %agent.state_file.display(), "pinned maps found but no saved state: starting from the config file")

@@ -251,13 +251,27 @@ pub fn markdown_table() -> String {
 pub enum BindError {
     #[error("another process answers on {}: stop it (another lbd?), or give this one another api_socket", .0.display())]
     Taken(std::path::PathBuf),
-    #[error("cannot serve the control API on {}: {source}", .path.display())]
+    #[error("cannot serve the control API on {} (`api_socket` in the config): {source}", .path.display())]
     Io { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// The API socket, bound but not listening yet: until lbd serves it, lbctl is refused at once
+/// (as by an lbd that is not there) rather than left waiting on an lbd that is still starting.
+pub struct ApiSocket(socket2::Socket);
+
+impl ApiSocket {
+    /// Starts listening (needs a tokio runtime).
+    pub fn listen(self) -> std::io::Result<tokio::net::UnixListener> {
+        self.0.listen(1024)?;
+        let listener = std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(self.0));
+        listener.set_nonblocking(true)?;
+        tokio::net::UnixListener::from_std(listener)
+    }
 }
 
 /// Binds the API socket (root-only), replacing a stale socket file but never one that another
 /// process still answers on.
-pub fn bind(socket: &std::path::Path) -> Result<tokio::net::UnixListener, BindError> {
+pub fn bind(socket: &std::path::Path) -> Result<ApiSocket, BindError> {
     use std::os::unix::fs::PermissionsExt as _;
     let io = |source| BindError::Io { path: socket.to_owned(), source };
     if let Some(dir) = socket.parent() {
@@ -270,9 +284,10 @@ pub fn bind(socket: &std::path::Path) -> Result<tokio::net::UnixListener, BindEr
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
         _ => {}
     }
-    let listener = tokio::net::UnixListener::bind(socket).map_err(io)?;
+    let bound = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).map_err(io)?;
+    bound.bind(&socket2::SockAddr::unix(socket).map_err(io)?).map_err(io)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
+    Ok(ApiSocket(bound))
 }
 
 /// Serves on `listener` (see [`bind`]) until `shutdown` completes.

@@ -522,9 +522,13 @@ async fn scrape(State(agent): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
-/// Listens on `address` (done before serving, so that a taken address stops lbd at start).
-pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(address).await
+/// Listens on `address` (needs a tokio runtime). lbd binds it at start before it changes the
+/// host, so that a taken address stops it with nothing attached or announced.
+pub fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    // std's bind sets SO_REUSEADDR, as tokio's does: a restarted lbd gets its port back at once.
+    let listener = std::net::TcpListener::bind(address)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
 }
 
 /// Serves the endpoint until the task is dropped or aborted.

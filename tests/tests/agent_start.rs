@@ -172,3 +172,67 @@ fn a_restart_without_an_interface_detaches_the_balancer_from_it() {
     assert!(log.contains("eth1"), "lbd did not log detaching eth1:\n{log}");
     drop(lbd);
 }
+
+/// A listener lbd cannot bind stops it before it changes anything on the host: with
+/// `[announce]`, an lbd that started and then exited would leave its VIPs announced (the VIP
+/// table outlives it) with their health frozen. The metrics port taken (as node_exporter takes
+/// 9100), then the API socket answered by another process: each a non-zero exit naming the
+/// address and its config key, no VIP route, no balancer attached, no pinned maps, forwarding
+/// and neighbour entries as they were.
+#[test]
+fn a_listener_that_cannot_be_bound_stops_lbd_before_it_changes_the_host() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let vip = "[announce]\n\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\n\
+               [[vip.backend]]\naddress = \"198.18.0.11\"\n";
+    let untouched = |case: &str, said: &str| {
+        // (`ip -6 route show table 4242` fails while the table has never held an IPv6 route.)
+        let routes: String = ["-4", "-6"]
+            .into_iter()
+            .map(|f| ns.command("ip").args([f, "route", "show", "table", "4242"]).output().expect("run ip"))
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .collect();
+        assert!(
+            routes.trim().is_empty(),
+            "{case}: the VIP table holds routes after lbd exited:\n{routes}\n{said}"
+        );
+        assert!(!xdp_attached(&ns, "eth0"), "{case}: the balancer is attached after lbd exited:\n{said}");
+        let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
+        assert!(!pins.exists(), "{case}: maps pinned in {} after lbd exited:\n{said}", pins.display());
+        let forwarding =
+            lb_tests::netns::run(ns.command("sysctl").args(["-n", "net.ipv4.conf.eth0.forwarding"]));
+        let forwarding = String::from_utf8_lossy(&forwarding.stdout).trim().to_owned();
+        assert_eq!(forwarding, "0", "{case}: lbd turned forwarding on before it exited:\n{said}");
+        let neighbours = ns.ip(&["neigh", "show", "proto", "76"]);
+        assert!(neighbours.trim().is_empty(), "{case}: lbd left neighbour entries:\n{neighbours}\n{said}");
+    };
+
+    // The metrics port is taken.
+    let holder = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0")).expect("bind a port in the namespace");
+    let address = holder.local_addr().unwrap().to_string();
+    std::fs::write(files.config(), format!("metrics = \"{address}\"\n{header}{vip}")).unwrap();
+    let (status, said) = run_until_exit(&ns, &files);
+    let status = status.unwrap_or_else(|| panic!("lbd runs with its metrics port {address} taken:\n{said}"));
+    assert!(!status.success(), "lbd exited with {status} with its metrics port taken:\n{said}");
+    assert!(
+        said.contains(&address) && said.contains("`metrics`"),
+        "the error names neither {address} nor `metrics`:\n{said}"
+    );
+    untouched("metrics port taken", &said);
+    drop(holder);
+
+    // Another process answers on the API socket.
+    let socket = files.dir.join("taken.sock");
+    let _other = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let config = header.replace(&files.socket().display().to_string(), &socket.display().to_string());
+    std::fs::write(files.config(), format!("{config}{vip}")).unwrap();
+    let (status, said) = run_until_exit(&ns, &files);
+    let status = status.unwrap_or_else(|| panic!("lbd took the socket of another process:\n{said}"));
+    assert!(!status.success(), "lbd exited with {status} with its API socket taken:\n{said}");
+    assert!(
+        said.contains(&socket.display().to_string()) && said.contains("api_socket"),
+        "the error names neither the socket nor `api_socket`:\n{said}"
+    );
+    untouched("API socket taken", &said);
+}

@@ -1,8 +1,8 @@
 //! What the balancer needs from its host beyond the XDP programs, owned by lbd rather than set
 //! by hand: forwarding on the attached interfaces for the families the VIPs use (else
 //! `bpf_fib_lookup` refuses: `pass_fwd_disabled`), and every backend's next hop resolved, with or
-//! without health checks (else `pass_no_neigh`). The pins' bpffs is seen to before the maps are
-//! loaded (`start.rs`).
+//! without health checks (else `pass_no_neigh`), also a removed backend's while its flows go on
+//! (`retired.rs`). The pins' bpffs is seen to before the maps are loaded (`start.rs`).
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use tracing::{info, warn};
@@ -34,16 +34,16 @@ impl HostState {
 
     /// Before `config`'s VIPs are applied: forwarding on for the families they use (or, with
     /// `host.forwarding = "check"`, an error naming the sysctls to set: nothing is applied), and
-    /// their backends' next hops managed; new ones are waited for (up to a second; one that does
-    /// not resolve is logged, and its backend shows why in `lbctl backend list`).
-    pub fn prepare(&mut self, config: &Config) -> Result<(), HostError> {
+    /// their backends' next hops managed, and those of the `retired` backends (removed, with
+    /// flows); new ones are waited for (up to a second; one that does not resolve is logged, and
+    /// its backend shows why in `lbctl backend list`).
+    pub fn prepare(&mut self, config: &Config, retired: &BTreeSet<IpAddr>) -> Result<(), HostError> {
         let vips = &config.vips;
         let families: BTreeSet<Family> = vips.iter().map(|v| Family::of(v.address)).collect();
         for change in forwarding::ensure(&self.interfaces, &families, config.host.forwarding)? {
             info!(%change, "turned forwarding on (bpf_fib_lookup answers only where it is on)");
         }
-        let backends = backends(vips);
-        let added = self.sync(&backends)?;
+        let added = self.sync(&backends(vips, retired))?;
         if !added.is_empty() {
             if let Err(e) = self.next_hops.wait_resolved(&added, NEW_HOP_WAIT) {
                 warn!("{e}");
@@ -52,9 +52,10 @@ impl HostState {
         Ok(())
     }
 
-    /// Follows route changes (every few seconds): next hops of the backends of `vips`.
-    pub fn refresh(&mut self, vips: &[Vip]) -> Result<(), HostError> {
-        self.sync(&backends(vips)).map(drop)
+    /// Follows route changes (every few seconds): next hops of the backends of `vips` and of the
+    /// `retired` ones.
+    pub fn refresh(&mut self, vips: &[Vip], retired: &BTreeSet<IpAddr>) -> Result<(), HostError> {
+        self.sync(&backends(vips, retired)).map(drop)
     }
 
     /// A backend's next hops, or why it has none.
@@ -97,6 +98,6 @@ impl HostState {
     }
 }
 
-fn backends(vips: &[Vip]) -> BTreeSet<IpAddr> {
-    vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).collect()
+fn backends(vips: &[Vip], retired: &BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
+    vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).chain(retired.iter().copied()).collect()
 }

@@ -9,6 +9,7 @@ pub mod pin_lock;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
+pub mod retired;
 pub mod run;
 pub mod start;
 mod stats;
@@ -72,6 +73,9 @@ pub struct SavedState {
     /// The operator's denies (`lbctl deny add`), until removed or expired.
     #[serde(default)]
     pub denies: Vec<Deny>,
+    /// Backends removed whose next hops stay managed for their flows ([`retired`]).
+    #[serde(default)]
+    pub retired: retired::Retired,
 }
 
 impl SavedState {
@@ -105,6 +109,7 @@ pub struct FlowCensus {
     table: crate::datapath::FlowTable,
     /// Least-conn backend id -> the data plane's count (as stored) before the walk.
     before: BTreeMap<u32, u64>,
+    retired: retired::RetiredFlows,
 }
 
 /// What a [`FlowCensus`] found.
@@ -113,6 +118,8 @@ pub struct Census {
     /// Backend id -> flows marked open.
     counted: BTreeMap<u32, u64>,
     fill: TableFill,
+    /// When the retired backends' flows were last used.
+    retired: retired::RetiredFlows,
 }
 
 /// How full the flow table is, as a census found it.
@@ -139,9 +146,11 @@ impl FlowCensus {
         let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
         let (mut unconfirmed, mut active) = (0, 0);
         let now = crate::datapath::flow_clock_now();
+        let mut retired = self.retired;
         // Unconfirmed flows are counted as connections only once they are confirmed (the data
         // plane's way too).
         let walk = self.table.walk_values(|_, value, confirmed| {
+            retired.see(value);
             unconfirmed += u64::from(!confirmed);
             active += u64::from(confirmed && active_at(now, value.last_tick));
             if confirmed && value.counted && self.before.contains_key(&value.backend) {
@@ -156,7 +165,7 @@ impl FlowCensus {
             complete: walk.complete,
             at_unix: crate::security::now_unix(),
         };
-        Ok(Census { before: self.before, counted, fill })
+        Ok(Census { before: self.before, counted, fill, retired })
     }
 }
 
@@ -224,6 +233,8 @@ pub struct Agent {
     /// The operator's denies (`lbctl deny`): kept apart from the config, so that a reload of
     /// the file keeps them; saved with the state.
     pub denies: Vec<Deny>,
+    /// Backends removed from the config whose flows still need their next hops ([`retired`]).
+    pub retired: retired::Retired,
 }
 
 impl Agent {
@@ -235,7 +246,9 @@ impl Agent {
     pub fn apply(&mut self) -> Result<usize, AgentError> {
         let ids = self.applied.ids.allocate(&self.config.vips, &self.datapath.sizes)?;
         let previous = self.saved_text()?;
-        self.save(&ids)?;
+        let retired = retired::follow(&self.retired, &self.applied.ids, &ids);
+        let before = std::mem::replace(&mut self.retired, retired);
+        self.save(&ids).inspect_err(|_| self.retired = before)?;
         // What the host must provide comes before the maps: a refusal (forwarding off with
         // `check`) changes no map, and the new backends' next hops are resolved before a ring
         // names them.
@@ -249,7 +262,7 @@ impl Agent {
 
     fn prepare_host(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
-            Some(host) => Ok(host.prepare(&self.config)?),
+            Some(host) => Ok(host.prepare(&self.config, &retired::addresses(&self.retired))?),
             None => Ok(()),
         }
     }
@@ -317,6 +330,7 @@ impl Agent {
             host_drained: self.announcer.as_ref().is_some_and(|a| a.drained()),
             security: self.config.security.clone(),
             denies: self.denies.clone(),
+            retired: self.retired.clone(),
         };
         self.write_saved(&serde_json::to_vec_pretty(&state).expect("state serializes"))
     }
@@ -595,11 +609,11 @@ impl Agent {
         Ok(id)
     }
 
-    /// Follows route changes: the next hops of every backend get their managed neighbour
-    /// entries (lbd calls it every few seconds).
+    /// Follows route changes: the next hops of every backend (and of every retired one) get
+    /// their managed neighbour entries (lbd calls it every few seconds).
     pub fn refresh_next_hops(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
-            Some(host) => Ok(host.refresh(&self.config.vips)?),
+            Some(host) => Ok(host.refresh(&self.config.vips, &retired::addresses(&self.retired))?),
             None => Ok(()),
         }
     }
@@ -713,7 +727,7 @@ impl Agent {
             }
         }
         let table = self.datapath.flow_table().map_err(|e| AgentError::Apply(e.into()))?;
-        Ok(FlowCensus { table, before })
+        Ok(FlowCensus { table, before, retired: retired::RetiredFlows::of(&self.retired) })
     }
 
     /// Keeps the table's fill a census found (for the metrics), and corrects the data plane's
@@ -726,6 +740,7 @@ impl Agent {
         if !census.fill.complete {
             return Ok(corrections);
         }
+        self.release_retired(&census.retired);
         for (&id, &before) in &census.before {
             let dp = &mut self.datapath;
             let now = dp.active_connections(id).map_err(|e| AgentError::Apply(e.into()))?;
@@ -741,6 +756,24 @@ impl Agent {
             }
         }
         Ok(corrections)
+    }
+
+    /// After a complete census: lets the next hops of retired backends whose flows are over go.
+    fn release_retired(&mut self, flows: &retired::RetiredFlows) {
+        let now = crate::datapath::flow_clock_now();
+        let released = retired::release_idle(&mut self.retired, flows, now);
+        if released.is_empty() {
+            return;
+        }
+        for (id, backend) in &released {
+            info!(%backend, id, idle_seconds = retired::RETIRED_IDLE.as_secs(), "a removed backend has no flow used within idle_seconds: its next hops are no longer kept for it");
+        }
+        if let Err(e) = self.save(&self.applied.ids) {
+            warn!("removed backends let go but not saved: a restarted lbd keeps their next hops until its first census: {e}");
+        }
+        if let Err(e) = self.refresh_next_hops() {
+            error!("keeping the backends' next hops resolved: {e}");
+        }
     }
 
     pub fn stats(&self) -> Result<Stats, AgentError> {

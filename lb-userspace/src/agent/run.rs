@@ -9,7 +9,8 @@ use tracing::info;
 use super::{event_loop, start};
 use crate::{api, metrics};
 
-/// What happens to forwarding when lbd stops (a crash always keeps it).
+/// What happens to forwarding when lbd stops on SIGTERM or SIGINT (a crash or a failed start
+/// always keeps what is attached).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnExit {
     /// Leave the balancer attached and its maps pinned: forwarding goes on, the next lbd adopts it.
@@ -28,29 +29,22 @@ pub async fn run(config_file: &Path, on_exit: OnExit) -> anyhow::Result<()> {
             "could not raise the open-file limit (health checks of many backends may run out): {e}"
         );
     }
-    let (agent, health) = start::start(config_file)?;
+    // The API socket and the metrics listener are bound first: one that cannot be served stops
+    // lbd there, before it attaches, applies or announces anything.
+    let start::Started { agent, health, listeners } = start::start(config_file)?;
     let socket = agent.config.api_socket.clone();
-    let metrics_address = agent.config.metrics;
     let agent: api::Shared = Arc::new(Mutex::new(agent));
 
-    // A control API that cannot be served stops lbd here (forwarding goes on: it is pinned).
-    let listener = api::bind(&socket)?;
+    let listener = listeners.api.listen().with_context(|| format!("listening on {}", socket.display()))?;
     info!(socket = %socket.display(), "control API listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(api::serve(listener, agent.clone(), async {
         let _ = stop_rx.await;
     }));
-    // Prometheus metrics; a taken address stops lbd here (forwarding goes on: it is pinned).
-    let metrics = match metrics_address {
-        Some(address) => {
-            let listener = metrics::bind(address)
-                .await
-                .with_context(|| format!("listening on {address} for metrics (`metrics` in the config)"))?;
-            info!(%address, "metrics endpoint listening on /metrics");
-            Some(tokio::spawn(metrics::serve(listener, agent.clone())))
-        }
-        None => None,
-    };
+    let metrics = listeners.metrics.map(|(address, listener)| {
+        info!(%address, "metrics endpoint listening on /metrics");
+        tokio::spawn(metrics::serve(listener, agent.clone()))
+    });
     event_loop::run(agent.clone(), health, signals).await;
     let _ = stop_tx.send(());
     if let Some(m) = metrics {

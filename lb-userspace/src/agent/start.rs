@@ -1,7 +1,9 @@
-//! Start-up: load (or adopt) the pinned datapath, attach, and bring the maps to the desired
-//! state: the saved one if an earlier agent left pins behind, else the config file's.
+//! Start-up: bind the listeners, load (or adopt) the pinned datapath, attach, and bring the maps
+//! to the desired state: the saved one if an earlier agent left pins behind, else the config
+//! file's.
 use std::{
     ffi::CString,
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
@@ -37,14 +39,55 @@ pub enum StartError {
     Host(#[from] crate::host::HostError),
     #[error(transparent)]
     Locked(#[from] super::pin_lock::PinLockError),
+    #[error("{0}; lbd stopped before it attached or announced anything")]
+    Api(#[from] crate::api::BindError),
+    #[error("cannot listen on {address} for metrics (`metrics` in the config): {source}; stop what listens there, or give `metrics` another address (lbd stopped before it attached or announced anything)")]
+    Metrics { address: SocketAddr, source: std::io::Error },
+}
+
+/// The control API's socket and the metrics endpoint's listener, bound before lbd changes
+/// anything on the host: one it cannot serve stops it with nothing attached, applied or
+/// announced (an lbd that exits after announcing leaves its VIPs announced, health frozen).
+pub struct Listeners {
+    pub api: crate::api::ApiSocket,
+    /// With its address (`metrics` in the config).
+    pub metrics: Option<(SocketAddr, tokio::net::TcpListener)>,
+}
+
+impl Listeners {
+    /// Needs a tokio runtime.
+    fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let api = crate::api::bind(&config.api_socket)?;
+        let metrics = config
+            .metrics
+            .map(|address| {
+                crate::metrics::bind(address)
+                    .map(|listener| (address, listener))
+                    .map_err(|source| StartError::Metrics { address, source })
+            })
+            .transpose()
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&config.api_socket);
+            })?;
+        Ok(Listeners { api, metrics })
+    }
+}
+
+/// A started agent: what the event loop, the API and the metrics serve.
+pub struct Started {
+    pub agent: Agent,
+    /// The health events the agent must be given back (see [`Agent::health_event`]).
+    pub health: HealthEvents,
+    pub listeners: Listeners,
 }
 
 pub fn pin_dir(config: &Config) -> PathBuf {
     config.pin_path.join(lb_common::PIN_LAYOUT)
 }
 
-/// Starts the agent; the health events it must be given back (see [`Agent::health_event`]).
-pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
+/// Starts the agent (needs a tokio runtime). The listeners come first: a start that fails after
+/// them removes the API socket it bound.
+pub fn start(config_file: &Path) -> Result<Started, StartError> {
     let config = config::load(config_file)?;
     for warning in config.limits.unused_key_warnings() {
         warn!("{warning}");
@@ -55,6 +98,22 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
     for name in &config.interfaces {
         ifindexes.push(ifindex(name).ok_or_else(|| StartError::NoInterface(name.clone()))?);
     }
+    let listeners = Listeners::bind(&config)?;
+    let socket = config.api_socket.clone();
+    let (agent, health) = take_over(config_file, config, pin_lock, ifindexes).inspect_err(|_| {
+        let _ = std::fs::remove_file(&socket);
+    })?;
+    Ok(Started { agent, health, listeners })
+}
+
+/// The rest of the start, once nothing stands in the way of serving: the pins, the links, the
+/// maps, the host.
+fn take_over(
+    config_file: &Path,
+    config: Config,
+    pin_lock: super::pin_lock::PinLock,
+    ifindexes: Vec<u32>,
+) -> Result<(Agent, HealthEvents), StartError> {
     let dir = pin_dir(&config);
     crate::host::bpffs::ensure(&config.pin_path)?;
     let pinned_before = dir.join(map_names::VIPS).exists();
@@ -112,6 +171,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
         announcer: config.announce.as_ref().map(|a| Announcer::new(a, host_drained)).transpose()?,
         config,
         denies: Vec::new(),
+        retired: Default::default(),
     };
     match saved {
         Some(state) => {
@@ -136,6 +196,7 @@ pub fn start(config_file: &Path) -> Result<(Agent, HealthEvents), StartError> {
             agent.down = state.down;
             agent.config.security = state.security;
             agent.denies = state.denies;
+            agent.retired = state.retired;
         }
         None if pinned_before => {
             warn!(state_file = %agent.state_file.display(), "pinned maps found but no saved state: starting from the config file")

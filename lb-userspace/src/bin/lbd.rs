@@ -26,7 +26,8 @@ struct Args {
     /// The config file (TOML); see docs/configuration.md.
     #[arg(short, long, value_name = "FILE", default_value = "/etc/lbd/lbd.toml")]
     config: PathBuf,
-    /// What happens to forwarding when lbd stops (a crash always keeps it).
+    /// What happens to forwarding when lbd stops on SIGTERM or SIGINT (a crash or a failed
+    /// start always keeps what is attached).
     #[arg(long, value_enum, default_value_t = OnExit::Keep)]
     on_exit: OnExit,
     #[command(subcommand)]

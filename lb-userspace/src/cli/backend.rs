@@ -20,7 +20,8 @@ pub enum BackendCommand {
         #[arg(long, default_value_t = crate::config::DEFAULT_WEIGHT as i64)]
         weight: i64,
     },
-    /// Remove a backend: no new flows; flows already pinned to it continue until they end.
+    /// Remove a backend: no new flows; flows already pinned to it continue until they end (or go
+    /// 15 minutes without a packet).
     Remove { vip: String, address: String },
     /// Stop sending new flows to a backend; its open connections continue. Only its share of
     /// the ring moves.

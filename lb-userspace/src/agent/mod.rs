@@ -562,8 +562,8 @@ impl Agent {
     }
 
     /// Follows route changes: the next hops of every backend get their managed neighbour
-    /// entries (lbd calls it every few seconds).
-    pub fn refresh_next_hops(&mut self) -> Result<(), AgentError> {
+    /// entries, and every VIP address its blackhole route (lbd calls it every few seconds).
+    pub fn refresh_host(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
             Some(host) => Ok(host.refresh(&self.config.vips)?),
             None => Ok(()),

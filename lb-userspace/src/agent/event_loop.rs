@@ -34,8 +34,9 @@ const CENSUS_SPACING: u32 = 20;
 /// measured on this tick.
 const CACHE_REFRESH: Duration = Duration::from_secs(1);
 /// How often the backends' next hops are looked up again (routes change; the kernel keeps the
-/// managed neighbour entries resolved in between).
-const NEXT_HOP_REFRESH: Duration = Duration::from_secs(5);
+/// managed neighbour entries resolved in between), and the VIP addresses' blackhole routes
+/// checked (one someone deleted is put back).
+const HOST_REFRESH: Duration = Duration::from_secs(5);
 /// The window of [`LoopLag::recent_max`], in ticks of [`CACHE_REFRESH`].
 const RECENT_TICKS: usize = 60;
 
@@ -105,8 +106,8 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
     caches.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut census = tokio::time::interval(FLOW_CENSUS);
     census.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_hops = tokio::time::interval(NEXT_HOP_REFRESH);
-    next_hops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut host = tokio::time::interval(HOST_REFRESH);
+    host.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // At most one census at a time: a walk slower than the period (with its spacing) skips the
     // ticks it spans.
     let mut counting: Option<JoinHandle<()>> = None;
@@ -134,8 +135,8 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
                     error!("removing expired denies: {e}");
                 }
             }
-            _ = next_hops.tick() => {
-                if let Err(e) = agent.lock().await.refresh_next_hops() {
+            _ = host.tick() => {
+                if let Err(e) = agent.lock().await.refresh_host() {
                     error!("keeping the backends' next hops resolved: {e}");
                 }
             }

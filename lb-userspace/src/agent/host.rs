@@ -1,17 +1,20 @@
 //! What the balancer needs from its host beyond the XDP programs, owned by lbd rather than set
 //! by hand: forwarding on the attached interfaces for the families the VIPs use (else
-//! `bpf_fib_lookup` refuses: `pass_fwd_disabled`), and every backend's next hop resolved, with or
+//! `bpf_fib_lookup` refuses: `pass_fwd_disabled`), every backend's next hop resolved, with or
 //! without health checks (else `pass_no_neigh`), also a removed backend's while its flows go on
-//! (`retired.rs`). The pins' bpffs is seen to before the maps are loaded (`start.rs`).
+//! (`retired.rs`), and a blackhole route for every VIP address (else what the balancer passes
+//! to the kernel for a VIP loops through the router). The pins' bpffs is seen to before the maps
+//! are loaded (`start.rs`).
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, Vip},
+    config::{Config, Vip, DEFAULT_ANNOUNCE_PROTOCOL},
     host::{
         forwarding,
         neighbours::{Change, NextHopStatus, NextHops},
+        vip_routes::{self, VipRoutes},
         Family, HostError,
     },
 };
@@ -24,25 +27,35 @@ const NEW_HOP_WAIT: Duration = Duration::from_secs(1);
 pub struct HostState {
     interfaces: Vec<String>,
     next_hops: NextHops,
+    vip_routes: VipRoutes,
 }
 
 impl HostState {
-    /// For `config`'s interfaces; adopts the managed neighbour entries an earlier lbd left.
+    /// For `config`'s interfaces; adopts the managed neighbour entries an earlier lbd left (and
+    /// its VIP routes, at the first sync). The VIP routes carry lbd's route protocol, the one
+    /// `[announce]` marks its routes with, whether or not announcing is configured.
     pub fn new(config: &Config) -> Result<HostState, HostError> {
-        Ok(HostState { interfaces: config.interfaces.clone(), next_hops: NextHops::new(&config.interfaces)? })
+        let protocol = config.announce.as_ref().map_or(DEFAULT_ANNOUNCE_PROTOCOL, |a| a.protocol);
+        Ok(HostState {
+            interfaces: config.interfaces.clone(),
+            next_hops: NextHops::new(&config.interfaces)?,
+            vip_routes: VipRoutes::new(protocol)?,
+        })
     }
 
     /// Before `config`'s VIPs are applied: forwarding on for the families they use (or, with
-    /// `host.forwarding = "check"`, an error naming the sysctls to set: nothing is applied), and
+    /// `host.forwarding = "check"`, an error naming the sysctls to set: nothing is applied),
     /// their backends' next hops managed, and those of the `retired` backends (removed, with
     /// flows); new ones are waited for (up to a second; one that does not resolve is logged, and
-    /// its backend shows why in `lbctl backend list`).
+    /// its backend shows why in `lbctl backend list`); and their addresses' blackhole routes (a
+    /// failure there is logged, and refuses nothing).
     pub fn prepare(&mut self, config: &Config, retired: &BTreeSet<IpAddr>) -> Result<(), HostError> {
         let vips = &config.vips;
         let families: BTreeSet<Family> = vips.iter().map(|v| Family::of(v.address)).collect();
         for change in forwarding::ensure(&self.interfaces, &families, config.host.forwarding)? {
             info!(%change, "turned forwarding on (bpf_fib_lookup answers only where it is on)");
         }
+        self.sync_vip_routes(vips);
         let added = self.sync(&backends(vips, retired))?;
         if !added.is_empty() {
             if let Err(e) = self.next_hops.wait_resolved(&added, NEW_HOP_WAIT) {
@@ -53,8 +66,10 @@ impl HostState {
     }
 
     /// Follows route changes (every few seconds): next hops of the backends of `vips` and of the
-    /// `retired` ones.
+    /// `retired` ones, and the blackhole routes of their addresses (one someone deleted is put
+    /// back).
     pub fn refresh(&mut self, vips: &[Vip], retired: &BTreeSet<IpAddr>) -> Result<(), HostError> {
+        self.sync_vip_routes(vips);
         self.sync(&backends(vips, retired)).map(drop)
     }
 
@@ -63,10 +78,37 @@ impl HostState {
         self.next_hops.status(backend)
     }
 
-    /// Removes the managed neighbour entries lbd made (`--on-exit detach`).
+    /// Removes the managed neighbour entries and the VIP routes lbd made (`--on-exit detach`).
     pub fn clear(&mut self) {
         for change in self.next_hops.clear() {
             info!(%change, "detaching");
+        }
+        match self.vip_routes.clear() {
+            Ok(changes) => changes.iter().for_each(|change| info!(%change, "detaching")),
+            Err(e) => warn!("detaching: the VIP addresses' blackhole routes stay: {e}"),
+        }
+    }
+
+    /// Makes the main table hold a blackhole route for each address of `vips`, and logs what
+    /// it changed or found in its way. Never fails: the next sync tries again.
+    fn sync_vip_routes(&mut self, vips: &[Vip]) {
+        let addresses: BTreeSet<IpAddr> = vips.iter().map(|v| v.address).collect();
+        match self.vip_routes.sync(&addresses) {
+            Ok(changes) => {
+                for change in changes {
+                    match &change {
+                        vip_routes::Change::Added(_) | vip_routes::Change::Removed(_) => {
+                            info!(%change, "VIP route")
+                        }
+                        vip_routes::Change::Foreign { .. } | vip_routes::Change::Failed { .. } => {
+                            warn!(%change, "VIP route")
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(
+                "the VIP addresses' blackhole routes are not synced ({e}); lbd tries again in a few seconds"
+            ),
         }
     }
 

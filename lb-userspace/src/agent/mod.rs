@@ -610,8 +610,9 @@ impl Agent {
     }
 
     /// Follows route changes: the next hops of every backend (and of every retired one) get
-    /// their managed neighbour entries (lbd calls it every few seconds).
-    pub fn refresh_next_hops(&mut self) -> Result<(), AgentError> {
+    /// their managed neighbour entries, and every VIP address its blackhole route (lbd calls it
+    /// every few seconds).
+    pub fn refresh_host(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
             Some(host) => Ok(host.refresh(&self.config.vips, &retired::addresses(&self.retired))?),
             None => Ok(()),
@@ -771,7 +772,7 @@ impl Agent {
         if let Err(e) = self.save(&self.applied.ids) {
             warn!("removed backends let go but not saved: a restarted lbd keeps their next hops until its first census: {e}");
         }
-        if let Err(e) = self.refresh_next_hops() {
+        if let Err(e) = self.refresh_host() {
             error!("keeping the backends' next hops resolved: {e}");
         }
     }

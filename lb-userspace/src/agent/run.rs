@@ -13,10 +13,11 @@ use crate::{api, metrics};
 /// always keeps what is attached).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnExit {
-    /// Leave the balancer attached and its maps pinned: forwarding goes on, the next lbd adopts it.
+    /// Leave the balancer attached and its maps pinned: forwarding goes on, the next lbd adopts it
+    /// (and the host state: managed neighbour entries, VIP blackhole routes).
     Keep,
-    /// Detach the balancer and remove its pins, saved state and managed neighbour entries:
-    /// forwarding stops.
+    /// Detach the balancer and remove its pins, saved state, managed neighbour entries and VIP
+    /// blackhole routes: forwarding stops.
     Detach,
 }
 

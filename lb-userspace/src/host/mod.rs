@@ -4,6 +4,8 @@
 //! - [`forwarding`]: `bpf_fib_lookup` answers only on interfaces with forwarding on.
 //! - [`neighbours`]: it answers only when the next hop has a resolved neighbour entry;
 //!   [`neighbours::NextHops`] keeps managed entries for the backends' next hops.
+//! - [`vip_routes`]: packets to a VIP address that the balancer passes to the kernel must end on
+//!   this host, not be forwarded back to the router that sent them.
 //! - [`bpffs`]: pins need a bpffs, and one that outlives the process.
 //! - [`netlink`], [`sysctl`]: the kernel interfaces those use.
 //!
@@ -14,6 +16,7 @@ pub mod forwarding;
 pub mod neighbours;
 pub mod netlink;
 pub mod sysctl;
+pub mod vip_routes;
 
 use std::net::IpAddr;
 

@@ -1,6 +1,7 @@
-//! Route lookups (`RTM_GETROUTE`), as `ip route get [fibmatch]` does them; and the routes of one
+//! Route lookups (`RTM_GETROUTE`), as `ip route get [fibmatch]` does them; the routes of one
 //! table marked with one protocol, added, deleted and listed as `ip route add|del|show table T
-//! proto P` does (the VIPs lbd announces, see `crate::announce`).
+//! proto P` does (the VIPs lbd announces, see `crate::announce`); and blackhole routes in the
+//! main table, as `ip route add|del blackhole PREFIX proto P` (see `crate::host::vip_routes`).
 use std::{io, net::IpAddr};
 
 use super::{address_bytes, attributes, family_of, parse_address, u32_at, Netlink, Request, Write};
@@ -16,6 +17,10 @@ const RTA_TABLE: u16 = 15;
 const RTA_VIA: u16 = 18;
 /// `rtm_table` of a route whose table is in RTA_TABLE (numbers above 255 fit only there).
 const RT_TABLE_UNSPEC: u8 = 0;
+/// The main table: the one `ip route` shows and changes when no table is named.
+pub const RT_TABLE_MAIN: u32 = 254;
+/// Scope of a route that is no unicast route on a link (blackhole, unreachable...).
+const RT_SCOPE_UNIVERSE: u8 = 0;
 /// Scope of a route without a gateway (`ip route add ... dev lo` makes the same).
 const RT_SCOPE_LINK: u8 = 253;
 /// In a delete: any scope.
@@ -29,6 +34,25 @@ const RTNH_LEN: usize = 8;
 /// Route types (`rtm_type`).
 pub const RTN_UNICAST: u8 = 1;
 pub const RTN_LOCAL: u8 = 2;
+pub const RTN_BLACKHOLE: u8 = 6;
+
+/// A route type's name, as `ip route` prints it.
+pub fn type_name(kind: u8) -> String {
+    let name = match kind {
+        RTN_UNICAST => "unicast",
+        RTN_LOCAL => "local",
+        3 => "broadcast",
+        4 => "anycast",
+        5 => "multicast",
+        RTN_BLACKHOLE => "blackhole",
+        7 => "unreachable",
+        8 => "prohibit",
+        9 => "throw",
+        10 => "nat",
+        other => return format!("type {other}"),
+    };
+    name.to_owned()
+}
 
 /// The route the kernel uses for a destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,8 +121,24 @@ impl std::fmt::Display for TableRoute {
     }
 }
 
-/// `struct rtmsg` of a unicast route in `table`, marked with `protocol`.
-fn rtmsg(route: &TableRoute, table: u32, protocol: u8, scope: u8) -> [u8; 12] {
+/// A route as a table dump lists it: where it goes, who made it, what it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListedRoute {
+    pub route: TableRoute,
+    /// `rtm_protocol`: who made it (2 kernel, 3 boot, 4 static; lbd's are marked with its own).
+    pub protocol: u8,
+    /// `rtm_type`: [`RTN_UNICAST`], [`RTN_BLACKHOLE`], ...
+    pub kind: u8,
+}
+
+impl std::fmt::Display for ListedRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} proto {}", type_name(self.kind), self.route, self.protocol)
+    }
+}
+
+/// `struct rtmsg` of a route of type `kind` in `table`, marked with `protocol`.
+fn rtmsg(route: &TableRoute, table: u32, protocol: u8, scope: u8, kind: u8) -> [u8; 12] {
     // family, dst_len, src_len, tos, table, protocol, scope, type, flags (u32).
     let mut header = [0u8; 12];
     header[0] = family_of(route.destination);
@@ -106,7 +146,7 @@ fn rtmsg(route: &TableRoute, table: u32, protocol: u8, scope: u8) -> [u8; 12] {
     header[4] = u8::try_from(table).unwrap_or(RT_TABLE_UNSPEC);
     header[5] = protocol;
     header[6] = scope;
-    header[7] = RTN_UNICAST;
+    header[7] = kind;
     header
 }
 
@@ -120,7 +160,7 @@ impl Netlink {
         route: TableRoute,
         ifindex: u32,
     ) -> io::Result<()> {
-        let header = rtmsg(&route, table, protocol, RT_SCOPE_LINK);
+        let header = rtmsg(&route, table, protocol, RT_SCOPE_LINK, RTN_UNICAST);
         let request = Request::new(RTM_NEWROUTE, Write::CreateOrReplace.flags(), &header)
             .attr(RTA_DST, &address_bytes(route.destination))
             .attr(RTA_TABLE, &table.to_ne_bytes())
@@ -131,7 +171,7 @@ impl Netlink {
     /// Deletes `route` from `table` if `protocol` marks it: a route of another protocol stays
     /// (`ESRCH`, as for no route at all).
     pub fn delete_table_route(&self, table: u32, protocol: u8, route: TableRoute) -> io::Result<()> {
-        let header = rtmsg(&route, table, protocol, RT_SCOPE_NOWHERE);
+        let header = rtmsg(&route, table, protocol, RT_SCOPE_NOWHERE, RTN_UNICAST);
         let request = Request::new(RTM_DELROUTE, 0, &header)
             .attr(RTA_DST, &address_bytes(route.destination))
             .attr(RTA_TABLE, &table.to_ne_bytes());
@@ -140,6 +180,12 @@ impl Netlink {
 
     /// The routes of both families in `table` marked with `protocol`, sorted.
     pub fn table_routes(&self, table: u32, protocol: u8) -> io::Result<Vec<TableRoute>> {
+        let listed = self.routes_of_table(table)?;
+        Ok(listed.into_iter().filter(|r| r.protocol == protocol).map(|r| r.route).collect())
+    }
+
+    /// Every route of both families in `table`, sorted.
+    pub fn routes_of_table(&self, table: u32) -> io::Result<Vec<ListedRoute>> {
         let mut routes = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             let replies =
@@ -149,20 +195,39 @@ impl Netlink {
                     .iter()
                     .filter(|m| m.kind == RTM_NEWROUTE)
                     .filter_map(|m| parse_table_route(&m.payload))
-                    .filter(|(t, p, _)| (*t, *p) == (table, protocol))
-                    .map(|(_, _, route)| route),
+                    .filter(|(t, _)| *t == table)
+                    .map(|(_, route)| route),
             );
         }
         routes.sort();
         Ok(routes)
     }
+
+    /// Adds a blackhole `route` to the main table, marked with `protocol`, unless a route with
+    /// the same prefix and metric is there (`EEXIST`): `ip route add blackhole PREFIX proto P`.
+    pub fn add_blackhole_route(&self, protocol: u8, route: TableRoute) -> io::Result<()> {
+        let header = rtmsg(&route, RT_TABLE_MAIN, protocol, RT_SCOPE_UNIVERSE, RTN_BLACKHOLE);
+        let request = Request::new(RTM_NEWROUTE, Write::Create.flags(), &header)
+            .attr(RTA_DST, &address_bytes(route.destination))
+            .attr(RTA_TABLE, &RT_TABLE_MAIN.to_ne_bytes());
+        self.change(request)
+    }
+
+    /// Deletes the blackhole `route` marked with `protocol` from the main table (`ESRCH` when
+    /// there is none).
+    pub fn delete_blackhole_route(&self, protocol: u8, route: TableRoute) -> io::Result<()> {
+        let header = rtmsg(&route, RT_TABLE_MAIN, protocol, RT_SCOPE_NOWHERE, RTN_BLACKHOLE);
+        let request = Request::new(RTM_DELROUTE, 0, &header)
+            .attr(RTA_DST, &address_bytes(route.destination))
+            .attr(RTA_TABLE, &RT_TABLE_MAIN.to_ne_bytes());
+        self.change(request)
+    }
 }
 
-/// A dumped route: its table, protocol, destination and prefix length (`None` for another
-/// family's message).
-fn parse_table_route(payload: &[u8]) -> Option<(u32, u8, TableRoute)> {
+/// A dumped route and its table (`None` for another family's message).
+fn parse_table_route(payload: &[u8]) -> Option<(u32, ListedRoute)> {
     let header = payload.get(..12)?;
-    let (family, prefix_len, protocol) = (header[0], header[1], header[5]);
+    let (family, prefix_len, protocol, kind) = (header[0], header[1], header[5], header[7]);
     let mut table = u32::from(header[4]);
     let mut destination = None;
     for (attr, data) in attributes(&payload[12..]) {
@@ -179,7 +244,7 @@ fn parse_table_route(payload: &[u8]) -> Option<(u32, u8, TableRoute)> {
         (libc::AF_INET6, None) => IpAddr::from([0u8; 16]),
         _ => return None,
     };
-    Some((table, protocol, TableRoute { destination, prefix_len }))
+    Some((table, ListedRoute { route: TableRoute { destination, prefix_len }, protocol, kind }))
 }
 
 fn parse_route(payload: &[u8]) -> Option<Route> {

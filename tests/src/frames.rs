@@ -198,6 +198,19 @@ pub fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
     frame
 }
 
+/// Sets the (outermost) IP header's IPv4 TOS byte (and fixes the checksum) or IPv6 traffic
+/// class, keeping everything else.
+pub fn with_tos(mut frame: Vec<u8>, tos: u8) -> Vec<u8> {
+    if frame[12..14] == [0x08, 0x00] {
+        frame[15] = tos;
+        fix_ipv4_checksum(&mut frame);
+    } else {
+        frame[14] = 0x60 | (tos >> 4);
+        frame[15] = (tos << 4) | (frame[15] & 0x0f);
+    }
+    frame
+}
+
 /// An IPv4 frame made a fragment: `more` fragments flag and `offset` (in 8-byte units).
 pub fn ipv4_fragment(mut frame: Vec<u8>, offset: u16, more: bool) -> Vec<u8> {
     let flags = (u16::from(frame[20]) << 8) & 0x4000; // keep DF
@@ -463,7 +476,17 @@ mod tests {
         assert!(ipv4_checksum_ok(&f));
         assert!(ipv4_checksum_ok(&with_ipv4_options(&f, &[148, 4, 0, 0])));
         assert!(ipv4_checksum_ok(&ipv4_fragment(f.clone(), 100, true)));
-        assert!(ipv4_checksum_ok(&set_ipv4_tos_df(f, 0xb9, false)));
+        assert!(ipv4_checksum_ok(&set_ipv4_tos_df(f.clone(), 0xb9, false)));
+        assert!(ipv4_checksum_ok(&with_tos(f.clone(), 0xbb)));
+        assert!(ipv4_checksum_ok(&with_ttl(f, 1)));
+    }
+
+    #[test]
+    fn with_tos_sets_the_ipv6_traffic_class_and_keeps_the_flow_label() {
+        let f =
+            set_ipv6_class_label(frame(addr::CLIENT6.into(), 1, addr::VIP6.into(), 80, L4::Udp), 0, 0xabcde);
+        let h = etherparse::Ipv6HeaderSlice::from_slice(&with_tos(f, 0xbb)[14..]).expect("IPv6").to_header();
+        assert_eq!((h.traffic_class, h.flow_label.value()), (0xbb, 0xabcde));
     }
 
     #[test]

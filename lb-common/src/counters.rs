@@ -70,8 +70,9 @@ counters! {
     DropRatePackets = 28, Drop, "drop_rate_packets", "over its source's packets-a-second limit (vip.limits.packets_per_source): dropped";
     DropVipNewFlowCap = 29, Drop, "drop_vip_new_flow_cap", "a new flow over the VIP's new-flows-a-second cap (vip.limits.new_flows): dropped";
     PassRateLimited = 30, Pass, "pass_rate_limited", "a new TCP flow over a new-flow limit of a VIP with limits.over_limit = \"pass\": passed to the stack";
-    FlowEvicted = 31, Event, "flow_evicted", "confirmed flows whose entry a new flow took (idle for two of the table's 1.07-s clock ticks or more, the longest idle of their two sets): how a full table makes room, and mostly finished connections (normal); a connection still open is scheduled again by its next packet. A too-small limits.flows shows as flow_not_recorded";
-    FlowNotRecorded = 32, Event, "flow_not_recorded", "new flows not recorded: every entry of their two sets held a connection active in the last two clock ticks (about 2 s), or another CPU wrote the chosen entry first; their next packet is scheduled again; many mean limits.flows is too small";
+    FlowEvicted = 31, Event, "flow_evicted", "confirmed flows whose entry a new flow took (idle for two of the table's 1.07-s clock ticks or more, the longest idle of the set the new flow prefers): how a full table makes room, and mostly finished connections (normal); a connection still open is scheduled again by its next packet. A too-small limits.flows shows as flow_not_recorded";
+    FlowNotRecorded = 32, Event, "flow_not_recorded", "new flows not recorded: every entry of their two sets held a connection active in the last two clock ticks (about 2 s), or another CPU wrote the chosen entry first; their next packet is scheduled again (a UDP flow's packets are then no new flows, to the new-flow limits or the stats); many mean limits.flows is too small";
+    DecapCeNotEct = 33, Drop, "decap_ce_not_ect", "tunnels whose outer header a switch marked congestion experienced (CE) around an inner packet that is not ECN-capable: dropped, as RFC 6040 says (a drop is the congestion signal its sender understands) (backend hosts)";
 }
 
 impl Counter {

@@ -33,10 +33,11 @@ pub use vip::{
 };
 
 /// The layout version of the pinned maps: an agent pins under `pin_path/<PIN_LAYOUT>` and adopts
-/// only pins of its own layout. Move it on (v5 -> v6) whenever a pinned map's key or value
+/// only pins of its own layout. Move it on (v6 -> v7) whenever a pinned map's key or value
 /// changes, and record the new layouts in [`PINNED_LAYOUTS`]: a test compares the object's
 /// pinned maps with that record, so a layout cannot change under the same version.
-pub const PIN_LAYOUT: &str = "v5";
+/// (v6: STATS grew by `decap_ce_not_ect`; v5: the flow table.)
+pub const PIN_LAYOUT: &str = "v6";
 
 /// The pinned maps of layout [`PIN_LAYOUT`]: (name, key size, value size), as the object defines
 /// them (the kernel's sizes: a value array's 8-byte alignment is not counted).

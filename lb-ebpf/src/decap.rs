@@ -8,17 +8,20 @@
 //! 2. passed unchanged if the outer packet is a fragment (IPv4 MF or offset, an IPv6 fragment
 //!    header), counted `decap_fragment`: this frame does not hold the whole inner packet. The
 //!    stack reassembles it (and needs a tunnel device of its own to decapsulate it).
-//! 3. stripped (outer IPv4 options and IPv6 extension headers with it) and passed, counted
-//!    `decapsulated`.
+//! 3. stripped (outer IPv4 options and IPv6 extension headers with it); then, if the outer ECN
+//!    field says congestion experienced (CE), per RFC 6040 (normal mode): an ECN-capable inner
+//!    packet is marked CE too, a Not-ECT one is dropped, counted `decap_ce_not_ect`.
+//! 4. passed, counted `decapsulated`.
 //!
 //! Everything else passes untouched and uncounted.
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
 };
 use lb_common::{Counter, DecapSource, FAMILY_V4};
-use network_types::eth::EthHdr;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
+    checksum,
     maps::{DECAP_ADDRS, DECAP_CONFIG, DECAP_SOURCES},
     parse::{self, ptr_at, ptr_at_mut, ETH_LEN, L3},
     stats,
@@ -26,6 +29,9 @@ use crate::{
 
 const IPPROTO_IPIP: u8 = 4;
 const IPPROTO_IPV6: u8 = 41;
+/// ECN codepoints (RFC 3168), the low two bits of the IPv4 TOS / IPv6 traffic class.
+const ECN_NOT_ECT: u8 = 0b00;
+const ECN_CE: u8 = 0b11;
 
 pub fn run(ctx: &XdpContext) -> u32 {
     let Some(outer) = tunnel(ctx) else { return xdp_action::XDP_PASS };
@@ -37,9 +43,15 @@ pub fn run(ctx: &XdpContext) -> u32 {
         stats::count(Counter::DecapFragment);
         return xdp_action::XDP_PASS;
     }
-    if strip(ctx, outer.l4_offset - ETH_LEN).is_ok() {
-        stats::count(Counter::Decapsulated);
+    let outer_ecn = ecn(ctx, outer.family);
+    if strip(ctx, outer.l4_offset - ETH_LEN).is_err() {
+        return xdp_action::XDP_PASS;
     }
+    if outer_ecn == Some(ECN_CE) && mark_congestion(ctx, outer.family).is_err() {
+        stats::count(Counter::DecapCeNotEct);
+        return xdp_action::XDP_DROP;
+    }
+    stats::count(Counter::Decapsulated);
     xdp_action::XDP_PASS
 }
 
@@ -78,5 +90,53 @@ fn strip(ctx: &XdpContext, outer_len: usize) -> Result<(), Counter> {
     }
     let new_eth: *mut EthHdr = ptr_at_mut(ctx, 0)?;
     unsafe { *new_eth = eth };
+    Ok(())
+}
+
+/// The ECN field of the IP header at ETH_LEN (of `family`), if the header is in the frame.
+#[inline(always)]
+fn ecn(ctx: &XdpContext, family: u8) -> Option<u8> {
+    // Both families keep it in their second byte: IPv4 its low bits, IPv6 bits 4 and 5.
+    let head: *const [u8; 2] = ptr_at(ctx, ETH_LEN).ok()?;
+    // SAFETY: bounds-checked by ptr_at.
+    let second = unsafe { (*head)[1] };
+    Some(if family == FAMILY_V4 { second & 0b11 } else { (second >> 4) & 0b11 })
+}
+
+/// The outer header said congestion experienced: RFC 6040 (normal mode) carries that to the
+/// inner packet at ETH_LEN. ECT(0) or ECT(1) becomes CE (the IPv4 checksum follows); CE stays.
+/// Not-ECT: `Err`, the caller drops it, as RFC 6040 says and Linux's tunnels do: its sender
+/// understands no mark, a drop is the congestion signal it reacts to, and passing it unmarked
+/// would hide the congestion. (The balancer copies the inner ECN field to the outer header, so
+/// only a switch that marks Not-ECT packets, against RFC 3168, brings this about: counted.)
+/// Outer ECT(1) over inner ECT(0) is not carried (as in Linux): only CE is a signal here.
+/// An inner header cut short is left alone (the stack drops it).
+#[inline(always)]
+fn mark_congestion(ctx: &XdpContext, family: u8) -> Result<(), ()> {
+    let Some(inner) = ecn(ctx, family) else { return Ok(()) };
+    if inner == ECN_NOT_ECT {
+        return Err(());
+    }
+    if inner == ECN_CE {
+        return Ok(());
+    }
+    if family == FAMILY_V4 {
+        let Ok(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, ETH_LEN) else { return Ok(()) };
+        // SAFETY: bounds-checked by ptr_at_mut.
+        unsafe {
+            let (vihl, tos) = ((*ip).vihl, (*ip).tos);
+            let check = checksum::replace(
+                u16::from_be_bytes((*ip).check),
+                u16::from_be_bytes([vihl, tos]),
+                u16::from_be_bytes([vihl, tos | ECN_CE]),
+            );
+            (*ip).tos = tos | ECN_CE;
+            (*ip).check = check.to_be_bytes();
+        }
+    } else {
+        let Ok(ip) = ptr_at_mut::<Ipv6Hdr>(ctx, ETH_LEN) else { return Ok(()) };
+        // SAFETY: bounds-checked by ptr_at_mut.
+        unsafe { (*ip).vcf[1] |= ECN_CE << 4 };
+    }
     Ok(())
 }

@@ -179,31 +179,46 @@ pub fn choose(
     if vip.ring_size == 0 {
         return Err(Counter::DropNoBackend);
     }
-    if record && key.proto != PROTO_TCP {
-        // It starts a flow: the VIP's new-flow limits (a TCP flow's were its SYN's).
-        crate::policy::new_flow(key, vip.id)?;
+    // A flow to record: its entry is chosen first, its backend once the limits admitted it.
+    let mut new = NewFlow {
+        sets,
+        reuse,
+        now: 0,
+        to_count: false,
+        backend_hash: 0,
+        ids: 0,
+        entry: flow_table::NONE,
+        entry_ctl: 0,
+        entry_rank: 0,
+        evicted_counted: NO_BACKEND,
+    };
+    // A TCP flow's new flow is its SYN (limited before any flow-table work); a packet without SYN
+    // continues a connection. Another protocol's flow starts with a packet of no flow that the
+    // table records: only then does it meet the VIP's new-flow limits (once its entry is chosen,
+    // before anything is written or a round-robin cursor moves: a refused flow leaves no trace)
+    // and count as a new flow. A flow the table cannot record (its sets full of active
+    // connections) is scheduled anew on every packet, first or not: counted new, each would
+    // meet the limits, and an established stream would be refused packet after packet once the
+    // table is full.
+    let limited = key.proto != PROTO_TCP;
+    if record {
+        new.now = flow_table::clock();
+        if flow_table::choose_entry(&mut new) && limited {
+            crate::policy::new_flow(key, vip.id)?;
+        }
     }
     let id = schedule::pick(vip, hash, record);
     let backend_generation = backend(id, key.family)?.generation;
+    let mut new_flow = record && syn;
     if record {
         crate::stats::add(counters, Counter::FlowMiss);
-    }
-    // A TCP packet without SYN continues a connection: its SYN was the new flow.
-    let new_flow = record && (key.proto != PROTO_TCP || syn);
-    if record {
         let vip_generation = VIP_BY_ID.get(vip.id).map_or(0, |s| s.generation);
-        let (backend_hash, ids) =
+        (new.backend_hash, new.ids) =
             flow_table::value_words(id, hash, vip.id, vip_generation, backend_generation);
-        let mut new = NewFlow {
-            sets,
-            reuse,
-            now: flow_table::clock(),
-            to_count: schedule::counts(vip, key),
-            backend_hash,
-            ids,
-            evicted_counted: NO_BACKEND,
-        };
-        match flow_table::record(key, &mut new) {
+        new.to_count = schedule::counts(vip, key);
+        let outcome = flow_table::record(key, &mut new);
+        new_flow |= limited && outcome != flow_table::NOT_RECORDED;
+        match outcome {
             flow_table::RECORDED => crate::stats::add(counters, Counter::FlowPending),
             flow_table::EVICTED => {
                 crate::stats::add(counters, Counter::FlowPending);

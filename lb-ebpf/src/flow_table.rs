@@ -205,6 +205,11 @@ pub struct NewFlow {
     pub to_count: bool,
     pub backend_hash: u64,
     pub ids: u64,
+    /// Set by [`choose_entry`]: the entry the flow takes (NONE: none), its ctl word as read,
+    /// and its rank there (1: a confirmed flow's, evicted).
+    pub entry: u32,
+    pub entry_ctl: u64,
+    pub entry_rank: u32,
     /// Set by [`record`] when it evicted a counted connection: that connection's backend
     /// (NO_BACKEND otherwise), whose count the caller drops.
     pub evicted_counted: u32,
@@ -218,9 +223,11 @@ pub const EVICTED: u32 = 1;
 /// the chosen one meanwhile.
 pub const NOT_RECORDED: u32 = 2;
 
-/// Records new unconfirmed flow `key` as `new` says. Not inlined: it runs once per flow.
+/// Chooses the entry new flow `new` takes (`new.entry`), and says whether there is one: none if
+/// every way of its sets holds a flow that may not be evicted. Writes no entry: [`record`] does,
+/// so that the caller can refuse the flow in between. Not inlined: it runs once per flow.
 #[inline(never)]
-pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
+pub fn choose_entry(new: &mut NewFlow) -> bool {
     let (sets, reuse, now) = (new.sets, new.reuse, new.now);
     new.evicted_counted = lb_common::NO_BACKEND;
     // How many ways of each set a new flow may not take: being written, or a connection active
@@ -293,7 +300,18 @@ pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
         }
         way += 1;
     }
-    let w = words(victim);
+    new.entry = victim;
+    new.entry_ctl = victim_ctl;
+    new.entry_rank = victim_rank;
+    victim != NONE
+}
+
+/// Records new unconfirmed flow `key` as `new` says, in the entry [`choose_entry`] chose. Not
+/// inlined: it runs once per flow.
+#[inline(never)]
+pub fn record(key: &FlowKey, new: &mut NewFlow) -> u32 {
+    let (victim_ctl, victim_rank, now) = (new.entry_ctl, new.entry_rank, new.now);
+    let w = words(new.entry);
     if w.is_null() {
         return NOT_RECORDED;
     }

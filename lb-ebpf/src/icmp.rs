@@ -28,6 +28,7 @@ const ICMP_ERROR_HEADER: usize = 8;
 /// extension headers and the transport header's first bytes. Multiples of 4 (bpf_csum_diff).
 const QUOTE_V4: usize = 68;
 const QUOTE_V6: usize = 256;
+/// The TTL / hop limit of the packets the balancer sends itself (Linux's default).
 const REPLY_TTL: u8 = 64;
 const DONT_FRAGMENT: u8 = 0x40;
 
@@ -81,8 +82,10 @@ pub fn handle(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Counter> {
     Ok(())
 }
 
-/// Turns the request into its reply in place: MACs and addresses swapped, type changed. The
-/// checksum changes by the type word only (the IPv6 pseudo-header sum is symmetric).
+/// Turns the request into its reply in place: MACs and addresses swapped, type changed, TTL /
+/// hop limit reset. The ICMP checksum changes by the type word only (the IPv6 pseudo-header sum
+/// is symmetric, and holds no hop limit). The reply is a new packet: it starts with a fresh TTL
+/// (Linux's default), not what is left of the request's, which a traceroute probe spent to 1.
 #[inline(always)]
 fn reply_to_echo(ctx: &XdpContext, family: u8, icmp: *mut [u8; 4], reply: u8) -> Result<(), Counter> {
     let eth: *mut EthHdr = ptr_at_mut(ctx, 0)?;
@@ -98,6 +101,15 @@ fn reply_to_echo(ctx: &XdpContext, family: u8, icmp: *mut [u8; 4], reply: u8) ->
             let src = (*ip).src_addr;
             (*ip).src_addr = (*ip).dst_addr;
             (*ip).dst_addr = src;
+            // TTL and protocol share a header word (swapped addresses leave the sum alone).
+            let proto = (*ip).proto;
+            let check = checksum::replace(
+                u16::from_be_bytes((*ip).check),
+                u16::from_be_bytes([(*ip).ttl, proto]),
+                u16::from_be_bytes([REPLY_TTL, proto]),
+            );
+            (*ip).ttl = REPLY_TTL;
+            (*ip).check = check.to_be_bytes();
         }
     } else {
         let ip: *mut Ipv6Hdr = ptr_at_mut(ctx, ETH_LEN)?;
@@ -105,6 +117,7 @@ fn reply_to_echo(ctx: &XdpContext, family: u8, icmp: *mut [u8; 4], reply: u8) ->
             let src = (*ip).src_addr;
             (*ip).src_addr = (*ip).dst_addr;
             (*ip).dst_addr = src;
+            (*ip).hop_limit = REPLY_TTL;
         }
     }
     unsafe {

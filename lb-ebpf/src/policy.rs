@@ -54,8 +54,9 @@ pub fn generation(vip: u32) -> u32 {
     }
 }
 
-/// A non-TCP packet that found no flow (it starts one) to VIP `vip`: admitted, or the verdict.
-/// (A TCP flow's start is its SYN, which [`screen`] already limited.)
+/// A non-TCP packet that found no flow and that the flow table has an entry for (it starts a
+/// flow) to VIP `vip`: admitted, or the verdict. (A TCP flow's start is its SYN, which
+/// [`screen`] already limited.)
 #[inline(always)]
 pub fn new_flow(key: &FlowKey, vip: u32) -> Result<(), Counter> {
     verdict(check_new_flow(key, vip))

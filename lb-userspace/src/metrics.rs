@@ -120,7 +120,7 @@ pub const VIP_NEW_FLOWS: Family = Family {
     unit: None,
     kind: MetricType::Counter,
     labels: VIP,
-    help: "New flows of the VIP: TCP SYNs, and first packets of other flows, that got a backend from its scheduler",
+    help: "New flows of the VIP: TCP SYNs, and the first packets of other flows that the flow table recorded (a UDP flow it cannot record is no new flow: flow_not_recorded)",
 };
 pub const VIP_POLICY_DROPS: Family = Family {
     name: "lb_vip_policy_drops",

@@ -123,8 +123,8 @@ impl BackendHost {
         BackendHost { process: Some(process), files }
     }
 
-    /// One of its decap counters (`decapsulated`, `decap_refused`, `decap_fragment`), as
-    /// `--status` reports it.
+    /// One of its decap counters (`decapsulated`, `decap_refused`, `decap_fragment`,
+    /// `decap_ce_not_ect`), as `--status` reports it.
     pub fn counter(&self, ns: &Netns, name: &str) -> u64 {
         let status = self
             .files

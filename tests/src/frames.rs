@@ -187,6 +187,30 @@ pub fn set_ipv6_class_label(mut frame: Vec<u8>, class: u8, label: u32) -> Vec<u8
     frame
 }
 
+/// Sets the IPv4 TTL (and fixes the checksum) or the IPv6 hop limit.
+pub fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    if frame[12..14] == [0x08, 0x00] {
+        frame[22] = ttl;
+        fix_ipv4_checksum(&mut frame);
+    } else {
+        frame[21] = ttl;
+    }
+    frame
+}
+
+/// Sets the (outermost) IP header's IPv4 TOS byte (and fixes the checksum) or IPv6 traffic
+/// class, keeping everything else.
+pub fn with_tos(mut frame: Vec<u8>, tos: u8) -> Vec<u8> {
+    if frame[12..14] == [0x08, 0x00] {
+        frame[15] = tos;
+        fix_ipv4_checksum(&mut frame);
+    } else {
+        frame[14] = 0x60 | (tos >> 4);
+        frame[15] = (tos << 4) | (frame[15] & 0x0f);
+    }
+    frame
+}
+
 /// An IPv4 frame made a fragment: `more` fragments flag and `offset` (in 8-byte units).
 pub fn ipv4_fragment(mut frame: Vec<u8>, offset: u16, more: bool) -> Vec<u8> {
     let flags = (u16::from(frame[20]) << 8) & 0x4000; // keep DF
@@ -366,15 +390,17 @@ pub mod expect {
     }
 
     /// The echo reply to an echo request frame made by [`echo_request`](super::echo_request):
-    /// MACs and addresses swapped, type 0 / 129, checksum recomputed, nothing else changed.
+    /// MACs and addresses swapped, TTL / hop limit 64 (a fresh packet's, as Linux sends it),
+    /// type 0 / 129, checksums recomputed, nothing else changed.
     pub fn echo_reply(request: &[u8]) -> Vec<u8> {
-        let mut out = request.to_vec();
+        let mut out = with_ttl(request.to_vec(), 64);
         out[..6].copy_from_slice(&request[6..12]);
         out[6..12].copy_from_slice(&request[..6]);
         let mut sum = etherparse::checksum::Sum16BitWords::new();
         let l4 = if request[12..14] == [0x08, 0x00] {
             out[26..30].copy_from_slice(&request[30..34]);
             out[30..34].copy_from_slice(&request[26..30]);
+            fix_ipv4_checksum(&mut out);
             let l4 = 14 + usize::from(request[14] & 0x0f) * 4;
             out[l4] = 0;
             l4
@@ -450,7 +476,17 @@ mod tests {
         assert!(ipv4_checksum_ok(&f));
         assert!(ipv4_checksum_ok(&with_ipv4_options(&f, &[148, 4, 0, 0])));
         assert!(ipv4_checksum_ok(&ipv4_fragment(f.clone(), 100, true)));
-        assert!(ipv4_checksum_ok(&set_ipv4_tos_df(f, 0xb9, false)));
+        assert!(ipv4_checksum_ok(&set_ipv4_tos_df(f.clone(), 0xb9, false)));
+        assert!(ipv4_checksum_ok(&with_tos(f.clone(), 0xbb)));
+        assert!(ipv4_checksum_ok(&with_ttl(f, 1)));
+    }
+
+    #[test]
+    fn with_tos_sets_the_ipv6_traffic_class_and_keeps_the_flow_label() {
+        let f =
+            set_ipv6_class_label(frame(addr::CLIENT6.into(), 1, addr::VIP6.into(), 80, L4::Udp), 0, 0xabcde);
+        let h = etherparse::Ipv6HeaderSlice::from_slice(&with_tos(f, 0xbb)[14..]).expect("IPv6").to_header();
+        assert_eq!((h.traffic_class, h.flow_label.value()), (0xbb, 0xabcde));
     }
 
     #[test]
@@ -463,6 +499,7 @@ mod tests {
             .write(&mut want, PAYLOAD)
             .unwrap();
         assert_eq!(expect::echo_reply(&echo_request(c4, v4, 7, 9)), want);
+        assert_eq!(expect::echo_reply(&with_ttl(echo_request(c4, v4, 7, 9), 1)), want);
         let (c6, v6): (IpAddr, IpAddr) = (addr::CLIENT6.into(), addr::VIP6.into());
         let mut want = Vec::new();
         PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC)
@@ -471,6 +508,7 @@ mod tests {
             .write(&mut want, PAYLOAD)
             .unwrap();
         assert_eq!(expect::echo_reply(&echo_request(c6, v6, 7, 9)), want);
+        assert_eq!(expect::echo_reply(&with_ttl(echo_request(c6, v6, 7, 9), 1)), want);
     }
 
     #[test]

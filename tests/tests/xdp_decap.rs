@@ -1,12 +1,16 @@
 //! The decap program (backend hosts), packet by packet with BPF_PROG_TEST_RUN: tunnels to this
 //! host are stripped; with an allow list of outer sources, tunnels from elsewhere are dropped
 //! and counted (IPv4 and IPv6 in one trie, overlapping prefixes, an empty list meaning any);
-//! fragments of tunnel packets pass unstripped and are counted; everything else passes as it is.
+//! fragments of tunnel packets pass unstripped and are counted; congestion marks of the outer
+//! header reach the inner one (RFC 6040); everything else passes as it is.
 use std::{collections::BTreeSet, net::IpAddr};
 
 use lb_common::Counter;
 use lb_tests::{
-    frames::{addr::*, expect, frame, ipv4_fragment, with_ipv4_options, with_ipv6_ext, Ext, L4, LB_MAC},
+    frames::{
+        addr::*, expect, frame, internet_checksum, ipv4_fragment, with_ipv4_options, with_ipv6_ext, with_tos,
+        Ext, L4, LB_MAC,
+    },
     xdp::{Outcome, Verdict, XdpRunner},
 };
 
@@ -52,18 +56,20 @@ fn allow(r: &mut XdpRunner, sources: &[(&str, u8)]) {
 }
 
 /// Runs `frame` and returns the outcome and by how much each decap counter moved.
-fn run(r: &mut XdpRunner, frame: &[u8]) -> (Outcome, [u64; 3]) {
-    let counters = [Counter::Decapsulated, Counter::DecapRefused, Counter::DecapFragment];
+fn run(r: &mut XdpRunner, frame: &[u8]) -> (Outcome, [u64; 4]) {
+    let counters =
+        [Counter::Decapsulated, Counter::DecapRefused, Counter::DecapFragment, Counter::DecapCeNotEct];
     let before = counters.map(|c| r.counter(c));
     let out = r.run(frame);
     let after = counters.map(|c| r.counter(c));
-    (out, [0, 1, 2].map(|i| after[i] - before[i]))
+    (out, [0, 1, 2, 3].map(|i| after[i] - before[i]))
 }
 
-const DECAPSULATED: [u64; 3] = [1, 0, 0];
-const REFUSED: [u64; 3] = [0, 1, 0];
-const FRAGMENT: [u64; 3] = [0, 0, 1];
-const NOTHING: [u64; 3] = [0, 0, 0];
+const DECAPSULATED: [u64; 4] = [1, 0, 0, 0];
+const REFUSED: [u64; 4] = [0, 1, 0, 0];
+const FRAGMENT: [u64; 4] = [0, 0, 1, 0];
+const CE_NOT_ECT: [u64; 4] = [0, 0, 0, 1];
+const NOTHING: [u64; 4] = [0, 0, 0, 0];
 
 fn assert_stripped(r: &mut XdpRunner, source: &str, destination: &str, why: &str) {
     let (out, moved) = run(r, &tunnel(source, destination));
@@ -166,4 +172,64 @@ fn outer_ipv4_options_are_stripped_with_the_header() {
     let (out, moved) = run(&mut r, &with_ipv4_options(&tunnel("198.18.1.7", HOST4), &[148, 4, 0, 0]));
     assert_eq!((out.verdict, moved), (Verdict::Pass, DECAPSULATED));
     assert_eq!(out.frame, stripped("198.18.1.7"));
+}
+
+/// ECN codepoints (the low two bits of the IPv4 TOS / IPv6 traffic class).
+mod ecn {
+    pub const NOT_ECT: u8 = 0;
+    pub const ECT1: u8 = 1;
+    pub const ECT0: u8 = 2;
+    pub const CE: u8 = 3;
+}
+
+/// RFC 6040, normal mode: a switch between balancer and backend marks congestion on the outer
+/// header (the balancer copies the inner ECN field there); decapsulation carries a CE mark to an
+/// ECN-capable inner packet and drops a Not-ECT one (a drop is the only congestion signal its
+/// sender understands). Other combinations leave the inner field alone (as Linux's tunnels do).
+/// The DSCP bits of the inner packet are never touched.
+#[test]
+fn congestion_marks_on_the_outer_header_reach_the_inner_packet() {
+    use ecn::*;
+    let mut r = runner(&[]);
+    const AF41: u8 = 34 << 2;
+    // (outer ECN, inner ECN, the inner ECN the stack gets; None: dropped).
+    let cases = [
+        (CE, ECT0, Some(CE)),
+        (CE, ECT1, Some(CE)),
+        (CE, CE, Some(CE)),
+        (CE, NOT_ECT, None),
+        (ECT0, ECT0, Some(ECT0)),
+        (ECT1, ECT1, Some(ECT1)),
+        (ECT1, ECT0, Some(ECT0)),
+        (ECT0, ECT1, Some(ECT1)),
+        (NOT_ECT, ECT0, Some(ECT0)),
+        (ECT0, NOT_ECT, Some(NOT_ECT)),
+        (NOT_ECT, CE, Some(CE)),
+    ];
+    for (source, destination) in [("198.18.1.7", HOST4), ("fd00:0:0:1::9", HOST6)] {
+        let v6 = ip(source).is_ipv6();
+        for dscp in [0, AF41] {
+            for (outer_ecn, inner_ecn, want) in cases {
+                let name = format!("{source}: outer {outer_ecn}, inner {dscp:#x}|{inner_ecn}");
+                let inner = with_tos(inner(v6), dscp | inner_ecn);
+                let sent = expect::encapsulated(&inner, HOST_MAC, LB_MAC, ip(source), ip(destination), 0);
+                let sent = with_tos(sent, dscp | outer_ecn);
+                let (out, moved) = run(&mut r, &sent);
+                let Some(want) = want else {
+                    assert_eq!((out.verdict, moved), (Verdict::Drop, CE_NOT_ECT), "{name}");
+                    continue;
+                };
+                assert_eq!((out.verdict, moved), (Verdict::Pass, DECAPSULATED), "{name}");
+                let expected = expect::mac_rewritten(&with_tos(inner.clone(), dscp | want), HOST_MAC, LB_MAC);
+                assert_eq!(out.frame, expected, "{name}: inner packet");
+                if !v6 {
+                    assert_eq!(internet_checksum(&out.frame[14..34]), 0, "{name}: inner IPv4 checksum");
+                }
+            }
+        }
+    }
+    // A fragment passes as it came, its marks with it: the stack reassembles it.
+    let fragment = ipv4_fragment(with_tos(tunnel("198.18.1.7", HOST4), CE), 0, true);
+    let (out, moved) = run(&mut r, &fragment);
+    assert_eq!((out.verdict, moved, out.frame), (Verdict::Pass, FRAGMENT, fragment), "a CE-marked fragment");
 }

@@ -680,8 +680,9 @@ fn fib_failures_pass_and_unusable_ring_slots_drop() {
     });
 }
 
-/// Echo requests to a VIP address (one with an address entry) are answered in place; to any
-/// other address they pass.
+/// Echo requests to a VIP address (one with an address entry) are answered in place, the reply
+/// with a fresh TTL / hop limit of 64 whatever the request's was (a traceroute's probe that
+/// arrives with 1 left must not be answered with 1); to any other address they pass.
 #[test]
 fn echo_requests_to_vip_addresses_are_answered() {
     let fx = Fixture::new();
@@ -690,14 +691,26 @@ fn echo_requests_to_vip_addresses_are_answered() {
         let mut fails = Failures::default();
         for v6 in [false, true] {
             let fam = if v6 { "v6" } else { "v4" };
-            for (i, n) in [at::MAIN, at::ANY, at::FIB_FAIL, at::EMPTY].into_iter().enumerate() {
-                let req = frames::echo_request(client(v6), vip(v6, n), 0x4242, i as u16);
-                let case = format!("echo{fam}_to_vip_address_{}", vip(v6, n));
+            let addresses = [at::MAIN, at::ANY, at::FIB_FAIL, at::EMPTY].into_iter().enumerate();
+            for ((i, n), ttl) in addresses.flat_map(|a| [(a, 64), (a, 1), (a, 255)]) {
+                let req =
+                    frames::with_ttl(frames::echo_request(client(v6), vip(v6, n), 0x4242, i as u16), ttl);
+                let case = format!("echo{fam}_ttl{ttl}_to_vip_address_{}", vip(v6, n));
                 let before = r.counters();
                 let out = r.run(&req);
                 fails.check(out.verdict == Verdict::Tx, || {
                     format!("{case}: verdict {:?}, expected Tx", out.verdict)
                 });
+                let hop_limit = out.frame.get(if v6 { 21 } else { 22 }).copied();
+                fails.check(hop_limit == Some(64), || {
+                    format!("{case}: reply TTL / hop limit {hop_limit:?}, expected 64")
+                });
+                if !v6 && out.frame.len() >= 34 {
+                    let sum = frames::internet_checksum(&out.frame[14..34]);
+                    fails.check(sum == 0, || {
+                        format!("{case}: reply's IPv4 header checksum does not add up ({sum:#06x})")
+                    });
+                }
                 fails.frame(&case, &out.frame, &expect::echo_reply(&req));
                 fails.counters(&case, &before, &r.counters(), &[Counter::IcmpEchoReply], &[]);
             }

@@ -392,3 +392,53 @@ fn a_limit_of_n_new_flows_a_second_admits_n_a_second_spread_over_cpus_and_its_sh
         }
     });
 }
+
+/// Two sets of four: every flow's two sets are among them.
+const TINY: Sizes = Sizes { flows: 8, ..SIZES };
+
+/// A UDP flow that a full flow table (every entry a connection active in the last tick) cannot
+/// record is scheduled anew on each of its packets; none of them is a new flow, to the limits or
+/// the stats: a stream that started before the table filled must not be refused by its source's
+/// new-flow limit packet after packet. Once the table can record again, new flows are limited
+/// as before.
+#[test]
+fn a_udp_flow_a_full_table_cannot_record_is_no_new_flow_on_every_packet() {
+    let fixture = Fixture::new();
+    let c = config("", "", "[vip.limits]\nnew_flows_per_source = 1");
+    fixture.run(TINY, |r| {
+        // One CPU: its buckets are the ones every packet meets.
+        pin_to_cpu(allowed_cpus()[0]);
+        let mut applied = Applied::default();
+        apply(r, &mut applied, &c, &[], 1);
+        // Connections to `web` (no limits), each SYN and ACK (confirmed), until all eight entries
+        // hold one.
+        let entries = r.datapath.flow_entries().expect("FLOW_TABLE mapped");
+        let confirmed =
+            || (0..entries.len()).filter(|&i| entries.read_settled(i).is_some_and(|e| e.confirmed())).count();
+        let mut port = 30_000;
+        while confirmed() < 8 {
+            assert!(port < 30_200, "200 connections did not fill the 8 entries: {} confirmed", confirmed());
+            assert_eq!(from(r, "198.18.7.7", port, L4::TcpSyn), Verdict::Tx, "SYN from port {port}");
+            assert_eq!(from(r, "198.18.7.7", port, L4::TcpAck), Verdict::Tx, "ACK from port {port}");
+            port += 1;
+        }
+        let not_recorded = r.counter(Counter::FlowNotRecorded);
+        let tx = (0..5).filter(|_| from(r, "fd00:5::1", 2000, L4::Udp) == Verdict::Tx).count();
+        assert_eq!(tx, 5, "a UDP flow the full table cannot record: every packet forwarded");
+        assert_eq!(r.counter(Counter::FlowNotRecorded) - not_recorded, 5, "the table recorded one of them");
+        assert_eq!(r.counter(Counter::DropRateNewFlows), 0, "refused as a new flow");
+        assert_eq!(r.vip_stats(1).new_flows, 0, "an unrecorded flow's packets counted as new flows");
+        assert_eq!(confirmed(), 8, "the connections keep their entries");
+        // Two ticks later the connections are idle: the flow is recorded (its source's one new
+        // flow of the second), and the source's next new flow meets the limit.
+        std::thread::sleep(Duration::from_millis(2_300));
+        assert_eq!(from(r, "fd00:5::1", 2000, L4::Udp), Verdict::Tx, "the flow, recorded at last");
+        assert_eq!(r.vip_stats(1).new_flows, 1, "the flow recorded: a new flow");
+        assert_eq!(from(r, "fd00:5::1", 2001, L4::Udp), Verdict::Drop, "the source's second new flow");
+        assert_eq!(r.counter(Counter::DropRateNewFlows), 1);
+        for i in 0..3 {
+            assert_eq!(from(r, "fd00:5::1", 2000, L4::Udp), Verdict::Tx, "the recorded flow's packet {i}");
+        }
+        assert_eq!(r.vip_stats(1).new_flows, 1);
+    });
+}

@@ -20,10 +20,10 @@ use crate::{
     },
 };
 
-/// Pins live in a versioned directory under `pin_path`, as the balancer's do. Move it on (v2 ->
-/// v3) whenever a map of [`PINNED_LAYOUTS`] changes: STATS grows with every new counter (v2: the
-/// flow table's counters of 2026-12-07; v1 pins held fewer).
-pub const PIN_LAYOUT: &str = "v2";
+/// Pins live in a versioned directory under `pin_path`, as the balancer's do. Move it on (v3 ->
+/// v4) whenever a map of [`PINNED_LAYOUTS`] changes: STATS grows with every new counter (v3:
+/// `decap_ce_not_ect`; v2: the flow table's counters of 2026-12-07; v1 pins held fewer).
+pub const PIN_LAYOUT: &str = "v3";
 
 /// The maps a backend host pins, for layout [`PIN_LAYOUT`]: (name, key size, value size), as
 /// the object defines them (a test compares).

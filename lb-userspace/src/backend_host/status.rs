@@ -28,7 +28,7 @@ pub struct Status {
     pub decap_addresses: Vec<IpAddr>,
     /// Outer sources it accepts tunnels from (`ADDRESS/LENGTH`); `None`: any.
     pub allowed_sources: Option<Vec<String>>,
-    /// `decapsulated`, `decap_refused`, `decap_fragment`.
+    /// `decapsulated`, `decap_refused`, `decap_fragment`, `decap_ce_not_ect`.
     pub counters: BTreeMap<&'static str, u64>,
 }
 

@@ -85,7 +85,7 @@ impl Datapath {
 /// What a backend host's pinned decap maps hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecapView {
-    /// `decapsulated`, `decap_refused`, `decap_fragment`, summed over CPUs.
+    /// `decapsulated`, `decap_refused`, `decap_fragment`, `decap_ce_not_ect`, summed over CPUs.
     pub counters: Vec<(Counter, u64)>,
     /// Outer destinations it strips tunnels for.
     pub addresses: Vec<IpAddr>,
@@ -94,8 +94,8 @@ pub struct DecapView {
 }
 
 /// The counters a backend host shows.
-pub const DECAP_COUNTERS: [Counter; 3] =
-    [Counter::Decapsulated, Counter::DecapRefused, Counter::DecapFragment];
+pub const DECAP_COUNTERS: [Counter; 4] =
+    [Counter::Decapsulated, Counter::DecapRefused, Counter::DecapFragment, Counter::DecapCeNotEct];
 
 /// Reads the decap maps pinned under `dir` (by a running or crashed `lbd backend-host`).
 pub fn read_pinned_decap(dir: &Path) -> Result<DecapView, DatapathError> {

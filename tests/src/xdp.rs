@@ -72,9 +72,12 @@ impl XdpRunner {
         Self::new(datapath::BALANCER, sizes)
     }
 
-    /// Loads the decap program (backend hosts), with the balancer's maps at their smallest.
+    /// Loads the decap program alone, as a backend host does (the balancer's maps at their
+    /// smallest, the balancer not loaded).
     pub fn decap() -> Self {
-        Self::new(datapath::DECAP, Sizes::SMALLEST)
+        crate::privilege::require_root();
+        let datapath = datapath::load_decap().unwrap_or_else(|e| panic!("loading the decap program: {e}"));
+        XdpRunner { datapath, program: datapath::DECAP, ingress_ifindex: 0 }
     }
 
     fn new(program: &'static str, sizes: Sizes) -> Self {

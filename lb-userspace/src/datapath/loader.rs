@@ -178,6 +178,11 @@ pub fn load_pinned(sizes: Sizes, dir: &Path) -> Result<Datapath, DatapathError> 
     load_inner(object(), sizes, Some(dir), BALANCER_HOST)
 }
 
+/// Loads only the decap program, as a backend host does, with private maps (tests).
+pub fn load_decap() -> Result<Datapath, DatapathError> {
+    load_inner(object(), Sizes::SMALLEST, None, BACKEND_HOST)
+}
+
 /// Loads only the decap program, for a backend host, with its maps (`map_names::DECAP`) pinned
 /// under `dir` (created if missing) and reused if already there, as [`load_pinned`] does. The
 /// balancer's maps exist only at their smallest, unpinned.
@@ -367,6 +372,17 @@ impl Datapath {
             mode,
             source: Box::new(source),
         })
+    }
+}
+
+impl Datapath {
+    /// Instructions the kernel's verifier walked to accept program `name` (it refuses a program
+    /// past 1,000,000), if the kernel reports it.
+    pub fn verified_instructions(&mut self, name: &'static str) -> Result<Option<u32>, DatapathError> {
+        let info = program(&mut self.ebpf, name)?
+            .info()
+            .map_err(|e| DatapathError::Verify { name, source: Box::new(e) })?;
+        Ok(info.verified_instruction_count())
     }
 }
 

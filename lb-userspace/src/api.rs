@@ -360,7 +360,11 @@ fn address(text: &str) -> Result<IpAddr, ApiError> {
 pub struct Status {
     pub version: String,
     pub interfaces: Vec<String>,
+    /// The configured `xdp_mode` (kept for readers of older lbd versions' status).
     pub xdp_mode: crate::config::XdpMode,
+    /// What each of `interfaces` has attached, as the kernel reports it (not as configured).
+    #[serde(default)]
+    pub xdp: Vec<InterfaceXdp>,
     pub pin_dir: String,
     pub state_file: String,
     pub config_file: Option<String>,
@@ -368,6 +372,9 @@ pub struct Status {
     pub adopted: bool,
     /// Pinned links of an earlier agent whose program was replaced in place.
     pub links_adopted: usize,
+    /// Pinned links of an earlier agent that were no use (dead, in another mode): replaced.
+    #[serde(default)]
+    pub links_replaced: usize,
     pub started_unix: u64,
     pub vips: usize,
     pub backends: usize,
@@ -393,6 +400,27 @@ pub struct Status {
     pub flow_table: Option<crate::agent::TableFill>,
 }
 
+/// The balancer on an interface, as the kernel reports it.
+#[derive(Serialize, Deserialize)]
+pub struct InterfaceXdp {
+    pub interface: String,
+    /// The mode it is attached in; none: not attached, `problem` says why.
+    pub mode: Option<crate::config::XdpMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl InterfaceXdp {
+    fn of(a: &Agent, interface: &str) -> InterfaceXdp {
+        let (mode, problem) = match a.datapath.link_state(interface) {
+            Ok(crate::datapath::LinkState::Attached(mode)) => (Some(mode.into()), None),
+            Ok(other) => (None, Some(other.to_string())),
+            Err(e) => (None, Some(format!("cannot tell: {e}"))),
+        };
+        InterfaceXdp { interface: interface.into(), mode, problem }
+    }
+}
+
 async fn status(State(agent): State<Shared>) -> Json<Status> {
     Json(status_of(&*agent.lock().await))
 }
@@ -403,11 +431,13 @@ pub fn status_of(a: &Agent) -> Status {
         version: env!("CARGO_PKG_VERSION").into(),
         interfaces: a.config.interfaces.clone(),
         xdp_mode: a.config.xdp_mode,
+        xdp: a.config.interfaces.iter().map(|i| InterfaceXdp::of(a, i)).collect(),
         pin_dir: a.datapath.pin_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         state_file: a.state_file.display().to_string(),
         config_file: a.config_file.as_ref().map(|p| p.display().to_string()),
         adopted: a.adopted,
         links_adopted: a.links_adopted,
+        links_replaced: a.links_replaced,
         started_unix: a.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         vips: a.config.vips.len(),
         backends: a.config.vips.iter().map(|v| v.backends.len()).sum(),

@@ -523,6 +523,15 @@ pub enum XdpMode {
     Generic,
 }
 
+impl From<Mode> for XdpMode {
+    fn from(m: Mode) -> XdpMode {
+        match m {
+            Mode::Native => XdpMode::Native,
+            Mode::Generic => XdpMode::Generic,
+        }
+    }
+}
+
 impl From<XdpMode> for Mode {
     fn from(m: XdpMode) -> Mode {
         match m {

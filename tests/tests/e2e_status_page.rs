@@ -121,6 +121,11 @@ fn status_page_in_a_browser() {
     assert_eq!(vips[0].service, format!("{}:{PORT}/tcp", vip(Family::V4, 1)), "{vips:?}");
     eprintln!("the page lists web and dns with their 3 backends, active and up ({:.2?})", t.elapsed());
     fold_and_unfold(&browser, "dns").unwrap_or_else(|e| fail(format!("dns's backends do not fold: {e}")));
+    // The mode the kernel reports attached (native: the default).
+    let facts = browser.execute("return document.getElementById('facts').textContent", &[]);
+    if !facts.as_str().is_some_and(|f| f.contains("XDP native on eth0")) {
+        fail(format!("the page does not show the balancer attached in native mode on eth0: {facts}"));
+    }
 
     // ---- While traffic flows: the chart moves and agrees with lbctl stats --------------------
     let stop = AtomicBool::new(false);
@@ -640,6 +645,7 @@ fn check_json(ns: &Netns, addrs: &[String]) -> Result<(), String> {
         || !web["rates"]["pps"].as_f64().is_some_and(|p| p > 0.0)
         || backends[0]["next_hop"]["hops"][0]["interface"] != "eth0"
         || status["host"]["interfaces"] != serde_json::json!(["eth0"])
+        || status["host"]["xdp"] != serde_json::json!([{"interface": "eth0", "mode": "native"}])
     {
         return Err(format!(
             "/api/status does not say what the test did ({states:?}, shares {shares}): {status}"

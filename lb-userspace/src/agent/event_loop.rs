@@ -35,7 +35,7 @@ const CENSUS_SPACING: u32 = 20;
 const CACHE_REFRESH: Duration = Duration::from_secs(1);
 /// How often the backends' next hops are looked up again (routes change; the kernel keeps the
 /// managed neighbour entries resolved in between), and the VIP addresses' blackhole routes
-/// checked (one someone deleted is put back).
+/// checked (one someone deleted is put back), and the balancer's links (`links.rs`).
 const HOST_REFRESH: Duration = Duration::from_secs(5);
 /// The window of [`LoopLag::recent_max`], in ticks of [`CACHE_REFRESH`].
 const RECENT_TICKS: usize = 60;
@@ -136,9 +136,11 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
                 }
             }
             _ = host.tick() => {
-                if let Err(e) = agent.lock().await.refresh_host() {
+                let mut a = agent.lock().await;
+                if let Err(e) = a.refresh_host() {
                     error!("keeping the backends' next hops resolved: {e}");
                 }
+                a.check_links();
             }
             _ = census.tick() => {
                 if counting.as_ref().is_none_or(JoinHandle::is_finished) {

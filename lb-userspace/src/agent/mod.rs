@@ -5,6 +5,7 @@ pub mod event_loop;
 pub mod fingerprint;
 pub mod flows;
 pub mod host;
+mod links;
 pub mod pin_lock;
 pub mod plan;
 pub mod policy;
@@ -207,6 +208,9 @@ pub struct Agent {
     pub adopted: bool,
     /// Pinned links of an earlier agent whose program this one replaced in place.
     pub links_adopted: usize,
+    /// Pinned links of an earlier agent that were no use (dead, in another mode): replaced by
+    /// new ones.
+    pub links_replaced: usize,
     pub started: std::time::SystemTime,
     /// Runs the backends' health checks (absent in tests that need none).
     pub prober: Option<Prober>,
@@ -235,6 +239,8 @@ pub struct Agent {
     pub denies: Vec<Deny>,
     /// Backends removed from the config whose flows still need their next hops ([`retired`]).
     pub retired: retired::Retired,
+    /// Interfaces whose balancer was found not attached as configured ([`Self::check_links`]).
+    pub link_problems: links::LinkProblems,
 }
 
 impl Agent {

@@ -15,7 +15,7 @@ use super::{reconcile::Applied, Agent, AgentError, SavedState};
 use crate::{
     announce::Announcer,
     config::{self, Config, Invalid},
-    datapath::{self, DatapathError},
+    datapath::{self, Attached, DatapathError, LinkState},
     health::{HealthEvents, Prober},
 };
 
@@ -121,12 +121,31 @@ fn take_over(
         let _held = SignalsHeld::new();
         datapath::load_pinned(config.limits.sizes(datapath::possible_cpus()?), &dir)?
     };
-    let mut links_adopted = 0;
+    let (mut links_adopted, mut links_replaced) = (0, 0);
     for name in &config.interfaces {
-        if dp.attach_pinned(name, config.xdp_mode.into())? {
-            links_adopted += 1;
+        let how = dp.attach_pinned(name, config.xdp_mode.into())?;
+        // The mode the kernel reports, not the one asked for.
+        let mode = dp.link_state(name)?;
+        match how {
+            Attached::New => info!(interface = name, %mode, "balancer attached (link pinned)"),
+            Attached::Adopted => {
+                links_adopted += 1;
+                info!(interface = name, %mode, "balancer attached (the pinned link adopted)")
+            }
+            Attached::Replaced(LinkState::Attached(before)) => {
+                links_replaced += 1;
+                warn!(
+                    interface = name,
+                    %mode,
+                    "xdp_mode changed from {before} to {}: re-attached, forwarding paused for the moment it took",
+                    datapath::Mode::from(config.xdp_mode)
+                )
+            }
+            Attached::Replaced(why) => {
+                links_replaced += 1;
+                warn!(interface = name, %mode, "{why}; the balancer is re-attached through a new pinned link")
+            }
         }
-        info!(interface = name, mode = ?config.xdp_mode, "balancer attached (link pinned)");
     }
     for i in ifindexes {
         dp.add_tx_port(i)?;
@@ -158,6 +177,7 @@ fn take_over(
         state_file: config.state_file.clone(),
         adopted,
         links_adopted,
+        links_replaced,
         started: std::time::SystemTime::now(),
         capturer: Some(std::sync::Arc::new(tokio::sync::Mutex::new(capturer))),
         prober: Some(prober),
@@ -172,6 +192,7 @@ fn take_over(
         config,
         denies: Vec::new(),
         retired: Default::default(),
+        link_problems: Default::default(),
     };
     match saved {
         Some(state) => {

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::{config::Config, record::Record, BackendHostError};
 use crate::{
-    datapath::{self, Datapath, DECAP},
+    datapath::{self, Attached, Datapath, LinkState, DECAP},
     host::{
         self,
         netlink::{link, Netlink},
@@ -134,11 +134,26 @@ impl BackendHost {
             dp.unpin_link(&stale)?;
             info!(interface = stale, "decap detached from an interface no longer configured");
         }
-        let mode = self.config.xdp_mode.into();
+        let wanted = self.config.xdp_mode.into();
         for interface in &self.config.interfaces {
-            let adopted = dp.attach_pinned_program(DECAP, interface, mode)?;
-            let how = if adopted { "its pinned link adopted" } else { "link pinned" };
-            info!(interface, %mode, pins = %dir.display(), "decap attached ({how})");
+            let how = dp.attach_pinned_program(DECAP, interface, wanted)?;
+            // The mode the kernel reports, not the one asked for.
+            let mode = dp.link_state(interface)?;
+            let pins = dir.display();
+            match how {
+                Attached::New => info!(interface, %mode, %pins, "decap attached (link pinned)"),
+                Attached::Adopted => {
+                    info!(interface, %mode, %pins, "decap attached (its pinned link adopted)")
+                }
+                Attached::Replaced(LinkState::Attached(before)) => warn!(
+                    interface,
+                    %mode,
+                    "xdp_mode changed from {before} to {wanted}: decap re-attached, paused for the moment it took"
+                ),
+                Attached::Replaced(why) => {
+                    warn!(interface, %mode, "{why}; decap is re-attached through a new pinned link")
+                }
+            }
         }
         self.datapath = Some(dp);
         Ok(())

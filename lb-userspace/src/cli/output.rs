@@ -31,20 +31,32 @@ pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
     ctx.print(&body, |s: Status| {
         println!("lbd {}", s.version);
-        println!("interfaces   {} ({:?} mode)", s.interfaces.join(", "), s.xdp_mode);
+        let attached: Vec<String> = s
+            .xdp
+            .iter()
+            .map(|x| match (&x.mode, &x.problem) {
+                (Some(mode), _) => format!("{} ({})", x.interface, crate::datapath::Mode::from(*mode)),
+                (None, problem) => format!("{} (not attached: {})", x.interface, problem.as_deref().unwrap_or("?")),
+            })
+            .collect();
+        println!("interfaces   {}", attached.join(", "));
         println!("pins         {}", s.pin_dir);
         println!("state file   {}", s.state_file);
         if let Some(c) = s.config_file {
             println!("config file  {c}");
         }
+        let replaced = match s.links_replaced {
+            0 => String::new(),
+            n => format!("; re-attached {n} of its pinned links, which were no use: see lbd's log"),
+        };
         println!(
-            "started      {} ({})",
+            "started      {} ({}{replaced})",
             s.started_unix,
-            match (s.adopted, s.links_adopted) {
+            match (s.adopted, s.links_adopted + s.links_replaced) {
                 (true, 0) => "adopted the saved state of an earlier lbd, on a fresh data plane".to_string(),
                 (true, _) => "adopted the running data plane and state of an earlier lbd".to_string(),
                 (false, 0) => "fresh start".to_string(),
-                (false, n) => format!("fresh state; took over {n} pinned link(s)"),
+                (false, _) => format!("fresh state; took over {} pinned link(s)", s.links_adopted),
             }
         );
         println!("vips         {}", s.vips);

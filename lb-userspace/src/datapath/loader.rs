@@ -11,6 +11,8 @@ use aya::{
 use lb_common::{limits, map_names};
 use thiserror::Error;
 
+use super::xdp_link::{self, LinkState};
+
 /// Names of the XDP programs in the object.
 pub const BALANCER: &str = "balancer";
 pub const DECAP: &str = "decap";
@@ -92,6 +94,19 @@ pub enum DatapathError {
     RingTooLarge { len: usize, stride: u32 },
     #[error("backend id {0} is out of range (1..{max})", max = limits::MAX_BACKENDS)]
     BackendId(u32),
+}
+
+/// How [`Datapath::attach_pinned`] attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// Through a new link, pinned: none was.
+    New,
+    /// Through the pinned link of an earlier agent, its program replaced in place.
+    Adopted,
+    /// Through a new link, pinned, in place of the pinned one, which was no use as this says
+    /// (dead, on another interface, in the other mode): the interface forwarded nothing for the
+    /// moment it took, or since the link died.
+    Replaced(LinkState),
 }
 
 /// How an XDP program is attached.
@@ -278,10 +293,11 @@ impl Datapath {
     }
 
     /// Attaches the balancer to `interface` through a link pinned under the pin directory, so
-    /// that it keeps forwarding when the agent exits. If a link is already pinned for the
-    /// interface (an earlier agent's), its program is replaced atomically: no packet is missed.
-    /// Returns whether an existing link was adopted.
-    pub fn attach_pinned(&mut self, interface: &str, mode: Mode) -> Result<bool, DatapathError> {
+    /// that it keeps forwarding when the agent exits. A link already pinned for the interface (an
+    /// earlier agent's) that drives it in `mode` is adopted: its program is replaced atomically,
+    /// no packet is missed. One that does not (dead, on another interface, in the other mode) is
+    /// detached and unpinned, and a new one attached: what [`Attached::Replaced`] says.
+    pub fn attach_pinned(&mut self, interface: &str, mode: Mode) -> Result<Attached, DatapathError> {
         self.attach_pinned_program(BALANCER, interface, mode)
     }
 
@@ -291,22 +307,42 @@ impl Datapath {
         name: &'static str,
         interface: &str,
         mode: Mode,
-    ) -> Result<bool, DatapathError> {
+    ) -> Result<Attached, DatapathError> {
         let path = self.link_pin(interface)?;
-        let prog: &mut Xdp = program(&mut self.ebpf, name)?;
         let link_error = |reason: String| DatapathError::Link { path: path.clone(), reason };
-        if path.exists() {
-            let fd_link = FdLink::from(PinnedLink::from_pin(&path).map_err(|e| link_error(e.to_string()))?);
-            let link = XdpLink::try_from(fd_link).map_err(|e| link_error(e.to_string()))?;
-            prog.attach_to_link(link).map_err(|e| link_error(e.to_string()))?;
-            return Ok(true);
+        let found = xdp_link::state(&path, interface).map_err(|e| link_error(e.to_string()))?;
+        match found {
+            LinkState::Unpinned => {}
+            LinkState::Attached(attached) if attached == mode => {
+                let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+                let fd_link =
+                    FdLink::from(PinnedLink::from_pin(&path).map_err(|e| link_error(e.to_string()))?);
+                let link = XdpLink::try_from(fd_link).map_err(|e| link_error(e.to_string()))?;
+                let id = prog.attach_to_link(link).map_err(|e| link_error(e.to_string()))?;
+                // The pin holds the link, as it holds a new one: kept, this fd would keep the
+                // program attached after the pin is removed (`unpin_link`), until lbd exits.
+                drop(prog.take_link(id).map_err(|e| link_error(e.to_string()))?);
+                return Ok(Attached::Adopted);
+            }
+            _ => xdp_link::remove(&path)
+                .map_err(|e| link_error(format!("removing it ({found}) failed: {e}")))?,
         }
         let id = self.attach(name, interface, mode)?;
         let prog: &mut Xdp = program(&mut self.ebpf, name)?;
         let link = prog.take_link(id).map_err(|e| link_error(e.to_string()))?;
         let fd_link = FdLink::try_from(link).map_err(|e| link_error(e.to_string()))?;
         fd_link.pin(&path).map_err(|e| link_error(e.to_string()))?;
-        Ok(false)
+        Ok(match found {
+            LinkState::Unpinned => Attached::New,
+            replaced => Attached::Replaced(replaced),
+        })
+    }
+
+    /// What the link pinned for `interface` drives now (a link can die under lbd: its interface
+    /// deleted).
+    pub fn link_state(&self, interface: &str) -> Result<LinkState, DatapathError> {
+        let path = self.link_pin(interface)?;
+        xdp_link::state(&path, interface).map_err(|e| DatapathError::Link { path, reason: e.to_string() })
     }
 
     /// Removes the pinned link of `interface`: its program stops on it once this process exits.

@@ -8,14 +8,16 @@ mod maps;
 pub mod object;
 mod perf;
 mod policy;
+mod xdp_link;
 
 pub use decap::{read_pinned_decap, DecapView, DECAP_COUNTERS};
 pub use flow_table::{flow_clock_now, Claim, FlowEntries, MappedFlowTable};
 pub use loader::load_object_with;
 pub use loader::{
-    load, load_decap, load_decap_pinned, load_pinned, load_with, object, possible_cpus, program, Datapath,
-    DatapathError, Mode, Sizes, BALANCER, DECAP,
+    load, load_decap, load_decap_pinned, load_pinned, load_with, object, possible_cpus, program, Attached,
+    Datapath, DatapathError, Mode, Sizes, BALANCER, DECAP,
 };
 pub use maps::{map_pinned_flow_table, open_connections, FlowTable, FlowWalk};
 pub use perf::CaptureBuffers;
 pub use policy::{monotonic_ns, AclEntry, SourceSample};
+pub use xdp_link::LinkState;

@@ -1,7 +1,7 @@
 //! A minimal rtnetlink client, written by hand over a `NETLINK_ROUTE` socket (libc only): one
 //! request at a time, each with its own sequence number, answered by an acknowledgement, a
 //! reply, or a dump. Only what the host modules need: routes ([`route`]), neighbours
-//! ([`neigh`]), addresses ([`addr`]), interface names ([`link`]).
+//! ([`neigh`]), addresses ([`addr`]), interfaces ([`link`]).
 //!
 //! The socket belongs to the network namespace of the thread that opens it.
 pub mod addr;

@@ -210,7 +210,7 @@
     const fact = (label, value) => h('span', null, `${label} `, h('b', { text: value }));
     $('facts').replaceChildren(
       fact('up', duration(Date.now() / 1000 - host.started_unix)),
-      fact('XDP', `${host.xdp_mode} on ${host.interfaces.join(', ')}`),
+      fact('XDP', host.xdp.map((x) => (x.mode ? `${x.mode} on ${x.interface}` : `not attached to ${x.interface}`)).join(', ')),
       fact('event loop lag', `${(host.event_loop_lag_recent_max_seconds * 1000).toFixed(1)} ms`),
       fact('state', host.adopted ? 'adopted from the previous lbd' : 'started fresh'),
       fact('lbd', host.version),

@@ -1,0 +1,173 @@
+//! The pinned links lbd adopts at start: one the kernel detached (its interface was deleted and
+//! re-created) or one attached in another mode than `xdp_mode` is replaced, not adopted, and
+//! what is attached (not what is configured) is what lbd reports.
+use std::time::{Duration, Instant};
+
+use lb_tests::{
+    lbd::{lb_namespace, Lbd, LbdFiles},
+    netns::Netns,
+};
+
+/// The XDP mode the kernel reports for `interface` (`ip -j link`: 1 native, 2 generic), if a
+/// program is attached.
+fn attached_mode(ns: &Netns, interface: &str) -> Option<&'static str> {
+    let text = ns.ip(&["-j", "-d", "link", "show", "dev", interface]);
+    let links: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("`ip -j link` printed no JSON ({e}): {text}"));
+    match links[0]["xdp"]["mode"].as_u64() {
+        None => None,
+        Some(1) => Some("native"),
+        Some(2) => Some("generic"),
+        Some(other) => {
+            panic!("{interface} has XDP attached in mode {other}, neither native nor generic: {text}")
+        }
+    }
+}
+
+fn log(files: &LbdFiles) -> String {
+    std::fs::read_to_string(files.dir.join("lbd.log")).unwrap_or_default()
+}
+
+/// The first line of the log that holds every one of `words`.
+fn log_line(files: &LbdFiles, words: &[&str]) -> Option<String> {
+    log(files).lines().find(|l| words.iter().all(|w| l.contains(w))).map(String::from)
+}
+
+/// eth0 and its peer eth1 deleted and made again under the same names (a driver reload, a veth
+/// re-made): the new eth0 has another ifindex and nothing attached.
+fn re_create_veth(ns: &Netns) {
+    let before = ns.ifindex("eth0");
+    ns.ip(&["link", "del", "eth0"]);
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+    ns.addr("eth0", "198.18.0.2/24");
+    ns.ip(&["link", "set", "eth1", "up"]);
+    assert_ne!(ns.ifindex("eth0"), before, "the re-created eth0 kept its ifindex: the test proves nothing");
+}
+
+/// A pinned link outlives its interface as a dead link (the kernel detached it; forwarding
+/// stopped). The next lbd unpins it and attaches anew, saying why, instead of refusing to start.
+#[test]
+fn a_link_whose_interface_was_re_created_is_attached_anew() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let lbd = Lbd::start(&ns, &files, &files.header(&["eth0"], "198.18.0.2", "fd00::2"));
+    assert_eq!(attached_mode(&ns, "eth0"), Some("native"), "the balancer is not attached at first");
+    lbd.kill(); // SIGKILL: the pins stay
+    re_create_veth(&ns);
+    assert_eq!(attached_mode(&ns, "eth0"), None, "the re-created eth0 has a program attached already");
+
+    let lbd = Lbd::start_with(&ns, &files, &[]);
+    assert_eq!(attached_mode(&ns, "eth0"), Some("native"), "lbd started, but the new eth0 has no balancer");
+    let line = log_line(&files, &["WARN", "eth0", "re-attached"])
+        .unwrap_or_else(|| panic!("lbd did not warn that it re-attached eth0:\n{}", log(&files)));
+    assert!(line.contains("deleted"), "the warning does not say the interface was deleted: {line}");
+    let status = lbd.lbctl_ok(&["status"]);
+    assert!(
+        status.contains("eth0 (native)"),
+        "lbctl status does not say eth0 is attached in native mode:\n{status}"
+    );
+    assert!(
+        status.contains("re-attached 1 of its pinned links"),
+        "lbctl status does not say a link was replaced:\n{status}"
+    );
+}
+
+/// eth0 renamed (it must be down for that) and another eth0 made: the pinned link still drives
+/// the renamed interface. The next lbd takes it from there (not configured) to the new eth0.
+#[test]
+fn a_link_on_a_renamed_interface_goes_to_the_new_one_of_its_name() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let lbd = Lbd::start(&ns, &files, &files.header(&["eth0"], "198.18.0.2", "fd00::2"));
+    lbd.kill();
+    ns.ip(&["link", "set", "eth0", "down"]);
+    ns.ip(&["link", "set", "eth0", "name", "old0"]);
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "peer0"]);
+    ns.addr("eth0", "198.18.1.2/24");
+    ns.ip(&["link", "set", "peer0", "up"]);
+    assert_eq!(attached_mode(&ns, "old0"), Some("native"), "the balancer did not stay on the renamed eth0");
+
+    let _lbd = Lbd::start_with(&ns, &files, &[]);
+    assert_eq!(attached_mode(&ns, "eth0"), Some("native"), "lbd started, but the new eth0 has no balancer");
+    assert_eq!(attached_mode(&ns, "old0"), None, "the balancer stayed on the renamed interface");
+    let line = log_line(&files, &["WARN", "eth0", "re-attached"])
+        .unwrap_or_else(|| panic!("lbd did not warn that it re-attached eth0:\n{}", log(&files)));
+    assert!(line.contains("old0"), "the warning does not name the interface the link was on: {line}");
+}
+
+/// While lbd runs, an interface deleted under it leaves a dead link: lbd's periodic host check
+/// logs it as an error that says what to do, and `lbctl status` shows it not attached.
+#[test]
+fn a_link_that_dies_while_lbd_runs_is_reported() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let lbd = Lbd::start(&ns, &files, &files.header(&["eth0"], "198.18.0.2", "fd00::2"));
+    ns.ip(&["link", "del", "eth0"]);
+    // lbd checks every 5 seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let line = loop {
+        if let Some(line) = log_line(&files, &["ERROR", "eth0", "restart lbd"]) {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lbd did not report eth0's dead link within 15 s:\n{}",
+            log(&files)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(line.contains("deleted"), "the error does not say the interface was deleted: {line}");
+    let status = lbd.lbctl_ok(&["status"]);
+    assert!(
+        status.contains("eth0 (not attached"),
+        "lbctl status does not say eth0 is not attached:\n{status}"
+    );
+}
+
+/// A link pinned in generic mode, then `xdp_mode = "native"`: the restarted lbd attaches in
+/// native mode (the kernel refuses both at once: the generic link goes first) and says so;
+/// `lbctl status` reports the mode attached.
+#[test]
+fn a_changed_xdp_mode_is_applied_at_restart() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let lbd = Lbd::start(&ns, &files, &format!("xdp_mode = \"generic\"\n{header}"));
+    assert_eq!(
+        attached_mode(&ns, "eth0"),
+        Some("generic"),
+        "xdp_mode = \"generic\" did not attach in generic mode"
+    );
+    let status = lbd.lbctl_ok(&["status"]);
+    assert!(status.contains("eth0 (generic)"), "lbctl status does not say generic:\n{status}");
+    let exit = lbd.process.terminate(); // --on-exit keep: the link stays pinned
+    assert!(exit.success(), "lbd exited with {exit} on SIGTERM");
+
+    let lbd = Lbd::start(&ns, &files, &format!("xdp_mode = \"native\"\n{header}"));
+    assert_eq!(attached_mode(&ns, "eth0"), Some("native"), "the restarted lbd kept the generic attachment");
+    let status = lbd.lbctl_ok(&["status"]);
+    assert!(status.contains("eth0 (native)"), "lbctl status does not say native:\n{status}");
+    log_line(&files, &["WARN", "eth0", "xdp_mode changed from generic to native", "re-attached"])
+        .unwrap_or_else(|| panic!("lbd did not warn that it changed eth0's mode:\n{}", log(&files)));
+    let attached = log_line(&files, &["INFO", "eth0", "balancer attached"]);
+    assert!(
+        attached.as_deref().is_none_or(|l| l.contains("native")),
+        "lbd logs a mode other than the one attached: {attached:?}"
+    );
+
+    // The same mode again: the link is adopted (its program replaced in place), no warning.
+    let exit = lbd.process.terminate();
+    assert!(exit.success(), "lbd exited with {exit} on SIGTERM");
+    let lbd = Lbd::start_with(&ns, &files, &[]);
+    assert_eq!(attached_mode(&ns, "eth0"), Some("native"), "a restart in the same mode changed the mode");
+    assert!(
+        log_line(&files, &["WARN", "re-attached"]).is_none(),
+        "a restart in the same mode re-attached:\n{}",
+        log(&files)
+    );
+    let status = lbd.lbctl_ok(&["status"]);
+    assert!(
+        status.contains("took over 1 pinned link") || status.contains("adopted the running data plane"),
+        "the link was not adopted:\n{status}"
+    );
+}

@@ -18,7 +18,8 @@ const PORTS_PER_CLIENT: u32 = 64;
 /// `pin_dir`, valid under the VIP's and the backend's current generations, used now. Clients are
 /// 198.19.x.y, 64 ports each. Each flow goes where the data plane looks for it and as it would
 /// place it (its two sets under the pinned CONFIG's hash seed: an empty way of the first while
-/// that holds few flows, else of the set holding fewer, else of the other); a flow whose two
+/// that holds few active flows, else of the set holding fewer, else of the other; every flow
+/// written here is active, so the flows a set holds are its active ones); a flow whose two
 /// sets are full is skipped (at half the table's entries, next to none are). Returns how many
 /// were written.
 pub fn fill_counted_flows(pin_dir: &Path, vip_id: u32, backend_id: u32, n: u32, vip: [u8; 4]) -> u32 {

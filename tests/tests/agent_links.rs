@@ -171,3 +171,61 @@ fn a_changed_xdp_mode_is_applied_at_restart() {
         "the link was not adopted:\n{status}"
     );
 }
+
+/// An upgrade to a release with another map layout: the earlier release's pins (`pin_path/vN`)
+/// cannot be adopted, and its link holds the interface. The new lbd detaches that link, removes
+/// those pins and attaches its own, keeping the saved state (a drain made at run time).
+#[test]
+fn an_earlier_layouts_pins_are_retired_and_the_saved_state_kept() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let config = format!(
+        "{}[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\n  \
+         [[vip.backend]]\n  address = \"198.18.0.11\"\n\n  [[vip.backend]]\n  address = \"198.18.0.12\"\n",
+        files.header(&["eth0"], "198.18.0.2", "fd00::2")
+    );
+    let lbd = Lbd::start(&ns, &files, &config);
+    lbd.lbctl_ok(&["backend", "drain", "web", "198.18.0.11"]);
+    lbd.kill();
+    // The same pins as an earlier release would have left them: under an older layout's name.
+    let current = files.pin_path.join(lb_common::PIN_LAYOUT);
+    let older = files.pin_path.join("v1");
+    std::fs::rename(&current, &older).expect("rename the pin directory (bpffs)");
+    assert_eq!(attached_mode(&ns, "eth0"), Some("native"), "the earlier link stopped forwarding");
+
+    let lbd = Lbd::start_with(&ns, &files, &[]);
+    assert!(!older.exists(), "the earlier layout's pins are still there");
+    assert!(current.join("link_eth0").exists(), "lbd attached through no link of its own layout");
+    assert_eq!(attached_mode(&ns, "eth0"), Some("native"), "the new lbd's balancer is not attached");
+    let line = log_line(&files, &["WARN", "earlier release's map layout"])
+        .unwrap_or_else(|| panic!("lbd did not say it retired the earlier pins:\n{}", log(&files)));
+    assert!(line.contains("eth0"), "the warning does not name the link it detached: {line}");
+    let backends = lbd.lbctl_ok(&["backend", "list", "web"]);
+    let drained = backends.lines().find(|l| l.contains("198.18.0.11")).unwrap_or_default();
+    assert!(drained.contains("drained"), "the drain made before the upgrade is lost:\n{backends}");
+}
+
+/// `xdp_mode = "native"` on an interface whose driver has no native XDP (a bridge stands in for
+/// one), after lbd ran there in generic mode: the restarted lbd keeps forwarding in generic mode
+/// and says why, instead of leaving the interface with nothing attached.
+#[test]
+fn a_mode_the_driver_refuses_leaves_the_balancer_in_the_mode_it_had() {
+    let ns = lb_namespace();
+    ns.ip(&["link", "add", "br0", "type", "bridge"]);
+    ns.addr("br0", "198.18.7.2/24");
+    ns.ip(&["link", "set", "br0", "up"]);
+    let files = LbdFiles::new();
+    let header = files.header(&["br0"], "198.18.7.2", "fd00::2");
+    let lbd = Lbd::start(&ns, &files, &format!("xdp_mode = \"generic\"\n{header}"));
+    assert_eq!(attached_mode(&ns, "br0"), Some("generic"), "not attached in generic mode at first");
+    let exit = lbd.process.terminate();
+    assert!(exit.success(), "lbd exited with {exit} on SIGTERM");
+
+    let lbd = Lbd::start(&ns, &files, &format!("xdp_mode = \"native\"\n{header}"));
+    assert_eq!(attached_mode(&ns, "br0"), Some("generic"), "the bridge lost its balancer");
+    let line = log_line(&files, &["ERROR", "br0", "xdp_mode native refused"])
+        .unwrap_or_else(|| panic!("lbd did not say native mode was refused:\n{}", log(&files)));
+    assert!(line.contains("generic mode again"), "the error does not say what is attached: {line}");
+    let status = lbd.lbctl_ok(&["status"]);
+    assert!(status.contains("br0 (generic)"), "lbctl status does not say generic:\n{status}");
+}

@@ -204,7 +204,8 @@ pub struct Agent {
     pub applied: Applied,
     pub config_file: Option<PathBuf>,
     pub state_file: PathBuf,
-    /// Whether this agent took over the saved state of an earlier one (with its pinned maps).
+    /// Whether this agent took over the saved state of an earlier one (with its pinned maps, if
+    /// they were there).
     pub adopted: bool,
     /// Pinned links of an earlier agent whose program this one replaced in place.
     pub links_adopted: usize,
@@ -253,17 +254,25 @@ impl Agent {
         let ids = self.applied.ids.allocate(&self.config.vips, &self.datapath.sizes)?;
         let previous = self.saved_text()?;
         let retired = retired::follow(&self.retired, &self.applied.ids, &ids);
+        // The retired backends follow the change, and come back with everything else if it fails.
         let before = std::mem::replace(&mut self.retired, retired);
-        self.save(&ids).inspect_err(|_| self.retired = before)?;
+        if let Err(e) = self.save(&ids) {
+            self.retired = before;
+            return Err(e);
+        }
         // What the host must provide comes before the maps: a refusal (forwarding off with
         // `check`) changes no map, and the new backends' next hops are resolved before a ring
         // names them.
-        let slots = self.prepare_host().and_then(|()| self.apply_maps()).inspect_err(|_| {
-            if let Err(e) = self.restore_saved(previous) {
-                error!("restoring the saved state after a failed change: {e}");
+        match self.prepare_host().and_then(|()| self.apply_maps()) {
+            Ok(slots) => Ok(slots),
+            Err(e) => {
+                self.retired = before;
+                if let Err(e) = self.restore_saved(previous) {
+                    error!("restoring the saved state after a failed change: {e}");
+                }
+                Err(e)
             }
-        })?;
-        Ok(slots)
+        }
     }
 
     fn prepare_host(&mut self) -> Result<(), AgentError> {

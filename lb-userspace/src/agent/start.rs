@@ -1,6 +1,6 @@
-//! Start-up: bind the listeners, load (or adopt) the pinned datapath, attach, and bring the maps
-//! to the desired state: the saved one if an earlier agent left pins behind, else the config
-//! file's.
+//! Start-up: bind the listeners, retire an earlier release's pins, load (or adopt) the pinned
+//! datapath, attach, and bring the maps to the desired state: the saved one if an earlier agent
+//! saved one (with its pins or, after a reboot or a new layout, without), else the config file's.
 use std::{
     ffi::CString,
     net::SocketAddr,
@@ -9,7 +9,7 @@ use std::{
 
 use lb_common::map_names;
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{reconcile::Applied, Agent, AgentError, SavedState};
 use crate::{
@@ -41,6 +41,8 @@ pub enum StartError {
     Locked(#[from] super::pin_lock::PinLockError),
     #[error("{0}; lbd stopped before it attached or announced anything")]
     Api(#[from] crate::api::BindError),
+    #[error("retiring the pins of an earlier release's map layout under {}: {source}; remove that directory by hand (its links detach with it) and start lbd again", .path.display())]
+    OldLayout { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {address} for metrics (`metrics` in the config): {source}; stop what listens there, or give `metrics` another address (lbd stopped before it attached or announced anything)")]
     Metrics { address: SocketAddr, source: std::io::Error },
 }
@@ -116,6 +118,18 @@ fn take_over(
 ) -> Result<(Agent, HealthEvents), StartError> {
     let dir = pin_dir(&config);
     crate::host::bpffs::ensure(&config.pin_path)?;
+    let old = datapath::old_layouts::retire(&config.pin_path, lb_common::PIN_LAYOUT, |d| {
+        d.join(map_names::VIPS).exists()
+    })
+    .map_err(|source| StartError::OldLayout { path: config.pin_path.clone(), source })?;
+    for o in &old {
+        warn!(
+            pins = %o.dir.display(),
+            links = ?o.links,
+            "pins of an earlier release's map layout, which this one cannot adopt: links detached, pins removed; \
+             the flow table starts empty (open connections of maglev VIPs keep their backends: the same ring)"
+        );
+    }
     let pinned_before = dir.join(map_names::VIPS).exists();
     let mut dp = {
         let _held = SignalsHeld::new();
@@ -144,6 +158,16 @@ fn take_over(
             Attached::Replaced(why) => {
                 links_replaced += 1;
                 warn!(interface = name, %mode, "{why}; the balancer is re-attached through a new pinned link")
+            }
+            Attached::KeptMode { kept, refused } => {
+                links_replaced += 1;
+                error!(
+                    interface = name,
+                    %mode,
+                    "xdp_mode {} refused ({refused}): the balancer is attached in {kept} mode again, as it was; \
+                     set xdp_mode = \"{kept}\" or use a driver that takes the mode asked for",
+                    datapath::Mode::from(config.xdp_mode)
+                )
             }
         }
     }
@@ -206,7 +230,7 @@ fn take_over(
                 warn!(
                     vips = state.vips.len(),
                     state_file = %agent.state_file.display(),
-                    "no pins (a reboot?): starting from the state the previous agent saved, not the config file \
+                    "no pins of this layout (a reboot, or an upgrade to a new layout): starting from the state the previous agent saved, not the config file \
                      (`lbctl apply -f` returns to the file)"
                 );
             }

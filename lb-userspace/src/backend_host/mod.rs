@@ -55,6 +55,8 @@ pub enum BackendHostError {
     Host(#[from] HostError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error("retiring the pins of an earlier release's map layout under {}: {source}; remove that directory by hand (its links detach with it) and start again", .path.display())]
+    OldLayout { path: std::path::PathBuf, source: std::io::Error },
     #[error("the state file {path}: {source}")]
     StateFile {
         path: PathBuf,

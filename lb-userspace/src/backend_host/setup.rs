@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{config::Config, record::Record, BackendHostError};
 use crate::{
@@ -117,6 +117,16 @@ impl BackendHost {
     fn attach_decap(&mut self) -> Result<(), BackendHostError> {
         // Logs what it mounts, and its warning if the pins would not outlive this process.
         host::bpffs::ensure(&self.config.pin_path)?;
+        // A backend host's pins: the decap's maps, none of the balancer's.
+        let ours = |d: &std::path::Path| {
+            use lb_common::map_names::{DECAP_ADDRS, VIPS};
+            d.join(DECAP_ADDRS).exists() && !d.join(VIPS).exists()
+        };
+        let old = datapath::old_layouts::retire(&self.config.pin_path, PIN_LAYOUT, ours)
+            .map_err(|source| BackendHostError::OldLayout { path: self.config.pin_path.clone(), source })?;
+        for o in &old {
+            warn!(pins = %o.dir.display(), links = ?o.links, "pins of an earlier release's map layout, which this one cannot adopt: links detached, pins removed");
+        }
         let dir = pin_dir(&self.config);
         let mut dp = datapath::load_decap_pinned(&dir)?;
         dp.set_decap_sources(&self.config.allowed_sources)?;
@@ -153,6 +163,12 @@ impl BackendHost {
                 Attached::Replaced(why) => {
                     warn!(interface, %mode, "{why}; decap is re-attached through a new pinned link")
                 }
+                Attached::KeptMode { kept, refused } => error!(
+                    interface,
+                    %mode,
+                    "xdp_mode {wanted} refused ({refused}): decap is attached in {kept} mode again, as it was; \
+                     set xdp_mode = \"{kept}\" or use a driver that takes the mode asked for"
+                ),
             }
         }
         self.datapath = Some(dp);

@@ -53,10 +53,10 @@ pub fn status(ctx: &Ctx, body: hyper::body::Bytes) -> Result<(), Failure> {
             "started      {} ({}{replaced})",
             s.started_unix,
             match (s.adopted, s.links_adopted + s.links_replaced) {
-                (true, 0) => "adopted the saved state of an earlier lbd, on a fresh data plane".to_string(),
+                (true, 0) => "adopted the saved state of an earlier lbd".to_string(),
                 (true, _) => "adopted the running data plane and state of an earlier lbd".to_string(),
                 (false, 0) => "fresh start".to_string(),
-                (false, _) => format!("fresh state; took over {} pinned link(s)", s.links_adopted),
+                (false, n) => format!("fresh state; took over {n} pinned link(s)"),
             }
         );
         println!("vips         {}", s.vips);

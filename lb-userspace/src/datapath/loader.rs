@@ -97,7 +97,7 @@ pub enum DatapathError {
 }
 
 /// How [`Datapath::attach_pinned`] attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attached {
     /// Through a new link, pinned: none was.
     New,
@@ -107,6 +107,10 @@ pub enum Attached {
     /// (dead, on another interface, in the other mode): the interface forwarded nothing for the
     /// moment it took, or since the link died.
     Replaced(LinkState),
+    /// The pinned link was in the other mode, and the mode asked for was refused (a driver
+    /// without native XDP): attached again in the mode it had (`kept`), so that a mode change
+    /// never stops forwarding; `refused` says why.
+    KeptMode { kept: Mode, refused: String },
 }
 
 /// How an XDP program is attached.
@@ -207,7 +211,7 @@ pub fn load_decap_pinned(dir: &Path) -> Result<Datapath, DatapathError> {
 }
 
 /// A pinned link's name: the prefix, then its interface's.
-const LINK_PIN_PREFIX: &str = "link_";
+pub(super) const LINK_PIN_PREFIX: &str = "link_";
 
 /// The possible CPUs: per-CPU maps hold a value for each (and legacy per-CPU limits scale by them).
 pub fn possible_cpus() -> Result<u32, DatapathError> {
@@ -327,15 +331,31 @@ impl Datapath {
             _ => xdp_link::remove(&path)
                 .map_err(|e| link_error(format!("removing it ({found}) failed: {e}")))?,
         }
+        match (self.attach_and_pin(name, interface, mode, &path), found) {
+            (Ok(()), LinkState::Unpinned) => Ok(Attached::New),
+            (Ok(()), replaced) => Ok(Attached::Replaced(replaced)),
+            (Err(refused), LinkState::Attached(kept)) => {
+                self.attach_and_pin(name, interface, kept, &path)?;
+                Ok(Attached::KeptMode { kept, refused: refused.to_string() })
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// Attaches program `name` to `interface` in `mode` through a new link, pinned at `path`.
+    fn attach_and_pin(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+        mode: Mode,
+        path: &Path,
+    ) -> Result<(), DatapathError> {
+        let link_error = |reason: String| DatapathError::Link { path: path.to_owned(), reason };
         let id = self.attach(name, interface, mode)?;
         let prog: &mut Xdp = program(&mut self.ebpf, name)?;
         let link = prog.take_link(id).map_err(|e| link_error(e.to_string()))?;
         let fd_link = FdLink::try_from(link).map_err(|e| link_error(e.to_string()))?;
-        fd_link.pin(&path).map_err(|e| link_error(e.to_string()))?;
-        Ok(match found {
-            LinkState::Unpinned => Attached::New,
-            replaced => Attached::Replaced(replaced),
-        })
+        fd_link.pin(path).map(drop).map_err(|e| link_error(e.to_string()))
     }
 
     /// What the link pinned for `interface` drives now (a link can die under lbd: its interface

@@ -6,6 +6,7 @@ mod flow_table;
 mod loader;
 mod maps;
 pub mod object;
+pub mod old_layouts;
 mod perf;
 mod policy;
 mod xdp_link;

@@ -7,14 +7,14 @@
 //! a miss (a SYN) both sets'. A new flow takes its own old entry, else an empty one, else the
 //! unconfirmed flow used longest ago, else the confirmed flow used longest ago if that one has
 //! been idle for [`FLOW_IDLE_EVICT`] clock ticks: a flood of packets that each start a flow never
-//! evicts a connection that was active in the last second. Between its two sets it prefers the
-//! first while under [`FLOW_FIRST_SET_ALONE`] of its ways hold active connections, else the set
-//! with fewer. Entries are freed only by being taken: a busy table runs full of finished
-//! connections, and what turns new flows away is the share of entries active connections hold.
-//! Counting those (not the flows held) when placing new ones spreads connections over the sets:
-//! with half the entries held by active connections in a full table, 0.3 % of new flows find
-//! all eight ways taken, against 0.8-1.2 % when the finished connections' age alone chose
-//! (tests/tests/xdp_flow_table.rs, on the data plane).
+//! evicts a connection that was active in the last second. An empty way is taken from the
+//! first set while that holds under [`FLOW_FIRST_SET_ALONE`] flows, else from the set that holds
+//! fewer. An unconfirmed or idle flow's way is taken oldest first, but not from a set where
+//! [`FLOW_FIRST_SET_ALONE`] ways hold active connections while the other set has fewer: entries
+//! are freed only by being taken, so a busy table runs full of finished connections, and what
+//! turns new flows away is a set whose every way holds an active one. With half the entries held
+//! by active connections in a full table, 0.3 % of new flows find all eight ways taken, against
+//! 0.8-1.2 % when the age alone chose (tests/tests/xdp_flow_table.rs, on the data plane).
 //!
 //! An entry is written whole by one CPU at a time: the writer claims it by setting
 //! [`FLOW_BUSY`] with an atomic compare-and-exchange of `ctl` (which also moves the write
@@ -44,11 +44,11 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 /// Ways of a flow-table set: four 64-byte lines side by side.
 pub const FLOW_WAYS: u32 = 4;
 
-/// Of the free ways of one kind (empty, else unconfirmed, else idle), a new flow takes one of
-/// its first set while fewer of that set's ways than this hold active connections; past it, one
-/// of the set with fewer. (By simulation of a table filling to half: 10 % of flows in their
-/// second set and 0.03 % turned away; with the first set always first, 4 % and 0.4 %; with the
-/// emptier set always, 27 % and 0.003 %.)
+/// A new flow takes an empty way of its first set while that set holds fewer flows than this;
+/// past it, of the set that holds fewer. (By simulation of a table filling to half: 10 % of
+/// flows in their second set and 0.03 % turned away; with the first set always first, 4 % and
+/// 0.4 %; with the emptier set always, 27 % and 0.003 %.) And a set where this many ways hold
+/// active connections gives up no unconfirmed or idle way while the other set has fewer.
 pub const FLOW_FIRST_SET_ALONE: u32 = 3;
 
 /// One way of the flow table: a flow's key and the backend it is pinned to. Generations are

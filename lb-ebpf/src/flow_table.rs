@@ -230,9 +230,10 @@ pub const NOT_RECORDED: u32 = 2;
 pub fn choose_entry(new: &mut NewFlow) -> bool {
     let (sets, reuse, now) = (new.sets, new.reuse, new.now);
     new.evicted_counted = lb_common::NO_BACKEND;
-    // How many ways of each set a new flow may not take: being written, or a connection active
-    // in the last FLOW_IDLE_EVICT ticks (no branches: one verifier state for any count).
-    let (mut taken_first, mut taken_second) = (0u32, 0u32);
+    // Per set, how many ways hold a flow, and how many a new flow may not take: being written,
+    // or a connection active in the last FLOW_IDLE_EVICT ticks (no branches: one verifier state
+    // for any count).
+    let (mut held_first, mut held_second, mut taken_first, mut taken_second) = (0u32, 0u32, 0u32, 0u32);
     let mut way = 0;
     while way < 2 * FLOW_WAYS {
         let w = words(sets.entry(way));
@@ -243,24 +244,33 @@ pub fn choose_entry(new: &mut NewFlow) -> bool {
         let ctl = unsafe { read_volatile(w.add(WORD_CTL)) };
         let busy = (ctl >> FLOW_BUSY.trailing_zeros()) & 1;
         let confirmed = (ctl >> FLOW_CONFIRMED.trailing_zeros()) & 1;
+        let pending = (ctl >> FLOW_PENDING.trailing_zeros()) & 1;
         // 1 while the tick of its last packet is under FLOW_IDLE_EVICT ago (or ahead: a race).
         let age = now.wrapping_sub((ctl >> FLOW_CLOCK_SHIFT) as u32) as i32 as i64;
         let active = ((age - FLOW_IDLE_EVICT as i64) >> 63) as u64 & 1;
+        let held = (busy | confirmed | pending) as u32;
         let taken = (busy | (confirmed & active)) as u32;
         let first = (way < FLOW_WAYS) as u32;
+        held_first += held & first;
+        held_second += held & (first ^ 1);
         taken_first += taken & first;
         taken_second += taken & (first ^ 1);
         way += 1;
     }
-    // The first set while few of its ways are taken, else the set with fewer: most flows are
-    // found in their first set, and connections spread evenly over the sets. Counted by
-    // active connections, not by flows held: a busy table is full of finished connections, and
-    // which of them a new connection replaces decides which sets its successors find taken
-    // (tests/tests/xdp_flow_table.rs measures the share of new flows turned away).
-    let prefer_first = taken_first < FLOW_FIRST_SET_ALONE || taken_first <= taken_second;
+    // An empty way: of the first set while it holds few flows, else of the set that holds fewer
+    // (most flows are found in their first set, and the table fills evenly).
+    let prefer_first = held_first < FLOW_FIRST_SET_ALONE || held_first <= held_second;
+    // An unconfirmed or idle flow's way: the older first, but not in a set crowded with active
+    // connections when the other is not. A busy table is full of finished connections (entries
+    // are freed only by being taken), and which of them a new connection replaces decides which
+    // sets its successors find taken (tests/tests/xdp_flow_table.rs measures the share of new
+    // flows turned away).
+    // (1 when taken reaches FLOW_FIRST_SET_ALONE, by arithmetic: a compare here would be a
+    // branch, and the verifier walks what follows once for each outcome.)
+    let crowded = |taken: u32| ((FLOW_FIRST_SET_ALONE as i32 - 1 - taken as i32) >> 31) as u32 & 1;
+    let (crowded_first, crowded_second) = (crowded(taken_first), crowded(taken_second));
     // The victim, by rank: 5 its own entry, 4 an empty way of the preferred set, 3 of the
-    // other, 2 an unconfirmed flow's, 1 a confirmed flow's idle long enough, 0 none. Among
-    // unconfirmed or idle flows, those of the preferred set first, then the older.
+    // other, 2 an unconfirmed flow's, 1 a confirmed flow's idle long enough, 0 none.
     let mut victim = NONE;
     let mut victim_ctl = 0u64;
     let mut victim_rank = 0u32;
@@ -275,10 +285,12 @@ pub fn choose_entry(new: &mut NewFlow) -> bool {
         // SAFETY: as in `find`.
         let ctl = unsafe { read_volatile(w.add(WORD_CTL)) };
         let age = now.wrapping_sub((ctl >> FLOW_CLOCK_SHIFT) as u32);
-        let preferred = ((way < FLOW_WAYS) as u32) ^ (!prefer_first as u32);
-        // The set first, then the age (an idle flow's is under 2^31 ticks), with no branch: a
-        // branch here multiplies the verifier's states by the ways.
-        let order = (preferred << 31) | (age & 0x7fff_ffff);
+        let in_first = (way < FLOW_WAYS) as u32;
+        let preferred = in_first ^ (!prefer_first as u32);
+        let roomy = 1 ^ (in_first & crowded_first | (in_first ^ 1) & crowded_second);
+        // Not crowded first, then the age (an idle flow's is under 2^31 ticks), with no branch:
+        // a branch here multiplies the verifier's states by the ways.
+        let order = (roomy << 31) | (age & 0x7fff_ffff);
         let rank = if ctl & FLOW_BUSY != 0 {
             0
         } else if index == reuse {

@@ -170,6 +170,14 @@ impl FlowCensus {
     }
 }
 
+/// Whether health event `event` still says what the prober holds of its target (`checked`):
+/// one queued before its backend was removed (or removed and added again, its new check
+/// starting up) is stale, and must not take the backend down for good. (The prober sets a
+/// target's state before it sends the event.)
+fn still_true(event: &HealthEvent, checked: Option<&TargetStatus>) -> bool {
+    checked.is_some_and(|s| s.up == event.up)
+}
+
 /// The count to write for a least-conn backend whose count was `before` (as stored) when a
 /// census started and is `now`, the census having found `counted` flows marked open; `None`:
 /// leave it. The walk raced the data plane's own adds and subtracts, so `counted` is off by at
@@ -679,6 +687,10 @@ impl Agent {
     pub fn health_event(&mut self, event: &HealthEvent) -> Result<Option<(u32, String)>, AgentError> {
         let (vip, address) = &event.key;
         let Some(v) = self.config.vips.iter().find(|v| &v.name == vip) else { return Ok(None) };
+        let checked = self.prober.as_ref().and_then(|p| p.status_of(&event.key));
+        if !still_true(event, checked.as_ref()) {
+            return Ok(None);
+        }
         let reset = !event.up && v.on_down == OnDown::ResetFlows;
         let changed =
             if event.up { self.down.remove(&event.key) } else { self.down.insert(event.key.clone()) };
@@ -799,7 +811,18 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
-    use super::{active_at, corrected_count};
+    use super::{active_at, corrected_count, still_true};
+    use crate::health::{HealthEvent, TargetStatus};
+
+    #[test]
+    fn a_health_event_counts_only_while_the_prober_still_holds_it() {
+        let key = ("web".to_owned(), "198.18.0.11".parse().unwrap());
+        let down = HealthEvent { key, up: false, reason: "3 consecutive failures".into() };
+        let status = |up| TargetStatus { up, ..Default::default() };
+        assert!(still_true(&down, Some(&status(false))), "the target is down: the event holds");
+        assert!(!still_true(&down, Some(&status(true))), "re-added, its new check starting up: stale");
+        assert!(!still_true(&down, None), "removed: stale");
+    }
 
     #[test]
     fn least_conn_counts_are_corrected_by_their_drift_beyond_the_moves_during_the_walk() {

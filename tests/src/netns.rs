@@ -49,6 +49,15 @@ impl Netns {
         run(self.command("sysctl").args(["-q", "-w", &format!("{key}={value}")]));
     }
 
+    /// Turns duplicate address detection off for the namespace's interfaces, those made after it
+    /// included. A test aid, not a veth one: IPv6 addresses (link-local ones too) usable at once,
+    /// rather than neighbour discovery waiting a second or two.
+    pub fn skip_dad(&self) {
+        for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
+            self.sysctl(key, "0");
+        }
+    }
+
     /// Adds an address (CIDR) to an interface and brings it up.
     pub fn addr(&self, interface: &str, cidr: &str) {
         // nodad: an IPv6 address is usable at once instead of after duplicate detection.

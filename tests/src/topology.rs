@@ -128,11 +128,7 @@ impl Topology {
         let fabric = Netns::new("fabric");
         let host = |role: &str, last: u8| {
             let ns = Netns::new(role);
-            // A test aid, not a veth one: addresses usable at once (no duplicate address
-            // detection delaying neighbour discovery by a second or two).
-            for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
-                ns.sysctl(key, "0");
-            }
+            ns.skip_dad();
             veth((&ns, "eth0"), (&fabric, role));
             let v4 = Ipv4Addr::new(198, 18, 0, last);
             let v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last.into());

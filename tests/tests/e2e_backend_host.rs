@@ -49,8 +49,7 @@ fn world() -> World {
     let lb = Netns::new("lb");
     let backend = Netns::new("backend");
     for ns in [&client, &lb, &backend] {
-        ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
-        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+        ns.skip_dad();
     }
     veth((&client, "eth0"), (&lb, "eth1"));
     veth((&lb, "eth0"), (&backend, "eth0"));

@@ -57,9 +57,7 @@ impl Routed {
         let router = Netns::new("router");
         let balancer = Netns::new("balancer");
         for ns in [&client, &router, &balancer] {
-            // A test aid: IPv6 addresses usable at once (no duplicate address detection).
-            ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
-            ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+            ns.skip_dad();
         }
         veth((&client, "eth0"), (&router, "c0"));
         veth((&balancer, "eth0"), (&router, "u0"));
@@ -71,6 +69,7 @@ impl Routed {
         router.addr("c0", "fd00::1/64");
         router.addr("u0", "198.18.1.1/24");
         router.addr("u0", "fd00:0:0:1::1/64");
+        // The test's router, a host lbd never runs on: it forwards as any router does.
         router.sysctl("net.ipv4.ip_forward", "1");
         router.sysctl("net.ipv6.conf.all.forwarding", "1");
         router.ip(&["route", "add", &format!("{VIP4}/32"), "via", "198.18.1.2"]);
@@ -79,8 +78,10 @@ impl Routed {
         balancer.addr("eth0", "fd00:0:0:1::2/64");
         balancer.ip(&["route", "add", "default", "via", "198.18.1.1"]);
         balancer.ip(&["-6", "route", "add", "default", "via", "fd00:0:0:1::1"]);
-        // A balancer host that routes IPv6 as well (lbd turns on only eth0's switches, which
-        // IPv4 forwards by; IPv6 forwards by `all`).
+        // Not lbd's job, nor a veth aid: the field condition under test. lbd turns on only
+        // eth0's switches, by which IPv4 forwards; the kernel forwards IPv6 by `all`, which a
+        // balancer host that also routes IPv6 has on, and only then does a passed IPv6 packet
+        // loop.
         balancer.sysctl("net.ipv6.conf.all.forwarding", "1");
         // The balancer answers echo requests with XDP_TX: the router's end needs NAPI (GRO) and
         // a program for veth to deliver them (see `Topology::attach_lb_port_passthrough`).

@@ -42,8 +42,7 @@ fn on_link() -> (Netns, Netns) {
     let lb = Netns::new("lb");
     let backend = Netns::new("backend");
     for ns in [&lb, &backend] {
-        ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
-        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+        ns.skip_dad();
     }
     veth((&lb, "eth0"), (&backend, "eth0"));
     lb.addr("eth0", "198.18.0.2/24");
@@ -98,8 +97,7 @@ fn a_backend_behind_a_gateway_gets_the_gateways_entry() {
     let router = Netns::new("router");
     let backend = Netns::new("backend");
     for ns in [&lb, &router, &backend] {
-        ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
-        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+        ns.skip_dad();
     }
     veth((&lb, "eth0"), (&router, "eth0"));
     veth((&router, "eth1"), (&backend, "eth0"));

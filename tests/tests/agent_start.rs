@@ -236,3 +236,77 @@ fn a_listener_that_cannot_be_bound_stops_lbd_before_it_changes_the_host() {
     );
     untouched("API socket taken", &said);
 }
+
+/// lbd's routes in `ns` marked with `protocol`: the VIP table's (4242, both families) and the
+/// main table's blackholes, one line each.
+fn routes_marked(ns: &lb_tests::netns::Netns, protocol: u8) -> (String, String) {
+    let p = protocol.to_string();
+    let table: String = ["-4", "-6"]
+        .into_iter()
+        .map(|f| {
+            ns.command("ip").args([f, "route", "show", "table", "4242", "proto", &p]).output().expect("ip")
+        })
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .collect();
+    let main = ns.ip(&["route", "show", "proto", &p, "type", "blackhole"]);
+    (table.trim().to_owned(), main.trim().to_owned())
+}
+
+/// Waits up to 5 s for lbd's routes marked with `protocol` to be `want` (VIP table, main
+/// table's blackholes: whether each holds the VIP).
+fn wait_marked(
+    ns: &lb_tests::netns::Netns,
+    protocol: u8,
+    want: (bool, bool),
+    case: &str,
+    log: &std::path::Path,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (table, main) = routes_marked(ns, protocol);
+        let held = (table.contains("198.18.100.1"), main.contains("198.18.100.1"));
+        if held == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            panic!(
+                "{case}: routes with protocol {protocol}: VIP table {:?}, blackholes {:?}; want {want:?} \
+                 (VIP table held, blackhole held)\n{said}",
+                table, main
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A restart under other route marks (`announce.protocol` changed, `[announce]` taken out) after
+/// a crash or a SIGKILL restart, which withdraw nothing: the routes the earlier lbd left under
+/// the old marks go (else BIRD would go on announcing a VIP no lbd withdraws, and the old
+/// blackhole would keep the new one out), and the new marks' are made.
+#[test]
+fn a_restart_under_other_route_marks_removes_the_routes_left_under_the_old_ones() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let vip = "\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\n\
+               [[vip.backend]]\naddress = \"198.18.0.11\"\n";
+    let log = files.dir.join("lbd.log");
+
+    let lbd = lb_tests::lbd::Lbd::start(&ns, &files, &format!("{header}[announce]\n{vip}"));
+    wait_marked(&ns, 242, (true, true), "announced under 242", &log);
+    lbd.kill();
+
+    let lbd = lb_tests::lbd::Lbd::start(&ns, &files, &format!("{header}[announce]\nprotocol = 243\n{vip}"));
+    wait_marked(&ns, 243, (true, true), "restarted under 243", &log);
+    wait_marked(&ns, 242, (false, false), "restarted under 243: the routes left under 242", &log);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("earlier lbd"), "lbd did not log the VIP route it withdrew:\n{said}");
+    lbd.kill();
+
+    // Without [announce]: the VIP table's route goes; the blackhole is kept, under 242 again.
+    let lbd = lb_tests::lbd::Lbd::start(&ns, &files, &format!("{header}{vip}"));
+    wait_marked(&ns, 243, (false, false), "restarted without [announce]: the routes left under 243", &log);
+    wait_marked(&ns, 242, (false, true), "restarted without [announce]", &log);
+    drop(lbd);
+}

@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, Vip, DEFAULT_ANNOUNCE_PROTOCOL},
+    config::{Config, Vip},
     host::{
         forwarding,
         neighbours::{Change, NextHopStatus, NextHops},
@@ -35,11 +35,10 @@ impl HostState {
     /// its VIP routes, at the first sync). The VIP routes carry lbd's route protocol, the one
     /// `[announce]` marks its routes with, whether or not announcing is configured.
     pub fn new(config: &Config) -> Result<HostState, HostError> {
-        let protocol = config.announce.as_ref().map_or(DEFAULT_ANNOUNCE_PROTOCOL, |a| a.protocol);
         Ok(HostState {
             interfaces: config.interfaces.clone(),
             next_hops: NextHops::new(&config.interfaces)?,
-            vip_routes: VipRoutes::new(protocol)?,
+            vip_routes: VipRoutes::new(super::route_marks::RouteMarks::of(config).protocol)?,
         })
     }
 

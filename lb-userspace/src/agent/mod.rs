@@ -11,6 +11,7 @@ pub mod plan;
 pub mod policy;
 pub mod reconcile;
 pub mod retired;
+pub mod route_marks;
 pub mod run;
 pub mod start;
 mod stats;
@@ -77,6 +78,9 @@ pub struct SavedState {
     /// Backends removed whose next hops stay managed for their flows ([`retired`]).
     #[serde(default)]
     pub retired: retired::Retired,
+    /// The marks of the routes lbd made ([`route_marks`]); saved by an lbd without it: none.
+    #[serde(default)]
+    pub route_marks: Option<route_marks::RouteMarks>,
 }
 
 impl SavedState {
@@ -354,6 +358,7 @@ impl Agent {
             security: self.config.security.clone(),
             denies: self.denies.clone(),
             retired: self.retired.clone(),
+            route_marks: Some(route_marks::RouteMarks::of(&self.config)),
         };
         self.write_saved(&serde_json::to_vec_pretty(&state).expect("state serializes"))
     }

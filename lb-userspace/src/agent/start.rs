@@ -186,6 +186,9 @@ fn take_over(
     // with a new map layout) must not undo a drain, an operator's deny or a VIP added at run
     // time. `lbctl apply -f` returns to the file.
     let saved = SavedState::read(&config.state_file).map_err(StartError::SavedState)?;
+    if let Some(old) = saved.as_ref().and_then(|s| s.route_marks) {
+        super::route_marks::RouteMarks::of(&config).retire(old);
+    }
     let adopted = saved.is_some();
     let host_drained = saved.as_ref().is_some_and(|s| s.host_drained);
     if host_drained && config.announce.is_some() {

@@ -70,8 +70,9 @@ pub struct FlowEntry {
     /// `BackendValue::generation` of `backend` when the flow was recorded.
     pub backend_generation: u16,
     /// `VipPolicy::generation` of the flow's VIP when one of its packets last passed the policy
-    /// checks (lb-ebpf/src/policy.rs); 0 for none since it was recorded. A confirmed flow whose
-    /// stamp is its VIP's current generation skips the checks.
+    /// checks (lb-ebpf/src/policy.rs), its low 16 bits; 0 for none since it was recorded, or
+    /// forgotten by lbd's census once stale. A confirmed flow whose stamp is its VIP's current
+    /// generation skips the checks.
     pub policy_generation: u16,
     /// The write sequence, [`FLOW_BUSY`], the state and flags (`FLOW_*`) in the low 32 bits,
     /// and the clock tick of the flow's last packet ([`flow_clock`]) in the high 32.

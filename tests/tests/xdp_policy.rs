@@ -226,6 +226,52 @@ fn an_operators_deny_reaches_established_flows_and_ends_with_its_expiry() {
     });
 }
 
+/// A flow refused since its last passed packet keeps the policy stamp it had (its packets are
+/// dropped before any stamp). A stamp is the generation's low 16 bits, and generations move on
+/// every second: some 18 hours on, under the generation 65,536 later, the old stamp would be
+/// current again and the refused flow would skip the checks. lbd's census forgets stale stamps.
+#[test]
+fn a_refused_flows_stale_policy_stamp_is_forgotten_before_its_generation_comes_round() {
+    let fixture = Fixture::new();
+    let c = config("", "", "");
+    fixture.run(SIZES, |r| {
+        let mut applied = Applied::default();
+        apply(r, &mut applied, &c, &[], 1);
+        establish(r, "198.18.7.7");
+        establish(r, "198.18.8.8");
+        let stamped = applied.policies[&0].generation;
+        let deny = Deny {
+            prefix: "198.18.7.0/24".parse::<Prefix>().unwrap(),
+            vip: Some("web".into()),
+            expires_unix: None,
+        };
+        apply(r, &mut applied, &c, std::slice::from_ref(&deny), 1);
+        assert_eq!(from(r, "198.18.7.7", 5555, L4::TcpAck), Verdict::Drop, "the refused flow");
+        assert_eq!(
+            from(r, "198.18.8.8", 5555, L4::TcpAck),
+            Verdict::Tx,
+            "another flow, checked and stamped again"
+        );
+
+        let census = r.datapath.flow_table().expect("flow table").census_walk(|_, _, _| {}).expect("census");
+        assert_eq!(census.walk.flows, 2);
+        assert_eq!(census.stamps_forgotten, 1, "only the refused flow's stamp is stale");
+        // The generation comes round (the agent moves it on every second): the low 16 bits of the
+        // refused flow's old stamp, the deny still in place.
+        let policy = applied.policies[&0];
+        assert_ne!(policy.generation as u16, stamped as u16);
+        r.datapath
+            .set_vip_policy(0, lb_common::VipPolicy { generation: stamped + 0x1_0000, ..policy })
+            .expect("VIP_POLICY");
+        assert_eq!(
+            from(r, "198.18.7.7", 5555, L4::TcpAck),
+            Verdict::Drop,
+            "the refused flow under a generation with its old stamp's low bits"
+        );
+        assert_eq!(r.counter(Counter::DropAcl), 2);
+    });
+}
+
 #[test]
 fn a_confirmed_flow_skips_the_packet_limit_and_meets_changed_allow_lists() {
     let fixture = Fixture::new();

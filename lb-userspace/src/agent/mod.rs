@@ -26,7 +26,7 @@ use std::{
 use lb_common::FLOW_IDLE_EVICT;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use self::stats::{BackendStats, Stats, VipStats};
 use crate::{
@@ -109,7 +109,7 @@ impl SavedState {
 /// new flow may take their entries: `active_at`), and, per least-conn backend, the
 /// flows still marked as open connections (`FLOW_COUNTED`): what the data plane's counts should
 /// be. Those drift when flows leave the table without a FIN or RST the balancer saw (evicted
-/// when idle, clients gone).
+/// when idle, clients gone). It also forgets stale policy stamps (`FlowTable::census_walk`).
 pub struct FlowCensus {
     table: crate::datapath::FlowTable,
     /// Least-conn backend id -> the data plane's count (as stored) before the walk.
@@ -154,7 +154,7 @@ impl FlowCensus {
         let mut retired = self.retired;
         // Unconfirmed flows are counted as connections only once they are confirmed (the data
         // plane's way too).
-        let walk = self.table.walk_values(|_, value, confirmed| {
+        let census = self.table.census_walk(|_, value, confirmed| {
             retired.see(value);
             unconfirmed += u64::from(!confirmed);
             active += u64::from(confirmed && active_at(now, value.last_tick));
@@ -162,6 +162,10 @@ impl FlowCensus {
                 *counted.entry(value.backend).or_default() += 1;
             }
         })?;
+        let walk = census.walk;
+        if census.stamps_forgotten > 0 {
+            debug!(flows = census.stamps_forgotten, "forgot stale policy stamps");
+        }
         let fill = TableFill {
             entries: self.table.entries(),
             confirmed: walk.flows - unconfirmed,

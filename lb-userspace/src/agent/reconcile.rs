@@ -132,8 +132,20 @@ pub fn void_again(
 
 /// Ends what the data plane cached per CPU (next hops): it is looked up afresh.
 pub fn move_cache_generation(dp: &mut Datapath, applied: &mut Applied) -> Result<(), ApplyError> {
-    applied.cache_generation = applied.cache_generation.wrapping_add(1).max(1);
+    applied.cache_generation = next_generation(applied.cache_generation);
     write_config(dp, applied)
+}
+
+/// The cache generation after `g`. Never one whose low 16 bits are 0: a policy generation is
+/// a cache generation, flows keep its low 16 bits as their policy stamp, and 0 is the stamp of
+/// none (a new flow's, or one the census forgot: `FlowTable::census_walk`).
+pub fn next_generation(g: u32) -> u32 {
+    let next = g.wrapping_add(1);
+    if next as u16 == 0 {
+        next.wrapping_add(1)
+    } else {
+        next
+    }
 }
 
 /// Writes CONFIG from the applied source and capture setting.
@@ -181,4 +193,22 @@ pub fn remove_unknown_vips(dp: &mut Datapath, applied: &mut Applied) -> Result<u
 pub fn adopt_acl(dp: &Datapath, applied: &mut Applied) -> Result<(), ApplyError> {
     applied.acl = dp.acl_entries()?.into_iter().collect();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_generation;
+
+    #[test]
+    fn no_generation_has_the_stamp_of_none() {
+        assert_eq!(next_generation(1), 2);
+        assert_eq!(next_generation(0xffff), 0x1_0001, "0x10000 would stamp flows with 0");
+        assert_eq!(next_generation(0x2_fffe), 0x2_ffff);
+        assert_eq!(next_generation(u32::MAX), 1, "past the end: not 0");
+        let mut g = 0xfff0;
+        for _ in 0..0x30000 {
+            g = next_generation(g);
+            assert_ne!(g as u16, 0, "generation {g:#x}");
+        }
+    }
 }

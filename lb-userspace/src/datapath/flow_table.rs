@@ -5,7 +5,7 @@
 use std::{
     os::fd::{AsRawFd as _, BorrowedFd},
     ptr::NonNull,
-    sync::atomic::{fence, AtomicU64, Ordering},
+    sync::atomic::{fence, AtomicU16, AtomicU64, Ordering},
 };
 
 use lb_common::{FlowEntry, FLOW_BUSY, FLOW_SEQ_MASK};
@@ -114,6 +114,17 @@ impl FlowEntries {
             }
         }
         false
+    }
+
+    /// Forgets the policy stamp of entry `index` (sets it to 0, which no policy generation
+    /// is) if it still is `stamp`: a compare-exchange of that field alone. The data plane
+    /// stores the field in place too; whatever a race with it or with a new flow's record
+    /// leaves, a forgotten stamp only costs the flow one more pass through the checks.
+    pub fn forget_policy_stamp(&self, index: u32, stamp: u16) -> bool {
+        // SAFETY: an aligned u16 inside a live entry; the data plane writes it whole.
+        let field =
+            unsafe { AtomicU16::from_ptr(std::ptr::addr_of_mut!((*self.entry(index)).policy_generation)) };
+        field.compare_exchange(stamp, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
     /// Claims entry `index` for writing, as a data-plane writer does: FLOW_BUSY set and the

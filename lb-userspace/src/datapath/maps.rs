@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
 use lb_common::{
     hash, limits, map_names, BackendValue, ConfigValue, Counter, CounterBlock, FlowEntry, FlowKey, FlowValue,
-    TrafficStats, VipKey, VipSlot, VipValue, FAMILY_V4, FAMILY_V6, VIP_ADDRESS_ONLY,
+    TrafficStats, VipKey, VipPolicy, VipSlot, VipValue, FAMILY_V4, FAMILY_V6, VIP_ADDRESS_ONLY,
 };
 
 use super::{flow_table::MappedFlowTable, Datapath, DatapathError};
@@ -306,6 +306,8 @@ pub struct FlowTable {
     /// Own handles of VIP_BY_ID and BACKENDS: each VIP id's and each backend id's generation.
     vip_slots: aya::maps::Map,
     backends: aya::maps::Map,
+    /// Own handle of VIP_POLICY: each VIP id's policy generation ([`FlowTable::census_walk`]).
+    policies: aya::maps::Map,
 }
 
 /// Each VIP id's and each backend id's generation when a walk starts: entries recorded under
@@ -314,6 +316,14 @@ pub struct FlowTable {
 struct Generations {
     vips: Vec<u32>,
     backends: Vec<u32>,
+}
+
+/// What [`FlowTable::census_walk`] saw and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusWalk {
+    pub walk: FlowWalk,
+    /// Flows whose stale policy stamp was forgotten.
+    pub stamps_forgotten: u64,
 }
 
 /// What a walk of the flow table saw.
@@ -343,6 +353,7 @@ impl Datapath {
             entries: self.flow_entries()?,
             vip_slots: own(map_names::VIP_BY_ID)?,
             backends: own(map_names::BACKENDS)?,
+            policies: own(map_names::VIP_POLICY)?,
         })
     }
 }
@@ -408,6 +419,37 @@ impl FlowTable {
         self.walk_entries(|_, entry| {
             visit(&entry.key, &entry.value(), entry.confirmed());
         })
+    }
+
+    /// [`Self::walk_values`] for lbd's census, which also forgets every stale policy stamp: a
+    /// flow's stamp that is not its VIP's current policy generation (read before the walk) is
+    /// set to 0, which no generation is. A stamp is kept as the generation's low 16 bits, and
+    /// generations move on every second: without this, a flow refused since (its packets
+    /// dropped, its stamp left behind) would skip the checks again under the generation 65,536
+    /// later, some 18 hours on. A change racing the walk only costs a flow one more check.
+    pub fn census_walk(
+        &self,
+        mut visit: impl FnMut(&FlowKey, &FlowValue, bool),
+    ) -> Result<CensusWalk, DatapathError> {
+        let name = map_names::VIP_POLICY;
+        let policies: Array<&MapData, VipPolicy> = Array::try_from(&self.policies).map_err(err(name))?;
+        let current: Vec<u16> = policies
+            .iter()
+            .map(|p| p.map(|p| p.generation as u16))
+            .collect::<Result<_, _>>()
+            .map_err(err(name))?;
+        let mut stamps_forgotten = 0;
+        let walk = self.walk_entries(|index, entry| {
+            let stamp = entry.policy_generation;
+            if stamp != 0
+                && current.get(entry.vip as usize) != Some(&stamp)
+                && self.entries.forget_policy_stamp(index, stamp)
+            {
+                stamps_forgotten += 1;
+            }
+            visit(&entry.key, &entry.value(), entry.confirmed());
+        })?;
+        Ok(CensusWalk { walk, stamps_forgotten })
     }
 
     fn generations(&self) -> Result<Generations, DatapathError> {

@@ -18,7 +18,7 @@ pub use loader::{
     load, load_decap, load_decap_pinned, load_pinned, load_with, object, possible_cpus, program, Attached,
     Datapath, DatapathError, Mode, Sizes, BALANCER, DECAP,
 };
-pub use maps::{map_pinned_flow_table, open_connections, FlowTable, FlowWalk};
+pub use maps::{map_pinned_flow_table, open_connections, CensusWalk, FlowTable, FlowWalk};
 pub use perf::CaptureBuffers;
 pub use policy::{monotonic_ns, AclEntry, SourceSample};
 pub use xdp_link::LinkState;

@@ -226,96 +226,184 @@ pub const NOT_RECORDED: u32 = 2;
 /// Chooses the entry new flow `new` takes (`new.entry`), and says whether there is one: none if
 /// every way of its sets holds a flow that may not be evicted. Writes no entry: [`record`] does,
 /// so that the caller can refuse the flow in between. Not inlined: it runs once per flow.
+///
+/// The victim, by rank: 5 its own entry, 4 an empty way of the preferred set, 3 of the other, 2
+/// an unconfirmed flow's, 1 a confirmed flow's idle long enough, 0 none (being written, or a
+/// connection active in the last FLOW_IDLE_EVICT ticks). An empty way: of the first set while
+/// it holds few flows, else of the set that holds fewer (most flows are found in their first
+/// set, and the table fills evenly). An unconfirmed or idle flow's way: the older first, but not
+/// in a set crowded with active connections when the other is not. A busy table is full of
+/// finished connections (entries are freed only by being taken), and which of them a new
+/// connection replaces decides which sets its successors find taken (tests/tests/xdp_flow_table.rs
+/// measures the share of new flows turned away).
+///
+/// How: each way's control word is read once and scored by arithmetic (rank, then order), each
+/// set keeps its best way, and the two are weighed at the end, where what depends on both sets
+/// (which is preferred, which crowded) is known. No branch but the bounds checks: compares on a
+/// table's random states mispredict, and each branch would have the verifier walk the rest, the
+/// caller's included, once more (the values are hidden from the compiler, `opaque`, which would
+/// otherwise make branches of them). The earlier form, a compare per rank and a second read of
+/// the ways, cost about 20 ns more a SYN of some 440 (bench_flows, December 2026), and 42,000
+/// more of the verifier's instructions.
 #[inline(never)]
 pub fn choose_entry(new: &mut NewFlow) -> bool {
     let (sets, reuse, now) = (new.sets, new.reuse, new.now);
     new.evicted_counted = lb_common::NO_BACKEND;
-    // Per set, how many ways hold a flow, and how many a new flow may not take: being written,
-    // or a connection active in the last FLOW_IDLE_EVICT ticks (no branches: one verifier state
-    // for any count).
-    let (mut held_first, mut held_second, mut taken_first, mut taken_second) = (0u32, 0u32, 0u32, 0u32);
-    let mut way = 0;
-    while way < 2 * FLOW_WAYS {
-        let w = words(sets.entry(way));
-        if w.is_null() {
-            break;
-        }
-        // SAFETY: as in `find`.
-        let ctl = unsafe { read_volatile(w.add(WORD_CTL)) };
-        let busy = (ctl >> FLOW_BUSY.trailing_zeros()) & 1;
-        let confirmed = (ctl >> FLOW_CONFIRMED.trailing_zeros()) & 1;
-        let pending = (ctl >> FLOW_PENDING.trailing_zeros()) & 1;
-        // 1 while the tick of its last packet is under FLOW_IDLE_EVICT ago (or ahead: a race).
-        let age = now.wrapping_sub((ctl >> FLOW_CLOCK_SHIFT) as u32) as i32 as i64;
-        let active = ((age - FLOW_IDLE_EVICT as i64) >> 63) as u64 & 1;
-        let held = (busy | confirmed | pending) as u32;
-        let taken = (busy | (confirmed & active)) as u32;
-        let first = (way < FLOW_WAYS) as u32;
-        held_first += held & first;
-        held_second += held & (first ^ 1);
-        taken_first += taken & first;
-        taken_second += taken & (first ^ 1);
-        way += 1;
+    // Per set, the ways holding a flow and those a new flow may not take, a byte each: first
+    // set's held, second's, first's taken, second's (few live values: the frame is small).
+    let mut counts = 0u64;
+    let (mut first_best, mut second_best) = (Best::NONE, Best::NONE);
+    // Unrolled by hand: the verifier walks a loop's body again for each state it comes with.
+    macro_rules! way {
+        ($ways:lifetime, $way:expr) => {{
+            let w = words(sets.entry($way));
+            if w.is_null() {
+                break $ways;
+            }
+            // SAFETY: as in `find`.
+            let ctl = unsafe { read_volatile(w.add(WORD_CTL)) };
+            let age = now.wrapping_sub((ctl >> FLOW_CLOCK_SHIFT) as u32);
+            // 1 while the tick of its last packet is under FLOW_IDLE_EVICT ago (or ahead: a race).
+            let active = ((age as i32 as i64 - FLOW_IDLE_EVICT as i64) >> 63) as u64 & 1;
+            // The way's state (busy, pending, confirmed, active) picks its rank in the set (an
+            // empty way's 3 either set) and the rest from tables.
+            let state = opaque(((ctl >> FLOW_BUSY.trailing_zeros()) & 7) | active << 3);
+            let set = ($way / FLOW_WAYS) as u64;
+            counts += ((HELD_TAKEN >> state) & 0x1_0001) << (8 * set);
+            let rank = (RANK_AGED >> (4 * state)) & 7;
+            let aged = (RANK_AGED >> (4 * state + 3)) & 1;
+            // Its own entry ranks 5 (unless being written).
+            let own = opaque(((sets.entry($way) ^ reuse) as u64).wrapping_sub(1) >> 63) & (state ^ 1) & 1;
+            let rank = rank + own * (5 - rank);
+            // Ties: the older flow first (unconfirmed and idle ways), else the earlier way.
+            let score = rank << 40 | (aged * (age as u64 & 0x7fff_ffff)) << 3 | (7 - $way as u64);
+            if $way < FLOW_WAYS {
+                first_best.keep(score, ctl);
+            } else {
+                second_best.keep(score, ctl);
+            }
+        }};
     }
-    // An empty way: of the first set while it holds few flows, else of the set that holds fewer
-    // (most flows are found in their first set, and the table fills evenly).
-    let prefer_first = held_first < FLOW_FIRST_SET_ALONE || held_first <= held_second;
-    // An unconfirmed or idle flow's way: the older first, but not in a set crowded with active
-    // connections when the other is not. A busy table is full of finished connections (entries
-    // are freed only by being taken), and which of them a new connection replaces decides which
-    // sets its successors find taken (tests/tests/xdp_flow_table.rs measures the share of new
-    // flows turned away).
-    // (1 when taken reaches FLOW_FIRST_SET_ALONE, by arithmetic: a compare here would be a
-    // branch, and the verifier walks what follows once for each outcome.)
-    let crowded = |taken: u32| ((FLOW_FIRST_SET_ALONE as i32 - 1 - taken as i32) >> 31) as u32 & 1;
-    let (crowded_first, crowded_second) = (crowded(taken_first), crowded(taken_second));
-    // The victim, by rank: 5 its own entry, 4 an empty way of the preferred set, 3 of the
-    // other, 2 an unconfirmed flow's, 1 a confirmed flow's idle long enough, 0 none.
-    let mut victim = NONE;
-    let mut victim_ctl = 0u64;
-    let mut victim_rank = 0u32;
-    let mut victim_order = 0u32;
-    let mut way = 0;
-    while way < 2 * FLOW_WAYS {
-        let index = sets.entry(way);
-        let w = words(index);
-        if w.is_null() {
-            break;
-        }
-        // SAFETY: as in `find`.
-        let ctl = unsafe { read_volatile(w.add(WORD_CTL)) };
-        let age = now.wrapping_sub((ctl >> FLOW_CLOCK_SHIFT) as u32);
-        let in_first = (way < FLOW_WAYS) as u32;
-        let preferred = in_first ^ (!prefer_first as u32);
-        let roomy = 1 ^ (in_first & crowded_first | (in_first ^ 1) & crowded_second);
-        // Not crowded first, then the age (an idle flow's is under 2^31 ticks), with no branch:
-        // a branch here multiplies the verifier's states by the ways.
-        let order = (roomy << 31) | (age & 0x7fff_ffff);
-        let rank = if ctl & FLOW_BUSY != 0 {
+    'ways: {
+        way!('ways, 0);
+        way!('ways, 1);
+        way!('ways, 2);
+        way!('ways, 3);
+        way!('ways, 4);
+        way!('ways, 5);
+        way!('ways, 6);
+        way!('ways, 7);
+    }
+    let count = |byte: u64| (counts >> (8 * byte)) & 0xff;
+    let (held_first, held_second) = (count(0), count(1));
+    let prefer_first = below(held_first, FLOW_FIRST_SET_ALONE as u64) | (below(held_second, held_first) ^ 1);
+    // Crowded: taken reaches FLOW_FIRST_SET_ALONE.
+    let crowded = |taken: u64| below(taken, FLOW_FIRST_SET_ALONE as u64) ^ 1;
+    let first = first_best.ranked(prefer_first, crowded(count(2)));
+    let second = second_best.ranked(prefer_first ^ 1, crowded(count(3)));
+    // The second set's way if it ranks higher, or the same (an unconfirmed or idle flow's) and
+    // orders higher: (rank, order) compared as one number.
+    let take = opaque(0u64.wrapping_sub(below(first, second)));
+    let rank = ((second & take) | (first & !take)) >> 32;
+    // Its way from its score's low bits (7 - way), its entry from its set's first.
+    let way = |best: &Best| 7 - (best.score & 7) as u32;
+    let first_entry = sets.first.wrapping_add(way(&first_best)) as u64;
+    let second_entry = sets.second.wrapping_add(way(&second_best)).wrapping_sub(FLOW_WAYS) as u64;
+    let found = opaque(0u64.wrapping_sub(below(0, rank)));
+    let entry = (second_entry & take) | (first_entry & !take);
+    new.entry = ((entry & found) | (NONE as u64 & !found)) as u32;
+    new.entry_ctl = (second_best.ctl & take) | (first_best.ctl & !take);
+    new.entry_rank = rank as u32;
+    new.entry != NONE
+}
+
+/// [`choose_entry`]'s tables, by a way's state: bits 0 to 2 its control word's FLOW_BUSY,
+/// FLOW_PENDING and FLOW_CONFIRMED, bit 3 whether its flow was active in the last
+/// FLOW_IDLE_EVICT ticks. Its rank in its set (3 bits) and whether ties go by age (1 bit).
+const RANK_AGED: u64 = {
+    assert!(FLOW_PENDING == FLOW_BUSY << 1 && FLOW_CONFIRMED == FLOW_BUSY << 2);
+    let mut table = 0u64;
+    let mut state = 0;
+    while state < 16 {
+        let (busy, pending, confirmed, active) =
+            (state & 1 != 0, state & 2 != 0, state & 4 != 0, state & 8 != 0);
+        let rank = if busy {
             0
-        } else if index == reuse {
-            5
-        } else if ctl & HOLDS == 0 {
-            3 + preferred
-        } else if ctl & FLOW_PENDING != 0 {
+        } else if !pending && !confirmed {
+            3
+        } else if pending {
             2
-        } else if (age as i32) >= FLOW_IDLE_EVICT as i32 {
+        } else if !active {
             1
         } else {
             0
         };
-        if rank > victim_rank || (rank == victim_rank && rank <= 2 && rank != 0 && order > victim_order) {
-            victim = index;
-            victim_ctl = ctl;
-            victim_rank = rank;
-            victim_order = order;
-        }
-        way += 1;
+        let aged = (pending || confirmed) as u64;
+        table |= (rank | aged << 3) << (4 * state);
+        state += 1;
     }
-    new.entry = victim;
-    new.entry_ctl = victim_ctl;
-    new.entry_rank = victim_rank;
-    victim != NONE
+    table
+};
+/// Whether a way of each state holds a flow (bit `state`) and whether a new flow may not take
+/// it (bit `state + 16`): being written, or an active connection's.
+const HELD_TAKEN: u64 = {
+    let mut table = 0u64;
+    let mut state = 0;
+    while state < 16 {
+        let (busy, pending, confirmed, active) =
+            (state & 1 != 0, state & 2 != 0, state & 4 != 0, state & 8 != 0);
+        table |= ((busy || pending || confirmed) as u64) << state;
+        table |= ((busy || (confirmed && active)) as u64) << (state + 16);
+        state += 1;
+    }
+    table
+};
+
+/// 1 if `a < b`, else 0, without a branch (both under 2^63).
+#[inline(always)]
+fn below(a: u64, b: u64) -> u64 {
+    opaque(a.wrapping_sub(b) >> 63)
+}
+
+/// `x`, hidden from the compiler (one move to itself): it cannot tell that a value is 0 or 1,
+/// and so cannot make a multiplication or a mask by it a branch, as it does with what it can.
+#[inline(always)]
+fn opaque(mut x: u64) -> u64 {
+    // SAFETY: a move of the register to itself. (Not an empty template: the kernel refuses the
+    // line information that an instruction of no length leaves.)
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack)) };
+    x
+}
+
+/// A set's best way for a new flow so far ([`choose_entry`]): its score (rank << 40, the age of
+/// an unconfirmed or idle flow << 3, then 7 - way) and control word.
+#[derive(Clone, Copy)]
+struct Best {
+    score: u64,
+    ctl: u64,
+}
+
+impl Best {
+    const NONE: Best = Best { score: 0, ctl: 0 };
+
+    /// Takes a way that scores higher, without a branch.
+    #[inline(always)]
+    fn keep(&mut self, score: u64, ctl: u64) {
+        // (Scores are under 2^63: the difference wraps to the top bit set when `score` is higher.)
+        let take = opaque(0u64.wrapping_sub(below(self.score, score)));
+        self.score = (score & take) | (self.score & !take);
+        self.ctl = (ctl & take) | (self.ctl & !take);
+    }
+
+    /// The way's rank among both sets' (an empty way ranks 4 in the `preferred` set) << 32, and
+    /// its order: an unconfirmed or idle flow's way orders after the other set's when its set
+    /// is `crowded`, then by age.
+    #[inline(always)]
+    fn ranked(&self, preferred: u64, crowded: u64) -> u64 {
+        let rank = self.score >> 40;
+        let empty = below(rank ^ 3, 1);
+        (rank + empty * preferred) << 32 | (crowded ^ 1) << 31 | ((self.score >> 3) & 0x7fff_ffff)
+    }
 }
 
 /// Records new unconfirmed flow `key` as `new` says, in the entry [`choose_entry`] chose. Not

@@ -4,6 +4,8 @@
 // BPF atomics (schedule.rs): `core`'s atomic types have no read-modify-write operations on BPF
 // targets, the intrinsics compile to the BPF atomic instructions.
 #![feature(core_intrinsics)]
+// An empty `asm!` hides a value from the compiler (flow_table.rs: `opaque`).
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod balancer;

@@ -177,6 +177,11 @@ fn establish(r: &mut XdpRunner, src: &str) {
     }
 }
 
+/// An operator's deny of `prefix` at VIP `web`.
+fn web_deny(prefix: &str, expires_unix: Option<u64>) -> Deny {
+    Deny { prefix: prefix.parse::<Prefix>().unwrap(), vip: Some("web".into()), expires_unix }
+}
+
 #[test]
 fn an_operators_deny_reaches_established_flows_and_ends_with_its_expiry() {
     let fixture = Fixture::new();
@@ -185,11 +190,7 @@ fn an_operators_deny_reaches_established_flows_and_ends_with_its_expiry() {
         let mut applied = Applied::default();
         apply(r, &mut applied, &c, &[], 1);
         establish(r, "198.18.7.7");
-        let deny = Deny {
-            prefix: "198.18.7.0/24".parse::<Prefix>().unwrap(),
-            vip: Some("web".into()),
-            expires_unix: Some(lb_userspace::security::now_unix() + 1),
-        };
+        let deny = web_deny("198.18.7.0/24", Some(lb_userspace::security::now_unix() + 1));
         apply(r, &mut applied, &c, std::slice::from_ref(&deny), 1);
         assert_eq!(
             from(r, "198.18.7.7", 5555, L4::TcpAck),
@@ -240,11 +241,7 @@ fn a_refused_flows_stale_policy_stamp_is_forgotten_before_its_generation_comes_r
         establish(r, "198.18.7.7");
         establish(r, "198.18.8.8");
         let stamped = applied.policies[&0].generation;
-        let deny = Deny {
-            prefix: "198.18.7.0/24".parse::<Prefix>().unwrap(),
-            vip: Some("web".into()),
-            expires_unix: None,
-        };
+        let deny = web_deny("198.18.7.0/24", None);
         apply(r, &mut applied, &c, std::slice::from_ref(&deny), 1);
         assert_eq!(from(r, "198.18.7.7", 5555, L4::TcpAck), Verdict::Drop, "the refused flow");
         assert_eq!(

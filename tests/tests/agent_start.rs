@@ -292,6 +292,9 @@ fn a_restart_under_other_route_marks_removes_the_routes_left_under_the_old_ones(
     let vip = "\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\n\
                [[vip.backend]]\naddress = \"198.18.0.11\"\n";
     let log = files.dir.join("lbd.log");
+    // Routes of others, in lbd's VIP table and the main table's blackholes: they stay.
+    ns.ip(&["route", "add", "198.18.100.9/32", "dev", "lo", "table", "4242", "proto", "250"]);
+    ns.ip(&["route", "add", "blackhole", "198.18.100.9/32", "proto", "250"]);
 
     let lbd = lb_tests::lbd::Lbd::start(&ns, &files, &format!("{header}[announce]\n{vip}"));
     wait_marked(&ns, 242, (true, true), "announced under 242", &log);
@@ -301,12 +304,19 @@ fn a_restart_under_other_route_marks_removes_the_routes_left_under_the_old_ones(
     wait_marked(&ns, 243, (true, true), "restarted under 243", &log);
     wait_marked(&ns, 242, (false, false), "restarted under 243: the routes left under 242", &log);
     let said = std::fs::read_to_string(&log).unwrap();
-    assert!(said.contains("earlier lbd"), "lbd did not log the VIP route it withdrew:\n{said}");
+    assert!(said.contains("earlier lbd"), "lbd did not log the routes it removed:\n{said}");
+    // Removed before the first sync: the old blackhole never stood in the new one's way.
+    assert!(!said.contains("lbd did not make"), "a route left under 242 was in the way:\n{said}");
     lbd.kill();
 
     // Without [announce]: the VIP table's route goes; the blackhole is kept, under 242 again.
     let lbd = lb_tests::lbd::Lbd::start(&ns, &files, &format!("{header}{vip}"));
     wait_marked(&ns, 243, (false, false), "restarted without [announce]: the routes left under 243", &log);
     wait_marked(&ns, 242, (false, true), "restarted without [announce]", &log);
+    let (table, main) = routes_marked(&ns, 250);
+    assert!(
+        table.contains("198.18.100.9") && main.contains("198.18.100.9"),
+        "another's routes went: VIP table {table:?}, blackholes {main:?}"
+    );
     drop(lbd);
 }

@@ -125,6 +125,8 @@ pub struct Census {
     fill: TableFill,
     /// When the retired backends' flows were last used.
     retired: retired::RetiredFlows,
+    /// Flows whose stale policy stamp the walk forgot.
+    pub stamps_forgotten: u64,
 }
 
 /// How full the flow table is, as a census found it.
@@ -146,6 +148,11 @@ pub struct TableFill {
 }
 
 impl FlowCensus {
+    /// A census of `table` alone: no least-conn counts to correct, no removed backends to follow.
+    pub fn of_table(table: crate::datapath::FlowTable) -> FlowCensus {
+        FlowCensus { table, before: BTreeMap::new(), retired: retired::RetiredFlows::of(&Default::default()) }
+    }
+
     /// Walks the flow table (blocking: it reads the whole mapped table).
     pub fn run(self) -> Result<Census, DatapathError> {
         let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
@@ -162,9 +169,9 @@ impl FlowCensus {
                 *counted.entry(value.backend).or_default() += 1;
             }
         })?;
-        let walk = census.walk;
-        if census.stamps_forgotten > 0 {
-            debug!(flows = census.stamps_forgotten, "forgot stale policy stamps");
+        let (walk, stamps_forgotten) = (census.walk, census.stamps_forgotten);
+        if stamps_forgotten > 0 {
+            debug!(flows = stamps_forgotten, "forgot stale policy stamps");
         }
         let fill = TableFill {
             entries: self.table.entries(),
@@ -174,7 +181,7 @@ impl FlowCensus {
             complete: walk.complete,
             at_unix: crate::security::now_unix(),
         };
-        Ok(Census { before: self.before, counted, fill, retired })
+        Ok(Census { before: self.before, counted, fill, retired, stamps_forgotten })
     }
 }
 

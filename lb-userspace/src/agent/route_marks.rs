@@ -45,9 +45,10 @@ impl RouteMarks {
                 Ok(changes) => {
                     for change in changes {
                         match change {
-                            vip_routes::Change::Removed(_) => {
-                                info!(%change, old_protocol = old.protocol, "route protocol changed")
-                            }
+                            vip_routes::Change::Removed(route) => info!(
+                                %route, old_protocol = old.protocol,
+                                "removed a blackhole route an earlier lbd made under its route protocol"
+                            ),
                             _ => warn!(%change, old_protocol = old.protocol, "route protocol changed"),
                         }
                     }

@@ -36,9 +36,6 @@ impl RouteMarks {
     /// cover, and logs each. Never fails: a route that stays is logged with the command that
     /// removes it (forwarding matters more than a stale route).
     pub fn retire(self, old: RouteMarks) {
-        if old == self {
-            return;
-        }
         if old.protocol != self.protocol {
             let cleared = VipRoutes::new(old.protocol).and_then(|mut r| r.clear());
             match cleared {

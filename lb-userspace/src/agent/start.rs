@@ -186,9 +186,7 @@ fn take_over(
     // with a new map layout) must not undo a drain, an operator's deny or a VIP added at run
     // time. `lbctl apply -f` returns to the file.
     let saved = SavedState::read(&config.state_file).map_err(StartError::SavedState)?;
-    if let Some(old) = saved.as_ref().and_then(|s| s.route_marks) {
-        super::route_marks::RouteMarks::of(&config).retire(old);
-    }
+    let old_marks = saved.as_ref().and_then(|s| s.route_marks);
     let adopted = saved.is_some();
     let host_drained = saved.as_ref().is_some_and(|s| s.host_drained);
     if host_drained && config.announce.is_some() {
@@ -250,6 +248,15 @@ fn take_over(
             warn!(state_file = %agent.state_file.display(), "pinned maps found but no saved state: starting from the config file")
         }
         None => {}
+    }
+    // Routes an earlier lbd left under other marks go before any is written under these (an
+    // old route for the same prefix would be in the way). Saved at once with the new marks: a
+    // start that fails from here puts that state back, and the next start finds the routes it
+    // may have made.
+    let marks = super::route_marks::RouteMarks::of(&agent.config);
+    if let Some(old) = old_marks.filter(|&old| old != marks) {
+        marks.retire(old);
+        agent.save(&agent.applied.ids)?;
     }
     // Lists an earlier agent wrote: what the desired state drops goes.
     super::reconcile::adopt_acl(&agent.datapath, &mut agent.applied)?;

@@ -110,8 +110,11 @@ pub mod map_names {
     pub const SOURCES: &str = "SOURCES";
     /// Each VIP's new-flow bucket, per CPU: per program instance, never pinned.
     pub const VIP_FLOW_BUCKETS: &str = "VIP_FLOW_BUCKETS";
+    /// Each CPU's flow-table clock tick and the jiffy it was read in: per program instance,
+    /// never pinned.
+    pub const CLOCK_CACHE: &str = "CLOCK_CACHE";
     /// The maps of a program instance: a new agent's programs start with new ones.
-    pub const UNPINNED: [&str; 4] = [NEXT_HOPS, CAPTURE, SOURCES, VIP_FLOW_BUCKETS];
+    pub const UNPINNED: [&str; 5] = [NEXT_HOPS, CAPTURE, SOURCES, VIP_FLOW_BUCKETS, CLOCK_CACHE];
     /// The maps the decap program uses: what a backend host pins.
     pub const DECAP: [&str; 4] = [DECAP_ADDRS, DECAP_SOURCES, DECAP_CONFIG, STATS];
     /// Every map that outlives the agent, for pinning.

@@ -86,6 +86,10 @@ pub struct CachedHop {
 }
 
 /// Next hops by backend id, per CPU: no locking, no torn MACs. Sized like BACKENDS.
+/// This CPU's flow-table clock tick and the jiffy it was read in (flow_table.rs, `clock`).
+#[map(name = "CLOCK_CACHE")]
+pub static CLOCK_CACHE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);
 

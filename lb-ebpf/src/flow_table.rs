@@ -11,7 +11,10 @@ use lb_common::{
     FLOW_IDLE_EVICT, FLOW_PENDING, FLOW_SEQ_MASK, FLOW_TO_COUNT, FLOW_WAYS,
 };
 
-use crate::maps::{CLOCK_CACHE, FLOW_SETS, FLOW_TABLE};
+use crate::{
+    maps::{CLOCK_CACHE, FLOW_SETS, FLOW_TABLE},
+    opaque::opaque,
+};
 
 /// `Slot::index` of no entry.
 pub const NONE: u32 = u32::MAX;
@@ -380,16 +383,6 @@ const HELD_TAKEN: u64 = {
 #[inline(always)]
 fn below(a: u64, b: u64) -> u64 {
     opaque(a.wrapping_sub(b) >> 63)
-}
-
-/// `x`, hidden from the compiler (one move to itself): it cannot tell that a value is 0 or 1,
-/// and so cannot make a multiplication or a mask by it a branch, as it does with what it can.
-#[inline(always)]
-fn opaque(mut x: u64) -> u64 {
-    // SAFETY: a move of the register to itself. (Not an empty template: the kernel refuses the
-    // line information that an instruction of no length leaves.)
-    unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack)) };
-    x
 }
 
 /// A set's best way for a new flow so far ([`choose_entry`]): its score (rank << 40, the age of

@@ -4,7 +4,7 @@
 // BPF atomics (schedule.rs): `core`'s atomic types have no read-modify-write operations on BPF
 // targets, the intrinsics compile to the BPF atomic instructions.
 #![feature(core_intrinsics)]
-// An empty `asm!` hides a value from the compiler (flow_table.rs: `opaque`).
+// A register move in `asm!` hides a value from the compiler (opaque.rs).
 #![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
@@ -21,6 +21,7 @@ mod flow_table;
 mod forward;
 mod icmp;
 mod maps;
+mod opaque;
 mod parse;
 mod policy;
 mod schedule;

@@ -174,6 +174,20 @@ fn outer_ipv4_options_are_stripped_with_the_header() {
     assert_eq!(out.frame, stripped("198.18.1.7"));
 }
 
+/// An outer IPv6 atomic fragment (offset 0, no more fragments: RFC 6946) holds the whole inner
+/// packet: it is stripped with its extension headers, not passed as a fragment (this host has
+/// no tunnel of its own to strip it).
+#[test]
+fn an_outer_ipv6_atomic_fragment_is_stripped_with_its_headers() {
+    let mut r = runner(&[]);
+    let atomic = Ext::Fragment { offset: 0, more: false };
+    for chain in [&[atomic][..], &[Ext::DestOpts, atomic]] {
+        let (out, moved) = run(&mut r, &with_ipv6_ext(&tunnel("fd00:0:0:1::9", HOST6), chain));
+        assert_eq!((out.verdict, moved), (Verdict::Pass, DECAPSULATED), "{chain:?}");
+        assert_eq!(out.frame, stripped("fd00:0:0:1::9"), "{chain:?}");
+    }
+}
+
 /// ECN codepoints (the low two bits of the IPv4 TOS / IPv6 traffic class).
 mod ecn {
     pub const NOT_ECT: u8 = 0;

@@ -435,12 +435,16 @@ fn vip_packets_are_forwarded_exactly_as_the_spec_says() {
             }
             // Headers the parser must step over; the inner packet stays as it was.
             if v6 {
-                let exts: [(&str, &[Ext]); 5] = [
+                // An atomic fragment (offset 0, no more fragments: RFC 6946) is a whole packet.
+                let atomic = Ext::Fragment { offset: 0, more: false };
+                let exts: [(&str, &[Ext]); 7] = [
                     ("hop_by_hop", &[Ext::HopByHop]),
                     ("dest_opts", &[Ext::DestOpts]),
                     ("routing", &[Ext::Routing]),
                     ("auth", &[Ext::Auth]),
                     ("four_ext_headers", &[Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::Auth]),
+                    ("atomic_fragment", &[atomic]),
+                    ("atomic_fragment_after_hop_by_hop", &[Ext::HopByHop, atomic]),
                 ];
                 for (i, (name, chain)) in exts.iter().enumerate() {
                     for (l4, proto, dport) in [(L4::TcpSyn, "tcp", 80), (L4::Udp, "udp", 53)] {

@@ -9,6 +9,11 @@ const ROUTING: u8 = 43;
 const FRAGMENT: u8 = 44;
 const AUTH: u8 = 51;
 const DEST_OPTS: u8 = 60;
+/// The fragment header's offset (8-byte units, shifted by 3) and more-fragments flag.
+const FRAGMENT_OFFSET: u16 = 0xfff8;
+const MORE_FRAGMENTS: u16 = 0x0001;
+/// Where L4 may start at the latest: the end of a 4 KiB frame (an XDP frame fits in a page).
+const MAX_L4_OFFSET: usize = 0xfff;
 /// More extension headers than this and the packet goes to the stack: real traffic has one or two.
 const MAX_EXT_HEADERS: usize = 4;
 
@@ -20,7 +25,7 @@ struct ExtHdr {
 }
 
 /// Parses an IPv6 header at `offset` and skips the usual extension headers. A fragment header
-/// ends the walk: the packet is a fragment.
+/// of a real fragment ends the walk: the packet is a fragment.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, offset: usize, whole: Whole) -> Result<L3, Counter> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
@@ -41,14 +46,29 @@ pub fn parse(ctx: &XdpContext, offset: usize, whole: Whole) -> Result<L3, Counte
             }
             _ => break,
         };
-        // SAFETY: ptr_at checked the two bytes are inside the frame.
-        let (next, len) = unsafe { ((*ext).next_hdr, (*ext).len as usize) };
-        if proto == FRAGMENT {
+        // SAFETY: ptr_at checked the 8 bytes are inside the frame.
+        let (next, len, field) =
+            unsafe { ((*ext).next_hdr, (*ext).len as usize, *(ext as *const [u8; 2]).add(1)) };
+        // A fragment header with an offset or more to come ends the walk. With neither, it is
+        // an atomic fragment (RFC 6946): a whole packet that a translator or an old stack sent
+        // with a fragment header, whose ports follow it.
+        if proto == FRAGMENT && u16::from_be_bytes(field) & (FRAGMENT_OFFSET | MORE_FRAGMENTS) != 0 {
             fragment = true;
             proto = next;
             break;
         }
-        l4_offset += if proto == AUTH { (len + 2) * 4 } else { (len + 1) * 8 };
+        l4_offset += match proto {
+            AUTH => (len + 2) * 4,
+            FRAGMENT => 8,
+            _ => (len + 1) * 8,
+        };
+        if l4_offset > MAX_L4_OFFSET {
+            return Err(Counter::PassMalformed);
+        }
+        // One range for every kind of header (the mask changes no value below it): the
+        // verifier then walks the rest of the walk, and of the program, once for all of them,
+        // not once for each chain, which took it past its million instructions.
+        l4_offset = crate::opaque::opaque(l4_offset as u64) as usize & MAX_L4_OFFSET;
         proto = next;
     }
     if !fragment && matches!(proto, HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT) {

@@ -65,6 +65,11 @@ pub fn handle(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Counter> {
     if quoted.fragment || (quoted.proto != PROTO_TCP && quoted.proto != PROTO_UDP) {
         return Err(Counter::PassNotVip);
     }
+    // An error goes to the quoted packet's source: a VIP's flow is quoted in errors to that VIP,
+    // not in errors to another address (which may share its VIP_FILTER bit).
+    if !same_address(&quoted.src, &pkt.key.dst) {
+        return Err(Counter::PassNotVip);
+    }
     // The quoted headers and ports must lie inside the ICMP packet, not in frame padding.
     if quoted.l4_offset + 4 > pkt.end {
         return Err(Counter::PassMalformed);
@@ -263,4 +268,14 @@ fn too_big_v6(ctx: &XdpContext, mtu: u16) -> Result<(), ()> {
         put_checksum(icmp.add(2), sum(icmp, ICMP_ERROR_HEADER + QUOTE_V6, pseudo));
     }
     Ok(())
+}
+
+/// Whether two addresses are the same, compared as two 64-bit words (an array compare would be
+/// a call to aya's byte-wise `memcmp`).
+#[inline(always)]
+fn same_address(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let half = |x: &[u8; 16], i: usize| {
+        u64::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3], x[i + 4], x[i + 5], x[i + 6], x[i + 7]])
+    };
+    half(a, 0) == half(b, 0) && half(a, 8) == half(b, 8)
 }

@@ -905,20 +905,48 @@ fn icmp_too_big_follows_the_flow_it_quotes() {
             r.write_ring(ring_no, Some(&old), &new);
             net.rings.insert(ring_no, new);
             forward_flow(r, &net, &unseen, &mut fails);
-            // An ICMP error quoting no VIP flow passes.
-            let icmp =
-                frames::too_big(router(v6), &frames::frame(other(v6), 80, c, 46002, L4::TcpSyn), quote_len);
-            let case = format!("icmp{fam}_too_big_quoting_no_vip");
-            let before = r.counters();
-            let out = r.run(&icmp);
-            fails.check(out.verdict == Verdict::Pass, || {
-                format!("{case}: verdict {:?}, expected Pass", out.verdict)
-            });
-            fails.frame(&case, &out.frame, &icmp);
-            fails.counters(&case, &before, &r.counters(), &[Counter::PassNotVip], &[]);
+            // An ICMP error quoting no VIP flow passes; so does one quoting a VIP flow that is
+            // addressed elsewhere than the quoted packet's source (here another VIP address:
+            // errors go to the sender of what they quote).
+            let elsewhere =
+                readdressed(&frames::too_big(router(v6), &reply(&known), quote_len), vip(v6, at::ANY));
+            for (what, icmp) in [
+                (
+                    "quoting_no_vip",
+                    frames::too_big(
+                        router(v6),
+                        &frames::frame(other(v6), 80, c, 46002, L4::TcpSyn),
+                        quote_len,
+                    ),
+                ),
+                ("to_another_vip_address_quoting_a_vip_flow", elsewhere),
+            ] {
+                let case = format!("icmp{fam}_too_big_{what}");
+                let before = r.counters();
+                let out = r.run(&icmp);
+                fails.check(out.verdict == Verdict::Pass, || {
+                    format!("{case}: verdict {:?}, expected Pass", out.verdict)
+                });
+                fails.frame(&case, &out.frame, &icmp);
+                fails.counters(&case, &before, &r.counters(), &[Counter::PassNotVip], &[]);
+            }
         }
         fails.finish("ICMP errors");
     });
+}
+
+/// `frame` (Ethernet, IPv4 or IPv6) sent to `dst` instead (the IPv4 header checksum fixed; an
+/// ICMPv6 checksum is left as it was: the balancer does not check it).
+fn readdressed(frame: &[u8], dst: IpAddr) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    match dst {
+        IpAddr::V4(a) => {
+            out[30..34].copy_from_slice(&a.octets());
+            frames::fix_ipv4_checksum(&mut out);
+        }
+        IpAddr::V6(a) => out[38..54].copy_from_slice(&a.octets()),
+    }
+    out
 }
 
 /// Forwarding off on the interface packets come in on: bpf_fib_lookup refuses, the packet passes

@@ -62,7 +62,16 @@ fn vlan_tagged(f: &[u8]) -> Vec<u8> {
     [&f[..12], &[0x81, 0x00, 0x00, 0x64], &f[12..]].concat()
 }
 
-/// Frames that are not for a VIP: they pass unchanged.
+/// `f` (Ethernet, IPv4 without options or IPv6 without extension headers, TCP) with its TCP
+/// data offset set to `words`.
+fn tcp_data_offset(f: &[u8], words: u8) -> Vec<u8> {
+    let tcp = if f[12] == 0x86 { 14 + 40 } else { 14 + 20 };
+    let mut out = f.to_vec();
+    out[tcp + 12] = (words << 4) | (out[tcp + 12] & 0x0f);
+    out
+}
+
+/// Frames that are not for a VIP (or not well-formed): they pass unchanged.
 fn cases() -> Vec<Case> {
     let v4 = |dst, dport, l4| frame(CLIENT4.into(), 40000, IpAddr::V4(dst), dport, l4);
     let v6 = |dst, dport, l4| frame(CLIENT6.into(), 40000, IpAddr::V6(dst), dport, l4);
@@ -72,6 +81,18 @@ fn cases() -> Vec<Case> {
         c("vlan_tagged_tcp4_to_vip", vlan_tagged(&v4(VIP4, 80, L4::TcpSyn)), Counter::PassNotIp),
         c("tcp4_other_host", v4(OTHER4, 80, L4::TcpSyn), Counter::PassNotVip),
         c("tcp4_vip_other_port", v4(VIP4, 81, L4::TcpSyn), Counter::PassNotVip),
+        // A TCP header whose data offset is under its 5 fixed words, or reaches past the packet.
+        c(
+            "tcp4_vip_data_offset_3_words",
+            tcp_data_offset(&v4(VIP4, 80, L4::TcpSyn), 3),
+            Counter::PassMalformed,
+        ),
+        c(
+            "tcp4_vip_data_offset_past_the_end",
+            tcp_data_offset(&v4(VIP4, 80, L4::TcpSyn), 15),
+            Counter::PassMalformed,
+        ),
+        c("tcp6_data_offset_0", tcp_data_offset(&v6(OTHER6, 80, L4::TcpSyn), 0), Counter::PassMalformed),
         c("udp4_vip_tcp_port", v4(VIP4, 80, L4::Udp), Counter::PassNotVip),
         c(
             "tcp4_other_host_with_options",

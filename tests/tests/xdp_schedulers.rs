@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    hash, BackendValue, ConfigValue, FlowValue, VipValue, MODE_L2DSR, PROTO_TCP, PROTO_UDP, SCHED_LEAST_CONN,
-    SCHED_MAGLEV, SCHED_ROUND_ROBIN,
+    hash, BackendValue, ConfigValue, Counter, FlowValue, VipValue, MODE_L2DSR, PROTO_TCP, PROTO_UDP,
+    SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
 };
 use lb_tests::{
     frames::{flow_key, frame, tcp, tcp_frame, L4},
@@ -166,6 +166,10 @@ fn least_conn_counts_each_connection_once() {
         let b = send(r, 32_000, tcp::SYN);
         assert_eq!(active(r, b), 0, "a SYN alone counts nothing (it may be spoofed)");
         assert_eq!(flow(r, 32_000).map(|f| f.counted), Some(false), "recorded at the SYN, not counted yet");
+        let confirmed = r.counter(Counter::FlowConfirmed);
+        assert_eq!(send(r, 32_000, tcp::SYN), b, "a retransmitted SYN keeps its backend");
+        assert_eq!(active(r, b), 0, "and counts nothing: the connection has not opened");
+        assert_eq!(r.counter(Counter::FlowConfirmed), confirmed, "nor confirms the flow");
         assert_eq!(send(r, 32_000, tcp::ACK), b);
         assert_eq!(active(r, b), 1, "a confirmed TCP flow counts");
         assert_eq!(flow(r, 32_000).map(|f| f.counted), Some(true), "and is marked counted");

@@ -7,8 +7,10 @@ use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
 use super::ptr_at;
 
-/// TCP header flags (byte 13).
+/// TCP header flags (byte 13); the data offset, the header's length in words (byte 12, high
+/// nibble).
 const TCP_FLAGS_OFFSET: usize = 13;
+const DATA_OFFSET: usize = 12;
 
 /// Source and destination ports (host order) and, for TCP, the header's flags, of a TCP or UDP
 /// header at `offset`; zeros for other protocols. The TCP or UDP header (ICMP: its 8-byte
@@ -28,7 +30,13 @@ pub fn ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result<(
         PROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, offset)?;
             // SAFETY: ptr_at checked that the whole TCP header is in the frame.
-            let flags = unsafe { *(tcp as *const u8).add(TCP_FLAGS_OFFSET) };
+            let (data_offset, flags) =
+                unsafe { (*(tcp as *const u8).add(DATA_OFFSET), *(tcp as *const u8).add(TCP_FLAGS_OFFSET)) };
+            // The header's own length: at least the fixed 20 bytes, and inside the packet.
+            let header_len = (data_offset >> 4) as usize * 4;
+            if header_len < core::mem::size_of::<TcpHdr>() || offset + header_len > end {
+                return Err(Counter::PassMalformed);
+            }
             let tcp = unsafe { &*tcp };
             Ok((u16::from_be_bytes(tcp.source), u16::from_be_bytes(tcp.dest), flags))
         }

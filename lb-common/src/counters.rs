@@ -73,10 +73,11 @@ counters! {
     FlowEvicted = 31, Event, "flow_evicted", "confirmed flows whose entry a new flow took (idle for two of the table's 1.07-s clock ticks or more, the longest idle of their two sets, a set crowded with active connections last): how a full table makes room, and mostly finished connections (normal); a connection still open is scheduled again by its next packet. A too-small limits.flows shows as flow_not_recorded";
     FlowNotRecorded = 32, Event, "flow_not_recorded", "new flows not recorded: every entry of their two sets held a connection active in the last two clock ticks (about 2 s), or another CPU wrote the chosen entry first; their next packet is scheduled again (a UDP flow's packets are then no new flows, to the new-flow limits or the stats); many mean limits.flows is too small";
     DecapCeNotEct = 33, Drop, "decap_ce_not_ect", "tunnels whose outer header a switch marked congestion experienced (CE) around an inner packet that is not ECN-capable: dropped, as RFC 6040 says (a drop is the congestion signal its sender understands) (backend hosts)";
+    DropTcpFlags = 34, Drop, "drop_tcp_flags", "a TCP segment to a VIP whose flags no connection sends (SYN with FIN or RST; none of SYN, ACK and RST, as null, FIN and Xmas scans send): dropped before the policy checks and the flow table";
 }
 
 impl Counter {
-    /// Number of counters (`CounterBlock` slots).
+    /// Number of counters (the `CounterBlock` slots in use).
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     pub const fn index(self) -> u32 {
@@ -99,16 +100,23 @@ const _: () = assert!(core::mem::size_of::<TrafficStats>() == 24);
 unsafe impl aya::Pod for TrafficStats {}
 
 /// STATS's one value, per CPU: every global counter, by `Counter::index`. One entry, so that a
-/// packet that moves several counters looks STATS up once.
+/// packet that moves several counters looks STATS up once. Room for [`CounterBlock::SLOTS`]
+/// counters, more than there are: a new counter takes a free slot and leaves the pinned map's
+/// layout as it was.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CounterBlock {
-    pub by_index: [u64; Counter::COUNT as usize],
+    pub by_index: [u64; CounterBlock::SLOTS],
 }
+
+impl CounterBlock {
+    pub const SLOTS: usize = 64;
+}
+const _: () = assert!(Counter::COUNT as usize <= CounterBlock::SLOTS);
 
 impl Default for CounterBlock {
     fn default() -> Self {
-        Self { by_index: [0; Counter::COUNT as usize] }
+        Self { by_index: [0; CounterBlock::SLOTS] }
     }
 }
 

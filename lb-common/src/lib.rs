@@ -33,11 +33,12 @@ pub use vip::{
 };
 
 /// The layout version of the pinned maps: an agent pins under `pin_path/<PIN_LAYOUT>` and adopts
-/// only pins of its own layout. Move it on (v6 -> v7) whenever a pinned map's key or value
+/// only pins of its own layout. Move it on (v7 -> v8) whenever a pinned map's key or value
 /// changes, and record the new layouts in [`PINNED_LAYOUTS`]: a test compares the object's
 /// pinned maps with that record, so a layout cannot change under the same version.
-/// (v6: STATS grew by `decap_ce_not_ect`; v5: the flow table.)
-pub const PIN_LAYOUT: &str = "v6";
+/// (v7: STATS has room for 64 counters; v6: STATS grew by `decap_ce_not_ect`; v5: the flow
+/// table.)
+pub const PIN_LAYOUT: &str = "v7";
 
 /// The pinned maps of layout [`PIN_LAYOUT`]: (name, key size, value size), as the object defines
 /// them (the kernel's sizes: a value array's 8-byte alignment is not counted).
@@ -56,7 +57,7 @@ pub const PINNED_LAYOUTS: &[(&str, u32, u32)] = &[
     (map_names::RINGS, 4, 4),
     (map_names::RR_CURSORS, 4, 4),
     (map_names::RR_SEQS, 4, 4),
-    (map_names::STATS, 4, 8 * counters::Counter::COUNT),
+    (map_names::STATS, 4, 8 * counters::CounterBlock::SLOTS as u32),
     (map_names::TX_PORTS, 4, 8),
     (map_names::VIPS, 20, 20),
     (map_names::VIP_BY_ID, 4, 24),

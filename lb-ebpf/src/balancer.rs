@@ -4,7 +4,7 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{Counter, CounterBlock, CounterKind, PROTO_ICMP, PROTO_ICMPV6};
 
-use crate::{flow, forward, icmp, maps::CONFIG, parse, schedule, stats};
+use crate::{flow, forward, icmp, maps::CONFIG, parse, parse::TcpKind, schedule, stats};
 
 pub fn run(ctx: &XdpContext) -> u32 {
     let counters = stats::block();
@@ -30,6 +30,12 @@ fn process(ctx: &XdpContext, counters: *mut CounterBlock) -> Result<Counter, Cou
             Counter::PassFragment
         });
     }
+    if pkt.tcp == TcpKind::BAD {
+        // No connection sends these (RFC 9293): scans, or a flood. To a VIP they go before any
+        // check or flow-table work, so they spend no client's rate and take no entry.
+        let vip = flow::lookup_vip(&pkt.key.dst, pkt.key.dport, pkt.key.proto, pkt.key.family);
+        return Err(if vip.is_some() { Counter::DropTcpFlags } else { Counter::PassNotVip });
+    }
     let icmp_error = pkt.key.proto == PROTO_ICMP || pkt.key.proto == PROTO_ICMPV6;
     if icmp_error {
         // The global deny list drops every packet of its sources to a VIP address, echo requests
@@ -44,7 +50,7 @@ fn process(ctx: &XdpContext, counters: *mut CounterBlock) -> Result<Counter, Cou
     let key = &pkt.key;
     let cfg = CONFIG.get(0).ok_or(Counter::PassNotVip)?;
     // An error must not create a flow: only the client's own packets do.
-    let choice = flow::choose(key, cfg, !icmp_error, pkt.syn, counters)?;
+    let choice = flow::choose(key, cfg, !icmp_error, pkt.tcp == TcpKind::SYN, counters)?;
     if choice.counted {
         // An open connection of a least-conn VIP: its FIN or RST ends its count.
         schedule::closing(ctx, pkt.l4_offset, choice.entry, choice.ctl, choice.id);

@@ -736,6 +736,56 @@ fn echo_requests_to_vip_addresses_are_answered() {
     });
 }
 
+/// TCP segments with flags no connection sends (RFC 9293: SYN with FIN or RST; none of SYN, ACK
+/// and RST, as null, FIN and Xmas scans send) are dropped at a VIP and counted, before the
+/// policy checks and the flow table (no flow counter moves); to another address they pass. Every
+/// other combination of FIN, SYN, RST and ACK is forwarded.
+#[test]
+fn tcp_segments_with_flags_no_connection_sends_drop_at_a_vip() {
+    use frames::tcp::{ACK, FIN, RST, SYN};
+    const PSH: u8 = 0x08;
+    const URG: u8 = 0x20;
+    let fx = Fixture::new();
+    fx.run(SIZES, |r| {
+        Net::install(r);
+        let mut fails = Failures::default();
+        for v6 in [false, true] {
+            let fam = if v6 { "v6" } else { "v4" };
+            let segment = |flags: u8, dst: IpAddr| {
+                let sport = 47_000 + u16::from(flags);
+                let mut f = frames::tcp_frame(client(v6), sport, dst, 80, flags & (FIN | SYN | RST | ACK));
+                // PSH and URG, which tcp_frame does not set (the balancer reads no checksum).
+                let tcp = if v6 { 14 + 40 } else { 14 + 20 };
+                f[tcp + 13] |= flags & (PSH | URG);
+                f
+            };
+            let combinations = (0..16u8).map(|c| (c & 7) | (c & 8) << 1).chain([FIN | PSH | URG]);
+            for flags in combinations {
+                let bad = (flags & SYN != 0 && flags & (FIN | RST) != 0) || flags & (SYN | ACK | RST) == 0;
+                let case = format!("tcp{fam}_flags_{flags:#04x}");
+                let before = r.counters();
+                let out = r.run(&segment(flags, vip(v6, at::MAIN)));
+                let want = if bad { Verdict::Drop } else { Verdict::Tx };
+                fails.check(out.verdict == want, || {
+                    format!("{case}: verdict {:?}, expected {want:?}", out.verdict)
+                });
+                if bad {
+                    fails.counters(&case, &before, &r.counters(), &[Counter::DropTcpFlags], &[]);
+                    let f = segment(flags, other(v6));
+                    let (before, out) = (r.counters(), r.run(&f));
+                    let case = format!("{case}_to_other_host");
+                    fails.check(out.verdict == Verdict::Pass, || {
+                        format!("{case}: verdict {:?}, expected Pass", out.verdict)
+                    });
+                    fails.frame(&case, &out.frame, &f);
+                    fails.counters(&case, &before, &r.counters(), &[Counter::PassNotVip], &[]);
+                }
+            }
+        }
+        fails.finish("TCP flags");
+    });
+}
+
 /// Fragments to a VIP address are dropped (no ports to pick a backend by); elsewhere they pass.
 #[test]
 fn fragments_to_vip_addresses_drop_and_others_pass() {

@@ -313,7 +313,8 @@ enum May {
     Forward,
     /// A well-formed echo request to a VIP address: reply.
     Reply,
-    /// A well-formed fragment to a VIP address: drop.
+    /// A well-formed fragment to a VIP address, or TCP to a VIP with flags no connection
+    /// sends: drop.
     Drop,
     /// Well-formed, but for nobody here: pass.
     Pass,
@@ -429,7 +430,20 @@ fn transport(proto: u8, dst: IpAddr, l4: &[u8], v6: bool) -> Result<May, String>
     if l4.len() < need {
         return Err(format!("protocol {proto} header cut: {} bytes", l4.len()));
     }
-    if proto == PROTO_TCP || proto == PROTO_UDP {
+    if proto == PROTO_TCP {
+        let header = usize::from(l4[12] >> 4) * 4;
+        if header < 20 || header > l4.len() {
+            return Err(format!("TCP data offset {header} bytes, the segment {}", l4.len()));
+        }
+        if !is_vip(dst, be16(l4, 2), proto) {
+            return Ok(May::Pass);
+        }
+        // Flags no connection sends: SYN with FIN or RST; none of SYN, ACK and RST.
+        let flags = l4[13];
+        let bad = (flags & 0x02 != 0 && flags & 0x05 != 0) || flags & 0x16 == 0;
+        return Ok(if bad { May::Drop } else { May::Forward });
+    }
+    if proto == PROTO_UDP {
         return Ok(if is_vip(dst, be16(l4, 2), proto) { May::Forward } else { May::Pass });
     }
     if (proto == 1) == v6 {
@@ -450,8 +464,9 @@ fn transport(proto: u8, dst: IpAddr, l4: &[u8], v6: bool) -> Result<May, String>
                 return Ok(May::Pass);
             };
             match l4q {
+                // An error about a VIP's packet goes to that VIP (its source).
                 Some(p) if p.len() >= 4 => {
-                    Ok(if is_vip(src, be16(p, 0), proto) { May::Forward } else { May::Pass })
+                    Ok(if is_vip(src, be16(p, 0), proto) && src == dst { May::Forward } else { May::Pass })
                 }
                 _ if proto == PROTO_TCP || proto == PROTO_UDP => {
                     Err("ICMP error quoting a packet without its ports".into())

@@ -7,10 +7,8 @@ mod l4;
 
 use aya_ebpf::programs::XdpContext;
 pub use eth::{ETH_P_IP, ETH_P_IPV6, LEN as ETH_LEN};
+pub use l4::TcpKind;
 use lb_common::{Counter, FlowKey};
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 /// What the balancer needs to know about a packet.
 pub struct Packet {
@@ -19,8 +17,8 @@ pub struct Packet {
     pub key: FlowKey,
     /// A fragment: no L4 header was parsed.
     pub fragment: bool,
-    /// A TCP SYN without ACK: a connection's first packet.
-    pub syn: bool,
+    /// What its TCP flags make it (`TcpKind`; `OTHER` for other protocols and fragments).
+    pub tcp: u8,
     pub l4_offset: usize,
     /// Offset just past the IP packet (frames may carry padding after it).
     pub end: usize,
@@ -54,8 +52,8 @@ pub enum Whole {
 #[inline(always)]
 pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
     let l3 = l3(ctx)?;
-    let (sport, dport, tcp_flags) =
-        if l3.fragment { (0, 0, 0) } else { l4::ports(ctx, l3.l4_offset, l3.end, l3.proto)? };
+    let (sport, dport, tcp) =
+        if l3.fragment { (0, 0, TcpKind::OTHER) } else { l4::ports(ctx, l3.l4_offset, l3.end, l3.proto)? };
     Ok(Packet {
         key: FlowKey {
             src: l3.src,
@@ -67,7 +65,7 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
             _pad: [0; 2],
         },
         fragment: l3.fragment,
-        syn: tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        tcp,
         l4_offset: l3.l4_offset,
         end: l3.end,
     })

@@ -20,10 +20,11 @@ use crate::{
     },
 };
 
-/// Pins live in a versioned directory under `pin_path`, as the balancer's do. Move it on (v3 ->
-/// v4) whenever a map of [`PINNED_LAYOUTS`] changes: STATS grows with every new counter (v3:
-/// `decap_ce_not_ect`; v2: the flow table's counters of 2026-12-07; v1 pins held fewer).
-pub const PIN_LAYOUT: &str = "v3";
+/// Pins live in a versioned directory under `pin_path`, as the balancer's do. Move it on (v4 ->
+/// v5) whenever a map of [`PINNED_LAYOUTS`] changes (v4: STATS has room for 64 counters, and a
+/// new counter no longer changes it; v3: `decap_ce_not_ect`; v2: the flow table's counters of
+/// 2026-12-07; v1 pins held fewer).
+pub const PIN_LAYOUT: &str = "v4";
 
 /// The maps a backend host pins, for layout [`PIN_LAYOUT`]: (name, key size, value size), as
 /// the object defines them (a test compares).
@@ -31,7 +32,7 @@ pub const PINNED_LAYOUTS: &[(&str, u32, u32)] = &[
     (lb_common::map_names::DECAP_ADDRS, 16, 1),
     (lb_common::map_names::DECAP_CONFIG, 4, 4),
     (lb_common::map_names::DECAP_SOURCES, 24, 1),
-    (lb_common::map_names::STATS, 4, 8 * lb_common::Counter::COUNT),
+    (lb_common::map_names::STATS, 4, 8 * lb_common::CounterBlock::SLOTS as u32),
 ];
 
 /// ARP settings for the interfaces: answer ARP only for addresses of the interface asked on

@@ -722,14 +722,7 @@ fn echo_requests_to_vip_addresses_are_answered() {
                 [("other_host", other(v6)), ("vip_without_address_entry", vip(v6, at::NO_ENTRY))]
             {
                 let req = frames::echo_request(client(v6), dst, 0x4242, 99);
-                let case = format!("echo{fam}_to_{what}");
-                let before = r.counters();
-                let out = r.run(&req);
-                fails.check(out.verdict == Verdict::Pass, || {
-                    format!("{case}: verdict {:?}, expected Pass", out.verdict)
-                });
-                fails.frame(&case, &out.frame, &req);
-                fails.counters(&case, &before, &r.counters(), &[Counter::PassNotVip], &[]);
+                passes(r, &mut fails, &format!("echo{fam}_to_{what}"), &req, Counter::PassNotVip);
             }
         }
         fails.finish("echo");
@@ -772,13 +765,7 @@ fn tcp_segments_with_flags_no_connection_sends_drop_at_a_vip() {
                 if bad {
                     fails.counters(&case, &before, &r.counters(), &[Counter::DropTcpFlags], &[]);
                     let f = segment(flags, other(v6));
-                    let (before, out) = (r.counters(), r.run(&f));
-                    let case = format!("{case}_to_other_host");
-                    fails.check(out.verdict == Verdict::Pass, || {
-                        format!("{case}: verdict {:?}, expected Pass", out.verdict)
-                    });
-                    fails.frame(&case, &out.frame, &f);
-                    fails.counters(&case, &before, &r.counters(), &[Counter::PassNotVip], &[]);
+                    passes(r, &mut fails, &format!("{case}_to_other_host"), &f, Counter::PassNotVip);
                 }
             }
         }
@@ -971,18 +958,20 @@ fn icmp_too_big_follows_the_flow_it_quotes() {
                 ),
                 ("to_another_vip_address_quoting_a_vip_flow", elsewhere),
             ] {
-                let case = format!("icmp{fam}_too_big_{what}");
-                let before = r.counters();
-                let out = r.run(&icmp);
-                fails.check(out.verdict == Verdict::Pass, || {
-                    format!("{case}: verdict {:?}, expected Pass", out.verdict)
-                });
-                fails.frame(&case, &out.frame, &icmp);
-                fails.counters(&case, &before, &r.counters(), &[Counter::PassNotVip], &[]);
+                passes(r, &mut fails, &format!("icmp{fam}_too_big_{what}"), &icmp, Counter::PassNotVip);
             }
         }
         fails.finish("ICMP errors");
     });
+}
+
+/// Runs `frame` and checks that it passed unchanged and moved `counter` alone.
+fn passes(r: &mut XdpRunner, fails: &mut Failures, case: &str, frame: &[u8], counter: Counter) {
+    let before = r.counters();
+    let out = r.run(frame);
+    fails.check(out.verdict == Verdict::Pass, || format!("{case}: verdict {:?}, expected Pass", out.verdict));
+    fails.frame(case, &out.frame, frame);
+    fails.counters(case, &before, &r.counters(), &[counter], &[]);
 }
 
 /// `frame` (Ethernet, IPv4 or IPv6) sent to `dst` instead (the IPv4 header checksum fixed; an

@@ -153,7 +153,7 @@ fn a_scheduler_change_moves_no_known_flow() {
         }
         // Maglev flows are not counted, whatever the VIP becomes.
         set_vip(r, SCHED_LEAST_CONN, 0);
-        send(r, 31_000, tcp::FIN);
+        send(r, 31_000, tcp::FIN | tcp::ACK);
         assert_eq!((1..=3).map(|id| active(r, id)).sum::<u64>(), 0);
     });
 }

@@ -74,6 +74,7 @@ counters! {
     FlowNotRecorded = 32, Event, "flow_not_recorded", "new flows not recorded: every entry of their two sets held a connection active in the last two clock ticks (about 2 s), or another CPU wrote the chosen entry first; their next packet is scheduled again (a UDP flow's packets are then no new flows, to the new-flow limits or the stats); many mean limits.flows is too small";
     DecapCeNotEct = 33, Drop, "decap_ce_not_ect", "tunnels whose outer header a switch marked congestion experienced (CE) around an inner packet that is not ECN-capable: dropped, as RFC 6040 says (a drop is the congestion signal its sender understands) (backend hosts)";
     DropTcpFlags = 34, Drop, "drop_tcp_flags", "a TCP segment to a VIP whose flags no connection sends (SYN with FIN or RST; none of SYN, ACK and RST, as null, FIN and Xmas scans send): dropped before the policy checks and the flow table";
+    FlowMidstream = 35, Event, "flow_midstream", "TCP flows recorded at a packet that was no SYN: connections that opened through another balancer host (a failover, an ECMP change), or a flood of ACKs (which takes only entries of unconfirmed flows and of connections idle for two clock ticks)";
 }
 
 impl Counter {

@@ -224,6 +224,11 @@ pub fn choose(
         new.to_count = schedule::counts(vip, key);
         let outcome = flow_table::record(key, &mut new);
         new_flow |= limited && outcome != flow_table::NOT_RECORDED;
+        // A TCP flow recorded at a packet that is no SYN: a connection that opened through
+        // another balancer host, or a flood of ACKs (counted without a branch: one more path
+        // here is one more walk of the rest for the verifier).
+        let midstream = !limited & !syn & (outcome != flow_table::NOT_RECORDED);
+        crate::stats::add_if(counters, Counter::FlowMidstream, midstream);
         match outcome {
             flow_table::RECORDED => crate::stats::add(counters, Counter::FlowPending),
             flow_table::EVICTED => {

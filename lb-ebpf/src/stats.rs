@@ -22,6 +22,18 @@ pub fn add(block: *mut CounterBlock, counter: Counter) {
     }
 }
 
+/// Adds one to a global counter of `block` if `yes`, without a branch.
+#[inline(always)]
+pub fn add_if(block: *mut CounterBlock, counter: Counter, yes: bool) {
+    if block.is_null() {
+        return;
+    }
+    // SAFETY: as in `add`.
+    if let Some(slot) = unsafe { (*block).by_index.get_mut(counter.index() as usize) } {
+        *slot += crate::opaque::opaque(yes as u64);
+    }
+}
+
 /// Adds one to a global counter.
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -113,12 +113,23 @@ fn maglev_syns_record_their_flow_and_the_next_packet_confirms_it() {
         install(r, SCHED_MAGLEV);
         // SYNs: each forwarded, a new flow of its backend, each recorded unconfirmed.
         let news = r.vip_stats(VIP_ID).new_flows;
-        let pending = r.counter(Counter::FlowPending);
+        let (pending, midstream) = (r.counter(Counter::FlowPending), r.counter(Counter::FlowMidstream));
         let picks: Vec<u32> =
             (0..200).map(|i| send(r, 20_000 + i, tcp::SYN).expect("SYN forwarded")).collect();
         assert_eq!(r.vip_stats(VIP_ID).new_flows - news, 200, "every SYN is a new flow");
         assert_eq!(r.counter(Counter::FlowPending) - pending, 200, "every SYN records its flow");
+        assert_eq!(r.counter(Counter::FlowMidstream), midstream, "a SYN's record is no midstream one");
         assert_eq!(recorded(r).len(), 200);
+        // A connection this host never saw open (another balancer host's): recorded at its ACK,
+        // and counted so (a flood of ACKs shows there), no new flow.
+        let news = r.vip_stats(VIP_ID).new_flows;
+        for i in 0..5 {
+            assert_eq!(flow_counters(r, 20_500 + i, tcp::ACK).2, 1, "an unseen connection's ACK misses");
+        }
+        assert_eq!(r.counter(Counter::FlowMidstream) - midstream, 5, "five recorded midstream");
+        assert_eq!(r.vip_stats(VIP_ID).new_flows, news, "and none a new flow");
+        assert_eq!(flow_counters(r, 20_500, tcp::ACK).1, 1, "the next packet finds it");
+        assert_eq!(r.counter(Counter::FlowMidstream) - midstream, 5);
         // The packet after a SYN is a hit on the SYN's entry (confirming it), to the SYN's
         // backend, and no new flow.
         let (news, confirmed) = (r.vip_stats(VIP_ID).new_flows, r.counter(Counter::FlowConfirmed));

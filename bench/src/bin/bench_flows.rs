@@ -152,10 +152,12 @@ enum Expect {
     /// A floor program: no balancer counter moves; every run returns XDP_TX.
     Floor,
     Established,
-    /// A packet of a flow never seen (a SYN, or a packet of a connection another balancer
-    /// host recorded): a miss, recorded unconfirmed (in an empty entry, an unconfirmed flow's
-    /// or an idle one's).
+    /// A SYN of a flow never seen: a miss, recorded unconfirmed (in an empty entry, an
+    /// unconfirmed flow's or an idle one's).
     New,
+    /// A packet (no SYN) of a connection another balancer host recorded: as `New`, and
+    /// recorded midstream.
+    Midstream,
     /// Two packets of each new flow (its SYN, then its ACK): one miss and recorded, one hit
     /// and confirmed.
     Pair,
@@ -188,15 +190,22 @@ impl Expect {
                     (Counter::FlowConfirmed, 0, few),
                     (Counter::FlowNotRecorded, 0, few),
                     (Counter::FlowEvicted, 0, few),
+                    (Counter::FlowMidstream, 0, few),
                 ]
             }
             // New flows in a full table take idle flows' entries, or empty ones.
-            Expect::New => vec![
-                exact(Counter::ForwardTx, packets),
-                exact(Counter::FlowMiss, packets),
-                exact(Counter::FlowPending, packets),
-                (Counter::FlowEvicted, 0, packets),
-            ],
+            Expect::New | Expect::Midstream => {
+                let mut bounds = vec![
+                    exact(Counter::ForwardTx, packets),
+                    exact(Counter::FlowMiss, packets),
+                    exact(Counter::FlowPending, packets),
+                    (Counter::FlowEvicted, 0, packets),
+                ];
+                if self == Expect::Midstream {
+                    bounds.push(exact(Counter::FlowMidstream, packets));
+                }
+                bounds
+            }
             Expect::Pair => vec![
                 exact(Counter::ForwardTx, packets),
                 exact(Counter::FlowMiss, half),
@@ -766,7 +775,7 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
             let frames = fresh(b, n, true, 2);
             second.push(s, b.cost_of_seconds(Table::Full, &frames));
             let frames = fresh(b, n, false, 1);
-            lost.push(s, b.cost(Table::Full, BALANCER, Expect::New, &frames));
+            lost.push(s, b.cost(Table::Full, BALANCER, Expect::Midstream, &frames));
         }
     }
     drop(stats);

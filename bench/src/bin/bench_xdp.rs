@@ -631,7 +631,10 @@ impl Bench {
                     // not where every way holds a recent connection.
                     (
                         Expect::Forwarded { new_flows: true },
-                        Counter::FlowPending | Counter::FlowEvicted | Counter::FlowNotRecorded,
+                        Counter::FlowPending
+                        | Counter::FlowEvicted
+                        | Counter::FlowNotRecorded
+                        | Counter::FlowMidstream,
                     ) => moved.min(packets),
                     (Expect::Forwarded { new_flows: false }, Counter::FlowHit) => packets,
                     _ => 0,

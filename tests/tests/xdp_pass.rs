@@ -71,6 +71,15 @@ fn tcp_data_offset(f: &[u8], words: u8) -> Vec<u8> {
     out
 }
 
+/// `f` (Ethernet, IPv4 without options or IPv6 without extension headers, UDP) with its UDP
+/// length set to `len`.
+fn udp_length(f: &[u8], len: u16) -> Vec<u8> {
+    let udp = if f[12] == 0x86 { 14 + 40 } else { 14 + 20 };
+    let mut out = f.to_vec();
+    out[udp + 4..udp + 6].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
 /// Frames that are not for a VIP (or not well-formed): they pass unchanged.
 fn cases() -> Vec<Case> {
     let v4 = |dst, dport, l4| frame(CLIENT4.into(), 40000, IpAddr::V4(dst), dport, l4);
@@ -93,6 +102,10 @@ fn cases() -> Vec<Case> {
             Counter::PassMalformed,
         ),
         c("tcp6_data_offset_0", tcp_data_offset(&v6(OTHER6, 80, L4::TcpSyn), 0), Counter::PassMalformed),
+        // A UDP length under its 8-byte header, or past the packet.
+        c("udp6_vip_length_7", udp_length(&v6(VIP6, 53, L4::Udp), 7), Counter::PassMalformed),
+        c("udp6_vip_length_past_the_end", udp_length(&v6(VIP6, 53, L4::Udp), 1000), Counter::PassMalformed),
+        c("udp4_length_0", udp_length(&v4(OTHER4, 53, L4::Udp), 0), Counter::PassMalformed),
         c("udp4_vip_tcp_port", v4(VIP4, 80, L4::Udp), Counter::PassNotVip),
         c(
             "tcp4_other_host_with_options",
@@ -444,6 +457,10 @@ fn transport(proto: u8, dst: IpAddr, l4: &[u8], v6: bool) -> Result<May, String>
         return Ok(if bad { May::Drop } else { May::Forward });
     }
     if proto == PROTO_UDP {
+        let len = usize::from(be16(l4, 4));
+        if len < 8 || len > l4.len() {
+            return Err(format!("UDP length {len}, the datagram {}", l4.len()));
+        }
         return Ok(if is_vip(dst, be16(l4, 2), proto) { May::Forward } else { May::Pass });
     }
     if (proto == 1) == v6 {

@@ -44,7 +44,13 @@ pub fn ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result<(
         PROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, offset)?;
             let udp = unsafe { &*udp };
-            Ok((u16::from_be_bytes(udp.src), u16::from_be_bytes(udp.dst), 0))
+            // Its length: at least the header, and inside the packet (shorter is padding, as
+            // the stack reads it).
+            let len = u16::from_be_bytes(udp.len) as usize;
+            if len < core::mem::size_of::<UdpHdr>() || offset + len > end {
+                return Err(Counter::PassMalformed);
+            }
+            Ok((u16::from_be_bytes(udp.src), u16::from_be_bytes(udp.dst), TcpKind::OTHER))
         }
         _ => Ok((0, 0, 0)),
     }

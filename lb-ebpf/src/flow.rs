@@ -75,13 +75,12 @@ pub struct Choice {
 /// port (NAT) after its backend was drained, went down or was removed gets a backend anew.
 ///
 /// A miss looks the VIP up and asks its scheduler; `record` (the client's own packets, not ICMP
-/// errors about them) records the choice unconfirmed, and the flow's next packet (not a SYN)
-/// confirms it: a
-/// new flow takes an empty entry of its set, an unconfirmed flow's, or an idle connection's
-/// (lb-common/src/flow.rs), so packets that come once, as a spoofed flood's do, never evict a
-/// connection active in the last second. A SYN records its flow too, whatever the scheduler:
-/// the lines of both sets are in the cache from its lookup, so the entry costs a few stores
-/// there, where the connection's next packet would pay the lookup's misses again.
+/// errors about them) records the choice unconfirmed, and the flow's next packet that is no SYN
+/// confirms it: a new flow takes an empty entry of its set, an unconfirmed flow's, or an idle
+/// connection's (lb-common/src/flow.rs), so packets that come once, as a spoofed flood's do,
+/// never evict a connection active in the last second. A SYN records its flow too, whatever
+/// the scheduler: the lines of both sets are in the cache from its lookup, so the entry costs a
+/// few stores there, where the connection's next packet would pay the lookup's misses again.
 #[inline(always)]
 pub fn choose(
     key: &FlowKey,

@@ -66,8 +66,8 @@ pub fn parse(ctx: &XdpContext, offset: usize, whole: Whole) -> Result<L3, Counte
             return Err(Counter::PassMalformed);
         }
         // One range for every kind of header (the mask changes no value below it): the
-        // verifier then walks the rest of the walk, and of the program, once for all of them,
-        // not once for each chain, which took it past its million instructions.
+        // verifier then walks what follows once for all chains of headers, not once for each,
+        // which took it past its million instructions.
         l4_offset = crate::opaque::opaque(l4_offset as u64) as usize & MAX_L4_OFFSET;
         proto = next;
     }

@@ -52,7 +52,7 @@ pub fn ports(ctx: &XdpContext, offset: usize, end: usize, proto: u8) -> Result<(
             }
             Ok((u16::from_be_bytes(udp.src), u16::from_be_bytes(udp.dst), TcpKind::OTHER))
         }
-        _ => Ok((0, 0, 0)),
+        _ => Ok((0, 0, TcpKind::OTHER)),
     }
 }
 

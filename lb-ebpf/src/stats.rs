@@ -13,11 +13,7 @@ pub fn block() -> *mut CounterBlock {
 /// Adds one to a global counter of `block`. Per-CPU: no atomics needed.
 #[inline(always)]
 pub fn add(block: *mut CounterBlock, counter: Counter) {
-    if block.is_null() {
-        return;
-    }
-    // SAFETY: this CPU's entry: nothing else writes it while we run.
-    if let Some(slot) = unsafe { (*block).by_index.get_mut(counter.index() as usize) } {
+    if let Some(slot) = slot(block, counter) {
         *slot += 1;
     }
 }
@@ -25,13 +21,19 @@ pub fn add(block: *mut CounterBlock, counter: Counter) {
 /// Adds one to a global counter of `block` if `yes`, without a branch.
 #[inline(always)]
 pub fn add_if(block: *mut CounterBlock, counter: Counter, yes: bool) {
-    if block.is_null() {
-        return;
-    }
-    // SAFETY: as in `add`.
-    if let Some(slot) = unsafe { (*block).by_index.get_mut(counter.index() as usize) } {
+    if let Some(slot) = slot(block, counter) {
         *slot += crate::opaque::opaque(yes as u64);
     }
+}
+
+/// `counter`'s slot in `block` (none if `block` is null).
+#[inline(always)]
+fn slot(block: *mut CounterBlock, counter: Counter) -> Option<&'static mut u64> {
+    if block.is_null() {
+        return None;
+    }
+    // SAFETY: this CPU's entry: nothing else writes it while we run.
+    unsafe { (*block).by_index.get_mut(counter.index() as usize) }
 }
 
 /// Adds one to a global counter.

@@ -41,6 +41,22 @@ pub mod tcp {
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
+
+    /// Flags no connection sends (RFC 9293): SYN with FIN or RST, or none of SYN, ACK and RST
+    /// (null, FIN and Xmas scans). The balancer drops them at a VIP.
+    pub fn no_connection_sends(flags: u8) -> bool {
+        (flags & SYN != 0 && flags & (FIN | RST) != 0) || flags & (SYN | ACK | RST) == 0
+    }
+}
+
+/// Where the L4 header starts in an Ethernet frame of IPv4 without options or IPv6 without
+/// extension headers.
+pub fn plain_l4_offset(frame: &[u8]) -> usize {
+    if frame[12..14] == [0x86, 0xdd] {
+        14 + 40
+    } else {
+        14 + 20
+    }
 }
 
 /// A TCP segment from `src:sport` to `dst:dport` with `flags` (of [`tcp`]) carrying [`PAYLOAD`].

@@ -748,13 +748,13 @@ fn tcp_segments_with_flags_no_connection_sends_drop_at_a_vip() {
                 let sport = 47_000 + u16::from(flags);
                 let mut f = frames::tcp_frame(client(v6), sport, dst, 80, flags & (FIN | SYN | RST | ACK));
                 // PSH and URG, which tcp_frame does not set (the balancer reads no checksum).
-                let tcp = if v6 { 14 + 40 } else { 14 + 20 };
+                let tcp = frames::plain_l4_offset(&f);
                 f[tcp + 13] |= flags & (PSH | URG);
                 f
             };
             let combinations = (0..16u8).map(|c| (c & 7) | (c & 8) << 1).chain([FIN | PSH | URG]);
             for flags in combinations {
-                let bad = (flags & SYN != 0 && flags & (FIN | RST) != 0) || flags & (SYN | ACK | RST) == 0;
+                let bad = frames::tcp::no_connection_sends(flags);
                 let case = format!("tcp{fam}_flags_{flags:#04x}");
                 let before = r.counters();
                 let out = r.run(&segment(flags, vip(v6, at::MAIN)));

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use lb_common::{ConfigValue, Counter, CounterKind, MODE_IPIP, PROTO_TCP, PROTO_UDP};
 use lb_tests::{
     frames::{
-        addr::*, arp_request, echo_request, frame, ipv4_fragment, too_big, with_ipv4_options, with_ipv6_ext,
-        Ext, L4,
+        self, addr::*, arp_request, echo_request, frame, ipv4_fragment, too_big, with_ipv4_options,
+        with_ipv6_ext, Ext, L4,
     },
     xdp::{fixture::*, Fixture, Verdict, XdpRunner},
 };
@@ -65,7 +65,7 @@ fn vlan_tagged(f: &[u8]) -> Vec<u8> {
 /// `f` (Ethernet, IPv4 without options or IPv6 without extension headers, TCP) with its TCP
 /// data offset set to `words`.
 fn tcp_data_offset(f: &[u8], words: u8) -> Vec<u8> {
-    let tcp = if f[12] == 0x86 { 14 + 40 } else { 14 + 20 };
+    let tcp = frames::plain_l4_offset(f);
     let mut out = f.to_vec();
     out[tcp + 12] = (words << 4) | (out[tcp + 12] & 0x0f);
     out
@@ -74,7 +74,7 @@ fn tcp_data_offset(f: &[u8], words: u8) -> Vec<u8> {
 /// `f` (Ethernet, IPv4 without options or IPv6 without extension headers, UDP) with its UDP
 /// length set to `len`.
 fn udp_length(f: &[u8], len: u16) -> Vec<u8> {
-    let udp = if f[12] == 0x86 { 14 + 40 } else { 14 + 20 };
+    let udp = frames::plain_l4_offset(f);
     let mut out = f.to_vec();
     out[udp + 4..udp + 6].copy_from_slice(&len.to_be_bytes());
     out
@@ -451,10 +451,7 @@ fn transport(proto: u8, dst: IpAddr, l4: &[u8], v6: bool) -> Result<May, String>
         if !is_vip(dst, be16(l4, 2), proto) {
             return Ok(May::Pass);
         }
-        // Flags no connection sends: SYN with FIN or RST; none of SYN, ACK and RST.
-        let flags = l4[13];
-        let bad = (flags & 0x02 != 0 && flags & 0x05 != 0) || flags & 0x16 == 0;
-        return Ok(if bad { May::Drop } else { May::Forward });
+        return Ok(if frames::tcp::no_connection_sends(l4[13]) { May::Drop } else { May::Forward });
     }
     if proto == PROTO_UDP {
         let len = usize::from(be16(l4, 4));

@@ -8,7 +8,9 @@
 //! XDP live frames, as the benches use; `BPF_PROG_TEST_RUN` with live frames fails with EPERM on
 //! the VMs these tests run on, so AF_PACKET (`lb_tests::flood`) stands in, at a lower rate (the
 //! rate reached is printed). Checked:
-//! - every long-lived connection survives, on the backend it started on;
+//! - every long-lived connection survives, on the backend it started on: each echo completes
+//!   (within `ECHO_UNDER_FLOOD`: TCP retransmits what the overrun receive ring drops) and the one
+//!   after the flood within `TIMEOUT`;
 //! - at least 99 % of the new connections succeed;
 //! - `lbctl top --prefix 16` names the flood's block as the top sender within 2 s of its start;
 //! - `lbctl flows` tells the flood's flows (unconfirmed: one packet each) from the connections
@@ -36,6 +38,13 @@ const FLOOD_THREADS: u64 = 2;
 const LONG_LIVED: usize = 50;
 const NEW_PER_SECOND: u32 = 20;
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a long-lived connection's echo may take while the flood runs. The flood outruns the
+/// balancer's receive ring on a 2-core VM (the generator shares the balancer's CPUs), so the ring
+/// drops some of the connections' segments before XDP sees them, as a full NIC ring would. TCP
+/// recovers by retransmitting after 0.2, 0.4, 0.8, 1.6, 3.2 s: a 3-s bound failed on four losses
+/// in a row (about one run in 15). What the balancer owes a connection (its flow, its backend) is
+/// checked by every echo completing, and by the echo after the flood within `TIMEOUT`.
+const ECHO_UNDER_FLOOD: Duration = Duration::from_secs(12);
 const TOP_WITHIN: Duration = Duration::from_secs(2);
 
 #[test]
@@ -104,7 +113,7 @@ fn a_spoofed_flood_keeps_connections_lets_new_ones_through_and_shows_in_top() {
     let client = &topo.client.ns;
     let long_lived = &mut long;
     let start = Instant::now();
-    let (sent, new_ok, new_failed, long_failures, top_after, top_text) = std::thread::scope(|s| {
+    let (sent, new_ok, new_failed, kept, top_after, top_text) = std::thread::scope(|s| {
         let generators: Vec<_> = (0..FLOOD_THREADS)
             .map(|seed| {
                 let (flood, stop, flooded) = (&flood, &stop, &flooded);
@@ -132,16 +141,24 @@ fn a_spoofed_flood_keeps_connections_lets_new_ones_through_and_shows_in_top() {
         });
         // The long-lived connections: an echo on each every 500 ms.
         let keep = s.spawn(move || {
-            let mut failures = Vec::new();
+            let (mut failures, mut slowest) = (Vec::new(), Duration::ZERO);
+            for c in long_lived.iter() {
+                c.set_read_timeout(Some(ECHO_UNDER_FLOOD)).expect("a read timeout");
+            }
             while start.elapsed() < FLOOD_TIME {
                 for (i, c) in long_lived.iter_mut().enumerate() {
+                    let sent = Instant::now();
                     if let Err(e) = echo::tcp_echo(c, b"during") {
                         failures.push(format!("long-lived {i} at {:.1?}: {e}", start.elapsed()));
                     }
+                    slowest = slowest.max(sent.elapsed());
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
-            failures
+            for c in long_lived.iter() {
+                c.set_read_timeout(Some(TIMEOUT)).expect("a read timeout");
+            }
+            (failures, slowest)
         });
         // lbctl top, until the flood's block leads.
         let mut top_after = None;
@@ -161,15 +178,17 @@ fn a_spoofed_flood_keeps_connections_lets_new_ones_through_and_shows_in_top() {
         let sent: Vec<flood::Sent> = generators.into_iter().map(|g| g.join().expect("a generator")).collect();
         stop.store(true, Ordering::Relaxed);
         let (ok, failed) = new.join().expect("the new connections");
-        let long_failures = keep.join().expect("the long-lived connections");
-        (sent, ok, failed, long_failures, top_after, top_text)
+        let kept = keep.join().expect("the long-lived connections");
+        (sent, ok, failed, kept, top_after, top_text)
     });
+    let (long_failures, slowest_echo) = kept;
     let packets: u64 = sent.iter().map(|s| s.packets).sum();
     let secs = sent.iter().map(|s| s.elapsed.as_secs_f64()).fold(0.0, f64::max);
     let stats = lbd.lbctl_ok(&["stats", "--interval", "0.1"]);
     eprintln!(
         "flood: {packets} spoofed SYNs and ACKs in {secs:.1} s ({:.0} packets/s, {FLOOD_THREADS} AF_PACKET threads)\n\
-         new connections: {new_ok} ok, {} failed\nlbctl top (after {top_after:.2?}):\n{top_text}\n{stats}",
+         new connections: {new_ok} ok, {} failed; the slowest long-lived echo {slowest_echo:.2?}\n\
+         lbctl top (after {top_after:.2?}):\n{top_text}\n{stats}",
         packets as f64 / secs,
         new_failed.len()
     );

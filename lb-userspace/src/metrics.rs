@@ -177,7 +177,7 @@ pub const BACKEND_UP: Family = Family {
     unit: None,
     kind: MetricType::Gauge,
     labels: BACKEND,
-    help: "1 if the backend passes its health check (or has none), 0 if it is down and out of the ring",
+    help: "1 if the backend passes its health check (or has none), 0 if it is down (out of the ring, unless all_down = \"fail-open\" finds every backend down)",
 };
 pub const BACKEND_CONNECTIONS: Family = Family {
     name: "lb_backend_active_connections",

@@ -16,8 +16,9 @@ use tokio::{
     sync::mpsc,
     task::JoinHandle,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use super::{Agent, FlowReset};
 use crate::{
     api::Shared,
     health::{HealthEvent, HealthEvents},
@@ -35,7 +36,8 @@ const CENSUS_SPACING: u32 = 20;
 const CACHE_REFRESH: Duration = Duration::from_secs(1);
 /// How often the backends' next hops are looked up again (routes change; the kernel keeps the
 /// managed neighbour entries resolved in between), and the VIP addresses' blackhole routes
-/// checked (one someone deleted is put back), and the balancer's links (`links.rs`).
+/// checked (one someone deleted is put back), the balancer's links (`links.rs`), and the rings
+/// against the health checks (`Agent::health_drift`).
 const HOST_REFRESH: Duration = Duration::from_secs(5);
 /// The window of [`LoopLag::recent_max`], in ticks of [`CACHE_REFRESH`].
 const RECENT_TICKS: usize = 60;
@@ -141,6 +143,12 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
                     error!("keeping the backends' next hops resolved: {e}");
                 }
                 a.check_links();
+                for event in a.health_drift() {
+                    warn!(vip = event.key.0, backend = %event.key.1, "{}: applying the check's state", event.reason);
+                    if let Some(reset) = health_changed(&mut a, &event) {
+                        let _ = resets_tx.send(reset);
+                    }
+                }
             }
             _ = census.tick() => {
                 if counting.as_ref().is_none_or(JoinHandle::is_finished) {
@@ -171,7 +179,7 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
             _ = signals.term.recv() => { info!("SIGTERM"); if stop(&agent, &mut drain_ends).await { break } }
             _ = signals.hup.recv() => reload(&agent).await,
             Some(event) = health.recv() => {
-                if let Some(reset) = health_changed(&agent, event).await {
+                if let Some(reset) = health_changed(&mut *agent.lock().await, &event) {
                     let _ = resets_tx.send(reset);
                 }
             }
@@ -225,8 +233,8 @@ async fn read_bird(agent: Shared, socket: std::path::PathBuf) {
 
 /// A backend went down or came back: its VIP's ring follows. Returns the backend whose flows
 /// to reset (`on_down = "reset-flows"`), with its name for the log.
-async fn health_changed(agent: &Shared, event: HealthEvent) -> Option<(u32, String)> {
-    match agent.lock().await.health_event(&event) {
+fn health_changed(agent: &mut Agent, event: &HealthEvent) -> Option<FlowReset> {
+    match agent.health_event(event) {
         Ok(reset) => reset,
         Err(e) => {
             error!("health change of {} {} not applied: {e}", event.key.0, event.key.1);
@@ -236,10 +244,22 @@ async fn health_changed(agent: &Shared, event: HealthEvent) -> Option<(u32, Stri
 }
 
 /// Removes the flows of down backends from the flow table, one walk at a time, off the agent
-/// lock and off the event loop.
-async fn reset_flows(agent: Shared, mut resets: mpsc::UnboundedReceiver<(u32, String)>) {
-    while let Some((id, what)) = resets.recv().await {
-        let mut table = match agent.lock().await.datapath.flow_table() {
+/// lock and off the event loop; not those of a backend up again by its turn.
+async fn reset_flows(agent: Shared, mut resets: mpsc::UnboundedReceiver<FlowReset>) {
+    while let Some(reset) = resets.recv().await {
+        let (id, what) = (reset.id, reset.to_string());
+        let table = {
+            let a = agent.lock().await;
+            if !a.reset_due(&reset) {
+                info!(
+                    backend = what,
+                    "not resetting the flows of a backend up again (or gone) since it went down"
+                );
+                continue;
+            }
+            a.datapath.flow_table()
+        };
+        let mut table = match table {
             Ok(table) => table,
             Err(e) => {
                 error!("resetting the flows of {what}: {e}");

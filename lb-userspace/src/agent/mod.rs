@@ -185,6 +185,33 @@ impl FlowCensus {
     }
 }
 
+/// A down backend's flows to remove (`on_down = "reset-flows"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowReset {
+    pub id: u32,
+    pub key: crate::health::TargetKey,
+}
+
+impl std::fmt::Display for FlowReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} backend {}", self.key.0, self.key.1)
+    }
+}
+
+/// [`Agent::reset_due`].
+fn reset_due(down: &reconcile::Down, ids: &Ids, reset: &FlowReset) -> bool {
+    down.contains(&reset.key) && ids.backend(&reset.key.0, reset.key.1) == Some(reset.id)
+}
+
+/// The backends that have a health check (of any type, `none` included), by VIP name.
+fn checked_backends(vips: &[Vip]) -> reconcile::Down {
+    vips.iter()
+        .flat_map(|v| {
+            v.backends.iter().filter(|b| v.check_of(b).is_some()).map(|b| (v.name.clone(), b.address))
+        })
+        .collect()
+}
+
 /// Whether health event `event` still says what the prober holds of its target (`checked`):
 /// one queued before its backend was removed (or removed and added again, its new check
 /// starting up) is stale, and must not take the backend down for good. (The prober sets a
@@ -279,8 +306,12 @@ impl Agent {
         let retired = retired::follow(&self.retired, &self.applied.ids, &ids);
         // The retired backends follow the change, and come back with everything else if it fails.
         let before = std::mem::replace(&mut self.retired, retired);
+        // So does the down set: a backend no longer checked (or no longer configured) is not down.
+        let down = self.down.intersection(&checked_backends(&self.config.vips)).cloned().collect();
+        let down_before = std::mem::replace(&mut self.down, down);
         if let Err(e) = self.save(&ids) {
             self.retired = before;
+            self.down = down_before;
             return Err(e);
         }
         // What the host must provide comes before the maps: a refusal (forwarding off with
@@ -290,6 +321,7 @@ impl Agent {
             Ok(slots) => Ok(slots),
             Err(e) => {
                 self.retired = before;
+                self.down = down_before;
                 if let Err(e) = self.restore_saved(previous) {
                     error!("restoring the saved state after a failed change: {e}");
                 }
@@ -686,21 +718,33 @@ impl Agent {
         if let Err(e) = prober.set_targets(targets) {
             warn!("health checks not updated: {e}");
         }
-        // A backend no longer checked (or no longer configured) is not down.
-        let checked: std::collections::BTreeSet<(String, IpAddr)> = self
-            .config
-            .vips
-            .iter()
-            .flat_map(|v| {
-                v.backends.iter().filter(|b| v.check_of(b).is_some()).map(|b| (v.name.clone(), b.address))
+    }
+
+    /// Where the rings disagree with the checks, the events that bring them together. The
+    /// rings follow the prober by its events; one whose change was not applied (a map write
+    /// failed) is not sent again, and a backend saved down whose check is now of type none
+    /// (it changed just before lbd stopped) has no probe to bring it back. Run now and then.
+    pub fn health_drift(&self) -> Vec<HealthEvent> {
+        let Some(prober) = &self.prober else { return Vec::new() };
+        prober
+            .status()
+            .into_iter()
+            .filter(|(key, status)| status.up == self.down.contains(key))
+            .map(|(key, status)| HealthEvent {
+                key,
+                up: status.up,
+                reason: format!(
+                    "the ring had the backend {} while its check held it {}",
+                    if status.up { "out" } else { "in" },
+                    if status.up { "up" } else { "down" }
+                ),
             })
-            .collect();
-        self.down.retain(|k| checked.contains(k));
+            .collect()
     }
 
     /// A backend's health changed: its VIP's ring follows (only its slots move). Returns the
     /// flows to reset, if the VIP asks for that and the backend went down.
-    pub fn health_event(&mut self, event: &HealthEvent) -> Result<Option<(u32, String)>, AgentError> {
+    pub fn health_event(&mut self, event: &HealthEvent) -> Result<Option<FlowReset>, AgentError> {
         let (vip, address) = &event.key;
         let Some(v) = self.config.vips.iter().find(|v| &v.name == vip) else { return Ok(None) };
         let checked = self.prober.as_ref().and_then(|p| p.status_of(&event.key));
@@ -731,9 +775,16 @@ impl Agent {
             warn!("health change applied but not saved: a restarted lbd starts from the health saved before: {e}");
         }
         Ok(match self.applied.ids.backend(vip, *address) {
-            Some(id) if reset => Some((id, format!("{vip} backend {address}"))),
+            Some(id) if reset => Some(FlowReset { id, key: event.key.clone() }),
             _ => None,
         })
+    }
+
+    /// Whether `reset` is still to be done: its backend is still down, under the same id. Walks
+    /// run one at a time, after the event, and one that comes after the backend recovered would
+    /// break the connections it took since.
+    pub fn reset_due(&self, reset: &FlowReset) -> bool {
+        reset_due(&self.down, &self.applied.ids, reset)
     }
 
     /// Health as lbctl shows it: "up", "down", or "-" for a backend without a check.
@@ -827,8 +878,23 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
-    use super::{active_at, corrected_count, still_true};
+    use super::{active_at, corrected_count, reset_due, still_true, FlowReset, Ids};
     use crate::health::{HealthEvent, TargetStatus};
+
+    #[test]
+    fn a_queued_flow_reset_is_done_only_while_its_backend_is_down_under_the_same_id() {
+        let key = ("web".to_owned(), "198.18.0.11".parse().unwrap());
+        let mut ids = Ids::default();
+        ids.backends.entry("web".into()).or_default().insert(key.1, 7);
+        let reset = FlowReset { id: 7, key: key.clone() };
+        let down = [key.clone()].into_iter().collect();
+        assert!(reset_due(&down, &ids, &reset), "still down");
+        assert!(!reset_due(&Default::default(), &ids, &reset), "up again: its new connections stay");
+        let mut moved = ids.clone();
+        moved.backends.get_mut("web").unwrap().insert(key.1, 8);
+        assert!(!reset_due(&down, &moved, &reset), "removed and added again under another id");
+        assert!(!reset_due(&down, &Ids::default(), &reset), "removed");
+    }
 
     #[test]
     fn a_health_event_counts_only_while_the_prober_still_holds_it() {

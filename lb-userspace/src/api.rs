@@ -234,8 +234,13 @@ pub fn router(agent: Shared) -> Router {
                 "no such endpoint: see docs/operations.md, \"Control API\"".into(),
             )
         })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent)
 }
+
+/// The largest request body lbd reads: a config file of every VIP and backend the limits allow
+/// fits (`lbctl apply -f` sends the file whole).
+pub const MAX_BODY: usize = 64 << 20;
 
 /// The docs' table of routes (docs/operations.md, "Control API"), made from [`ROUTES`].
 pub fn markdown_table() -> String {
@@ -335,13 +340,27 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 /// errors answered in the API's own error format.
 pub struct Body<T>(T);
 
+/// A request body as UTF-8 text (a config file), its errors answered as JSON like the others'.
+pub struct Text(String);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Text {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        String::from_request(req, state)
+            .await
+            .map(Text)
+            .map_err(|e| ApiError(e.status(), format!("cannot read the request body: {}", e.body_text())))
+    }
+}
+
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")))?;
+            .map_err(|e| ApiError(e.status(), format!("cannot read the request body: {}", e.body_text())))?;
         serde_json::from_slice(&bytes).map(Body).map_err(|e| {
             ApiError(
                 StatusCode::BAD_REQUEST,
@@ -594,6 +613,7 @@ async fn undrain(
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Weight {
     pub weight: i64,
 }
@@ -614,6 +634,7 @@ async fn stats(State(agent): State<Shared>) -> ApiResult<crate::agent::Stats> {
 /// `GET /v1/flows?vip=&backend=&state=&limit=`: per-backend flow counts over the whole flow
 /// table, and a sample of `limit` flows (default 20); `state`: `confirmed` or `unconfirmed`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FlowsQuery {
     pub vip: Option<String>,
     pub backend: Option<String>,
@@ -654,7 +675,7 @@ fn origin(headers: &HeaderMap) -> String {
 async fn apply(
     State(agent): State<Shared>,
     headers: HeaderMap,
-    body: String,
+    Text(body): Text,
 ) -> ApiResult<Vec<crate::agent::reconcile::PlanEntry>> {
     Ok(Json(agent.lock().await.apply_text(&body, &origin(&headers))?))
 }
@@ -662,12 +683,13 @@ async fn apply(
 async fn plan(
     State(agent): State<Shared>,
     headers: HeaderMap,
-    body: String,
+    Text(body): Text,
 ) -> ApiResult<Vec<crate::agent::reconcile::PlanEntry>> {
     Ok(Json(agent.lock().await.plan_text(&body, &origin(&headers))?))
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CaptureRequest {
     pub vip: String,
     /// Packets to capture (each is copied before and after its rewrite).
@@ -796,6 +818,7 @@ async fn list_denies(State(agent): State<Shared>) -> Json<Vec<DenyView>> {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DenyRequest {
     pub prefix: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -829,6 +852,7 @@ async fn remove_deny(State(agent): State<Shared>, Body(req): Body<DenyRequest>) 
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TopQuery {
     pub vip: Option<String>,
     pub limit: Option<usize>,

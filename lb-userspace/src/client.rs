@@ -12,6 +12,8 @@ pub enum ClientError {
     Connect { socket: String, source: std::io::Error },
     #[error("talking to lbd: {0}")]
     Http(#[from] hyper::Error),
+    #[error("cannot make the request: {0}")]
+    Request(#[from] hyper::http::Error),
 }
 
 pub struct Response {
@@ -37,8 +39,7 @@ pub async fn request(
         req = req.header("x-config-origin", o);
     }
     let (content_type, bytes) = body.unwrap_or(("application/json", Vec::new()));
-    let req =
-        req.header("content-type", content_type).body(Full::new(Bytes::from(bytes))).expect("valid request");
+    let req = req.header("content-type", content_type).body(Full::new(Bytes::from(bytes)))?;
     let res = sender.send_request(req).await?;
     let status = res.status();
     let headers = res.headers().clone();

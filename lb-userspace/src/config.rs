@@ -912,8 +912,10 @@ pub fn check_whole(c: &Config) -> Result<(), WholeError> {
         if !services.insert((v.address, v.port, v.protocol)) {
             return Err(err("address", format!("another VIP already serves {}", v.service())));
         }
-        // Backends added one by one can outgrow what the scheduler takes.
+        // Backends added one by one can outgrow what the scheduler takes, or bring a check of
+        // their own.
         check_scheduler(v).map_err(|invalid| WholeError { vip: Some(v.name.clone()), invalid })?;
+        check_health(v).map_err(|invalid| WholeError { vip: Some(v.name.clone()), invalid })?;
         if v.mode == ForwardMode::Ipip {
             let missing = match v.address {
                 IpAddr::V4(_) if c.source.ipv4.is_none() => Some("source.ipv4"),

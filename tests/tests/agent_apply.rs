@@ -1,6 +1,6 @@
 //! `lbctl apply -f` with VIPs renamed or swapping addresses: the maps must end up holding exactly
 //! the new config's VIP entries (a removal for the old name must not take the entry the new
-//! name just wrote).
+//! name just wrote). A file bigger than a web server's usual body limit applies too.
 use std::collections::BTreeSet;
 
 use lb_common::{VipKey, PROTO_ICMP, PROTO_TCP};
@@ -55,4 +55,23 @@ fn renamed_and_swapped_vips_keep_their_entries() {
 
     apply(vips(&[("b", 1)]));
     assert_eq!(held(), keys(&[1]), "after removing a2");
+}
+
+/// A config file of many VIPs and backends is megabytes (here: 3 MiB of comments): `lbctl apply
+/// -f` sends it whole, and lbd reads bodies up to 64 MiB (axum's default stops at 2 MiB).
+#[test]
+fn a_config_file_of_megabytes_applies() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let lbd = Lbd::start(&ns, &files, &format!("{header}{}", vips(&[("a", 1)])));
+    let comments = "# a line of comment, as a generated file may hold many\n".repeat(3 << 20 >> 5);
+    let path = files.dir.join("big.toml");
+    std::fs::write(&path, format!("{header}{comments}{}", vips(&[("a", 1), ("b", 2)]))).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() > 3 << 20);
+    let out = lbd.lbctl(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(out.status.success(), "a 3-MiB file: {}", String::from_utf8_lossy(&out.stderr));
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
+    let held: BTreeSet<_> = map_snapshot(&pins, 1).vips.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(held, keys(&[1, 2]), "the big file's VIPs");
 }

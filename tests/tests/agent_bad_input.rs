@@ -380,6 +380,58 @@ fn cases() -> Vec<Case> {
             says: r#"state \"half-open\": use confirmed or unconfirmed"#,
         },
         Case {
+            name: "cli vip name with a query mark (not VIP web)",
+            action: Lbctl(&["vip", "remove", "web?x"]),
+            exit: 1,
+            says: "no VIP is named \"web?x\"",
+        },
+        Case {
+            name: "cli vip name with a space",
+            action: Lbctl(&["vip", "remove", "my web"]),
+            exit: 1,
+            says: "no VIP is named \"my web\"",
+        },
+        Case {
+            name: "cli backend address with a fragment mark (not 198.18.0.11)",
+            action: Lbctl(&["backend", "remove", "web", "198.18.0.11#"]),
+            exit: 1,
+            says: "\"198.18.0.11#\" is not an IPv4 or IPv6 address",
+        },
+        Case {
+            name: "api deny with a misspelt field",
+            action: Api(
+                "POST",
+                "/v1/denies",
+                r#"{"prefix":"198.18.7.0/24","vip_name":"web","duration":600}"#,
+            ),
+            exit: 22,
+            says: "unknown field `vip_name`",
+        },
+        Case {
+            name: "api deny for longer than ten years",
+            action: Api("POST", "/v1/denies", r#"{"prefix":"198.18.7.0/24","seconds":18446744073709551615}"#),
+            exit: 22,
+            says: "18446744073709551615 is out of range: use 1 to 315360000",
+        },
+        Case {
+            name: "api weight with a misspelt field",
+            action: Api("PUT", "/v1/vips/web/backends/198.18.0.11/weight", r#"{"weight":5,"wieght":6}"#),
+            exit: 22,
+            says: "unknown field `wieght`",
+        },
+        Case {
+            name: "api backend added with a bad check",
+            action: Api("POST", "/v1/vips/web/backends", r#"{"address":"198.18.0.14","health":{"fall":0}}"#),
+            exit: 22,
+            says: "fall 0 is out of range: use 1 to 100",
+        },
+        Case {
+            name: "api flows with a misspelt parameter",
+            action: Api("GET", "/v1/flows?vipp=web", ""),
+            exit: 22,
+            says: "unknown field `vipp`",
+        },
+        Case {
             name: "api unknown endpoint",
             action: Api("GET", "/v1/nope", ""),
             exit: 22,

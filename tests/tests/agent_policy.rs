@@ -178,3 +178,37 @@ fn lists_limits_and_denies_are_shown_planned_expired_and_counted_by_reason() {
         assert_eq!(drops(&text, "capped", reason), 0, "capped: {}", reason.name());
     }
 }
+
+/// An operator's deny to one VIP goes with that VIP however it is removed (`lbctl vip remove`,
+/// or a file without it through `lbctl apply -f` or SIGHUP): a later VIP of the same name starts
+/// without it. Denies to every VIP stay.
+#[test]
+fn a_vips_own_denies_go_with_it_when_a_file_removes_it() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let full = config(&files, "");
+    let lbd = Lbd::start(&ns, &files, &full);
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
+    lbd.lbctl_ok(&["deny", "add", "198.18.8.0/24", "--vip", "web"]);
+    lbd.lbctl_ok(&["deny", "add", "198.18.9.0/24"]);
+    let held = |prefix: &str| acl_entries(&pins).iter().any(|(p, v)| p == prefix && *v == ACL_DENY);
+    assert!(held("198.18.8.0/24") && held("198.18.9.0/24"), "both denies applied: {:?}", acl_entries(&pins));
+
+    let apply = |text: &str| {
+        let path = files.dir.join("next.toml");
+        std::fs::write(&path, text).unwrap();
+        lbd.lbctl_ok(&["apply", "-f", path.to_str().unwrap()]);
+    };
+    let web = full.find("[[vip]]\nname = \"web\"").expect("web in the config");
+    let capped = full.find("[[vip]]\nname = \"capped\"").expect("capped in the config");
+    apply(&format!("{}{}", &full[..web], &full[capped..]));
+    let denies = lbd.lbctl_ok(&["deny", "list"]);
+    assert!(!denies.contains("198.18.8.0/24"), "web's deny outlived web:\n{denies}");
+    assert!(denies.contains("198.18.9.0/24"), "the deny to every VIP went too:\n{denies}");
+
+    apply(&full);
+    let denies = lbd.lbctl_ok(&["deny", "list"]);
+    assert!(!denies.contains("198.18.8.0/24"), "the new web got the old one's deny:\n{denies}");
+    assert!(!held("198.18.8.0/24"), "the old web's deny is in the ACL: {:?}", acl_entries(&pins));
+    assert!(held("198.18.9.0/24"), "the deny to every VIP left the ACL: {:?}", acl_entries(&pins));
+}

@@ -185,6 +185,9 @@ impl FlowCensus {
     }
 }
 
+/// The longest an operator's deny may be given (`lbctl deny add --for`): ten years.
+pub const MAX_DENY_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
 /// A down backend's flows to remove (`on_down = "reset-flows"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowReset {
@@ -439,9 +442,16 @@ impl Agent {
     /// changes.
     fn replace(&mut self, candidate: Config, what: &str) -> Result<usize, AgentError> {
         config::check_whole(&candidate).map_err(|e| e.invalid)?;
+        // A removed VIP's own denies go with it (a later VIP of its name starts without them).
+        let denies = self.denies.clone();
+        self.denies
+            .retain(|d| d.vip.as_ref().is_none_or(|name| candidate.vips.iter().any(|v| &v.name == name)));
         // Out of ids is found before the state is saved, and so before the first write.
         let previous = std::mem::replace(&mut self.config, candidate);
-        let slots = self.apply_or_revert(|a| a.config = previous)?;
+        let slots = self.apply_or_revert(|a| {
+            a.config = previous;
+            a.denies = denies;
+        })?;
         info!(change = what, slots_written = slots, "applied");
         Ok(slots)
     }
@@ -464,10 +474,7 @@ impl Agent {
         self.vip(name)?;
         let mut candidate = self.config.clone();
         candidate.vips.retain(|v| v.name != name);
-        // The VIP's own denies go with it.
-        let denies = self.denies.clone();
-        self.denies.retain(|d| d.vip.as_deref() != Some(name));
-        self.replace(candidate, &format!("remove vip {name}")).map(drop).inspect_err(|_| self.denies = denies)
+        self.replace(candidate, &format!("remove vip {name}")).map(drop)
     }
 
     /// Denies `prefix` to `vip` (every VIP if none), for `seconds` (until removed if none).
@@ -492,6 +499,17 @@ impl Agent {
                 }
                 .into());
             }
+        }
+        if let Some(s) = seconds.filter(|s| !(1..=MAX_DENY_SECONDS).contains(s)) {
+            return Err(Invalid {
+                origin: None,
+                line: None,
+                field: "seconds".into(),
+                message: format!(
+                    "{s} is out of range: use 1 to {MAX_DENY_SECONDS} (ten years), or none for a deny until removed"
+                ),
+            }
+            .into());
         }
         let deny = Deny {
             prefix,

@@ -1,7 +1,7 @@
 //! `lbctl flows`: the flows pinned to each backend, and a sample of them.
 use std::net::IpAddr;
 
-use super::{output::table, Ctx, Failure};
+use super::{output::table, segment, Ctx, Failure};
 use crate::agent::flows::{FlowState, Flows};
 
 #[derive(clap::Args)]
@@ -24,10 +24,10 @@ pub struct FlowsArgs {
 pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {
     let mut query = format!("/v1/flows?limit={}", args.limit);
     if let Some(vip) = &args.vip {
-        query += &format!("&vip={}", percent_encode(vip));
+        query += &format!("&vip={}", segment(vip));
     }
     if let Some(backend) = args.backend {
-        query += &format!("&backend={}", percent_encode(&backend.to_string()));
+        query += &format!("&backend={}", segment(&backend.to_string()));
     }
     if let Some(state) = args.state {
         query += &format!("&state={}", state.name());
@@ -96,24 +96,4 @@ pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {
             f.table
         );
     })
-}
-
-/// A query-string value: everything but unreserved characters percent-encoded.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn percent_encode() {
-        assert_eq!(super::percent_encode("web-1.a_b"), "web-1.a_b");
-        assert_eq!(super::percent_encode("fd00::1"), "fd00%3A%3A1");
-        assert_eq!(super::percent_encode("a b&c"), "a%20b%26c");
-    }
 }

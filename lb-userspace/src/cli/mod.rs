@@ -207,6 +207,8 @@ impl Ctx {
         let res = client::request(&self.socket, method, path, body, origin).await.map_err(|e| match e {
             ClientError::Connect { .. } => Failure::Unreachable(e.to_string()),
             ClientError::Http(_) => Failure::Server(e.to_string()),
+            // What the operator gave cannot be sent (a config file name with a newline).
+            ClientError::Request(_) => Failure::Refused(e.to_string()),
         })?;
         if res.status.is_success() {
             return Ok(res);
@@ -255,7 +257,28 @@ impl Ctx {
     }
 }
 
-/// `/` in a path segment would break the URL; VIP names cannot contain one, addresses neither.
+/// `s` as one path segment or query value: every byte but the unreserved ones escaped, so that
+/// a name with `?`, `#` or `/` cannot name another resource (`web?x` is not `web`) and one with
+/// a space or a control character still makes a request (lbd answers that no such VIP exists).
 fn segment(s: &str) -> String {
-    s.replace('%', "%25").replace('/', "%2F")
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_segment_names_one_resource_whatever_it_holds() {
+        assert_eq!(super::segment("web-1.a_b~"), "web-1.a_b~");
+        assert_eq!(super::segment("fd00::1"), "fd00%3A%3A1");
+        assert_eq!(super::segment("web?x"), "web%3Fx");
+        assert_eq!(super::segment("198.18.0.11#"), "198.18.0.11%23");
+        assert_eq!(super::segment("a/b%"), "a%2Fb%25");
+        assert_eq!(super::segment("my web\n"), "my%20web%0A");
+        assert_eq!(super::segment("é"), "%C3%A9");
+    }
 }

@@ -152,3 +152,50 @@ fn lbd_mounts_a_bpffs_where_pin_path_has_none() {
     assert!(link.contains("prog/xdp"), "the balancer went with lbd:\n{link}");
     assert!(pins.join(lb_common::PIN_LAYOUT).join("link_eth0").exists());
 }
+
+/// Forwarding turned off under a running lbd (a `sysctl --system` with a hardening file, or
+/// `net.ipv4.conf.all.forwarding=0`, which the kernel copies to every interface): lbd turns it on
+/// again within its host check (5 s) and says so; told to only check, it withdraws its VIPs
+/// (what arrives would go to the blackhole route) until someone turns it on, then announces again.
+#[test]
+fn forwarding_turned_off_under_lbd_is_turned_on_again_or_withdraws_the_vips() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let vip = VIP4.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nannounce = \"always\"\n");
+    let table = || ns.ip(&["route", "show", "table", "4242"]);
+    let within = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(12);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 12 s\n{}", log(&files));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    let lbd = Lbd::start(&ns, &files, &format!("{header}[announce]\n\n{vip}"));
+    assert_eq!(sysctl(&ns, "net.ipv4.conf.eth0.forwarding"), "1");
+    // `all` copies to every interface when it changes: on, then off (a router's hardening run).
+    for value in ["1", "0"] {
+        lb_tests::netns::run(
+            ns.command("sysctl").args(["-qw", &format!("net.ipv4.conf.all.forwarding={value}")]),
+        );
+    }
+    assert_eq!(sysctl(&ns, "net.ipv4.conf.eth0.forwarding"), "0", "the kernel did not copy `all`");
+    within("eth0's forwarding turned on again", &|| sysctl(&ns, "net.ipv4.conf.eth0.forwarding") == "1");
+    assert!(log(&files).contains("forwarding was turned off under lbd"), "not logged:\n{}", log(&files));
+    assert!(table().contains("198.18.100.1"), "the VIP was withdrawn:\n{}", table());
+    lbd.kill();
+
+    std::fs::write(files.config(), format!("{header}[host]\nforwarding = \"check\"\n\n[announce]\n\n{vip}"))
+        .unwrap();
+    // The restarted lbd adopts its saved state, but its settings come from the file.
+    let lbd = Lbd::start_with(&ns, &files, &[]);
+    within("the VIP announced", &|| table().contains("198.18.100.1"));
+    lb_tests::netns::run(ns.command("sysctl").args(["-qw", "net.ipv4.conf.eth0.forwarding=0"]));
+    within("the VIP withdrawn while forwarding is off", &|| !table().contains("198.18.100.1"));
+    assert_eq!(sysctl(&ns, "net.ipv4.conf.eth0.forwarding"), "0", "check turned forwarding on");
+    let status = lbd.lbctl_ok(&["status"]);
+    assert!(status.contains("this host cannot balance"), "lbctl status does not say why:\n{status}");
+    lb_tests::netns::run(ns.command("sysctl").args(["-qw", "net.ipv4.conf.eth0.forwarding=1"]));
+    within("the VIP announced again", &|| table().contains("198.18.100.1"));
+}

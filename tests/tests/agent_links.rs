@@ -229,3 +229,34 @@ fn a_mode_the_driver_refuses_leaves_the_balancer_in_the_mode_it_had() {
     let status = lbd.lbctl_ok(&["status"]);
     assert!(status.contains("br0 (generic)"), "lbctl status does not say generic:\n{status}");
 }
+
+/// With `[announce]`, a host whose balancer is no longer attached (its interface deleted and
+/// made again under lbd: BIRD's session comes back with the address) must not announce its
+/// VIPs: the routers would send it flows that reach no balancer. Even `announce = "always"`.
+#[test]
+fn a_host_whose_balancer_is_not_attached_announces_nothing() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let config = format!(
+        "{}[announce]\n\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
+         announce = \"always\"\n\n[[vip.backend]]\naddress = \"198.18.0.11\"\n",
+        files.header(&["eth0"], "198.18.0.2", "fd00::2")
+    );
+    let lbd = Lbd::start(&ns, &files, &config);
+    let table = || ns.ip(&["route", "show", "table", "4242"]);
+    assert!(table().contains("198.18.100.1"), "web is not announced at first:\n{}", table());
+    re_create_veth(&ns);
+    // lbd checks its links every 5 seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while table().contains("198.18.100.1") {
+        assert!(
+            Instant::now() < deadline,
+            "web still announced 15 s after the balancer left eth0:\n{}\n{}",
+            table(),
+            log(&files)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = lbd.lbctl_ok(&["status"]);
+    assert!(status.contains("this host cannot balance"), "lbctl status does not say why:\n{status}");
+}

@@ -320,3 +320,53 @@ fn a_restart_under_other_route_marks_removes_the_routes_left_under_the_old_ones(
     );
     drop(lbd);
 }
+
+/// Makes the pinned map at `path` read-only to system calls for good (`BPF_MAP_FREEZE`): every
+/// later write by lbd fails, as a map write can in the field (out of memory, a kernel refusal).
+fn freeze_pinned_map(path: &std::path::Path) {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_MAP_FREEZE: libc::c_long = 22;
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags; for BPF_MAP_FREEZE: map_fd.
+    let mut attr = [0u64; 2];
+    attr[0] = name.as_ptr() as u64;
+    // SAFETY: a valid bpf_attr of the size given; the path outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 16) };
+    assert!(fd >= 0, "open the pinned {}: {}", path.display(), std::io::Error::last_os_error());
+    let mut attr = [fd as u32, 0, 0, 0];
+    // SAFETY: as above.
+    let done = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_FREEZE, attr.as_mut_ptr(), 16) };
+    assert_eq!(done, 0, "freeze {}: {}", path.display(), std::io::Error::last_os_error());
+    // SAFETY: the descriptor the kernel gave.
+    unsafe { libc::close(fd as i32) };
+}
+
+/// With `[announce]`, a start that fails once it has the maps (a map write refused) must leave
+/// nothing announced: an earlier lbd's routes (SIGKILL withdraws nothing) would otherwise draw
+/// flows to a host whose maps no agent keeps in step with health, and this one's would too.
+#[test]
+fn a_start_that_fails_at_the_maps_withdraws_every_vip() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let config = format!(
+        "{}[announce]\n\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
+         announce = \"always\"\n\n[[vip.backend]]\naddress = \"198.18.0.11\"\n",
+        files.header(&["eth0"], "198.18.0.2", "fd00::2")
+    );
+    std::fs::write(files.config(), &config).unwrap();
+    let table = || ns.ip(&["route", "show", "table", "4242"]);
+    let lbd = lb_tests::lbd::Lbd::start_with(&ns, &files, &[]);
+    assert!(table().contains("198.18.100.1"), "web is not announced:\n{}", table());
+    lbd.kill();
+    assert!(table().contains("198.18.100.1"), "SIGKILL withdrew web: the test proves nothing");
+
+    freeze_pinned_map(&files.pin_path.join(lb_common::PIN_LAYOUT).join(lb_common::map_names::CONFIG));
+    let (status, said) = run_until_exit(&ns, &files);
+    let status = status.unwrap_or_else(|| panic!("lbd runs with a map it cannot write:\n{said}"));
+    assert!(!status.success(), "lbd exited with {status} with a map it cannot write:\n{said}");
+    assert!(
+        !table().contains("198.18.100.1"),
+        "web is still announced after the failed start:\n{}\n{said}",
+        table()
+    );
+}

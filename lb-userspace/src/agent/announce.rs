@@ -37,6 +37,26 @@ impl Agent {
         Ok(())
     }
 
+    /// Announces nothing while this host cannot balance: the balancer missing from an interface,
+    /// or forwarding off where the VIPs need it. The routers would send it flows that reach no
+    /// balancer, or that the balancer hands to the kernel's blackhole route.
+    pub fn follow_host(&mut self) {
+        let unable =
+            self.unattached() || self.host.as_ref().is_some_and(|h| h.forwarding_problem().is_some());
+        if let Some(a) = &mut self.announcer {
+            a.set_unable(unable);
+        }
+        self.announce();
+    }
+
+    /// A start that failed: withdraws every VIP now (lbd exits).
+    pub fn withdraw_all(&mut self) {
+        if let Some(a) = &mut self.announcer {
+            a.set_stopping();
+        }
+        self.announce();
+    }
+
     /// SIGTERM or SIGINT: withdraws every VIP and returns how long to keep forwarding before
     /// stopping (`announce.drain_seconds`); `None` without `[announce]`.
     pub fn stop_announcing(&mut self) -> Option<Duration> {

@@ -7,7 +7,7 @@
 //! are loaded (`start.rs`).
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, Vip},
@@ -28,6 +28,9 @@ pub struct HostState {
     interfaces: Vec<String>,
     next_hops: NextHops,
     vip_routes: VipRoutes,
+    /// Why forwarding is off where the VIPs need it, found by the last refresh (with
+    /// `host.forwarding = "check"`, or where it cannot be turned on).
+    forwarding_problem: Option<String>,
 }
 
 impl HostState {
@@ -39,6 +42,7 @@ impl HostState {
             interfaces: config.interfaces.clone(),
             next_hops: NextHops::new(&config.interfaces)?,
             vip_routes: VipRoutes::new(super::route_marks::RouteMarks::of(config).protocol)?,
+            forwarding_problem: None,
         })
     }
 
@@ -50,10 +54,10 @@ impl HostState {
     /// failure there is logged, and refuses nothing).
     pub fn prepare(&mut self, config: &Config, retired: &BTreeSet<IpAddr>) -> Result<(), HostError> {
         let vips = &config.vips;
-        let families: BTreeSet<Family> = vips.iter().map(|v| Family::of(v.address)).collect();
-        for change in forwarding::ensure(&self.interfaces, &families, config.host.forwarding)? {
+        for change in forwarding::ensure(&self.interfaces, &families(vips), config.host.forwarding)? {
             info!(%change, "turned forwarding on (bpf_fib_lookup answers only where it is on)");
         }
+        self.forwarding_problem = None;
         self.sync_vip_routes(vips);
         let added = self.sync(&backends(vips, retired))?;
         if !added.is_empty() {
@@ -64,12 +68,40 @@ impl HostState {
         Ok(())
     }
 
-    /// Follows route changes (every few seconds): next hops of the backends of `vips` and of the
-    /// `retired` ones, and the blackhole routes of their addresses (one someone deleted is put
-    /// back).
-    pub fn refresh(&mut self, vips: &[Vip], retired: &BTreeSet<IpAddr>) -> Result<(), HostError> {
-        self.sync_vip_routes(vips);
-        self.sync(&backends(vips, retired)).map(drop)
+    /// Follows route changes (every few seconds): next hops of the backends of `config`'s VIPs
+    /// and of the `retired` ones, and the blackhole routes of their addresses (one someone
+    /// deleted is put back). Forwarding too: someone may turn it off under lbd (a
+    /// `sysctl --system` with a hardening file, a `net.ipv4.conf.all.forwarding=0`); lbd turns
+    /// it on again, or with `host.forwarding = "check"` says so ([`Self::forwarding_problem`]).
+    pub fn refresh(&mut self, config: &Config, retired: &BTreeSet<IpAddr>) -> Result<(), HostError> {
+        self.check_forwarding(config);
+        self.sync_vip_routes(&config.vips);
+        self.sync(&backends(&config.vips, retired)).map(drop)
+    }
+
+    /// Why forwarding is off where the VIPs need it, if it is (the host then balances nothing).
+    pub fn forwarding_problem(&self) -> Option<&str> {
+        self.forwarding_problem.as_deref()
+    }
+
+    fn check_forwarding(&mut self, config: &Config) {
+        let problem =
+            match forwarding::ensure(&self.interfaces, &families(&config.vips), config.host.forwarding) {
+                Ok(changes) => {
+                    for change in changes {
+                        warn!(%change, "forwarding was turned off under lbd: turned on again");
+                    }
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            };
+        if problem != self.forwarding_problem {
+            match &problem {
+                Some(p) => error!("forwarding is off where the VIPs need it; nothing is balanced, and no VIP announced: {p}"),
+                None => info!("forwarding is on again where the VIPs need it"),
+            }
+            self.forwarding_problem = problem;
+        }
     }
 
     /// A backend's next hops, or why it has none.
@@ -141,4 +173,9 @@ impl HostState {
 
 fn backends(vips: &[Vip], retired: &BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
     vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).chain(retired.iter().copied()).collect()
+}
+
+/// The address families `vips` use.
+fn families(vips: &[Vip]) -> BTreeSet<Family> {
+    vips.iter().map(|v| Family::of(v.address)).collect()
 }

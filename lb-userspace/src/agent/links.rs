@@ -16,7 +16,8 @@ pub type LinkProblems = BTreeMap<String, LinkState>;
 impl Agent {
     /// Checks that the balancer is attached to every interface in the mode configured; logs an
     /// error when it finds one where it is not, and when that ends (lbd calls it every few
-    /// seconds).
+    /// seconds). While one is not attached at all, the host announces no VIP
+    /// ([`Self::follow_host`]).
     pub fn check_links(&mut self) {
         let wanted = LinkState::Attached(self.config.xdp_mode.into());
         for interface in &self.config.interfaces {
@@ -43,5 +44,12 @@ impl Agent {
                  back, restart lbd (`systemctl restart lbd`): it attaches anew"
             );
         }
+        self.follow_host();
+    }
+
+    /// Whether the balancer is missing from an interface (one attached in another mode still
+    /// balances).
+    pub fn unattached(&self) -> bool {
+        self.link_problems.values().any(|s| !matches!(s, LinkState::Attached(_)))
     }
 }

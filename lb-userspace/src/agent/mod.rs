@@ -354,12 +354,12 @@ impl Agent {
             &desired,
         );
         self.schedule_voids();
-        if applied.is_ok() {
-            self.update_checks();
-        }
-        // What the host announces follows the rings (a VIP with no backend left is withdrawn).
+        let slots = applied?;
+        self.update_checks();
+        // What the host announces follows the rings (a VIP with no backend left is withdrawn);
+        // maps that failed to take a change are first brought back (`apply_or_revert`).
         self.announce();
-        Ok(applied?)
+        Ok(slots)
     }
 
     /// [`Self::apply`]; if it fails, `revert` restores the previous desired state and, when the
@@ -703,7 +703,11 @@ impl Agent {
     /// every few seconds).
     pub fn refresh_host(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
-            Some(host) => Ok(host.refresh(&self.config.vips, &retired::addresses(&self.retired))?),
+            Some(host) => {
+                let refreshed = host.refresh(&self.config, &retired::addresses(&self.retired));
+                self.follow_host();
+                Ok(refreshed?)
+            }
             None => Ok(()),
         }
     }

@@ -258,6 +258,19 @@ fn take_over(
         marks.retire(old);
         agent.save(&agent.applied.ids)?;
     }
+    match reconcile_maps(&mut agent) {
+        Ok(()) => Ok((agent, events)),
+        Err(e) => {
+            // No lbd will keep what an earlier one announced (or this one, before the failure)
+            // in step with health: the routers must not send this host flows.
+            agent.withdraw_all();
+            Err(e)
+        }
+    }
+}
+
+/// The maps made to hold the desired state (the start's last step).
+fn reconcile_maps(agent: &mut Agent) -> Result<(), StartError> {
     // Lists an earlier agent wrote: what the desired state drops goes.
     super::reconcile::adopt_acl(&agent.datapath, &mut agent.applied)?;
     let slots = agent.apply()?;
@@ -269,7 +282,7 @@ fn take_over(
         warn!(entries = unknown, "removed VIP entries that no saved state accounts for");
     }
     info!(vips = agent.config.vips.len(), ring_slots_written = slots, "maps reconciled");
-    Ok((agent, events))
+    Ok(())
 }
 
 /// Raises the soft limit on open files to the hard one, and logs it: the prober holds a socket

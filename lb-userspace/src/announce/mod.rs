@@ -40,6 +40,7 @@ pub struct Announcer {
     table: VipTable,
     drained: bool,
     stopping: bool,
+    unable: bool,
     decisions: Vec<Decision>,
     /// The table's routes as of the last sync: what this host announces.
     held: BTreeSet<TableRoute>,
@@ -70,6 +71,7 @@ impl Announcer {
             settings: settings.clone(),
             drained,
             stopping: false,
+            unable: false,
             decisions: Vec::new(),
             held: BTreeSet::new(),
             held_since: BTreeMap::new(),
@@ -96,11 +98,18 @@ impl Announcer {
         self.stopping = true;
     }
 
+    /// This host can (not) balance: the balancer is attached to every interface, forwarding
+    /// is on where the VIPs need it.
+    pub fn set_unable(&mut self, unable: bool) {
+        self.unable = unable;
+    }
+
     fn host_mode(&self) -> HostMode {
-        match (self.stopping, self.drained) {
-            (true, _) => HostMode::Stopping,
-            (false, true) => HostMode::Drained,
-            (false, false) => HostMode::Serving,
+        match (self.stopping, self.drained, self.unable) {
+            (true, _, _) => HostMode::Stopping,
+            (false, true, _) => HostMode::Drained,
+            (false, false, true) => HostMode::Unable,
+            (false, false, false) => HostMode::Serving,
         }
     }
 

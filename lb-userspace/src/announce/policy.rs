@@ -19,6 +19,10 @@ pub enum HostMode {
     Drained,
     /// lbd got SIGTERM or SIGINT and forwards for `drain_seconds` before it stops.
     Stopping,
+    /// The host cannot balance: the balancer is not attached to one of its interfaces (deleted
+    /// and made again under lbd: until a restart), or forwarding is off where the VIPs need it
+    /// (`host.forwarding = "check"`: until someone turns it on).
+    Unable,
 }
 
 /// One VIP's announcement as the policy decides it.
@@ -49,6 +53,10 @@ pub fn decide(vips: &[Vip], down: &Down, host: HostMode) -> Vec<Decision> {
                     (false, "the host is drained (`lbctl host undrain` announces again)".to_owned())
                 }
                 (_, HostMode::Stopping) => (false, "lbd is stopping (announce.drain_seconds)".to_owned()),
+                (_, HostMode::Unable) => (
+                    false,
+                    "this host cannot balance (the balancer is not attached to every interface, or forwarding is off): the log says why".to_owned(),
+                ),
                 (Announce::Always, HostMode::Serving) => (true, "announce = \"always\"".to_owned()),
                 (Announce::Healthy, HostMode::Serving) => match taking(v, down) {
                     0 => (
@@ -112,7 +120,7 @@ mod tests {
         let c = config("announce = \"always\"");
         let all = down(&["198.18.0.11", "198.18.0.12"]);
         assert_eq!(wanted(&c, &all, HostMode::Serving), [true, false]);
-        for host in [HostMode::Drained, HostMode::Stopping] {
+        for host in [HostMode::Drained, HostMode::Stopping, HostMode::Unable] {
             assert_eq!(wanted(&c, &down(&[]), host), [false, false], "{host:?}");
         }
     }

@@ -2,7 +2,7 @@
 //! event loop, not
 //! in it: while one walks a million flows, the loop still moves the data plane's cache
 //! generation every second (and would take health events and SIGTERM), and `lbctl status`
-//! shows how late the loop ran.
+//! shows how late the loop ran. Nor does an API client that stalls hold SIGTERM.
 use std::time::{Duration, Instant};
 
 use lb_tests::{
@@ -63,4 +63,34 @@ fn a_least_conn_recount_of_a_million_flows_does_not_stall_the_event_loop() {
     let lag =
         status["event_loop_lag_max_seconds"].as_f64().expect("event_loop_lag_max_seconds in the status");
     assert!(lag < 0.5, "the event loop ran up to {lag} s late: {status}");
+}
+
+/// A client that holds an API connection open with half a request (a stalled script, a
+/// forgotten `nc -U`) must not hold lbd's stop: SIGTERM ends lbd within a few seconds.
+#[test]
+fn a_stalled_api_client_does_not_hold_the_stop() {
+    use std::io::Write as _;
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let mut lbd = Lbd::start(&ns, &files, &files.header(&["eth0"], "198.18.0.2", "fd00::2"));
+    let mut stalled = std::os::unix::net::UnixStream::connect(files.socket()).expect("connect to the API");
+    stalled.write_all(b"GET /v1/status HTTP/1.1\r\n").expect("half a request");
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = lbd.process.child.id() as libc::pid_t;
+    // SAFETY: signals the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = lbd.process.child.try_wait().expect("wait for lbd") {
+            break status;
+        }
+        let log = std::fs::read_to_string(files.dir.join("lbd.log")).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline,
+            "lbd still runs 10 s after SIGTERM, held by a stalled client:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "lbd exited with {status}");
+    drop(stalled);
 }

@@ -4,10 +4,13 @@ use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::sync::Mutex;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{event_loop, start};
 use crate::{api, metrics};
+
+/// How long a stop waits for the API's open connections to finish their calls.
+const API_CLOSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What happens to forwarding when lbd stops on SIGTERM or SIGINT (a crash or a failed start
 /// always keeps what is attached).
@@ -51,7 +54,16 @@ pub async fn run(config_file: &Path, on_exit: OnExit) -> anyhow::Result<()> {
     if let Some(m) = metrics {
         m.abort();
     }
-    server.await.context("API server task")?.context("API server")?;
+    // Calls in flight finish; a client that holds its connection open (a stalled request, a
+    // forgotten `nc`) does not hold the stop.
+    let mut server = server;
+    match tokio::time::timeout(API_CLOSE, &mut server).await {
+        Ok(done) => done.context("API server task")?.context("API server")?,
+        Err(_) => {
+            warn!(seconds = API_CLOSE.as_secs(), "API connections still open after the stop: closed");
+            server.abort();
+        }
+    }
     let _ = std::fs::remove_file(&socket);
     let mut a = agent.lock().await;
     if on_exit == OnExit::Detach {

@@ -27,8 +27,8 @@ use super::{
 
 /// Enough for any status line; the rest of the response is not read.
 const HTTP_READ: usize = 512;
-/// Larger than any expected reply part (`MAX_UDP_PAYLOAD`).
-const UDP_READ: usize = 2048;
+/// The largest UDP datagram: the expected bytes may lie anywhere in the reply.
+const UDP_READ: usize = 65535;
 
 /// Why a probe failed; shown as the backend's last error and in the reason of a state change.
 #[derive(Debug, Error)]
@@ -320,6 +320,13 @@ mod tests {
                 echo.port
             )
         );
+    }
+
+    #[tokio::test]
+    async fn udp_finds_the_expected_bytes_anywhere_in_a_large_reply() {
+        let large = servers::Udp::start(servers::UdpMode::Large).await;
+        let kind = CheckKind::Udp { send: b"ping".to_vec(), expect: b"ping".to_vec() };
+        probe(kind, large.port).await.unwrap();
     }
 
     #[tokio::test]

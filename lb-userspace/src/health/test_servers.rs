@@ -102,6 +102,9 @@ pub enum UdpMode {
     Silent,
     /// Echoes the 1st, 3rd, 5th... datagram, ignores the others.
     EveryOther,
+    /// Answers with 3000 bytes, then what it got (as a large DNS answer holds the question
+    /// beyond the first 2 KiB).
+    Large,
 }
 
 pub struct Udp {
@@ -119,12 +122,13 @@ impl Udp {
             while let Ok((n, from)) = socket.recv_from(&mut buf).await {
                 received += 1;
                 let answer = match mode {
-                    UdpMode::Echo => true,
-                    UdpMode::Silent => false,
-                    UdpMode::EveryOther => received % 2 == 1,
+                    UdpMode::Echo => Some(buf[..n].to_vec()),
+                    UdpMode::Silent => None,
+                    UdpMode::EveryOther => (received % 2 == 1).then(|| buf[..n].to_vec()),
+                    UdpMode::Large => Some([&[b'.'; 3000][..], &buf[..n]].concat()),
                 };
-                if answer {
-                    let _ = socket.send_to(&buf[..n], from).await;
+                if let Some(answer) = answer {
+                    let _ = socket.send_to(&answer, from).await;
                 }
             }
         });

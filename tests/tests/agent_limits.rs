@@ -47,4 +47,24 @@ fn as_many_vips_as_max_vips_are_applied_whole() {
     assert_eq!(out.status.code(), Some(1), "apply beyond max_vips: {stderr}");
     assert!(stderr.contains("limits.max_vips is 600"), "{stderr}");
     assert_eq!(map_snapshot(&pins, 1).vips.len() as u32, 2 * VIPS, "a refused apply changed VIPS");
+
+    // At the limit, a VIP moved to another address, and one replaced by another VIP elsewhere:
+    // the old entries go before the new ones take their room.
+    let last = VIPS - 1;
+    let moved = config.replace(
+        &format!("name = \"v{last}\"\naddress = \"198.19.2.100\""),
+        &format!("name = \"v{last}\"\naddress = \"198.19.9.2\""),
+    );
+    assert_ne!(moved, config, "the test's edit found nothing to move");
+    let replaced = moved.replace(
+        &format!("name = \"v{}\"\naddress = \"198.19.2.99\"", last - 1),
+        "name = \"w\"\naddress = \"198.19.9.3\"",
+    );
+    assert_ne!(replaced, moved, "the test's edit found nothing to replace");
+    for (what, text) in [("a VIP moved", &moved), ("a VIP replaced", &replaced)] {
+        std::fs::write(&path, text).unwrap();
+        let out = lbd.lbctl(&["apply", "-f", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{what} at max_vips: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(map_snapshot(&pins, 1).vips.len() as u32, 2 * VIPS, "{what}: VIPS entries");
+    }
 }

@@ -392,6 +392,24 @@ pub fn steps(
     let taken: BTreeSet<VipKey> = vips.iter().map(vip_key).collect();
     let mut addresses = current.address_entries.clone();
     let (mut to_void, mut removed) = (Vec::new(), false);
+    // A VIP no longer configured leaves first: a new VIP may take its id, and so its ring, and
+    // while its key still named that ring its clients' new flows would go to the new VIP's
+    // backends. (A renamed VIP keeps its key under its new name: that entry stays.)
+    let gone: Vec<&String> = current.keys.keys().filter(|n| !vips.iter().any(|v| &v.name == *n)).collect();
+    for name in &gone {
+        if let Some(key) = current.keys.get(*name).filter(|k| !taken.contains(k)) {
+            steps.push(Step::RemoveVip(*key));
+            removed = true;
+        }
+    }
+    // So do the addresses no VIP keeps: the map has room for as many as `max_vips`, and a VIP
+    // moved at the limit takes its new address's room only once its old one is freed.
+    let wanted: BTreeSet<VipKey> = vips.iter().map(|v| address_key(v.address)).collect();
+    for key in current.address_entries.difference(&wanted) {
+        steps.push(Step::RemoveAddress(*key));
+        addresses.remove(key);
+        removed = true;
+    }
     for (v, (new, seq)) in vips.iter().zip(schedules) {
         let id = ids.vips[&v.name];
         // A VIP that got another slot (it cannot, but a new one can reuse a freed slot) starts clean.
@@ -440,21 +458,11 @@ pub fn steps(
             });
         }
     }
-    for name in current.keys.keys().filter(|n| !vips.iter().any(|v| &v.name == *n)) {
-        // A renamed VIP keeps its key under its new name: that entry stays.
-        if let Some(key) = current.keys.get(name).filter(|k| !taken.contains(k)) {
-            steps.push(Step::RemoveVip(*key));
-            removed = true;
-        }
+    for name in gone {
         if let Some(&id) = current.ids.vips.get(name) {
             to_void.push(id);
         }
         steps.push(Step::ForgetVip(name.clone()));
-    }
-    let wanted: BTreeSet<VipKey> = vips.iter().map(|v| address_key(v.address)).collect();
-    for key in addresses.difference(&wanted) {
-        steps.push(Step::RemoveAddress(*key));
-        removed = true;
     }
     steps.extend(after);
     steps.push(Step::Ids(ids));
@@ -1007,5 +1015,26 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(voided, [current.ids.vips["a2"], current.ids.vips["b"]].into());
+    }
+
+    #[test]
+    fn a_removed_vips_key_goes_before_a_new_vip_rewrites_its_ring() {
+        let mut model = Model { backends: BTreeMap::new(), rings: BTreeMap::new() };
+        let (old, new) = (simple("old", 1, &[1]), simple("new", 2, &[1]));
+        let (current, _) = change(&mut model, &Applied::default(), &[old.clone()], &Down::new());
+        let (next, steps) = change(&mut model, &current, &[new], &Down::new());
+        let ring = current.ids.vips["old"];
+        assert_eq!(
+            next.ids.vips["new"], ring,
+            "the new VIP takes the freed id (else the test shows nothing)"
+        );
+        let removed =
+            steps.iter().position(|s| *s == Step::RemoveVip(vip_key(&old))).expect("old's key removed");
+        let written =
+            steps.iter().position(|s| matches!(s, Step::Ring { ring: r, .. } if *r == ring)).unwrap();
+        assert!(
+            removed < written,
+            "old's key (removed at step {removed}) still names ring {ring} while new's backends are written in (step {written})"
+        );
     }
 }

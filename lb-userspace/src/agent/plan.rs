@@ -1021,7 +1021,7 @@ mod tests {
     fn a_removed_vips_key_goes_before_a_new_vip_rewrites_its_ring() {
         let mut model = Model { backends: BTreeMap::new(), rings: BTreeMap::new() };
         let (old, new) = (simple("old", 1, &[1]), simple("new", 2, &[1]));
-        let (current, _) = change(&mut model, &Applied::default(), &[old.clone()], &Down::new());
+        let (current, _) = change(&mut model, &Applied::default(), std::slice::from_ref(&old), &Down::new());
         let (next, steps) = change(&mut model, &current, &[new], &Down::new());
         let ring = current.ids.vips["old"];
         assert_eq!(

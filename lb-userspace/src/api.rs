@@ -528,7 +528,8 @@ pub struct BackendView {
     pub backend: crate::config::Backend,
     /// "up", "down", or "-" (no health check).
     pub health: String,
-    /// The last check's result: true (passed), false (failed), absent before the first.
+    /// The last check's result: true (passed), false (failed), absent before the first and when
+    /// it did not run (this host's error, in `last_error`).
     pub last_ok: Option<bool>,
     pub last_checked_unix: Option<u64>,
     pub last_error: Option<String>,

@@ -49,7 +49,9 @@ pub async fn run(ctx: &Ctx, cmd: BackendCommand) -> Result<(), Failure> {
                     .map(|v| {
                         let b = &v.backend;
                         let last = match (v.last_ok, &v.last_error) {
-                            (None, _) => "-".to_string(),
+                            // A check that did not run (this host's error) says why.
+                            (None, Some(e)) => e.clone(),
+                            (None, None) => "-".to_string(),
                             (Some(true), _) => "passed".to_string(),
                             (Some(false), Some(e)) => format!("failed: {e}"),
                             (Some(false), None) => "failed".to_string(),

@@ -43,7 +43,8 @@ pub struct Target {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub up: bool,
-    /// The last probe's result; `None` before the first one (and for checks of type none).
+    /// The last probe's result; `None` before the first one, for checks of type none, and when
+    /// the last one did not run (this host's error: `last_error` says which).
     pub last_ok: Option<bool>,
     pub last_checked: Option<SystemTime>,
     /// Why the last probe failed; `None` once one succeeds.
@@ -374,7 +375,8 @@ impl Task {
     }
 
     /// Counts one result; false once this task has been replaced. A local error counts neither
-    /// way: rise and fall stay where they were.
+    /// way: rise and fall stay where they were, but the status shows the check did not run
+    /// (else `lbctl backend list` would show an old pass while this host is out of descriptors).
     fn record(&self, result: Result<(), ProbeError>) -> bool {
         let now = SystemTime::now();
         let mut s = lock(&self.shared);
@@ -383,6 +385,9 @@ impl Task {
         }
         if let Err(e) = result.as_ref() {
             if e.is_local() {
+                s.status.last_checked = Some(now);
+                s.status.last_ok = None;
+                s.status.last_error = Some(format!("not run, counted neither way (this host's error): {e}"));
                 drop(s);
                 self.local_errors.report(&self.key, e);
                 return true;
@@ -638,6 +643,11 @@ mod tests {
         }
         let s = lock(&shared).status.clone();
         assert!(s.up && s.checks == 0 && s.failures == 0, "{s:?}");
+        let shown = s.last_error.as_deref().unwrap_or_default();
+        assert!(
+            shown.contains("this host's error") && s.last_checked.is_some(),
+            "the status hides it: {s:?}"
+        );
         assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)), "no state change");
         // A refusal is the backend's: with fall = 1, down at once.
         let refused = ProbeError::Connect { addr, source: io::Error::from_raw_os_error(libc::ECONNREFUSED) };

@@ -36,8 +36,9 @@ fn routes_of_one_table_and_protocol_are_added_listed_and_deleted_one_by_one() {
                 .add_table_route(TABLE, PROTOCOL, host(a), 1)
                 .unwrap_or_else(|e| panic!("adding {a}: {e}"));
         }
-        // Again: replaced in place, not an error.
-        netlink.add_table_route(TABLE, PROTOCOL, host("198.18.100.1"), 1).expect("replacing");
+        // Again: EEXIST (a sync adds only what the table lacks; see the test below).
+        let again = netlink.add_table_route(TABLE, PROTOCOL, host("198.18.100.1"), 1).unwrap_err();
+        assert_eq!(lb_userspace::host::netlink::errno(&again), Some(libc::EEXIST), "{again}");
         let listed: BTreeSet<TableRoute> =
             netlink.table_routes(TABLE, PROTOCOL).expect("list").into_iter().collect();
         assert_eq!(listed, routes(&["198.18.100.1", "fd00:0:0:100::1"]));
@@ -75,6 +76,15 @@ fn a_sync_changes_only_the_difference_and_never_another_protocols_route() {
         // Withdraw everything.
         let synced = vips.sync(&BTreeSet::new()).expect("sync");
         assert!(synced.held.is_empty() && synced.failed.is_empty(), "{synced:?}");
+        // Someone else's route to a VIP address: not replaced (and so never deleted), reported.
+        let synced = vips.sync(&routes(&["198.18.100.9"])).expect("sync");
+        assert!(synced.added.is_empty() && synced.held.is_empty(), "{synced:?}");
+        assert!(
+            synced.failed.iter().any(|(r, e)| *r == host("198.18.100.9") && e.contains("another protocol")),
+            "{synced:?}"
+        );
+        let synced = vips.sync(&BTreeSet::new()).expect("sync");
+        assert!(synced.removed.is_empty(), "{synced:?}");
     });
     let shown = table(&ns);
     assert_eq!(

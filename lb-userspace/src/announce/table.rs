@@ -1,8 +1,8 @@
 //! The VIP table: the kernel routing table whose routes BIRD learns and announces. lbd owns the
 //! routes of that table marked with its protocol, and nothing else in it. Every change is one
-//! route, one netlink message (`RTM_NEWROUTE` with `NLM_F_REPLACE`, `RTM_DELROUTE`): the table
+//! route, one netlink message (`RTM_NEWROUTE` with `NLM_F_EXCL`, `RTM_DELROUTE`): the table
 //! is never flushed, so a restarted lbd that wants what is there changes nothing, and BIRD
-//! withdraws nothing.
+//! withdraws nothing; a route of another protocol to a VIP address stays, reported.
 use std::collections::BTreeSet;
 
 use crate::host::{
@@ -53,6 +53,12 @@ impl VipTable {
                     synced.held.insert(route);
                     synced.added.push(route);
                 }
+                Err(e) if netlink::errno(&e) == Some(libc::EEXIST) => synced.failed.push((
+                    route,
+                    format!(
+                        "table {table} holds a route to it of another protocol, not lbd's to replace: remove it, or give [announce] a table of its own"
+                    ),
+                )),
                 Err(e) => synced.failed.push((route, format!("adding it to table {table}: {e}"))),
             }
         }

@@ -151,8 +151,9 @@ fn rtmsg(route: &TableRoute, table: u32, protocol: u8, scope: u8, kind: u8) -> [
 }
 
 impl Netlink {
-    /// Adds `route` to `table` on interface `ifindex`, marked with `protocol`, or replaces the
-    /// route that is there (one message: `ip route replace ... dev IF proto P table T`).
+    /// Adds `route` to `table` on interface `ifindex`, marked with `protocol` (one message:
+    /// `ip route add ... dev IF proto P table T`). `EEXIST` if the table holds a route to that
+    /// destination already, of any protocol: one of another is not lbd's to replace.
     pub fn add_table_route(
         &self,
         table: u32,
@@ -161,7 +162,7 @@ impl Netlink {
         ifindex: u32,
     ) -> io::Result<()> {
         let header = rtmsg(&route, table, protocol, RT_SCOPE_LINK, RTN_UNICAST);
-        let request = Request::new(RTM_NEWROUTE, Write::CreateOrReplace.flags(), &header)
+        let request = Request::new(RTM_NEWROUTE, Write::Create.flags(), &header)
             .attr(RTA_DST, &address_bytes(route.destination))
             .attr(RTA_TABLE, &table.to_ne_bytes())
             .attr(RTA_OIF, &ifindex.to_ne_bytes());

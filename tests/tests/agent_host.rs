@@ -199,3 +199,36 @@ fn forwarding_turned_off_under_lbd_is_turned_on_again_or_withdraws_the_vips() {
     lb_tests::netns::run(ns.command("sysctl").args(["-qw", "net.ipv4.conf.eth0.forwarding=1"]));
     within("the VIP announced again", &|| table().contains("198.18.100.1"));
 }
+
+/// A VIP removed with `[announce]`: its address's blackhole route stays until the VIP is
+/// withdrawn and the next host check (5 s) finds it gone from the VIP table. Until the routers
+/// follow the withdraw, what they still send ends there instead of looping back through them.
+#[test]
+fn a_removed_vips_blackhole_route_goes_after_its_withdraw() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let vip = VIP4.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nannounce = \"always\"\n");
+    let lbd = Lbd::start(&ns, &files, &format!("{header}[announce]\n\n{vip}"));
+    assert!(ns.ip(&["route", "show", "table", "4242"]).contains("198.18.100.1"), "not announced");
+    lbd.lbctl_ok(&["vip", "remove", "v4"]);
+    assert!(!ns.ip(&["route", "show", "table", "4242"]).contains("198.18.100.1"), "still announced");
+    let removed = "removed blackhole route 198.18.100.1/32";
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while !log(&files).contains(removed) {
+        assert!(
+            Instant::now() < deadline,
+            "the blackhole route stays 12 s after the VIP went:\n{}",
+            log(&files)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = log(&files);
+    let at =
+        |what: &str| log.lines().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}:\n{log}"));
+    assert!(
+        at("withdrawing (route removed from the VIP table)") < at(removed),
+        "the blackhole route went before the withdraw:\n{log}"
+    );
+    assert!(ns.ip(&["route", "show", "198.18.100.1"]).trim().is_empty(), "a route to the address stays");
+}

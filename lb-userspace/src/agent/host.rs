@@ -51,14 +51,21 @@ impl HostState {
     /// their backends' next hops managed, and those of the `retired` backends (removed, with
     /// flows); new ones are waited for (up to a second; one that does not resolve is logged, and
     /// its backend shows why in `lbctl backend list`); and their addresses' blackhole routes (a
-    /// failure there is logged, and refuses nothing).
-    pub fn prepare(&mut self, config: &Config, retired: &BTreeSet<IpAddr>) -> Result<(), HostError> {
+    /// failure there is logged, and refuses nothing), those of the addresses still `announced`
+    /// too (a VIP removed is withdrawn after the change: until the routers follow, its packets
+    /// end in the blackhole rather than loop through them).
+    pub fn prepare(
+        &mut self,
+        config: &Config,
+        retired: &BTreeSet<IpAddr>,
+        announced: &BTreeSet<IpAddr>,
+    ) -> Result<(), HostError> {
         let vips = &config.vips;
         for change in forwarding::ensure(&self.interfaces, &families(vips), config.host.forwarding)? {
             info!(%change, "turned forwarding on (bpf_fib_lookup answers only where it is on)");
         }
         self.forwarding_problem = None;
-        self.sync_vip_routes(vips);
+        self.sync_vip_routes(vips, announced);
         let added = self.sync(&backends(vips, retired))?;
         if !added.is_empty() {
             if let Err(e) = self.next_hops.wait_resolved(&added, NEW_HOP_WAIT) {
@@ -73,9 +80,14 @@ impl HostState {
     /// deleted is put back). Forwarding too: someone may turn it off under lbd (a
     /// `sysctl --system` with a hardening file, a `net.ipv4.conf.all.forwarding=0`); lbd turns
     /// it on again, or with `host.forwarding = "check"` says so ([`Self::forwarding_problem`]).
-    pub fn refresh(&mut self, config: &Config, retired: &BTreeSet<IpAddr>) -> Result<(), HostError> {
+    pub fn refresh(
+        &mut self,
+        config: &Config,
+        retired: &BTreeSet<IpAddr>,
+        announced: &BTreeSet<IpAddr>,
+    ) -> Result<(), HostError> {
         self.check_forwarding(config);
-        self.sync_vip_routes(&config.vips);
+        self.sync_vip_routes(&config.vips, announced);
         self.sync(&backends(&config.vips, retired)).map(drop)
     }
 
@@ -120,10 +132,12 @@ impl HostState {
         }
     }
 
-    /// Makes the main table hold a blackhole route for each address of `vips`, and logs what
-    /// it changed or found in its way. Never fails: the next sync tries again.
-    fn sync_vip_routes(&mut self, vips: &[Vip]) {
-        let addresses: BTreeSet<IpAddr> = vips.iter().map(|v| v.address).collect();
+    /// Makes the main table hold a blackhole route for each address of `vips` and each one
+    /// still `announced`, and logs what it changed or found in its way. Never fails: the next
+    /// sync tries again.
+    fn sync_vip_routes(&mut self, vips: &[Vip], announced: &BTreeSet<IpAddr>) {
+        let addresses: BTreeSet<IpAddr> =
+            vips.iter().map(|v| v.address).chain(announced.iter().copied()).collect();
         match self.vip_routes.sync(&addresses) {
             Ok(changes) => {
                 for change in changes {

@@ -335,7 +335,10 @@ impl Agent {
 
     fn prepare_host(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
-            Some(host) => Ok(host.prepare(&self.config, &retired::addresses(&self.retired))?),
+            Some(host) => {
+                let announced = self.announcer.as_ref().map(|a| a.announced()).unwrap_or_default();
+                Ok(host.prepare(&self.config, &retired::addresses(&self.retired), &announced)?)
+            }
             None => Ok(()),
         }
     }
@@ -704,7 +707,8 @@ impl Agent {
     pub fn refresh_host(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
             Some(host) => {
-                let refreshed = host.refresh(&self.config, &retired::addresses(&self.retired));
+                let announced = self.announcer.as_ref().map(|a| a.announced()).unwrap_or_default();
+                let refreshed = host.refresh(&self.config, &retired::addresses(&self.retired), &announced);
                 self.follow_host();
                 Ok(refreshed?)
             }

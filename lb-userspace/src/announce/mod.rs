@@ -85,6 +85,11 @@ impl Announcer {
         &self.settings
     }
 
+    /// The addresses the VIP table held at the last sync.
+    pub fn announced(&self) -> BTreeSet<IpAddr> {
+        self.held.iter().map(|r| r.destination).collect()
+    }
+
     pub fn drained(&self) -> bool {
         self.drained
     }

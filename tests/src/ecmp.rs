@@ -402,7 +402,10 @@ impl Edge {
         let router_bird = Bird::start(&router, "bird-router", &router_config.render());
 
         let vips: Vec<String> = spec.backend_vips.iter().map(|v| format!("\"{v}\"")).collect();
-        let settings = format!("interfaces = [\"eth0\"]\nvips = [{}]\n", vips.join(", "));
+        let settings = format!(
+            "interfaces = [\"eth0\"]\nvips = [{}]\nallowed_sources = [\"198.18.0.0/15\", \"fd00::/8\"]\n",
+            vips.join(", ")
+        );
         let backends: Vec<Backend> = std::thread::scope(|s| {
             let started: Vec<_> =
                 backend_ns.iter().map(|ns| s.spawn(|| BackendHost::start(ns, &settings))).collect();

@@ -188,7 +188,11 @@ impl Topology {
             .flat_map(|f| [vip(f, 1), vip(f, 2)])
             .map(|a| format!("\"{a}\""))
             .collect();
-        let settings = format!("interfaces = [\"eth0\"]\nvips = [{}]\n", vips.join(", "));
+        // The balancer's tunnel sources, entropy bits and all: anywhere in the test ranges.
+        let settings = format!(
+            "interfaces = [\"eth0\"]\nvips = [{}]\nallowed_sources = [\"198.18.0.0/15\", \"fd00::/8\"]\n",
+            vips.join(", ")
+        );
         self.backends.iter().map(|b| BackendHost::start(&b.ns, &settings)).collect()
     }
 

@@ -157,9 +157,15 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
             }
         }
         let max = lb_common::limits::MAX_DECAP_SOURCES as usize;
-        if allowed_sources.len() > max {
-            return Err(error(at(&list.span()), "allowed_sources", format!("at most {max} prefixes")));
+        if allowed_sources.is_empty() || allowed_sources.len() > max {
+            return Err(error(at(&list.span()), "allowed_sources", format!("list 1 to {max} prefixes")));
         }
+    } else if decap {
+        // An open decapsulator lets anyone reach this host's services (or, forwarding on, its
+        // containers) from a spoofed trusted source: XDP strips the tunnel before the firewall
+        // sees it. Accepting every source is a choice written down, not a default.
+        let m = "list the balancers' tunnel sources (their [source] ipv4 and ipv6; with                  ipv4_entropy_bits or ipv6_entropy_bits, the block those bits span), e.g.                  [\"198.18.0.0/28\", \"fd00::/112\"]; [\"0.0.0.0/0\", \"::/0\"] accepts tunnels from anyone";
+        return Err(error(None, "allowed_sources", m.into()));
     }
 
     let absolute = |field: &str, value: Option<&Spanned<PathBuf>>, default: &str| match value {
@@ -234,11 +240,15 @@ state_file = "/run/x.json"
     }
 
     #[test]
-    fn defaults_decapsulate_for_the_interfaces_addresses_from_anyone() {
-        let c = parse("interfaces = [\"eth0\"]\nvips = [\"198.18.100.1\"]\n", "b.toml").unwrap();
+    fn defaults_decapsulate_for_the_interfaces_addresses_from_the_sources_listed() {
+        let c = parse(
+            "interfaces = [\"eth0\"]\nvips = [\"198.18.100.1\"]\nallowed_sources = [\"0.0.0.0/0\"]\n",
+            "b.toml",
+        )
+        .unwrap();
         assert!(c.decap);
         assert_eq!(c.decap_addresses, None);
-        assert!(c.allowed_sources.is_empty());
+        assert_eq!(c.allowed_sources, BTreeSet::from([("0.0.0.0".parse().unwrap(), 0)]));
         assert_eq!(c.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
         assert_eq!(c.xdp_mode, XdpMode::Native);
     }
@@ -276,8 +286,17 @@ state_file = "/run/x.json"
             "b.toml:2: vips: 127.0.0.1 cannot be a VIP: use a unicast address other than loopback"
         );
         assert_eq!(
-            err("interfaces = [\"eth0\"]\npin_path = \"pins\"\n"),
-            "b.toml:2: pin_path: pins is not an absolute path"
+            err("interfaces = [\"eth0\"]\nallowed_sources = [\"::/0\"]\npin_path = \"pins\"\n"),
+            "b.toml:3: pin_path: pins is not an absolute path"
+        );
+        assert!(
+            err("interfaces = [\"eth0\"]\nvips = [\"198.18.100.1\"]\n")
+                .starts_with("b.toml: allowed_sources: list the balancers' tunnel sources"),
+            "decap open to anyone by default"
+        );
+        assert_eq!(
+            err("interfaces = [\"eth0\"]\nallowed_sources = []\n"),
+            "b.toml:2: allowed_sources: list 1 to 256 prefixes"
         );
     }
 }

@@ -75,3 +75,42 @@ fn a_config_file_of_megabytes_applies() {
     let held: BTreeSet<_> = map_snapshot(&pins, 1).vips.into_iter().map(|(k, _)| k).collect();
     assert_eq!(held, keys(&[1, 2]), "the big file's VIPs");
 }
+
+/// A VIP that takes the id of one removed in the same change starts with its own counters at
+/// zero, not the removed VIP's totals (they would show as its traffic, or as a spike in the
+/// rates Prometheus computes across the series).
+#[test]
+fn a_new_vip_on_a_removed_vips_id_starts_its_counters_at_zero() {
+    use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+    use lb_common::{map_names, PolicyCounts, TrafficStats};
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let lbd = Lbd::start(&ns, &files, &format!("{header}{}", vips(&[("old", 1)])));
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
+    // The old VIP's traffic, as the data plane counts it (one CPU's share is enough).
+    let cpus = aya::util::nr_cpus().expect("CPUs");
+    let open = |name: &str| MapData::from_pin(pins.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut traffic: PerCpuArray<MapData, TrafficStats> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(map_names::VIP_STATS))).unwrap();
+    let seen = TrafficStats { packets: 1000, bytes: 64000, new_flows: 10 };
+    traffic.set(0, PerCpuValues::try_from(vec![seen; cpus]).unwrap(), 0).unwrap();
+    let mut policy: PerCpuArray<MapData, PolicyCounts> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(map_names::POLICY_STATS))).unwrap();
+    let refused = PolicyCounts { dropped: [5; 4], passed: 5 };
+    policy.set(0, PerCpuValues::try_from(vec![refused; cpus]).unwrap(), 0).unwrap();
+    let stats = |name: &str| {
+        let s: lb_userspace::agent::Stats =
+            serde_json::from_str(&lbd.lbctl_ok(&["--json", "stats"])).expect("lbctl --json stats");
+        let v = s.vips.into_iter().find(|v| v.name == name).unwrap_or_else(|| panic!("{name} in the stats"));
+        (v.packets, v.policy_drops)
+    };
+    assert_eq!(stats("old").0, 1000 * cpus as u64, "the seeded counters are old's");
+
+    let path = files.dir.join("next.toml");
+    std::fs::write(&path, format!("{header}{}", vips(&[("new", 2)]))).unwrap();
+    lbd.lbctl_ok(&["apply", "-f", path.to_str().unwrap()]);
+    let state = lb_userspace::agent::SavedState::read(&files.dir.join("state.json")).unwrap().unwrap();
+    assert_eq!(state.ids.vips["new"], 0, "new took old's id (else the test shows nothing)");
+    assert_eq!(stats("new"), (0, [0; 4]), "new starts with old's counters");
+}

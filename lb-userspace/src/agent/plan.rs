@@ -174,6 +174,7 @@ impl Applied {
                 }
             }
             Step::ResetBackend(_)
+            | Step::ResetVip(_)
             | Step::RemoveVip(_)
             | Step::VoidMoved(_)
             | Step::SyncFilter
@@ -285,6 +286,9 @@ pub enum Step {
     /// A backend id handed out anew: its open-connection count and traffic counters start at
     /// zero (its earlier owner's).
     ResetBackend(u32),
+    /// A VIP id handed out anew: its traffic and policy counters start at zero (its earlier
+    /// owner's would show as the new VIP's, or as a spike in its rates).
+    ResetVip(u32),
     /// BACKENDS[`id`] = `value`. `new_owner`: the id changes hands, so its generation moves on
     /// and the flows its earlier owner left are void; else the generation stays.
     Backend { id: u32, value: BackendValue, new_owner: bool },
@@ -448,6 +452,9 @@ pub fn steps(
             // second void still due for the earlier owner is this one, later).
             steps.push(Step::VoidFlows(id));
         }
+        if !same_slot {
+            steps.push(Step::ResetVip(id));
+        }
         let value = vip_value(v, id, sizes, rr_len);
         steps.push(Step::SetVip { vip: v.name.clone(), key, value, scheduler: v.scheduler });
         let address = address_key(v.address);
@@ -458,8 +465,11 @@ pub fn steps(
             });
         }
     }
+    let taken_ids: BTreeSet<u32> = ids.vips.values().copied().collect();
     for name in gone {
-        if let Some(&id) = current.ids.vips.get(name) {
+        // Its id taken by a VIP of this change: voided once already, before that VIP's entry
+        // (a second void after it would take the new VIP's first flows).
+        if let Some(&id) = current.ids.vips.get(name).filter(|id| !taken_ids.contains(id)) {
             to_void.push(id);
         }
         steps.push(Step::ForgetVip(name.clone()));
@@ -1000,7 +1010,17 @@ mod tests {
         a2.name = "a2".into();
         let (current, steps) = change(&mut model, &current, &[a2.clone(), b.clone()], &Down::new());
         assert!(!steps.iter().any(|s| matches!(s, Step::RemoveVip(_))), "{steps:?}");
-        assert!(steps.contains(&Step::VoidMoved(vec![old_a])), "{steps:?}");
+        let set_a2 = steps.iter().position(|s| matches!(s, Step::SetVip { vip, .. } if vip == "a2")).unwrap();
+        let voids: Vec<usize> = (0..steps.len())
+            .filter(|&i| {
+                matches!(&steps[i], Step::VoidFlows(id) if *id == old_a)
+                    || matches!(&steps[i], Step::VoidMoved(ids) if ids.contains(&old_a))
+            })
+            .collect();
+        assert!(
+            voids.len() == 1 && voids[0] < set_a2,
+            "old id voided once, before a2's entry: {voids:?}, a2 at {set_a2}"
+        );
         // Swapped addresses: each key is rewritten, none removed; both ids voided.
         let (mut x, mut y) = (a2.clone(), b.clone());
         std::mem::swap(&mut x.address, &mut y.address);
@@ -1035,6 +1055,16 @@ mod tests {
         assert!(
             removed < written,
             "old's key (removed at step {removed}) still names ring {ring} while new's backends are written in (step {written})"
+        );
+        let set = steps.iter().position(|s| matches!(s, Step::SetVip { vip, .. } if vip == "new")).unwrap();
+        assert!(
+            steps[..set].contains(&Step::ResetVip(ring)),
+            "new's counters are not reset before its entry"
+        );
+        assert!(
+            !steps[set..].iter().any(|s| matches!(s, Step::VoidFlows(id) if *id == ring)
+                || matches!(s, Step::VoidMoved(ids) if ids.contains(&ring))),
+            "the id's flows are voided after new's entry: new's first flows go"
         );
     }
 }

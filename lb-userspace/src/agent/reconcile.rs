@@ -53,6 +53,7 @@ fn take(dp: &mut Datapath, applied: &mut Applied, step: Step, slots: &mut usize)
             applied.source = Some(s.clone());
             write_config(dp, applied)?;
         }
+        Step::ResetVip(id) => dp.reset_vip_stats(*id)?,
         Step::ResetBackend(id) => {
             dp.set_active_connections(*id, 0)?;
             dp.reset_backend_stats(*id)?;

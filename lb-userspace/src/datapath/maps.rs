@@ -135,19 +135,32 @@ impl Datapath {
 
     /// Zeroes backend `id`'s traffic counters on every CPU.
     pub fn reset_backend_stats(&mut self, id: u32) -> Result<(), DatapathError> {
-        let name = map_names::BACKEND_STATS;
-        let mut stats: PerCpuArray<&mut MapData, TrafficStats> =
+        self.zero_per_cpu::<TrafficStats>(map_names::BACKEND_STATS, id)
+    }
+
+    /// Zeroes VIP `id`'s traffic and policy counters on every CPU.
+    pub fn reset_vip_stats(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.zero_per_cpu::<TrafficStats>(map_names::VIP_STATS, id)?;
+        self.zero_per_cpu::<lb_common::PolicyCounts>(map_names::POLICY_STATS, id)
+    }
+
+    /// Zeroes entry `id` of per-CPU array `name` on every CPU.
+    fn zero_per_cpu<T: aya::Pod + Default + Clone>(
+        &mut self,
+        name: &'static str,
+        id: u32,
+    ) -> Result<(), DatapathError> {
+        let mut stats: PerCpuArray<&mut MapData, T> =
             PerCpuArray::try_from(self.map_mut(name)?).map_err(err(name))?;
         let cpus = super::loader::possible_cpus()? as usize;
-        let zeros = aya::maps::PerCpuValues::try_from(vec![TrafficStats::default(); cpus]).map_err(|e| {
-            DatapathError::Map {
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|e| DatapathError::Map {
                 name,
                 source: MapError::SyscallError(aya::sys::SyscallError {
                     call: "per-CPU values",
                     io_error: e,
                 }),
-            }
-        })?;
+            })?;
         stats.set(id, zeros, 0).map_err(err(name))
     }
 

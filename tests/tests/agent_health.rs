@@ -114,3 +114,49 @@ fn a_backend_saved_down_with_a_check_now_of_type_none_comes_back() {
     let line = Down::listed(&lbd);
     assert!(line.split_whitespace().any(|w| w == "up"), "{DEAD} is not shown up: {line}");
 }
+
+/// `on_down = "reset-flows"` on a least-conn VIP: when a backend goes down its flows leave the
+/// table, and so do the connections it counted open (else least-conn would weigh them against
+/// it when it comes back, until a census: 10 s at least, minutes on big tables).
+#[test]
+fn a_reset_removes_a_down_backends_flows_and_its_open_count() {
+    use aya::maps::{Array, Map, MapData};
+    const FLOWS: u32 = 1000;
+    let ns = lb_namespace();
+    for a in ["198.18.0.11/32", "198.18.0.12/32"] {
+        ns.addr("eth1", a);
+    }
+    let _listener = ns.run(|| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 8080))).expect("listen");
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let check = "[vip.health]\ntype = \"tcp\"\nport = 8080\ninterval_ms = 200\ntimeout_ms = 100\nrise = 1\nfall = 1\n\n";
+    let vip = web(check).replace(
+        "protocol = \"tcp\"\n",
+        "protocol = \"tcp\"\nscheduler = \"least-conn\"\non_down = \"reset-flows\"\n",
+    );
+    let lbd = Lbd::start(&ns, &files, &format!("{header}{vip}"));
+    let state = SavedState::read(&files.dir.join("state.json")).unwrap().expect("a saved state");
+    let id = state.ids.backend("web", DEAD.parse().unwrap()).expect("an id");
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
+    let written =
+        lb_tests::flows::fill_counted_flows(&pins, state.ids.vips["web"], id, FLOWS, [198, 18, 100, 1]);
+    let counts = MapData::from_pin(pins.join(lb_common::map_names::ACTIVE_CONNS)).expect("pinned counts");
+    let mut counts: Array<_, u64> = Array::try_from(Map::Array(counts)).unwrap();
+    counts.set(id, u64::from(written), 0).unwrap();
+    let flows_of = || {
+        let json = lbd.lbctl_ok(&["--json", "flows", "--vip", "web", "--limit", "0"]);
+        let f: lb_userspace::agent::flows::Flows = serde_json::from_str(&json).expect("lbctl --json flows");
+        f.backends.iter().find(|b| b.address.to_string() == DEAD).map(|b| b.flows).expect("listed")
+    };
+    assert_eq!(flows_of(), u64::from(written), "the flows written");
+
+    // 198.18.0.11 goes: its checks time out, it is down after one, and its flows are reset.
+    ns.ip(&["addr", "del", "198.18.0.11/32", "dev", "eth1"]);
+    let log = files.dir.join("lbd.log");
+    wait_for("the reset", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("reset the flows of a down backend")
+    });
+    assert_eq!(flows_of(), 0, "flows of the down backend stay");
+    let left = counts.get(&id, 0).unwrap();
+    assert_eq!(left, 0, "{DEAD} still counts {left} open connections after its {written} flows went");
+}

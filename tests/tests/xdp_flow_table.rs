@@ -284,7 +284,11 @@ fn both_cpus_see_one_flow_table() {
         assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 1, 0), "the first CPU lost the flow");
         assert_eq!(recorded(r), vec![key(24_000)]);
         // Taken out of the table: neither CPU answers from anything else.
-        r.datapath.flow_table().unwrap().remove_backend(to).unwrap();
+        r.datapath
+            .flow_table()
+            .unwrap()
+            .remove_backend(to, &std::sync::atomic::AtomicBool::new(true))
+            .unwrap();
         assert!(recorded(r).is_empty());
         assert_eq!(flow_counters(r, 24_000, tcp::ACK), (Some(to), 0, 1), "a removed flow was found");
         pin_to_cpu(second);

@@ -244,33 +244,39 @@ fn health_changed(agent: &mut Agent, event: &HealthEvent) -> Option<FlowReset> {
 }
 
 /// Removes the flows of down backends from the flow table, one walk at a time, off the agent
-/// lock and off the event loop; not those of a backend up again by its turn.
+/// lock and off the event loop; not (or no more) those of a backend up again meanwhile.
 async fn reset_flows(agent: Shared, mut resets: mpsc::UnboundedReceiver<FlowReset>) {
     while let Some(reset) = resets.recv().await {
-        let (id, what) = (reset.id, reset.to_string());
-        let table = {
-            let a = agent.lock().await;
-            if !a.reset_due(&reset) {
-                info!(
-                    backend = what,
-                    "not resetting the flows of a backend up again (or gone) since it went down"
-                );
-                continue;
+        let what = reset.to_string();
+        let table = agent.lock().await.datapath.flow_table();
+        let walked = match table {
+            Ok(_) if !reset.wanted() => Ok(None),
+            Ok(mut table) => {
+                let r = reset.clone();
+                match tokio::task::spawn_blocking(move || table.remove_backend(r.id, &r.wanted)).await {
+                    Ok(removed) => removed.map(Some).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
             }
-            a.datapath.flow_table()
+            Err(e) => Err(e.to_string()),
         };
-        let mut table = match table {
-            Ok(table) => table,
-            Err(e) => {
-                error!("resetting the flows of {what}: {e}");
-                continue;
+        let mut a = agent.lock().await;
+        match walked {
+            Ok(None) => info!(
+                backend = what,
+                "not resetting the flows of a backend up again (or gone) since it went down"
+            ),
+            Ok(Some(removed)) => {
+                // The connections it counted open are closed: least-conn must not weigh them.
+                if let Err(e) = a.uncount_connections(reset.id, removed.counted) {
+                    error!("resetting the flows of {what}: {e}");
+                }
+                let stopped = if reset.wanted() { "" } else { " (stopped: the backend is up again)" };
+                info!(backend = what, flows = removed.flows, "reset the flows of a down backend{stopped}");
             }
-        };
-        match tokio::task::spawn_blocking(move || table.remove_backend(id)).await {
-            Ok(Ok(n)) => info!(backend = what, flows = n, "reset the flows of a down backend"),
-            Ok(Err(e)) => error!("resetting the flows of {what}: {e}"),
             Err(e) => error!("resetting the flows of {what}: {e}"),
         }
+        a.reset_done(&reset);
     }
 }
 

@@ -189,10 +189,19 @@ impl FlowCensus {
 pub const MAX_DENY_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 /// A down backend's flows to remove (`on_down = "reset-flows"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct FlowReset {
     pub id: u32,
     pub key: crate::health::TargetKey,
+    /// Cleared by the agent once the backend is up again (or gone): a walk queued or under
+    /// way stops removing its flows, which may be its new connections'.
+    pub wanted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlowReset {
+    pub fn wanted(&self) -> bool {
+        self.wanted.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Display for FlowReset {
@@ -295,6 +304,8 @@ pub struct Agent {
     pub retired: retired::Retired,
     /// Interfaces whose balancer was found not attached as configured ([`Self::check_links`]).
     pub link_problems: links::LinkProblems,
+    /// The reset-flows walks queued or under way, by backend id.
+    pub resets: BTreeMap<u32, FlowReset>,
 }
 
 impl Agent {
@@ -359,6 +370,7 @@ impl Agent {
         self.schedule_voids();
         let slots = applied?;
         self.update_checks();
+        self.cancel_stale_resets();
         // What the host announces follows the rings (a VIP with no backend left is withdrawn);
         // maps that failed to take a change are first brought back (`apply_or_revert`).
         self.announce();
@@ -800,17 +812,37 @@ impl Agent {
         if let Err(e) = self.save(&self.applied.ids) {
             warn!("health change applied but not saved: a restarted lbd starts from the health saved before: {e}");
         }
-        Ok(match self.applied.ids.backend(vip, *address) {
-            Some(id) if reset => Some(FlowReset { id, key: event.key.clone() }),
-            _ => None,
-        })
+        self.cancel_stale_resets();
+        let Some(id) = self.applied.ids.backend(vip, *address).filter(|_| reset) else { return Ok(None) };
+        // One walk per backend at a time: one queued or under way does it.
+        if self.resets.get(&id).is_some_and(FlowReset::wanted) {
+            return Ok(None);
+        }
+        let reset = FlowReset { id, key: event.key.clone(), wanted: Default::default() };
+        reset.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.resets.insert(id, reset.clone());
+        Ok(Some(reset))
     }
 
-    /// Whether `reset` is still to be done: its backend is still down, under the same id. Walks
-    /// run one at a time, after the event, and one that comes after the backend recovered would
-    /// break the connections it took since.
-    pub fn reset_due(&self, reset: &FlowReset) -> bool {
-        reset_due(&self.down, &self.applied.ids, reset)
+    /// Stops the resets no longer due: their backend is up again, or gone, or its id another's.
+    /// Walks run one at a time, after the event, and one that ran after the backend recovered
+    /// would break the connections it took since.
+    fn cancel_stale_resets(&mut self) {
+        let (down, ids) = (&self.down, &self.applied.ids);
+        self.resets.retain(|_, reset| {
+            let due = reset_due(down, ids, reset);
+            if !due {
+                reset.wanted.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            due
+        });
+    }
+
+    /// A reset's walk is over.
+    pub fn reset_done(&mut self, reset: &FlowReset) {
+        if self.resets.get(&reset.id).is_some_and(|r| std::sync::Arc::ptr_eq(&r.wanted, &reset.wanted)) {
+            self.resets.remove(&reset.id);
+        }
     }
 
     /// Health as lbctl shows it: "up", "down", or "-" for a backend without a check.
@@ -849,6 +881,19 @@ impl Agent {
         }
         let table = self.datapath.flow_table().map_err(|e| AgentError::Apply(e.into()))?;
         Ok(FlowCensus { table, before, retired: retired::RetiredFlows::of(&self.retired) })
+    }
+
+    /// Takes `n` connections off backend `id`'s open count: a reset removed their flows, which
+    /// will never close. A read and a write: a move the data plane makes in between is lost,
+    /// and the next census mends it.
+    pub fn uncount_connections(&mut self, id: u32, n: u64) -> Result<(), AgentError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let dp = &mut self.datapath;
+        let now = dp.active_connections(id).map_err(|e| AgentError::Apply(e.into()))? as i64;
+        let left = now.saturating_sub(n as i64).max(0) as u64;
+        dp.set_active_connections(id, left).map_err(|e| AgentError::Apply(e.into()))
     }
 
     /// Keeps the table's fill a census found (for the metrics), and corrects the data plane's
@@ -912,7 +957,7 @@ mod tests {
         let key = ("web".to_owned(), "198.18.0.11".parse().unwrap());
         let mut ids = Ids::default();
         ids.backends.entry("web".into()).or_default().insert(key.1, 7);
-        let reset = FlowReset { id: 7, key: key.clone() };
+        let reset = FlowReset { id: 7, key: key.clone(), wanted: Default::default() };
         let down = [key.clone()].into_iter().collect();
         assert!(reset_due(&down, &ids, &reset), "still down");
         assert!(!reset_due(&Default::default(), &ids, &reset), "up again: its new connections stay");

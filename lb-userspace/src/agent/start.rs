@@ -218,6 +218,7 @@ fn take_over(
         denies: Vec::new(),
         retired: Default::default(),
         link_problems: Default::default(),
+        resets: Default::default(),
     };
     match saved {
         Some(state) => {

@@ -97,23 +97,23 @@ impl FlowEntries {
     /// Empties entry `index` if it still holds what `seen` (a [`Self::read`] of it) holds: same
     /// sequence, no writer. Its `ctl` goes to the next sequence with no state bits, by a
     /// compare-exchange, so a writer that claimed the entry meanwhile wins and readers see the
-    /// sequence move. Returns whether this cleared it.
-    pub fn clear(&self, index: u32, seen: &FlowEntry) -> bool {
+    /// sequence move. Returns the control word it cleared, if this cleared it.
+    pub fn clear(&self, index: u32, seen: &FlowEntry) -> Option<u64> {
         let ctl = self.ctl(index);
         let mut current = ctl.load(Ordering::Acquire);
         for _ in 0..TRIES {
             if current & FLOW_BUSY != 0 || (current ^ seen.ctl) & FLOW_SEQ_MASK != 0 {
-                return false;
+                return None;
             }
             let cleared = (current + 1) & FLOW_SEQ_MASK;
             // The use time or a count bit may move in place between the load and the exchange:
             // then the exchange fails and is tried from the new value.
             match ctl.compare_exchange(current, cleared, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
+                Ok(_) => return Some(current),
                 Err(now) => current = now,
             }
         }
-        false
+        None
     }
 
     /// Forgets the policy stamp of entry `index` (sets it to 0, which no policy generation
@@ -282,12 +282,15 @@ mod tests {
         let mut memory = vec![flow(80, FLOW_CONFIRMED | 0xffff)];
         let table = entries(&mut memory);
         let seen = table.read(0).unwrap();
-        // The data plane moves the use time in place: the clear still applies.
+        // The data plane moves the use time and counts the connection open, in place: the clear
+        // still applies, and says what it cleared (the count bit too).
         table.ctl(0).fetch_add(1 << FLOW_CLOCK_SHIFT, Ordering::Relaxed);
-        assert!(table.clear(0, &seen));
+        table.ctl(0).fetch_or(lb_common::FLOW_COUNTED, Ordering::Relaxed);
+        let cleared = table.clear(0, &seen).expect("cleared");
+        assert_ne!(cleared & lb_common::FLOW_COUNTED, 0, "the count bit it cleared");
         assert_eq!(table.ctl(0).load(Ordering::Relaxed), 0, "sequence 0xffff + 1 wraps, no state, no clock");
         assert!(!table.read(0).unwrap().holds_flow());
-        assert!(!table.clear(0, &seen), "the sequence moved: cleared already");
+        assert_eq!(table.clear(0, &seen), None, "the sequence moved: cleared already");
     }
 
     #[test]
@@ -296,9 +299,9 @@ mod tests {
         let table = entries(&mut memory);
         let seen = table.read(0).unwrap();
         let claim = table.claim(0).unwrap();
-        assert!(!table.clear(0, &seen), "busy: the writer's");
+        assert_eq!(table.clear(0, &seen), None, "busy: the writer's");
         table.write(claim, &flow(443, FLOW_PENDING));
-        assert!(!table.clear(0, &seen), "another flow, under the next sequence");
+        assert_eq!(table.clear(0, &seen), None, "another flow, under the next sequence");
         assert_eq!(table.read(0).unwrap().key.sport, 443, "the writer's flow stays");
     }
 }

@@ -1,5 +1,8 @@
 //! Typed access to the data plane's maps.
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use aya::maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
 use lb_common::{
@@ -339,6 +342,14 @@ pub struct CensusWalk {
     pub stamps_forgotten: u64,
 }
 
+/// What [`FlowTable::remove_backend`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub flows: u64,
+    /// Of them, connections least-conn counted open.
+    pub counted: u64,
+}
+
 /// What a walk of the flow table saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowWalk {
@@ -495,14 +506,18 @@ impl FlowTable {
     }
 
     /// Removes every flow pinned to backend `id` (their next packets pick a backend from the
-    /// ring again) and returns how many this removed. An entry a data-plane writer takes
-    /// meanwhile stays the writer's.
-    pub fn remove_backend(&mut self, id: u32) -> Result<u64, DatapathError> {
-        let mut removed = 0;
+    /// ring again) while `wanted` holds, and says how many this removed. An entry a data-plane
+    /// writer takes meanwhile stays the writer's.
+    pub fn remove_backend(&mut self, id: u32, wanted: &AtomicBool) -> Result<Removed, DatapathError> {
+        let mut removed = Removed::default();
         let entries = &self.entries;
         self.walk_entries(|index, entry| {
-            if entry.backend == id && entries.clear(index, entry) {
-                removed += 1;
+            if entry.backend != id || !wanted.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Some(ctl) = entries.clear(index, entry) {
+                removed.flows += 1;
+                removed.counted += u64::from(ctl & lb_common::FLOW_COUNTED != 0);
             }
         })?;
         Ok(removed)

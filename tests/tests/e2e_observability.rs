@@ -52,7 +52,7 @@ const PORT: u16 = 8080;
 /// lbd's metrics endpoint and Prometheus' API, both on the lb namespace's loopback.
 const METRICS: &str = "127.0.0.1:9100";
 /// How full the flow table is, and how much of it is unconfirmed (docs/observability.md).
-const FILL: &str = "sum(lb_flow_table_flows) / scalar(lb_flow_table_entries)";
+const FILL: &str = "sum without (state) (lb_flow_table_flows) / lb_flow_table_entries";
 const UNCONFIRMED_FILL: &str =
     r#"lb_flow_table_flows{state="unconfirmed"} / ignoring(state) lb_flow_table_entries"#;
 const ACTIVE_SHARE: &str = "lb_flow_table_active_flows / lb_flow_table_entries";

@@ -250,3 +250,53 @@ fn an_l2dsr_backend_host_binds_vips_and_sets_arp_without_decap() {
     assert!(exit.success(), "backend-host exited with {exit} on SIGINT:\n{}", b.log());
     assert_undone(&w, &b);
 }
+
+/// The ARP settings are in place before the first VIP is on lo, and stay until the last is gone
+/// (a VIP on lo while an interface answers ARP for it: a router may learn the backend's MAC for
+/// the VIP and bypass the balancer). A setting someone made stricter meanwhile is theirs: a stop
+/// leaves it.
+#[test]
+fn arp_settings_surround_the_vips_and_an_operators_stricter_one_stays() {
+    let w = world();
+    let b = BackendHostFiles::new(&format!(
+        "interfaces = [\"eth0\"]\nvips = [\"{VIP4}\", \"{VIP_BEFORE}\"]\ndecap = false\n"
+    ));
+    let (mut process, _) = b.start(&w.backend);
+    lb_tests::netns::run(w.backend.command("sysctl").args(["-qw", "net.ipv4.conf.eth0.arp_ignore=2"]));
+    // SAFETY: a signal to our own child, not yet reaped.
+    unsafe { libc::kill(process.child.id() as libc::pid_t, libc::SIGTERM) };
+    let exit = process.child.wait().expect("wait");
+    assert!(exit.success(), "backend-host exited with {exit}:\n{}", b.log());
+    let log = b.log();
+    let at =
+        |what: &str| log.lines().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}:\n{log}"));
+    let (arp_on, bound) = (at("arp_ignore: 0 -> 1"), at(&format!("bound VIP {VIP4}/32")));
+    assert!(arp_on < bound, "a VIP was on lo before ARP was quiet for it:\n{log}");
+    let (removed, restored) = (at(&format!("removed VIP {VIP4}")), at("arp_announce: restored to 1"));
+    assert!(removed < restored, "ARP answered again while a VIP was on lo:\n{log}");
+    assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_ignore"), "2", "the operator's setting was undone");
+    assert!(log.contains("set since by someone else"), "not said:\n{log}");
+    // Put back for the namespace's next user (the namespace goes with the test anyway).
+    lb_tests::netns::run(w.backend.command("sysctl").args(["-qw", "net.ipv4.conf.eth0.arp_ignore=0"]));
+}
+
+/// A start that fails half way (the second interface refuses native XDP: `lo` has no driver
+/// hook) undoes what it did: the first interface's decap is detached and the pins removed.
+#[test]
+fn a_start_that_fails_on_an_interface_leaves_no_decap_behind() {
+    let w = world();
+    let b = BackendHostFiles::new(&format!(
+        "interfaces = [\"eth0\", \"lo\"]\nvips = [\"{VIP4}\"]\nallowed_sources = [\"198.18.0.2/32\"]\n"
+    ));
+    let out = b.command(&w.backend, &[]).output().expect("run lbd backend-host");
+    assert!(!out.status.success(), "backend-host started with native XDP on lo:\n{}", b.log());
+    let link = w.backend.ip(&["-d", "link", "show", "dev", "eth0"]);
+    assert!(
+        !link.contains("prog/xdp"),
+        "decap left attached to eth0 by a failed start:\n{link}\n{}",
+        b.log()
+    );
+    assert!(!b.pin_path().exists(), "pins left under {}:\n{}", b.pin_path().display(), b.log());
+    let on_lo = w.backend.ip(&["addr", "show", "dev", "lo"]);
+    assert!(!on_lo.contains(VIP4), "the VIP left on lo:\n{on_lo}");
+}

@@ -95,8 +95,10 @@ impl BackendHost {
         } else {
             remove_pins(&pin_dir(&self.config));
         }
-        self.bind_vips()?;
-        self.set_arp_sysctls()
+        // No moment with a VIP on lo while the interfaces still answer ARP for it (a router
+        // that learnt the backend's MAC for the VIP would bypass the balancer).
+        self.set_arp_sysctls()?;
+        self.bind_vips()
     }
 
     /// Record entries of a previous run that the config no longer wants: undone now.
@@ -129,7 +131,8 @@ impl BackendHost {
             warn!(pins = %o.dir.display(), links = ?o.links, "pins of an earlier release's map layout, which this one cannot adopt: links detached, pins removed");
         }
         let dir = pin_dir(&self.config);
-        let mut dp = datapath::load_decap_pinned(&dir)?;
+        // Held by `self` from here: a start that fails below is undone by `stop`, links and all.
+        let dp = self.datapath.insert(datapath::load_decap_pinned(&dir)?);
         dp.set_decap_sources(&self.config.allowed_sources)?;
         match self.config.allowed_sources.is_empty() {
             true => info!("accepting tunnels from any outer source"),
@@ -138,9 +141,11 @@ impl BackendHost {
             }
         }
         let addresses = self.wanted_decap_addresses()?;
+        let dp = self.datapath.as_mut().expect("loaded above");
         dp.set_decap_addrs(&addresses)?;
         info!(addresses = %list(&addresses), "stripping tunnels addressed to these");
         self.decap_addresses = addresses;
+        let dp = self.datapath.as_mut().expect("loaded above");
         for stale in link_pins(&dir).into_iter().filter(|i| !self.config.interfaces.contains(i)) {
             dp.unpin_link(&stale)?;
             info!(interface = stale, "decap detached from an interface no longer configured");
@@ -172,7 +177,6 @@ impl BackendHost {
                 ),
             }
         }
-        self.datapath = Some(dp);
         Ok(())
     }
 
@@ -267,7 +271,19 @@ impl BackendHost {
 
     fn restore_sysctl(&mut self, sysctl: &Sysctl) -> Result<(), BackendHostError> {
         let Some(original) = self.record.sysctls.get(sysctl).cloned() else { return Ok(()) };
-        match sysctl.write(&original) {
+        // Set since by someone else (an operator's stricter setting): theirs stays.
+        let ours = ARP.iter().find(|(leaf, _)| *leaf == sysctl.leaf()).map(|(_, want)| want.to_string());
+        let now = sysctl.read().ok();
+        let restored = match now {
+            Some(now) if Some(&now) != ours.as_ref() => {
+                info!(
+                    "{sysctl}: {now}, set since by someone else: left as it is (not restored to {original})"
+                );
+                Ok(())
+            }
+            _ => sysctl.write(&original),
+        };
+        match restored {
             Ok(()) => info!("{sysctl}: restored to {original}"),
             // The interface is gone, and its settings with it.
             Err(HostError::WriteSysctl { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
@@ -277,19 +293,25 @@ impl BackendHost {
         self.record.write(&self.config.state_file)
     }
 
-    /// Undoes everything: restores the sysctls, removes the VIPs it bound, detaches decap and
-    /// removes its pins, then the state file. Goes on past failures and reports them all.
+    /// Undoes everything: removes the VIPs it bound, then restores the sysctls (no moment with
+    /// a VIP on lo and ARP answered for it), detaches decap and removes its pins, then the state
+    /// file. Goes on past failures and reports them all.
     pub fn stop(mut self) -> Result<(), BackendHostError> {
         let mut failures = Vec::new();
-        let sysctls: Vec<Sysctl> = self.record.sysctls.keys().cloned().collect();
-        for sysctl in sysctls {
-            if let Err(e) = self.restore_sysctl(&sysctl) {
-                failures.push(e.to_string());
-            }
-        }
         let vips: Vec<IpAddr> = self.record.vips.iter().copied().collect();
         for vip in vips {
             if let Err(e) = self.unbind_vip(vip) {
+                failures.push(e.to_string());
+            }
+        }
+        // A VIP that stays on lo keeps the ARP settings it needs.
+        let sysctls: Vec<Sysctl> = if self.record.vips.is_empty() {
+            self.record.sysctls.keys().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        for sysctl in sysctls {
+            if let Err(e) = self.restore_sysctl(&sysctl) {
                 failures.push(e.to_string());
             }
         }

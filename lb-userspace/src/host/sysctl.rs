@@ -18,6 +18,11 @@ impl Sysctl {
         Sysctl { parts: parts.iter().map(|p| p.to_string()).collect() }
     }
 
+    /// Its last component, e.g. `forwarding`.
+    pub fn leaf(&self) -> &str {
+        self.parts.last().map_or("", String::as_str)
+    }
+
     pub fn path(&self) -> PathBuf {
         let mut path = PathBuf::from("/proc/sys");
         path.extend(&self.parts);

@@ -300,3 +300,21 @@ fn a_start_that_fails_on_an_interface_leaves_no_decap_behind() {
     let on_lo = w.backend.ip(&["addr", "show", "dev", "lo"]);
     assert!(!on_lo.contains(VIP4), "the VIP left on lo:\n{on_lo}");
 }
+
+/// An interface that is a port of a bridge (the address on the bridge, as on Proxmox or LXD
+/// hosts) takes no part in ARP: its settings would not keep the host from answering for the VIPs.
+/// backend-host says so, naming the bridge.
+#[test]
+fn arp_settings_on_a_bridge_port_are_called_out() {
+    let w = world();
+    w.backend.ip(&["link", "add", "br9", "type", "bridge"]);
+    w.backend.ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"]);
+    w.backend.ip(&["link", "set", "p0", "master", "br9"]);
+    let b = BackendHostFiles::new(&format!("interfaces = [\"p0\"]\nvips = [\"{VIP4}\"]\ndecap = false\n"));
+    let (_process, _) = b.start(&w.backend);
+    let log = b.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN") && l.contains("p0 is a port of br9")),
+        "no warning that br9 answers ARP:\n{log}"
+    );
+}

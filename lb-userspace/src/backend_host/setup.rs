@@ -241,6 +241,19 @@ impl BackendHost {
     }
 
     fn set_arp_sysctls(&mut self) -> Result<(), BackendHostError> {
+        // A port of a bridge or bond takes no part in ARP: its master answers.
+        for interface in &self.config.interfaces {
+            let master = link::ifindex(interface).and_then(|i| self.netlink.master(i).ok().flatten());
+            if let Some(master) = master.and_then(link::ifname) {
+                warn!(
+                    interface,
+                    master,
+                    "{interface} is a port of {master}, which answers ARP for the VIPs on lo: the ARP settings \
+                     here do not reach it. Set net.ipv4.conf.{master}.arp_ignore=1 and arp_announce=2 (or, \
+                     with decap = false, list {master} in interfaces)"
+                );
+            }
+        }
         for (interface, leaf, want) in arp_settings(&self.config) {
             let sysctl = Sysctl::interface(Family::Ipv4, &interface, leaf);
             let current = sysctl.read()?;

@@ -12,6 +12,7 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 /// struct ifinfomsg: family, pad, type, index, flags, change.
 const IFINFOMSG_LEN: usize = 16;
+const IFLA_MASTER: u16 = 10;
 const IFLA_XDP: u16 = 43;
 const IFLA_XDP_DRV_PROG_ID: u16 = 5;
 const IFLA_XDP_SKB_PROG_ID: u16 = 6;
@@ -28,14 +29,9 @@ pub struct XdpPrograms {
 impl Netlink {
     /// The XDP programs attached to interface `ifindex` (one that does not exist: `ENODEV`).
     pub fn xdp_programs(&self, ifindex: u32) -> io::Result<XdpPrograms> {
-        let mut header = [0u8; IFINFOMSG_LEN];
-        header[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-        let reply = self.get(Request::new(RTM_GETLINK, 0, &header))?;
-        if reply.kind != RTM_NEWLINK || reply.payload.len() < IFINFOMSG_LEN {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "RTM_GETLINK answered without a link"));
-        }
+        let link = self.link(ifindex)?;
         let mut programs = XdpPrograms::default();
-        let nested = attributes(&reply.payload[IFINFOMSG_LEN..]).filter(|(kind, _)| *kind == IFLA_XDP);
+        let nested = attributes(&link).filter(|(kind, _)| *kind == IFLA_XDP);
         for (_, xdp) in nested {
             for (kind, data) in attributes(xdp) {
                 match kind {
@@ -46,6 +42,25 @@ impl Netlink {
             }
         }
         Ok(programs)
+    }
+
+    /// The interface `ifindex` is a port of (a bridge's, a bond's), if any.
+    pub fn master(&self, ifindex: u32) -> io::Result<Option<u32>> {
+        let link = self.link(ifindex)?;
+        let master =
+            attributes(&link).find(|(kind, _)| *kind == IFLA_MASTER).map(|(_, data)| u32_at(data, 0));
+        Ok(master)
+    }
+
+    /// Interface `ifindex`'s attributes (`RTM_GETLINK`).
+    fn link(&self, ifindex: u32) -> io::Result<Vec<u8>> {
+        let mut header = [0u8; IFINFOMSG_LEN];
+        header[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        let reply = self.get(Request::new(RTM_GETLINK, 0, &header))?;
+        if reply.kind != RTM_NEWLINK || reply.payload.len() < IFINFOMSG_LEN {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "RTM_GETLINK answered without a link"));
+        }
+        Ok(reply.payload[IFINFOMSG_LEN..].to_vec())
     }
 }
 

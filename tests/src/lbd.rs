@@ -61,6 +61,18 @@ impl LbdFiles {
     }
 }
 
+impl LbdFiles {
+    /// A whole config with `[announce]` (table 4242) and `web` (198.18.100.1:80/tcp, one backend)
+    /// announced whatever its health.
+    pub fn announcing_web(&self) -> String {
+        format!(
+            "{}[announce]\n\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
+             announce = \"always\"\n\n[[vip.backend]]\naddress = \"198.18.0.11\"\n",
+            self.header(&["eth0"], "198.18.0.2", "fd00::2")
+        )
+    }
+}
+
 impl Default for LbdFiles {
     fn default() -> Self {
         Self::new()

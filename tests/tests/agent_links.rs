@@ -237,11 +237,7 @@ fn a_mode_the_driver_refuses_leaves_the_balancer_in_the_mode_it_had() {
 fn a_host_whose_balancer_is_not_attached_announces_nothing() {
     let ns = lb_namespace();
     let files = LbdFiles::new();
-    let config = format!(
-        "{}[announce]\n\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
-         announce = \"always\"\n\n[[vip.backend]]\naddress = \"198.18.0.11\"\n",
-        files.header(&["eth0"], "198.18.0.2", "fd00::2")
-    );
+    let config = files.announcing_web();
     let lbd = Lbd::start(&ns, &files, &config);
     let table = || ns.ip(&["route", "show", "table", "4242"]);
     assert!(table().contains("198.18.100.1"), "web is not announced at first:\n{}", table());

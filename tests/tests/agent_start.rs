@@ -348,11 +348,7 @@ fn freeze_pinned_map(path: &std::path::Path) {
 fn a_start_that_fails_at_the_maps_withdraws_every_vip() {
     let ns = lb_namespace();
     let files = LbdFiles::new();
-    let config = format!(
-        "{}[announce]\n\n[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\
-         announce = \"always\"\n\n[[vip.backend]]\naddress = \"198.18.0.11\"\n",
-        files.header(&["eth0"], "198.18.0.2", "fd00::2")
-    );
+    let config = files.announcing_web();
     std::fs::write(files.config(), &config).unwrap();
     let table = || ns.ip(&["route", "show", "table", "4242"]);
     let lbd = lb_tests::lbd::Lbd::start_with(&ns, &files, &[]);

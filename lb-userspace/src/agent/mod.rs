@@ -112,14 +112,15 @@ impl SavedState {
 /// when idle, clients gone). It also forgets stale policy stamps (`FlowTable::census_walk`).
 pub struct FlowCensus {
     table: crate::datapath::FlowTable,
-    /// Least-conn backend id -> the data plane's count (as stored) before the walk.
-    before: BTreeMap<u32, u64>,
+    /// Least-conn backend id -> its owner then (VIP, address) and the data plane's count (as
+    /// stored) before the walk.
+    before: BTreeMap<u32, (crate::health::TargetKey, u64)>,
     retired: retired::RetiredFlows,
 }
 
 /// What a [`FlowCensus`] found.
 pub struct Census {
-    before: BTreeMap<u32, u64>,
+    before: BTreeMap<u32, (crate::health::TargetKey, u64)>,
     /// Backend id -> flows marked open.
     counted: BTreeMap<u32, u64>,
     fill: TableFill,
@@ -875,7 +876,7 @@ impl Agent {
                 if let Some(id) = self.applied.ids.backend(&v.name, b.address) {
                     let stored =
                         self.datapath.active_connections(id).map_err(|e| AgentError::Apply(e.into()))?;
-                    before.insert(id, stored);
+                    before.insert(id, ((v.name.clone(), b.address), stored));
                 }
             }
         }
@@ -907,18 +908,18 @@ impl Agent {
             return Ok(corrections);
         }
         self.release_retired(&census.retired);
-        for (&id, &before) in &census.before {
+        for (&id, ((vip, address), before)) in &census.before {
+            // An id handed to another backend during the walk: its count is the new owner's,
+            // which the walk did not count (its flows were not of the generation it read).
+            if self.applied.ids.backend(vip, *address) != Some(id) {
+                continue;
+            }
             let dp = &mut self.datapath;
             let now = dp.active_connections(id).map_err(|e| AgentError::Apply(e.into()))?;
             let counted = census.counted.get(&id).copied().unwrap_or(0);
-            if let Some(counted) = corrected_count(before, now, counted) {
+            if let Some(counted) = corrected_count(*before, now, counted) {
                 dp.set_active_connections(id, counted).map_err(|e| AgentError::Apply(e.into()))?;
-                let owner = self.applied.ids.backends.iter().find_map(|(vip, by_address)| {
-                    by_address.iter().find(|(_, i)| **i == id).map(|(a, _)| (vip.clone(), *a))
-                });
-                if let Some((vip, address)) = owner {
-                    corrections.push((vip, address, crate::datapath::open_connections(now), counted));
-                }
+                corrections.push((vip.clone(), *address, crate::datapath::open_connections(now), counted));
             }
         }
         Ok(corrections)

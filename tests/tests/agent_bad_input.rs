@@ -432,6 +432,14 @@ fn cases() -> Vec<Case> {
             says: "unknown field `vipp`",
         },
         Case {
+            name: "l2dsr backend behind a router",
+            action: ApplyText(
+                "\n[[vip]]\nname = \"dsr\"\naddress = \"198.18.100.7\"\nport = 80\nprotocol = \"tcp\"\nmode = \"l2dsr\"\n\n  [[vip.backend]]\n  address = \"198.18.3.5\"\n",
+            ),
+            exit: 1,
+            says: "backend 198.18.3.5 is reached via 198.18.0.1 (on eth0), not on a directly connected subnet",
+        },
+        Case {
             name: "api unknown endpoint",
             action: Api("GET", "/v1/nope", ""),
             exit: 22,
@@ -462,6 +470,8 @@ fn every_bad_input_is_refused_clearly_and_changes_nothing() {
     let files = LbdFiles::new();
     let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
     let good = format!("{header}{VIP}");
+    // Backends in 198.18.3.0/24 are behind a router.
+    ns.ip(&["route", "add", "198.18.3.0/24", "via", "198.18.0.1", "dev", "eth0"]);
     let lbd = Lbd::start(&ns, &files, &good);
     let before = map_snapshot(&files.pin_path.join(lb_common::PIN_LAYOUT), 4099);
     assert_eq!(before.backends.len(), 3, "the good config is applied: {before:?}");

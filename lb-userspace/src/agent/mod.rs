@@ -458,6 +458,9 @@ impl Agent {
     /// changes.
     fn replace(&mut self, candidate: Config, what: &str) -> Result<usize, AgentError> {
         config::check_whole(&candidate).map_err(|e| e.invalid)?;
+        if let Some(problem) = self.l2dsr_routed(&candidate.vips).into_iter().next() {
+            return Err(Invalid { origin: None, line: None, field: "mode".into(), message: problem }.into());
+        }
         // A removed VIP's own denies go with it (a later VIP of its name starts without them).
         let denies = self.denies.clone();
         self.denies
@@ -844,6 +847,27 @@ impl Agent {
         if self.resets.get(&reset.id).is_some_and(|r| std::sync::Arc::ptr_eq(&r.wanted, &reset.wanted)) {
             self.resets.remove(&reset.id);
         }
+    }
+
+    /// The backends of `vips`' `l2dsr` VIPs that this host reaches through a gateway, each as
+    /// a sentence: a frame with the gateway's MAC and the VIP as destination goes to the router,
+    /// which routes the VIP back to the balancer (a loop until the TTL runs out).
+    pub fn l2dsr_routed(&self, vips: &[Vip]) -> Vec<String> {
+        let Some(host) = &self.host else { return Vec::new() };
+        let mut problems = Vec::new();
+        for v in vips.iter().filter(|v| v.mode == config::ForwardMode::L2dsr) {
+            for b in &v.backends {
+                if let Some(hop) = host.status(b.address).hops.iter().find(|h| h.via_gateway) {
+                    problems.push(format!(
+                        "vip {:?}: backend {} is reached via {} (on {}), not on a directly connected \
+                         subnet: l2dsr rewrites only the MAC, so the router would send its packets back to \
+                         the VIP; use mode = \"ipip\" for routed backends",
+                        v.name, b.address, hop.neighbour, hop.interface
+                    ));
+                }
+            }
+        }
+        problems
     }
 
     /// Health as lbctl shows it: "up", "down", or "-" for a backend without a check.

@@ -283,6 +283,10 @@ fn reconcile_maps(agent: &mut Agent) -> Result<(), StartError> {
         warn!(entries = unknown, "removed VIP entries that no saved state accounts for");
     }
     info!(vips = agent.config.vips.len(), ring_slots_written = slots, "maps reconciled");
+    // Refused in a change; at start, a route may have moved since: said, not refused.
+    for problem in agent.l2dsr_routed(&agent.config.vips) {
+        error!("{problem}");
+    }
     Ok(())
 }
 

@@ -367,6 +367,12 @@ fn cases() -> Vec<Case> {
             says: "interval 10 ms is out of range",
         },
         Case {
+            name: "cli health option without --check",
+            action: Lbctl(&["vip", "add", "x", "--address", "198.18.100.3", "--port", "80", "--protocol", "tcp", "--rise", "2"]),
+            exit: 2,
+            says: "the following required arguments were not provided:\n  --check <TYPE>",
+        },
+        Case {
             name: "cli flows unknown state",
             action: Lbctl(&["flows", "--state", "half-open"]),
             exit: 2,

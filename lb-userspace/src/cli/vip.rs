@@ -135,35 +135,36 @@ pub async fn run(ctx: &Ctx, cmd: VipCommand) -> Result<(), Failure> {
 /// The VIP's health check (none unless --check is given) and what failing backends mean.
 #[derive(clap::Args)]
 pub struct HealthArgs {
-    /// Check the backends: tcp (connect), http (GET, status in range), udp (send, expect a reply).
+    /// Check the backends: tcp (connect), http (GET, status in range), udp (send, expect a
+    /// reply), none (always up). The other check options need it.
     #[arg(long, value_name = "TYPE", help_heading = "Health check")]
     check: Option<String>,
     /// Port to check (default: the VIP's port).
-    #[arg(long, help_heading = "Health check")]
+    #[arg(long, requires = "check", help_heading = "Health check")]
     check_port: Option<i64>,
     /// Milliseconds between checks (default 1000).
-    #[arg(long, help_heading = "Health check")]
+    #[arg(long, requires = "check", help_heading = "Health check")]
     check_interval_ms: Option<i64>,
     /// Milliseconds a check may take, less than the interval (default 500).
-    #[arg(long, help_heading = "Health check")]
+    #[arg(long, requires = "check", help_heading = "Health check")]
     check_timeout_ms: Option<i64>,
     /// Successes in a row that bring a down backend back (default 2).
-    #[arg(long, help_heading = "Health check")]
+    #[arg(long, requires = "check", help_heading = "Health check")]
     rise: Option<i64>,
     /// Failures in a row that take a backend out (default 3).
-    #[arg(long, help_heading = "Health check")]
+    #[arg(long, requires = "check", help_heading = "Health check")]
     fall: Option<i64>,
     /// http: the path to GET (default /).
-    #[arg(long, help_heading = "Health check")]
+    #[arg(long, requires = "check", help_heading = "Health check")]
     check_path: Option<String>,
     /// http: healthy status codes, e.g. 200 or 200-399 (the default).
-    #[arg(long, help_heading = "Health check")]
+    #[arg(long, requires = "check", help_heading = "Health check")]
     check_status: Option<String>,
     /// udp: the datagram to send.
-    #[arg(long, help_heading = "Health check")]
+    #[arg(long, requires = "check", help_heading = "Health check")]
     check_send: Option<String>,
     /// udp: what the reply must contain (default: any reply).
-    #[arg(long, help_heading = "Health check")]
+    #[arg(long, requires = "check", help_heading = "Health check")]
     check_expect: Option<String>,
     /// New flows when every backend is down: spread over every backend in service (fail open)
     /// or dropped.

@@ -373,6 +373,24 @@ fn cases() -> Vec<Case> {
             says: "the following required arguments were not provided:\n  --check <TYPE>",
         },
         Case {
+            name: "cli capture for longer than lbd takes",
+            action: Lbctl(&["capture", "--vip", "web", "-w", "/nonexistent/x.pcap", "--timeout", "120"]),
+            exit: 2,
+            says: "120 is not in 1..=60",
+        },
+        Case {
+            name: "cli top prefix longer than an address",
+            action: Lbctl(&["top", "--prefix", "200"]),
+            exit: 2,
+            says: "200 is not in 0..=128",
+        },
+        Case {
+            name: "cli flows limit beyond what lbd lists",
+            action: Lbctl(&["flows", "--limit", "50000"]),
+            exit: 2,
+            says: "50000 is not in 0..=10000",
+        },
+        Case {
             name: "cli flows unknown state",
             action: Lbctl(&["flows", "--state", "half-open"]),
             exit: 2,

@@ -16,9 +16,10 @@ pub struct FlowsArgs {
     /// confirmed by its second).
     #[arg(long, value_enum)]
     state: Option<FlowState>,
-    /// How many flows to list; the counts cover all of them whatever this is.
-    #[arg(long, value_name = "N", default_value_t = crate::agent::flows::DEFAULT_SAMPLE)]
-    limit: usize,
+    /// How many flows to list (0 to 10000); the counts cover all of them whatever this is.
+    #[arg(long, value_name = "N", default_value_t = crate::agent::flows::DEFAULT_SAMPLE as u64,
+          value_parser = clap::value_parser!(u64).range(0..=crate::agent::flows::MAX_SAMPLE as u64))]
+    limit: u64,
 }
 
 pub async fn run(ctx: &Ctx, args: FlowsArgs) -> Result<(), Failure> {

@@ -94,14 +94,14 @@ enum Command {
         /// The VIP's name.
         #[arg(long)]
         vip: String,
-        /// Packets to capture; each is written twice (before and after its rewrite).
-        #[arg(short = 'c', long, default_value_t = 10)]
-        count: usize,
+        /// Packets to capture (1 to 10000); each is written twice (before and after its rewrite).
+        #[arg(short = 'c', long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        count: u64,
         /// The pcap file to write.
         #[arg(short = 'w', long, value_name = "FILE")]
         write: PathBuf,
-        /// Give up waiting for packets after this many seconds.
-        #[arg(long, default_value_t = 10)]
+        /// Give up waiting for packets after this many seconds (1 to 60).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
         timeout: u64,
     },
     /// Print a shell completion script, e.g. `lbctl completions bash > /etc/bash_completion.d/lbctl`.
@@ -160,7 +160,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Apply { file } => config::run(&ctx, &file, "/v1/apply").await,
         Command::Plan { file } => config::run(&ctx, &file, "/v1/plan").await,
         Command::Capture { vip, count, write, timeout } => {
-            capture::run(&ctx, vip, count, &write, timeout).await
+            capture::run(&ctx, vip, count as usize, &write, timeout).await
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Args::command(), "lbctl", &mut std::io::stdout());

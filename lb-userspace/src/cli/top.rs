@@ -7,12 +7,14 @@ pub struct TopArgs {
     /// Only this VIP's sources.
     #[arg(long)]
     vip: Option<String>,
-    /// How many sources to show.
-    #[arg(short = 'n', long, default_value_t = crate::agent::top::DEFAULT_LIMIT)]
-    limit: usize,
-    /// Add sources up by prefixes of this length (e.g. 16: which /16 blocks a spoofed flood
-    /// from many addresses comes from).
-    #[arg(long, value_name = "LEN")]
+    /// How many sources to show (at least 1).
+    #[arg(short = 'n', long, default_value_t = crate::agent::top::DEFAULT_LIMIT as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    limit: u64,
+    /// Add sources up by prefixes of this length, 0 to 128 (e.g. 16: which /16 blocks a spoofed
+    /// flood from many addresses comes from); longer than the VIP's tracked prefix (its
+    /// `[vip.limits]`): the tracked one.
+    #[arg(long, value_name = "LEN", value_parser = clap::value_parser!(u8).range(0..=128))]
     prefix: Option<u8>,
 }
 

@@ -391,6 +391,12 @@ fn cases() -> Vec<Case> {
             says: "50000 is not in 0..=10000",
         },
         Case {
+            name: "cli json stats with watch",
+            action: Lbctl(&["--json", "stats", "--watch", "--count", "2"]),
+            exit: 1,
+            says: "--json prints one sample",
+        },
+        Case {
             name: "cli flows unknown state",
             action: Lbctl(&["flows", "--state", "half-open"]),
             exit: 2,

@@ -94,3 +94,35 @@ fn a_stalled_api_client_does_not_hold_the_stop() {
     assert!(status.success(), "lbd exited with {status}");
     drop(stalled);
 }
+
+/// The other side: lbctl against an lbd that takes the connection and never answers (stuck)
+/// reports it within `--wait` (exit 3, lbd unreachable) instead of waiting without end.
+#[test]
+fn lbctl_gives_up_on_an_lbd_that_does_not_answer() {
+    let dir = std::env::temp_dir().join(format!("lbctl-wait-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("stuck.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let held = std::thread::spawn(move || listener.accept().map(|(conn, _)| conn));
+    let started = Instant::now();
+    let mut lbctl = lb_tests::bins::Running::spawn(
+        std::process::Command::new(lb_tests::bins::path("lbctl"))
+            .args(["--socket", socket.to_str().unwrap(), "--wait", "1", "status"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let status = loop {
+        if let Some(status) = lbctl.child.try_wait().expect("wait for lbctl") {
+            break status;
+        }
+        // (Dropping `lbctl` kills it.)
+        assert!(started.elapsed() < Duration::from_secs(10), "lbctl still waits for a stuck lbd after 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(lbctl.child.stderr.as_mut().expect("stderr"), &mut stderr).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status.code(), Some(3), "lbctl against a stuck lbd: {stderr}");
+    assert!(stderr.contains("did not answer within 1 s"), "{stderr}");
+    drop(held);
+}

@@ -21,7 +21,8 @@ pub enum BackendCommand {
         weight: i64,
     },
     /// Remove a backend: no new flows; flows already pinned to it continue until they end (or go
-    /// 15 minutes without a packet).
+    /// 15 minutes without a packet), unless a backend added later takes its id: drain it first
+    /// and remove it once its connections are gone to be sure.
     Remove { vip: String, address: String },
     /// Stop sending new flows to a backend; its open connections continue. Only its share of
     /// the ring moves.

@@ -10,7 +10,7 @@ mod stats;
 mod top;
 mod vip;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use hyper::Method;
@@ -23,7 +23,7 @@ Exit codes:
   0  done
   1  lbd refused the request (invalid input, unknown VIP or backend, already exists); nothing changed
   2  the command line is wrong
-  3  lbd could not be reached
+  3  lbd could not be reached, or did not answer within --wait
   4  lbd failed while applying (see its log)";
 
 /// Controls the XDP load balancer through lbd's control API.
@@ -39,6 +39,11 @@ pub struct Args {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds to wait for lbd's answer (1 to 3600; a capture waits its own --timeout more): an
+    /// lbd that does not answer is reported (exit 3) rather than waited for without end.
+    #[arg(long = "wait", value_name = "SECONDS", global = true, default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    wait: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -147,7 +152,10 @@ pub fn main() -> i32 {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let ctx = Ctx { socket: args.socket, json: args.json };
+    let mut ctx = Ctx { socket: args.socket, json: args.json, wait: Duration::from_secs(args.wait) };
+    if let Command::Capture { timeout, .. } = &args.command {
+        ctx.wait += Duration::from_secs(*timeout);
+    }
     match args.command {
         Command::Status => output::status(&ctx, ctx.get("/v1/status").await?),
         Command::Vip(cmd) => vip::run(&ctx, cmd).await,
@@ -179,10 +187,11 @@ async fn run(args: Args) -> Result<(), Failure> {
     }
 }
 
-/// What every command needs: where lbd is and how to print.
+/// What every command needs: where lbd is, how long to wait for it and how to print.
 pub struct Ctx {
     socket: PathBuf,
     json: bool,
+    wait: Duration,
 }
 
 impl Ctx {
@@ -204,7 +213,15 @@ impl Ctx {
         body: Option<(&'static str, Vec<u8>)>,
         origin: Option<&str>,
     ) -> Result<client::Response, Failure> {
-        let res = client::request(&self.socket, method, path, body, origin).await.map_err(|e| match e {
+        let request = client::request(&self.socket, method, path, body, origin);
+        let answered = tokio::time::timeout(self.wait, request).await.map_err(|_| {
+            Failure::Unreachable(format!(
+                "lbd at {} did not answer within {} s: is it stuck? (its log says what it is doing; --wait waits longer)",
+                self.socket.display(),
+                self.wait.as_secs()
+            ))
+        })?;
+        let res = answered.map_err(|e| match e {
             ClientError::Connect { .. } => Failure::Unreachable(e.to_string()),
             ClientError::Http(_) => Failure::Server(e.to_string()),
             // What the operator gave cannot be sent (a config file name with a newline).

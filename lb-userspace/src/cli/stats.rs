@@ -35,6 +35,12 @@ fn interval(text: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(ctx: &Ctx, args: StatsArgs) -> Result<(), Failure> {
+    if ctx.json && args.watch {
+        return Err(Failure::Refused(
+            "--json prints one sample of the API's JSON: --watch redraws a table (sample in a loop for JSON)"
+                .into(),
+        ));
+    }
     if ctx.json {
         // Scripts get the API's own JSON: one sample, totals only.
         let body = ctx.get("/v1/stats").await?;

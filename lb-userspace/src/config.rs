@@ -939,6 +939,20 @@ pub fn check_whole(c: &Config) -> Result<(), WholeError> {
             ),
         });
     }
+    // A backend at a VIP address: the FIB finds lbd's blackhole route for it, and every packet
+    // would pass to the stack and end there.
+    let vip_addresses: BTreeSet<IpAddr> = c.vips.iter().map(|v| v.address).collect();
+    for v in &c.vips {
+        if let Some(b) = v.backends.iter().find(|b| vip_addresses.contains(&b.address)) {
+            return Err(WholeError {
+                vip: Some(v.name.clone()),
+                invalid: invalid(
+                    format!("vip {:?}: backend {}: address", v.name, b.address),
+                    format!("{} is a VIP address: a backend needs an address of its own", b.address),
+                ),
+            });
+        }
+    }
     let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
     if backends >= c.limits.max_backends as usize {
         return Err(WholeError {

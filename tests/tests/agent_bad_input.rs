@@ -462,6 +462,12 @@ fn cases() -> Vec<Case> {
             says: "unknown field `vipp`",
         },
         Case {
+            name: "backend at a VIP address",
+            action: Apply("198.18.0.13", "198.18.100.1"),
+            exit: 1,
+            says: "198.18.100.1 is a VIP address: a backend needs an address of its own",
+        },
+        Case {
             name: "l2dsr backend behind a router",
             action: ApplyText(
                 "\n[[vip]]\nname = \"dsr\"\naddress = \"198.18.100.7\"\nport = 80\nprotocol = \"tcp\"\nmode = \"l2dsr\"\n\n  [[vip.backend]]\n  address = \"198.18.3.5\"\n",

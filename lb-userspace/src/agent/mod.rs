@@ -211,9 +211,14 @@ impl std::fmt::Display for FlowReset {
     }
 }
 
-/// [`Agent::reset_due`].
+/// Whether `reset` is still to be done: its backend is still down, under the same id.
 fn reset_due(down: &reconcile::Down, ids: &Ids, reset: &FlowReset) -> bool {
     down.contains(&reset.key) && ids.backend(&reset.key.0, reset.key.1) == Some(reset.id)
+}
+
+/// The addresses the VIP table holds (none without `[announce]`).
+fn announced(announcer: &Option<crate::announce::Announcer>) -> std::collections::BTreeSet<IpAddr> {
+    announcer.as_ref().map(|a| a.announced()).unwrap_or_default()
 }
 
 /// The backends that have a health check (of any type, `none` included), by VIP name.
@@ -348,7 +353,7 @@ impl Agent {
     fn prepare_host(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
             Some(host) => {
-                let announced = self.announcer.as_ref().map(|a| a.announced()).unwrap_or_default();
+                let announced = announced(&self.announcer);
                 Ok(host.prepare(&self.config, &retired::addresses(&self.retired), &announced)?)
             }
             None => Ok(()),
@@ -723,7 +728,7 @@ impl Agent {
     pub fn refresh_host(&mut self) -> Result<(), AgentError> {
         match &mut self.host {
             Some(host) => {
-                let announced = self.announcer.as_ref().map(|a| a.announced()).unwrap_or_default();
+                let announced = announced(&self.announcer);
                 let refreshed = host.refresh(&self.config, &retired::addresses(&self.retired), &announced);
                 self.follow_host();
                 Ok(refreshed?)
@@ -816,7 +821,6 @@ impl Agent {
         if let Err(e) = self.save(&self.applied.ids) {
             warn!("health change applied but not saved: a restarted lbd starts from the health saved before: {e}");
         }
-        self.cancel_stale_resets();
         let Some(id) = self.applied.ids.backend(vip, *address).filter(|_| reset) else { return Ok(None) };
         // One walk per backend at a time: one queued or under way does it.
         if self.resets.get(&id).is_some_and(FlowReset::wanted) {

@@ -143,6 +143,7 @@ pub async fn run(agent: Shared, mut health: HealthEvents, mut signals: Signals) 
                     error!("keeping the backends' next hops resolved: {e}");
                 }
                 a.check_links();
+                a.follow_host();
                 for event in a.health_drift() {
                     warn!(vip = event.key.0, backend = %event.key.1, "{}: applying the check's state", event.reason);
                     if let Some(reset) = health_changed(&mut a, &event) {

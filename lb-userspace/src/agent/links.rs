@@ -17,7 +17,7 @@ impl Agent {
     /// Checks that the balancer is attached to every interface in the mode configured; logs an
     /// error when it finds one where it is not, and when that ends (lbd calls it every few
     /// seconds). While one is not attached at all, the host announces no VIP
-    /// ([`Self::follow_host`]).
+    /// ([`Self::follow_host`], after this).
     pub fn check_links(&mut self) {
         let wanted = LinkState::Attached(self.config.xdp_mode.into());
         for interface in &self.config.interfaces {
@@ -44,7 +44,6 @@ impl Agent {
                  back, restart lbd (`systemctl restart lbd`): it attaches anew"
             );
         }
-        self.follow_host();
     }
 
     /// Whether the balancer is missing from an interface (one attached in another mode still

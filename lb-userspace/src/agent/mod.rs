@@ -729,9 +729,7 @@ impl Agent {
         match &mut self.host {
             Some(host) => {
                 let announced = announced(&self.announcer);
-                let refreshed = host.refresh(&self.config, &retired::addresses(&self.retired), &announced);
-                self.follow_host();
-                Ok(refreshed?)
+                Ok(host.refresh(&self.config, &retired::addresses(&self.retired), &announced)?)
             }
             None => Ok(()),
         }

@@ -80,6 +80,21 @@ fn capture_writes_packets_before_and_after_the_rewrite() {
     let again =
         lbd.lbctl(&["capture", "--vip", "web", "-c", "1", "-w", pcap.to_str().unwrap(), "--timeout", "1"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("captured 0 of 1"), "capture did not stop");
+    // For scripts: the figures, so that one cut short by its timeout shows.
+    let json = lbd.lbctl_ok(&[
+        "--json",
+        "capture",
+        "--vip",
+        "web",
+        "-c",
+        "1",
+        "-w",
+        pcap.to_str().unwrap(),
+        "--timeout",
+        "1",
+    ]);
+    let figures: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!((figures["asked"].as_u64(), figures["captured"].as_u64()), (Some(1), Some(0)), "{json}");
 }
 
 /// A capture whose client goes away (Ctrl-C on `lbctl capture`) must switch capture off at once:

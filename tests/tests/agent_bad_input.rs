@@ -506,7 +506,8 @@ fn every_bad_input_is_refused_clearly_and_changes_nothing() {
     let files = LbdFiles::new();
     let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
     let good = format!("{header}{VIP}");
-    // Backends in 198.18.3.0/24 are behind a router.
+    // Backends in 198.18.3.0/24 are behind a router: the network's route, not one lbd owns (the
+    // condition an l2dsr VIP must refuse).
     ns.ip(&["route", "add", "198.18.3.0/24", "via", "198.18.0.1", "dev", "eth0"]);
     let lbd = Lbd::start(&ns, &files, &good);
     let before = map_snapshot(&files.pin_path.join(lb_common::PIN_LAYOUT), 4099);

@@ -161,9 +161,9 @@ fn lbd_mounts_a_bpffs_where_pin_path_has_none() {
 fn forwarding_turned_off_under_lbd_is_turned_on_again_or_withdraws_the_vips() {
     let ns = lb_namespace();
     let files = LbdFiles::new();
-    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
-    let vip = VIP4.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nannounce = \"always\"\n");
     let table = || ns.ip(&["route", "show", "table", "4242"]);
+    // Not an aid: the event under test, someone else changing forwarding under a running lbd.
+    let set = |key_value: &str| lb_tests::netns::run(ns.command("sysctl").args(["-qw", key_value]));
     let within = |what: &str, done: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(12);
         while !done() {
@@ -172,31 +172,29 @@ fn forwarding_turned_off_under_lbd_is_turned_on_again_or_withdraws_the_vips() {
         }
     };
 
-    let lbd = Lbd::start(&ns, &files, &format!("{header}[announce]\n\n{vip}"));
+    let lbd = Lbd::start(&ns, &files, &files.announcing_web());
     assert_eq!(sysctl(&ns, "net.ipv4.conf.eth0.forwarding"), "1");
     // `all` copies to every interface when it changes: on, then off (a router's hardening run).
-    for value in ["1", "0"] {
-        lb_tests::netns::run(
-            ns.command("sysctl").args(["-qw", &format!("net.ipv4.conf.all.forwarding={value}")]),
-        );
-    }
+    set("net.ipv4.conf.all.forwarding=1");
+    set("net.ipv4.conf.all.forwarding=0");
     assert_eq!(sysctl(&ns, "net.ipv4.conf.eth0.forwarding"), "0", "the kernel did not copy `all`");
     within("eth0's forwarding turned on again", &|| sysctl(&ns, "net.ipv4.conf.eth0.forwarding") == "1");
     assert!(log(&files).contains("forwarding was turned off under lbd"), "not logged:\n{}", log(&files));
     assert!(table().contains("198.18.100.1"), "the VIP was withdrawn:\n{}", table());
     lbd.kill();
 
-    std::fs::write(files.config(), format!("{header}[host]\nforwarding = \"check\"\n\n[announce]\n\n{vip}"))
-        .unwrap();
+    let checking =
+        files.announcing_web().replacen("[announce]", "[host]\nforwarding = \"check\"\n\n[announce]", 1);
+    std::fs::write(files.config(), checking).unwrap();
     // The restarted lbd adopts its saved state, but its settings come from the file.
     let lbd = Lbd::start_with(&ns, &files, &[]);
     within("the VIP announced", &|| table().contains("198.18.100.1"));
-    lb_tests::netns::run(ns.command("sysctl").args(["-qw", "net.ipv4.conf.eth0.forwarding=0"]));
+    set("net.ipv4.conf.eth0.forwarding=0");
     within("the VIP withdrawn while forwarding is off", &|| !table().contains("198.18.100.1"));
     assert_eq!(sysctl(&ns, "net.ipv4.conf.eth0.forwarding"), "0", "check turned forwarding on");
     let status = lbd.lbctl_ok(&["status"]);
     assert!(status.contains("this host cannot balance"), "lbctl status does not say why:\n{status}");
-    lb_tests::netns::run(ns.command("sysctl").args(["-qw", "net.ipv4.conf.eth0.forwarding=1"]));
+    set("net.ipv4.conf.eth0.forwarding=1");
     within("the VIP announced again", &|| table().contains("198.18.100.1"));
 }
 
@@ -207,11 +205,9 @@ fn forwarding_turned_off_under_lbd_is_turned_on_again_or_withdraws_the_vips() {
 fn a_removed_vips_blackhole_route_goes_after_its_withdraw() {
     let ns = lb_namespace();
     let files = LbdFiles::new();
-    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
-    let vip = VIP4.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nannounce = \"always\"\n");
-    let lbd = Lbd::start(&ns, &files, &format!("{header}[announce]\n\n{vip}"));
+    let lbd = Lbd::start(&ns, &files, &files.announcing_web());
     assert!(ns.ip(&["route", "show", "table", "4242"]).contains("198.18.100.1"), "not announced");
-    lbd.lbctl_ok(&["vip", "remove", "v4"]);
+    lbd.lbctl_ok(&["vip", "remove", "web"]);
     assert!(!ns.ip(&["route", "show", "table", "4242"]).contains("198.18.100.1"), "still announced");
     let removed = "removed blackhole route 198.18.100.1/32";
     let deadline = Instant::now() + Duration::from_secs(12);

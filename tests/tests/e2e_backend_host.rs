@@ -119,6 +119,19 @@ fn ipip_settings() -> String {
     format!("interfaces = [\"eth0\"]\nvips = [\"{VIP4}\", \"{VIP6}\", \"{VIP_BEFORE}\"]\nallowed_sources = [\"198.18.0.2/32\"]\n")
 }
 
+/// An L2 DSR backend host: the VIPs on lo and the ARP settings, no decap.
+fn l2dsr_settings() -> String {
+    format!("interfaces = [\"eth0\"]\nvips = [\"{VIP4}\", \"{VIP_BEFORE}\"]\ndecap = false\n")
+}
+
+/// Stops the backend host with `signal`; it must exit cleanly.
+fn stop(mut process: lb_tests::bins::Running, signal: libc::c_int, b: &BackendHostFiles) {
+    // SAFETY: a signal to our own child, not yet reaped.
+    unsafe { libc::kill(process.child.id() as libc::pid_t, signal) };
+    let exit = process.child.wait().expect("wait");
+    assert!(exit.success(), "backend-host exited with {exit} on signal {signal}:\n{}", b.log());
+}
+
 /// After a stop: nothing of the backend host's is left, and what it changed is as before.
 fn assert_undone(w: &World, b: &BackendHostFiles) {
     let on_lo = w.backend.ip(&["addr", "show", "dev", "lo"]);
@@ -231,10 +244,8 @@ fn a_crashed_backend_host_keeps_decapsulating_and_the_next_run_restores_the_orig
 #[test]
 fn an_l2dsr_backend_host_binds_vips_and_sets_arp_without_decap() {
     let w = world();
-    let b = BackendHostFiles::new(&format!(
-        "interfaces = [\"eth0\"]\nvips = [\"{VIP4}\", \"{VIP_BEFORE}\"]\ndecap = false\n"
-    ));
-    let (mut process, status) = b.start(&w.backend);
+    let b = BackendHostFiles::new(&l2dsr_settings());
+    let (process, status) = b.start(&w.backend);
     assert_eq!(status["decap"], false, "{status}");
     assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_ignore"), "1");
     assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_announce"), "2");
@@ -244,10 +255,7 @@ fn an_l2dsr_backend_host_binds_vips_and_sets_arp_without_decap() {
     let text = b.status_output(&w.backend, false).expect("--status");
     assert!(text.starts_with("decap: off"), "{text}");
 
-    // SAFETY: a signal to our own child, not yet reaped.
-    unsafe { libc::kill(process.child.id() as libc::pid_t, libc::SIGINT) };
-    let exit = process.child.wait().expect("wait");
-    assert!(exit.success(), "backend-host exited with {exit} on SIGINT:\n{}", b.log());
+    stop(process, libc::SIGINT, &b);
     assert_undone(&w, &b);
 }
 
@@ -258,15 +266,11 @@ fn an_l2dsr_backend_host_binds_vips_and_sets_arp_without_decap() {
 #[test]
 fn arp_settings_surround_the_vips_and_an_operators_stricter_one_stays() {
     let w = world();
-    let b = BackendHostFiles::new(&format!(
-        "interfaces = [\"eth0\"]\nvips = [\"{VIP4}\", \"{VIP_BEFORE}\"]\ndecap = false\n"
-    ));
-    let (mut process, _) = b.start(&w.backend);
+    let b = BackendHostFiles::new(&l2dsr_settings());
+    let (process, _) = b.start(&w.backend);
+    // Not an aid: the event under test, an operator's stricter setting made while it runs.
     lb_tests::netns::run(w.backend.command("sysctl").args(["-qw", "net.ipv4.conf.eth0.arp_ignore=2"]));
-    // SAFETY: a signal to our own child, not yet reaped.
-    unsafe { libc::kill(process.child.id() as libc::pid_t, libc::SIGTERM) };
-    let exit = process.child.wait().expect("wait");
-    assert!(exit.success(), "backend-host exited with {exit}:\n{}", b.log());
+    stop(process, libc::SIGTERM, &b);
     let log = b.log();
     let at =
         |what: &str| log.lines().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}:\n{log}"));
@@ -276,8 +280,6 @@ fn arp_settings_surround_the_vips_and_an_operators_stricter_one_stays() {
     assert!(removed < restored, "ARP answered again while a VIP was on lo:\n{log}");
     assert_eq!(sysctl(&w.backend, "net.ipv4.conf.eth0.arp_ignore"), "2", "the operator's setting was undone");
     assert!(log.contains("set since by someone else"), "not said:\n{log}");
-    // Put back for the namespace's next user (the namespace goes with the test anyway).
-    lb_tests::netns::run(w.backend.command("sysctl").args(["-qw", "net.ipv4.conf.eth0.arp_ignore=0"]));
 }
 
 /// A start that fails half way (the second interface refuses native XDP: `lo` has no driver

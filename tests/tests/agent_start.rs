@@ -366,3 +366,28 @@ fn a_start_that_fails_at_the_maps_withdraws_every_vip() {
         table()
     );
 }
+
+/// A config that holds `web_admin_token` (which drains and weighs backends from the status
+/// page) and that every user of the host may read is named in the log at start; at 0640, as
+/// the package installs it, it is not.
+#[test]
+fn a_config_with_the_admin_token_that_anyone_may_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let config = format!(
+        "metrics = \"127.0.0.1:9100\"\nweb_admin_token = \"{}\"\n{}",
+        "t0ken".repeat(4),
+        files.header(&["eth0"], "198.18.0.2", "fd00::2")
+    );
+    let warning = "every user of this host may read it";
+    for (mode, warned) in [(0o644, true), (0o640, false)] {
+        std::fs::write(files.config(), &config).unwrap();
+        std::fs::set_permissions(files.config(), std::fs::Permissions::from_mode(mode)).unwrap();
+        let lbd = lb_tests::lbd::Lbd::start_with(&ns, &files, &[]);
+        let log = std::fs::read_to_string(files.dir.join("lbd.log")).unwrap();
+        assert_eq!(log.contains(warning), warned, "config mode {mode:o}, log:\n{log}");
+        assert!(!log.contains("t0ken"), "the token is in the log:\n{log}");
+        lbd.process.terminate();
+    }
+}

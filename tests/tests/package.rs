@@ -24,7 +24,8 @@ use lb_tests::{
 /// shows them.
 const FILES: &[(&str, &str)] = &[
     ("etc/lbd/backend.toml", "-rw-r--r--"),
-    ("etc/lbd/lbd.toml", "-rw-r--r--"),
+    // Where web_admin_token goes: not for every user's eyes.
+    ("etc/lbd/lbd.toml", "-rw-r-----"),
     ("lib/systemd/system/lbd-backend.service", "-rw-r--r--"),
     ("lib/systemd/system/lbd.service", "-rw-r--r--"),
     ("usr/bin/lbctl", "-rwxr-xr-x"),
@@ -364,6 +365,22 @@ fn packaged_config_is_valid_safe_and_matches_the_unit() {
     for line in ["interfaces = [\"eth0\"]", "decap = true", "pin_path = \"/sys/fs/bpf/lb-backend\""] {
         assert!(backend.lines().any(|l| l == line), "backend.toml has no line {line:?}");
     }
+    // The backend host writes its record of what it changed before each change: under
+    // ProtectSystem=strict only the unit's own directories are writable, and a record lost at a
+    // stop would leave a crashed run's changes for good.
+    let backend = lb_userspace::backend_host::config::parse(&backend, "/etc/lbd/backend.toml")
+        .unwrap_or_else(|e| panic!("the packaged /etc/lbd/backend.toml is invalid: {e}"));
+    let unit = root.read("lib/systemd/system/lbd-backend.service");
+    assert_eq!(unit_value(&unit, "ProtectSystem"), "strict");
+    let runtime = unit_values(&unit, "RuntimeDirectory");
+    let runtime = runtime.iter().map(|d| Path::new("/run").join(d)).collect::<Vec<_>>();
+    assert!(
+        backend.state_file.parent().is_some_and(|dir| runtime.iter().any(|r| r == dir)),
+        "lbd-backend.service cannot write state_file {} (RuntimeDirectory={runtime:?})",
+        backend.state_file.display()
+    );
+    assert_eq!(unit_value(&unit, "RuntimeDirectoryPreserve"), "yes", "the record goes at a stop");
+    assert!(backend.pin_path.starts_with(unit_value(&unit, "ReadWritePaths")), "backend pin_path");
 }
 
 /// The unit's ExecReload (the packaged lbctl, the test's config file and API socket in place of

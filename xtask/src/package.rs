@@ -19,18 +19,20 @@ use crate::cmd::{self, output};
 
 /// The binaries: (name in the cargo target directory, installed path).
 const BINARIES: &[(&str, &str)] = &[("lbd", "usr/sbin/lbd"), ("lbctl", "usr/bin/lbctl")];
-/// Files from the source tree: (path in the workspace, installed path). Everything installed
-/// under etc/ is a conffile: dpkg keeps the admin's changes on upgrades.
-const FILES: &[(&str, &str)] = &[
-    ("packaging/lbd.service", "lib/systemd/system/lbd.service"),
-    ("packaging/lbd-backend.service", "lib/systemd/system/lbd-backend.service"),
-    ("packaging/lbd.toml", "etc/lbd/lbd.toml"),
-    ("packaging/backend.toml", "etc/lbd/backend.toml"),
-    ("README.md", "usr/share/doc/lbd/README.md"),
-    ("packaging/copyright", "usr/share/doc/lbd/copyright"),
+/// Files from the source tree: (path in the workspace, installed path, mode). Everything
+/// installed under etc/ is a conffile: dpkg keeps the admin's changes on upgrades.
+const FILES: &[(&str, &str, u32)] = &[
+    ("packaging/lbd.service", "lib/systemd/system/lbd.service", 0o644),
+    ("packaging/lbd-backend.service", "lib/systemd/system/lbd-backend.service", 0o644),
+    // Not readable by every user: it is where `web_admin_token` goes, which drains and weighs
+    // backends from the status page (the API socket is root's alone).
+    ("packaging/lbd.toml", "etc/lbd/lbd.toml", 0o640),
+    ("packaging/backend.toml", "etc/lbd/backend.toml", 0o644),
+    ("README.md", "usr/share/doc/lbd/README.md", 0o644),
+    ("packaging/copyright", "usr/share/doc/lbd/copyright", 0o644),
     // Not under /usr/share/doc, which minimal images may leave out: a Prometheus config names
     // this path (`rule_files:`).
-    ("packaging/prometheus/lbd-alerts.yml", "usr/share/lbd/prometheus/lbd-alerts.yml"),
+    ("packaging/prometheus/lbd-alerts.yml", "usr/share/lbd/prometheus/lbd-alerts.yml", 0o644),
 ];
 /// The docs: every `*.md` in this workspace directory is installed into the other, next to the
 /// README whose links point there.
@@ -143,8 +145,8 @@ fn stage_files(bin_dir: &Path, stage: &Path) -> anyhow::Result<()> {
         cmd::run(Command::new("strip").arg("--strip-unneeded").arg(&to))?;
     }
     let root = cmd::workspace_root();
-    for (source, installed) in FILES {
-        copy(&root.join(source), &stage.join(installed), 0o644)?;
+    for (source, installed, mode) in FILES {
+        copy(&root.join(source), &stage.join(installed), *mode)?;
     }
     let (docs, docs_installed) = DOCS;
     let entries = fs::read_dir(root.join(docs)).with_context(|| format!("listing {docs}/"))?;
@@ -199,8 +201,8 @@ fn write_control_files(stage: &Path, version: &str, arch: &str, depends: &str) -
     write(&debian.join("control"), control.as_bytes(), 0o644)?;
     let conffiles: String = FILES
         .iter()
-        .filter(|(_, installed)| installed.starts_with("etc/"))
-        .map(|(_, installed)| format!("/{installed}\n"))
+        .filter(|(_, installed, _)| installed.starts_with("etc/"))
+        .map(|(_, installed, _)| format!("/{installed}\n"))
         .collect();
     write(&debian.join("conffiles"), conffiles.as_bytes(), 0o644)?;
     // md5sums lets `dpkg --verify` (debsums) check the installed files.

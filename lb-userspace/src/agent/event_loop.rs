@@ -316,7 +316,10 @@ async fn reload(agent: &Shared) {
         .map_err(|e| format!("cannot read {}: {e}", file.display()))
         .and_then(|text| a.apply_text(&text, &file.display().to_string()).map_err(|e| e.to_string()));
     match result {
-        Ok(plan) => info!(file = %file.display(), vips = plan.len(), "SIGHUP: config applied"),
+        Ok(plan) => {
+            info!(file = %file.display(), vips = plan.len(), "SIGHUP: config applied");
+            super::start::warn_if_token_readable(&a.config, &file);
+        }
         Err(e) => error!("SIGHUP: config not applied, nothing changed: {e}"),
     }
 }

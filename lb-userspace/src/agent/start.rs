@@ -83,6 +83,20 @@ pub struct Started {
     pub listeners: Listeners,
 }
 
+/// Logs a warning if config `file` holds `web_admin_token` (which drains and weighs backends from
+/// the status page) and every user may read it.
+pub(super) fn warn_if_token_readable(config: &Config, file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let others_read = std::fs::metadata(file).is_ok_and(|m| m.permissions().mode() & 0o004 != 0);
+    if config.web_admin_token.is_some() && others_read {
+        warn!(
+            file = %file.display(),
+            "the config holds web_admin_token and every user of this host may read it: \
+             `chmod o-r` it (the package installs it 0640)"
+        );
+    }
+}
+
 pub fn pin_dir(config: &Config) -> PathBuf {
     config.pin_path.join(lb_common::PIN_LAYOUT)
 }
@@ -94,6 +108,7 @@ pub fn start(config_file: &Path) -> Result<Started, StartError> {
     for warning in config.limits.unused_key_warnings() {
         warn!("{warning}");
     }
+    warn_if_token_readable(&config, config_file);
     // Before anything is touched: pins, links, the API socket, the saved state.
     let pin_lock = super::pin_lock::PinLock::acquire(&config.pin_path)?;
     let mut ifindexes = Vec::new();

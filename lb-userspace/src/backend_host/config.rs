@@ -13,8 +13,10 @@ use crate::config::{Invalid, XdpMode};
 
 pub const DEFAULT_CONFIG: &str = "/etc/lbd/backend.toml";
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb-backend";
-/// Under /run: the changes it records last as long as they do (until a reboot).
-pub const DEFAULT_STATE_FILE: &str = "/run/lbd-backend-host.json";
+/// Under /run: the changes it records last as long as they do (until a reboot). In a directory of
+/// its own: the one lbd-backend.service makes writable (`RuntimeDirectory=`; the rest of /run is
+/// read-only to the service).
+pub const DEFAULT_STATE_FILE: &str = "/run/lbd-backend/state.json";
 
 /// A backend host's setup, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,7 +166,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, Invalid> {
         // An open decapsulator lets anyone reach this host's services (or, forwarding on, its
         // containers) from a spoofed trusted source: XDP strips the tunnel before the firewall
         // sees it. Accepting every source is a choice written down, not a default.
-        let m = "list the balancers' tunnel sources (their [source] ipv4 and ipv6; with                  ipv4_entropy_bits or ipv6_entropy_bits, the block those bits span), e.g.                  [\"198.18.0.0/28\", \"fd00::/112\"]; [\"0.0.0.0/0\", \"::/0\"] accepts tunnels from anyone";
+        let m = "list the balancers' tunnel sources (their [source] ipv4 and ipv6; with \
+                 ipv4_entropy_bits or ipv6_entropy_bits, the block those bits span), e.g. \
+                 [\"198.18.0.0/28\", \"fd00::/112\"]; [\"0.0.0.0/0\", \"::/0\"] accepts tunnels from anyone";
         return Err(error(None, "allowed_sources", m.into()));
     }
 
@@ -289,11 +293,12 @@ state_file = "/run/x.json"
             err("interfaces = [\"eth0\"]\nallowed_sources = [\"::/0\"]\npin_path = \"pins\"\n"),
             "b.toml:3: pin_path: pins is not an absolute path"
         );
+        let open = err("interfaces = [\"eth0\"]\nvips = [\"198.18.100.1\"]\n");
         assert!(
-            err("interfaces = [\"eth0\"]\nvips = [\"198.18.100.1\"]\n")
-                .starts_with("b.toml: allowed_sources: list the balancers' tunnel sources"),
+            open.starts_with("b.toml: allowed_sources: list the balancers' tunnel sources"),
             "decap open to anyone by default"
         );
+        assert!(!open.contains("  "), "a run of spaces in the message: {open}");
         assert_eq!(
             err("interfaces = [\"eth0\"]\nallowed_sources = []\n"),
             "b.toml:2: allowed_sources: list 1 to 256 prefixes"

@@ -2,7 +2,7 @@
 //! pick a backend), forward. Every packet ends in
 //! exactly one verdict counter, which also decides the XDP action.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{Counter, CounterBlock, CounterKind, PROTO_ICMP, PROTO_ICMPV6};
+use lb_common::{Counter, CounterBlock, CounterKind, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6};
 
 use crate::{flow, forward, icmp, maps::CONFIG, parse, parse::TcpKind, schedule, stats};
 
@@ -36,7 +36,9 @@ fn process(ctx: &XdpContext, counters: *mut CounterBlock) -> Result<Counter, Cou
         let vip = flow::lookup_vip(&pkt.key.dst, pkt.key.dport, pkt.key.proto, pkt.key.family);
         return Err(if vip.is_some() { Counter::DropTcpFlags } else { Counter::PassNotVip });
     }
-    let icmp_error = pkt.key.proto == PROTO_ICMP || pkt.key.proto == PROTO_ICMPV6;
+    // ICMP of the packet's own family only: IPv6 with next header 1 (or IPv4 with 58) carries
+    // no message this family's types mean (a ping answered, or an error forwarded, by mistake).
+    let icmp_error = pkt.key.proto == if pkt.key.family == FAMILY_V4 { PROTO_ICMP } else { PROTO_ICMPV6 };
     if icmp_error {
         // The global deny list drops every packet of its sources to a VIP address, echo requests
         // and errors (forged "fragmentation needed" would shrink a backend's path MTU) included.

@@ -135,6 +135,7 @@ pub fn choose(
     let reuse = match state {
         Some((mode, takes)) if !syn || takes => {
             let mut counted = record && slot.counted();
+            let mut new_flow = false;
             if record {
                 crate::stats::add(counters, Counter::FlowHit);
                 flow_table::touch(&slot, flow_table::clock());
@@ -153,13 +154,19 @@ pub fn choose(
                     }
                     counted = to_count;
                 }
+                // A SYN on the entry of a connection that closed: a new one on a reused port
+                // (schedule::reopen).
+                let reopens = syn & slot.confirmed() & !slot.counted() & (key.proto == PROTO_TCP);
+                if crate::opaque::opaque(reopens as u64) != 0 {
+                    new_flow = schedule::reopen(&slot);
+                }
             }
             return Ok(Choice {
                 id: slot.backend(),
                 hash: slot.hash(),
                 vip: slot.vip(),
                 mode,
-                new_flow: false,
+                new_flow,
                 counted,
                 entry: slot.index,
                 ctl: slot.ctl,

@@ -493,6 +493,37 @@ pub fn confirm(slot: &Slot) -> (bool, bool) {
     (false, false)
 }
 
+/// Sets the confirmed flow at `slot`, whose connection closed, back to unconfirmed and to be
+/// counted: a SYN opened a new connection on its 5-tuple, which the client's next packet
+/// confirms (and counts) as any new one. True if this CPU did. Not inlined: it runs once per
+/// reused port, and its paths stay out of the caller's.
+#[inline(never)]
+pub fn reopen(slot: &Slot) -> bool {
+    let w = words(slot.index);
+    if w.is_null() {
+        return false;
+    }
+    // SAFETY: as in `find`.
+    let mut seen = unsafe { read_volatile(w.add(WORD_CTL)) };
+    // Another CPU may move the use tick meanwhile: a second try.
+    let mut tries = 0;
+    while tries < 2 {
+        let closed = seen & (FLOW_CONFIRMED | FLOW_COUNTED | FLOW_BUSY) == FLOW_CONFIRMED;
+        if !closed || (seen ^ slot.ctl) & FLOW_SEQ_MASK != 0 {
+            return false;
+        }
+        let next = (seen & !FLOW_CONFIRMED) | FLOW_PENDING | FLOW_TO_COUNT;
+        // SAFETY: as in `record`.
+        let (was, ok) = unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(w.add(WORD_CTL), seen, next) };
+        if ok {
+            return true;
+        }
+        seen = was;
+        tries += 1;
+    }
+    false
+}
+
 /// Clears the count bit of the flow at `index` if it still holds the flow `ctl` was read from
 /// (same write sequence) and the bit is set: true if this CPU cleared it (the caller then
 /// uncounts the backend, once).

@@ -23,7 +23,7 @@ use lb_common::{
 
 use crate::{
     flow_table::{self, Slot},
-    maps::{ACTIVE_CONNS, BACKENDS, RINGS, RR_CURSORS, RR_SEQS},
+    maps::{ACTIVE_CONNS, BACKENDS, RINGS, RR_CURSORS, RR_SEQS, VIP_BY_ID},
     parse::ptr_at,
 };
 
@@ -85,6 +85,20 @@ pub fn closing(ctx: &XdpContext, l4_offset: usize, entry: u32, ctl: u64, id: u32
 pub fn forget(slot: &Slot) {
     uncount(slot.index, slot.ctl, slot.backend());
     flow_table::free(slot);
+}
+
+/// A SYN found the confirmed, uncounted entry of its TCP flow: if the flow's VIP is least-conn,
+/// the connection it held closed (its count went at its FIN or RST; a late SYN of an open one
+/// finds it counted), and this is a new connection on a reused port (NAT gateways and busy
+/// clients reuse ports once TIME_WAIT is over). Its entry goes back to unconfirmed, to be
+/// counted when the client's ACK confirms it, as any new connection is. True if it did: a new
+/// flow. Not inlined: it runs once per reused port.
+#[inline(never)]
+pub fn reopen(slot: &Slot) -> bool {
+    match VIP_BY_ID.get(slot.vip()) {
+        Some(v) if v.vip.scheduler == SCHED_LEAST_CONN => flow_table::reopen(slot),
+        _ => false,
+    }
 }
 
 /// A counted connection left the table (its entry went to a new flow): one less on backend `id`

@@ -724,6 +724,16 @@ fn echo_requests_to_vip_addresses_are_answered() {
                 let req = frames::echo_request(client(v6), dst, 0x4242, 99);
                 passes(r, &mut fails, &format!("echo{fam}_to_{what}"), &req, Counter::PassNotVip);
             }
+            // The other family's ICMP protocol number (IPv4 with 58, IPv6 with next header 1)
+            // carries no ICMP message of this family: no reply, nothing quoted and forwarded.
+            let mut req = frames::echo_request(client(v6), vip(v6, at::MAIN), 0x4242, 98);
+            if v6 {
+                req[20] = 1;
+            } else {
+                req[23] = 58;
+                frames::fix_ipv4_checksum(&mut req);
+            }
+            passes(r, &mut fails, &format!("echo{fam}_with_the_other_familys_icmp"), &req, Counter::PassNotVip);
         }
         fails.finish("echo");
     });

@@ -197,6 +197,38 @@ fn least_conn_counts_each_connection_once() {
     });
 }
 
+/// A client that reuses the 5-tuple of a connection that closed (NAT gateways and busy clients
+/// do, once their TIME_WAIT is over) opens a new connection on the old entry: it keeps the
+/// entry's backend (a late SYN of a live connection must not move it), is a new flow in the
+/// VIP's and the backend's figures, and counts once the client's ACK confirms it, as any
+/// connection does.
+#[test]
+fn least_conn_counts_a_new_connection_on_a_closed_ones_port() {
+    let fx = Fixture::new();
+    fx.run(SIZES, |r| {
+        install(r, [100, 100, 100], SCHED_LEAST_CONN);
+        let b = send(r, 33_000, tcp::SYN);
+        assert_eq!(send(r, 33_000, tcp::ACK), b);
+        assert_eq!(active(r, b), 1, "the first connection counts");
+        send(r, 33_000, tcp::FIN | tcp::ACK);
+        assert_eq!(active(r, b), 0, "and is uncounted at its FIN");
+        let (vip_news, backend_news) = (r.vip_stats(0).new_flows, r.backend_stats(b).new_flows);
+        assert_eq!(send(r, 33_000, tcp::SYN), b, "a new connection on the port keeps the entry's backend");
+        assert_eq!(r.vip_stats(0).new_flows - vip_news, 1, "a new flow of the VIP");
+        assert_eq!(r.backend_stats(b).new_flows - backend_news, 1, "and of the backend");
+        assert_eq!(active(r, b), 0, "its SYN alone counts nothing");
+        assert_eq!(send(r, 33_000, tcp::SYN), b);
+        assert_eq!(r.vip_stats(0).new_flows - vip_news, 1, "its retransmitted SYN is no other new flow");
+        assert_eq!(send(r, 33_000, tcp::ACK), b);
+        assert_eq!(active(r, b), 1, "the new connection counts once the client's ACK confirms it");
+        assert_eq!(flow(r, 33_000).map(|f| f.counted), Some(true), "and is marked counted");
+        send(r, 33_000, tcp::SYN);
+        assert_eq!(active(r, b), 1, "a late SYN of the open connection counts nothing more");
+        send(r, 33_000, tcp::RST);
+        assert_eq!(active(r, b), 0, "its RST uncounts it");
+    });
+}
+
 /// What the data plane should pick for a new flow: its ring pick and the first different one
 /// of up to four rehashes, the fewer connections per unit of weight (the first on a tie).
 fn predict(ring: &[u32], sport: u16, counts: &[u64; 4], weights: [u16; 3]) -> u32 {

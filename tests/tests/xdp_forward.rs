@@ -733,9 +733,51 @@ fn echo_requests_to_vip_addresses_are_answered() {
                 req[23] = 58;
                 frames::fix_ipv4_checksum(&mut req);
             }
-            passes(r, &mut fails, &format!("echo{fam}_with_the_other_familys_icmp"), &req, Counter::PassNotVip);
+            passes(
+                r,
+                &mut fails,
+                &format!("echo{fam}_with_the_other_familys_icmp"),
+                &req,
+                Counter::PassNotVip,
+            );
         }
         fails.finish("echo");
+    });
+}
+
+/// A VIP's packets in frames to a link-layer group (broadcast, IPv4 or IPv6 multicast MACs) go
+/// to the stack unchanged: no balancer forwards them (each one on the segment would send a copy)
+/// and no echo reply goes out with a group address as its source. Sent to the host's own MAC,
+/// the same packets are forwarded and answered.
+#[test]
+fn vip_packets_in_frames_to_a_link_group_pass() {
+    let fx = Fixture::new();
+    fx.run(SIZES, |r| {
+        Net::install(r);
+        let mut fails = Failures::default();
+        for v6 in [false, true] {
+            let fam = if v6 { "v6" } else { "v4" };
+            let packets = [
+                ("syn", frames::tcp_frame(client(v6), 41_000, vip(v6, at::MAIN), 80, frames::tcp::SYN)),
+                ("echo", frames::echo_request(client(v6), vip(v6, at::MAIN), 0x4242, 7)),
+            ];
+            for (what, frame) in packets {
+                let unicast = r.run(&frame);
+                fails.check(unicast.verdict == Verdict::Tx, || {
+                    format!("{fam}_{what}_to_the_host: verdict {:?}, expected Tx", unicast.verdict)
+                });
+                for (group, mac) in [
+                    ("broadcast", [0xff; 6]),
+                    ("ipv4_multicast", [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
+                    ("ipv6_multicast", [0x33, 0x33, 0x00, 0x00, 0x00, 0x01]),
+                ] {
+                    let mut f = frame.clone();
+                    f[..6].copy_from_slice(&mac);
+                    passes(r, &mut fails, &format!("{fam}_{what}_to_{group}"), &f, Counter::PassLinkGroup);
+                }
+            }
+        }
+        fails.finish("link group");
     });
 }
 

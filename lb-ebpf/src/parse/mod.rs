@@ -71,6 +71,15 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Counter> {
     })
 }
 
+/// Whether the frame's destination MAC address is a group's (broadcast or multicast: its first
+/// byte's lowest bit).
+#[inline(always)]
+pub fn to_link_group(ctx: &XdpContext) -> bool {
+    // (The whole header: a one-byte check compiles to a compare the verifier cannot read.)
+    // SAFETY: ptr_at checked bounds.
+    ptr_at::<network_types::eth::EthHdr>(ctx, 0).is_ok_and(|eth| unsafe { (*eth).dst_addr[0] } & 1 != 0)
+}
+
 /// The frame's IP header (IPv4 or IPv6, extension headers skipped).
 #[inline(always)]
 pub fn l3(ctx: &XdpContext) -> Result<L3, Counter> {

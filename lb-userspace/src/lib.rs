@@ -15,4 +15,5 @@ pub mod maglev;
 pub mod metrics;
 pub mod schedule;
 pub mod security;
+pub mod service;
 pub mod web;

@@ -391,3 +391,49 @@ fn a_config_with_the_admin_token_that_anyone_may_read_is_warned_about() {
         lbd.process.terminate();
     }
 }
+
+/// Under the packaged unit's `Type=notify`, lbd says READY=1 on `$NOTIFY_SOCKET` once it
+/// serves (its API answers then: `systemctl start` returns only then, and a reload after it
+/// finds lbd listening), and STOPPING=1 at a stop; a start that fails says nothing.
+#[test]
+fn lbd_tells_systemd_it_is_ready_once_it_serves() {
+    use std::os::unix::net::UnixDatagram;
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let notify = files.dir.join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let spawn = |config: String| {
+        std::fs::write(files.config(), config).unwrap();
+        let _ = std::fs::remove_file(files.socket());
+        Running::spawn(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", ns.name()))
+                .arg(bins::path("lbd"))
+                .arg("--config")
+                .arg(files.config())
+                .env("NOTIFY_SOCKET", &notify)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+    };
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let mut buf = [0u8; 256];
+
+    // A start that fails (no such interface) exits without READY=1.
+    let mut failing = spawn(files.header(&["nosuch0"], "198.18.0.2", "fd00::2"));
+    let status = failing.child.wait().unwrap();
+    assert!(!status.success(), "lbd started on an interface that does not exist");
+    systemd.set_nonblocking(true).unwrap();
+    assert!(systemd.recv(&mut buf).is_err(), "a failed start said {:?}", String::from_utf8_lossy(&buf));
+    systemd.set_nonblocking(false).unwrap();
+
+    let lbd = spawn(header);
+    let n = systemd.recv(&mut buf).expect("no READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(lbctl(&files.socket(), &["status"]).status.success(), "READY=1 before the API answers");
+    let status = lbd.terminate();
+    assert!(status.success(), "lbd exited with {status}");
+    let n = systemd.recv(&mut buf).expect("no STOPPING=1 at the stop");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

@@ -49,7 +49,9 @@ pub async fn run(config_file: &Path, on_exit: OnExit) -> anyhow::Result<()> {
         info!(%address, "metrics endpoint listening on /metrics");
         tokio::spawn(metrics::serve(listener, agent.clone()))
     });
+    crate::service::ready();
     event_loop::run(agent.clone(), health, signals).await;
+    crate::service::stopping();
     let _ = stop_tx.send(());
     if let Some(m) = metrics {
         m.abort();

@@ -102,6 +102,7 @@ async fn run(config: config::Config, file: &Path) -> Result<(), BackendHostError
     let mut interrupt = signal(SignalKind::interrupt()).map_err(BackendHostError::Signals)?;
     let mut host = BackendHost::start(config)?;
     info!(config = %file.display(), "backend host set up; SIGTERM or SIGINT undoes it");
+    crate::service::ready();
     let mut follow = tokio::time::interval(FOLLOW_ADDRESSES);
     loop {
         tokio::select! {
@@ -114,6 +115,7 @@ async fn run(config: config::Config, file: &Path) -> Result<(), BackendHostError
             }
         }
     }
+    crate::service::stopping();
     host.stop()?;
     info!("backend host set-up removed");
     Ok(())

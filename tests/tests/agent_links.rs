@@ -205,6 +205,61 @@ fn an_earlier_layouts_pins_are_retired_and_the_saved_state_kept() {
     assert!(drained.contains("drained"), "the drain made before the upgrade is lost:\n{backends}");
 }
 
+/// An upgrade whose release cannot load its programs (here the verifier refuses the balancer
+/// without CAP_PERFMON, as a kernel would refuse a program it cannot verify) exits non-zero and
+/// leaves the earlier release's balancer attached and its pins in place: forwarding goes on
+/// until someone steps in, as after any start that fails.
+#[test]
+fn an_upgrade_that_cannot_load_leaves_the_earlier_release_forwarding() {
+    use std::process::{Command, Stdio};
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let config = format!(
+        "{}[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\n  \
+         [[vip.backend]]\n  address = \"198.18.0.11\"\n",
+        files.header(&["eth0"], "198.18.0.2", "fd00::2")
+    );
+    let lbd = Lbd::start(&ns, &files, &config);
+    lbd.kill();
+    let current = files.pin_path.join(lb_common::PIN_LAYOUT);
+    let older = files.pin_path.join("v1");
+    std::fs::rename(&current, &older).expect("rename the pin directory (bpffs)");
+    let earlier_prog = ns.ip(&["-d", "link", "show", "dev", "eth0"]);
+
+    let log = files.dir.join("lbd.log");
+    let mut failing = lb_tests::bins::Running::spawn(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
+            // The packaged unit's capabilities but CAP_PERFMON (root's others include it).
+            .args(["setpriv", "--bounding-set=-all,+bpf,+net_admin", "--inh-caps=-all", "--"])
+            .arg(lb_tests::bins::path("lbd"))
+            .arg("--config")
+            .arg(files.config())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = failing.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "lbd without CAP_PERFMON still runs after 20 s:\n{}", self::log(&files));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "lbd without CAP_PERFMON started:\n{}", self::log(&files));
+    assert_eq!(attached_mode(&ns, "eth0"), Some("native"), "eth0 lost its balancer:\n{}", self::log(&files));
+    let prog = |text: &str| text.split_whitespace().skip_while(|w| *w != "prog/xdp").nth(2).map(String::from);
+    assert_eq!(
+        prog(&ns.ip(&["-d", "link", "show", "dev", "eth0"])),
+        prog(&earlier_prog),
+        "another program is attached to eth0"
+    );
+    assert!(older.join("link_eth0").exists(), "the earlier release's link is no longer pinned");
+    assert!(older.join("VIPS").exists(), "the earlier release's maps are no longer pinned");
+    assert!(!current.join("VIPS").exists(), "the failed start left its own maps pinned beside them");
+}
+
 /// `xdp_mode = "native"` on an interface whose driver has no native XDP (a bridge stands in for
 /// one), after lbd ran there in generic mode: the restarted lbd keeps forwarding in generic mode
 /// and says why, instead of leaving the interface with nothing attached.

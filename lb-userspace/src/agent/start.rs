@@ -133,6 +133,21 @@ fn take_over(
 ) -> Result<(Agent, HealthEvents), StartError> {
     let dir = pin_dir(&config);
     crate::host::bpffs::ensure(&config.pin_path)?;
+    let pinned_before = dir.join(map_names::VIPS).exists();
+    let loaded = {
+        let _held = SignalsHeld::new();
+        datapath::load_pinned(config.limits.sizes(datapath::possible_cpus()?), &dir)
+    };
+    let mut dp = loaded.inspect_err(|_| {
+        // Maps this start made and pinned go with it (the next start makes them anew); an
+        // earlier release's balancer, still attached, forwards on.
+        if !pinned_before {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    })?;
+    // Only now, with this release's programs loaded, does an earlier release's balancer go: a
+    // release that cannot load (a kernel that refuses its programs, maps it cannot create)
+    // leaves the earlier one forwarding.
     let old = datapath::old_layouts::retire(&config.pin_path, lb_common::PIN_LAYOUT, |d| {
         d.join(map_names::VIPS).exists()
     })
@@ -145,11 +160,6 @@ fn take_over(
              the flow table starts empty (open connections of maglev VIPs keep their backends: the same ring)"
         );
     }
-    let pinned_before = dir.join(map_names::VIPS).exists();
-    let mut dp = {
-        let _held = SignalsHeld::new();
-        datapath::load_pinned(config.limits.sizes(datapath::possible_cpus()?), &dir)?
-    };
     let (mut links_adopted, mut links_replaced) = (0, 0);
     for name in &config.interfaces {
         let how = dp.attach_pinned(name, config.xdp_mode.into())?;

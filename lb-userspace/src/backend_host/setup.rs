@@ -120,7 +120,12 @@ impl BackendHost {
     fn attach_decap(&mut self) -> Result<(), BackendHostError> {
         // Logs what it mounts, and its warning if the pins would not outlive this process.
         host::bpffs::ensure(&self.config.pin_path)?;
-        // A backend host's pins: the decap's maps, none of the balancer's.
+        let dir = pin_dir(&self.config);
+        // Held by `self` from here: a start that fails below is undone by `stop`, links and all.
+        let dp = self.datapath.insert(datapath::load_decap_pinned(&dir)?);
+        // An earlier release's decap goes only now that this one's is loaded: a release that
+        // cannot load leaves it decapsulating, as a crash would. A backend host's pins: the
+        // decap's maps, none of the balancer's.
         let ours = |d: &std::path::Path| {
             use lb_common::map_names::{DECAP_ADDRS, VIPS};
             d.join(DECAP_ADDRS).exists() && !d.join(VIPS).exists()
@@ -130,9 +135,6 @@ impl BackendHost {
         for o in &old {
             warn!(pins = %o.dir.display(), links = ?o.links, "pins of an earlier release's map layout, which this one cannot adopt: links detached, pins removed");
         }
-        let dir = pin_dir(&self.config);
-        // Held by `self` from here: a start that fails below is undone by `stop`, links and all.
-        let dp = self.datapath.insert(datapath::load_decap_pinned(&dir)?);
         dp.set_decap_sources(&self.config.allowed_sources)?;
         match self.config.allowed_sources.is_empty() {
             true => info!("accepting tunnels from any outer source"),

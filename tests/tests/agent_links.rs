@@ -244,7 +244,11 @@ fn an_upgrade_that_cannot_load_leaves_the_earlier_release_forwarding() {
         if let Some(status) = failing.child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "lbd without CAP_PERFMON still runs after 20 s:\n{}", self::log(&files));
+        assert!(
+            Instant::now() < deadline,
+            "lbd without CAP_PERFMON still runs after 20 s:\n{}",
+            self::log(&files)
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(!status.success(), "lbd without CAP_PERFMON started:\n{}", self::log(&files));

@@ -437,3 +437,52 @@ fn lbd_tells_systemd_it_is_ready_once_it_serves() {
     let n = systemd.recv(&mut buf).expect("no STOPPING=1 at the stop");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+/// `lbd detach` after an lbd that is gone (killed, as a crash or the package's stop with
+/// `--on-exit keep` leaves it): the balancer detached, its pins and saved state removed, its
+/// managed neighbour entries, blackhole routes and announced VIP routes gone; others' routes
+/// stay. While an lbd runs on the same pins it is refused and removes nothing.
+#[test]
+fn detach_removes_what_an_lbd_that_is_gone_left() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let log = files.dir.join("lbd.log");
+    // Another's route in lbd's VIP table: it stays.
+    ns.ip(&["route", "add", "198.18.100.9/32", "dev", "lo", "table", "4242", "proto", "250"]);
+    let lbd = lb_tests::lbd::Lbd::start(&ns, &files, &files.announcing_web());
+    wait_marked(&ns, 242, (true, true), "announced", &log);
+    let neighbours = || ns.ip(&["neigh", "show", "proto", "76"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !neighbours().contains("198.18.0.11") {
+        assert!(Instant::now() < deadline, "no managed neighbour entry for the backend: {}", neighbours());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let detach = || {
+        // nsenter, not `ip netns exec`: that remounts /sys, and the pins with it.
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(bins::path("lbd"))
+            .args(["detach", "--config"])
+            .arg(files.config())
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("run lbd detach")
+    };
+    let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
+    let refused = detach();
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success(), "detach ran beside a running lbd:\n{said}");
+    assert!(said.contains(&lbd.process.child.id().to_string()), "the refusal does not name lbd:\n{said}");
+    assert!(xdp_attached(&ns, "eth0") && pins.exists(), "the refused detach changed something");
+    lbd.kill();
+
+    let out = detach();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "lbd detach failed:\n{said}");
+    assert!(!xdp_attached(&ns, "eth0"), "eth0 still has the balancer:\n{said}");
+    assert!(!pins.exists(), "the pins are still there:\n{said}");
+    assert!(!files.dir.join("state.json").exists(), "the saved state is still there");
+    assert_eq!(routes_marked(&ns, 242), (String::new(), String::new()), "lbd's routes stay:\n{said}");
+    assert!(!neighbours().contains("198.18.0.11"), "the managed neighbour entry stays: {}", neighbours());
+    assert!(routes_marked(&ns, 250).0.contains("198.18.100.9"), "another's VIP-table route went");
+}

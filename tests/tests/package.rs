@@ -176,9 +176,17 @@ fn package_holds_every_file_with_its_mode_and_control_fields() {
     assert!(depends.contains("libc6 (>= 2."), "Depends has no libc version from the build: {depends}");
     assert!(!depends.contains("iproute2"), "Depends names iproute2, which lbd does not run: {depends}");
     let description = control_field(&deb, "Description");
-    for needed in ["backend-host", "--on-exit keep", "--on-exit detach", "pin"] {
+    for needed in ["backend-host", "--on-exit keep", "lbd detach", "pin"] {
         assert!(description.contains(needed), "the description does not mention {needed:?}:\n{description}");
     }
+    // A removal leaves no balancer forwarding with nothing to manage it: prerm runs `lbd detach`
+    // (tests/tests/agent_start.rs shows what it removes) after the stop, and only on removal.
+    let prerm = ok(Command::new("dpkg-deb").arg("--info").arg(&deb).arg("prerm"));
+    let stop = prerm.find("systemctl stop lbd.service").expect("prerm stops lbd");
+    let detach =
+        prerm.find("/usr/sbin/lbd detach --config /etc/lbd/lbd.toml").expect("prerm runs lbd detach");
+    assert!(stop < detach, "prerm detaches before lbd stops:\n{prerm}");
+    assert!(prerm.contains("\"$1\" = remove"), "prerm detaches on an upgrade too:\n{prerm}");
     // The version is the binary's own.
     let lbd_version = ok(Command::new(bins::path("lbd")).arg("--version"));
     let version = control_field(&deb, "Version");

@@ -60,9 +60,7 @@ XDP layer-4 load balancer: agent (lbd), CLI (lbctl), backend-host loader
  The package neither enables nor starts either service. lbd.service runs lbd
  with --on-exit keep: a stop, restart or upgrade keeps forwarding (the XDP
  links and maps stay pinned under /sys/fs/bpf). To stop forwarding for real,
- stop the service and remove the pin directory (pin_path in
- /etc/lbd/lbd.toml), or run `lbd --config /etc/lbd/lbd.toml --on-exit detach`
- and stop it with Ctrl-C.";
+ stop the service and run `lbd detach`; removing the package does both.";
 
 pub struct Options {
     /// Take lbd and lbctl from this directory instead of building them (release).

@@ -1,6 +1,7 @@
 //! The agent's state and the operations the API, SIGHUP and start-up perform on it. Every
 //! change is validated as a whole first; an invalid one leaves the running state untouched.
 mod announce;
+pub mod detach;
 pub mod event_loop;
 pub mod fingerprint;
 pub mod flows;

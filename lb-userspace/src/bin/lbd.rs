@@ -19,7 +19,8 @@ use lb_userspace::{
 ///
 /// Example: lbd --config /etc/lbd/lbd.toml
 ///
-/// On backend hosts, `lbd backend-host --config FILE` sets up decapsulation and the VIPs.
+/// On backend hosts, `lbd backend-host --config FILE` sets up decapsulation and the VIPs. To
+/// take a host out of service for good: stop lbd, then `lbd detach`.
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
@@ -37,6 +38,23 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     BackendHost(backend_host::Args),
+    Detach(DetachArgs),
+}
+
+/// Removes what a stopped lbd left on this host: forwarding stops
+///
+/// The balancer's links and pins, its saved state, its managed neighbour entries, the VIP
+/// addresses' blackhole routes and the VIP routes it announced. A stop keeps all of that
+/// (--on-exit keep); this takes the host out of service for good. Refused while lbd runs on the same pin_path
+/// (stop it first: with [announce], its stop withdraws the VIPs). Exits non-zero, naming them,
+/// if any stay.
+///
+/// Example: systemctl stop lbd && lbd detach --config /etc/lbd/lbd.toml
+#[derive(clap::Args)]
+struct DetachArgs {
+    /// The config file lbd ran with (its pin_path, state_file, interfaces, [announce]).
+    #[arg(short, long, value_name = "FILE", default_value = "/etc/lbd/lbd.toml")]
+    config: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +82,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     match &args.command {
         Some(Command::BackendHost(args)) => Ok(backend_host::main(args).await?),
+        Some(Command::Detach(args)) => agent::detach::detach(&args.config),
         None => agent::run::run(&args.config, args.on_exit).await,
     }
 }

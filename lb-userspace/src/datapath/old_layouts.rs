@@ -23,6 +23,20 @@ pub struct Retired {
 /// `current` that `ours` recognises by its pins (another role's pins stay).
 pub fn retire(pin_path: &Path, current: &str, ours: impl Fn(&Path) -> bool) -> io::Result<Vec<Retired>> {
     let Some(current) = version(current) else { return Ok(Vec::new()) };
+    retire_where(pin_path, |v| v < current, ours)
+}
+
+/// Retires every layout's directory under `pin_path`, the current one's too, that `ours`
+/// recognises (`lbd detach`).
+pub fn retire_every(pin_path: &Path, ours: impl Fn(&Path) -> bool) -> io::Result<Vec<Retired>> {
+    retire_where(pin_path, |_| true, ours)
+}
+
+fn retire_where(
+    pin_path: &Path,
+    layout: impl Fn(u32) -> bool,
+    ours: impl Fn(&Path) -> bool,
+) -> io::Result<Vec<Retired>> {
     let entries = match std::fs::read_dir(pin_path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         other => other?,
@@ -30,8 +44,8 @@ pub fn retire(pin_path: &Path, current: &str, ours: impl Fn(&Path) -> bool) -> i
     let mut retired = Vec::new();
     for entry in entries {
         let dir = entry?.path();
-        let older = dir.file_name().and_then(|n| version(&n.to_string_lossy())).is_some_and(|v| v < current);
-        if older && ours(&dir) {
+        let chosen = dir.file_name().and_then(|n| version(&n.to_string_lossy())).is_some_and(&layout);
+        if chosen && ours(&dir) {
             retired.push(retire_dir(dir)?);
         }
     }

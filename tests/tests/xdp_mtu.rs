@@ -47,6 +47,19 @@ fn packet(v6: bool, ip_len: usize) -> Vec<u8> {
     tcp_frame_of_len(client, 40_000, vip, 80, ip_len)
 }
 
+/// `frame` (IPv4 or IPv6) with its source address `source` (the IPv4 header checksum fixed).
+fn from(source: IpAddr, frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    match source {
+        IpAddr::V4(a) => {
+            out[26..30].copy_from_slice(&a.octets());
+            lb_tests::frames::fix_ipv4_checksum(&mut out);
+        }
+        IpAddr::V6(a) => out[22..38].copy_from_slice(&a.octets()),
+    }
+    out
+}
+
 /// Checks that `out` is the ICMP error answering `input` with `mtu`, and says what is wrong.
 fn check_too_big(input: &[u8], out: &[u8], v6: bool, mtu: usize) -> Result<(), String> {
     if out[..6] != CLIENT_MAC || out[6..12] != LB_MAC {
@@ -147,6 +160,18 @@ fn packets_over_the_path_mtu_are_answered_with_the_mtu_inside_the_tunnel() {
                     assert!(moved.contains(&"icmp_too_big"), "{case}: counters {moved:?}");
                     assert!(!moved.contains(&"forward_tx"), "{case}: counters {moved:?}");
                 }
+            }
+            // From a source no error may go to (RFC 1812 4.3.2.7, RFC 4443 2.4(e)): dropped, not
+            // answered (a spoofed flood would otherwise be reflected to a group or to nobody).
+            for source in
+                ["0.0.0.0", "127.0.0.1", "224.0.0.1", "240.0.0.1", "255.255.255.255", "::", "::1", "ff02::1"]
+            {
+                let source: IpAddr = source.parse().unwrap();
+                let input = from(source, &packet(source.is_ipv6(), inner_mtu(source.is_ipv6()) + 1));
+                let before = r.counter(Counter::DropTooBig);
+                let out = r.run(&input);
+                assert_eq!(out.verdict, Verdict::Drop, "generation {generation}: too big from {source}");
+                assert_eq!(r.counter(Counter::DropTooBig), before + 1, "too big from {source}");
             }
             // IPv4 without DF may be fragmented, which the balancer does not do: dropped.
             let before = r.counter(Counter::DropTooBig);

@@ -191,7 +191,7 @@ fn too_big_answers_are_rate_limited() {
     fx.run(SIZES, |r| {
         install(r, 1);
         let input = packet(false, inner_mtu(false) + 1);
-        let flood = |r: &mut XdpRunner| {
+        let mut flood = |r: &mut XdpRunner| {
             let (answered, dropped) = (r.counter(Counter::IcmpTooBig), r.counter(Counter::DropTooBig));
             for _ in 0..200 {
                 r.run(&input);

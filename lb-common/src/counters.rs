@@ -51,7 +51,7 @@ counters! {
     DropFragmentToVip = 9, Drop, "drop_fragment_to_vip", "a fragment addressed to a VIP address: dropped (it has no ports to pick a backend by)";
     DropNoBackend = 10, Drop, "drop_no_backend", "the VIP's ring slot names no configured backend: dropped";
     DropEncapFailed = 11, Drop, "drop_encap_failed", "no room to push the tunnel header: dropped";
-    DropTooBig = 12, Drop, "drop_too_big", "larger than the path MTU towards the backend (with the tunnel header) and fragmenting allowed (IPv4 without DF): dropped, the balancer does not fragment; or with DF (IPv6) but from a source no ICMP error may go to (unspecified, loopback, multicast, broadcast) or over the CPU's budget of ICMP errors (1,000 a second, bursts of 50): dropped unanswered";
+    DropTooBig = 12, Drop, "drop_too_big", "larger than the path MTU towards the backend (with the tunnel header) and fragmenting allowed (IPv4 without DF): dropped, the balancer does not fragment; or with DF (IPv6) but from a source no ICMP error may go to (unspecified, loopback, multicast, broadcast): dropped unanswered";
     ForwardTx = 13, Forward, "forward_tx", "sent to a backend out of the interface it came in on (XDP_TX)";
     ForwardRedirect = 14, Forward, "forward_redirect", "sent to a backend out of another interface (redirect)";
     IcmpEchoReply = 15, Forward, "icmp_echo_reply", "an echo request to a VIP address, answered by the balancer";

@@ -114,11 +114,8 @@ pub mod map_names {
     /// Each CPU's flow-table clock tick and the jiffy it was read in: per program instance,
     /// never pinned.
     pub const CLOCK_CACHE: &str = "CLOCK_CACHE";
-    /// Each CPU's budget of ICMP errors the balancer sends itself ("too big"): per program
-    /// instance, never pinned.
-    pub const ICMP_BUDGET: &str = "ICMP_BUDGET";
     /// The maps of a program instance: a new agent's programs start with new ones.
-    pub const UNPINNED: [&str; 6] = [NEXT_HOPS, CAPTURE, SOURCES, VIP_FLOW_BUCKETS, CLOCK_CACHE, ICMP_BUDGET];
+    pub const UNPINNED: [&str; 5] = [NEXT_HOPS, CAPTURE, SOURCES, VIP_FLOW_BUCKETS, CLOCK_CACHE];
     /// The maps the decap program uses: what a backend host pins.
     pub const DECAP: [&str; 4] = [DECAP_ADDRS, DECAP_SOURCES, DECAP_CONFIG, STATS];
     /// Every map that outlives the agent, for pinning.

@@ -11,7 +11,6 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
     checksum, flow,
-    maps::ICMP_BUDGET,
     parse::{self, ptr_at, ptr_at_mut, Packet, ETH_LEN},
 };
 
@@ -29,10 +28,6 @@ const ICMP_ERROR_HEADER: usize = 8;
 /// extension headers and the transport header's first bytes. Multiples of 4 (bpf_csum_diff).
 const QUOTE_V4: usize = 68;
 const QUOTE_V6: usize = 256;
-/// ICMP errors each CPU sends at most a second ([`within_budget`]), and in one burst: Linux's
-/// `icmp_msgs_per_sec` and `icmp_msgs_burst` (per CPU here, for the whole host there).
-pub const ERRORS_PER_SECOND: u64 = 1000;
-pub const ERROR_BURST: u64 = 50;
 /// The TTL / hop limit of the packets the balancer sends itself (Linux's default).
 const REPLY_TTL: u8 = 64;
 const DONT_FRAGMENT: u8 = 0x40;
@@ -157,28 +152,6 @@ pub fn too_big(ctx: &XdpContext, family: u8, mtu: u16) -> Counter {
     }
 }
 
-/// Whether this CPU may send one more ICMP error now, and if so takes it from its budget:
-/// [`ERRORS_PER_SECOND`] a second, in bursts of up to [`ERROR_BURST`] (RFC 4443 2.4(f), RFC
-/// 1812 4.3.2.8: errors are rate-limited, so that a flood of spoofed packets is not reflected at
-/// its rate). The budget is the time the next error may go (GCRA), this CPU's own: no atomics.
-#[inline(always)]
-fn within_budget() -> bool {
-    let Some(next) = ICMP_BUDGET.get_ptr_mut(0) else { return false };
-    // SAFETY: a plain helper call.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
-    const INTERVAL: u64 = 1_000_000_000 / ERRORS_PER_SECOND;
-    // SAFETY: this CPU's slot: nothing else writes it while this program runs.
-    unsafe {
-        // A budget left unused for a while is full again, no more.
-        let at = if *next < now { now } else { *next };
-        if at - now > (ERROR_BURST - 1) * INTERVAL {
-            return false;
-        }
-        *next = at + INTERVAL;
-    }
-    true
-}
-
 /// The frame after [`turn_into_error`]: Ethernet, the new IP header (`H` bytes), the ICMP
 /// header, the quoted packet (`Q` bytes: the start of the packet as it came, untouched).
 #[repr(C)]
@@ -242,7 +215,7 @@ fn too_big_v4(ctx: &XdpContext, mtu: u16) -> Result<(), ()> {
     // No error goes to a source that names no single host (RFC 1812 4.3.2.7): this network
     // (0/8), loopback (127/8), multicast and reserved (224/4, 240/4, the broadcast address).
     let unicast = first != 0 && first != 127 && first < 224;
-    if !df || !unicast || !parse::fits(ctx, ETH_LEN, QUOTE_V4) || !within_budget() {
+    if !df || !unicast || !parse::fits(ctx, ETH_LEN, QUOTE_V4) {
         return Err(());
     }
     let f = turn_into_error::<{ Ipv4Hdr::LEN }, QUOTE_V4>(ctx)?;
@@ -278,7 +251,7 @@ fn too_big_v6(ctx: &XdpContext, mtu: u16) -> Result<(), ()> {
     // 2.4(e)).
     let low = u64::from_be_bytes([src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15]]);
     let high = u64::from_be_bytes([src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7]]);
-    if (high == 0 && low <= 1) || src[0] == 0xff || !parse::fits(ctx, ETH_LEN, QUOTE_V6) || !within_budget() {
+    if (high == 0 && low <= 1) || src[0] == 0xff || !parse::fits(ctx, ETH_LEN, QUOTE_V6) {
         return Err(());
     }
     let f = turn_into_error::<{ Ipv6Hdr::LEN }, QUOTE_V6>(ctx)?;

@@ -85,15 +85,11 @@ pub struct CachedHop {
     pub mtu: u16,
 }
 
+/// Next hops by backend id, per CPU: no locking, no torn MACs. Sized like BACKENDS.
 /// This CPU's flow-table clock tick and the jiffy it was read in (flow_table.rs, `clock`).
 #[map(name = "CLOCK_CACHE")]
 pub static CLOCK_CACHE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// This CPU's budget of ICMP errors (icmp.rs, `within_budget`): when the next one may go, in ns.
-#[map(name = "ICMP_BUDGET")]
-pub static ICMP_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// Next hops by backend id, per CPU: no locking, no torn MACs. Sized like BACKENDS.
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(limits::MAX_BACKENDS, 0);
 

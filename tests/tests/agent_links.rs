@@ -264,6 +264,94 @@ fn an_upgrade_that_cannot_load_leaves_the_earlier_release_forwarding() {
     assert!(!current.join("VIPS").exists(), "the failed start left its own maps pinned beside them");
 }
 
+/// A memory cgroup of the test's own (cgroup v1, as this machine has): what lbd run in it
+/// allocates, BPF maps included, counts against `memory.limit_in_bytes`. Removed on drop.
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new() -> MemoryCgroup {
+        let root = std::path::Path::new("/sys/fs/cgroup/memory");
+        assert!(
+            root.join("cgroup.procs").exists(),
+            "this test needs the cgroup v1 memory controller at {} (BPF maps are charged to it)",
+            root.display()
+        );
+        let dir = root.join(lb_tests::unique_name("lbd-mem"));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        MemoryCgroup(dir)
+    }
+
+    fn usage(&self) -> u64 {
+        std::fs::read_to_string(self.0.join("memory.usage_in_bytes")).unwrap().trim().parse().unwrap()
+    }
+
+    /// The most it held at once.
+    fn peak(&self) -> u64 {
+        std::fs::read_to_string(self.0.join("memory.max_usage_in_bytes")).unwrap().trim().parse().unwrap()
+    }
+
+    fn limit(&self, bytes: u64) {
+        std::fs::write(self.0.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+    }
+
+    /// `start_wrapped`'s wrapper: the command runs in this cgroup.
+    fn wrapper(&self) -> Vec<String> {
+        let procs = self.0.join("cgroup.procs");
+        vec!["sh".into(), "-c".into(), format!("echo $$ > {} && exec \"$@\"", procs.display()), "sh".into()]
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// An upgrade on a host without the memory for both releases' maps at once (a flow table sized
+/// to the host; here a cgroup limit that holds one table and not two): the new release retires
+/// the earlier one's maps first, says so, and starts; the saved state carries over.
+#[test]
+fn an_upgrade_without_memory_for_both_layouts_retires_the_earlier_one_first() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let cgroup = MemoryCgroup::new();
+    // A flow table of 64 MiB, most of lbd's maps.
+    let header =
+        files.header(&["eth0"], "198.18.0.2", "fd00::2").replace("flows = 131072", "flows = 1048576");
+    let config = format!(
+        "{header}[[vip]]\nname = \"web\"\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"tcp\"\n\n  \
+         [[vip.backend]]\n  address = \"198.18.0.11\"\n\n  [[vip.backend]]\n  address = \"198.18.0.12\"\n"
+    );
+    std::fs::write(files.config(), &config).unwrap();
+    let wrapper = cgroup.wrapper();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let lbd = Lbd::start_wrapped(&ns, &files, &wrapper, &[]);
+    lbd.lbctl_ok(&["backend", "drain", "web", "198.18.0.11"]);
+    lbd.kill();
+    // The pinned maps stay charged to the cgroup. A start peaks above its maps (the verifier's
+    // own memory): the limit lets one start through, not a second set of maps beside the first.
+    let (maps, peak) = (cgroup.usage(), cgroup.peak());
+    assert!(maps > 64 << 20, "the cgroup holds {maps} bytes: lbd's maps are not charged to it");
+    assert!(
+        peak + (16 << 20) < 2 * maps,
+        "a start peaks at {peak} bytes, maps take {maps}: no limit tells them apart"
+    );
+    cgroup.limit((peak + 2 * maps) / 2);
+    let current = files.pin_path.join(lb_common::PIN_LAYOUT);
+    let older = files.pin_path.join("v1");
+    std::fs::rename(&current, &older).expect("rename the pin directory (bpffs)");
+
+    let lbd = Lbd::start_wrapped(&ns, &files, &wrapper, &[]);
+    assert!(!older.exists(), "the earlier layout's pins are still there");
+    assert_eq!(attached_mode(&ns, "eth0"), Some("native"), "the new lbd's balancer is not attached");
+    log_line(&files, &["WARN", "no memory for this release's maps"])
+        .unwrap_or_else(|| panic!("lbd did not say why it retired the earlier pins first:\n{}", log(&files)));
+    let backends = lbd.lbctl_ok(&["backend", "list", "web"]);
+    let drained = backends.lines().find(|l| l.contains("198.18.0.11")).unwrap_or_default();
+    assert!(drained.contains("drained"), "the drain made before the upgrade is lost:\n{backends}");
+    lbd.kill();
+}
+
 /// `xdp_mode = "native"` on an interface whose driver has no native XDP (a bridge stands in for
 /// one), after lbd ran there in generic mode: the restarted lbd keeps forwarding in generic mode
 /// and says why, instead of leaving the interface with nothing attached.

@@ -134,32 +134,59 @@ fn take_over(
     let dir = pin_dir(&config);
     crate::host::bpffs::ensure(&config.pin_path)?;
     let pinned_before = dir.join(map_names::VIPS).exists();
-    let loaded = {
+    let sizes = config.limits.sizes(datapath::possible_cpus()?);
+    let load = || {
         let _held = SignalsHeld::new();
-        datapath::load_pinned(config.limits.sizes(datapath::possible_cpus()?), &dir)
+        datapath::load_pinned(sizes, &dir).inspect_err(|_| {
+            // Maps this start made and pinned go with it (the next start makes them anew).
+            if !pinned_before {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        })
     };
-    let mut dp = loaded.inspect_err(|_| {
-        // Maps this start made and pinned go with it (the next start makes them anew); an
-        // earlier release's balancer, still attached, forwards on.
-        if !pinned_before {
-            let _ = std::fs::remove_dir_all(&dir);
+    // Retires an earlier release's pins, links and all: its balancer stops.
+    let retire_earlier = || -> Result<(), StartError> {
+        let old = datapath::old_layouts::retire(&config.pin_path, lb_common::PIN_LAYOUT, |d| {
+            d.join(map_names::VIPS).exists()
+        })
+        .map_err(|source| StartError::OldLayout { path: config.pin_path.clone(), source })?;
+        for o in &old {
+            warn!(
+                pins = %o.dir.display(),
+                links = ?o.links,
+                "pins of an earlier release's map layout, which this one cannot adopt: links detached, pins removed; \
+                 the flow table starts empty (open connections of maglev VIPs keep their backends: the same ring)"
+            );
         }
-    })?;
-    // Only now, with this release's programs loaded, does an earlier release's balancer go: a
-    // release that cannot load (a kernel that refuses its programs, maps it cannot create)
-    // leaves the earlier one forwarding.
-    let old = datapath::old_layouts::retire(&config.pin_path, lb_common::PIN_LAYOUT, |d| {
-        d.join(map_names::VIPS).exists()
-    })
-    .map_err(|source| StartError::OldLayout { path: config.pin_path.clone(), source })?;
-    for o in &old {
-        warn!(
-            pins = %o.dir.display(),
-            links = ?o.links,
-            "pins of an earlier release's map layout, which this one cannot adopt: links detached, pins removed; \
-             the flow table starts empty (open connections of maglev VIPs keep their backends: the same ring)"
-        );
-    }
+        Ok(())
+    };
+    // An earlier release's balancer goes only once this one's programs and maps are loaded: a
+    // release that cannot load (a kernel that refuses its programs) leaves it forwarding. But
+    // a host may lack the memory for both releases' maps at once (a flow table sized to it):
+    // then the earlier one's go first, as they must for the upgrade to happen at all.
+    let mut dp = match load() {
+        Err(e)
+            if e.out_of_memory() && datapath::old_layouts::any(&config.pin_path, lb_common::PIN_LAYOUT) =>
+        {
+            warn!(
+                "no memory for this release's maps beside an earlier release's ({e}): retiring those first; \
+                 forwarding pauses until this start is done"
+            );
+            retire_earlier()?;
+            // The kernel frees unpinned maps a moment later (deferred work): until then a new
+            // allocation meets the same shortage, and might wake the OOM killer.
+            let mut tries = 0;
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                match load() {
+                    Err(e) if e.out_of_memory() && tries < 8 => tries += 1,
+                    loaded => break loaded?,
+                }
+            }
+        }
+        loaded => loaded?,
+    };
+    retire_earlier()?;
     let (mut links_adopted, mut links_replaced) = (0, 0);
     for name in &config.interfaces {
         let how = dp.attach_pinned(name, config.xdp_mode.into())?;

@@ -210,6 +210,21 @@ pub fn load_decap_pinned(dir: &Path) -> Result<Datapath, DatapathError> {
     load_inner(object(), Sizes::SMALLEST, Some(dir), BACKEND_HOST)
 }
 
+impl DatapathError {
+    /// Whether the kernel refused for want of memory (ENOMEM anywhere in the error's sources: a
+    /// map it could not allocate, within the host's memory or the service's cgroup limit).
+    pub fn out_of_memory(&self) -> bool {
+        let mut error: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = error {
+            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::ENOMEM)) {
+                return true;
+            }
+            error = e.source();
+        }
+        false
+    }
+}
+
 /// A pinned link's name: the prefix, then its interface's.
 pub(super) const LINK_PIN_PREFIX: &str = "link_";
 

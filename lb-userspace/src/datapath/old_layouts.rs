@@ -26,6 +26,12 @@ pub fn retire(pin_path: &Path, current: &str, ours: impl Fn(&Path) -> bool) -> i
     retire_where(pin_path, |v| v < current, ours)
 }
 
+/// Whether `pin_path` holds a directory of a layout older than `current`.
+pub fn any(pin_path: &Path, current: &str) -> bool {
+    let (Some(current), Ok(entries)) = (version(current), std::fs::read_dir(pin_path)) else { return false };
+    entries.flatten().any(|e| version(&e.file_name().to_string_lossy()).is_some_and(|v| v < current))
+}
+
 /// Retires every layout's directory under `pin_path`, the current one's too, that `ours`
 /// recognises (`lbd detach`).
 pub fn retire_every(pin_path: &Path, ours: impl Fn(&Path) -> bool) -> io::Result<Vec<Retired>> {

@@ -475,6 +475,11 @@ fn detach_removes_what_an_lbd_that_is_gone_left() {
     assert!(said.contains(&lbd.process.child.id().to_string()), "the refusal does not name lbd:\n{said}");
     assert!(xdp_attached(&ns, "eth0") && pins.exists(), "the refused detach changed something");
     lbd.kill();
+    // The config as it may be by then: an interface in it that is gone (a NIC removed).
+    let config = std::fs::read_to_string(files.config()).unwrap();
+    let with_gone = config.replace("interfaces = [\"eth0\"]", "interfaces = [\"eth0\", \"gone0\"]");
+    assert_ne!(with_gone, config, "the config names no interfaces the test knows");
+    std::fs::write(files.config(), with_gone).unwrap();
 
     let out = detach();
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -485,4 +490,11 @@ fn detach_removes_what_an_lbd_that_is_gone_left() {
     assert_eq!(routes_marked(&ns, 242), (String::new(), String::new()), "lbd's routes stay:\n{said}");
     assert!(!neighbours().contains("198.18.0.11"), "the managed neighbour entry stays: {}", neighbours());
     assert!(routes_marked(&ns, 250).0.contains("198.18.100.9"), "another's VIP-table route went");
+    assert!(!files.pin_path.exists(), "the pin directory stays");
+
+    // Again, with nothing left (as on a host where lbd never ran): nothing to do, and nothing made.
+    let out = detach();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success() && said.contains("nothing to detach"), "a second detach:\n{said}");
+    assert!(!files.pin_path.exists(), "detach made the pin directory");
 }

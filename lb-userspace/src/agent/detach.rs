@@ -21,6 +21,12 @@ pub fn detach(config_file: &Path) -> anyhow::Result<()> {
     let mut stays: Vec<String> = Vec::new();
     // No pin_path: no lbd ran here (or its pins went with a reboot); nothing to make there.
     let pinned = config.pin_path.exists();
+    if !pinned && !config.state_file.exists() {
+        // Neither pins nor a saved state: no lbd ran here since the last boot, which took the
+        // routes and neighbour entries with it.
+        info!("nothing to detach: no pins at {} and no saved state", config.pin_path.display());
+        return Ok(());
+    }
     // A running lbd holds it: its stop (or --on-exit detach) is the way then.
     let _lock = pinned.then(|| PinLock::acquire(&config.pin_path)).transpose()?;
     if pinned {
@@ -30,8 +36,6 @@ pub fn detach(config_file: &Path) -> anyhow::Result<()> {
                 for r in retired {
                     info!(pins = %r.dir.display(), links = ?r.links, "balancer detached, pins removed");
                 }
-                // Empty now, unless it holds others' pins (a backend host's): then it stays.
-                let _ = std::fs::remove_dir(&config.pin_path);
             }
             Err(e) => stays.push(format!("pins under {}: {e}", config.pin_path.display())),
         }
@@ -60,7 +64,8 @@ pub fn detach(config_file: &Path) -> anyhow::Result<()> {
         }
     }
 
-    match neighbours::NextHops::new(&config.interfaces) {
+    // Every entry marked lbd's, on any interface (one no longer configured, or gone, too).
+    match neighbours::NextHops::new(&[]) {
         Ok(mut hops) => {
             for change in hops.clear() {
                 match change {
@@ -76,6 +81,11 @@ pub fn detach(config_file: &Path) -> anyhow::Result<()> {
         Ok(()) => info!(file = %config.state_file.display(), "saved state removed"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => stays.push(format!("saved state {}: {e}", config.state_file.display())),
+    }
+    if pinned {
+        // Last, the lock's directory (empty now, unless it holds others' pins, a backend
+        // host's: then it stays): an lbd started meanwhile found it locked.
+        let _ = std::fs::remove_dir(&config.pin_path);
     }
     if !stays.is_empty() {
         anyhow::bail!("detached, but these stay:\n  {}", stays.join("\n  "));

@@ -63,7 +63,7 @@ counters! {
     SynRescheduled = 21, Event, "syn_rescheduled", "SYNs that found an earlier connection's flow pinned to a backend that takes no new flows (drained, down, removed): scheduled anew";
     IcmpErrorToBackend = 22, Event, "icmp_error_to_backend", "ICMP errors quoting a VIP flow, sent to that flow's backend";
     Decapsulated = 23, Event, "decapsulated", "tunnelled packets the decap program stripped and passed on (backend hosts)";
-    DecapRefused = 24, Drop, "decap_refused", "tunnels from an outer source outside the backend host's allowed_sources: dropped (backend hosts)";
+    DecapRefused = 24, Drop, "decap_refused", "tunnels from an outer source outside the backend host's allowed_sources, and packets to the host from such a source whose headers the program cannot walk (they may hide a tunnel): dropped (backend hosts)";
     DecapFragment = 25, Pass, "decap_fragment", "fragments of tunnel packets: passed unstripped to the stack, which reassembles (backend hosts)";
     DropAcl = 26, Drop, "drop_acl", "from a source the global deny list or the VIP's access lists refuse: dropped before its flow is recorded (a SYN before any flow lookup); and ICMP to a VIP address from a source the global deny list refuses";
     DropRateNewFlows = 27, Drop, "drop_rate_new_flows", "a new flow over its source's new-flows-a-second limit (vip.limits.new_flows_per_source): dropped";

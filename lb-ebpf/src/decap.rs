@@ -13,6 +13,10 @@
 //!    packet is marked CE too, a Not-ECT one is dropped, counted `decap_ce_not_ect`.
 //! 4. passed, counted `decapsulated`.
 //!
+//! A packet to this host whose headers the parser cannot walk (more than four IPv6 extension
+//! headers, lengths that do not add up) is dropped and counted `decap_refused` if its source is
+//! not allowed: it may hide a tunnel, which a kernel tunnel device would strip past the list.
+//!
 //! Everything else passes untouched and uncounted.
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
@@ -34,7 +38,18 @@ const ECN_NOT_ECT: u8 = 0b00;
 const ECN_CE: u8 = 0b11;
 
 pub fn run(ctx: &XdpContext) -> u32 {
-    let Some(outer) = tunnel(ctx) else { return xdp_action::XDP_PASS };
+    let outer = match parse::l3(ctx) {
+        Ok(outer) => outer,
+        // A header the parser cannot walk (more IPv6 extension headers than it follows, a length
+        // that does not add up) may hide a tunnel, which a kernel tunnel device of the host
+        // would strip past the allow list: from a refused source to this host, it is dropped.
+        Err(Counter::PassMalformed) if unwalkable_from_refused(ctx) => {
+            stats::count(Counter::DecapRefused);
+            return xdp_action::XDP_DROP;
+        }
+        Err(_) => return xdp_action::XDP_PASS,
+    };
+    let Some(outer) = tunnel(outer) else { return xdp_action::XDP_PASS };
     if !source_allowed(&outer) {
         stats::count(Counter::DecapRefused);
         return xdp_action::XDP_DROP;
@@ -57,8 +72,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 /// The outer header, if this is a same-family tunnel addressed to this host.
 #[inline(always)]
-fn tunnel(ctx: &XdpContext) -> Option<L3> {
-    let outer = parse::l3(ctx).ok()?;
+fn tunnel(outer: L3) -> Option<L3> {
     let inner = if outer.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
     if outer.proto != inner || DECAP_ADDRS.get_ptr(&outer.dst).is_none() {
         return None;
@@ -70,12 +84,39 @@ fn tunnel(ctx: &XdpContext) -> Option<L3> {
 /// to check, else from the prefixes in DECAP_SOURCES.
 #[inline(always)]
 fn source_allowed(outer: &L3) -> bool {
+    allowed(outer.family, outer.src)
+}
+
+#[inline(always)]
+fn allowed(family: u8, src: [u8; 16]) -> bool {
     if DECAP_CONFIG.get(0).is_none_or(|c| c.check_sources == 0) {
         return true;
     }
-    let source = DecapSource { family: outer.family, addr: outer.src, _pad: [0; 3] };
-    let key = Key::new(DecapSource::prefix_len(DecapSource::address_bits(outer.family)), source);
+    let source = DecapSource { family, addr: src, _pad: [0; 3] };
+    let key = Key::new(DecapSource::prefix_len(DecapSource::address_bits(family)), source);
     DECAP_SOURCES.get(&key).is_some()
+}
+
+/// Whether a packet the parser found malformed is addressed to this host (DECAP_ADDRS) from a
+/// source tunnels are not accepted from, by its fixed IP header's addresses.
+#[inline(always)]
+fn unwalkable_from_refused(ctx: &XdpContext) -> bool {
+    let (family, src, dst) = match parse::ether_type(ctx) {
+        Ok(parse::ETH_P_IPV6) => match ptr_at::<Ipv6Hdr>(ctx, ETH_LEN) {
+            // SAFETY: bounds-checked by ptr_at.
+            Ok(ip) => unsafe { (lb_common::FAMILY_V6, (*ip).src_addr, (*ip).dst_addr) },
+            Err(_) => return false,
+        },
+        Ok(parse::ETH_P_IP) => match ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) {
+            // SAFETY: bounds-checked by ptr_at.
+            Ok(ip) => unsafe {
+                (FAMILY_V4, parse::v4_in_16((*ip).src_addr), parse::v4_in_16((*ip).dst_addr))
+            },
+            Err(_) => return false,
+        },
+        _ => return false,
+    };
+    DECAP_ADDRS.get_ptr(&dst).is_some() && !allowed(family, src)
 }
 
 /// Moves the Ethernet header forward over the outer IP header and drops the bytes before it.

@@ -166,6 +166,26 @@ fn what_is_no_tunnel_to_this_host_passes_untouched_and_uncounted() {
     }
 }
 
+/// A header chain the parser does not walk (five IPv6 extension headers; it follows four) may
+/// hide a tunnel that a kernel tunnel device would strip past the allow list: to this host from
+/// a refused source it is dropped and counted refused; from an allowed one, or to another
+/// address, it passes untouched (the stack decides).
+#[test]
+fn unwalkable_headers_from_refused_sources_are_dropped() {
+    let mut r = runner(&[("fd00:0:0:1::", 64)]);
+    let chain = [Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::DestOpts, Ext::Auth];
+    let (out, moved) = run(&mut r, &with_ipv6_ext(&tunnel("fd00:0:0:2::9", HOST6), &chain));
+    assert_eq!((out.verdict, moved), (Verdict::Drop, REFUSED), "a long chain from a refused source");
+    for (name, f) in [
+        ("a long chain from an allowed source", with_ipv6_ext(&tunnel("fd00:0:0:1::9", HOST6), &chain)),
+        ("a long chain to another address", with_ipv6_ext(&tunnel("fd00:0:0:2::9", "fd00::12"), &chain)),
+    ] {
+        let (out, moved) = run(&mut r, &f);
+        assert_eq!((out.verdict, moved), (Verdict::Pass, NOTHING), "{name}");
+        assert_eq!(out.frame, f, "{name}: changed");
+    }
+}
+
 #[test]
 fn outer_ipv4_options_are_stripped_with_the_header() {
     let mut r = runner(&[]);

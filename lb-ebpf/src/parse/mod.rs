@@ -6,7 +6,7 @@ mod ipv6;
 mod l4;
 
 use aya_ebpf::programs::XdpContext;
-pub use eth::{ETH_P_IP, ETH_P_IPV6, LEN as ETH_LEN};
+pub use eth::{ether_type, ETH_P_IP, ETH_P_IPV6, LEN as ETH_LEN};
 pub use l4::TcpKind;
 use lb_common::{Counter, FlowKey};
 

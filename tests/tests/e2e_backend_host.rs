@@ -239,6 +239,28 @@ fn a_crashed_backend_host_keeps_decapsulating_and_the_next_run_restores_the_orig
     assert_undone(&w, &b);
 }
 
+/// `--undo` after a backend host that crashed (or was killed, or whose service gave up
+/// restarting it): decap detached, pins and record removed, the VIPs it bound off lo and the
+/// ARP settings as they were, without setting anything up first; again, it finds nothing to do.
+#[test]
+fn undo_removes_what_a_crashed_backend_host_left() {
+    let w = world();
+    let b = BackendHostFiles::new(&ipip_settings());
+    let (mut crashed, _) = b.start(&w.backend);
+    crashed.child.kill().expect("SIGKILL");
+    crashed.child.wait().expect("reap");
+    assert!(
+        w.backend.ip(&["-d", "link", "show", "dev", "eth0"]).contains("prog/xdp"),
+        "decap went with the process"
+    );
+    for round in ["after the crash", "again"] {
+        let out = b.command(&w.backend, &["--undo"]).status().expect("run --undo");
+        assert!(out.success(), "--undo {round} exited with {out}:\n{}", b.log());
+        assert_undone(&w, &b);
+    }
+    assert!(b.log().contains("nothing more to undo"), "the second --undo did not say so:\n{}", b.log());
+}
+
 /// With `decap = false` (L2 DSR backends): VIPs on lo and the ARP settings, no XDP program,
 /// no pins; all of it undone on SIGINT.
 #[test]

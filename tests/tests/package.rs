@@ -187,6 +187,13 @@ fn package_holds_every_file_with_its_mode_and_control_fields() {
         prerm.find("/usr/sbin/lbd detach --config /etc/lbd/lbd.toml").expect("prerm runs lbd detach");
     assert!(stop < detach, "prerm detaches before lbd stops:\n{prerm}");
     assert!(prerm.contains("\"$1\" = remove"), "prerm detaches on an upgrade too:\n{prerm}");
+    let undo = prerm
+        .find("backend-host --config /etc/lbd/backend.toml --undo")
+        .expect("prerm undoes a backend host");
+    assert!(
+        prerm.find("lbd-backend.service").is_some_and(|s| s < undo),
+        "prerm undoes before the stop:\n{prerm}"
+    );
     // The version is the binary's own.
     let lbd_version = ok(Command::new(bins::path("lbd")).arg("--version"));
     let version = control_field(&deb, "Version");

@@ -45,6 +45,11 @@ pub struct Args {
     /// With --status: JSON instead of tables.
     #[arg(long, requires = "status")]
     pub json: bool,
+    /// Undo what an earlier run left and exit: one killed or crashed (a stop undoes it itself).
+    /// Detaches decap and removes its pins, takes the VIPs it bound off lo, restores the
+    /// sysctls it changed (from its state_file record). Stop a running one first.
+    #[arg(long, conflicts_with = "status")]
+    pub undo: bool,
 }
 
 #[derive(Debug, Error)]
@@ -85,6 +90,9 @@ pub enum BackendHostError {
 /// `lbd backend-host`: runs, or prints the status with `--status`.
 pub async fn main(args: &Args) -> Result<(), BackendHostError> {
     let config = config::load(&args.config)?;
+    if args.undo {
+        return setup::undo(config);
+    }
     if args.status {
         let status = status::read(&config, &args.config)?;
         match args.json {

@@ -56,6 +56,37 @@ pub struct BackendHost {
     decap_addresses: BTreeSet<IpAddr>,
 }
 
+/// A backend host's pin directory: the decap's maps, none of the balancer's.
+fn backend_pins(dir: &Path) -> bool {
+    use lb_common::map_names::{DECAP_ADDRS, VIPS};
+    dir.join(DECAP_ADDRS).exists() && !dir.join(VIPS).exists()
+}
+
+/// `--undo`: undoes what an earlier run left (one killed or crashed; a stop undoes it itself)
+/// without setting anything up: its decap detached and its pins removed (every layout's), the
+/// VIPs it bound taken off `lo`, the sysctls it changed restored to the values it recorded,
+/// its record removed.
+pub fn undo(config: Config) -> Result<(), BackendHostError> {
+    let record = Record::read(&config.state_file)?;
+    let retired = datapath::old_layouts::retire_every(&config.pin_path, backend_pins)
+        .map_err(|source| BackendHostError::OldLayout { path: config.pin_path.clone(), source })?;
+    for r in &retired {
+        info!(pins = %r.dir.display(), links = ?r.links, "decap detached and its pins removed");
+    }
+    // Empty now, unless it holds others' pins (a balancer's): then it stays.
+    let _ = std::fs::remove_dir(&config.pin_path);
+    let Some(record) = record else {
+        info!(state_file = %config.state_file.display(), "no record of VIPs bound or sysctls changed: nothing more to undo");
+        return Ok(());
+    };
+    let lo = link::ifindex("lo").ok_or_else(|| HostError::NoInterface("lo".into()))?;
+    let netlink = Netlink::open().map_err(HostError::NetlinkSocket)?;
+    let host = BackendHost { config, netlink, lo, record, datapath: None, decap_addresses: BTreeSet::new() };
+    host.stop()?;
+    info!("undone: the VIPs this backend host bound are off lo, the sysctls it changed restored");
+    Ok(())
+}
+
 impl BackendHost {
     /// Sets the host up as `config` says. If that fails half way, what was done is undone.
     pub fn start(config: Config) -> Result<BackendHost, BackendHostError> {
@@ -126,11 +157,7 @@ impl BackendHost {
         // An earlier release's decap goes only now that this one's is loaded: a release that
         // cannot load leaves it decapsulating, as a crash would. A backend host's pins: the
         // decap's maps, none of the balancer's.
-        let ours = |d: &std::path::Path| {
-            use lb_common::map_names::{DECAP_ADDRS, VIPS};
-            d.join(DECAP_ADDRS).exists() && !d.join(VIPS).exists()
-        };
-        let old = datapath::old_layouts::retire(&self.config.pin_path, PIN_LAYOUT, ours)
+        let old = datapath::old_layouts::retire(&self.config.pin_path, PIN_LAYOUT, backend_pins)
             .map_err(|source| BackendHostError::OldLayout { path: self.config.pin_path.clone(), source })?;
         for o in &old {
             warn!(pins = %o.dir.display(), links = ?o.links, "pins of an earlier release's map layout, which this one cannot adopt: links detached, pins removed");

@@ -1,4 +1,4 @@
-//! Tests must leave nothing behind. Their namespaces, links and pins all carry TEST_PREFIX
+//! Tests must leave nothing behind. Their namespaces, links, pins and cgroups all carry TEST_PREFIX
 //! (the same prefix as in lb-tests' `unique_name`), which makes them easy to find here.
 use std::{fs, path::Path};
 
@@ -8,6 +8,8 @@ use crate::cmd::{self, output};
 
 const TEST_PREFIX: &str = "lbt-";
 const BPFFS: &str = "/sys/fs/bpf";
+/// Where tests make memory cgroups of their own (agent_links: BPF maps under a memory limit).
+const MEMORY_CGROUPS: &str = "/sys/fs/cgroup/memory";
 /// Binaries of this workspace that tests start as separate processes.
 const TEST_PROCESSES: &[&str] = &["lbd", "lbctl", "demo"];
 
@@ -15,6 +17,7 @@ struct Found {
     namespaces: Vec<String>,
     links: Vec<String>,
     pins: Vec<String>,
+    cgroups: Vec<String>,
     processes: Vec<String>,
 }
 
@@ -34,14 +37,24 @@ fn find() -> Found {
         .filter(|n| n.starts_with(TEST_PREFIX))
         .map(String::from)
         .collect();
-    let pins = fs::read_dir(BPFFS)
+    Found {
+        namespaces,
+        links,
+        pins: ours_in(BPFFS),
+        cgroups: ours_in(MEMORY_CGROUPS),
+        processes: our_processes(),
+    }
+}
+
+/// Test objects' names in directory `dir`.
+fn ours_in(dir: &str) -> Vec<String> {
+    fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(TEST_PREFIX))
-        .collect();
-    Found { namespaces, links, pins, processes: our_processes() }
+        .collect()
 }
 
 /// Processes running one of this workspace's binaries from its target directory, and processes
@@ -98,25 +111,32 @@ pub fn remove_stale() -> anyhow::Result<()> {
         let path = Path::new(BPFFS).join(pin);
         let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
     }
-    let n = found.namespaces.len() + found.links.len() + found.pins.len();
+    found.cgroups.retain(|n| !owner_alive(n));
+    for cgroup in &found.cgroups {
+        // (A cgroup directory goes with rmdir once no process is in it.)
+        let _ = fs::remove_dir(Path::new(MEMORY_CGROUPS).join(cgroup));
+    }
+    let n = found.namespaces.len() + found.links.len() + found.pins.len() + found.cgroups.len();
     if n > 0 {
-        println!("test: removed {n} namespaces, links and pins left by an earlier interrupted run");
+        println!("test: removed {n} namespaces, links, pins and cgroups left by an earlier interrupted run");
     }
     Ok(())
 }
 
-/// Fails, naming each one, if the tests left namespaces, links, pins or processes behind. The
+/// Fails, naming each one, if the tests left namespaces, links, pins, cgroups or processes behind. The
 /// test binaries have exited by now, so an object whose owner still runs belongs to another run.
 pub fn check() -> anyhow::Result<()> {
     let mut f = find();
     f.namespaces.retain(|n| !owner_alive(n));
     f.links.retain(|n| !owner_alive(n));
     f.pins.retain(|n| !owner_alive(n));
+    f.cgroups.retain(|n| !owner_alive(n));
     let mut left = Vec::new();
     for (kind, items) in [
         ("network namespaces", &f.namespaces),
         ("links in the root namespace", &f.links),
         ("bpffs pins", &f.pins),
+        ("memory cgroups", &f.cgroups),
         ("processes", &f.processes),
     ] {
         if !items.is_empty() {
@@ -126,6 +146,6 @@ pub fn check() -> anyhow::Result<()> {
     if !left.is_empty() {
         bail!("the tests left things behind (a cleanup bug): {}", left.join("; "));
     }
-    println!("test: no namespaces, links, pins or processes left behind");
+    println!("test: no namespaces, links, pins, cgroups or processes left behind");
     Ok(())
 }

@@ -264,46 +264,67 @@ fn an_upgrade_that_cannot_load_leaves_the_earlier_release_forwarding() {
     assert!(!current.join("VIPS").exists(), "the failed start left its own maps pinned beside them");
 }
 
-/// A memory cgroup of the test's own (cgroup v1, as this machine has): what lbd run in it
-/// allocates, BPF maps included, counts against `memory.limit_in_bytes`. Removed on drop.
-struct MemoryCgroup(std::path::PathBuf);
+/// A memory cgroup of the test's own: what lbd run in it allocates, BPF maps included, counts
+/// against its limit. cgroup v1's memory controller where it is mounted (this machine's), else
+/// cgroup v2's. Removed on drop.
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+    v2: bool,
+}
 
 impl MemoryCgroup {
     fn new() -> MemoryCgroup {
-        let root = std::path::Path::new("/sys/fs/cgroup/memory");
-        assert!(
-            root.join("cgroup.procs").exists(),
-            "this test needs the cgroup v1 memory controller at {} (BPF maps are charged to it)",
-            root.display()
-        );
+        let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let (root, is_v2) = if v1.join("cgroup.procs").exists() {
+            (v1, false)
+        } else {
+            let enabled = std::fs::read_to_string(v2.join("cgroup.subtree_control")).unwrap_or_default();
+            assert!(
+                enabled.split_whitespace().any(|c| c == "memory"),
+                "this test needs a memory cgroup controller (BPF maps are charged to it): none at {} \
+                 (cgroup v1), and cgroup v2 at {} does not enable it for child groups",
+                v1.display(),
+                v2.display()
+            );
+            (v2, true)
+        };
         let dir = root.join(lb_tests::unique_name("lbd-mem"));
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        MemoryCgroup(dir)
+        MemoryCgroup { dir, v2: is_v2 }
+    }
+
+    fn read(&self, v1: &str, v2: &str) -> u64 {
+        let file = self.dir.join(if self.v2 { v2 } else { v1 });
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        text.trim().parse().unwrap_or_else(|e| panic!("{}: {text:?}: {e}", file.display()))
     }
 
     fn usage(&self) -> u64 {
-        std::fs::read_to_string(self.0.join("memory.usage_in_bytes")).unwrap().trim().parse().unwrap()
+        self.read("memory.usage_in_bytes", "memory.current")
     }
 
     /// The most it held at once.
     fn peak(&self) -> u64 {
-        std::fs::read_to_string(self.0.join("memory.max_usage_in_bytes")).unwrap().trim().parse().unwrap()
+        self.read("memory.max_usage_in_bytes", "memory.peak")
     }
 
     fn limit(&self, bytes: u64) {
-        std::fs::write(self.0.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+        let file = if self.v2 { "memory.max" } else { "memory.limit_in_bytes" };
+        std::fs::write(self.dir.join(file), bytes.to_string()).unwrap();
     }
 
     /// `start_wrapped`'s wrapper: the command runs in this cgroup.
     fn wrapper(&self) -> Vec<String> {
-        let procs = self.0.join("cgroup.procs");
+        let procs = self.dir.join("cgroup.procs");
         vec!["sh".into(), "-c".into(), format!("echo $$ > {} && exec \"$@\"", procs.display()), "sh".into()]
     }
 }
 
 impl Drop for MemoryCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 

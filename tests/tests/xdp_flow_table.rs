@@ -521,7 +521,14 @@ fn a_full_table_with_half_its_entries_active_turns_away_few_new_flows() {
             for _ in 0..NEW_A_ROUND {
                 active.pop_front();
             }
+            // Bounded: a table that turns every new flow away fails the test, not hangs it.
+            let mut tries = 0;
             while active.len() < ACTIVE as usize {
+                tries += 1;
+                assert!(
+                    tries <= 100 * NEW_A_ROUND,
+                    "round {round}: {tries} new flows tried, too few recorded"
+                );
                 let (i, kept) = open(r);
                 if round >= WARM_UP {
                     opened += 1;

@@ -8,8 +8,9 @@ use crate::cmd::{self, output};
 
 const TEST_PREFIX: &str = "lbt-";
 const BPFFS: &str = "/sys/fs/bpf";
-/// Where tests make memory cgroups of their own (agent_links: BPF maps under a memory limit).
-const MEMORY_CGROUPS: &str = "/sys/fs/cgroup/memory";
+/// Where tests make memory cgroups of their own (agent_links: BPF maps under a memory limit):
+/// cgroup v1's memory controller, or cgroup v2.
+const MEMORY_CGROUPS: [&str; 2] = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"];
 /// Binaries of this workspace that tests start as separate processes.
 const TEST_PROCESSES: &[&str] = &["lbd", "lbctl", "demo"];
 
@@ -41,7 +42,7 @@ fn find() -> Found {
         namespaces,
         links,
         pins: ours_in(BPFFS),
-        cgroups: ours_in(MEMORY_CGROUPS),
+        cgroups: MEMORY_CGROUPS.iter().flat_map(|d| ours_in(d)).collect(),
         processes: our_processes(),
     }
 }
@@ -114,7 +115,9 @@ pub fn remove_stale() -> anyhow::Result<()> {
     found.cgroups.retain(|n| !owner_alive(n));
     for cgroup in &found.cgroups {
         // (A cgroup directory goes with rmdir once no process is in it.)
-        let _ = fs::remove_dir(Path::new(MEMORY_CGROUPS).join(cgroup));
+        for root in MEMORY_CGROUPS {
+            let _ = fs::remove_dir(Path::new(root).join(cgroup));
+        }
     }
     let n = found.namespaces.len() + found.links.len() + found.pins.len() + found.cgroups.len();
     if n > 0 {

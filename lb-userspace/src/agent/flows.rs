@@ -3,13 +3,14 @@
 //! unconfirmed (one packet seen: a handshake under way, a one-datagram UDP flow, or a flood's
 //! spoofed packets).
 //!
-//! A flow is shown under the VIP whose service its destination matches now: (address, port,
-//! protocol), then (address, any port, protocol). (The data plane goes by the VIP id in the
-//! entry; the two agree for every entry a walk lists, since entries of a VIP that moved or went
-//! are void and skipped.) Its backend comes from the backend id it is pinned to, mapped back to
-//! (VIP, address) through the agent's ids.
+//! A flow is shown under the VIP its entry names by id, as the data plane forwards it (not the
+//! VIP its destination would match now: a VIP added on the port of an any-port VIP's open
+//! connections leaves them with the any-port VIP; entries of a VIP that went are void and
+//! skipped). Its backend comes from the backend id it is pinned to, mapped back to (VIP,
+//! address) through the agent's ids; a removed backend's flows go on (retired.rs), by its
+//! address and under no row of the answer.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -99,9 +100,9 @@ pub struct Flow {
 /// while on a big table) runs without holding the agent.
 pub struct FlowQuery {
     table: FlowTable,
-    /// Every VIP's service (address, port, protocol number) -> VIP name.
-    services: BTreeMap<(IpAddr, u16, u8), String>,
-    /// Backend id -> (VIP name, address).
+    /// VIP id -> VIP name.
+    vip_names: HashMap<u32, String>,
+    /// Backend id -> (VIP name, address); a removed backend's: (no name, address).
     ids: HashMap<u32, (String, IpAddr)>,
     vip: Option<String>,
     backend: Option<IpAddr>,
@@ -126,30 +127,30 @@ impl Agent {
             self.vip(name)?;
         }
         if let Some(address) = backend {
+            // A removed backend's flows go on until they end: they can be looked for too.
+            let removed = self.retired.values().any(|a| *a == address);
             match vip {
-                Some(name) => {
+                Some(name) if !removed => {
                     self.backend(name, address)?;
                 }
-                None if self.config.vips.iter().any(|v| v.backend(address).is_some()) => {}
+                None if removed || self.config.vips.iter().any(|v| v.backend(address).is_some()) => {}
+                Some(_) => {}
                 None => {
                     return Err(AgentError::NotFound(format!(
-                        "{address} is not a backend of any VIP: `lbctl vip list` shows the VIPs and their backends"
+                        "{address} is not a backend of any VIP, nor a removed one whose flows go on: \
+                         `lbctl vip list` shows the VIPs and their backends"
                     )))
                 }
             }
         }
-        let services = self
-            .config
-            .vips
-            .iter()
-            .map(|v| ((v.address, v.port, v.protocol.number()), v.name.clone()))
-            .collect();
+        let vip_names = self.applied.ids.vips.iter().map(|(name, id)| (*id, name.clone())).collect();
         let ids = self
             .applied
             .ids
             .backends
             .iter()
             .flat_map(|(vip, by_address)| by_address.iter().map(move |(a, id)| (*id, (vip.clone(), *a))))
+            .chain(self.retired.iter().map(|(id, a)| (*id, (String::new(), *a))))
             .collect();
         let rows = self
             .config
@@ -169,7 +170,7 @@ impl Agent {
             .collect();
         Ok(FlowQuery {
             table: self.datapath.flow_table().map_err(|e| AgentError::Apply(e.into()))?,
-            services,
+            vip_names,
             ids,
             vip: vip.map(str::to_owned),
             backend,
@@ -183,7 +184,7 @@ impl Agent {
 impl FlowQuery {
     /// Walks the flow table (blocking: it reads the whole mapped table).
     pub fn run(self) -> Result<Flows, DatapathError> {
-        let FlowQuery { table, services, ids, vip, backend, state, limit, mut rows } = self;
+        let FlowQuery { table, vip_names, ids, vip, backend, state, limit, mut rows } = self;
         let row_of: HashMap<(String, IpAddr), usize> =
             rows.iter().enumerate().map(|(i, r)| ((r.vip.clone(), r.address), i)).collect();
         let (mut total, mut unconfirmed, mut other, mut other_unconfirmed) = (0, 0, 0, 0);
@@ -195,9 +196,7 @@ impl FlowQuery {
             }
             let id = value.backend;
             let Some((client, destination)) = endpoints(key) else { return };
-            let flow_vip = services
-                .get(&(destination.ip(), destination.port(), key.proto))
-                .or_else(|| services.get(&(destination.ip(), 0, key.proto)));
+            let flow_vip = vip_names.get(&value.vip);
             if vip.is_some() && flow_vip != vip.as_ref() {
                 return;
             }

@@ -124,20 +124,27 @@ impl Datapath {
         Ok(cpus.len().max(1) as u32)
     }
 
-    /// Every entry of SOURCES, each CPU's apart. A walk of at most two steps per slot: sources
-    /// evicted meanwhile are skipped.
+    /// Every entry of SOURCES, each CPU's apart, each once. A walk of at most two steps per
+    /// slot: sources evicted meanwhile are skipped.
     pub fn sources(&self) -> Result<Vec<SourceSample>, DatapathError> {
         let name = map_names::SOURCES;
         let map: HashMap<&MapData, SourceKey, SourceState> =
             HashMap::try_from(self.map(name)?).map_err(err(name))?;
         let bound = 2 * lb_common::limits::TRACKED_SOURCES as usize;
         let mut samples = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for item in map.iter().take(bound) {
             let (key, state) = match item {
                 Ok(kv) => kv,
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(err(name)(e)),
             };
+            // The kernel's walk starts over from the first bucket when the entry it stood on
+            // was evicted (a flood of new sources evicts all the time): entries come round
+            // again, and counted twice they would double a source's rates.
+            if !seen.insert(key) {
+                continue;
+            }
             let address = if key.family == FAMILY_V4 {
                 IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
             } else {

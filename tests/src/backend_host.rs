@@ -137,7 +137,7 @@ impl BackendHost {
 impl Drop for BackendHost {
     fn drop(&mut self) {
         if let Some(process) = self.process.take() {
-            let _ = process.terminate();
+            let _ = process.stop();
         }
     }
 }

@@ -12,6 +12,10 @@ pub fn path(name: &str) -> PathBuf {
     })
 }
 
+/// The longest a process may take to stop on SIGTERM ([`Running::terminate`]): lbd with
+/// `[announce]` first withdraws its VIPs for `drain_seconds` (the tests keep that short).
+pub const TERMINATE_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A child process that is killed and reaped when dropped, so no test leaves one running.
 pub struct Running {
     pub child: std::process::Child,
@@ -23,11 +27,29 @@ impl Running {
         Running { child }
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM and waits for the exit status: at most [`TERMINATE_WITHIN`], then it is
+    /// killed and the caller panics (a stop that hangs is a failure, not a hung test run).
+    pub fn terminate(self) -> std::process::ExitStatus {
+        let pid = self.child.id();
+        self.stop()
+            .unwrap_or_else(|| panic!("pid {pid} still ran {TERMINATE_WITHIN:?} after SIGTERM: killed"))
+    }
+
+    /// [`Running::terminate`] that never panics (for drops, which may run while a test
+    /// unwinds): `None` if it had to be killed.
+    pub fn stop(mut self) -> Option<std::process::ExitStatus> {
         // SAFETY: kill with a pid we own (not yet reaped) and a valid signal.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        self.child.wait().expect("wait")
+        let deadline = std::time::Instant::now() + TERMINATE_WITHIN;
+        while std::time::Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(_) => return None,
+            }
+        }
+        // (Drop kills and reaps it.)
+        None
     }
 }
 

@@ -867,5 +867,13 @@ async fn top(
     let axum::extract::Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     let vip = q.vip.as_deref().filter(|v| !v.is_empty());
     let limit = q.limit.unwrap_or(crate::agent::top::DEFAULT_LIMIT);
-    Ok(Json(agent.lock().await.top(vip, limit, q.prefix)?))
+    let query = agent.lock().await.top_query(vip, limit, q.prefix)?;
+    // Under a flood the per-source table is full: walk it off the runtime, without the agent.
+    let top = tokio::task::spawn_blocking(move || query.run())
+        .await
+        .map_err(|e| {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the per-source state: {e}"))
+        })?
+        .map_err(|e| AgentError::Apply(e.into()))?;
+    Ok(Json(top))
 }

@@ -34,16 +34,30 @@ pub struct Top {
     pub untracked: Vec<String>,
 }
 
+/// A `lbctl top` prepared under the agent's lock, to run without it ([`TopQuery::run`]).
+pub struct TopQuery {
+    sources: datapath::Sources,
+    /// VIP id -> (name, prefix length the sources are added up by), for the VIPs asked about.
+    names: BTreeMap<u32, (String, u8)>,
+    untracked: Vec<String>,
+    limit: usize,
+}
+
 impl Agent {
-    /// The `limit` busiest sources of `vip` (every VIP if none) now (see [`TopSource`]);
-    /// `prefix`: added up by prefixes of that length (shorter than the VIP's source prefix), to
-    /// see which blocks a spoofed flood comes from.
-    pub fn top(&self, vip: Option<&str>, limit: usize, prefix: Option<u8>) -> Result<Top, AgentError> {
+    /// Prepares the `limit` busiest sources of `vip` (every VIP if none) now (see
+    /// [`TopSource`]); `prefix`: added up by prefixes of that length (shorter than the VIP's
+    /// source prefix), to see which blocks a spoofed flood comes from.
+    pub fn top_query(
+        &self,
+        vip: Option<&str>,
+        limit: usize,
+        prefix: Option<u8>,
+    ) -> Result<TopQuery, AgentError> {
         if let Some(name) = vip {
             self.vip(name)?;
         }
         let asked = |name: &str| vip.is_none_or(|v| v == name);
-        let names: BTreeMap<u32, (&str, u8)> = self
+        let names = self
             .config
             .vips
             .iter()
@@ -52,7 +66,7 @@ impl Agent {
                 let id = *self.applied.ids.vips.get(&v.name)?;
                 let tracked = v.limits.as_ref()?.source_prefix_for(v.address);
                 let len = prefix.map_or(tracked, |p| p.min(tracked));
-                Some((id, (v.name.as_str(), len)))
+                Some((id, (v.name.clone(), len)))
             })
             .collect();
         let untracked = self
@@ -62,12 +76,21 @@ impl Agent {
             .filter(|v| asked(&v.name) && v.limits.is_none())
             .map(|v| v.name.clone())
             .collect();
+        let sources = self.datapath.sources().map_err(|e| AgentError::Apply(e.into()))?;
+        Ok(TopQuery { sources, names, untracked, limit })
+    }
+}
+
+impl TopQuery {
+    /// Walks SOURCES (blocking: under a flood, a full table's system calls take a second).
+    pub fn run(self) -> Result<Top, datapath::DatapathError> {
+        let TopQuery { sources: map, names, untracked, limit } = self;
         let now_ns = datapath::monotonic_ns();
         let now = now_ns / 1_000_000_000;
         // The window: the previous second and the current one so far.
         let window = 1.0 + (now_ns % 1_000_000_000) as f64 / 1e9;
         let mut sums: BTreeMap<(u32, std::net::IpAddr), [u64; 3]> = BTreeMap::new();
-        for s in self.datapath.sources().map_err(|e| AgentError::Apply(e.into()))? {
+        for s in map.samples()? {
             if !names.contains_key(&s.vip) {
                 continue;
             }
@@ -91,10 +114,10 @@ impl Agent {
             .into_iter()
             .filter(|(_, v)| v.iter().any(|n| *n > 0))
             .map(|((id, address), [packets, new_flows, refused])| {
-                let (name, len) = names[&id];
+                let (name, len) = &names[&id];
                 TopSource {
-                    vip: name.to_owned(),
-                    source: Prefix { address, len },
+                    vip: name.clone(),
+                    source: Prefix { address, len: *len },
                     packets: per_second(packets),
                     new_flows: per_second(new_flows),
                     refused: per_second(refused),

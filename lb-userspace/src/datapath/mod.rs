@@ -20,5 +20,5 @@ pub use loader::{
 };
 pub use maps::{map_pinned_flow_table, open_connections, CensusWalk, FlowTable, FlowWalk};
 pub use perf::CaptureBuffers;
-pub use policy::{monotonic_ns, AclEntry, SourceSample};
+pub use policy::{monotonic_ns, AclEntry, SourceSample, Sources};
 pub use xdp_link::LinkState;

@@ -124,12 +124,31 @@ impl Datapath {
         Ok(cpus.len().max(1) as u32)
     }
 
-    /// Every entry of SOURCES, each CPU's apart, each once. A walk of at most two steps per
-    /// slot: sources evicted meanwhile are skipped.
-    pub fn sources(&self) -> Result<Vec<SourceSample>, DatapathError> {
+    /// A handle of SOURCES of its own: [`Sources::samples`] can then walk it on another thread
+    /// while the agent goes on serving (a full table takes a second's system calls).
+    pub fn sources(&self) -> Result<Sources, DatapathError> {
+        use std::os::fd::AsFd as _;
         let name = map_names::SOURCES;
-        let map: HashMap<&MapData, SourceKey, SourceState> =
-            HashMap::try_from(self.map(name)?).map_err(err(name))?;
+        let aya::maps::Map::LruHashMap(data) = self.map(name)? else {
+            return Err(DatapathError::NoMap(name));
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| DatapathError::Map {
+            name,
+            source: MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }),
+        })?;
+        Ok(Sources(aya::maps::Map::LruHashMap(MapData::from_fd(fd).map_err(err(name))?)))
+    }
+}
+
+/// SOURCES, through a handle of its own ([`Datapath::sources`]).
+pub struct Sources(aya::maps::Map);
+
+impl Sources {
+    /// Every entry, each CPU's apart, each once. A walk of at most two steps per slot: sources
+    /// evicted meanwhile are skipped.
+    pub fn samples(&self) -> Result<Vec<SourceSample>, DatapathError> {
+        let name = map_names::SOURCES;
+        let map: HashMap<&MapData, SourceKey, SourceState> = HashMap::try_from(&self.0).map_err(err(name))?;
         let bound = 2 * lb_common::limits::TRACKED_SOURCES as usize;
         let mut samples = Vec::new();
         let mut seen = std::collections::HashSet::new();

@@ -19,11 +19,10 @@ use crate::{
 pub fn detach(config_file: &Path) -> anyhow::Result<()> {
     let config = config::load(config_file)?;
     let mut stays: Vec<String> = Vec::new();
-    // No pin_path: no lbd ran here (or its pins went with a reboot); nothing to make there.
     let pinned = config.pin_path.exists();
     if !pinned && !config.state_file.exists() {
         // Neither pins nor a saved state: no lbd ran here since the last boot, which took the
-        // routes and neighbour entries with it.
+        // routes and neighbour entries with it (and no pin directory is made).
         info!("nothing to detach: no pins at {} and no saved state", config.pin_path.display());
         return Ok(());
     }

@@ -364,21 +364,28 @@ impl Datapath {
     /// A second mapping of the flow table: a walk can then run on another thread while the
     /// agent goes on serving.
     pub fn flow_table(&self) -> Result<FlowTable, DatapathError> {
-        let own = |name: &'static str| -> Result<aya::maps::Map, DatapathError> {
-            use std::os::fd::AsFd as _;
-            let aya::maps::Map::Array(data) = self.map(name)? else { return Err(DatapathError::NoMap(name)) };
-            let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| DatapathError::Map {
-                name,
-                source: MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }),
-            })?;
-            MapData::from_fd(fd).map(aya::maps::Map::Array).map_err(err(name))
-        };
+        let own = |name| self.own_handle(name).map(aya::maps::Map::Array);
         Ok(FlowTable {
             entries: self.flow_entries()?,
             vip_slots: own(map_names::VIP_BY_ID)?,
             backends: own(map_names::BACKENDS)?,
             policies: own(map_names::VIP_POLICY)?,
         })
+    }
+
+    /// A handle of map `name` of its own (its descriptor duplicated): what walks on other
+    /// threads read through, without the agent's `Datapath`.
+    pub(super) fn own_handle(&self, name: &'static str) -> Result<MapData, DatapathError> {
+        use std::os::fd::AsFd as _;
+        let data = match self.map(name)? {
+            aya::maps::Map::Array(data) | aya::maps::Map::LruHashMap(data) => data,
+            _ => return Err(DatapathError::NoMap(name)),
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| DatapathError::Map {
+            name,
+            source: MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }),
+        })?;
+        MapData::from_fd(fd).map_err(err(name))
     }
 }
 

@@ -28,8 +28,8 @@ pub fn retire(pin_path: &Path, current: &str, ours: impl Fn(&Path) -> bool) -> i
 
 /// Whether `pin_path` holds a directory of a layout older than `current`.
 pub fn any(pin_path: &Path, current: &str) -> bool {
-    let (Some(current), Ok(entries)) = (version(current), std::fs::read_dir(pin_path)) else { return false };
-    entries.flatten().any(|e| version(&e.file_name().to_string_lossy()).is_some_and(|v| v < current))
+    let Some(current) = version(current) else { return false };
+    layouts(pin_path).is_ok_and(|dirs| dirs.iter().any(|(v, _)| *v < current))
 }
 
 /// Retires every layout's directory under `pin_path`, the current one's too, that `ours`
@@ -43,19 +43,30 @@ fn retire_where(
     layout: impl Fn(u32) -> bool,
     ours: impl Fn(&Path) -> bool,
 ) -> io::Result<Vec<Retired>> {
-    let entries = match std::fs::read_dir(pin_path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        other => other?,
-    };
     let mut retired = Vec::new();
-    for entry in entries {
-        let dir = entry?.path();
-        let chosen = dir.file_name().and_then(|n| version(&n.to_string_lossy())).is_some_and(&layout);
-        if chosen && ours(&dir) {
+    for (v, dir) in layouts(pin_path)? {
+        if layout(v) && ours(&dir) {
             retired.push(retire_dir(dir)?);
         }
     }
     Ok(retired)
+}
+
+/// The directories under `pin_path` named like a layout, with their numbers (none if there is
+/// no `pin_path`).
+fn layouts(pin_path: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
+    let entries = match std::fs::read_dir(pin_path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other?,
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let dir = entry?.path();
+        if let Some(v) = dir.file_name().and_then(|n| version(&n.to_string_lossy())) {
+            dirs.push((v, dir));
+        }
+    }
+    Ok(dirs)
 }
 
 /// `v7` -> 7.

@@ -127,16 +127,7 @@ impl Datapath {
     /// A handle of SOURCES of its own: [`Sources::samples`] can then walk it on another thread
     /// while the agent goes on serving (a full table takes a second's system calls).
     pub fn sources(&self) -> Result<Sources, DatapathError> {
-        use std::os::fd::AsFd as _;
-        let name = map_names::SOURCES;
-        let aya::maps::Map::LruHashMap(data) = self.map(name)? else {
-            return Err(DatapathError::NoMap(name));
-        };
-        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| DatapathError::Map {
-            name,
-            source: MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }),
-        })?;
-        Ok(Sources(aya::maps::Map::LruHashMap(MapData::from_fd(fd).map_err(err(name))?)))
+        Ok(Sources(aya::maps::Map::LruHashMap(self.own_handle(map_names::SOURCES)?)))
     }
 }
 

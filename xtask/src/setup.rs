@@ -18,13 +18,13 @@ const NIGHTLY: &str = "nightly";
 /// (chromedriver) for the status page's browser test, which runs them headless as its own child
 /// processes in a namespace.
 ///
-/// Installing starts no service: systemd is not PID 1 on a test machine, and /usr/sbin/policy-rc.d
-/// (exit 101, as Docker images have it) refuses every start an install asks for. What is enabled
-/// is only symlinks in /etc/systemd/system/*.wants that no one acts on: there `systemd` adds
-/// getty@tty1, remote-fs.target and systemd-pstore; `prometheus` adds prometheus.service; the
-/// others (postgresql, systemd-timesyncd, the apt, dpkg, man-db, fstrim and e2scrub timers) came
-/// with the machine's image; `bird2` adds bird.service and /etc/rc[2-5].d links, which setup
-/// removes ([`bird_service_off`]). lbd's own package enables nothing.
+/// Installing starts no service: while apt-get runs, /usr/sbin/policy-rc.d (exit 101, as Docker
+/// images have it) refuses every start an install asks for; setup puts one there for the install
+/// where the host has none ([`NoServiceStarts`]). What the packages it installed enabled for the
+/// next boot (bird.service, prometheus.service; the benches' nginx.service and haproxy.service)
+/// it disables again ([`services_off`]): the tests and benches run these daemons only as their
+/// own children in namespaces. Services of packages the host had before are left as they are.
+/// lbd's own package enables nothing.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -44,6 +44,15 @@ const PACKAGE_TOOLS: &[&str] = &["dpkg-dev"];
 /// against (`haproxy`, `nftables`).
 const BENCH_PACKAGES: &[&str] = &["wrk", "nginx", "haproxy", "nftables"];
 const BPFFS: &str = "/sys/fs/bpf";
+/// The services installing a package enables (and would start, but for [`NoServiceStarts`]).
+const SERVICES: &[(&str, &str)] = &[
+    ("bird2", "bird.service"),
+    ("prometheus", "prometheus.service"),
+    ("nginx", "nginx.service"),
+    ("haproxy", "haproxy.service"),
+];
+/// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before they start a service.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -74,7 +83,6 @@ pub fn run(privileged: bool) -> anyhow::Result<()> {
     bpf_linker()?;
     if privileged {
         debian_packages(TEST_PACKAGES)?;
-        bird_service_off()?;
         bpffs()?;
     }
     Ok(())
@@ -154,23 +162,65 @@ fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));
     cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
-    cmd::run(
+    let no_starts = NoServiceStarts::put(Path::new(POLICY_RC_D))?;
+    let installed = cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    drop(no_starts);
+    installed?;
+    services_off(&missing)
 }
 
-/// Installing `bird2` enables bird.service (and /etc/rc[2-5].d links). The tests and the demo
-/// run BIRD only as their own children in namespaces; a BIRD of the host's must never start
-/// on a test machine, so the service is disabled (once: it stays so).
-fn bird_service_off() -> anyhow::Result<()> {
-    if output("systemctl", &["is-enabled", "bird.service"]).is_none_or(|s| s.trim() != "enabled") {
-        return Ok(());
+/// A policy-rc.d that refuses every service start, there while it lives, where the host had
+/// none (a host's own is left as it is, and in place).
+struct NoServiceStarts<'a> {
+    put_here: Option<&'a Path>,
+}
+
+impl<'a> NoServiceStarts<'a> {
+    fn put(path: &'a Path) -> anyhow::Result<Self> {
+        if path.exists() {
+            return Ok(NoServiceStarts { put_here: None });
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+        Ok(NoServiceStarts { put_here: Some(path) })
     }
-    println!("setup: disabling bird.service (bird2 enables it; tests start BIRD only in their namespaces)");
-    cmd::run(Command::new("systemctl").args(["disable", "--quiet", "bird.service"]))
+}
+
+impl Drop for NoServiceStarts<'_> {
+    fn drop(&mut self) {
+        if let Some(path) = self.put_here {
+            if let Err(e) = std::fs::remove_file(path) {
+                eprintln!(
+                    "setup: could not remove {} ({e}): remove it, or no service starts on install",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+/// Disables the services that installing `installed` enabled (bird2 also adds /etc/rc[2-5].d
+/// links, which `systemctl disable` removes too).
+fn services_off(installed: &[&str]) -> anyhow::Result<()> {
+    for (package, service) in SERVICES.iter().filter(|(p, _)| installed.contains(p)) {
+        if output("systemctl", &["is-enabled", service]).is_none_or(|s| s.trim() != "enabled") {
+            continue;
+        }
+        println!("setup: disabling {service} (installing {package} enabled it; tests run it only in their namespaces)");
+        cmd::run(Command::new("systemctl").args(["disable", "--quiet", service]))?;
+    }
+    Ok(())
 }
 
 fn bpffs() -> anyhow::Result<()> {
@@ -183,4 +233,34 @@ fn bpffs() -> anyhow::Result<()> {
         std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
     }
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command};
+
+    use super::NoServiceStarts;
+
+    #[test]
+    fn the_install_hook_refuses_starts_and_goes_after_leaving_a_hosts_own() {
+        let dir = std::env::temp_dir().join(format!("xtask-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy-rc.d");
+        {
+            let _hook = NoServiceStarts::put(&path).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o755, "the hook must be executable");
+            let status = Command::new("sh").arg(&path).args(["bird", "start"]).status().unwrap();
+            assert_eq!(status.code(), Some(101), "101 is 'action forbidden' to invoke-rc.d");
+        }
+        assert!(!Path::new(&path).exists(), "the hook stayed after the install");
+        std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        drop(NoServiceStarts::put(&path).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "#!/bin/sh\nexit 0\n",
+            "the host's own hook changed"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

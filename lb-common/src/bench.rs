@@ -4,34 +4,6 @@
 /// Largest template frame of the traffic generator.
 pub const MAX_FRAME: usize = 128;
 
-/// What the generator (`bench_gen`) sends: BENCH_GEN_CONFIG's one value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct GenConfig {
-    /// Frame length: a multiple of 4, at most MAX_FRAME, and the test run's frame length.
-    pub len: u32,
-    /// Flow number = packet sequence number modulo `flows`; 0: no modulo, each packet a new flow.
-    pub flows: u32,
-    /// Offset of the last 16 bits of the source address, set to 1 + (flow >> 14) % 32768.
-    pub addr_off: u32,
-    /// Offset of the source port, set to 1024 + flow % 16384.
-    pub port_off: u32,
-    /// Offset of the IPv4 header checksum; 0 for IPv6.
-    pub ip_csum_off: u32,
-    /// Offset of the TCP or UDP checksum, which covers both fields above.
-    pub l4_csum_off: u32,
-    /// UDP: a checksum of 0 is sent as 0xffff.
-    pub udp: u32,
-    pub _pad: u32,
-    /// The frame for flow 0 with zero in both fields and checksums to match.
-    pub frame: [u8; MAX_FRAME],
-}
-const _: () = assert!(core::mem::size_of::<GenConfig>() == 160);
-
-#[cfg(feature = "user")]
-// SAFETY: integers and a byte array, no padding (size asserted above).
-unsafe impl aya::Pod for GenConfig {}
-
 /// `bench_forward`'s Ethernet addresses: BENCH_FORWARD's one value. All zero: pass everything.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -101,7 +73,8 @@ fn mix32(mut x: u32) -> u32 {
     x ^ (x >> 16)
 }
 
-/// What the field generator (`bench_flowgen`) sends: BENCH_FLOWGEN's one value.
+/// What the generators (`bench_gen`, live frames; `bench_flowgen`, chained) send:
+/// BENCH_FLOWGEN's one value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FlowGen {
@@ -126,7 +99,8 @@ pub struct FlowGen {
     pub l4_csum_off: u32,
     /// The source address's low 32 bits that the shape's offsets are added to.
     pub addr_base: u32,
-    pub _pad: u32,
+    /// UDP: a checksum that comes out 0 is sent as 0xffff (0 means none).
+    pub udp: u32,
     /// Flow 0's frame with zero in both fields and checksums to match.
     pub frame: [u8; MAX_FRAME],
 }
@@ -148,19 +122,17 @@ impl FlowGen {
 
 /// Names of the bench programs' maps.
 pub mod map_names {
-    /// The generator's template ([`super::GenConfig`]).
-    pub const GEN_CONFIG: &str = "BENCH_GEN_CONFIG";
     /// Packets generated, per CPU: the sequence numbers flows are numbered from.
     pub const GEN_SEQ: &str = "BENCH_GEN_SEQ";
     /// Frames the sink received, per CPU.
     pub const SINK: &str = "BENCH_SINK";
     /// `bench_forward`'s addresses ([`super::ForwardMacs`]).
     pub const FORWARD: &str = "BENCH_FORWARD";
-    /// The field generator's template ([`super::FlowGen`]).
+    /// The generators' template ([`super::FlowGen`]).
     pub const FLOWGEN: &str = "BENCH_FLOWGEN";
     /// Where the field generator hands each frame on (a program array of one).
     pub const CHAIN: &str = "BENCH_CHAIN";
-    pub const ALL: [&str; 6] = [GEN_CONFIG, GEN_SEQ, SINK, FORWARD, FLOWGEN, CHAIN];
+    pub const ALL: [&str; 5] = [GEN_SEQ, SINK, FORWARD, FLOWGEN, CHAIN];
 }
 
 #[cfg(test)]

@@ -3,18 +3,16 @@
 //! only with this crate's `bench` feature, which lb-bench's build sets and lbd's never does: the
 //! object lbd embeds has neither these programs nor their maps.
 //!
-//! - `bench_gen` runs under `BPF_PROG_TEST_RUN` in live-frames mode. The kernel recycles its
-//!   pages with whatever the programs downstream left in them, so every run first writes the
-//!   whole frame again from `BENCH_GEN_CONFIG`'s template, then gives it flow number
-//!   `seq % flows` (its source address and port, checksums patched) and returns XDP_TX: in
-//!   live-frames mode that sends it out of the test run's ingress interface.
-//! - `bench_flowgen`, the field generator, runs under `BPF_PROG_TEST_RUN` with a repeat count
-//!   (not live: that works on every kernel that runs the balancer): each run puts the frame back
-//!   at its template's length (the program downstream may have pushed a header in the run
-//!   before), writes it from `BENCH_FLOWGEN`'s template, gives it the source of its flow in one
-//!   of the traffic shapes of `lb_common::bench::shape`, and tail-calls the program in
-//!   `BENCH_CHAIN` (the balancer or a floor); with none there it returns XDP_TX, the frame as
-//!   generated.
+//! - Both generators write each frame whole from `BENCH_FLOWGEN`'s template and give it the
+//!   source of its flow in one of the traffic shapes of `lb_common::bench::shape` (checksums
+//!   patched). `bench_gen` runs under `BPF_PROG_TEST_RUN` in live-frames mode (the kernel
+//!   recycles its pages with whatever the programs downstream left in them) and returns XDP_TX:
+//!   in live-frames mode that sends the frame out of the test run's ingress interface.
+//!   `bench_flowgen`, the field generator, runs with a repeat count (not live: that works on
+//!   every kernel that runs the balancer): each run first puts the frame back at its template's
+//!   length (the program downstream may have pushed a header in the run before), and then
+//!   tail-calls the program in `BENCH_CHAIN` (the balancer or a floor); with none there it
+//!   returns XDP_TX, the frame as generated.
 //! - `bench_sink` counts frames per CPU and drops them.
 //! - `bench_mac_swap` swaps the MAC addresses and returns XDP_TX: the least an XDP forwarder does.
 //! - `bench_encap` pushes an outer IPv4 (or IPv6) header, as the balancer's `ipip` mode does but
@@ -28,7 +26,7 @@
 //!   stack: the least a balancer in front of a server does, to tell the hop's own cost from the
 //!   balancer's.
 //!
-//! Their four small maps (under 1 KiB in all) are private and never pinned.
+//! Their small maps (under 1 KiB in all) are private and never pinned.
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_head,
@@ -36,7 +34,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use lb_common::bench::{self as common, FlowGen, ForwardMacs, GenConfig, MAX_FRAME};
+use lb_common::bench::{self as common, FlowGen, ForwardMacs, MAX_FRAME};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -46,10 +44,6 @@ use crate::{
     checksum, flow_table,
     parse::{ptr_at, ptr_at_mut, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
 };
-
-/// The generator's template.
-#[map(name = "BENCH_GEN_CONFIG")]
-static BENCH_GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 
 /// Packets generated, per CPU: the sequence numbers flows are numbered from.
 #[map(name = "BENCH_GEN_SEQ")]
@@ -63,7 +57,7 @@ static BENCH_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "BENCH_FORWARD")]
 static BENCH_FORWARD: Array<ForwardMacs> = Array::with_max_entries(1, 0);
 
-/// The field generator's template.
+/// The generators' template.
 #[map(name = "BENCH_FLOWGEN")]
 static BENCH_FLOWGEN: Array<FlowGen> = Array::with_max_entries(1, 0);
 
@@ -80,7 +74,7 @@ const OUTER_DST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x
 /// The traffic generator, run in live-frames mode.
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
-    match write_frame(&ctx) {
+    match write_flow_frame(&ctx) {
         Some(()) => xdp_action::XDP_TX,
         None => xdp_action::XDP_ABORTED,
     }
@@ -144,56 +138,6 @@ pub fn bench_forward(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn write_frame(ctx: &XdpContext) -> Option<()> {
-    let cfg = BENCH_GEN_CONFIG.get(0)?;
-    let seq = BENCH_GEN_SEQ.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot; nothing else writes it while we run.
-    let n = unsafe {
-        let n = *seq;
-        *seq = n + 1;
-        n
-    };
-    let flow = if cfg.flows == 0 { n } else { n % cfg.flows as u64 };
-    let data = ctx.data();
-    let end = ctx.data_end();
-    let len = cfg.len as usize;
-    // The kernel gives every run the test frame's bounds again (headroom included): anything
-    // else would be a frame the programs downstream have shaped, and the run aborts.
-    if len > MAX_FRAME || data + len != end {
-        return None;
-    }
-    let words = cfg.frame.as_ptr() as *const u32;
-    let mut i = 0;
-    while i < MAX_FRAME / 4 {
-        if i * 4 >= len {
-            break;
-        }
-        if data + i * 4 + 4 > end {
-            return None;
-        }
-        // SAFETY: both within bounds (checked above); the template is 4-byte aligned in the map
-        // value and the frame data is too (page offset + 256 bytes of headroom).
-        unsafe { *((data + i * 4) as *mut u32) = *words.add(i) };
-        i += 1;
-    }
-    let addr = 1 + ((flow >> 14) as u32 & 0x7fff);
-    let port = 1024 + (flow as u32 & 0x3fff);
-    set16(ctx, cfg.addr_off, addr as u16)?;
-    set16(ctx, cfg.port_off, port as u16)?;
-    // Both fields were zero in the template: the checksums grow by their new values (RFC 1624).
-    if cfg.ip_csum_off != 0 {
-        let c = get16(ctx, cfg.ip_csum_off)?;
-        set16(ctx, cfg.ip_csum_off, !checksum::fold(!c as u32 + addr))?;
-    }
-    let c = get16(ctx, cfg.l4_csum_off)?;
-    let mut c = !checksum::fold(!c as u32 + addr + port);
-    if c == 0 && cfg.udp != 0 {
-        c = 0xffff;
-    }
-    set16(ctx, cfg.l4_csum_off, c)
-}
-
-#[inline(always)]
 fn write_flow_frame(ctx: &XdpContext) -> Option<()> {
     let cfg = BENCH_FLOWGEN.get(0)?;
     let seq = BENCH_GEN_SEQ.get_ptr_mut(0)?;
@@ -208,7 +152,8 @@ fn write_flow_frame(ctx: &XdpContext) -> Option<()> {
     let (offset, port) = common::flow_source(cfg.shape, cfg.flow(n, cpu));
     let addr = cfg.addr_base.wrapping_add(offset);
     let len = cfg.len as usize;
-    // Without live frames the frame stays as the last program left it: undo its push.
+    // Without live frames the frame stays as the last program left it: undo its push. (Live
+    // frames come back at the test frame's bounds, headroom included.)
     let grown = (ctx.data_end() - ctx.data()) as i64 - len as i64;
     if !(0..=256).contains(&grown) || len > MAX_FRAME {
         return None;
@@ -230,7 +175,8 @@ fn write_flow_frame(ctx: &XdpContext) -> Option<()> {
         if data + i * 4 + 4 > end {
             return None;
         }
-        // SAFETY: as in write_frame.
+        // SAFETY: both within bounds (checked above); the template is 4-byte aligned in the map
+        // value and the frame data is too (page offset + 256 bytes of headroom).
         unsafe { *((data + i * 4) as *mut u32) = *words.add(i) };
         i += 1;
     }
@@ -244,7 +190,11 @@ fn write_flow_frame(ctx: &XdpContext) -> Option<()> {
         set16(ctx, cfg.ip_csum_off, !checksum::fold(!c as u32 + hi + lo))?;
     }
     let c = get16(ctx, cfg.l4_csum_off)?;
-    set16(ctx, cfg.l4_csum_off, !checksum::fold(!c as u32 + hi + lo + port as u32))
+    let mut c = !checksum::fold(!c as u32 + hi + lo + port as u32);
+    if c == 0 && cfg.udp != 0 {
+        c = 0xffff;
+    }
+    set16(ctx, cfg.l4_csum_off, c)
 }
 
 #[inline(always)]

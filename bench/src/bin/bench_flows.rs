@@ -53,6 +53,7 @@ use aya::{
 use etherparse::PacketBuilder;
 use lb_bench::{
     balancer::{self, PORT, VIP4},
+    by_shape::ByShape,
     programs::{ENCAP, FLOWGEN, FLOW_LOOKUP, MAC_SWAP},
     row::Row,
     stats::{median, run_stats},
@@ -130,7 +131,7 @@ fn flowgen(kind: Packet, shape: u32, flows: u32, dst_mac: [u8; 6]) -> FlowGen {
         ip_csum_off: 14 + 10,
         l4_csum_off: 34 + 16,
         addr_base: CLIENT_BASE,
-        _pad: 0,
+        udp: 0,
         frame: [0; MAX_FRAME],
     };
     g.frame[..template.len()].copy_from_slice(&template);
@@ -617,82 +618,6 @@ const FLOW_COUNTS: [(u32, &str); 5] = [
     (4_000_000, "4M flows"),
 ];
 
-/// Each shape's values of one case, kept for its rows.
-struct ByShape {
-    case: String,
-    values: Vec<(u32, Vec<f64>)>,
-}
-
-impl ByShape {
-    fn new(case: impl Into<String>) -> Self {
-        ByShape { case: case.into(), values: shape::ALL.iter().map(|&s| (s, Vec::new())).collect() }
-    }
-
-    fn push(&mut self, s: u32, v: Result<f64, String>) {
-        match v {
-            Ok(v) => self.values.iter_mut().find(|(x, _)| *x == s).expect("a shape").1.push(v),
-            Err(e) => eprintln!("bench_flows: {}, {}: VOID: {e}", self.case, shape::name(s)),
-        }
-    }
-
-    /// A row per shape, then the worst shape's (the largest value; with `higher_is_better`,
-    /// the smallest) against `target`.
-    fn rows(
-        self,
-        section: &'static str,
-        unit: &'static str,
-        decimals: usize,
-        ratio_to: Option<f64>,
-        higher_is_better: bool,
-        target: Option<f64>,
-    ) -> Vec<Row> {
-        let per: Vec<(u32, Option<f64>)> =
-            self.values.into_iter().map(|(s, mut v)| (s, median(&mut v))).collect();
-        let mut rows: Vec<Row> = per
-            .iter()
-            .map(|(s, v)| Row {
-                section,
-                case: format!("{}, {}", self.case, shape::name(*s)),
-                value: *v,
-                decimals,
-                unit,
-                ratio: ratio_to.and_then(|f| v.map(|v| v / f)),
-                target: None,
-            })
-            .collect();
-        let worst = per.iter().filter_map(|(s, v)| v.map(|v| (*s, v))).max_by(|a, b| {
-            if higher_is_better {
-                b.1.total_cmp(&a.1)
-            } else {
-                a.1.total_cmp(&b.1)
-            }
-        });
-        let complete = per.iter().all(|(_, v)| v.is_some());
-        let value = worst.filter(|_| complete).map(|(_, v)| v);
-        let measure = match ratio_to {
-            Some(f) => value.map(|v| v / f),
-            None => value,
-        };
-        rows.push(Row {
-            section,
-            case: format!("{}, worst shape ({})", self.case, worst.map_or("none", |(s, _)| shape::name(s))),
-            value,
-            decimals,
-            unit,
-            ratio: ratio_to.and_then(|f| value.map(|v| v / f)),
-            target: target.map(|t| {
-                let (text, met) = match (ratio_to.is_some(), higher_is_better) {
-                    (true, _) => (format!("<= {t}x floor"), measure.is_some_and(|m| m <= t)),
-                    (false, true) => (format!(">= {t}"), measure.is_some_and(|m| m >= t)),
-                    (false, false) => (format!("<= {t}"), measure.is_some_and(|m| m <= t)),
-                };
-                (text, met)
-            }),
-        });
-        rows
-    }
-}
-
 fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
     let stats = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS (kernel.bpf_stats_enabled)");
     let mac = b.lb_mac;
@@ -714,8 +639,11 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
     };
     let mut established = Vec::new();
     for (count, label) in flow_counts(a) {
-        let mut by = ByShape::new(format!("established, {label}"));
-        let mut lookup = ByShape::new(format!("of which floor + parse + finding the flow's entry, {label}"));
+        let mut by = ByShape::new("bench_flows", format!("established, {label}"));
+        let mut lookup = ByShape::new(
+            "bench_flows",
+            format!("of which floor + parse + finding the flow's entry, {label}"),
+        );
         for s in shape::ALL {
             b.warm(s, count);
             let frames: Vec<Vec<u8>> =
@@ -723,7 +651,7 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
             for _ in 0..a.rounds {
                 floor_sample(b);
                 let v = b.cost(Table::Large, BALANCER, Expect::Established, &frames);
-                eprintln!("bench_flows: {}, {}: {v:?} ns", by.case, shape::name(s));
+                eprintln!("bench_flows: {}, {}: {v:?} ns", by.case(), shape::name(s));
                 by.push(s, v);
                 lookup.push(s, b.cost(Table::Large, FLOW_LOOKUP, Expect::Floor, &frames));
             }
@@ -736,10 +664,13 @@ fn cost_section(b: &mut Bench, a: &Args) -> Vec<Row> {
         established.push((by, lookup, target));
     }
     let (mut syn, mut miss, mut second, mut lost) = (
-        ByShape::new("SYN of a new flow: recorded unconfirmed, table full"),
-        ByShape::new("floor + parse + FLOW_TABLE lookup (a miss), table full"),
-        ByShape::new("new flow's packet after the SYN: confirmed, table full"),
-        ByShape::new("packet of a connection the table never saw (another balancer's): recorded, table full"),
+        ByShape::new("bench_flows", "SYN of a new flow: recorded unconfirmed, table full"),
+        ByShape::new("bench_flows", "floor + parse + FLOW_TABLE lookup (a miss), table full"),
+        ByShape::new("bench_flows", "new flow's packet after the SYN: confirmed, table full"),
+        ByShape::new(
+            "bench_flows",
+            "packet of a connection the table never saw (another balancer's): recorded, table full",
+        ),
     );
     let n = a.packets as u32;
     if a.new_flows {
@@ -828,7 +759,8 @@ fn pps_section(b: &mut Bench, a: &Args) -> Vec<Row> {
             1_000_000 => Some(0.6),
             _ => None,
         };
-        let mut by = ByShape::new(format!("established, {label}: balancer / encap floor, 1 core"));
+        let mut by =
+            ByShape::new("bench_flows", format!("established, {label}: balancer / encap floor, 1 core"));
         for s in shape::ALL {
             b.warm(s, count);
             let gen = flowgen(Packet::Ack, s, count, mac);
@@ -844,7 +776,7 @@ fn pps_section(b: &mut Bench, a: &Args) -> Vec<Row> {
         rows.extend(by.rows("flows pps", "x encap", 2, None, true, target));
     }
     // SYNs of flows never seen: more flows than the runs send.
-    let mut by = ByShape::new("SYN of a new flow, table full: balancer / encap floor, 1 core");
+    let mut by = ByShape::new("bench_flows", "SYN of a new flow, table full: balancer / encap floor, 1 core");
     if a.new_flows && !b.full_table_filled {
         b.fill_full_table();
         Bench::idle_full_table();
@@ -864,7 +796,7 @@ fn pps_section(b: &mut Bench, a: &Args) -> Vec<Row> {
     if a.new_flows {
         rows.extend(by.rows("flows pps", "x encap", 2, None, true, Some(0.7)));
     }
-    let mut by = ByShape::new("established, 10k flows: 2 cores / 1 core");
+    let mut by = ByShape::new("bench_flows", "established, 10k flows: 2 cores / 1 core");
     for s in shape::ALL.into_iter().filter(|_| a.established) {
         b.warm(s, 10_000);
         for _ in 0..a.rounds {

@@ -110,7 +110,9 @@ mod tests {
             text += &format!("[[vip.backend]]\naddress = \"{b}\"\n");
         }
         let c = parse(&text, "t.toml").unwrap();
-        let ids = Ids::default().allocate(&c.vips, &crate::datapath::Sizes::default()).unwrap();
+        let ids = Ids::default()
+            .allocate(&c.vips, &crate::datapath::Sizes::default(), &Default::default())
+            .unwrap();
         let down = down.iter().map(|a| ("web".to_owned(), a.parse().unwrap())).collect();
         let addresses = ids.backends["web"].iter().map(|(a, id)| (*id, *a)).collect();
         (ring(&c.vips[0], &ids, &down), addresses)

@@ -322,7 +322,7 @@ impl Agent {
     /// maps then fail, the previous state file comes back; the caller restores its previous
     /// desired state and applies it again ([`Self::apply_or_revert`]).
     pub fn apply(&mut self) -> Result<usize, AgentError> {
-        let ids = self.applied.ids.allocate(&self.config.vips, &self.datapath.sizes)?;
+        let ids = self.allocate(&self.config.vips)?;
         let previous = self.saved_text()?;
         let retired = retired::follow(&self.retired, &self.applied.ids, &ids);
         // The retired backends follow the change, and come back with everything else if it fails.
@@ -338,7 +338,7 @@ impl Agent {
         // What the host must provide comes before the maps: a refusal (forwarding off with
         // `check`) changes no map, and the new backends' next hops are resolved before a ring
         // names them.
-        match self.prepare_host().and_then(|()| self.apply_maps()) {
+        match self.prepare_host().and_then(|()| self.apply_maps(&ids)) {
             Ok(slots) => Ok(slots),
             Err(e) => {
                 self.retired = before;
@@ -361,7 +361,13 @@ impl Agent {
         }
     }
 
-    fn apply_maps(&mut self) -> Result<usize, AgentError> {
+    /// Ids for `vips` after the ones the maps hold ([`Ids::allocate`]).
+    fn allocate(&self, vips: &[Vip]) -> Result<Ids, ApplyError> {
+        self.applied.ids.allocate(vips, &self.datapath.sizes, &self.retired.keys().copied().collect())
+    }
+
+    /// Makes the maps hold the config under `ids`.
+    fn apply_maps(&mut self, ids: &Ids) -> Result<usize, AgentError> {
         let cpus = self.datapath.cpus().map_err(|e| AgentError::Apply(e.into()))?;
         let now = crate::security::now_unix();
         let denies: Vec<Deny> = self.denies.iter().filter(|d| !d.expired(now)).cloned().collect();
@@ -369,6 +375,7 @@ impl Agent {
         let applied = reconcile::apply(
             &mut self.datapath,
             &mut self.applied,
+            ids,
             &self.config.source,
             &self.config.vips,
             &self.down,
@@ -675,7 +682,8 @@ impl Agent {
             .cloned()
             .collect();
         let desired = policy::Desired { security: &candidate.security, denies: &denies, cpus };
-        Ok(reconcile::preview(&self.applied, &candidate.vips, &self.datapath.sizes, &self.down, &desired)?)
+        let ids = self.allocate(&candidate.vips)?;
+        Ok(reconcile::preview(&self.applied, &ids, &candidate.vips, &self.down, &desired)?)
     }
 
     fn candidate_from(&self, text: &str, origin: &str) -> Result<Config, AgentError> {
@@ -804,13 +812,14 @@ impl Agent {
             return Ok(None);
         }
         // The ring follows health at once. No id changes: what is saved still holds.
-        let slots = self.apply_maps().inspect_err(|_| {
+        let ids = self.applied.ids.clone();
+        let slots = self.apply_maps(&ids).inspect_err(|_| {
             if event.up {
                 self.down.insert(event.key.clone());
             } else {
                 self.down.remove(&event.key);
             }
-            if let Err(back) = self.apply_maps() {
+            if let Err(back) = self.apply_maps(&ids) {
                 error!("bringing the maps back to the previous state after a failed health change: {back}");
             }
         })?;

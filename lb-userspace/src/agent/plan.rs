@@ -42,7 +42,12 @@ impl Ids {
     /// Ids for `vips`: existing ones kept, new ones taken from the free slots (VIP ids: the
     /// lowest free; backend ids: from `next_backend` on, round, so that the id of a backend
     /// just removed, whose flows may still be in the table, is handed out last).
-    pub fn allocate(&self, vips: &[Vip], sizes: &Sizes) -> Result<Ids, ApplyError> {
+    ///
+    /// A backend id is never one this change frees: until the change is through, the ring of
+    /// the VIP that loses the backend still names it, and a new flow there would go to the new
+    /// owner (another VIP's backend, maybe). Nor, while any other is free, one of `retired`
+    /// (removed backends whose flows go on: a new owner ends them).
+    pub fn allocate(&self, vips: &[Vip], sizes: &Sizes, retired: &BTreeSet<u32>) -> Result<Ids, ApplyError> {
         let mut next = Ids { next_backend: self.next_backend.max(1), ..Ids::default() };
         for v in vips {
             if let Some(&id) = self.vips.get(&v.name) {
@@ -68,6 +73,13 @@ impl Ids {
                 }
             }
         }
+        let freed: BTreeSet<u32> = self
+            .backends
+            .values()
+            .flat_map(|by_address| by_address.values())
+            .copied()
+            .filter(|id| !used.contains(id))
+            .collect();
         for v in vips {
             for b in &v.backends {
                 if next.backend(&v.name, b.address).is_some() {
@@ -75,10 +87,16 @@ impl Ids {
                 }
                 let max = sizes.max_backends;
                 let start = next.next_backend;
-                let id = (0..max - 1)
-                    .map(|i| (start - 1 + i) % (max - 1) + 1)
-                    .find(|id| !used.contains(id))
-                    .ok_or(ApplyError::NoBackendId(max))?;
+                let round = || (0..max - 1).map(|i| (start - 1 + i) % (max - 1) + 1);
+                let free = |id: &u32| !used.contains(id) && !freed.contains(id);
+                let id = round()
+                    .find(|id| free(id) && !retired.contains(id))
+                    .or_else(|| round().find(free))
+                    .ok_or(if freed.is_empty() {
+                        ApplyError::NoBackendId(max)
+                    } else {
+                        ApplyError::NoBackendIdInOneChange(max)
+                    })?;
                 used.insert(id);
                 next.next_backend = id % (max - 1) + 1;
                 next.backends.entry(v.name.clone()).or_default().insert(b.address, id);
@@ -334,18 +352,19 @@ pub enum Step {
     PolicyGeneration { ids: Vec<u32>, generation: u32 },
 }
 
-/// The steps that make the maps (as `current` records them) hold `vips`, `source` and the
-/// access lists and limits `desired` asks for (agent/policy.rs).
+/// The steps that make the maps (as `current` records them) hold `vips` under `ids` (from
+/// [`Ids::allocate`]), `source` and the access lists and limits `desired` asks for
+/// (agent/policy.rs).
 pub fn steps(
     current: &Applied,
+    ids: &Ids,
     source: &Source,
     vips: &[Vip],
     down: &Down,
     sizes: &Sizes,
     desired: &policy::Desired,
 ) -> Result<Vec<Step>, ApplyError> {
-    let ids = current.ids.allocate(vips, sizes)?;
-    let acl = policy::acl(vips, &ids, desired);
+    let acl = policy::acl(vips, ids, desired);
     let mut steps = Vec::new();
     if current.source.as_ref() != Some(source) {
         steps.push(Step::Source(source.clone()));
@@ -355,8 +374,8 @@ pub fn steps(
     let schedules: Vec<(Vec<u32>, Option<Vec<u32>>)> = vips
         .iter()
         .map(|v| {
-            let seq = (v.scheduler == Scheduler::RoundRobin).then(|| rr_sequence(v, &ids, down));
-            (ring(v, &ids, down), seq)
+            let seq = (v.scheduler == Scheduler::RoundRobin).then(|| rr_sequence(v, ids, down));
+            (ring(v, ids, down), seq)
         })
         .collect();
     let taking: BTreeSet<u32> =
@@ -388,8 +407,8 @@ pub fn steps(
         }
     }
     // A VIP's lists and limits before its entry: its first packet meets them.
-    let before = policy::steps_before(current, &acl, vips, &ids, desired.cpus);
-    let after = policy::steps_after(current, &acl, vips, &ids, desired.cpus, &before);
+    let before = policy::steps_before(current, &acl, vips, ids, desired.cpus);
+    let after = policy::steps_after(current, &acl, vips, ids, desired.cpus, &before);
     steps.extend(before);
     // The keys the new config takes: an old key in it is not removed (VIPs may be renamed or
     // swap addresses).
@@ -475,7 +494,7 @@ pub fn steps(
         steps.push(Step::ForgetVip(name.clone()));
     }
     steps.extend(after);
-    steps.push(Step::Ids(ids));
+    steps.push(Step::Ids(ids.clone()));
     if !to_void.is_empty() {
         steps.push(Step::VoidMoved(to_void));
     }
@@ -519,16 +538,15 @@ pub const GLOBAL_ROW: &str = "[security]";
 /// What applying `vips` would change (`lbctl plan`), without changing anything.
 pub fn preview(
     applied: &Applied,
+    ids: &Ids,
     vips: &[Vip],
-    sizes: &Sizes,
     down: &Down,
     desired: &policy::Desired,
 ) -> Result<Vec<PlanEntry>, ApplyError> {
-    let ids = applied.ids.allocate(vips, sizes)?;
-    let acl = policy::acl(vips, &ids, desired);
+    let acl = policy::acl(vips, ids, desired);
     let mut entries = Vec::new();
     for v in vips {
-        let new = ring(v, &ids, down);
+        let new = ring(v, ids, down);
         let was = applied.schedulers.get(&v.name).copied().filter(|s| *s != v.scheduler);
         let id = ids.vips[&v.name];
         let acl_changes = policy::changes_of(applied, &acl, id + 1);
@@ -691,7 +709,9 @@ mod tests {
         };
         let sizes = Sizes { flows: 1024, max_vips: 4, max_rings: 4, ring_stride: 4099, max_backends: 16 };
         v.ring_size = 2003;
-        let entries = preview(&applied, &[v], &sizes, &none, &policy::Desired::NONE).expect("a plan");
+        let vips = [v];
+        let ids = applied.ids.allocate(&vips, &sizes, &BTreeSet::new()).unwrap();
+        let entries = preview(&applied, &ids, &vips, &none, &policy::Desired::NONE).expect("a plan");
         let e = &entries[0];
         assert_eq!((e.action.as_str(), e.ring_size), ("change", 2003), "{e:?}");
         // Rings of unrelated sizes: a flow keeps its backend with the chance that two independent
@@ -730,8 +750,9 @@ mod tests {
     /// generation `g` for the VIPs it moves on).
     fn policy_change(current: &mut Applied, vips: &[Vip], denies: &[Deny], g: u32) -> Vec<Step> {
         let desired = policy::Desired { security: &Default::default(), denies, cpus: 1 };
-        let steps =
-            steps(current, &Source::default(), vips, &Down::new(), &sizes(4, 8), &desired).expect("a plan");
+        let ids = current.ids.allocate(vips, &sizes(4, 8), &BTreeSet::new()).unwrap();
+        let steps = steps(current, &ids, &Source::default(), vips, &Down::new(), &sizes(4, 8), &desired)
+            .expect("a plan");
         for step in &steps {
             match step {
                 Step::PolicyGeneration { ids, .. } => {
@@ -799,29 +820,63 @@ mod tests {
     #[test]
     fn ids_are_kept_and_new_ones_take_free_slots() {
         let sizes = sizes(4, 8);
+        let none = BTreeSet::new();
         let a = simple("a", 1, &[1, 2]);
         let b = simple("b", 2, &[1]);
-        let first = Ids::default().allocate(&[a.clone(), b.clone()], &sizes).unwrap();
+        let first = Ids::default().allocate(&[a.clone(), b.clone()], &sizes, &none).unwrap();
         assert_eq!(first.vips, [("a".to_string(), 0), ("b".to_string(), 1)].into());
         assert_eq!(first.backend("a", a.backends[0].address), Some(1));
         assert_eq!(first.backend("b", b.backends[0].address), Some(3));
         // Kept whatever the order; a removed VIP's slot goes to the next new one.
         let c = simple("c", 3, &[1]);
-        let second = first.allocate(&[b.clone(), c.clone()], &sizes).unwrap();
+        let second = first.allocate(&[b.clone(), c.clone()], &sizes, &none).unwrap();
         assert_eq!(second.vips, [("b".to_string(), 1), ("c".to_string(), 0)].into());
         assert_eq!(second.backend("b", b.backends[0].address), Some(3));
         // Backend ids go on from where the last one was taken: a removed backend's id (1, 2:
         // its flows may still be in the table) comes back last.
         assert_eq!(second.backend("c", c.backends[0].address), Some(4));
         let many = simple("c", 3, &[1, 2, 3, 4, 5]);
-        let third = second.allocate(&[b.clone(), many.clone()], &sizes).unwrap();
+        let third = second.allocate(&[b.clone(), many.clone()], &sizes, &none).unwrap();
         let got: Vec<u32> = many.backends.iter().map(|x| third.backend("c", x.address).unwrap()).collect();
         assert_eq!(got, [4, 5, 6, 7, 1], "ids 1 and 2 were freed last-but-one and last");
         // Out of ids: refused here, before any write.
         let too_many = simple("c", 3, &[1, 2, 3, 4, 5, 6, 7]);
-        assert!(matches!(third.allocate(&[b.clone(), too_many], &sizes), Err(ApplyError::NoBackendId(8))));
+        assert!(matches!(
+            third.allocate(&[b.clone(), too_many], &sizes, &none),
+            Err(ApplyError::NoBackendId(8))
+        ));
         let vips: Vec<Vip> = (1..=5).map(|i| simple(&format!("v{i}"), i, &[])).collect();
-        assert!(matches!(Ids::default().allocate(&vips, &sizes), Err(ApplyError::NoVipSlot(4))));
+        assert!(matches!(Ids::default().allocate(&vips, &sizes, &none), Err(ApplyError::NoVipSlot(4))));
+    }
+
+    /// After the ids have gone round (`next_backend` back at 1), a change that removes web's
+    /// backend 1 and adds one to api: the new backend must not take id 1, which web's ring names
+    /// until the change is through (a new flow of web's there would reach api's backend).
+    #[test]
+    fn a_backend_id_is_not_handed_out_in_the_change_that_frees_it() {
+        let sizes = sizes(4, 8); // backend ids 1 to 7
+        let web = simple("web", 1, &[1, 2]);
+        let api = simple("api", 2, &[1]);
+        let mut before =
+            Ids::default().allocate(&[web.clone(), api.clone()], &sizes, &BTreeSet::new()).unwrap();
+        assert_eq!(before.backend("web", web.backends[0].address), Some(1));
+        before.next_backend = 1;
+        let web_after = simple("web", 1, &[2]);
+        let api_after = simple("api", 2, &[1, 9]);
+        let new = api_after.backends[1].address;
+        let vips = [web_after, api_after];
+        let after = before.allocate(&vips, &sizes, &BTreeSet::new()).unwrap();
+        assert_eq!(after.backend("api", new), Some(4), "1 is freed by this change, 2 and 3 are held");
+        // A retired backend's id (its flows go on) only when no other is free.
+        let after = before.allocate(&vips, &sizes, &[4, 5].into()).unwrap();
+        assert_eq!(after.backend("api", new), Some(6));
+        let after = before.allocate(&vips, &sizes, &[4, 5, 6, 7].into()).unwrap();
+        assert_eq!(after.backend("api", new), Some(4), "every free id retired: the first of them");
+        // Nothing free but the id this change frees: refused, saying how to get there.
+        let small = self::sizes(4, 4); // backend ids 1 to 3
+        let before = Ids::default().allocate(&[web, api], &small, &BTreeSet::new()).unwrap();
+        let refused = before.allocate(&vips, &small, &BTreeSet::new());
+        assert!(matches!(refused, Err(ApplyError::NoBackendIdInOneChange(4))), "{refused:?}");
     }
 
     // ------------------------------------------------------------------------------------------
@@ -911,8 +966,9 @@ mod tests {
     /// Plans `vips` from `current`, checks the steps with `model`, returns the record after them.
     fn change(model: &mut Model, current: &Applied, vips: &[Vip], down: &Down) -> (Applied, Vec<Step>) {
         let sizes = sizes(16, 256);
-        let steps =
-            steps(current, &Source::default(), vips, down, &sizes, &policy::Desired::NONE).expect("a plan");
+        let ids = current.ids.allocate(vips, &sizes, &BTreeSet::new()).expect("ids");
+        let steps = steps(current, &ids, &Source::default(), vips, down, &sizes, &policy::Desired::NONE)
+            .expect("a plan");
         let next = model.take(current, &steps, vips, &sizes);
         // The record says what the config asks for.
         for v in vips {

@@ -24,22 +24,25 @@ pub enum ApplyError {
     NoVipSlot(u32),
     #[error("no free backend id: all {0} are in use (raise limits.max_backends; it takes effect with a new pin path)")]
     NoBackendId(u32),
+    #[error("no free backend id but those of backends this change removes, which their VIPs' rings name until it is through: remove them in a change of their own first, or raise limits.max_backends ({0}; it takes effect with a new pin path)")]
+    NoBackendIdInOneChange(u32),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
 }
 
-/// Makes the maps hold `vips`, `source` and the lists and limits `desired` asks for: the planned
-/// steps, taken in order. Returns how many ring slots were written.
+/// Makes the maps hold `vips` under `ids`, `source` and the lists and limits `desired` asks for:
+/// the planned steps, taken in order. Returns how many ring slots were written.
 pub fn apply(
     dp: &mut Datapath,
     applied: &mut Applied,
+    ids: &Ids,
     source: &Source,
     vips: &[Vip],
     down: &Down,
     desired: &Desired,
 ) -> Result<usize, ApplyError> {
     let mut slots = 0;
-    for step in steps(applied, source, vips, down, &dp.sizes, desired)? {
+    for step in steps(applied, ids, source, vips, down, &dp.sizes, desired)? {
         let step = take(dp, applied, step, &mut slots)?;
         applied.record(&step);
     }

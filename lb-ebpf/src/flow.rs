@@ -221,8 +221,15 @@ pub fn choose(
             crate::policy::new_flow(key, vip.id)?;
         }
     }
-    let id = schedule::pick(vip, hash, record);
-    let backend_generation = backend(id, key.family)?.generation;
+    let mut id = schedule::pick(vip, hash, record);
+    let mut chosen = backend(id, key.family)?;
+    // A ring the agent is rewriting (slot by slot, after a drain, a removal or a health change;
+    // the backend's entry says first that it takes no new flows) may still name it.
+    if record && chosen.flags & BACKEND_TAKES_NEW_FLOWS == 0 {
+        id = schedule::repick(vip, hash, id);
+        chosen = backend(id, key.family)?;
+    }
+    let backend_generation = chosen.generation;
     let mut new_flow = record && syn;
     if record {
         crate::stats::add(counters, Counter::FlowMiss);

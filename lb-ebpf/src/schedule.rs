@@ -18,7 +18,8 @@ use core::intrinsics::{atomic_xadd, atomic_xsub, AtomicOrdering::Relaxed};
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    hash, limits::RR_SEQ_LEN, FlowKey, VipValue, NO_BACKEND, PROTO_TCP, SCHED_LEAST_CONN, SCHED_ROUND_ROBIN,
+    hash, limits::RR_SEQ_LEN, FlowKey, VipValue, BACKEND_TAKES_NEW_FLOWS, NO_BACKEND, PROTO_TCP,
+    SCHED_LEAST_CONN, SCHED_ROUND_ROBIN,
 };
 
 use crate::{
@@ -30,6 +31,9 @@ use crate::{
 /// Further ring picks the least-conn scheduler makes when its second pick is its first backend
 /// again (the VIP has a dominant backend, or one only): after these it takes the first.
 const SECOND_PICK_TRIES: u32 = 4;
+/// Further ring picks a new flow makes when its pick names a backend that takes no new flows
+/// ([`repick`]); after these it keeps its pick.
+const REPICK_TRIES: u32 = 4;
 /// TCP header flags (byte 13).
 const TCP_FLAGS_OFFSET: usize = 13;
 const TCP_FIN: u8 = 0x01;
@@ -47,6 +51,27 @@ pub fn pick(vip: &VipValue, hash: u32, record: bool) -> u32 {
     } else {
         ring(vip, hash)
     }
+}
+
+/// A new flow's pick `id` named a backend that takes no new flows: only while the agent rewrites
+/// the VIP's ring (or sequence) slot by slot, after a drain, a removal or a health change, whose
+/// steps mark the backend first. The first of up to [`REPICK_TRIES`] further ring picks that
+/// takes new flows, else `id`. Without it, a SYN in those milliseconds (a 65,537-slot ring is
+/// tens of thousands of writes) would pin a new connection to a drained or removed backend for
+/// its whole life. Not inlined: it runs only then.
+#[inline(never)]
+pub fn repick(vip: &VipValue, hash: u32, id: u32) -> u32 {
+    let mut h = hash;
+    let mut i = 0;
+    while i < REPICK_TRIES {
+        h = hash::rehash(h);
+        let other = ring(vip, h);
+        if BACKENDS.get(other).is_some_and(|b| b.flags & BACKEND_TAKES_NEW_FLOWS != 0) {
+            return other;
+        }
+        i += 1;
+    }
+    id
 }
 
 /// Whether a new flow counts as an open connection once confirmed: TCP flows of least-conn VIPs.

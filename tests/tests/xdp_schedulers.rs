@@ -285,3 +285,57 @@ fn least_conn_picks_the_less_loaded_of_two_ring_picks_by_weight() {
         assert_eq!(active(r, 2), 0);
     });
 }
+
+/// A ring pick for a new flow from `sport`, then up to four further ones (rehashes) while it
+/// names backend `skip`: (the first pick, the one the data plane takes).
+fn predict_repick(ring: &[u32], sport: u16, skip: u32) -> (u32, u32) {
+    let key = flow_key(client(), sport, vip(), PORT, PROTO_TCP);
+    let h = hash::flow(&key, SEED);
+    let first = ring[hash::ring_slot(h, RING) as usize];
+    let mut g = h;
+    for _ in 0..4 {
+        if first != skip {
+            break;
+        }
+        g = hash::rehash(g);
+        let other = ring[hash::ring_slot(g, RING) as usize];
+        if other != skip {
+            return (first, other);
+        }
+    }
+    (first, first)
+}
+
+/// A drain's first step marks the backend as taking no new flows; its ring slots then go to
+/// the others one write at a time (tens of thousands for a large ring). Meanwhile a new flow
+/// whose slot still names it is scheduled by further ring picks, not pinned to it for good; its
+/// open connections stay.
+#[test]
+fn a_new_flow_is_not_given_a_backend_that_takes_none_while_its_ring_is_rewritten() {
+    let fx = Fixture::new();
+    fx.run(SIZES, |r| {
+        let ring = install(r, [100, 100, 100], SCHED_MAGLEV);
+        let open = (34_000..34_100).find(|&p| predict_repick(&ring, p, 0).0 == 1).expect("a port on 1");
+        assert_eq!(send(r, open, tcp::SYN), 1);
+        assert_eq!(send(r, open, tcp::ACK), 1);
+        r.datapath
+            .set_backend(1, BackendValue::from(near4(1)).with_weight(100).taking_new_flows(false))
+            .unwrap();
+        let (mut slots_on_1, mut kept_on_1) = (0, 0);
+        for i in 0..300u16 {
+            let sport = 34_100 + i;
+            let (first, want) = predict_repick(&ring, sport, 1);
+            slots_on_1 += (first == 1) as u32;
+            kept_on_1 += (want == 1) as u32;
+            assert_eq!(send(r, sport, tcp::SYN), want, "new flow {i}: first pick {first}");
+        }
+        eprintln!(
+            "300 new flows: {slots_on_1} picked backend 1 first, {kept_on_1} kept it (every pick on it)"
+        );
+        assert!(
+            slots_on_1 > 50 && kept_on_1 < slots_on_1 / 10,
+            "{slots_on_1} first picks of 1, {kept_on_1} kept"
+        );
+        assert_eq!(send(r, open, tcp::ACK), 1, "the open connection left its backend");
+    });
+}

@@ -67,7 +67,8 @@ ring_size = 1031
 /// `cpus` CPUs. Returns the record (for later changes).
 fn apply(r: &mut XdpRunner, applied: &mut Applied, c: &Config, denies: &[Deny], cpus: u32) {
     let desired = Desired { security: &c.security, denies, cpus };
-    reconcile::apply(&mut r.datapath, applied, &c.source, &c.vips, &Down::new(), &desired)
+    let ids = applied.ids.allocate(&c.vips, &r.datapath.sizes, &Default::default()).expect("ids");
+    reconcile::apply(&mut r.datapath, applied, &ids, &c.source, &c.vips, &Down::new(), &desired)
         .unwrap_or_else(|e| panic!("applying the config: {e}"));
 }
 

@@ -314,7 +314,8 @@ fn prog_stats(dp: &mut Datapath, program: &'static str) -> (u64, u64) {
 fn apply(dp: &mut Datapath, c: &Config) {
     let mut applied = Applied::default();
     let desired = Desired { security: &c.security, denies: &[], cpus: 1 };
-    reconcile::apply(dp, &mut applied, &c.source, &c.vips, &Down::new(), &desired)
+    let ids = applied.ids.allocate(&c.vips, &dp.sizes, &Default::default()).expect("ids");
+    reconcile::apply(dp, &mut applied, &ids, &c.source, &c.vips, &Down::new(), &desired)
         .unwrap_or_else(|e| panic!("applying the bench config: {e}"));
 }
 

@@ -531,10 +531,10 @@ pub fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(listener)
 }
 
-/// Serves the endpoint until the task is dropped or aborted.
+/// Serves the endpoint and the status page until the task is dropped or aborted.
 pub async fn serve(listener: tokio::net::TcpListener, agent: Shared) -> std::io::Result<()> {
     let samples = agent.lock().await.samples.clone();
-    axum::serve(listener, router(agent, samples)).await
+    crate::web::listener::serve(listener, router(agent, samples)).await
 }
 
 /// The docs' table of metrics (docs/observability.md), made from [`FAMILIES`] and [`Counter::ALL`].

@@ -77,14 +77,14 @@ pub fn authorize(token: &AdminToken, headers: &HeaderMap) -> Result<(), Refusal>
     let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
     if fetch_site.is_some_and(|site| site != b"same-origin" && site != b"none") {
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
-        return Err(Refusal::CrossSite(origin.to_owned()));
+        return Err(Refusal::CrossSite(shortened(origin)));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("(not text)");
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
         let authority = origin.split_once("://").map(|(_, a)| a);
         if authority.is_none() || authority != host {
-            return Err(Refusal::CrossSite(origin.to_owned()));
+            return Err(Refusal::CrossSite(shortened(origin)));
         }
     }
     let bearer = headers
@@ -95,6 +95,15 @@ pub fn authorize(token: &AdminToken, headers: &HeaderMap) -> Result<(), Refusal>
         return Err(Refusal::Unauthorized);
     }
     Ok(())
+}
+
+/// A client's `Origin` as the refusal quotes it (in the log too): a header may be 400 KB.
+fn shortened(origin: &str) -> String {
+    const MAX: usize = 100;
+    match origin.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &origin[..end]),
+        None => origin.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +118,15 @@ mod tests {
             h.insert(*name, value.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_long_origin_is_quoted_short() {
+        let long = format!("https://{}.example", "a".repeat(400_000));
+        let quoted = super::shortened(&long);
+        assert_eq!(quoted.chars().count(), 101, "{quoted}");
+        assert!(quoted.starts_with("https://aaa") && quoted.ends_with('…'));
+        assert_eq!(super::shortened("https://lb1:8443"), "https://lb1:8443");
     }
 
     #[test]

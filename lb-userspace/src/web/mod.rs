@@ -6,14 +6,19 @@
 //! requests carry the token ([`auth`]). Without it those routes answer 404, as any unknown path.
 pub mod assets;
 pub mod auth;
+pub mod listener;
 pub mod samples;
 pub mod status;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use axum::{
     body::Bytes,
-    extract::{Path as UrlPath, Query, State},
+    extract::{ConnectInfo, Path as UrlPath, Query, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post, put, MethodRouter},
@@ -29,6 +34,30 @@ use crate::api::{self, ErrorBody, Method, Shared};
 struct Web {
     agent: Shared,
     samples: Arc<Samples>,
+    refusals: Arc<Mutex<RefusalLog>>,
+}
+
+/// Refused requests are logged at most once per this, with how many went unlogged before: a
+/// client looping on a wrong token must not flood the journal (whose rate limit would then
+/// drop lbd's own lines, health changes among them).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    /// Whether a refusal at `now` is logged, and if so how many were not, since the last one.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 /// One route of the page: the router and the docs' table ([`markdown_table`]) are both made
@@ -100,7 +129,9 @@ pub fn router(agent: Shared, samples: Arc<Samples>) -> Router {
     ROUTES
         .iter()
         .fold(Router::new(), |router, r| router.route(r.path, (r.handler)()))
-        .with_state(Web { agent, samples })
+        .with_state(Web { agent, samples, refusals: Default::default() })
+        // The page's bodies are a few bytes: none is read whole before its token is checked.
+        .layer(axum::extract::DefaultBodyLimit::max(4096))
 }
 
 /// What the listener answers for a path it does not serve.
@@ -187,17 +218,23 @@ enum Action {
     Weight(i64),
 }
 
-/// Checks the token (404 if none is configured), then takes `action` (`None`: only the check).
+/// Checks the token (404 if none is configured), then takes `action` (`None`: only the check)
+/// for `client`. The token is checked before the agent is locked for the action: a stranger's
+/// requests do not wait on, nor hold up, health changes and the API.
 async fn act(
     web: &Web,
+    client: SocketAddr,
     headers: &HeaderMap,
     target: Option<(&str, &str)>,
     action: Option<Action>,
 ) -> Response {
-    let mut agent = web.agent.lock().await;
-    let Some(token) = agent.config.web_admin_token.clone() else { return not_found() };
+    let token = web.agent.lock().await.config.web_admin_token.clone();
+    let Some(token) = token else { return not_found() };
     if let Err(refusal) = auth::authorize(&token, headers) {
-        warn!(%refusal, ?action, "status page: refused");
+        let admitted = web.refusals.lock().unwrap_or_else(|e| e.into_inner()).admit(Instant::now());
+        if let Some(unlogged) = admitted {
+            warn!(%client, %refusal, ?action, refused_since_unlogged = unlogged, "status page: refused");
+        }
         return match refusal {
             auth::Refusal::Unauthorized => {
                 let mut r = error(StatusCode::UNAUTHORIZED, refusal.to_string());
@@ -213,6 +250,7 @@ async fn act(
     let Ok(backend) = address.parse::<IpAddr>() else {
         return error(StatusCode::BAD_REQUEST, format!("{address:?} is not an IPv4 or IPv6 address"));
     };
+    let mut agent = web.agent.lock().await;
     let done = match action {
         Action::Drain => agent.set_drained(vip, backend, true),
         Action::Undrain => agent.set_drained(vip, backend, false),
@@ -220,43 +258,50 @@ async fn act(
     };
     match done {
         Ok(()) => {
-            info!(vip, %backend, ?action, "status page: action taken");
+            info!(%client, vip, %backend, ?action, "status page: action taken");
             Json(()).into_response()
         }
         Err(e) => api::ApiError::from(e).into_response(),
     }
 }
 
-async fn check_token(State(web): State<Web>, headers: HeaderMap) -> Response {
-    act(&web, &headers, None, None).await
+async fn check_token(
+    State(web): State<Web>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    act(&web, client, &headers, None, None).await
 }
 
 async fn drain(
     State(web): State<Web>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     UrlPath(p): UrlPath<(String, String)>,
 ) -> Response {
-    act(&web, &headers, Some((&p.0, &p.1)), Some(Action::Drain)).await
+    act(&web, client, &headers, Some((&p.0, &p.1)), Some(Action::Drain)).await
 }
 
 async fn undrain(
     State(web): State<Web>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     UrlPath(p): UrlPath<(String, String)>,
 ) -> Response {
-    act(&web, &headers, Some((&p.0, &p.1)), Some(Action::Undrain)).await
+    act(&web, client, &headers, Some((&p.0, &p.1)), Some(Action::Undrain)).await
 }
 
 async fn weight(
     State(web): State<Web>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     UrlPath(p): UrlPath<(String, String)>,
     body: Bytes,
 ) -> Response {
     match serde_json::from_slice::<api::Weight>(&body) {
-        Ok(w) => act(&web, &headers, Some((&p.0, &p.1)), Some(Action::Weight(w.weight))).await,
+        Ok(w) => act(&web, client, &headers, Some((&p.0, &p.1)), Some(Action::Weight(w.weight))).await,
         // The token first: a stranger learns nothing from the body's errors.
-        Err(e) => match act(&web, &headers, None, None).await {
+        Err(e) => match act(&web, client, &headers, None, None).await {
             r if r.status() == StatusCode::NO_CONTENT => {
                 error(StatusCode::BAD_REQUEST, format!("the body should be {{\"weight\": 0 to 65535}}: {e}"))
             }
@@ -276,5 +321,17 @@ mod tests {
             doc.contains(&table),
             "docs/observability.md, \"Status page\", should hold this table:\n{table}"
         );
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_interval_with_the_count_between() {
+        let mut log = super::RefusalLog::default();
+        let t0 = std::time::Instant::now();
+        let at = |s: f64| t0 + std::time::Duration::from_secs_f64(s);
+        assert_eq!(log.admit(at(0.0)), Some(0));
+        assert_eq!((0..1000).filter_map(|i| log.admit(at(i as f64 / 200.0))).count(), 0, "within 5 s");
+        assert_eq!(log.admit(at(9.9)), None);
+        assert_eq!(log.admit(at(10.0)), Some(1001), "the next one says how many went unlogged");
+        assert_eq!(log.admit(at(25.0)), Some(0));
     }
 }

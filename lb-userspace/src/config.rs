@@ -731,8 +731,8 @@ pub fn validate_vip(spec: &VipSpec, limits: &Limits) -> Result<Vip, Invalid> {
     let address: IpAddr = spec.address.parse().map_err(|_| {
         invalid(field("address"), format!("{:?} is not an IPv4 or IPv6 address", spec.address))
     })?;
-    if address.is_unspecified() || address.is_multicast() {
-        return Err(invalid(field("address"), format!("{address} cannot be a VIP: use a unicast address")));
+    if let Some(problem) = not_a_host(address) {
+        return Err(invalid(field("address"), format!("{address} cannot be a VIP: {problem}")));
     }
     let port = u16::try_from(spec.port).map_err(|_| {
         invalid(field("port"), format!("{} is not a port: use 1 to 65535, or 0 for every port", spec.port))
@@ -869,17 +869,33 @@ pub fn validate_backend(spec: &BackendSpec, vip_address: IpAddr) -> Result<Backe
             format!("the VIP {vip_address} is {}; its backends must be too", family_name(vip_address)),
         ));
     }
-    if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
-        return Err(invalid(
-            field("address"),
-            format!("{address} cannot be a backend: use a unicast address"),
-        ));
+    if let Some(problem) = not_a_host(address) {
+        return Err(invalid(field("address"), format!("{address} cannot be a backend: {problem}")));
     }
     let weight = spec.weight.unwrap_or(DEFAULT_WEIGHT as i64);
     if !(0..=MAX_WEIGHT as i64).contains(&weight) {
         return Err(invalid(field("weight"), format!("{weight} is out of range: use 0 to {MAX_WEIGHT}")));
     }
     Ok(Backend { address, weight: weight as u32, drained: spec.drained, health: spec.health.clone() })
+}
+
+/// Why `a` cannot be a VIP, a backend or a tunnel's source: it names no single host that
+/// others on the network reach (None: it does).
+pub fn not_a_host(a: IpAddr) -> Option<String> {
+    let problem = match a {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+            return Some(format!(
+                "an IPv4-mapped IPv6 address is an IPv4 host's: write it as {}",
+                a.to_canonical()
+            ))
+        }
+        _ if a.is_unspecified() => "the unspecified address names no host",
+        _ if a.is_loopback() => "a loopback address is this host's own, not one the network reaches",
+        _ if a.is_multicast() => "a multicast address names a group, not a host",
+        IpAddr::V4(v4) if v4.is_broadcast() => "the broadcast address names no host",
+        _ => return None,
+    };
+    Some(format!("{problem}; use a unicast address"))
 }
 
 fn family_name(a: IpAddr) -> &'static str {
@@ -962,6 +978,17 @@ pub fn check_whole(c: &Config) -> Result<(), WholeError> {
                 format!("{backends} backends configured; limits.max_backends is {}", c.limits.max_backends),
             ),
         });
+    }
+    let sources =
+        [("source.ipv4", c.source.ipv4.map(IpAddr::from)), ("source.ipv6", c.source.ipv6.map(IpAddr::from))];
+    for (key, address) in sources {
+        if let Some(problem) = address.and_then(not_a_host) {
+            let address = address.expect("checked");
+            return Err(WholeError {
+                vip: None,
+                invalid: invalid(key, format!("{address} cannot be the tunnels' source: {problem}")),
+            });
+        }
     }
     for (key, bits) in [
         ("source.ipv4_entropy_bits", c.source.ipv4_entropy_bits),
@@ -1140,6 +1167,25 @@ ring_size = 4099
         "\n[[vip]]\nname = \"other\"\naddress = \"198.18.100.2\"\nport = 80\nprotocol = \"udp\"\n";
 
     #[test]
+    fn only_addresses_of_single_hosts_are_vips_backends_or_sources() {
+        for ok in ["198.18.0.1", "10.0.0.1", "fd00::1", "2001:db8::1", "::ffff:0:198.18.0.1"] {
+            assert_eq!(not_a_host(ok.parse().unwrap()), None, "{ok}");
+        }
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.5",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "ff02::1",
+            "::ffff:198.18.0.1",
+        ] {
+            assert!(not_a_host(bad.parse().unwrap()).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
     fn every_invalid_config_is_refused_naming_the_file_line_and_field() {
         assert!(parse(BASE, "c.toml").is_ok(), "the base config is valid");
         // (what, find, replace, what the error must say)
@@ -1153,7 +1199,15 @@ ring_size = 4099
                 "198.18.100.300",
                 "c.toml:11: vip \"web\": address: \"198.18.100.300\" is not an IPv4 or IPv6 address",
             ),
-            ("multicast vip", "198.18.100.1", "224.0.0.1", "cannot be a VIP: use a unicast address"),
+            ("multicast vip", "198.18.100.1", "224.0.0.1", "cannot be a VIP: a multicast address names a group"),
+            ("loopback vip", "198.18.100.1", "127.0.0.9", "cannot be a VIP: a loopback address is this host's own"),
+            ("broadcast vip", "198.18.100.1", "255.255.255.255", "cannot be a VIP: the broadcast address"),
+            (
+                "IPv4-mapped vip",
+                "address = \"198.18.100.1\"",
+                "address = \"::ffff:198.18.100.1\"",
+                "::ffff:198.18.100.1 cannot be a VIP: an IPv4-mapped IPv6 address is an IPv4 host's: write it as 198.18.100.1",
+            ),
             (
                 "bad backend address",
                 "198.18.0.13",
@@ -1161,6 +1215,20 @@ ring_size = 4099
                 "\"198.18.0.x\" is not an IPv4 or IPv6 address",
             ),
             ("loopback backend", "198.18.0.13", "127.0.0.1", "cannot be a backend"),
+            ("broadcast backend", "198.18.0.13", "255.255.255.255", "cannot be a backend: the broadcast address"),
+            (
+                "loopback tunnel source",
+                "ipv4 = \"198.18.0.2\"",
+                "ipv4 = \"127.0.0.1\"",
+                "source.ipv4: 127.0.0.1 cannot be the tunnels' source: a loopback address",
+            ),
+            ("multicast tunnel source", "ipv4 = \"198.18.0.2\"", "ipv4 = \"239.1.1.1\"", "cannot be the tunnels' source"),
+            (
+                "IPv4-mapped tunnel source",
+                "ipv4 = \"198.18.0.2\"",
+                "ipv4 = \"198.18.0.2\"\nipv6 = \"::ffff:198.18.0.2\"",
+                "source.ipv6: ::ffff:198.18.0.2 cannot be the tunnels' source: an IPv4-mapped",
+            ),
             (
                 "weight out of range",
                 "weight = 200",

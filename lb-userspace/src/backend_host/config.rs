@@ -206,8 +206,8 @@ fn check_interface_name(name: &str) -> Result<(), String> {
 
 fn unicast(text: &str, what: &str) -> Result<IpAddr, String> {
     let address: IpAddr = text.parse().map_err(|_| format!("{text:?} is not an IPv4 or IPv6 address"))?;
-    if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
-        return Err(format!("{address} cannot be {what}: use a unicast address other than loopback"));
+    if let Some(problem) = crate::config::not_a_host(address) {
+        return Err(format!("{address} cannot be {what}: {problem}"));
     }
     Ok(address)
 }
@@ -287,7 +287,7 @@ state_file = "/run/x.json"
         );
         assert_eq!(
             err("interfaces = [\"eth0\"]\nvips = [\"127.0.0.1\"]\n"),
-            "b.toml:2: vips: 127.0.0.1 cannot be a VIP: use a unicast address other than loopback"
+            "b.toml:2: vips: 127.0.0.1 cannot be a VIP: a loopback address is this host's own, not one the network reaches; use a unicast address"
         );
         assert_eq!(
             err("interfaces = [\"eth0\"]\nallowed_sources = [\"::/0\"]\npin_path = \"pins\"\n"),

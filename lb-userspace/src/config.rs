@@ -930,6 +930,12 @@ pub fn check_whole(c: &Config) -> Result<(), WholeError> {
         }
         // Backends added one by one can outgrow what the scheduler takes, or bring a check of
         // their own.
+        if v.ring_size > c.limits.max_ring_size {
+            return Err(err(
+                "ring_size",
+                format!("{} is larger than limits.max_ring_size ({})", v.ring_size, c.limits.max_ring_size),
+            ));
+        }
         check_scheduler(v).map_err(|invalid| WholeError { vip: Some(v.name.clone()), invalid })?;
         check_health(v).map_err(|invalid| WholeError { vip: Some(v.name.clone()), invalid })?;
         if v.mode == ForwardMode::Ipip {

@@ -84,3 +84,59 @@ fn a_reboot_keeps_the_runtime_changes_the_saved_state_holds() {
     assert!(denies.contains("198.19.66.0/24"), "the operator's deny: {denies}");
     assert_eq!(map_snapshot(&pins, 1).vips.len(), 2, "the VIP in the fresh maps");
 }
+
+/// Limits change with a new pin path (maps made anew), and lbd starts from the saved state.
+/// One the new limits cannot hold (more VIPs than `max_vips`, a ring over `max_ring_size`)
+/// stops the start before anything is touched, saying what to do; before, the start failed
+/// half-way at the maps with an error that named neither the state nor the limit. Saved ids
+/// beyond the new maps' sizes are handed out afresh.
+#[test]
+fn a_saved_state_that_new_limits_cannot_hold_stops_the_start_and_says_so() {
+    let ns = lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let second = VIP.replace("\"web\"", "\"api\"").replace("198.18.100.1", "198.18.100.2");
+    let lbd = Lbd::start(&ns, &files, &format!("{header}{VIP}{second}"));
+    // Backend ids move on with every addition: web's last backend ends with id 8.
+    for n in 12..=18 {
+        lbd.lbctl_ok(&["backend", "add", "web", &format!("198.18.0.{n}")]);
+        lbd.lbctl_ok(&["backend", "remove", "web", &format!("198.18.0.{}", n - 1)]);
+    }
+    lbd.kill();
+    // Gone as at a reboot: the maps are made anew under the new pin path.
+    std::fs::remove_dir_all(files.pin_path.join(lb_common::PIN_LAYOUT)).unwrap();
+    let moved = LbdFiles::new();
+    std::fs::copy(files.dir.join("state.json"), moved.dir.join("state.json")).unwrap();
+    let header = moved.header(&["eth0"], "198.18.0.2", "fd00::2");
+    for (limit, says) in [
+        ("max_vips = 1", "2 VIPs configured; limits.max_vips is 1"),
+        ("max_vips = 8\nmax_ring_size = 1031", "4099 is larger than limits.max_ring_size (1031)"),
+    ] {
+        std::fs::write(moved.config(), header.replace("max_vips = 8", limit)).unwrap();
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(lb_tests::bins::path("lbd"))
+            .arg("--config")
+            .arg(moved.config())
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{limit}: lbd started");
+        assert!(
+            stderr.contains("does not fit this config")
+                && stderr.contains(says)
+                && stderr.contains("move the state file away"),
+            "{limit}: {stderr}"
+        );
+        assert!(!moved.pin_path.join(lb_common::PIN_LAYOUT).exists(), "{limit}: a refused start made maps");
+    }
+    // Limits that hold the VIPs but not the saved ids (web's backend is id 8; ids of 8 maps
+    // run to 7): new ids, both VIPs forwarding.
+    std::fs::write(moved.config(), header.replace("max_backends = 64", "max_backends = 8")).unwrap();
+    let lbd = Lbd::start_with(&ns, &moved, &[]);
+    let pins = moved.pin_path.join(lb_common::PIN_LAYOUT);
+    assert_eq!(map_snapshot(&pins, 1).vips.len(), 4, "both VIPs and their address entries");
+    let backends = lbd.lbctl_ok(&["backend", "list", "web"]);
+    assert!(backends.contains("198.18.0.18"), "{backends}");
+}

@@ -111,13 +111,19 @@ pub fn start(config_file: &Path) -> Result<Started, StartError> {
     warn_if_token_readable(&config, config_file);
     // Before anything is touched: pins, links, the API socket, the saved state.
     let pin_lock = super::pin_lock::PinLock::acquire(&config.pin_path)?;
+    // The saved state wins over the file (below): one that cannot be read, or that this
+    // config's limits cannot hold (changed with a new pin path), stops the start here.
+    let saved = SavedState::read(&config.state_file).map_err(StartError::SavedState)?;
+    if let Some(state) = &saved {
+        saved_state_fits(&config, state)?;
+    }
     let mut ifindexes = Vec::new();
     for name in &config.interfaces {
         ifindexes.push(ifindex(name).ok_or_else(|| StartError::NoInterface(name.clone()))?);
     }
     let listeners = Listeners::bind(&config)?;
     let socket = config.api_socket.clone();
-    let (agent, health) = take_over(config_file, config, pin_lock, ifindexes).inspect_err(|_| {
+    let (agent, health) = take_over(config_file, config, pin_lock, ifindexes, saved).inspect_err(|_| {
         let _ = std::fs::remove_file(&socket);
     })?;
     Ok(Started { agent, health, listeners })
@@ -130,6 +136,7 @@ fn take_over(
     config: Config,
     pin_lock: super::pin_lock::PinLock,
     ifindexes: Vec<u32>,
+    saved: Option<SavedState>,
 ) -> Result<(Agent, HealthEvents), StartError> {
     let dir = pin_dir(&config);
     crate::host::bpffs::ensure(&config.pin_path)?;
@@ -237,7 +244,6 @@ fn take_over(
     // The saved state wins over the file whether or not pins were found: a reboot (or a release
     // with a new map layout) must not undo a drain, an operator's deny or a VIP added at run
     // time. `lbctl apply -f` returns to the file.
-    let saved = SavedState::read(&config.state_file).map_err(StartError::SavedState)?;
     let old_marks = saved.as_ref().and_then(|s| s.route_marks);
     let adopted = saved.is_some();
     let host_drained = saved.as_ref().is_some_and(|s| s.host_drained);
@@ -291,11 +297,18 @@ fn take_over(
             agent.config.source = state.source;
             agent.config.vips = state.vips;
             agent.applied.ids = state.ids;
+            agent.retired = state.retired;
+            // Maps made anew (a reboot, a new layout or pin path) hold no flow: ids that do
+            // not fit their sizes (limits lowered with a new pin path) are handed out afresh.
+            if !pinned_before && !ids_fit(&agent.applied.ids, &agent.datapath.sizes) {
+                info!("the saved ids do not fit this config's limits: VIPs and backends get new ones (the maps are new)");
+                agent.applied.ids = Default::default();
+                agent.retired = Default::default();
+            }
             // Down when the earlier agent stopped: down from the start, up after `rise` checks.
             agent.down = state.down;
             agent.config.security = state.security;
             agent.denies = state.denies;
-            agent.retired = state.retired;
         }
         None if pinned_before => {
             warn!(state_file = %agent.state_file.display(), "pinned maps found but no saved state: starting from the config file")
@@ -320,6 +333,29 @@ fn take_over(
             Err(e)
         }
     }
+}
+
+/// Whether the saved state's VIPs, backends and rings fit this config's limits.
+fn saved_state_fits(config: &Config, state: &SavedState) -> Result<(), StartError> {
+    let candidate = Config {
+        source: state.source.clone(),
+        vips: state.vips.clone(),
+        security: state.security.clone(),
+        ..config.clone()
+    };
+    config::check_whole(&candidate).map_err(|e| {
+        StartError::SavedState(format!(
+            "the saved state {} does not fit this config: {}: give limits that hold it, or move the state file away to start from the config file (the drains, weights, denies and VIPs added at run time it holds are then lost)",
+            config.state_file.display(),
+            e.invalid
+        ))
+    })
+}
+
+/// Whether every id in `ids` has its slot in maps of `sizes`.
+fn ids_fit(ids: &super::plan::Ids, sizes: &datapath::Sizes) -> bool {
+    ids.vips.values().all(|&id| id < sizes.max_rings)
+        && ids.backends.values().flat_map(|b| b.values()).all(|&id| id < sizes.max_backends)
 }
 
 /// The maps made to hold the desired state (the start's last step).

@@ -365,6 +365,7 @@ pub fn steps(
     desired: &policy::Desired,
 ) -> Result<Vec<Step>, ApplyError> {
     let acl = policy::acl(vips, ids, desired);
+    policy::check_room(current, &acl)?;
     let mut steps = Vec::new();
     if current.source.as_ref() != Some(source) {
         steps.push(Step::Source(source.clone()));
@@ -544,6 +545,7 @@ pub fn preview(
     desired: &policy::Desired,
 ) -> Result<Vec<PlanEntry>, ApplyError> {
     let acl = policy::acl(vips, ids, desired);
+    policy::check_room(applied, &acl)?;
     let mut entries = Vec::new();
     for v in vips {
         let new = ring(v, ids, down);

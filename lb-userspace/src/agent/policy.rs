@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{VipPolicy, ACL_ALLOW, ACL_DENY, POLICY_GLOBAL_DENY};
 
-use super::plan::{Applied, Ids, Step};
+use super::{
+    plan::{Applied, Ids, Step},
+    reconcile::ApplyError,
+};
 use crate::{
     config::Vip,
     datapath::AclEntry,
@@ -57,6 +60,22 @@ pub fn acl(vips: &[Vip], ids: &Ids, desired: &Desired) -> BTreeMap<AclEntry, u32
         }
     }
     out
+}
+
+/// Whether the access-list map has room for `acl`, and for the change to it from what
+/// `current` records: the entries a change adds are written before those it drops go (a
+/// narrower deny dropped before the wider one replacing it is in would let its sources
+/// through), so for a moment the map holds both.
+pub fn check_room(current: &Applied, acl: &BTreeMap<AclEntry, u32>) -> Result<(), ApplyError> {
+    let max = lb_common::limits::MAX_ACL_ENTRIES as usize;
+    if acl.len() > max {
+        return Err(ApplyError::AclFull { entries: acl.len(), max });
+    }
+    let peak = acl.len() + current.acl.keys().filter(|e| !acl.contains_key(e)).count();
+    if peak > max {
+        return Err(ApplyError::AclPeak { entries: peak, max });
+    }
+    Ok(())
 }
 
 /// VIP `v`'s policy, given the entries of `acl` (from [`acl`]); its generation 0 (the executor
@@ -184,4 +203,40 @@ pub fn changes_of(current: &Applied, acl: &BTreeMap<AclEntry, u32>, scope: u32) 
     let set = acl.iter().filter(|(e, v)| e.scope == scope && current.acl.get(e) != Some(v)).count();
     let gone = current.acl.keys().filter(|e| e.scope == scope && !acl.contains_key(e)).count();
     set + gone
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, net::IpAddr};
+
+    use super::{check_room, AclEntry, Applied, ApplyError};
+
+    /// `n` global /32 denies from the n-th address of a block at `first`.
+    fn denies(first: u32, n: u32) -> BTreeMap<AclEntry, u32> {
+        (first..first + n)
+            .map(|a| {
+                (AclEntry { scope: 0, address: IpAddr::from(a.to_be_bytes()), len: 32 }, lb_common::ACL_DENY)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_change_needs_room_for_the_old_lists_and_the_new_at_once() {
+        let max = lb_common::limits::MAX_ACL_ENTRIES;
+        let empty = Applied::default();
+        assert!(check_room(&empty, &denies(0, max)).is_ok(), "a full map");
+        let over = check_room(&empty, &denies(0, max + 1));
+        assert!(
+            matches!(over, Err(ApplyError::AclFull { entries, .. }) if entries == max as usize + 1),
+            "{over:?}"
+        );
+        let current = Applied { acl: denies(0, 150_000), ..Applied::default() };
+        // 100,000 kept, 50,000 dropped, 50,000 new: 200,000 at the peak.
+        assert!(check_room(&current, &denies(50_000, 150_000)).is_ok());
+        // A different list of 150,000: 300,000 at the peak.
+        let swap = check_room(&current, &denies(1 << 20, 150_000));
+        assert!(matches!(swap, Err(ApplyError::AclPeak { entries: 300_000, .. })), "{swap:?}");
+        let message = swap.unwrap_err().to_string();
+        assert!(message.contains("in a change of their own first"), "{message}");
+    }
 }

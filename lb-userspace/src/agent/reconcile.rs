@@ -26,6 +26,10 @@ pub enum ApplyError {
     NoBackendId(u32),
     #[error("no free backend id but those of backends this change removes, which their VIPs' rings name until it is through: remove them in a change of their own first, or raise limits.max_backends ({0}; it takes effect with a new pin path)")]
     NoBackendIdInOneChange(u32),
+    #[error("the access lists ask for {entries} entries ([security] deny, the VIPs' allow and deny lists, lbctl deny): the map holds {max}; use wider prefixes")]
+    AclFull { entries: usize, max: usize },
+    #[error("this change needs {entries} access-list entries at once (the entries it adds are written before the ones it drops go, so that no source slips through between them): the map holds {max}; drop the old entries in a change of their own first, then add the new ones")]
+    AclPeak { entries: usize, max: usize },
     #[error(transparent)]
     Datapath(#[from] DatapathError),
 }

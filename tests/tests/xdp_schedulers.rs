@@ -339,3 +339,40 @@ fn a_new_flow_is_not_given_a_backend_that_takes_none_while_its_ring_is_rewritten
         assert_eq!(send(r, open, tcp::ACK), 1, "the open connection left its backend");
     });
 }
+
+/// A least-conn connection that its backend closed (the backend's RST or FIN goes straight to
+/// the client, never through the balancer) stops counting once it has had no packet for the
+/// census's limit: the census clears its count bit, and the agent's correction then lowers the
+/// backend's count; a FIN of the client's after that uncounts nothing a second time.
+#[test]
+fn the_census_stops_counting_a_connection_idle_past_its_limit() {
+    let fx = Fixture::new();
+    fx.run(SIZES, |r| {
+        install(r, [100, 100, 100], SCHED_LEAST_CONN);
+        let ports = [35_000u16, 35_001, 35_002];
+        for p in ports {
+            let b = send(r, p, tcp::SYN);
+            assert_eq!(send(r, p, tcp::ACK), b);
+            assert!(flow(r, p).is_some_and(|f| f.counted), "connection {p} counted");
+        }
+        let table = r.datapath.flow_table().unwrap();
+        let now = lb_userspace::datapath::flow_clock_now();
+        let idle = lb_common::flow_clock(lb_userspace::agent::COUNT_IDLE.as_nanos() as u64);
+        let census = |at: u32| {
+            let mut counted = 0;
+            let walk = table.census_walk(at, idle, |_, v, _| counted += u32::from(v.counted)).unwrap();
+            (walk.counts_expired, counted)
+        };
+        assert_eq!(census(now), (0, 3), "just used: still counted");
+        assert_eq!(census(now + idle - 2), (0, 3), "short of the limit");
+        assert_eq!(census(now + idle + 1), (3, 0), "past the limit");
+        for p in ports {
+            assert!(flow(r, p).is_some_and(|f| !f.counted), "connection {p} still counted");
+        }
+        let before: Vec<u64> = (1..=3).map(|id| active(r, id)).collect();
+        for p in ports {
+            send(r, p, tcp::FIN | tcp::ACK);
+        }
+        assert_eq!((1..=3).map(|id| active(r, id)).collect::<Vec<_>>(), before, "a FIN uncounted again");
+    });
+}

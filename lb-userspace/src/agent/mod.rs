@@ -163,7 +163,8 @@ impl FlowCensus {
         let mut retired = self.retired;
         // Unconfirmed flows are counted as connections only once they are confirmed (the data
         // plane's way too).
-        let census = self.table.census_walk(|_, value, confirmed| {
+        let count_idle = lb_common::flow_clock(COUNT_IDLE.as_nanos() as u64);
+        let census = self.table.census_walk(now, count_idle, |_, value, confirmed| {
             retired.see(value);
             unconfirmed += u64::from(!confirmed);
             active += u64::from(confirmed && active_at(now, value.last_tick));
@@ -174,6 +175,13 @@ impl FlowCensus {
         let (walk, stamps_forgotten) = (census.walk, census.stamps_forgotten);
         if stamps_forgotten > 0 {
             debug!(flows = stamps_forgotten, "forgot stale policy stamps");
+        }
+        if census.counts_expired > 0 {
+            info!(
+                connections = census.counts_expired,
+                idle_seconds = COUNT_IDLE.as_secs(),
+                "least-conn: connections with no packet within idle_seconds no longer count against their backends"
+            );
         }
         let fill = TableFill {
             entries: self.table.entries(),
@@ -186,6 +194,11 @@ impl FlowCensus {
         Ok(Census { before: self.before, counted, fill, retired, stamps_forgotten })
     }
 }
+
+/// How long a counted (least-conn) connection may go without a packet before the census stops
+/// counting it: IPVS's default timeout of an established TCP connection, as for removed
+/// backends ([`retired::RETIRED_IDLE`]).
+pub const COUNT_IDLE: std::time::Duration = retired::RETIRED_IDLE;
 
 /// The longest an operator's deny may be given (`lbctl deny add --for`): ten years.
 pub const MAX_DENY_SECONDS: u64 = 10 * 365 * 24 * 3600;

@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{fence, AtomicU16, AtomicU64, Ordering},
 };
 
-use lb_common::{FlowEntry, FLOW_BUSY, FLOW_SEQ_MASK};
+use lb_common::{FlowEntry, FLOW_BUSY, FLOW_COUNTED, FLOW_SEQ_MASK};
 
 /// Tries at an entry a writer is writing before a read or a clear gives it up (a writer holds an
 /// entry for a few hundred instructions).
@@ -114,6 +114,19 @@ impl FlowEntries {
             }
         }
         None
+    }
+
+    /// Clears the count bit of entry `index` if the entry is still exactly as `seen` (a
+    /// [`Self::read`] of it) was, its bit set: true if this cleared it (its backend's count is
+    /// then one lower, once: the data plane's own `take_count` finds the bit gone). A packet of
+    /// the flow meanwhile (its use time moved) or any write makes it leave the bit.
+    pub fn take_count(&self, index: u32, seen: &FlowEntry) -> bool {
+        if seen.ctl & (FLOW_COUNTED | FLOW_BUSY) != FLOW_COUNTED {
+            return false;
+        }
+        self.ctl(index)
+            .compare_exchange(seen.ctl, seen.ctl & !FLOW_COUNTED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Forgets the policy stamp of entry `index` (sets it to 0, which no policy generation

@@ -340,6 +340,8 @@ pub struct CensusWalk {
     pub walk: FlowWalk,
     /// Flows whose stale policy stamp was forgotten.
     pub stamps_forgotten: u64,
+    /// Counted connections idle too long, no longer counted.
+    pub counts_expired: u64,
 }
 
 /// What [`FlowTable::remove_backend`] removed.
@@ -458,8 +460,16 @@ impl FlowTable {
     /// generations move on every second: without this, a flow refused since (its packets
     /// dropped, its stamp left behind) would skip the checks again under the generation 65,536
     /// later, some 18 hours on. A change racing the walk only costs a flow one more check.
+    ///
+    /// And it stops counting (least-conn) a connection with no packet in `count_idle` clock
+    /// ticks up to `now`: the backend's own RST or FIN never passes the balancer (replies go
+    /// straight to the client), so a connection the backend closed (a restart, a timeout)
+    /// would otherwise count against it until a new flow takes its entry. The visit sees such
+    /// a flow as not counted.
     pub fn census_walk(
         &self,
+        now: u32,
+        count_idle: u32,
         mut visit: impl FnMut(&FlowKey, &FlowValue, bool),
     ) -> Result<CensusWalk, DatapathError> {
         let name = map_names::VIP_POLICY;
@@ -469,7 +479,7 @@ impl FlowTable {
             .map(|p| p.map(|p| p.generation as u16))
             .collect::<Result<_, _>>()
             .map_err(err(name))?;
-        let mut stamps_forgotten = 0;
+        let (mut stamps_forgotten, mut counts_expired) = (0, 0);
         let walk = self.walk_entries(|index, entry| {
             let stamp = entry.policy_generation;
             if stamp != 0
@@ -478,9 +488,17 @@ impl FlowTable {
             {
                 stamps_forgotten += 1;
             }
-            visit(&entry.key, &entry.value(), entry.confirmed());
+            let mut value = entry.value();
+            if value.counted
+                && now.saturating_sub(value.last_tick) >= count_idle
+                && self.entries.take_count(index, entry)
+            {
+                value.counted = false;
+                counts_expired += 1;
+            }
+            visit(&entry.key, &value, entry.confirmed());
         })?;
-        Ok(CensusWalk { walk, stamps_forgotten })
+        Ok(CensusWalk { walk, stamps_forgotten, counts_expired })
     }
 
     fn generations(&self) -> Result<Generations, DatapathError> {

@@ -180,8 +180,8 @@ fn lists_limits_and_denies_are_shown_planned_expired_and_counted_by_reason() {
 }
 
 /// An operator's deny to one VIP goes with that VIP however it is removed (`lbctl vip remove`,
-/// or a file without it through `lbctl apply -f` or SIGHUP): a later VIP of the same name starts
-/// without it. Denies to every VIP stay.
+/// or a file without it through `lbctl apply -f` or SIGHUP), and the log says so: a later VIP
+/// of the same name starts without it. Denies to every VIP stay.
 #[test]
 fn a_vips_own_denies_go_with_it_when_a_file_removes_it() {
     let ns = lb_namespace();
@@ -205,6 +205,13 @@ fn a_vips_own_denies_go_with_it_when_a_file_removes_it() {
     let denies = lbd.lbctl_ok(&["deny", "list"]);
     assert!(!denies.contains("198.18.8.0/24"), "web's deny outlived web:\n{denies}");
     assert!(denies.contains("198.18.9.0/24"), "the deny to every VIP went too:\n{denies}");
+    // Said in the log: it may be an incident's mitigation, and a rename removes the VIP too.
+    let log = std::fs::read_to_string(files.dir.join("lbd.log")).unwrap_or_default();
+    let said = log.lines().find(|l| l.contains("its `lbctl deny` entry went with it"));
+    assert!(
+        said.is_some_and(|l| l.contains("198.18.8.0/24") && l.contains("web")),
+        "the removed deny is not in the log:\n{log}"
+    );
 
     apply(&full);
     let denies = lbd.lbctl_ok(&["deny", "list"]);

@@ -320,7 +320,8 @@ async fn reload(agent: &Shared) {
             info!(file = %file.display(), vips = plan.len(), "SIGHUP: config applied");
             super::start::warn_if_token_readable(&a.config, &file);
         }
-        Err(e) => error!("SIGHUP: config not applied, nothing changed: {e}"),
+        // (If what was written of it could not be undone, the line before says so.)
+        Err(e) => error!("SIGHUP: config not applied: {e}"),
     }
 }
 

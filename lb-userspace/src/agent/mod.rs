@@ -195,6 +195,12 @@ impl FlowCensus {
     }
 }
 
+/// Whether a reload names other interfaces (their order is no change).
+fn interfaces_changed(new: &[String], old: &[String]) -> bool {
+    let set = |names: &[String]| names.iter().cloned().collect::<std::collections::BTreeSet<String>>();
+    set(new) != set(old)
+}
+
 /// How long a counted (least-conn) connection may go without a packet before the census stops
 /// counting it: IPVS's default timeout of an established TCP connection, as for removed
 /// backends ([`retired::RETIRED_IDLE`]).
@@ -487,16 +493,21 @@ impl Agent {
         if let Some(problem) = self.l2dsr_routed(&candidate.vips).into_iter().next() {
             return Err(Invalid { origin: None, line: None, field: "mode".into(), message: problem }.into());
         }
-        // A removed VIP's own denies go with it (a later VIP of its name starts without them).
+        // A removed VIP's own denies go with it (a later VIP of its name starts without them):
+        // said, as they may be an incident's mitigation and a rename removes the VIP too.
         let denies = self.denies.clone();
         self.denies
             .retain(|d| d.vip.as_ref().is_none_or(|name| candidate.vips.iter().any(|v| &v.name == name)));
+        let dropped: Vec<Deny> = denies.iter().filter(|d| !self.denies.contains(d)).cloned().collect();
         // Out of ids is found before the state is saved, and so before the first write.
         let previous = std::mem::replace(&mut self.config, candidate);
         let slots = self.apply_or_revert(|a| {
             a.config = previous;
             a.denies = denies;
         })?;
+        for d in &dropped {
+            warn!(vip = d.vip.as_deref().unwrap_or_default(), prefix = %d.prefix, change = what, "the change removed the VIP: its `lbctl deny` entry went with it");
+        }
         info!(change = what, slots_written = slots, "applied");
         Ok(slots)
     }
@@ -705,7 +716,7 @@ impl Agent {
             ("pin_path", new.pin_path != self.config.pin_path),
             ("api_socket", new.api_socket != self.config.api_socket),
             ("state_file", new.state_file != self.config.state_file),
-            ("interfaces", new.interfaces != self.config.interfaces),
+            ("interfaces", interfaces_changed(&new.interfaces, &self.config.interfaces)),
             ("xdp_mode", new.xdp_mode != self.config.xdp_mode),
             ("limits", new.limits.in_effect() != self.config.limits.in_effect()),
             ("metrics", new.metrics != self.config.metrics),
@@ -1001,6 +1012,14 @@ impl Agent {
 mod tests {
     use super::{active_at, corrected_count, reset_due, still_true, FlowReset, Ids};
     use crate::health::{HealthEvent, TargetStatus};
+
+    #[test]
+    fn interfaces_in_another_order_are_no_change() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(!super::interfaces_changed(&names(&["eth1", "eth0"]), &names(&["eth0", "eth1"])));
+        assert!(super::interfaces_changed(&names(&["eth0"]), &names(&["eth0", "eth1"])));
+        assert!(super::interfaces_changed(&names(&["eth2", "eth0"]), &names(&["eth0", "eth1"])));
+    }
 
     #[test]
     fn a_queued_flow_reset_is_done_only_while_its_backend_is_down_under_the_same_id() {

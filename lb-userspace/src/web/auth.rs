@@ -11,6 +11,8 @@ use crate::config::Invalid;
 
 /// Shortest token accepted: guessing 16 random characters is out of reach.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Different characters a token must hold: `openssl rand -hex 16` gives 32 of about 14.
+pub const MIN_DISTINCT: usize = 8;
 /// Longest token accepted (it is sent with every action).
 pub const MAX_TOKEN_LEN: usize = 256;
 
@@ -50,6 +52,12 @@ impl AdminToken {
             return Err(problem(format!(
                 "has {} characters, more than {MAX_TOKEN_LEN}: use a shorter one ({how})",
                 text.len()
+            )));
+        }
+        let distinct = text.bytes().collect::<std::collections::BTreeSet<u8>>().len();
+        if distinct < MIN_DISTINCT {
+            return Err(problem(format!(
+                "repeats {distinct} characters: a token of few different characters is guessed quickly, and nothing slows the guesses; use a random one ({how})"
             )));
         }
         Ok(AdminToken(text.to_owned()))
@@ -138,6 +146,8 @@ mod tests {
             ("short-token", "has 11 characters, fewer than 16"),
             ("with a space in it, long enough", "printable ASCII"),
             ("naïve-but-long-enough-token", "printable ASCII"),
+            ("aaaaaaaaaaaaaaaaaaaa", "repeats 1 characters"),
+            ("abcabcabcabcabcabcabc", "repeats 3 characters"),
         ] {
             let e = AdminToken::new(bad).unwrap_err();
             assert_eq!(e.field, "web_admin_token");

@@ -724,9 +724,12 @@ impl CaptureOn {
     }
 
     async fn stop(mut self) -> Result<(), AgentError> {
-        self.on = false;
         self.cancel.store(true, Ordering::Relaxed);
-        self.agent.lock().await.stop_capture()
+        // Off only once switched off: a handler dropped while it waits for the agent (its
+        // client gone) leaves the switching off to `drop`, not to no one.
+        let stopped = self.agent.lock().await.stop_capture();
+        self.on = false;
+        stopped
     }
 }
 
@@ -767,11 +770,17 @@ async fn capture(State(agent): State<Shared>, Body(req): Body<CaptureRequest>) -
     let (vip, cancel) = (on.vip, on.cancel.clone());
     let timeout = std::time::Duration::from_millis(req.timeout_ms);
     let count = req.count;
-    // If the client goes away here, axum drops this future and `on` with it.
-    let collected = tokio::task::spawn_blocking(move || buffers.collect(vip, count, timeout, &cancel)).await;
+    // If the client goes away here, axum drops this future and `on` with it. The buffers are
+    // let go only once capture is off: a capture waiting for them then finds it off, not a 409.
+    let collected = tokio::task::spawn_blocking(move || {
+        let collected = buffers.collect(vip, count, timeout, &cancel);
+        (collected, buffers)
+    })
+    .await;
     on.stop().await?;
-    let (packets, lost) =
+    let ((packets, lost), buffers) =
         collected.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("capture failed: {e}")))?;
+    drop(buffers);
     let captured = packets.iter().filter(|p| !p.after).count();
     Ok((
         [

@@ -149,3 +149,45 @@ fn a_capture_whose_client_disconnects_is_switched_off() {
     );
     assert_eq!(capture_vip(), 0, "capture is on after the second one finished");
 }
+
+/// A capture asked for while another ends: it waits for the buffers a moment (one capture at a
+/// time), gets them as the other finishes, and runs; it was refused (409) because the other had
+/// let go of the buffers before it switched capture off.
+#[test]
+fn a_capture_asked_for_as_another_ends_runs() {
+    use std::io::{Read as _, Write as _};
+    let ns = lb_tests::lbd::lb_namespace();
+    let files = LbdFiles::new();
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    let _lbd = lb_tests::lbd::Lbd::start(
+        &ns,
+        &files,
+        &format!("{header}{VIP}\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n"),
+    );
+    // A capture of `timeout_ms` (no traffic: it runs that long): the answer's status line.
+    let capture = |timeout_ms: u64| {
+        let mut client = std::os::unix::net::UnixStream::connect(files.socket()).expect("connect to the API");
+        let body = format!(r#"{{"vip": "web", "count": 1, "timeout_ms": {timeout_ms}}}"#);
+        write!(
+            client,
+            "POST /v1/capture HTTP/1.1\r\nHost: lbd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        // (The body is a pcap file: bytes, not text.)
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+    };
+    for round in 0..4 {
+        let (first, second) = std::thread::scope(|s| {
+            let first = s.spawn(|| capture(500));
+            // Asked 100 ms before the first ends: within the 200 ms it may wait for the buffers.
+            std::thread::sleep(Duration::from_millis(400));
+            let second = s.spawn(|| capture(200));
+            (first.join().unwrap(), second.join().unwrap())
+        });
+        assert!(first.contains("200"), "round {round}: the first capture: {first}");
+        assert!(second.contains("200"), "round {round}: the capture asked for as the first ended: {second}");
+    }
+}

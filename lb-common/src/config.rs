@@ -39,7 +39,8 @@ pub struct CaptureMeta {
     pub vip: u32,
     /// Bytes of the packet that follow (the whole frame, up to the capture limit).
     pub len: u32,
-    pub _pad: u32,
+    /// The whole frame's length (more than `len` for a frame over the limit).
+    pub wire_len: u32,
 }
 const _: () = assert!(core::mem::size_of::<CaptureMeta>() == 16);
 

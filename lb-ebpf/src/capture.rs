@@ -11,5 +11,5 @@ use crate::maps::CAPTURE;
 pub fn packet(ctx: &XdpContext, vip: u32, stage: u32) {
     let frame = (ctx.data_end() - ctx.data()) as u32;
     let len = if frame > CAPTURE_SNAPLEN { CAPTURE_SNAPLEN } else { frame };
-    CAPTURE.output(ctx, CaptureMeta { stage, vip, len, _pad: 0 }, len);
+    CAPTURE.output(ctx, CaptureMeta { stage, vip, len, wire_len: frame }, len);
 }

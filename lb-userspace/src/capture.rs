@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lb_common::{CaptureMeta, CAPTURE_BEFORE};
+use lb_common::{CaptureMeta, CAPTURE_BEFORE, CAPTURE_SNAPLEN};
 
 use crate::datapath::{CaptureBuffers, Datapath, DatapathError};
 
@@ -16,7 +16,10 @@ pub const CANCEL_LATENCY: Duration = Duration::from_millis(50);
 pub struct Captured {
     pub after: bool,
     pub at: SystemTime,
+    /// The frame, up to [`CAPTURE_SNAPLEN`] bytes.
     pub frame: Vec<u8>,
+    /// The whole frame's length on the wire.
+    pub wire_len: u32,
 }
 
 /// The per-CPU perf buffers, opened once at start-up.
@@ -88,12 +91,13 @@ fn parse(sample: &[u8], vip: u32) -> Option<Captured> {
     let meta_len = std::mem::size_of::<CaptureMeta>();
     let meta = sample.get(..meta_len)?;
     let word = |i: usize| u32::from_ne_bytes(meta[i * 4..i * 4 + 4].try_into().unwrap());
-    let (stage, from_vip, len) = (word(0), word(1), word(2) as usize);
+    let (stage, from_vip, len, wire_len) = (word(0), word(1), word(2) as usize, word(3));
     if from_vip != vip {
         return None;
     }
     let frame = sample.get(meta_len..meta_len + len)?.to_vec();
-    Some(Captured { after: stage != CAPTURE_BEFORE, at: SystemTime::now(), frame })
+    let wire_len = wire_len.max(len as u32);
+    Some(Captured { after: stage != CAPTURE_BEFORE, at: SystemTime::now(), frame, wire_len })
 }
 
 /// A pcap file (libpcap format 2.4, Ethernet link type) of `packets`.
@@ -106,15 +110,44 @@ pub fn pcap(packets: &[Captured]) -> Vec<u8> {
     out.extend_from_slice(&4u16.to_le_bytes());
     out.extend_from_slice(&0i32.to_le_bytes()); // GMT offset
     out.extend_from_slice(&0u32.to_le_bytes()); // timestamp accuracy
-    out.extend_from_slice(&65_535u32.to_le_bytes()); // snap length
+    out.extend_from_slice(&CAPTURE_SNAPLEN.to_le_bytes()); // snap length
     out.extend_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
     for p in packets {
         let t = p.at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         out.extend_from_slice(&(t.as_secs() as u32).to_le_bytes());
         out.extend_from_slice(&t.subsec_micros().to_le_bytes());
         out.extend_from_slice(&(p.frame.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(p.frame.len() as u32).to_le_bytes());
+        // A frame cut at the limit says how long it was: readers show it as cut, not as a
+        // packet shorter than its headers say.
+        out.extend_from_slice(&p.wire_len.max(p.frame.len() as u32).to_le_bytes());
         out.extend_from_slice(&p.frame);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::{pcap, Captured};
+
+    /// A frame cut at the capture limit keeps its length on the wire, and the header's snap
+    /// length is the limit: readers show "packet size limited during capture".
+    #[test]
+    fn a_frame_over_the_limit_is_written_as_cut() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        let frames = [
+            Captured { after: false, at, frame: vec![0xab; 2048], wire_len: 9000 },
+            Captured { after: true, at, frame: vec![0xcd; 74], wire_len: 74 },
+        ];
+        let out = pcap(&frames);
+        let word = |at: usize| u32::from_le_bytes(out[at..at + 4].try_into().unwrap());
+        assert_eq!(word(0), 0xa1b2_c3d4);
+        assert_eq!(word(16), lb_common::CAPTURE_SNAPLEN, "snap length");
+        assert_eq!((word(24), word(28)), (1_700_000_000, 123_456), "seconds, microseconds");
+        assert_eq!((word(32), word(36)), (2048, 9000), "captured, on the wire");
+        let second = 40 + 2048;
+        assert_eq!((word(second + 8), word(second + 12)), (74, 74));
+        assert_eq!(out.len(), second + 16 + 74);
+    }
 }

@@ -90,7 +90,8 @@ pub const FLOW_PENDING: u64 = 1 << 17;
 pub const FLOW_CONFIRMED: u64 = 1 << 18;
 /// `FlowEntry::ctl`: an open TCP connection of a `least-conn` VIP, counted in its backend's
 /// ACTIVE_CONNS entry; cleared (and the count decremented) by the first FIN or RST the client
-/// sends, or when the entry is taken by another flow.
+/// sends, when the entry is taken by another flow, or by lbd's census once the connection has
+/// had no packet for 15 minutes (lbd then lowers the count).
 pub const FLOW_COUNTED: u64 = 1 << 19;
 /// `FlowEntry::ctl`: an unconfirmed flow of a `least-conn` VIP: counted when confirmed.
 pub const FLOW_TO_COUNT: u64 = 1 << 20;

@@ -97,7 +97,7 @@ fn a_saved_state_that_new_limits_cannot_hold_stops_the_start_and_says_so() {
     let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
     let second = VIP.replace("\"web\"", "\"api\"").replace("198.18.100.1", "198.18.100.2");
     let lbd = Lbd::start(&ns, &files, &format!("{header}{VIP}{second}"));
-    // Backend ids move on with every addition: web's last backend ends with id 8.
+    // Backend ids move on with every addition: web's last backend ends with id 9.
     for n in 12..=18 {
         lbd.lbctl_ok(&["backend", "add", "web", &format!("198.18.0.{n}")]);
         lbd.lbctl_ok(&["backend", "remove", "web", &format!("198.18.0.{}", n - 1)]);
@@ -131,7 +131,7 @@ fn a_saved_state_that_new_limits_cannot_hold_stops_the_start_and_says_so() {
         );
         assert!(!moved.pin_path.join(lb_common::PIN_LAYOUT).exists(), "{limit}: a refused start made maps");
     }
-    // Limits that hold the VIPs but not the saved ids (web's backend is id 8; ids of 8 maps
+    // Limits that hold the VIPs but not the saved ids (web's backend is id 9; ids of 8 maps
     // run to 7): new ids, both VIPs forwarding.
     std::fs::write(moved.config(), header.replace("max_backends = 64", "max_backends = 8")).unwrap();
     let lbd = Lbd::start_with(&ns, &moved, &[]);

@@ -53,6 +53,8 @@ const SERVICES: &[(&str, &str)] = &[
 ];
 /// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before they start a service.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+/// The line that tells setup's own hook from a host's.
+const HOOK_MARKER: &str = "cargo xtask setup: no service starts while it installs packages";
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -182,15 +184,14 @@ struct NoServiceStarts<'a> {
 
 impl<'a> NoServiceStarts<'a> {
     fn put(path: &'a Path) -> anyhow::Result<Self> {
-        if path.exists() {
+        // One an interrupted setup left (Ctrl-C during apt-get: no unwinding) is ours to remove.
+        let ours = std::fs::read_to_string(path).is_ok_and(|text| text.contains(HOOK_MARKER));
+        if path.exists() && !ours {
             return Ok(NoServiceStarts { put_here: None });
         }
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::write(
-            path,
-            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages\nexit 101\n",
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, format!("#!/bin/sh\n# {HOOK_MARKER}\nexit 101\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("making {} executable", path.display()))?;
         Ok(NoServiceStarts { put_here: Some(path) })
@@ -254,6 +255,10 @@ mod tests {
             assert_eq!(status.code(), Some(101), "101 is 'action forbidden' to invoke-rc.d");
         }
         assert!(!Path::new(&path).exists(), "the hook stayed after the install");
+        // One an interrupted setup left is setup's to remove.
+        std::fs::write(&path, format!("#!/bin/sh\n# {}\nexit 101\n", super::HOOK_MARKER)).unwrap();
+        drop(NoServiceStarts::put(&path).unwrap());
+        assert!(!Path::new(&path).exists(), "an interrupted setup's hook stayed");
         std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
         drop(NoServiceStarts::put(&path).unwrap());
         assert_eq!(

@@ -20,9 +20,9 @@
 //! in the system call, then the veths' NAPI polls in the softirq that ends each batch.
 //!
 //! ```text
-//!   gen  idle0 (bench_gen attached, down)       tx-mac  tx-encap  tx-lb  tx-syn  tx-miss  tx-kern
-//!                                               (bench_sink on each)
-//!   dut  rx-mac: bench_mac_swap   rx-encap: bench_encap   rx-lb, rx-syn: balancer
+//!   gen  idle0 (bench_gen attached, down)   tx-mac  tx-encap  tx-lb  tx-big  tx-syn  tx-miss  tx-kern
+//!                                           (bench_sink on each)
+//!   dut  rx-mac: bench_mac_swap   rx-encap: bench_encap   rx-lb, rx-big, rx-syn: balancer
 //!        rx-miss: bench_flow_lookup (looks up rx-syn's flow table)
 //!   kern rx-kern: no XDP, GRO on; IP forwarding + nftables DNAT to the same 3 backends
 //! ```
@@ -43,10 +43,11 @@
 //!   up by flow, and the kernel's path must not see a client at one of the bench's own
 //!   addresses). The per-packet cost rows (1000 flows: a hot set, per packet class) run in that
 //!   shape too; `bench_flows` has every per-packet row in every shape.
-//! - `rx-lb` has a flow table of 16M entries, four for each flow of the 1M-flow cases of the
-//!   four shapes, all recorded and confirmed in the warm-up (two packets a flow), so that every
-//!   measured packet is a flow-table hit (the 1-flow and 10k-flow cases are among the 1M: a
-//!   few active flows among many idle ones);
+//! - `rx-lb` has the production table size (`limits.flows` at its default), holding the 10k
+//!   flows of each shape (the 1-flow and 1000-flow cases are among them); `rx-big` has 4M
+//!   entries, four for each flow of a 1M-flow case, and holds one shape's flows at a time
+//!   (emptied and filled again for each); every flow recorded and confirmed in a warm-up (two
+//!   packets a flow), so that every measured packet is a flow-table hit;
 //!   `rx-syn` has the production table size, kept full, and every packet sent to it is of a flow
 //!   never seen before (numbered on from the last one sent): a TCP SYN (a flow-table miss and a Maglev pick, recorded
 //!   unconfirmed), or a TCP packet of a connection the table never saw, which also records
@@ -604,11 +605,18 @@ impl Bench {
             expect: Expect::Forwarded { new_flows: false },
         };
         let (sent, _) = self.send(&case, 2_000_000);
+        let confirmed = (0..table.len()).filter(|&i| table.read(i).is_some_and(|e| e.confirmed())).count();
         eprintln!(
-            "bench_xdp: rx-big emptied and warmed with 1M flows, {}: {sent} frames, {:.1?}",
+            "bench_xdp: rx-big emptied and warmed with 1M flows, {}: {sent} frames, {confirmed} flows confirmed, {:.1?}",
             shape::name(traffic),
             t.elapsed()
         );
+        if confirmed != 1_000_000 {
+            eprintln!(
+                "bench_xdp: rx-big holds {confirmed} of the 1M flows of {} (the rest found both their sets full): its 1M-flow runs will be void",
+                shape::name(traffic)
+            );
+        }
     }
 
     fn write_template(&mut self, cfg: FlowGen) {

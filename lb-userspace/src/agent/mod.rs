@@ -129,6 +129,8 @@ pub struct Census {
     retired: retired::RetiredFlows,
     /// Flows whose stale policy stamp the walk forgot.
     pub stamps_forgotten: u64,
+    /// Backend id -> counted connections the walk stopped counting (idle past [`COUNT_IDLE`]).
+    expired: BTreeMap<u32, u64>,
 }
 
 /// How full the flow table is, as a census found it.
@@ -176,9 +178,11 @@ impl FlowCensus {
         if stamps_forgotten > 0 {
             debug!(flows = stamps_forgotten, "forgot stale policy stamps");
         }
-        if census.counts_expired > 0 {
+        let expired = census.counts_expired;
+        let expired_total: u64 = expired.values().sum();
+        if expired_total > 0 {
             info!(
-                connections = census.counts_expired,
+                connections = expired_total,
                 idle_seconds = COUNT_IDLE.as_secs(),
                 "least-conn: connections with no packet within idle_seconds no longer count against their backends"
             );
@@ -191,7 +195,7 @@ impl FlowCensus {
             complete: walk.complete,
             at_unix: crate::security::now_unix(),
         };
-        Ok(Census { before: self.before, counted, fill, retired, stamps_forgotten })
+        Ok(Census { before: self.before, counted, fill, retired, stamps_forgotten, expired })
     }
 }
 
@@ -835,8 +839,10 @@ impl Agent {
         if !changed {
             return Ok(None);
         }
-        // The ring follows health at once. No id changes: what is saved still holds.
-        let ids = self.applied.ids.clone();
+        // The ring follows health at once. No id changes (the config is the same): what is
+        // saved still holds. (Allocated, not copied: after a change and its undoing both
+        // failed, the ids the maps hold may not cover the config.)
+        let ids = self.allocate(&self.config.vips)?;
         let slots = self.apply_maps(&ids).inspect_err(|_| {
             if event.up {
                 self.down.insert(event.key.clone());
@@ -964,23 +970,36 @@ impl Agent {
     pub fn take_census(&mut self, census: &Census) -> Result<Vec<(String, IpAddr, u64, u64)>, AgentError> {
         self.table_fill = Some(census.fill);
         let mut corrections = Vec::new();
-        if !census.fill.complete {
-            return Ok(corrections);
+        let complete = census.fill.complete;
+        if complete {
+            self.release_retired(&census.retired);
         }
-        self.release_retired(&census.retired);
         for (&id, ((vip, address), before)) in &census.before {
             // An id handed to another backend during the walk: its count is the new owner's,
             // which the walk did not count (its flows were not of the generation it read).
             if self.applied.ids.backend(vip, *address) != Some(id) {
                 continue;
             }
-            let dp = &mut self.datapath;
-            let now = dp.active_connections(id).map_err(|e| AgentError::Apply(e.into()))?;
-            let counted = census.counted.get(&id).copied().unwrap_or(0);
-            if let Some(counted) = corrected_count(*before, now, counted) {
-                dp.set_active_connections(id, counted).map_err(|e| AgentError::Apply(e.into()))?;
-                corrections.push((vip.clone(), *address, crate::datapath::open_connections(now), counted));
+            // The connections the walk stopped counting were open when it began: the
+            // correction counts them (else it would take their going for drift), then they go,
+            // whether or not the walk was whole (their bits are cleared: nothing else lowers
+            // the count for them).
+            let expired = census.expired.get(&id).copied().unwrap_or(0);
+            if complete {
+                let dp = &mut self.datapath;
+                let now = dp.active_connections(id).map_err(|e| AgentError::Apply(e.into()))?;
+                let counted = census.counted.get(&id).copied().unwrap_or(0) + expired;
+                if let Some(counted) = corrected_count(*before, now, counted) {
+                    dp.set_active_connections(id, counted).map_err(|e| AgentError::Apply(e.into()))?;
+                    corrections.push((
+                        vip.clone(),
+                        *address,
+                        crate::datapath::open_connections(now),
+                        counted,
+                    ));
+                }
             }
+            self.uncount_connections(id, expired)?;
         }
         Ok(corrections)
     }

@@ -384,7 +384,7 @@ pub fn steps(
     let mut configured = BTreeSet::new();
     for v in vips {
         for b in &v.backends {
-            let id = ids.backend(&v.name, b.address).expect("allocated above");
+            let id = ids.backend(&v.name, b.address).expect("ids allocated for these VIPs");
             configured.insert(id);
             let fresh = current.ids.backend(&v.name, b.address) != Some(id);
             if fresh {

@@ -335,7 +335,8 @@ fn take_over(
     }
 }
 
-/// Whether the saved state's VIPs, backends and rings fit this config's limits.
+/// Whether the saved state's VIPs, backends and rings fit this config (its limits above all:
+/// they change with a new pin path), as a config file's would have to.
 fn saved_state_fits(config: &Config, state: &SavedState) -> Result<(), StartError> {
     let candidate = Config {
         source: state.source.clone(),
@@ -345,7 +346,7 @@ fn saved_state_fits(config: &Config, state: &SavedState) -> Result<(), StartErro
     };
     config::check_whole(&candidate).map_err(|e| {
         StartError::SavedState(format!(
-            "the saved state {} does not fit this config: {}: give limits that hold it, or move the state file away to start from the config file (the drains, weights, denies and VIPs added at run time it holds are then lost)",
+            "the saved state {} does not fit this config: {}: change the config so that it does (e.g. limits that hold it), or move the state file away to start from the config file (the drains, weights, denies and VIPs added at run time it holds are then lost)",
             config.state_file.display(),
             e.invalid
         ))

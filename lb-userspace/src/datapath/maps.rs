@@ -335,13 +335,14 @@ struct Generations {
 }
 
 /// What [`FlowTable::census_walk`] saw and did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CensusWalk {
     pub walk: FlowWalk,
     /// Flows whose stale policy stamp was forgotten.
     pub stamps_forgotten: u64,
-    /// Counted connections idle too long, no longer counted.
-    pub counts_expired: u64,
+    /// Counted connections idle too long, no longer counted: how many, by backend id (their
+    /// backends' counts are still to be lowered by as many).
+    pub counts_expired: std::collections::BTreeMap<u32, u64>,
 }
 
 /// What [`FlowTable::remove_backend`] removed.
@@ -479,7 +480,7 @@ impl FlowTable {
             .map(|p| p.map(|p| p.generation as u16))
             .collect::<Result<_, _>>()
             .map_err(err(name))?;
-        let (mut stamps_forgotten, mut counts_expired) = (0, 0);
+        let (mut stamps_forgotten, mut counts_expired) = (0, std::collections::BTreeMap::new());
         let walk = self.walk_entries(|index, entry| {
             let stamp = entry.policy_generation;
             if stamp != 0
@@ -494,7 +495,7 @@ impl FlowTable {
                 && self.entries.take_count(index, entry)
             {
                 value.counted = false;
-                counts_expired += 1;
+                *counts_expired.entry(value.backend).or_insert(0) += 1;
             }
             visit(&entry.key, &value, entry.confirmed());
         })?;

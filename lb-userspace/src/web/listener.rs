@@ -17,10 +17,15 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// connection may wait for its next request (hyper starts the clock when it goes idle).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// At most one line per this about connections closed at the cap.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Serves `app` on `listener` until the task is dropped or aborted.
 pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut full_logged = false;
+    // A client churning connections at the cap must not flood the journal either.
+    let mut full_logged: Option<std::time::Instant> = None;
+    let mut closed_unlogged = 0u64;
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -32,13 +37,13 @@ pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if !full_logged {
-                warn!(%client, max = MAX_CONNECTIONS, "the metrics and status page listener holds max connections: new ones are closed until some end");
-                full_logged = true;
+            closed_unlogged += 1;
+            if full_logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                warn!(%client, max = MAX_CONNECTIONS, closed = closed_unlogged, "the metrics and status page listener holds max connections: new ones are closed until some end");
+                (full_logged, closed_unlogged) = (Some(std::time::Instant::now()), 0);
             }
             continue;
         };
-        full_logged = false;
         let app = app.clone();
         tokio::spawn(async move {
             let _slot = slot;

@@ -130,7 +130,8 @@ pub fn router(agent: Shared, samples: Arc<Samples>) -> Router {
         .iter()
         .fold(Router::new(), |router, r| router.route(r.path, (r.handler)()))
         .with_state(Web { agent, samples, refusals: Default::default() })
-        // The page's bodies are a few bytes: none is read whole before its token is checked.
+        // The page's bodies are a few bytes: a stranger's are cut at 4 KiB (the weight's is
+        // read before its token is checked, to tell a bad body from a bad token).
         .layer(axum::extract::DefaultBodyLimit::max(4096))
 }
 
@@ -219,8 +220,8 @@ enum Action {
 }
 
 /// Checks the token (404 if none is configured), then takes `action` (`None`: only the check)
-/// for `client`. The token is checked before the agent is locked for the action: a stranger's
-/// requests do not wait on, nor hold up, health changes and the API.
+/// for `client`. A refused request holds the agent only to read the token; the action checks
+/// it again under the lock it is taken under (a reload may have changed it in between).
 async fn act(
     web: &Web,
     client: SocketAddr,
@@ -251,6 +252,9 @@ async fn act(
         return error(StatusCode::BAD_REQUEST, format!("{address:?} is not an IPv4 or IPv6 address"));
     };
     let mut agent = web.agent.lock().await;
+    if agent.config.web_admin_token.as_ref() != Some(&token) {
+        return error(StatusCode::UNAUTHORIZED, "the token changed meanwhile: unlock the page again".into());
+    }
     let done = match action {
         Action::Drain => agent.set_drained(vip, backend, true),
         Action::Undrain => agent.set_drained(vip, backend, false),

@@ -41,8 +41,10 @@ pub struct CaptureMeta {
     pub len: u32,
     /// The whole frame's length (more than `len` for a frame over the limit).
     pub wire_len: u32,
+    /// When the program saw the frame: CLOCK_MONOTONIC, in nanoseconds.
+    pub at_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<CaptureMeta>() == 16);
+const _: () = assert!(core::mem::size_of::<CaptureMeta>() == 24);
 
 /// Longest frame prefix a capture copies.
 pub const CAPTURE_SNAPLEN: u32 = 2048;

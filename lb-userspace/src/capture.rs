@@ -15,6 +15,7 @@ pub const CANCEL_LATENCY: Duration = Duration::from_millis(50);
 /// One copy of a frame, before (`after == false`) or after the rewrite.
 pub struct Captured {
     pub after: bool,
+    /// When the program saw it.
     pub at: SystemTime,
     /// The frame, up to [`CAPTURE_SNAPLEN`] bytes.
     pub frame: Vec<u8>,
@@ -83,8 +84,19 @@ impl Capturer {
         }
         out.extend(received.into_iter().flatten());
         out.truncate(wanted);
+        // In the order the program saw them: the buffers are read CPU by CPU.
+        out.sort_by_key(|c| c.at);
         (out, lost)
     }
+}
+
+/// The wall-clock time of CLOCK_MONOTONIC time `at_ns` (the data plane's clock).
+fn wall_clock(at_ns: u64) -> SystemTime {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let monotonic_now = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    SystemTime::now() - Duration::from_nanos(monotonic_now.saturating_sub(at_ns))
 }
 
 fn parse(sample: &[u8], vip: u32) -> Option<Captured> {
@@ -92,12 +104,13 @@ fn parse(sample: &[u8], vip: u32) -> Option<Captured> {
     let meta = sample.get(..meta_len)?;
     let word = |i: usize| u32::from_ne_bytes(meta[i * 4..i * 4 + 4].try_into().unwrap());
     let (stage, from_vip, len, wire_len) = (word(0), word(1), word(2) as usize, word(3));
+    let at_ns = u64::from_ne_bytes(meta[16..24].try_into().unwrap());
     if from_vip != vip {
         return None;
     }
     let frame = sample.get(meta_len..meta_len + len)?.to_vec();
     let wire_len = wire_len.max(len as u32);
-    Some(Captured { after: stage != CAPTURE_BEFORE, at: SystemTime::now(), frame, wire_len })
+    Some(Captured { after: stage != CAPTURE_BEFORE, at: wall_clock(at_ns), frame, wire_len })
 }
 
 /// A pcap file (libpcap format 2.4, Ethernet link type) of `packets`.

@@ -14,6 +14,20 @@ ring_size = 4099
   address = "198.18.0.11"
 "#;
 
+/// Runs lbd on `files`' config in `ns` until it exits (a start that is refused): whether it
+/// started, and what it said.
+fn run_lbd(ns: &lb_tests::netns::Netns, files: &LbdFiles) -> (bool, String) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name()))
+        .arg(lb_tests::bins::path("lbd"))
+        .arg("--config")
+        .arg(files.config())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[test]
 fn lost_state_removes_vips_nobody_knows_and_corrupt_state_stops_the_start() {
     let ns = lb_namespace();
@@ -28,16 +42,8 @@ fn lost_state_removes_vips_nobody_knows_and_corrupt_state_stops_the_start() {
     let state = files.dir.join("state.json");
     std::fs::write(&state, "{ not json").unwrap();
     std::fs::write(files.config(), &header).unwrap();
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name()))
-        .arg(lb_tests::bins::path("lbd"))
-        .arg("--config")
-        .arg(files.config())
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "lbd started on a corrupt state file");
+    let (started, stderr) = run_lbd(&ns, &files);
+    assert!(!started, "lbd started on a corrupt state file");
     assert!(stderr.contains("is corrupt") && stderr.contains("move it away"), "{stderr}");
     assert_eq!(map_snapshot(&pins, 1).vips.len(), 2, "a refused start changes nothing");
 
@@ -113,16 +119,8 @@ fn a_saved_state_that_new_limits_cannot_hold_stops_the_start_and_says_so() {
         ("max_vips = 8\nmax_ring_size = 1031", "4099 is larger than limits.max_ring_size (1031)"),
     ] {
         std::fs::write(moved.config(), header.replace("max_vips = 8", limit)).unwrap();
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name()))
-            .arg(lb_tests::bins::path("lbd"))
-            .arg("--config")
-            .arg(moved.config())
-            .env_remove("RUST_BACKTRACE")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{limit}: lbd started");
+        let (started, stderr) = run_lbd(&ns, &moved);
+        assert!(!started, "{limit}: lbd started");
         assert!(
             stderr.contains("does not fit this config")
                 && stderr.contains(says)

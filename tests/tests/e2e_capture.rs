@@ -36,6 +36,7 @@ fn capture_writes_packets_before_and_after_the_rewrite() {
     // Traffic in the background while lbctl waits for packets.
     let pcap = files.dir.join("web.pcap");
     let client = &topo.client.ns;
+    let started = std::time::SystemTime::now();
     let out = std::thread::scope(|s| {
         let traffic = s.spawn(|| {
             client.run(|| {
@@ -55,11 +56,28 @@ fn capture_writes_packets_before_and_after_the_rewrite() {
     assert!(out.status.success(), "lbctl capture failed: {said}{}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains(&format!("captured {PACKETS} of {PACKETS} packets")), "{said}");
 
-    let read = Command::new("tcpdump").args(["-n", "-S", "-r"]).arg(&pcap).output().expect("run tcpdump");
+    let ended = std::time::SystemTime::now();
+    let read =
+        Command::new("tcpdump").args(["-n", "-S", "-tt", "-r"]).arg(&pcap).output().expect("run tcpdump");
     let text = String::from_utf8_lossy(&read.stdout);
     assert!(read.status.success(), "tcpdump -r failed: {}", String::from_utf8_lossy(&read.stderr));
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2 * PACKETS, "one line per copy:\n{text}");
+    // The balancer's own times, as times of day within the capture, in order; a packet's copy
+    // as sent within a millisecond of its copy as received.
+    let epoch = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let times: Vec<f64> = lines
+        .iter()
+        .map(|l| l.split_whitespace().next().and_then(|t| t.parse().ok()).expect("a time"))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "copies out of order:\n{text}");
+    assert!(
+        times.iter().all(|&t| t >= epoch(started) - 0.001 && t <= epoch(ended) + 0.001),
+        "times outside the capture ({:.6} to {:.6}):\n{text}",
+        epoch(started),
+        epoch(ended)
+    );
+    assert!(times.chunks(2).all(|p| p[1] - p[0] < 0.001), "a packet's copies far apart:\n{text}");
     let client_ip = topo.client.v4.to_string();
     let inner = format!("IP {client_ip}.");
     for pair in lines.chunks(2) {
@@ -97,30 +115,41 @@ fn capture_writes_packets_before_and_after_the_rewrite() {
     assert_eq!((figures["asked"].as_u64(), figures["captured"].as_u64()), (Some(1), Some(0)), "{json}");
 }
 
+/// lbd in `ns` with VIP `web` and one backend.
+fn start_with_web(ns: &lb_tests::netns::Netns, files: &LbdFiles) -> lb_tests::lbd::Lbd {
+    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
+    lb_tests::lbd::Lbd::start(
+        ns,
+        files,
+        &format!("{header}{VIP}\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n"),
+    )
+}
+
+/// Sends `POST /v1/capture` for `web` on a connection of its own, closed after the answer.
+fn ask_for_capture(files: &LbdFiles, count: usize, timeout_ms: u64) -> std::os::unix::net::UnixStream {
+    use std::io::Write as _;
+    let mut client = std::os::unix::net::UnixStream::connect(files.socket()).expect("connect to the API");
+    let body = format!(r#"{{"vip": "web", "count": {count}, "timeout_ms": {timeout_ms}}}"#);
+    write!(
+        client,
+        "POST /v1/capture HTTP/1.1\r\nHost: lbd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    client
+}
+
 /// A capture whose client goes away (Ctrl-C on `lbctl capture`) must switch capture off at once:
 /// left on, every packet of the VIP is copied twice and every later capture is refused.
 #[test]
 fn a_capture_whose_client_disconnects_is_switched_off() {
-    use std::io::Write as _;
     let ns = lb_tests::lbd::lb_namespace();
     let files = LbdFiles::new();
-    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
-    let lbd = lb_tests::lbd::Lbd::start(
-        &ns,
-        &files,
-        &format!("{header}{VIP}\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n"),
-    );
+    let lbd = start_with_web(&ns, &files);
     let pins = files.pin_path.join(lb_common::PIN_LAYOUT);
     let capture_vip = || lb_tests::lbd::map_snapshot(&pins, 1).config.capture_vip;
 
-    let mut client = std::os::unix::net::UnixStream::connect(files.socket()).expect("connect to the API");
-    let body = r#"{"vip": "web", "count": 10, "timeout_ms": 60000}"#;
-    write!(
-        client,
-        "POST /v1/capture HTTP/1.1\r\nHost: lbd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let client = ask_for_capture(&files, 10, 60_000);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while capture_vip() == 0 {
         assert!(std::time::Instant::now() < deadline, "the capture did not start");
@@ -155,25 +184,13 @@ fn a_capture_whose_client_disconnects_is_switched_off() {
 /// let go of the buffers before it switched capture off.
 #[test]
 fn a_capture_asked_for_as_another_ends_runs() {
-    use std::io::{Read as _, Write as _};
+    use std::io::Read as _;
     let ns = lb_tests::lbd::lb_namespace();
     let files = LbdFiles::new();
-    let header = files.header(&["eth0"], "198.18.0.2", "fd00::2");
-    let _lbd = lb_tests::lbd::Lbd::start(
-        &ns,
-        &files,
-        &format!("{header}{VIP}\n  [[vip.backend]]\n  address = \"198.18.0.11\"\n"),
-    );
+    let _lbd = start_with_web(&ns, &files);
     // A capture of `timeout_ms` (no traffic: it runs that long): the answer's status line.
     let capture = |timeout_ms: u64| {
-        let mut client = std::os::unix::net::UnixStream::connect(files.socket()).expect("connect to the API");
-        let body = format!(r#"{{"vip": "web", "count": 1, "timeout_ms": {timeout_ms}}}"#);
-        write!(
-            client,
-            "POST /v1/capture HTTP/1.1\r\nHost: lbd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
+        let mut client = ask_for_capture(&files, 1, timeout_ms);
         // (The body is a pcap file: bytes, not text.)
         let mut answer = Vec::new();
         let _ = client.read_to_end(&mut answer);

@@ -76,6 +76,7 @@ counters! {
     DropTcpFlags = 34, Drop, "drop_tcp_flags", "a TCP segment to a VIP whose flags no connection sends (SYN with FIN or RST; none of SYN, ACK and RST, as null, FIN and Xmas scans send): dropped before the policy checks and the flow table";
     FlowMidstream = 35, Event, "flow_midstream", "TCP flows recorded at a packet that was no SYN: connections that opened through another balancer host (a failover, an ECMP change), or a flood of ACKs (which takes only entries of unconfirmed flows and of connections idle for two clock ticks)";
     PassLinkGroup = 36, Pass, "pass_link_group", "addressed to a VIP, in a frame to a link-layer broadcast or multicast address: passed to the stack (a router forwards none, RFC 1812 5.3.4: each balancer on the segment would send a copy, and an echo reply would carry the group address as its source)";
+    DropIcmpSource = 37, Drop, "drop_icmp_source", "an echo request to a VIP address from a source no reply may go to (0/8, 127/8, 224/4, 240/4; ::, ::1, ff00::/8): dropped unanswered (RFC 1812 4.3.2.7)";
 }
 
 impl Counter {

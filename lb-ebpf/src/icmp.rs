@@ -50,6 +50,9 @@ pub fn handle(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Counter> {
         if !flow::is_vip_address(&pkt.key.dst, family) {
             return Err(Counter::PassNotVip);
         }
+        if !names_one_host(&pkt.key.src, v4) {
+            return Err(Counter::DropIcmpSource);
+        }
         reply_to_echo(ctx, family, icmp, echo_reply)?;
         return Err(Counter::IcmpEchoReply);
     }
@@ -205,6 +208,20 @@ fn put_checksum(at: *mut u8, sum: u32) {
         *at = c0;
         *at.add(1) = c1;
     }
+}
+
+/// Whether `src` (a flow key's 16-byte address: IPv4 in its first 4 bytes) names a single host
+/// a reply may go to (RFC 1812 4.3.2.7, RFC 4443 2.4(e)): not this network (0/8), loopback,
+/// multicast or reserved (224/4, 240/4, the broadcast address); not ::, ::1 or ff00::/8.
+#[inline(always)]
+fn names_one_host(src: &[u8; 16], v4: bool) -> bool {
+    if v4 {
+        let first = src[0];
+        return first != 0 && first != 127 && first < 224;
+    }
+    let high = u64::from_be_bytes([src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7]]);
+    let low = u64::from_be_bytes([src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15]]);
+    !(high == 0 && low <= 1) && src[0] != 0xff
 }
 
 #[inline(always)]

@@ -724,6 +724,23 @@ fn echo_requests_to_vip_addresses_are_answered() {
                 let req = frames::echo_request(client(v6), dst, 0x4242, 99);
                 passes(r, &mut fails, &format!("echo{fam}_to_{what}"), &req, Counter::PassNotVip);
             }
+            // No reply to a source that names no single host (RFC 1812 4.3.2.7): it would go to
+            // a group, to nobody, or back into this host.
+            let sources: &[&str] = if v6 {
+                &["::", "::1", "ff02::1"]
+            } else {
+                &["0.0.0.0", "127.0.0.1", "224.0.0.5", "255.255.255.255"]
+            };
+            for src in sources {
+                let req = frames::echo_request(src.parse().unwrap(), vip(v6, at::MAIN), 0x4242, 97);
+                let case = format!("echo{fam}_from_{src}");
+                let before = r.counters();
+                let out = r.run(&req);
+                fails.check(out.verdict == Verdict::Drop, || {
+                    format!("{case}: verdict {:?}, expected Drop", out.verdict)
+                });
+                fails.counters(&case, &before, &r.counters(), &[Counter::DropIcmpSource], &[]);
+            }
             // The other family's ICMP protocol number (IPv4 with 58, IPv6 with next header 1)
             // carries no ICMP message of this family: no reply, nothing quoted and forwarded.
             let mut req = frames::echo_request(client(v6), vip(v6, at::MAIN), 0x4242, 98);

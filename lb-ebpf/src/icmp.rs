@@ -229,10 +229,10 @@ fn too_big_v4(ctx: &XdpContext, mtu: u16) -> Result<(), ()> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN).map_err(|_| ())?;
     // SAFETY: bounds-checked by ptr_at.
     let (df, [first, ..]) = unsafe { ((*ip).frags[0] & DONT_FRAGMENT != 0, (*ip).src_addr) };
-    // No error goes to a source that names no single host (RFC 1812 4.3.2.7): this network
-    // (0/8), loopback (127/8), multicast and reserved (224/4, 240/4, the broadcast address).
-    let unicast = first != 0 && first != 127 && first < 224;
-    if !df || !unicast || !parse::fits(ctx, ETH_LEN, QUOTE_V4) {
+    // No error goes to a source that names no single host (RFC 1812 4.3.2.7).
+    let mut key_form = [0u8; 16];
+    key_form[0] = first;
+    if !df || !names_one_host(&key_form, true) || !parse::fits(ctx, ETH_LEN, QUOTE_V4) {
         return Err(());
     }
     let f = turn_into_error::<{ Ipv4Hdr::LEN }, QUOTE_V4>(ctx)?;
@@ -266,9 +266,7 @@ fn too_big_v6(ctx: &XdpContext, mtu: u16) -> Result<(), ()> {
     let src = unsafe { (*ip).src_addr };
     // No error goes to the unspecified address, loopback or a multicast source (RFC 4443
     // 2.4(e)).
-    let low = u64::from_be_bytes([src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15]]);
-    let high = u64::from_be_bytes([src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7]]);
-    if (high == 0 && low <= 1) || src[0] == 0xff || !parse::fits(ctx, ETH_LEN, QUOTE_V6) {
+    if !names_one_host(&src, false) || !parse::fits(ctx, ETH_LEN, QUOTE_V6) {
         return Err(());
     }
     let f = turn_into_error::<{ Ipv6Hdr::LEN }, QUOTE_V6>(ctx)?;

@@ -360,7 +360,8 @@ fn oracle(f: &[u8]) -> Result<May, String> {
             if be16(ip, 6) & 0x3fff != 0 {
                 return Ok(if has_address_entry(dst) { May::Drop } else { May::Pass });
             }
-            transport(ip[9], dst, &ip[ihl..], false)
+            let src = IpAddr::from(<[u8; 4]>::try_from(&ip[12..16]).unwrap());
+            transport(ip[9], src, dst, &ip[ihl..], false)
         }
         0x86dd => {
             let ip = &f[14..];
@@ -396,7 +397,8 @@ fn oracle(f: &[u8]) -> Result<May, String> {
             if matches!(next, 0 | 43 | 60 | 51 | 44) {
                 return Err("more than 4 extension headers".into());
             }
-            transport(next, dst, &ip[off..], true)
+            let src = IpAddr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+            transport(next, src, dst, &ip[off..], true)
         }
         _ => Ok(May::Pass),
     }
@@ -434,7 +436,7 @@ fn fragment_to_vip_address(f: &[u8]) -> bool {
     }
 }
 
-fn transport(proto: u8, dst: IpAddr, l4: &[u8], v6: bool) -> Result<May, String> {
+fn transport(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8], v6: bool) -> Result<May, String> {
     let need = match proto {
         PROTO_TCP => 20,
         PROTO_UDP | 1 | 58 => 8,
@@ -464,7 +466,14 @@ fn transport(proto: u8, dst: IpAddr, l4: &[u8], v6: bool) -> Result<May, String>
         return Ok(May::Pass); // ICMP over IPv6 or ICMPv6 over IPv4
     }
     match (v6, l4[0], l4[1]) {
-        (false, 8, _) | (true, 128, _) if has_address_entry(dst) => Ok(May::Reply),
+        // No reply to a source that names no single host (RFC 1812 4.3.2.7).
+        (false, 8, _) | (true, 128, _) if has_address_entry(dst) => {
+            let one_host = match src {
+                IpAddr::V4(a) => !matches!(a.octets()[0], 0 | 127 | 224..),
+                IpAddr::V6(a) => !(a.is_unspecified() || a.is_loopback() || a.is_multicast()),
+            };
+            Ok(if one_host { May::Reply } else { May::Drop })
+        }
         (false, 3, 4) | (true, 2, _) => {
             // The quoted packet: VIP:port -> client; forwarding needs its ports.
             let q = &l4[8..];

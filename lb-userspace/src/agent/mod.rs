@@ -362,7 +362,10 @@ impl Agent {
         // `check`) changes no map, and the new backends' next hops are resolved before a ring
         // names them.
         match self.prepare_host().and_then(|()| self.apply_maps(&ids)) {
-            Ok(slots) => Ok(slots),
+            Ok(slots) => {
+                self.warn_of_backends_without_slots();
+                Ok(slots)
+            }
             Err(e) => {
                 self.retired = before;
                 self.down = down_before;
@@ -387,6 +390,22 @@ impl Agent {
     /// Ids for `vips` after the ones the maps hold ([`Ids::allocate`]).
     fn allocate(&self, vips: &[Vip]) -> Result<Ids, ApplyError> {
         self.applied.ids.allocate(vips, &self.datapath.sizes, &self.retired.keys().copied().collect())
+    }
+
+    /// Says which backends in service got no slot of their VIP's ring (a ring scheduler gives
+    /// them no new flow): at each change, not at each health event.
+    fn warn_of_backends_without_slots(&self) {
+        for v in self.config.vips.iter().filter(|v| v.scheduler != Scheduler::RoundRobin) {
+            let Some(ring) = self.applied.rings.get(&v.name) else { continue };
+            for backend in plan::without_slots(v, &self.applied.ids, &self.down, ring) {
+                warn!(
+                    vip = v.name,
+                    %backend,
+                    ring_size = v.ring_size,
+                    "a backend in service got no slot of its VIP's ring at its weight, so no new flows: raise its weight (against the others') or the VIP's ring_size"
+                );
+            }
+        }
     }
 
     /// Makes the maps hold the config under `ids`.

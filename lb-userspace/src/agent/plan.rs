@@ -239,6 +239,19 @@ pub fn ring(vip: &Vip, ids: &Ids, down: &Down) -> Vec<u32> {
     maglev::build_available(&members, &|id| available.contains(&id), vip.ring_size)
 }
 
+/// The backends of `vip` in service and up that have no slot of `ring` (its ring as built):
+/// Maglev shares slots by weight, so a backend far lighter than the others (1 against 65535 in
+/// a ring of a few thousand slots) may get none, and with it no new flow of a ring scheduler.
+pub fn without_slots(vip: &Vip, ids: &Ids, down: &Down, ring: &[u32]) -> Vec<IpAddr> {
+    let in_ring: BTreeSet<u32> = ring.iter().copied().collect();
+    vip.backends
+        .iter()
+        .filter(|b| !b.drained && b.weight > 0 && !down.contains(&(vip.name.clone(), b.address)))
+        .filter(|b| ids.backend(&vip.name, b.address).is_some_and(|id| !in_ring.contains(&id)))
+        .map(|b| b.address)
+        .collect()
+}
+
 /// The round-robin sequence a VIP should have: over the backends that take new flows (not
 /// drained, weight > 0, not down), as its ring is. All of those down: over every backend in
 /// service (fail open), or none with `all_down = "drop"`. Empty: new flows are dropped.
@@ -854,6 +867,27 @@ mod tests {
     /// After the ids have gone round (`next_backend` back at 1), a change that removes web's
     /// backend 1 and adds one to api: the new backend must not take id 1, which web's ring names
     /// until the change is through (a new flow of web's there would reach api's backend).
+    #[test]
+    fn a_backend_far_lighter_than_the_others_is_found_without_slots() {
+        let mut v = simple("web", 1, &[1, 2, 3]);
+        v.ring_size = 1009;
+        let weights = [1, 65535, 100];
+        for (b, w) in v.backends.iter_mut().zip(weights) {
+            b.weight = w;
+        }
+        let ids = Ids::default().allocate(std::slice::from_ref(&v), &sizes(4, 8), &BTreeSet::new()).unwrap();
+        let down = Down::new();
+        let built = ring(&v, &ids, &down);
+        assert_eq!(without_slots(&v, &ids, &down, &built), [v.backends[0].address], "weight 1 of 65636");
+        v.backends[0].weight = 1000;
+        let built = ring(&v, &ids, &down);
+        assert!(without_slots(&v, &ids, &down, &built).is_empty(), "weight 1000 gets slots");
+        // A down or drained one has none, as it should.
+        let down: Down = [("web".to_string(), v.backends[2].address)].into();
+        let built = ring(&v, &ids, &down);
+        assert!(without_slots(&v, &ids, &down, &built).is_empty());
+    }
+
     #[test]
     fn a_backend_id_is_not_handed_out_in_the_change_that_frees_it() {
         let sizes = sizes(4, 8); // backend ids 1 to 7

@@ -204,6 +204,16 @@ impl Applied {
 /// Backends whose health check failed, by (VIP name, address).
 pub type Down = BTreeSet<(String, IpAddr)>;
 
+/// A backend in service: not drained, its weight above 0.
+fn in_service(b: &crate::config::Backend) -> bool {
+    !b.drained && b.weight > 0
+}
+
+/// Whether `vip`'s backend `b` is not down by its health check.
+fn up(vip: &Vip, b: &crate::config::Backend, down: &Down) -> bool {
+    !down.contains(&(vip.name.clone(), b.address))
+}
+
 /// The ring a VIP should have: the full table over its configured backends, with the slots of
 /// unavailable ones (drained or down) handed out as a table over the available ones would, so
 /// that only their slots move. None in service (drained, weight 0): every slot empty (new
@@ -218,11 +228,10 @@ pub fn ring(vip: &Vip, ids: &Ids, down: &Down) -> Vec<u32> {
             ids.backend(&vip.name, b.address).map(|id| maglev::Member::new(b.address, id, b.weight))
         })
         .collect();
-    let in_service: Vec<&crate::config::Backend> =
-        vip.backends.iter().filter(|b| !b.drained && b.weight > 0).collect();
+    let in_service: Vec<&crate::config::Backend> = vip.backends.iter().filter(|b| in_service(b)).collect();
     let healthy: BTreeSet<u32> = in_service
         .iter()
-        .filter(|b| !down.contains(&(vip.name.clone(), b.address)))
+        .filter(|b| up(vip, b, down))
         .filter_map(|b| ids.backend(&vip.name, b.address))
         .collect();
     let empty = || vec![NO_BACKEND; vip.ring_size as usize];
@@ -246,7 +255,7 @@ pub fn without_slots(vip: &Vip, ids: &Ids, down: &Down, ring: &[u32]) -> Vec<IpA
     let in_ring: BTreeSet<u32> = ring.iter().copied().collect();
     vip.backends
         .iter()
-        .filter(|b| !b.drained && b.weight > 0 && !down.contains(&(vip.name.clone(), b.address)))
+        .filter(|b| in_service(b) && up(vip, b, down))
         .filter(|b| ids.backend(&vip.name, b.address).is_some_and(|id| !in_ring.contains(&id)))
         .map(|b| b.address)
         .collect()
@@ -256,10 +265,9 @@ pub fn without_slots(vip: &Vip, ids: &Ids, down: &Down, ring: &[u32]) -> Vec<IpA
 /// drained, weight > 0, not down), as its ring is. All of those down: over every backend in
 /// service (fail open), or none with `all_down = "drop"`. Empty: new flows are dropped.
 pub fn rr_sequence(vip: &Vip, ids: &Ids, down: &Down) -> Vec<u32> {
-    let in_service: Vec<&crate::config::Backend> =
-        vip.backends.iter().filter(|b| !b.drained && b.weight > 0).collect();
+    let in_service: Vec<&crate::config::Backend> = vip.backends.iter().filter(|b| in_service(b)).collect();
     let healthy: Vec<&crate::config::Backend> =
-        in_service.iter().copied().filter(|b| !down.contains(&(vip.name.clone(), b.address))).collect();
+        in_service.iter().copied().filter(|b| up(vip, b, down)).collect();
     let members = |backends: &[&crate::config::Backend]| -> Vec<maglev::Member> {
         backends
             .iter()

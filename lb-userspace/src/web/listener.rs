@@ -17,15 +17,10 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// connection may wait for its next request (hyper starts the clock when it goes idle).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// At most one line per this about connections closed at the cap.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
 /// Serves `app` on `listener` until the task is dropped or aborted.
 pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    // A client churning connections at the cap must not flood the journal either.
-    let mut full_logged: Option<std::time::Instant> = None;
-    let mut closed_unlogged = 0u64;
+    let mut closed_at_cap = super::SparseLog::default();
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -37,10 +32,8 @@ pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            closed_unlogged += 1;
-            if full_logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-                warn!(%client, max = MAX_CONNECTIONS, closed = closed_unlogged, "the metrics and status page listener holds max connections: new ones are closed until some end");
-                (full_logged, closed_unlogged) = (Some(std::time::Instant::now()), 0);
+            if let Some(unlogged) = closed_at_cap.admit(std::time::Instant::now()) {
+                warn!(%client, max = MAX_CONNECTIONS, closed = unlogged + 1, "the metrics and status page listener holds max connections: new ones are closed until some end");
             }
             continue;
         };

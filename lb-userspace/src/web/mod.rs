@@ -34,24 +34,26 @@ use crate::api::{self, ErrorBody, Method, Shared};
 struct Web {
     agent: Shared,
     samples: Arc<Samples>,
-    refusals: Arc<Mutex<RefusalLog>>,
+    refusals: Arc<Mutex<SparseLog>>,
 }
 
-/// Refused requests are logged at most once per this, with how many went unlogged before: a
-/// client looping on a wrong token must not flood the journal (whose rate limit would then
-/// drop lbd's own lines, health changes among them).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// What anyone on the network can make happen (a refused request, a connection closed at the
+/// cap) is logged at most once per this, with how many went unlogged before: a client looping
+/// on a wrong token, or churning connections, must not flood the journal (whose rate limit would
+/// then drop lbd's own lines, health changes among them).
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// One kind of such events' log lines, at most one per [`LOG_EVERY`].
 #[derive(Default)]
-struct RefusalLog {
+pub(crate) struct SparseLog {
     last: Option<Instant>,
     unlogged: u64,
 }
 
-impl RefusalLog {
-    /// Whether a refusal at `now` is logged, and if so how many were not, since the last one.
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        if self.last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY) {
+impl SparseLog {
+    /// Whether an event at `now` is logged, and if so how many were not, since the last one.
+    pub(crate) fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
             self.unlogged += 1;
             return None;
         }
@@ -329,7 +331,7 @@ mod tests {
 
     #[test]
     fn refusals_are_logged_once_per_interval_with_the_count_between() {
-        let mut log = super::RefusalLog::default();
+        let mut log = super::SparseLog::default();
         let t0 = std::time::Instant::now();
         let at = |s: f64| t0 + std::time::Duration::from_secs_f64(s);
         assert_eq!(log.admit(at(0.0)), Some(0));
